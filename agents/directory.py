@@ -1,0 +1,55 @@
+"""A memory's persist directory: one writer at a time, and a record of what wrote it.
+
+Layout: ``<dir>/edge/`` (the index), ``<dir>/hivemem.json`` (schema version, embedding model and
+dimension), ``<dir>/.lock`` (held with ``flock`` while a memory has the directory open).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import IO
+
+from hivemem.pool.errors import StoreIncompatible, StoreLocked
+
+SCHEMA_VERSION = 1
+
+
+class StoreDirectory:
+    """Holds the directory's lock until :meth:`release`."""
+
+    def __init__(self, path: Path, *, model_id: str, dim: int) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self._lock_file: IO[str] | None = open(path / ".lock", "a+", encoding="utf-8")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise StoreLocked(str(path)) from None
+        try:
+            self._check_meta(model_id, dim)
+        except StoreIncompatible:
+            self.release()
+            raise
+
+    def _check_meta(self, model_id: str, dim: int) -> None:
+        meta_path = self.path / "hivemem.json"
+        expected = {"schema_version": SCHEMA_VERSION, "embedding_model": model_id, "dim": dim}
+        if not meta_path.exists():
+            staging = meta_path.with_suffix(".tmp")
+            staging.write_text(json.dumps(expected), encoding="utf-8")
+            os.replace(staging, meta_path)
+            return
+        found = json.loads(meta_path.read_text(encoding="utf-8"))
+        if found != expected:
+            raise StoreIncompatible(f"{self.path} was written with {found}, this memory uses {expected}")
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None

@@ -1,0 +1,403 @@
+"""``HierarchicalMemory``: one agent's fast, local, persistent memory.
+
+A facade: validation and vectors come from :mod:`hivemem.agents.builder`, search from
+:mod:`hivemem.agents.search`, tiers from :mod:`hivemem.agents.tiers`, version chains from
+:mod:`hivemem.agents.versions`; records live in a :class:`~hivemem.pool.ports.LocalIndex`
+(Qdrant Edge by default) under the persist directory, so a new process opening the same
+directory sees everything.
+
+Concurrency: safe to share between threads. Writes (add, supersede, delete, forget, clear, tier
+moves) are serialised by one lock; searches run concurrently with them and see every write that
+returned before they started (read-your-writes).
+
+Every method validates its whole input before changing anything: a bad argument raises a
+subclass of :class:`~hivemem.pool.errors.InvalidInput` and leaves the memory as it was.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+
+from hivemem.agents import versions
+from hivemem.agents.access import AccessTracker
+from hivemem.agents.builder import RecordBuilder
+from hivemem.agents.context import BuiltContext, GroupBy, build_context
+from hivemem.agents.directory import StoreDirectory
+from hivemem.agents.embedding import shared_embedder
+from hivemem.agents.inputs import MemoryInput, as_input
+from hivemem.agents.ranking import SearchHit
+from hivemem.agents.scoping import owned_by
+from hivemem.agents.search import Searcher, visible
+from hivemem.agents.search_config import SearchConfig, preset
+from hivemem.agents.sparse import Bm25Encoder
+from hivemem.agents.stats import MemoryStats, compute_stats
+from hivemem.agents.tiers import TierManager
+from hivemem.pool.adapters.edge_index import EdgeIndex
+from hivemem.pool.errors import InvalidInput, MemoryClosed
+from hivemem.pool.filters import And, MemoryFilter, parse_filter
+from hivemem.pool.enums import Tier
+from hivemem.pool.ids import check_record_id, new_record_id
+from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder
+from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
+from hivemem.pool.settings import HivememSettings
+
+_CHUNK = 256
+_LIST_LIMIT_MAX = 100_000
+FilterArg = MemoryFilter | dict[str, Any] | None
+
+
+def resolve_scope(
+    scope: Scope | dict[str, Any] | None,
+    user_id: str | None,
+    session_id: str | None = None,
+    agent_id: str | None = None,
+    run_id: str | None = None,
+) -> Scope:
+    """A scope given either whole (``scope=``) or by its ids; raises InvalidInput otherwise."""
+    ids_given = any(v is not None for v in (user_id, session_id, agent_id, run_id))
+    if scope is not None:
+        if ids_given:
+            raise InvalidInput("give either scope= or the ids, not both", field="scope")
+        return scope if isinstance(scope, Scope) else Scope.model_validate(scope)
+    if user_id is None:
+        raise InvalidInput("a scope needs a user_id", field="user_id")
+    return Scope(user_id=user_id, session_id=session_id, agent_id=agent_id, run_id=run_id)
+
+
+class HierarchicalMemory:
+    """One agent's memory, persisted under ``path``. Use as a context manager or call close()."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        settings: HivememSettings | None = None,
+        embedder: Embedder | None = None,
+        sparse: SparseEncoder | None = None,
+        index: LocalIndex | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.settings = settings or HivememSettings()
+        self.path = Path(path)
+        self._embedder = embedder or shared_embedder(self.settings.embedding, self.settings.data_dir)
+        self._sparse = sparse or Bm25Encoder()
+        self._directory = StoreDirectory(
+            self.path, model_id=self._embedder.model_id, dim=self._embedder.dim
+        )
+        try:
+            self._index = index or EdgeIndex(self.path, dim=self._embedder.dim)
+        except Exception:
+            self._directory.release()
+            raise
+        self._clock = clock
+        self._write_lock = threading.RLock()
+        self._closed = False
+        self._builder = RecordBuilder(self._embedder, self._sparse, self.settings.memory)
+        self._searcher = Searcher(self._index, self._embedder, self._sparse)
+        self._tiers = TierManager(self._index, self.settings.memory.tiers)
+        self._access = AccessTracker(self._index, self._tiers)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self) -> HierarchicalMemory:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MemoryClosed("this memory is closed")
+
+    def flush(self) -> None:
+        """Write buffered access counts; every acknowledged write is already durable."""
+        self._check_open()
+        self._access.flush()
+
+    def close(self) -> None:
+        """Flush and release the directory; idempotent."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._access.flush()
+            self._closed = True
+            self._index.close()
+            self._directory.release()
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def add(
+        self,
+        content: str,
+        *,
+        scope: Scope | dict[str, Any] | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        **fields: Any,
+    ) -> MemoryRecord:
+        """Add one memory and return it (with its id). ``fields`` are those of MemoryInput."""
+        item = MemoryInput(content=content, **fields)
+        target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
+        return self.add_many([item], scope=target, progress=False)[0]
+
+    def add_many(
+        self,
+        items: Sequence[MemoryInput | dict[str, Any] | str],
+        *,
+        scope: Scope | dict[str, Any] | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        progress: bool | None = None,
+    ) -> list[MemoryRecord]:
+        """Add a batch; ``scope``/ids apply to items that have none. Every item is validated
+        before anything is embedded or written. A progress bar shows when ``progress`` is true,
+        or when it is None and the batch is longer than ``memory.progress_threshold``."""
+        self._check_open()
+        inputs = [as_input(item) for item in items]
+        common = None
+        if scope is not None or user_id is not None:
+            common = resolve_scope(scope, user_id, session_id, agent_id, run_id)
+        records = self._builder.validate(inputs, common, self._clock())
+        show = progress if progress is not None else len(records) > self.settings.memory.progress_threshold
+        stored: list[MemoryRecord] = []
+        with Progress(disable=not show, transient=True) as bar:
+            task = bar.add_task("adding memories", total=len(records))
+            for start in range(0, len(records), _CHUNK):
+                chunk = self._builder.embed(records[start : start + _CHUNK])
+                with self._write_lock:
+                    self._check_open()
+                    self._index.upsert(chunk)
+                    self._tiers.enforce((r.scope.user_id for r in chunk), self._clock())
+                stored.extend(chunk)
+                bar.advance(task, len(chunk))
+        return stored
+
+    def supersede(self, record_id: str, content: str, **changes: Any) -> MemoryRecord:
+        """Replace a current record by a new version (new id, new content, re-embedded) and
+        return it. Unnamed fields are inherited. Raises MemoryNotFound, or SupersessionConflict
+        when the record is no longer current."""
+        self._check_open()
+        check_record_id(record_id, field="record_id")
+        old = versions.require(self._index, record_id)
+        inherited = MemoryInput(
+            content=content,
+            **{
+                "scope": old.scope, "level": old.level, "category": old.category,
+                "zone": old.zone, "importance": old.importance, "tags": old.tags,
+                "entities": old.entities, "metadata": old.metadata, **changes,
+            },
+        )
+        now = self._clock()
+        draft = self._builder.validate([inherited], None, now)[0]
+        new = self._builder.embed([draft.model_copy(update={"supersedes": old.id})])[0]
+        with self._write_lock:
+            self._check_open()
+            old = versions.require(self._index, record_id)
+            versions.check_current(self._index, old)
+            versions.link(self._index, old, new, now)
+        return new
+
+    def delete(self, record_id: str) -> list[str]:
+        """Delete a memory and every version of it: each becomes a tombstone (content and vectors
+        destroyed). Returns the ids deleted; raises MemoryNotFound."""
+        self._check_open()
+        check_record_id(record_id, field="record_id")
+        with self._write_lock:
+            chain = versions.chain(self._index, record_id)
+            now = self._clock()
+            self._index.put_tombstones(
+                [Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone, deleted_at=now) for r in chain]
+            )
+        return [r.id for r in chain]
+
+    def forget(
+        self,
+        *,
+        scope: Scope | dict[str, Any] | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+    ) -> int:
+        """Delete every record inside a scope (a user, a session of a user...): each becomes a
+        tombstone. Returns how many records were deleted."""
+        self._check_open()
+        target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
+        with self._write_lock:
+            doomed = list(self._index.scan(And(all=owned_by(target))))
+            now = self._clock()
+            for start in range(0, len(doomed), _CHUNK):
+                self._index.put_tombstones(
+                    [
+                        Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone, deleted_at=now)
+                        for r in doomed[start : start + _CHUNK]
+                    ]
+                )
+        return len(doomed)
+
+    def clear(self) -> None:
+        """Remove every record and tombstone of this memory."""
+        self._check_open()
+        with self._write_lock:
+            ids = [r.id for r in self._index.scan(And(all=[]))]
+            self._index.remove(ids)
+
+    def end_session(self, *, user_id: str, session_id: str) -> list[MemoryRecord]:
+        """Close a session: its current memories with importance ≥ ``bubble_importance`` are
+        promoted to user scope (a new version without session and run, same vectors, in
+        LONG_TERM). Returns the promoted versions."""
+        self._check_open()
+        target = resolve_scope(None, user_id, session_id)
+        threshold = self.settings.memory.tiers.bubble_importance
+        flt = MemoryFilter(importance_min=threshold)
+        with self._write_lock:
+            where = visible(target, flt, exact=False, as_of=None, include_superseded=False)
+            candidates = [
+                r for r in self._index.scan(where, with_vectors=True) if r.scope.session_id == session_id
+            ]
+            now = self._clock()
+            promoted = []
+            for old in candidates:
+                new = old.model_copy(
+                    update={
+                        "id": new_record_id(),
+                        "scope": Scope(user_id=old.scope.user_id, agent_id=old.scope.agent_id),
+                        "tier": Tier.LONG_TERM,
+                        "supersedes": old.id,
+                        "recorded_at": now,
+                        "access_count": 0,
+                        "last_accessed_at": None,
+                        "metadata": {**old.metadata, "bubbled_from_session": session_id},
+                    }
+                )
+                versions.link(self._index, old, new, now)
+                promoted.append(new)
+        return promoted
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get(self, record_id: str, *, with_vectors: bool = False) -> MemoryRecord:
+        """The record ``record_id`` (current or superseded); raises MemoryNotFound."""
+        self._check_open()
+        check_record_id(record_id, field="record_id")
+        record = versions.require(self._index, record_id, with_vectors=with_vectors)
+        self._access.touch([record.id], self._clock())
+        return record
+
+    def get_history(self, record_id: str) -> list[MemoryRecord]:
+        """Every surviving version of the record, oldest first; raises MemoryNotFound."""
+        self._check_open()
+        check_record_id(record_id, field="record_id")
+        return versions.chain(self._index, record_id)
+
+    def list(
+        self,
+        *,
+        scope: Scope | dict[str, Any] | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        filter: FilterArg = None,  # noqa: A002 - the natural name in a query API
+        as_of: datetime | None = None,
+        include_superseded: bool = False,
+        exact_scope: bool = False,
+        limit: int = 100,
+    ) -> list[MemoryRecord]:
+        """Records visible from a scope, newest first (by ``recorded_at``), at most ``limit``."""
+        self._check_open()
+        if not 1 <= limit <= _LIST_LIMIT_MAX:
+            raise InvalidInput(f"limit must be in 1..{_LIST_LIMIT_MAX}", field="limit")
+        target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
+        where = visible(
+            target, parse_filter(filter), exact=exact_scope, as_of=as_of,
+            include_superseded=include_superseded,
+        )
+        found = sorted(self._index.scan(where), key=lambda r: (r.recorded_at, r.id), reverse=True)
+        return found[:limit]
+
+    def search(
+        self,
+        query: str,
+        *,
+        scope: Scope | dict[str, Any] | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        filter: FilterArg = None,  # noqa: A002 - the natural name in a query API
+        config: SearchConfig | str | None = None,
+        as_of: datetime | None = None,
+        **overrides: Any,
+    ) -> list[SearchHit]:
+        """Memories relevant to ``query`` visible from the scope, best first.
+
+        ``config`` is a SearchConfig or a preset name (default: ``memory.search_preset``);
+        ``overrides`` change single fields of it (``top_k=5``, ``min_similarity=0.3``,
+        ``include_superseded=True``, ``exact_scope=True``...). ``as_of`` time-travels: the
+        records that were recorded, valid and not yet superseded at that instant.
+        """
+        self._check_open()
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInput("query must be non-empty text", field="query")
+        target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
+        chosen = self._config(config, overrides)
+        flt = parse_filter(filter)
+        now = self._clock()
+        hits = self._searcher.search(query, target, chosen, flt, as_of=as_of, now=now)
+        if chosen.track_access and hits:
+            self._access.touch([h.record.id for h in hits], now)
+        return hits
+
+    def build_context(
+        self,
+        query: str,
+        *,
+        token_budget: int = 800,
+        group_by: GroupBy = "level",
+        count_tokens: Callable[[str], int] | None = None,
+        **search_args: Any,
+    ) -> BuiltContext:
+        """The memories relevant to ``query`` as a prompt section within ``token_budget``
+        tokens, grouped by level or by scope. ``search_args`` are those of :meth:`search`."""
+        if token_budget < 1:
+            raise InvalidInput("token_budget must be positive", field="token_budget")
+        if group_by not in ("level", "scope"):
+            raise InvalidInput("group_by is 'level' or 'scope'", field="group_by")
+        search_args.setdefault("top_k", 50)
+        hits = self.search(query, **search_args)
+        extra = {"count_tokens": count_tokens} if count_tokens is not None else {}
+        return build_context(hits, token_budget=token_budget, group_by=group_by, **extra)
+
+    def stats(
+        self,
+        *,
+        scope: Scope | dict[str, Any] | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+    ) -> MemoryStats:
+        """Counts by level, tier, category, zone and scope (of one scope, or of everything when
+        no scope is given) and the disk size of the whole memory."""
+        self._check_open()
+        conditions = []
+        if scope is not None or user_id is not None:
+            conditions = owned_by(resolve_scope(scope, user_id, session_id, agent_id, run_id))
+        return compute_stats(self._index, conditions)
+
+    def _config(self, config: SearchConfig | str | None, overrides: dict[str, Any]) -> SearchConfig:
+        if config is None:
+            config = self.settings.memory.search_preset
+        base = preset(config) if isinstance(config, str) else config
+        return base.with_(**overrides) if overrides else base

@@ -1,0 +1,45 @@
+"""Scope visibility: which records a query made in a scope may see.
+
+A query scope names a user and optionally a session, an agent and a run. With inheritance (the
+default) a record is visible when it belongs to that user and, for each of session, agent and
+run that the query names, the record either has the same id or none (it is broader). Dimensions
+the query leaves out are not constrained. So a query in (user U, session S, agent A) sees U's
+user-level memories, S's session-level memories and A's; it never sees session S2's.
+
+With ``exact=True`` the record's scope must equal the query scope, unnamed dimensions included.
+
+The user id is always an equality condition: users are a hard partition.
+"""
+
+from __future__ import annotations
+
+from hivemem.pool.filters import Cond, Expr, Or
+from hivemem.pool.records import Scope
+
+_NARROWING = ("session_id", "agent_id", "run_id")
+
+
+def scope_conditions(scope: Scope, *, exact: bool = False) -> list[Expr]:
+    """Conditions (to be AND-ed) that select the records visible from ``scope``."""
+    conditions: list[Expr] = [Cond(field="scope.user_id", op="eq", value=scope.user_id)]
+    for name in _NARROWING:
+        value = getattr(scope, name)
+        field = f"scope.{name}"
+        if exact:
+            conditions.append(Cond(field=field, op="eq", value=value))
+        elif value is not None:
+            conditions.append(
+                Or(any=[Cond(field=field, op="eq", value=value), Cond(field=field, op="eq", value=None)])
+            )
+    return conditions
+
+
+def owned_by(scope: Scope) -> list[Expr]:
+    """Conditions selecting every record *inside* ``scope``: same user, and the same id for each
+    dimension ``scope`` names (used by forget: forgetting a session removes its records only)."""
+    conditions: list[Expr] = [Cond(field="scope.user_id", op="eq", value=scope.user_id)]
+    for name in _NARROWING:
+        value = getattr(scope, name)
+        if value is not None:
+            conditions.append(Cond(field=f"scope.{name}", op="eq", value=value))
+    return conditions

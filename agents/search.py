@@ -1,0 +1,91 @@
+"""Search over the local index: scope and filter conditions, dense/sparse lookups in one engine
+call, fusion, then weighting (see :mod:`hivemem.agents.ranking`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from hivemem.agents.ranking import SearchHit, fuse, weigh
+from hivemem.agents.scoping import scope_conditions
+from hivemem.agents.search_config import SearchConfig
+from hivemem.pool.filters import And, Cond, Expr, MemoryFilter, Or
+from hivemem.pool.ports import Embedder, LocalIndex, NearestRequest, ScoredId, SparseEncoder
+from hivemem.pool.records import Scope
+
+#: With weighting on, this many fused candidates per requested result are re-ranked.
+_RERANK_FACTOR = 3
+
+
+def time_conditions(*, as_of: datetime | None, include_superseded: bool) -> list[Expr]:
+    """Validity conditions. ``as_of`` selects what was recorded, not yet superseded and valid at
+    that instant; otherwise only current (not superseded) records, unless asked for."""
+    if as_of is None:
+        if include_superseded:
+            return []
+        return [Cond(field="superseded_at", op="eq", value=None)]
+    return [
+        Cond(field="recorded_at", op="lte", value=as_of),
+        Cond(field="valid_from", op="lte", value=as_of),
+        Or(any=[Cond(field="valid_until", op="eq", value=None), Cond(field="valid_until", op="gt", value=as_of)]),
+        Or(any=[Cond(field="superseded_at", op="eq", value=None), Cond(field="superseded_at", op="gt", value=as_of)]),
+    ]
+
+
+def visible(
+    scope: Scope, flt: MemoryFilter, *, exact: bool, as_of: datetime | None, include_superseded: bool
+) -> And:
+    """Everything a query in ``scope`` may see, narrowed by ``flt`` and validity."""
+    return And(
+        all=[
+            *scope_conditions(scope, exact=exact),
+            *flt.to_expr().all,
+            *time_conditions(as_of=as_of, include_superseded=include_superseded),
+        ]
+    )
+
+
+class Searcher:
+    """Runs searches for one memory."""
+
+    def __init__(self, index: LocalIndex, embedder: Embedder, sparse: SparseEncoder) -> None:
+        self._index = index
+        self._embedder = embedder
+        self._sparse = sparse
+
+    def search(
+        self,
+        query: str,
+        scope: Scope,
+        config: SearchConfig,
+        flt: MemoryFilter,
+        *,
+        as_of: datetime | None,
+        now: datetime,
+    ) -> list[SearchHit]:
+        """Best first; at most ``config.top_k`` hits."""
+        where = visible(
+            scope, flt, exact=config.exact_scope, as_of=as_of,
+            include_superseded=config.include_superseded,
+        )
+        requests = []
+        if config.mode in ("dense", "hybrid"):
+            requests.append(
+                NearestRequest(
+                    "dense", self._embedder.embed_query(query), where, config.candidates,
+                    config.min_similarity,
+                )
+            )
+        if config.mode in ("sparse", "hybrid"):
+            terms = self._sparse.encode_query(query)
+            if terms.indices:
+                requests.append(NearestRequest("sparse", terms, where, config.candidates))
+        results = self._index.nearest(requests) if requests else []
+        dense: list[ScoredId] = []
+        sparse: list[ScoredId] = []
+        for request, result in zip(requests, results, strict=True):
+            (dense if request.using == "dense" else sparse).extend(result)
+        candidates = fuse(dense, sparse, config)
+        weighting = config.recency_weight or config.importance_weight
+        shortlist = candidates[: config.top_k * (_RERANK_FACTOR if weighting else 1)]
+        records = {r.id: r for r in self._index.get([c.id for c in shortlist])}
+        return weigh(shortlist, records, config, now)[: config.top_k]

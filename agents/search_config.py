@@ -1,0 +1,83 @@
+"""Search behaviour as data: :class:`SearchConfig` and its named presets.
+
+Scores are "higher is better". ``min_similarity`` is a threshold on the dense cosine similarity
+between query and memory, in [-1, 1]; in hybrid mode a result must also be among the dense
+candidates above it. It has no meaning for pure keyword (sparse) search, where setting it is an
+error.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from hivemem.pool.base import Model
+from hivemem.pool.errors import InvalidSearchConfig
+
+
+class SearchConfig(Model):
+    """How a search retrieves, fuses and ranks candidates."""
+
+    error = InvalidSearchConfig
+
+    #: dense (embedding similarity), sparse (BM25 keywords) or hybrid (both, fused).
+    mode: Literal["dense", "sparse", "hybrid"] = "hybrid"
+    #: Fusion of the dense and sparse rankings: reciprocal rank fusion, or the sum of min-max
+    #: normalised scores ("dbsf"-like).
+    fusion: Literal["rrf", "score"] = "rrf"
+    #: RRF constant: a candidate at rank r contributes weight / (rrf_k + r).
+    rrf_k: int = Field(default=60, ge=1)
+    dense_weight: float = Field(default=1.0, ge=0.0)
+    sparse_weight: float = Field(default=1.0, ge=0.0)
+    #: Candidates fetched per retrieval method before fusion.
+    candidates: int = Field(default=50, ge=1, le=10_000)
+    top_k: int = Field(default=10, ge=1, le=1_000)
+    min_similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
+    #: Share of the final score given to recency (exponential decay of age) and importance.
+    recency_weight: float = Field(default=0.0, ge=0.0, le=1.0)
+    recency_half_life_s: float = Field(default=30 * 24 * 3600.0, gt=0.0)
+    importance_weight: float = Field(default=0.0, ge=0.0, le=1.0)
+    include_superseded: bool = False
+    exact_scope: bool = False
+    #: Count each returned memory as accessed (feeds tier promotion and retention).
+    track_access: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.mode == "sparse" and self.min_similarity is not None:
+            raise InvalidSearchConfig("min_similarity needs dense similarity (mode dense or hybrid)")
+        if self.recency_weight + self.importance_weight > 1.0:
+            raise InvalidSearchConfig("recency_weight + importance_weight must not exceed 1")
+        if self.mode == "hybrid" and self.dense_weight == 0 and self.sparse_weight == 0:
+            raise InvalidSearchConfig("hybrid search needs a positive weight")
+        return self
+
+    def with_(self, **changes: object) -> SearchConfig:
+        """A validated copy with ``changes`` applied."""
+        return SearchConfig(**{**self.model_dump(), **changes})
+
+
+BALANCED = SearchConfig()
+SEMANTIC = SearchConfig(mode="dense")
+KEYWORD = SearchConfig(mode="sparse")
+RECENT = SearchConfig(recency_weight=0.3, recency_half_life_s=7 * 24 * 3600.0)
+IMPORTANT = SearchConfig(importance_weight=0.3)
+
+PRESETS: dict[str, SearchConfig] = {
+    "balanced": BALANCED,
+    "semantic": SEMANTIC,
+    "keyword": KEYWORD,
+    "recent": RECENT,
+    "important": IMPORTANT,
+}
+
+
+def preset(name: str) -> SearchConfig:
+    """The preset called ``name``; raises InvalidSearchConfig for an unknown name."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InvalidSearchConfig(
+            f"unknown search preset {name[:40]!r}; known: {', '.join(sorted(PRESETS))}"
+        ) from None

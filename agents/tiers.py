@@ -1,0 +1,87 @@
+"""Tiers: capacities, promotion and demotion.
+
+Records enter WORKING, or LONG_TERM when their importance reaches ``promote_importance``. Each
+user has a capacity per tier; when a tier overflows, its least retained records move one step
+colder (WORKING → SHORT_TERM → ARCHIVE, LONG_TERM → ARCHIVE) until the tier is back at
+``demote_to_fraction`` of its capacity. A record reaching ``promote_access_count`` accesses is
+promoted to LONG_TERM. ARCHIVE has no capacity. Search covers every tier unless filtered.
+
+Retention, in [0, 1], weighs importance (0.5), recency of the last access or of recording (0.3,
+half-life ``recency_half_life_s``) and access frequency (0.2, saturating at the promotion count).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from datetime import datetime
+
+from hivemem.pool.enums import Tier
+from hivemem.pool.filters import And, Cond
+from hivemem.pool.ports import LocalIndex
+from hivemem.pool.records import MemoryRecord
+from hivemem.pool.settings import TierSettings
+
+#: Where an overflowing tier sends its least retained records.
+COLDER = {Tier.WORKING: Tier.SHORT_TERM, Tier.SHORT_TERM: Tier.ARCHIVE, Tier.LONG_TERM: Tier.ARCHIVE}
+
+
+def initial_tier(importance: float, settings: TierSettings) -> Tier:
+    """The tier a new record enters when the caller names none."""
+    return Tier.LONG_TERM if importance >= settings.promote_importance else Tier.WORKING
+
+
+def retention(record: MemoryRecord, now: datetime, settings: TierSettings) -> float:
+    """How much a record deserves to stay in its tier, in [0, 1] (higher stays)."""
+    last = record.last_accessed_at or record.recorded_at
+    age_s = max((now - last).total_seconds(), 0.0)
+    recency = math.pow(0.5, age_s / settings.recency_half_life_s)
+    frequency = min(record.access_count / settings.promote_access_count, 1.0)
+    return 0.5 * record.importance + 0.3 * recency + 0.2 * frequency
+
+
+class TierManager:
+    """Keeps each user's tiers within capacity; the caller holds the memory's write lock."""
+
+    def __init__(self, index: LocalIndex, settings: TierSettings) -> None:
+        self._index = index
+        self._settings = settings
+
+    def enforce(self, user_ids: Iterable[str], now: datetime) -> int:
+        """Demote overflow for these users, coldest-bound tiers last; returns records moved."""
+        moved = 0
+        for user_id in sorted(set(user_ids)):
+            for tier in (Tier.WORKING, Tier.SHORT_TERM, Tier.LONG_TERM):
+                moved += self._enforce_tier(user_id, tier, now)
+        return moved
+
+    def _enforce_tier(self, user_id: str, tier: Tier, now: datetime) -> int:
+        capacity = self._settings.capacity.get(tier)
+        if capacity is None:
+            return 0
+        where = And(
+            all=[
+                Cond(field="scope.user_id", op="eq", value=user_id),
+                Cond(field="tier", op="eq", value=tier),
+            ]
+        )
+        count = self._index.count(where)
+        if count <= capacity:
+            return 0
+        keep = int(capacity * self._settings.demote_to_fraction)
+        ranked = sorted(
+            self._index.scan(where), key=lambda r: (retention(r, now, self._settings), r.id)
+        )
+        victims = ranked[: count - keep]
+        colder = COLDER[tier]
+        self._index.update_fields({r.id: {"tier": colder} for r in victims})
+        return len(victims)
+
+    def promotions(self, records: Iterable[MemoryRecord]) -> dict[str, Tier]:
+        """Records (with their updated access counts) that earn LONG_TERM by access."""
+        return {
+            r.id: Tier.LONG_TERM
+            for r in records
+            if r.access_count >= self._settings.promote_access_count
+            and r.tier in (Tier.WORKING, Tier.SHORT_TERM, Tier.ARCHIVE)
+        }

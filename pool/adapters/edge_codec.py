@@ -1,0 +1,222 @@
+"""How a record is laid out in a Qdrant Edge point, and back.
+
+Payload keys are flat (``user_id``, ``level``, ``recorded_at``...) so that every filterable field
+has its own payload index. Datetimes are ISO 8601 strings (Edge indexes them as datetimes and
+rejects datetime objects). Edge stores booleans as integers, so boolean metadata is written as
+0/1 and the names of those keys are kept in ``bool_keys`` to restore them on read; a filter on
+``True`` therefore also matches 1, as in Python.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from qdrant_edge import Point
+from qdrant_edge import SparseVector as EdgeSparse
+
+from hivemem.pool.enums import Category, Level, Tier, Zone
+from hivemem.pool.records import MemoryRecord, Scope, SparseVector, Tombstone
+
+DENSE = "dense"
+SPARSE = "sparse"
+KIND_RECORD = "record"
+KIND_TOMBSTONE = "tombstone"
+
+#: Payload keys with their index type ("keyword", "float", "integer", "datetime").
+INDEXED_FIELDS: dict[str, str] = {
+    "kind": "keyword",
+    "user_id": "keyword",
+    "session_id": "keyword",
+    "agent_id": "keyword",
+    "run_id": "keyword",
+    "level": "keyword",
+    "tier": "keyword",
+    "category": "keyword",
+    "zone": "keyword",
+    "tags": "keyword",
+    "entities": "keyword",
+    "supersedes": "keyword",
+    "importance": "float",
+    "access_count": "integer",
+    "recorded_at": "datetime",
+    "valid_from": "datetime",
+    "valid_until": "datetime",
+    "superseded_at": "datetime",
+    "last_accessed_at": "datetime",
+}
+#: Filter field names (hivemem.pool.filters) → payload keys, where they differ.
+FIELD_KEYS = {
+    "scope.user_id": "user_id",
+    "scope.session_id": "session_id",
+    "scope.agent_id": "agent_id",
+    "scope.run_id": "run_id",
+}
+#: Bookkeeping fields that :meth:`LocalIndex.update_fields` may change.
+MUTABLE_FIELDS = frozenset(
+    {
+        "tier",
+        "importance",
+        "access_count",
+        "last_accessed_at",
+        "superseded_at",
+        "superseded_by",
+        "valid_until",
+        "consolidated_into",
+    }
+)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def encode_value(value: object) -> object:
+    """A bookkeeping value as stored in the payload."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Level | Tier | Category | Zone):
+        return value.value
+    return value
+
+
+def _encode_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    stored: dict[str, Any] = {}
+    bool_keys: list[str] = []
+    for key, value in metadata.items():
+        if isinstance(value, bool) or (
+            isinstance(value, list) and value and all(isinstance(v, bool) for v in value)
+        ):
+            bool_keys.append(key)
+            stored[key] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        else:
+            stored[key] = value
+    return stored, bool_keys
+
+
+def _decode_metadata(stored: dict[str, Any], bool_keys: list[str]) -> dict[str, Any]:
+    if not bool_keys:
+        return stored
+    metadata = dict(stored)
+    for key in bool_keys:
+        value = metadata[key]
+        metadata[key] = [bool(v) for v in value] if isinstance(value, list) else bool(value)
+    return metadata
+
+
+def record_payload(record: MemoryRecord) -> dict[str, Any]:
+    """The payload of a record's point (everything but the vectors)."""
+    metadata, bool_keys = _encode_metadata(record.metadata)
+    scope = record.scope
+    return {
+        "kind": KIND_RECORD,
+        "content": record.content,
+        "level": record.level.value,
+        "tier": record.tier.value,
+        "category": record.category.value,
+        "zone": record.zone.value,
+        "user_id": scope.user_id,
+        "session_id": scope.session_id,
+        "agent_id": scope.agent_id,
+        "run_id": scope.run_id,
+        "importance": record.importance,
+        "access_count": record.access_count,
+        "last_accessed_at": _iso(record.last_accessed_at),
+        "tags": record.tags,
+        "entities": record.entities,
+        "metadata": metadata,
+        "bool_keys": bool_keys,
+        "sources": record.sources,
+        "consolidated_into": record.consolidated_into,
+        "valid_from": _iso(record.valid_from),
+        "valid_until": _iso(record.valid_until),
+        "recorded_at": _iso(record.recorded_at),
+        "superseded_at": _iso(record.superseded_at),
+        "supersedes": record.supersedes,
+        "superseded_by": record.superseded_by,
+    }
+
+
+def record_point(record: MemoryRecord) -> Point:
+    """The Edge point for a record; a record without vectors gets none."""
+    vectors: dict[str, Any] = {}
+    if record.vector is not None:
+        vectors[DENSE] = record.vector
+    if record.sparse is not None and record.sparse.indices:
+        vectors[SPARSE] = EdgeSparse(record.sparse.indices, record.sparse.values)
+    return Point(record.id, vectors, record_payload(record))
+
+
+def tombstone_point(tombstone: Tombstone) -> Point:
+    scope = tombstone.scope
+    payload = {
+        "kind": KIND_TOMBSTONE,
+        "level": tombstone.level.value,
+        "zone": tombstone.zone.value,
+        "user_id": scope.user_id,
+        "session_id": scope.session_id,
+        "agent_id": scope.agent_id,
+        "run_id": scope.run_id,
+        "deleted_at": _iso(tombstone.deleted_at),
+    }
+    return Point(tombstone.id, {}, payload)
+
+
+def _scope(payload: dict[str, Any]) -> Scope:
+    return Scope.model_construct(
+        user_id=payload["user_id"],
+        session_id=payload["session_id"],
+        agent_id=payload["agent_id"],
+        run_id=payload["run_id"],
+    )
+
+
+def decode_record(point_id: object, payload: dict[str, Any], vectors: Any) -> MemoryRecord:
+    """Rebuild a record from a point. Data was validated on the way in, so it is not re-checked."""
+    dense = sparse = None
+    if vectors:
+        dense = vectors.get(DENSE)
+        stored_sparse = vectors.get(SPARSE)
+        if stored_sparse is not None:
+            sparse = SparseVector.model_construct(
+                indices=list(stored_sparse.indices), values=[float(v) for v in stored_sparse.values]
+            )
+    return MemoryRecord.model_construct(
+        id=str(point_id),
+        content=payload["content"],
+        vector=list(dense) if dense is not None else None,
+        sparse=sparse,
+        level=Level(payload["level"]),
+        scope=_scope(payload),
+        tier=Tier(payload["tier"]),
+        category=Category(payload["category"]),
+        zone=Zone(payload["zone"]),
+        importance=float(payload["importance"]),
+        access_count=int(payload["access_count"]),
+        last_accessed_at=_time(payload["last_accessed_at"]),
+        tags=payload["tags"],
+        entities=payload["entities"],
+        metadata=_decode_metadata(payload["metadata"], payload["bool_keys"]),
+        sources=payload["sources"],
+        consolidated_into=payload["consolidated_into"],
+        valid_from=datetime.fromisoformat(payload["valid_from"]),
+        valid_until=_time(payload["valid_until"]),
+        recorded_at=datetime.fromisoformat(payload["recorded_at"]),
+        superseded_at=_time(payload["superseded_at"]),
+        supersedes=payload["supersedes"],
+        superseded_by=payload["superseded_by"],
+    )
+
+
+def decode_tombstone(point_id: object, payload: dict[str, Any]) -> Tombstone:
+    return Tombstone.model_construct(
+        id=str(point_id),
+        scope=_scope(payload),
+        level=Level(payload["level"]),
+        zone=Zone(payload["zone"]),
+        deleted_at=datetime.fromisoformat(payload["deleted_at"]),
+    )

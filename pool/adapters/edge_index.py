@@ -1,0 +1,226 @@
+"""The agent-local index on Qdrant Edge (Qdrant's engine, in-process, one shard per directory).
+
+Measured on the 2-core machine (see docs/performance.md): a plain (brute-force) segment with
+keyword/float/datetime payload indexes answers a user-filtered hybrid query in ~0.5 ms at 100k
+points, so no HNSW graph is built (building one took minutes on 2 cores). Writes go through
+Edge's write-ahead log: a point upserted before the process is SIGKILLed is there on reopen.
+
+Thread safety: Edge shard calls are made under one lock per index (reads included); each call is
+short, and embedding, the expensive part of every operation, happens outside it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeShard,
+    EdgeSparseVectorParams,
+    EdgeVectorParams,
+    FacetRequest,
+    Filter,
+    Modifier,
+    PayloadSchemaType,
+    Query,
+    QueryBatchRequest,
+    QueryRequest,
+    ScrollRequest,
+    UpdateOperation,
+)
+from qdrant_edge import SparseVector as EdgeSparse
+
+from hivemem.pool.adapters.edge_codec import (
+    DENSE,
+    FIELD_KEYS,
+    INDEXED_FIELDS,
+    KIND_TOMBSTONE,
+    MUTABLE_FIELDS,
+    SPARSE,
+    decode_record,
+    decode_tombstone,
+    encode_value,
+    record_point,
+    tombstone_point,
+)
+from hivemem.pool.adapters.edge_filters import to_edge_filter
+from hivemem.pool.errors import InvalidFilter, InvalidInput, MemoryClosed
+from hivemem.pool.filters import And
+from hivemem.pool.ids import check_record_id
+from hivemem.pool.ports import NearestRequest, ScoredId
+from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
+
+_SCHEMA = {
+    "keyword": PayloadSchemaType.Keyword,
+    "float": PayloadSchemaType.Float,
+    "integer": PayloadSchemaType.Integer,
+    "datetime": PayloadSchemaType.Datetime,
+}
+_SCROLL_PAGE = 512
+
+
+def _config(dim: int) -> EdgeConfig:
+    return EdgeConfig(
+        vectors={DENSE: EdgeVectorParams(size=dim, distance=Distance.Cosine)},
+        sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)},
+    )
+
+
+class EdgeIndex:
+    """:class:`hivemem.pool.ports.LocalIndex` on one Qdrant Edge shard under ``path``."""
+
+    def __init__(self, path: Path, *, dim: int) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        if (path / "edge").exists():
+            self._shard: EdgeShard | None = EdgeShard.load(str(path / "edge"))
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            self._shard = EdgeShard.create(str(path / "edge"), _config(dim))
+            for key, kind in INDEXED_FIELDS.items():
+                self._shard.update(UpdateOperation.create_field_index(key, _SCHEMA[kind]))
+
+    def _open(self) -> EdgeShard:
+        if self._shard is None:
+            raise MemoryClosed("the index is closed")
+        return self._shard
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def upsert(self, records: Sequence[MemoryRecord]) -> None:
+        if not records:
+            return
+        points = [record_point(r) for r in records]
+        with self._lock:
+            self._open().update(UpdateOperation.upsert_points(points))
+
+    def update_fields(self, updates: Mapping[str, Mapping[str, object]]) -> None:
+        for record_id, fields in updates.items():
+            unknown = set(fields) - MUTABLE_FIELDS
+            if unknown:
+                raise InvalidInput(f"fields {sorted(unknown)} cannot be changed", field="fields")
+            check_record_id(record_id)
+        with self._lock:
+            shard = self._open()
+            for record_id, fields in updates.items():
+                payload = {k: encode_value(v) for k, v in fields.items()}
+                shard.update(UpdateOperation.set_payload([record_id], payload))
+
+    def put_tombstones(self, tombstones: Sequence[Tombstone]) -> None:
+        if not tombstones:
+            return
+        points = [tombstone_point(t) for t in tombstones]
+        with self._lock:
+            shard = self._open()
+            # Upserting replaces the whole point: content and vectors are gone with it.
+            shard.update(UpdateOperation.upsert_points(points))
+
+    def remove(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        checked = [check_record_id(i) for i in ids]
+        with self._lock:
+            self._open().update(UpdateOperation.delete_points(checked))
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _retrieve(self, ids: Sequence[str], with_vectors: bool) -> list[Any]:
+        checked = [check_record_id(i) for i in ids]
+        with self._lock:
+            return list(self._open().retrieve(checked, True, bool(with_vectors)))
+
+    def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[MemoryRecord]:
+        if not ids:
+            return []
+        found = {
+            str(p.id): decode_record(p.id, p.payload, p.vector)
+            for p in self._retrieve(ids, with_vectors)
+            if p.payload.get("kind") != KIND_TOMBSTONE
+        }
+        return [found[i] for i in dict.fromkeys(ids) if i in found]
+
+    def get_tombstones(self, ids: Sequence[str]) -> list[Tombstone]:
+        if not ids:
+            return []
+        return [
+            decode_tombstone(p.id, p.payload)
+            for p in self._retrieve(ids, with_vectors=False)
+            if p.payload.get("kind") == KIND_TOMBSTONE
+        ]
+
+    def nearest(self, requests: Sequence[NearestRequest]) -> list[list[ScoredId]]:
+        batch = [self._query(r) for r in requests]
+        with self._lock:
+            results = self._open().query_batch(QueryBatchRequest(batch))
+        return [[ScoredId(str(p.id), float(p.score)) for p in points] for points in results]
+
+    @staticmethod
+    def _query(request: NearestRequest) -> QueryRequest:
+        vector: Any
+        if request.using == SPARSE:
+            if not isinstance(request.vector, SparseVector):
+                raise InvalidInput("a sparse lookup takes a SparseVector", field="vector")
+            vector = EdgeSparse(request.vector.indices, request.vector.values)
+        else:
+            vector = [float(v) for v in request.vector]  # type: ignore[union-attr]
+        return QueryRequest(
+            query=Query.Nearest(vector, using=request.using),
+            filter=to_edge_filter(request.where),
+            limit=request.limit,
+            score_threshold=request.score_threshold,
+            with_payload=False,
+            with_vector=False,
+        )
+
+    def scan(self, where: And, *, with_vectors: bool = False) -> Iterator[MemoryRecord]:
+        edge_filter = to_edge_filter(where)
+        offset: Any = None
+        while True:
+            with self._lock:
+                points, offset = self._open().scroll(
+                    ScrollRequest(
+                        filter=edge_filter,
+                        limit=_SCROLL_PAGE,
+                        offset=offset,
+                        with_payload=True,
+                        with_vector=bool(with_vectors),
+                    )
+                )
+            for point in points:
+                yield decode_record(point.id, point.payload, point.vector)
+            if offset is None:
+                return
+
+    def count(self, where: And) -> int:
+        edge_filter = to_edge_filter(where)
+        with self._lock:
+            return int(self._open().count(CountRequest(filter=edge_filter, exact=True)))
+
+    def facet(self, field: str, where: And) -> dict[str, int]:
+        key = FIELD_KEYS.get(field, field)
+        if INDEXED_FIELDS.get(key) != "keyword":
+            raise InvalidFilter(f"cannot count by {field[:80]!r}", field="field")
+        edge_filter: Filter = to_edge_filter(where)
+        with self._lock:
+            response = self._open().facet(
+                FacetRequest(key, limit=1_000_000, exact=True, filter=edge_filter)
+            )
+        return {str(hit.value): int(hit.count) for hit in response.hits}
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_blocks * 512 for f in self.path.rglob("*") if f.is_file())
+
+    def flush(self) -> None:
+        with self._lock:
+            self._open().flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None

@@ -1,0 +1,42 @@
+"""The base of hivemem's pydantic models: frozen, strict about extra fields, and raising the
+package's own typed errors instead of pydantic's ``ValidationError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from hivemem.pool.errors import InvalidInput
+
+
+def _translate(exc: ValidationError, default: type[InvalidInput]) -> InvalidInput:
+    """Our typed error for pydantic's: the class a validator raised (InvalidContent,
+    InvalidIdentifier...) or ``default``, with the dotted path of the first failing field."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    path = ".".join(str(p) for p in first["loc"]) or None
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, InvalidInput):
+        return type(cause)(str(cause), field=cause.field or path)
+    return default(f"{path}: {first['msg']}" if path else first["msg"], field=path)
+
+
+class Model(BaseModel):
+    """Frozen pydantic model whose validation failures raise :attr:`error` (an InvalidInput)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    error: ClassVar[type[InvalidInput]] = InvalidInput
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _translate(exc, self.error) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise _translate(exc, cls.error) from None

@@ -1,0 +1,93 @@
+"""The closed vocabularies of a memory record: level, tier, category and trust zone.
+
+Values are lower-case strings: they are what lands in payloads, JSON and the CLI.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Level(StrEnum):
+    """The H-MEM hierarchy, from raw to abstract. ``rank`` orders them (EPISODE = 0)."""
+
+    EPISODE = "episode"
+    TRACE = "trace"
+    CATEGORY = "category"
+    DOMAIN = "domain"
+
+    @property
+    def rank(self) -> int:
+        return _LEVEL_RANK[self]
+
+
+_LEVEL_RANK = {level: i for i, level in enumerate(Level)}
+
+
+class Tier(StrEnum):
+    """Temperature of a record, orthogonal to its level: how readily it is kept and surfaced."""
+
+    WORKING = "working"
+    SHORT_TERM = "short_term"
+    LONG_TERM = "long_term"
+    ARCHIVE = "archive"
+
+
+class Category(StrEnum):
+    """What kind of knowledge a record holds."""
+
+    PREFERENCE = "preference"
+    FACT = "fact"
+    CONTEXT = "context"
+    ENTITY = "entity"
+    DECISION = "decision"
+    INSIGHT = "insight"
+    EVENT = "event"
+
+
+class Zone(StrEnum):
+    """Trust zones, totally ordered: PUBLIC < INTERNAL < CONFIDENTIAL < SECRET.
+
+    Comparison operators follow that order (not the alphabetical order of the values), so
+    ``record.zone <= agent.clearance`` reads as "the agent may read it".
+    """
+
+    PUBLIC = "public"
+    INTERNAL = "internal"
+    CONFIDENTIAL = "confidential"
+    SECRET = "secret"
+
+    @property
+    def rank(self) -> int:
+        return _ZONE_RANK[self]
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Zone):
+            return NotImplemented
+        return self.rank < other.rank
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, Zone):
+            return NotImplemented
+        return self.rank <= other.rank
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, Zone):
+            return NotImplemented
+        return self.rank > other.rank
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, Zone):
+            return NotImplemented
+        return self.rank >= other.rank
+
+    __hash__ = StrEnum.__hash__
+
+    @classmethod
+    def highest(cls, zones: list[Zone]) -> Zone:
+        """The most restrictive of ``zones`` (PUBLIC for an empty list): the zone of anything
+        derived from them ("no write down")."""
+        return max(zones, default=cls.PUBLIC, key=lambda zone: zone.rank)
+
+
+_ZONE_RANK = {zone: i for i, zone in enumerate(Zone)}

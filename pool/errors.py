@@ -1,0 +1,85 @@
+"""The one exception tree of hivemem.
+
+Every error the package raises on purpose derives from :class:`HivememError`. Errors about bad
+input also derive from :class:`ValueError`, so callers that already catch ``ValueError`` keep
+working. Each class says when it is raised; its attributes carry the structured facts (ids,
+fields), never the plaintext content of a memory.
+"""
+
+from __future__ import annotations
+
+
+class HivememError(Exception):
+    """Root of every error hivemem raises on purpose."""
+
+
+class InvalidInput(HivememError, ValueError):
+    """Raised when an argument is malformed; nothing was changed.
+
+    ``field`` names the offending argument or model field (dotted for nested ones).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidIdentifier(InvalidInput):
+    """Raised when an id (record, user, session, agent, run) does not match its pattern."""
+
+
+class InvalidContent(InvalidInput):
+    """Raised when memory content is empty, only whitespace, or longer than the configured limit."""
+
+
+class InvalidFilter(InvalidInput):
+    """Raised when a filter names an unknown field, an unknown operator, or a value of the wrong
+    type for its operator."""
+
+
+class InvalidSearchConfig(InvalidInput):
+    """Raised when a search configuration or preset name is unknown or inconsistent."""
+
+
+class MemoryNotFound(HivememError, KeyError):
+    """Raised when a record id is not in this memory (or was deleted, for operations that need a
+    live record)."""
+
+    def __init__(self, record_id: str) -> None:
+        super().__init__(record_id)
+        self.record_id = record_id
+
+    def __str__(self) -> str:
+        return f"no memory with id {self.record_id}"
+
+
+class SupersessionConflict(HivememError):
+    """Raised when superseding a record that is no longer current (it was superseded or deleted
+    in the meantime). ``current_id`` is the head of its version chain, if any."""
+
+    def __init__(self, record_id: str, current_id: str | None) -> None:
+        super().__init__(f"memory {record_id} is not current (current version: {current_id})")
+        self.record_id = record_id
+        self.current_id = current_id
+
+
+class MemoryClosed(HivememError):
+    """Raised when a memory is used after :meth:`close`."""
+
+
+class StoreLocked(HivememError):
+    """Raised when a persist directory is already open in another memory (this process or
+    another one): one directory, one writer."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"persist directory {path} is in use by another memory")
+        self.path = path
+
+
+class StoreIncompatible(HivememError):
+    """Raised when a persist directory was written with another embedding model or schema."""
+
+
+class EmbeddingModelMissing(HivememError):
+    """Raised when the offline embedding model files are not installed; the message says which
+    package provides them. hivemem never downloads a model at run time."""

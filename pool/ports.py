@@ -1,0 +1,120 @@
+"""The ports: what hivemem needs from the outside world, as Protocols.
+
+Adapters live beside the code that owns them (``pool/adapters/`` for stores). Fakes of these ports
+are fine in unit tests of the logic above them; the adapters themselves are tested against the
+real engines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from hivemem.pool.filters import And
+from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
+
+Vector = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    """Turns text into dense vectors. Rows are unit length; similarity is the dot product."""
+
+    model_id: str
+    dim: int
+
+    def embed_documents(self, texts: Sequence[str]) -> Vector:
+        """Shape (len(texts), dim), float32."""
+        ...
+
+    def embed_query(self, text: str) -> Vector:
+        """Shape (dim,), float32."""
+        ...
+
+
+class SparseEncoder(Protocol):
+    """Turns text into sparse term vectors (BM25 weights for documents, 1 per term for queries)."""
+
+    def encode_documents(self, texts: Sequence[str]) -> list[SparseVector]: ...
+
+    def encode_query(self, text: str) -> SparseVector: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NearestRequest:
+    """One nearest-neighbour lookup: ``using`` names the vector ("dense" or "sparse")."""
+
+    using: Literal["dense", "sparse"]
+    vector: Vector | SparseVector
+    where: And
+    limit: int
+    score_threshold: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredId:
+    """A record id with its score for one request (higher is better)."""
+
+    id: str
+    score: float
+
+
+class LocalIndex(Protocol):
+    """An agent's local store of records and tombstones, searchable by vector and filter.
+
+    Conditions in ``where`` use the field names of :mod:`hivemem.pool.filters` plus the scope
+    fields ``scope.user_id``, ``scope.session_id``, ``scope.agent_id`` and ``scope.run_id``.
+    Tombstones never appear in queries, scans, counts or facets. Writes are durable when the
+    call returns.
+    """
+
+    def upsert(self, records: Sequence[MemoryRecord]) -> None:
+        """Insert or replace records (by id), vectors included."""
+        ...
+
+    def update_fields(self, updates: Mapping[str, Mapping[str, object]]) -> None:
+        """Change bookkeeping fields of existing records: ``{record_id: {field: value}}``."""
+        ...
+
+    def put_tombstones(self, tombstones: Sequence[Tombstone]) -> None:
+        """Replace records by tombstones (the content and vectors are destroyed)."""
+        ...
+
+    def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[MemoryRecord]:
+        """The live records among ``ids``, in the order of ``ids``; missing ids are skipped."""
+        ...
+
+    def get_tombstones(self, ids: Sequence[str]) -> list[Tombstone]:
+        """The tombstones among ``ids``."""
+        ...
+
+    def nearest(self, requests: Sequence[NearestRequest]) -> list[list[ScoredId]]:
+        """Run the requests (in one engine call where possible); best first."""
+        ...
+
+    def scan(self, where: And, *, with_vectors: bool = False) -> Iterator[MemoryRecord]:
+        """Every live record matching ``where``, in id order."""
+        ...
+
+    def count(self, where: And) -> int:
+        """How many live records match ``where``."""
+        ...
+
+    def facet(self, field: str, where: And) -> dict[str, int]:
+        """Count of live records matching ``where`` per value of a keyword field."""
+        ...
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Physically remove records and tombstones (no trace is kept)."""
+        ...
+
+    def size_bytes(self) -> int:
+        """Bytes the index occupies on disk."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release the store; further calls raise MemoryClosed."""
+        ...

@@ -1,0 +1,196 @@
+"""The memory record and its parts, as immutable pydantic models.
+
+A record's identity, content, vectors, scope, level, zone and validity start never change once
+written: an update is a *supersession* (a new record pointing at the old one) and a deletion is a
+*tombstone* (:class:`Tombstone`). What does change is bookkeeping kept beside the content: access count and last
+access, tier, importance, the supersession and consolidation back-links.
+Models never do I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from hivemem.pool.base import Model
+from hivemem.pool.enums import Category, Level, Tier, Zone
+from hivemem.pool.errors import InvalidContent
+from hivemem.pool.ids import (
+    check_label,
+    check_metadata_key,
+    check_record_id,
+    check_scope_id,
+    new_record_id,
+)
+
+#: Hard ceiling on content length, whatever the settings say (characters).
+MAX_CONTENT_CHARS_HARD = 100_000
+#: Metadata values: JSON scalars, or flat lists of them.
+MetadataValue = str | int | float | bool | None | list[str | int | float | bool]
+
+
+def utc_now() -> datetime:
+    """Now, timezone-aware in UTC (the only kind of datetime a record holds)."""
+    return datetime.now(UTC)
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    """Naive datetimes are taken as UTC; aware ones are converted to UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _record_id(value: str) -> str:
+    return check_record_id(value)
+
+
+RecordId = Annotated[str, AfterValidator(_record_id)]
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class Scope(Model):
+    """Who a memory belongs to. ``user_id`` is a hard partition; the other ids narrow it.
+
+    A record with ``session_id=None`` is user-level: visible from every session of that user;
+    likewise for ``agent_id`` and ``run_id`` (see :mod:`hivemem.agents.scoping`).
+    """
+
+    user_id: str
+    session_id: str | None = None
+    agent_id: str | None = None
+    run_id: str | None = None
+
+    @field_validator("user_id", "session_id", "agent_id", "run_id")
+    @classmethod
+    def _check_ids(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return None
+        return check_scope_id(value, field=f"scope.{info.field_name}")
+
+    def broadened(self) -> Scope:
+        """The user-level scope of this scope (session, agent and run dropped)."""
+        return Scope(user_id=self.user_id)
+
+
+class SparseVector(Model):
+    """A sparse vector: strictly increasing term ids and their weights (same length)."""
+
+    indices: list[int]
+    values: list[float]
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> SparseVector:
+        if len(self.indices) != len(self.values):
+            raise ValueError("sparse indices and values differ in length")
+        if any(not math.isfinite(v) for v in self.values):
+            raise ValueError("sparse values must be finite")
+        return self
+
+
+class MemoryRecord(Model):
+    """One memory. See the module docstring for what may change after writing.
+
+    Scores, vectors and timestamps: ``vector`` is unit-length (cosine), ``importance`` is in
+    [0, 1], every datetime is timezone-aware UTC.
+    """
+
+    id: RecordId = Field(default_factory=new_record_id)
+    content: str
+    vector: list[float] | None = None
+    sparse: SparseVector | None = None
+
+    level: Level = Level.EPISODE
+    scope: Scope
+    tier: Tier = Tier.WORKING
+    category: Category = Category.FACT
+    zone: Zone = Zone.PUBLIC
+    importance: float = Field(default=0.5, ge=0.0, le=1.0)
+    access_count: int = Field(default=0, ge=0)
+    last_accessed_at: UtcDatetime | None = None
+
+    tags: list[str] = Field(default_factory=list, max_length=64)
+    entities: list[str] = Field(default_factory=list, max_length=64)
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=64)
+
+    #: Provenance: the records this one was consolidated from, and those it was consolidated into.
+    sources: list[RecordId] = Field(default_factory=list)
+    consolidated_into: list[RecordId] = Field(default_factory=list)
+
+    #: Bi-temporal validity: when the fact held, and when the system knew it.
+    valid_from: UtcDatetime = Field(default_factory=utc_now)
+    valid_until: UtcDatetime | None = None
+    recorded_at: UtcDatetime = Field(default_factory=utc_now)
+    superseded_at: UtcDatetime | None = None
+    supersedes: RecordId | None = None
+    superseded_by: RecordId | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _check_content(cls, value: str) -> str:
+        if not value.strip():
+            raise InvalidContent("content must not be empty or blank", field="content")
+        if len(value) > MAX_CONTENT_CHARS_HARD:
+            raise InvalidContent(
+                f"content has {len(value)} characters, more than {MAX_CONTENT_CHARS_HARD}",
+                field="content",
+            )
+        return value
+
+    @field_validator("importance")
+    @classmethod
+    def _check_importance(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("importance must be a finite number in [0, 1]")
+        return value
+
+    @field_validator("vector")
+    @classmethod
+    def _check_vector(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(not math.isfinite(v) for v in value):
+            raise ValueError("vector values must be finite")
+        return value
+
+    @field_validator("tags", "entities")
+    @classmethod
+    def _check_labels(cls, value: list[str], info: Any) -> list[str]:
+        return [check_label(v, field=info.field_name) for v in value]
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
+        for key, item in value.items():
+            check_metadata_key(key)
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"metadata.{key} must be finite")
+        return value
+
+    @model_validator(mode="after")
+    def _check_validity(self) -> MemoryRecord:
+        if self.valid_until is not None and self.valid_until < self.valid_from:
+            raise ValueError("valid_until precedes valid_from")
+        return self
+
+    @property
+    def is_current(self) -> bool:
+        """True when no later version supersedes this record."""
+        return self.superseded_at is None
+
+
+class Tombstone(Model):
+    """What remains of a deleted record: identity and scope, no content and no vectors.
+
+    Kept so that a deletion replicates like any other write and a late copy of the record is
+    never resurrected.
+    """
+
+    id: RecordId
+    scope: Scope
+    level: Level
+    zone: Zone
+    deleted_at: UtcDatetime = Field(default_factory=utc_now)

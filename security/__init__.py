@@ -1,0 +1,3 @@
+"""Trust zones, encryption, signatures, broker ACLs and audit (not yet built)."""
+
+__all__: list[str] = []
