@@ -31,10 +31,12 @@ lint: $(STAMP)
 	$(MAKE) typecheck
 
 # mypy resolves `hivemem.*` through a symlink named after the package (the repository folder
-# itself can have any name), then checks the package strictly.
+# itself can have any name), then checks the package's modules strictly (named one by one, so
+# that it does not wander into build/, tests/ or .venv/ through the link).
 typecheck: $(STAMP)
 	mkdir -p build/typecheck && ln -sfn ../.. build/typecheck/hivemem
-	MYPYPATH=build/typecheck $(BIN)/mypy -p hivemem
+	MYPYPATH=build/typecheck $(BIN)/mypy -m hivemem -m hivemem.cli -m hivemem.demo \
+		-p hivemem.pool -p hivemem.agents -p hivemem.workers -p hivemem.security
 
 bench: $(STAMP)
 	$(BIN)/python bench/locomo.py

@@ -21,10 +21,14 @@ def _demo(args: argparse.Namespace, settings: HivememSettings) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hivemem", description="A memory pool for teams of AI agents.")
+    parser = argparse.ArgumentParser(
+        prog="hivemem", description="A memory pool for teams of AI agents."
+    )
     parser.add_argument("--version", action="version", version=f"hivemem {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the demonstration scenario (exit 0 when it behaved)")
+    demo = commands.add_parser(
+        "demo", help="run the demonstration scenario (exit 0 when it behaved)"
+    )
     demo.set_defaults(handler=_demo)
     return parser
 

@@ -20,9 +20,7 @@ from hivemem.pool.settings import MemorySettings
 class RecordBuilder:
     """Builds records for one memory; stateless apart from its collaborators."""
 
-    def __init__(
-        self, embedder: Embedder, sparse: SparseEncoder, settings: MemorySettings
-    ) -> None:
+    def __init__(self, embedder: Embedder, sparse: SparseEncoder, settings: MemorySettings) -> None:
         self._embedder = embedder
         self._sparse = sparse
         self._settings = settings

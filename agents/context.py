@@ -85,9 +85,14 @@ def build_context(
 
 def _render(header: str, chosen: Sequence[SearchHit], group_by: GroupBy) -> str:
     if group_by == "level":
-        groups = {title: [h for h in chosen if h.record.level is level] for level, title in _LEVEL_TITLES.items()}
+        groups = {
+            title: [h for h in chosen if h.record.level is level]
+            for level, title in _LEVEL_TITLES.items()
+        }
     else:
-        groups = {name: [h for h in chosen if _scope_group(h.record) == name] for name in _SCOPE_TITLES}
+        groups = {
+            name: [h for h in chosen if _scope_group(h.record) == name] for name in _SCOPE_TITLES
+        }
     lines = [header]
     for name, members in groups.items():
         if members:

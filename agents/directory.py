@@ -46,7 +46,9 @@ class StoreDirectory:
             return
         found = json.loads(meta_path.read_text(encoding="utf-8"))
         if found != expected:
-            raise StoreIncompatible(f"{self.path} was written with {found}, this memory uses {expected}")
+            raise StoreIncompatible(
+                f"{self.path} was written with {found}, this memory uses {expected}"
+            )
 
     def release(self) -> None:
         if self._lock_file is not None:

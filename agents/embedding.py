@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from fastembed import TextEmbedding
-
 from hivemem.agents.model_files import assemble_minilm_dir
 from hivemem.pool.errors import EmbeddingModelMissing
 from hivemem.pool.settings import EmbeddingSettings

@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field
-
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.records import MetadataValue, Scope
+from pydantic import Field
 
 
 class MemoryInput(Model):

@@ -22,12 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rich.progress import Progress
-
 from hivemem.agents import versions
 from hivemem.agents.access import AccessTracker
 from hivemem.agents.builder import RecordBuilder
-from hivemem.agents.context import BuiltContext, GroupBy, build_context
+from hivemem.agents.context import BuiltContext, GroupBy, build_context, estimate_tokens
 from hivemem.agents.directory import StoreDirectory
 from hivemem.agents.embedding import shared_embedder
 from hivemem.agents.inputs import MemoryInput, as_input
@@ -39,13 +37,14 @@ from hivemem.agents.sparse import Bm25Encoder
 from hivemem.agents.stats import MemoryStats, compute_stats
 from hivemem.agents.tiers import TierManager
 from hivemem.pool.adapters.edge_index import EdgeIndex
+from hivemem.pool.enums import Tier
 from hivemem.pool.errors import InvalidInput, MemoryClosed
 from hivemem.pool.filters import And, MemoryFilter, parse_filter
-from hivemem.pool.enums import Tier
 from hivemem.pool.ids import check_record_id, new_record_id
 from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
 from hivemem.pool.settings import HivememSettings
+from rich.progress import Progress
 
 _CHUNK = 256
 _LIST_LIMIT_MAX = 100_000
@@ -85,7 +84,9 @@ class HierarchicalMemory:
     ) -> None:
         self.settings = settings or HivememSettings()
         self.path = Path(path)
-        self._embedder = embedder or shared_embedder(self.settings.embedding, self.settings.data_dir)
+        self._embedder = embedder or shared_embedder(
+            self.settings.embedding, self.settings.data_dir
+        )
         self._sparse = sparse or Bm25Encoder()
         self._directory = StoreDirectory(
             self.path, model_id=self._embedder.model_id, dim=self._embedder.dim
@@ -168,7 +169,11 @@ class HierarchicalMemory:
         if scope is not None or user_id is not None:
             common = resolve_scope(scope, user_id, session_id, agent_id, run_id)
         records = self._builder.validate(inputs, common, self._clock())
-        show = progress if progress is not None else len(records) > self.settings.memory.progress_threshold
+        show = (
+            progress
+            if progress is not None
+            else len(records) > self.settings.memory.progress_threshold
+        )
         stored: list[MemoryRecord] = []
         with Progress(disable=not show, transient=True) as bar:
             task = bar.add_task("adding memories", total=len(records))
@@ -192,9 +197,15 @@ class HierarchicalMemory:
         inherited = MemoryInput(
             content=content,
             **{
-                "scope": old.scope, "level": old.level, "category": old.category,
-                "zone": old.zone, "importance": old.importance, "tags": old.tags,
-                "entities": old.entities, "metadata": old.metadata, **changes,
+                "scope": old.scope,
+                "level": old.level,
+                "category": old.category,
+                "zone": old.zone,
+                "importance": old.importance,
+                "tags": old.tags,
+                "entities": old.entities,
+                "metadata": old.metadata,
+                **changes,
             },
         )
         now = self._clock()
@@ -216,7 +227,10 @@ class HierarchicalMemory:
             chain = versions.chain(self._index, record_id)
             now = self._clock()
             self._index.put_tombstones(
-                [Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone, deleted_at=now) for r in chain]
+                [
+                    Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone, deleted_at=now)
+                    for r in chain
+                ]
             )
         return [r.id for r in chain]
 
@@ -239,7 +253,9 @@ class HierarchicalMemory:
             for start in range(0, len(doomed), _CHUNK):
                 self._index.put_tombstones(
                     [
-                        Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone, deleted_at=now)
+                        Tombstone(
+                            id=r.id, scope=r.scope, level=r.level, zone=r.zone, deleted_at=now
+                        )
                         for r in doomed[start : start + _CHUNK]
                     ]
                 )
@@ -263,7 +279,9 @@ class HierarchicalMemory:
         with self._write_lock:
             where = visible(target, flt, exact=False, as_of=None, include_superseded=False)
             candidates = [
-                r for r in self._index.scan(where, with_vectors=True) if r.scope.session_id == session_id
+                r
+                for r in self._index.scan(where, with_vectors=True)
+                if r.scope.session_id == session_id
             ]
             now = self._clock()
             promoted = []
@@ -300,7 +318,7 @@ class HierarchicalMemory:
         check_record_id(record_id, field="record_id")
         return versions.chain(self._index, record_id)
 
-    def list(
+    def list_memories(
         self,
         *,
         scope: Scope | dict[str, Any] | None = None,
@@ -308,7 +326,7 @@ class HierarchicalMemory:
         session_id: str | None = None,
         agent_id: str | None = None,
         run_id: str | None = None,
-        filter: FilterArg = None,  # noqa: A002 - the natural name in a query API
+        filter: FilterArg = None,
         as_of: datetime | None = None,
         include_superseded: bool = False,
         exact_scope: bool = False,
@@ -320,7 +338,10 @@ class HierarchicalMemory:
             raise InvalidInput(f"limit must be in 1..{_LIST_LIMIT_MAX}", field="limit")
         target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
         where = visible(
-            target, parse_filter(filter), exact=exact_scope, as_of=as_of,
+            target,
+            parse_filter(filter),
+            exact=exact_scope,
+            as_of=as_of,
             include_superseded=include_superseded,
         )
         found = sorted(self._index.scan(where), key=lambda r: (r.recorded_at, r.id), reverse=True)
@@ -335,7 +356,7 @@ class HierarchicalMemory:
         session_id: str | None = None,
         agent_id: str | None = None,
         run_id: str | None = None,
-        filter: FilterArg = None,  # noqa: A002 - the natural name in a query API
+        filter: FilterArg = None,
         config: SearchConfig | str | None = None,
         as_of: datetime | None = None,
         **overrides: Any,
@@ -376,8 +397,12 @@ class HierarchicalMemory:
             raise InvalidInput("group_by is 'level' or 'scope'", field="group_by")
         search_args.setdefault("top_k", 50)
         hits = self.search(query, **search_args)
-        extra = {"count_tokens": count_tokens} if count_tokens is not None else {}
-        return build_context(hits, token_budget=token_budget, group_by=group_by, **extra)
+        return build_context(
+            hits,
+            token_budget=token_budget,
+            group_by=group_by,
+            count_tokens=count_tokens or estimate_tokens,
+        )
 
     def stats(
         self,

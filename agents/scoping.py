@@ -29,7 +29,12 @@ def scope_conditions(scope: Scope, *, exact: bool = False) -> list[Expr]:
             conditions.append(Cond(field=field, op="eq", value=value))
         elif value is not None:
             conditions.append(
-                Or(any=[Cond(field=field, op="eq", value=value), Cond(field=field, op="eq", value=None)])
+                Or(
+                    any=[
+                        Cond(field=field, op="eq", value=value),
+                        Cond(field=field, op="eq", value=None),
+                    ]
+                )
             )
     return conditions
 

@@ -26,13 +26,28 @@ def time_conditions(*, as_of: datetime | None, include_superseded: bool) -> list
     return [
         Cond(field="recorded_at", op="lte", value=as_of),
         Cond(field="valid_from", op="lte", value=as_of),
-        Or(any=[Cond(field="valid_until", op="eq", value=None), Cond(field="valid_until", op="gt", value=as_of)]),
-        Or(any=[Cond(field="superseded_at", op="eq", value=None), Cond(field="superseded_at", op="gt", value=as_of)]),
+        Or(
+            any=[
+                Cond(field="valid_until", op="eq", value=None),
+                Cond(field="valid_until", op="gt", value=as_of),
+            ]
+        ),
+        Or(
+            any=[
+                Cond(field="superseded_at", op="eq", value=None),
+                Cond(field="superseded_at", op="gt", value=as_of),
+            ]
+        ),
     ]
 
 
 def visible(
-    scope: Scope, flt: MemoryFilter, *, exact: bool, as_of: datetime | None, include_superseded: bool
+    scope: Scope,
+    flt: MemoryFilter,
+    *,
+    exact: bool,
+    as_of: datetime | None,
+    include_superseded: bool,
 ) -> And:
     """Everything a query in ``scope`` may see, narrowed by ``flt`` and validity."""
     return And(
@@ -64,14 +79,20 @@ class Searcher:
     ) -> list[SearchHit]:
         """Best first; at most ``config.top_k`` hits."""
         where = visible(
-            scope, flt, exact=config.exact_scope, as_of=as_of,
+            scope,
+            flt,
+            exact=config.exact_scope,
+            as_of=as_of,
             include_superseded=config.include_superseded,
         )
         requests = []
         if config.mode in ("dense", "hybrid"):
             requests.append(
                 NearestRequest(
-                    "dense", self._embedder.embed_query(query), where, config.candidates,
+                    "dense",
+                    self._embedder.embed_query(query),
+                    where,
+                    config.candidates,
                     config.min_similarity,
                 )
             )

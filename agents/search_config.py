@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
-
 from hivemem.pool.base import Model
 from hivemem.pool.errors import InvalidSearchConfig
+from pydantic import Field, model_validator
 
 
 class SearchConfig(Model):
@@ -46,7 +45,9 @@ class SearchConfig(Model):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.mode == "sparse" and self.min_similarity is not None:
-            raise InvalidSearchConfig("min_similarity needs dense similarity (mode dense or hybrid)")
+            raise InvalidSearchConfig(
+                "min_similarity needs dense similarity (mode dense or hybrid)"
+            )
         if self.recency_weight + self.importance_weight > 1.0:
             raise InvalidSearchConfig("recency_weight + importance_weight must not exceed 1")
         if self.mode == "hybrid" and self.dense_weight == 0 and self.sparse_weight == 0:

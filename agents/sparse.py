@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import stopwords
 from fastembed import SparseTextEmbedding
-
 from hivemem.pool.records import SparseVector
 
 BM25_MODEL = "Qdrant/bm25"

@@ -23,7 +23,11 @@ from hivemem.pool.records import MemoryRecord
 from hivemem.pool.settings import TierSettings
 
 #: Where an overflowing tier sends its least retained records.
-COLDER = {Tier.WORKING: Tier.SHORT_TERM, Tier.SHORT_TERM: Tier.ARCHIVE, Tier.LONG_TERM: Tier.ARCHIVE}
+COLDER = {
+    Tier.WORKING: Tier.SHORT_TERM,
+    Tier.SHORT_TERM: Tier.ARCHIVE,
+    Tier.LONG_TERM: Tier.ARCHIVE,
+}
 
 
 def initial_tier(importance: float, settings: TierSettings) -> Tier:

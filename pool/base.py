@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from hivemem.pool.errors import InvalidInput
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 def _translate(exc: ValidationError, default: type[InvalidInput]) -> InvalidInput:

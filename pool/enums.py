@@ -55,7 +55,7 @@ class Zone(StrEnum):
     PUBLIC = "public"
     INTERNAL = "internal"
     CONFIDENTIAL = "confidential"
-    SECRET = "secret"
+    SECRET = "secret"  # noqa: S105 - a zone name, not a password
 
     @property
     def rank(self) -> int:

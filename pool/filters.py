@@ -22,12 +22,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
-
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import InvalidFilter
 from hivemem.pool.ids import check_label, check_metadata_key, check_scope_id
+from pydantic import Field, model_validator
 
 Op = Literal["eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "contains"]
 ORDER_OPS = frozenset({"gt", "gte", "lt", "lte"})
@@ -86,10 +85,13 @@ def field_kind(name: str) -> FieldKind:
 
 def _as_utc(value: object) -> datetime:
     if isinstance(value, str):
+        text = value
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(text)
         except ValueError:
-            raise InvalidFilter(f"not an ISO 8601 time: {value[:40]!r}", field="where.value") from None
+            raise InvalidFilter(
+                f"not an ISO 8601 time: {text[:40]!r}", field="where.value"
+            ) from None
     if not isinstance(value, datetime):
         raise InvalidFilter("time fields take datetimes", field="where.value")
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -104,7 +106,9 @@ def _check_scalar(value: object, *, number_only: bool) -> object:
         if not math.isfinite(value):
             raise InvalidFilter("filter numbers must be finite", field="where.value")
         return value
-    raise InvalidFilter(f"unsupported filter value of type {type(value).__name__}", field="where.value")
+    raise InvalidFilter(
+        f"unsupported filter value of type {type(value).__name__}", field="where.value"
+    )
 
 
 class _FilterModel(Model):
@@ -122,7 +126,9 @@ class Cond(_FilterModel):
     def _check(self) -> Cond:
         kind = field_kind(self.field)
         if self.op not in _OPS_BY_KIND[kind]:
-            raise InvalidFilter(f"operator {self.op} does not apply to {self.field}", field="where.op")
+            raise InvalidFilter(
+                f"operator {self.op} does not apply to {self.field}", field="where.op"
+            )
         values = self.value if self.op in ("in", "nin") else [self.value]
         if self.op in ("in", "nin") and (not isinstance(self.value, list) or not self.value):
             raise InvalidFilter(f"{self.op} takes a non-empty list", field="where.value")
@@ -134,9 +140,11 @@ class Cond(_FilterModel):
         if kind is FieldKind.ENUM:
             enum = ENUM_FIELDS[self.field]
             try:
-                return enum(value)
+                return enum(str(value))
             except ValueError:
-                raise InvalidFilter(f"{value!r} is not a {self.field}", field="where.value") from None
+                raise InvalidFilter(
+                    f"{value!r} is not a {self.field}", field="where.value"
+                ) from None
         if value is None and self.op in ("eq", "ne") and kind in (FieldKind.TIME, FieldKind.SCOPE):
             return None
         if kind is FieldKind.TIME:
@@ -184,16 +192,16 @@ class TimeRange(_FilterModel):
 class MemoryFilter(_FilterModel):
     """Conditions on records, all of which must hold. Empty means "everything in scope"."""
 
-
     levels: list[Level] | None = None
     tiers: list[Tier] | None = None
     categories: list[Category] | None = None
     zones: list[Zone] | None = None
     importance_min: float | None = Field(default=None, ge=0.0, le=1.0)
     importance_max: float | None = Field(default=None, ge=0.0, le=1.0)
-    times: dict[Literal[
-        "recorded_at", "valid_from", "valid_until", "superseded_at", "last_accessed_at"
-    ], TimeRange] = Field(default_factory=dict)
+    times: dict[
+        Literal["recorded_at", "valid_from", "valid_until", "superseded_at", "last_accessed_at"],
+        TimeRange,
+    ] = Field(default_factory=dict)
     tags_any: list[str] | None = None
     tags_all: list[str] | None = None
     entities_any: list[str] | None = None

@@ -50,7 +50,9 @@ def check_label(value: object, *, field: str) -> str:
     """Return ``value`` if it is a valid tag or entity reference, or raise InvalidIdentifier."""
     if not isinstance(value, str) or not LABEL_PATTERN.fullmatch(value):
         shown = value[:80] if isinstance(value, str) else type(value).__name__
-        raise InvalidIdentifier(f"{field} must match {LABEL_PATTERN.pattern}: {shown!r}", field=field)
+        raise InvalidIdentifier(
+            f"{field} must match {LABEL_PATTERN.pattern}: {shown!r}", field=field
+        )
     return value
 
 

@@ -13,7 +13,6 @@ from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-
 from hivemem.pool.filters import And
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
 

@@ -2,8 +2,8 @@
 
 A record's identity, content, vectors, scope, level, zone and validity start never change once
 written: an update is a *supersession* (a new record pointing at the old one) and a deletion is a
-*tombstone* (:class:`Tombstone`). What does change is bookkeeping kept beside the content: access count and last
-access, tier, importance, the supersession and consolidation back-links.
+*tombstone* (:class:`Tombstone`). What does change is bookkeeping kept beside the content: access
+count and last access, tier, importance, the supersession and consolidation back-links.
 Models never do I/O.
 """
 
@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
-
-from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
@@ -25,6 +23,7 @@ from hivemem.pool.ids import (
     check_scope_id,
     new_record_id,
 )
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 #: Hard ceiling on content length, whatever the settings say (characters).
 MAX_CONTENT_CHARS_HARD = 100_000

@@ -12,11 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from qdrant_edge import Point
-from qdrant_edge import SparseVector as EdgeSparse
-
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.records import MemoryRecord, Scope, SparseVector, Tombstone
+from qdrant_edge import Point
+from qdrant_edge import SparseVector as EdgeSparse
 
 DENSE = "dense"
 SPARSE = "sparse"

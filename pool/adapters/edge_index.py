@@ -15,26 +15,9 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
-from qdrant_edge import (
-    CountRequest,
-    Distance,
-    EdgeConfig,
-    EdgeShard,
-    EdgeSparseVectorParams,
-    EdgeVectorParams,
-    FacetRequest,
-    Filter,
-    Modifier,
-    PayloadSchemaType,
-    Query,
-    QueryBatchRequest,
-    QueryRequest,
-    ScrollRequest,
-    UpdateOperation,
-)
-from qdrant_edge import SparseVector as EdgeSparse
-
+import numpy as np
 from hivemem.pool.adapters.edge_codec import (
     DENSE,
     FIELD_KEYS,
@@ -54,6 +37,24 @@ from hivemem.pool.filters import And
 from hivemem.pool.ids import check_record_id
 from hivemem.pool.ports import NearestRequest, ScoredId
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeShard,
+    EdgeSparseVectorParams,
+    EdgeVectorParams,
+    FacetRequest,
+    Filter,
+    Modifier,
+    PayloadSchemaType,
+    Query,
+    QueryBatchRequest,
+    QueryRequest,
+    ScrollRequest,
+    UpdateOperation,
+)
+from qdrant_edge import SparseVector as EdgeSparse
 
 _SCHEMA = {
     "keyword": PayloadSchemaType.Keyword,
@@ -123,14 +124,14 @@ class EdgeIndex:
     def remove(self, ids: Sequence[str]) -> None:
         if not ids:
             return
-        checked = [check_record_id(i) for i in ids]
+        checked: list[int | UUID | str] = [check_record_id(i) for i in ids]
         with self._lock:
             self._open().update(UpdateOperation.delete_points(checked))
 
     # -- reads ----------------------------------------------------------------------------------
 
     def _retrieve(self, ids: Sequence[str], with_vectors: bool) -> list[Any]:
-        checked = [check_record_id(i) for i in ids]
+        checked: list[int | UUID | str] = [check_record_id(i) for i in ids]
         with self._lock:
             return list(self._open().retrieve(checked, True, bool(with_vectors)))
 
@@ -167,7 +168,7 @@ class EdgeIndex:
                 raise InvalidInput("a sparse lookup takes a SparseVector", field="vector")
             vector = EdgeSparse(request.vector.indices, request.vector.values)
         else:
-            vector = [float(v) for v in request.vector]  # type: ignore[union-attr]
+            vector = np.asarray(request.vector, dtype=np.float32).tolist()
         return QueryRequest(
             query=Query.Nearest(vector, using=request.using),
             filter=to_edge_filter(request.where),
@@ -192,7 +193,7 @@ class EdgeIndex:
                     )
                 )
             for point in points:
-                yield decode_record(point.id, point.payload, point.vector)
+                yield decode_record(point.id, point.payload or {}, point.vector)
             if offset is None:
                 return
 
