@@ -33,6 +33,7 @@ from hivemem.agents.ranking import SearchHit
 from hivemem.agents.scoping import owned_by
 from hivemem.agents.search import Searcher, visible
 from hivemem.agents.search_config import SearchConfig, preset
+from hivemem.agents.sessions import SessionChains
 from hivemem.agents.sparse import Bm25Encoder
 from hivemem.agents.stats import MemoryStats, compute_stats
 from hivemem.agents.tiers import TierManager
@@ -103,6 +104,7 @@ class HierarchicalMemory:
         self._searcher = Searcher(self._index, self._embedder, self._sparse)
         self._tiers = TierManager(self._index, self.settings.memory.tiers)
         self._access = AccessTracker(self._index, self._tiers)
+        self._sessions = SessionChains(self._index)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -181,6 +183,7 @@ class HierarchicalMemory:
                 chunk = self._builder.embed(records[start : start + _CHUNK])
                 with self._write_lock:
                     self._check_open()
+                    chunk = self._sessions.link(chunk)
                     self._index.upsert(chunk)
                     self._tiers.enforce((r.scope.user_id for r in chunk), self._clock())
                 stored.extend(chunk)
@@ -210,7 +213,8 @@ class HierarchicalMemory:
         )
         now = self._clock()
         draft = self._builder.validate([inherited], None, now)[0]
-        new = self._builder.embed([draft.model_copy(update={"supersedes": old.id})])[0]
+        update = {"supersedes": old.id, "follows": old.follows}
+        new = self._builder.embed([draft.model_copy(update=update)])[0]
         with self._write_lock:
             self._check_open()
             old = versions.require(self._index, record_id)
@@ -267,6 +271,7 @@ class HierarchicalMemory:
         with self._write_lock:
             ids = [r.id for r in self._index.scan(And(all=[]))]
             self._index.remove(ids)
+            self._sessions.forget()
 
     def end_session(self, *, user_id: str, session_id: str) -> list[MemoryRecord]:
         """Close a session: its current memories with importance ≥ ``bubble_importance`` are
@@ -292,6 +297,7 @@ class HierarchicalMemory:
                         "scope": Scope(user_id=old.scope.user_id, agent_id=old.scope.agent_id),
                         "tier": Tier.LONG_TERM,
                         "supersedes": old.id,
+                        "follows": None,
                         "recorded_at": now,
                         "access_count": 0,
                         "last_accessed_at": None,

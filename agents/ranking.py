@@ -43,11 +43,13 @@ def _rrf(lists: Sequence[tuple[Sequence[ScoredId], float]], k: int) -> dict[str,
 
 
 def _score_sum(lists: Sequence[tuple[Sequence[ScoredId], float]]) -> dict[str, float]:
+    """Weighted sum of min-max normalised scores; a list of equal scores normalises to 1."""
     fused: dict[str, float] = {}
     for ranking, weight in lists:
-        if not ranking:
+        if not ranking or weight == 0:
             continue
-        top, bottom = ranking[0].score, ranking[-1].score
+        top = max(hit.score for hit in ranking)
+        bottom = min(hit.score for hit in ranking)
         span = top - bottom
         for hit in ranking:
             normalised = (hit.score - bottom) / span if span > 0 else 1.0
@@ -55,19 +57,55 @@ def _score_sum(lists: Sequence[tuple[Sequence[ScoredId], float]]) -> dict[str, f
     return fused
 
 
+def _session_prior(
+    fused: dict[str, float], session: Mapping[str, str | None], boost: float
+) -> None:
+    """Add ``boost`` times the best score in each candidate's session (a record without a session
+    is its own group): memories of the conversation that matches best rise together."""
+    best: dict[str, float] = {}
+    for record_id, score in fused.items():
+        group = session.get(record_id) or record_id
+        best[group] = max(best.get(group, 0.0), score)
+    for record_id in fused:
+        fused[record_id] += boost * best[session.get(record_id) or record_id]
+
+
+def _neighbour_smoothing(
+    fused: dict[str, float], follows: Mapping[str, str | None], weight: float
+) -> None:
+    """Add ``weight`` times the better of a candidate's two neighbours (the memory it follows and the
+    one following it, when they are candidates too)."""
+    neighbour: dict[str, float] = {}
+    for record_id, previous in follows.items():
+        if previous is not None and previous in fused and record_id in fused:
+            neighbour[record_id] = max(neighbour.get(record_id, 0.0), fused[previous])
+            neighbour[previous] = max(neighbour.get(previous, 0.0), fused[record_id])
+    for record_id, lent in neighbour.items():
+        fused[record_id] += weight * lent
+
+
 def fuse(
     dense: Sequence[ScoredId], sparse: Sequence[ScoredId], config: SearchConfig
 ) -> list[Candidate]:
-    """One ranking from the dense and sparse ones, best first, per ``config``."""
+    """One ranking from the dense and sparse ones, best first, per ``config``.
+
+    Hybrid: the weighted sum of min-max normalised scores (or RRF), then the session prior and
+    neighbour smoothing when configured. ``min_similarity`` keeps only dense candidates (whose
+    cosine passed the threshold in the store)."""
     similarity = {hit.id: hit.score for hit in dense}
-    if config.mode == "dense":
-        return [Candidate(h.id, h.score, h.score) for h in dense]
-    if config.mode == "sparse":
-        return [Candidate(h.id, h.score, None) for h in sparse]
     lists = [(dense, config.dense_weight), (sparse, config.sparse_weight)]
+    if config.mode == "dense":
+        lists = [(dense, 1.0)]
+    elif config.mode == "sparse":
+        lists = [(sparse, 1.0)]
     fused = _rrf(lists, config.rrf_k) if config.fusion == "rrf" else _score_sum(lists)
     if config.min_similarity is not None:
         fused = {i: s for i, s in fused.items() if i in similarity}
+    hits = [hit for ranking, _ in lists for hit in ranking]
+    if config.session_boost:
+        _session_prior(fused, {h.id: h.session_id for h in hits}, config.session_boost)
+    if config.neighbor_weight:
+        _neighbour_smoothing(fused, {h.id: h.follows for h in hits}, config.neighbor_weight)
     ordered = sorted(fused.items(), key=lambda item: (-item[1], item[0]))
     return [Candidate(i, s, similarity.get(i)) for i, s in ordered]
 

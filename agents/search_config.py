@@ -1,5 +1,11 @@
 """Search behaviour as data: :class:`SearchConfig` and its named presets.
 
+The default ("balanced") was chosen on the LoCoMo development split (bench/locomo.py): hybrid
+search fusing min-max normalised dense and BM25 scores half and half, a session prior (memories
+of the best matching session rise together) and neighbour smoothing (a memory lends part of its
+score to the turns just before and after it). On conversational memory this lifted recall@10
+from 0.55 (BM25) to above 0.7; parameters sat on wide plateaus when tuned on part of the data.
+
 Scores are "higher is better". ``min_similarity`` is a threshold on the dense cosine similarity
 between query and memory, in [-1, 1]; in hybrid mode a result must also be among the dense
 candidates above it. It has no meaning for pure keyword (sparse) search, where setting it is an
@@ -22,15 +28,20 @@ class SearchConfig(Model):
 
     #: dense (embedding similarity), sparse (BM25 keywords) or hybrid (both, fused).
     mode: Literal["dense", "sparse", "hybrid"] = "hybrid"
-    #: Fusion of the dense and sparse rankings: reciprocal rank fusion, or the sum of min-max
-    #: normalised scores ("dbsf"-like).
-    fusion: Literal["rrf", "score"] = "rrf"
+    #: Fusion of the dense and sparse rankings: the weighted sum of min-max normalised scores
+    #: ("score"), or reciprocal rank fusion ("rrf").
+    fusion: Literal["score", "rrf"] = "score"
     #: RRF constant: a candidate at rank r contributes weight / (rrf_k + r).
     rrf_k: int = Field(default=60, ge=1)
-    dense_weight: float = Field(default=1.0, ge=0.0)
-    sparse_weight: float = Field(default=1.0, ge=0.0)
+    dense_weight: float = Field(default=0.5, ge=0.0)
+    sparse_weight: float = Field(default=0.5, ge=0.0)
+    #: Share of the best fused score in a candidate's session added to it (session prior).
+    session_boost: float = Field(default=0.5, ge=0.0, le=10.0)
+    #: Share of the better neighbour's score (previous or next memory of the same session)
+    #: added to a candidate (neighbour smoothing).
+    neighbor_weight: float = Field(default=0.3, ge=0.0, le=10.0)
     #: Candidates fetched per retrieval method before fusion.
-    candidates: int = Field(default=50, ge=1, le=10_000)
+    candidates: int = Field(default=100, ge=1, le=10_000)
     top_k: int = Field(default=10, ge=1, le=1_000)
     min_similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
     #: Share of the final score given to recency (exponential decay of age) and importance.
@@ -60,8 +71,10 @@ class SearchConfig(Model):
 
 
 BALANCED = SearchConfig()
-SEMANTIC = SearchConfig(mode="dense")
-KEYWORD = SearchConfig(mode="sparse")
+SEMANTIC = SearchConfig(mode="dense", session_boost=0.0, neighbor_weight=0.0)
+KEYWORD = SearchConfig(mode="sparse", session_boost=0.0, neighbor_weight=0.0)
+#: Each memory on its own: hybrid fusion without session prior or neighbour smoothing.
+ISOLATED = SearchConfig(session_boost=0.0, neighbor_weight=0.0)
 RECENT = SearchConfig(recency_weight=0.3, recency_half_life_s=7 * 24 * 3600.0)
 IMPORTANT = SearchConfig(importance_weight=0.3)
 
@@ -69,6 +82,7 @@ PRESETS: dict[str, SearchConfig] = {
     "balanced": BALANCED,
     "semantic": SEMANTIC,
     "keyword": KEYWORD,
+    "isolated": ISOLATED,
     "recent": RECENT,
     "important": IMPORTANT,
 }

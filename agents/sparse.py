@@ -20,7 +20,7 @@ BM25_MODEL = "Qdrant/bm25"
 class Bm25Encoder:
     """BM25 sparse encoder; stateless apart from its parameters, safe across threads."""
 
-    def __init__(self, *, k1: float = 1.2, b: float = 0.75, avg_len: float = 24.0) -> None:
+    def __init__(self, *, k1: float = 0.9, b: float = 0.4, avg_len: float = 12.0) -> None:
         words = set(stopwords.get_stopwords("english"))
         self._model = SparseTextEmbedding(
             BM25_MODEL, k=k1, b=b, avg_len=avg_len, stopwords=words, specific_model_path="."

@@ -55,10 +55,13 @@ class NearestRequest:
 
 @dataclass(frozen=True, slots=True)
 class ScoredId:
-    """A record id with its score for one request (higher is better)."""
+    """A record id with its score for one request (higher is better), and the two facts ranking
+    needs about its neighbourhood: its session and the record it follows."""
 
     id: str
     score: float
+    session_id: str | None = None
+    follows: str | None = None
 
 
 class LocalIndex(Protocol):

@@ -120,6 +120,9 @@ class MemoryRecord(Model):
     #: Provenance: the records this one was consolidated from, and those it was consolidated into.
     sources: list[RecordId] = Field(default_factory=list)
     consolidated_into: list[RecordId] = Field(default_factory=list)
+    #: The memory added just before this one in the same session (conversation adjacency; search
+    #: uses it to let neighbouring turns lend each other relevance). None outside sessions.
+    follows: RecordId | None = None
 
     #: Bi-temporal validity: when the fact held, and when the system knew it.
     valid_from: UtcDatetime = Field(default_factory=utc_now)

@@ -63,6 +63,8 @@ _SCHEMA = {
     "datetime": PayloadSchemaType.Datetime,
 }
 _SCROLL_PAGE = 512
+#: Payload keys returned with nearest-neighbour hits (see ScoredId).
+_NEIGHBOURHOOD = ["session_id", "follows"]
 
 
 def _config(dim: int) -> EdgeConfig:
@@ -158,7 +160,18 @@ class EdgeIndex:
         batch = [self._query(r) for r in requests]
         with self._lock:
             results = self._open().query_batch(QueryBatchRequest(batch))
-        return [[ScoredId(str(p.id), float(p.score)) for p in points] for points in results]
+        return [
+            [
+                ScoredId(
+                    str(p.id),
+                    float(p.score),
+                    (p.payload or {}).get("session_id"),
+                    (p.payload or {}).get("follows"),
+                )
+                for p in points
+            ]
+            for points in results
+        ]
 
     @staticmethod
     def _query(request: NearestRequest) -> QueryRequest:
@@ -174,7 +187,7 @@ class EdgeIndex:
             filter=to_edge_filter(request.where),
             limit=request.limit,
             score_threshold=request.score_threshold,
-            with_payload=False,
+            with_payload=_NEIGHBOURHOOD,
             with_vector=False,
         )
 

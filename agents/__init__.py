@@ -1,0 +1,18 @@
+"""The agent side: the local hierarchical memory, its embedder, search and context building."""
+
+from hivemem.agents.context import BuiltContext
+from hivemem.agents.inputs import MemoryInput
+from hivemem.agents.memory import HierarchicalMemory
+from hivemem.agents.ranking import SearchHit
+from hivemem.agents.search_config import PRESETS, SearchConfig
+from hivemem.agents.stats import MemoryStats
+
+__all__ = [
+    "PRESETS",
+    "BuiltContext",
+    "HierarchicalMemory",
+    "MemoryInput",
+    "MemoryStats",
+    "SearchConfig",
+    "SearchHit",
+]
