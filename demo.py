@@ -11,11 +11,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.pool.enums import Category, Level
 from hivemem.pool.settings import HivememSettings
-from rich.console import Console
-from rich.table import Table
 
 _CONVERSATION = [
     ("alice", "s1", "Alice prefers green tea and never drinks coffee.", Category.PREFERENCE, 0.8),

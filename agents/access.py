@@ -1,8 +1,8 @@
-"""Access tracking: search hits and gets count as accesses, written in batches.
+"""Access tracking: search hits and gets count as accesses, written in the background.
 
-Accesses are bookkeeping, not acknowledged writes: they are buffered and written every
-``flush_every`` accesses, on :meth:`flush`, and when the memory closes. Writing them promotes
-records that reached the access threshold (see :mod:`hivemem.agents.tiers`).
+Accesses are bookkeeping, not acknowledged writes: they are buffered and written by a daemon
+thread every ``interval_s`` (so no search pays for them), on :meth:`flush`, and on :meth:`close`.
+Writing them promotes records that reached the access threshold (see :mod:`hivemem.agents.tiers`).
 """
 
 from __future__ import annotations
@@ -12,30 +12,45 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 
+import structlog
+
 from hivemem.agents.tiers import TierManager
 from hivemem.pool.ports import LocalIndex
+
+log = structlog.get_logger(__name__)
 
 
 class AccessTracker:
     """Buffers access counts; thread-safe."""
 
-    def __init__(self, index: LocalIndex, tiers: TierManager, *, flush_every: int = 256) -> None:
+    def __init__(self, index: LocalIndex, tiers: TierManager, *, interval_s: float = 1.0) -> None:
         self._index = index
         self._tiers = tiers
-        self._flush_every = flush_every
+        self._interval_s = interval_s
         self._pending: Counter[str] = Counter()
         self._last_seen: datetime | None = None
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one read-modify-write of counts at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def touch(self, ids: Iterable[str], now: datetime) -> None:
-        """Count one access of each id; writes the buffer when it is full."""
+        """Count one access of each id (written within ``interval_s``)."""
         with self._lock:
             self._pending.update(ids)
             self._last_seen = now
-            full = sum(self._pending.values()) >= self._flush_every
-        if full:
-            self.flush()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="hivemem-access-flush", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.flush()
+            except Exception:  # isolation point: a failed write must not kill the flusher
+                log.exception("access_flush_failed")
 
     def flush(self) -> None:
         """Write buffered accesses (and the promotions they earn) to the index."""
@@ -45,6 +60,13 @@ class AccessTracker:
                 seen = self._last_seen
             if pending and seen is not None:
                 self._write(pending, seen)
+
+    def close(self) -> None:
+        """Stop the background writer and write what is buffered."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
 
     def _write(self, pending: Counter[str], seen: datetime) -> None:
         records = self._index.get(list(pending))

@@ -12,6 +12,7 @@ from datetime import datetime
 from hivemem.agents.inputs import MemoryInput
 from hivemem.agents.tiers import initial_tier
 from hivemem.pool.errors import InvalidContent, InvalidInput
+from hivemem.pool.ids import new_record_id
 from hivemem.pool.ports import Embedder, SparseEncoder
 from hivemem.pool.records import MemoryRecord, Scope
 from hivemem.pool.settings import MemorySettings
@@ -28,7 +29,8 @@ class RecordBuilder:
     def validate(
         self, inputs: Sequence[MemoryInput], scope: Scope | None, now: datetime
     ) -> list[MemoryRecord]:
-        """Records without vectors, or InvalidInput naming the first bad item."""
+        """Records without vectors, or InvalidInput naming the first bad item. The inputs were
+        validated field by field already, so records are assembled without a second pass."""
         records = []
         limit = self._settings.max_content_chars
         for position, item in enumerate(inputs):
@@ -40,8 +42,14 @@ class RecordBuilder:
             item_scope = item.scope or scope
             if item_scope is None:
                 raise InvalidInput(f"item {position} has no scope", field="scope")
+            valid_from = item.valid_from or now
+            if item.valid_until is not None and item.valid_until < valid_from:
+                raise InvalidInput(
+                    f"item {position}: valid_until precedes valid_from", field="valid_until"
+                )
             records.append(
-                MemoryRecord(
+                MemoryRecord.model_construct(
+                    id=new_record_id(),
                     content=item.content,
                     scope=item_scope,
                     level=item.level,
@@ -53,7 +61,7 @@ class RecordBuilder:
                     entities=item.entities,
                     metadata=item.metadata,
                     sources=item.sources,
-                    valid_from=item.valid_from or now,
+                    valid_from=valid_from,
                     valid_until=item.valid_until,
                     recorded_at=now,
                 )

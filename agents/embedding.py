@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from fastembed import TextEmbedding
+
 from hivemem.agents.model_files import assemble_minilm_dir
 from hivemem.pool.errors import EmbeddingModelMissing
 from hivemem.pool.settings import EmbeddingSettings
@@ -40,11 +41,17 @@ class FastEmbedder:
         self.dim = MINILM_DIM
 
     def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Embed ``texts``: an array of shape (len(texts), dim), rows of unit length."""
+        """Embed ``texts``: an array of shape (len(texts), dim), rows of unit length, in the
+        order of ``texts``. Texts are embedded shortest first, because a batch pads to its
+        longest text."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        rows = list(self._model.embed(list(texts), batch_size=self.batch_size))
-        return np.asarray(rows, dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        rows = self._model.embed([texts[i] for i in order], batch_size=self.batch_size)
+        embedded = np.empty((len(texts), self.dim), dtype=np.float32)
+        for position, row in zip(order, rows, strict=True):
+            embedded[position] = row
+        return embedded
 
     def embed_query(self, text: str) -> npt.NDArray[np.float32]:
         """Embed one query: a unit-length vector of shape (dim,)."""

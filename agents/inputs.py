@@ -2,32 +2,47 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from typing import Any, Self
+
+from pydantic import Field, model_validator
 
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
-from hivemem.pool.records import MetadataValue, Scope
-from pydantic import Field
+from hivemem.pool.records import (
+    Content,
+    Importance,
+    Labels,
+    Metadata,
+    RecordId,
+    Scope,
+    UtcDatetime,
+)
 
 
 class MemoryInput(Model):
-    """One memory to add. ``scope`` may be left out when the call gives a common scope; ``tier``
-    left out means "decided by importance" (see :mod:`hivemem.agents.tiers`)."""
+    """One memory to add, validated with the same field rules as MemoryRecord. ``scope`` may be
+    left out when the call gives a common scope; ``tier`` left out means "decided by importance"
+    (see :mod:`hivemem.agents.tiers`); ``valid_from`` left out means "now"."""
 
-    content: str
+    content: Content
     scope: Scope | None = None
     level: Level = Level.EPISODE
     category: Category = Category.FACT
     tier: Tier | None = None
     zone: Zone = Zone.PUBLIC
-    importance: float = 0.5
-    tags: list[str] = Field(default_factory=list)
-    entities: list[str] = Field(default_factory=list)
-    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
-    sources: list[str] = Field(default_factory=list)
-    valid_from: datetime | None = None
-    valid_until: datetime | None = None
+    importance: Importance = 0.5
+    tags: Labels = Field(default_factory=list)
+    entities: Labels = Field(default_factory=list)
+    metadata: Metadata = Field(default_factory=dict)
+    sources: list[RecordId] = Field(default_factory=list)
+    valid_from: UtcDatetime | None = None
+    valid_until: UtcDatetime | None = None
+
+    @model_validator(mode="after")
+    def _check_validity(self) -> Self:
+        if self.valid_from and self.valid_until and self.valid_until < self.valid_from:
+            raise ValueError("valid_until precedes valid_from")
+        return self
 
 
 def as_input(item: MemoryInput | dict[str, Any] | str) -> MemoryInput:

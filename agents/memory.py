@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rich.progress import Progress
+
 from hivemem.agents import versions
 from hivemem.agents.access import AccessTracker
 from hivemem.agents.builder import RecordBuilder
@@ -45,7 +47,6 @@ from hivemem.pool.ids import check_record_id, new_record_id
 from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
 from hivemem.pool.settings import HivememSettings
-from rich.progress import Progress
 
 _CHUNK = 256
 _LIST_LIMIT_MAX = 100_000
@@ -128,7 +129,7 @@ class HierarchicalMemory:
         with self._write_lock:
             if self._closed:
                 return
-            self._access.flush()
+            self._access.close()
             self._closed = True
             self._index.close()
             self._directory.release()

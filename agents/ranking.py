@@ -73,8 +73,8 @@ def _session_prior(
 def _neighbour_smoothing(
     fused: dict[str, float], follows: Mapping[str, str | None], weight: float
 ) -> None:
-    """Add ``weight`` times the better of a candidate's two neighbours (the memory it follows and the
-    one following it, when they are candidates too)."""
+    """Add ``weight`` times the better of a candidate's two neighbours (the memory it follows
+    and the one following it, when they are candidates too)."""
     neighbour: dict[str, float] = {}
     for record_id, previous in follows.items():
         if previous is not None and previous in fused and record_id in fused:

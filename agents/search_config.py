@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
+from pydantic import Field, model_validator
+
 from hivemem.pool.base import Model
 from hivemem.pool.errors import InvalidSearchConfig
-from pydantic import Field, model_validator
 
 
 class SearchConfig(Model):
@@ -41,7 +42,7 @@ class SearchConfig(Model):
     #: added to a candidate (neighbour smoothing).
     neighbor_weight: float = Field(default=0.3, ge=0.0, le=10.0)
     #: Candidates fetched per retrieval method before fusion.
-    candidates: int = Field(default=100, ge=1, le=10_000)
+    candidates: int = Field(default=50, ge=1, le=10_000)
     top_k: int = Field(default=10, ge=1, le=1_000)
     min_similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
     #: Share of the final score given to recency (exponential decay of age) and importance.

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import stopwords
 from fastembed import SparseTextEmbedding
+
 from hivemem.pool.records import SparseVector
 
 BM25_MODEL = "Qdrant/bm25"

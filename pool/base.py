@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Self
 
-from hivemem.pool.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from hivemem.pool.errors import InvalidInput
 
 
 def _translate(exc: ValidationError, default: type[InvalidInput]) -> InvalidInput:

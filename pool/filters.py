@@ -22,11 +22,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from pydantic import Field, model_validator
+
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import InvalidFilter
 from hivemem.pool.ids import check_label, check_metadata_key, check_scope_id
-from pydantic import Field, model_validator
 
 Op = Literal["eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "contains"]
 ORDER_OPS = frozenset({"gt", "gte", "lt", "lte"})

@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
 from hivemem.pool.filters import And
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
 
@@ -51,6 +52,8 @@ class NearestRequest:
     where: And
     limit: int
     score_threshold: float | None = None
+    #: Sparse lookups: the records whose statistics give term rarity (IDF); None = all records.
+    idf_corpus: And | None = None
 
 
 @dataclass(frozen=True, slots=True)

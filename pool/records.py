@@ -13,6 +13,8 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import InvalidContent
@@ -23,7 +25,6 @@ from hivemem.pool.ids import (
     check_scope_id,
     new_record_id,
 )
-from pydantic import AfterValidator, Field, field_validator, model_validator
 
 #: Hard ceiling on content length, whatever the settings say (characters).
 MAX_CONTENT_CHARS_HARD = 100_000
@@ -49,8 +50,48 @@ def _record_id(value: str) -> str:
     return check_record_id(value)
 
 
+def _content(value: str) -> str:
+    if not value.strip():
+        raise InvalidContent("content must not be empty or blank", field="content")
+    if len(value) > MAX_CONTENT_CHARS_HARD:
+        raise InvalidContent(
+            f"content has {len(value)} characters, more than {MAX_CONTENT_CHARS_HARD}",
+            field="content",
+        )
+    return value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _labels(value: list[str], info: ValidationInfo) -> list[str]:
+    return [check_label(v, field=info.field_name or "labels") for v in value]
+
+
+def _metadata(value: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
+    for key, item in value.items():
+        check_metadata_key(key)
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"metadata.{key} must be finite")
+    return value
+
+
+def _vector(value: list[float] | None) -> list[float] | None:
+    if value is not None and any(not math.isfinite(v) for v in value):
+        raise ValueError("vector values must be finite")
+    return value
+
+
+# Field types shared by records and the inputs they are built from (hivemem.agents.inputs).
 RecordId = Annotated[str, AfterValidator(_record_id)]
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+Content = Annotated[str, AfterValidator(_content)]
+Importance = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_finite)]
+Labels = Annotated[list[str], Field(max_length=64), AfterValidator(_labels)]
+Metadata = Annotated[dict[str, MetadataValue], Field(max_length=64), AfterValidator(_metadata)]
 
 
 class Scope(Model):
@@ -100,8 +141,8 @@ class MemoryRecord(Model):
     """
 
     id: RecordId = Field(default_factory=new_record_id)
-    content: str
-    vector: list[float] | None = None
+    content: Content
+    vector: Annotated[list[float] | None, AfterValidator(_vector)] = None
     sparse: SparseVector | None = None
 
     level: Level = Level.EPISODE
@@ -109,13 +150,13 @@ class MemoryRecord(Model):
     tier: Tier = Tier.WORKING
     category: Category = Category.FACT
     zone: Zone = Zone.PUBLIC
-    importance: float = Field(default=0.5, ge=0.0, le=1.0)
+    importance: Importance = 0.5
     access_count: int = Field(default=0, ge=0)
     last_accessed_at: UtcDatetime | None = None
 
-    tags: list[str] = Field(default_factory=list, max_length=64)
-    entities: list[str] = Field(default_factory=list, max_length=64)
-    metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=64)
+    tags: Labels = Field(default_factory=list)
+    entities: Labels = Field(default_factory=list)
+    metadata: Metadata = Field(default_factory=dict)
 
     #: Provenance: the records this one was consolidated from, and those it was consolidated into.
     sources: list[RecordId] = Field(default_factory=list)
@@ -131,46 +172,6 @@ class MemoryRecord(Model):
     superseded_at: UtcDatetime | None = None
     supersedes: RecordId | None = None
     superseded_by: RecordId | None = None
-
-    @field_validator("content")
-    @classmethod
-    def _check_content(cls, value: str) -> str:
-        if not value.strip():
-            raise InvalidContent("content must not be empty or blank", field="content")
-        if len(value) > MAX_CONTENT_CHARS_HARD:
-            raise InvalidContent(
-                f"content has {len(value)} characters, more than {MAX_CONTENT_CHARS_HARD}",
-                field="content",
-            )
-        return value
-
-    @field_validator("importance")
-    @classmethod
-    def _check_importance(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("importance must be a finite number in [0, 1]")
-        return value
-
-    @field_validator("vector")
-    @classmethod
-    def _check_vector(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and any(not math.isfinite(v) for v in value):
-            raise ValueError("vector values must be finite")
-        return value
-
-    @field_validator("tags", "entities")
-    @classmethod
-    def _check_labels(cls, value: list[str], info: Any) -> list[str]:
-        return [check_label(v, field=info.field_name) for v in value]
-
-    @field_validator("metadata")
-    @classmethod
-    def _check_metadata(cls, value: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
-        for key, item in value.items():
-            check_metadata_key(key)
-            if isinstance(item, float) and not math.isfinite(item):
-                raise ValueError(f"metadata.{key} must be finite")
-        return value
 
     @model_validator(mode="after")
     def _check_validity(self) -> MemoryRecord:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hivemem.pool.enums import Tier
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hivemem.pool.enums import Tier
 
 
 class EmbeddingSettings(BaseModel):

@@ -12,10 +12,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from hivemem.pool.enums import Category, Level, Tier, Zone
-from hivemem.pool.records import MemoryRecord, Scope, SparseVector, Tombstone
 from qdrant_edge import Point
 from qdrant_edge import SparseVector as EdgeSparse
+
+from hivemem.pool.enums import Category, Level, Tier, Zone
+from hivemem.pool.records import MemoryRecord, Scope, SparseVector, Tombstone
 
 DENSE = "dense"
 SPARSE = "sparse"

@@ -9,10 +9,6 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from hivemem.pool.adapters.edge_codec import FIELD_KEYS, INDEXED_FIELDS, KIND_RECORD
-from hivemem.pool.errors import InvalidFilter
-from hivemem.pool.filters import TIME_FIELDS, And, Cond, Expr, Or
-from hivemem.pool.ids import METADATA_KEY_PATTERN
 from qdrant_edge import (
     FieldCondition,
     Filter,
@@ -27,6 +23,11 @@ from qdrant_edge import (
     RangeDateTime,
     RangeFloat,
 )
+
+from hivemem.pool.adapters.edge_codec import FIELD_KEYS, INDEXED_FIELDS, KIND_RECORD
+from hivemem.pool.errors import InvalidFilter
+from hivemem.pool.filters import TIME_FIELDS, And, Cond, Expr, Or
+from hivemem.pool.ids import METADATA_KEY_PATTERN
 
 _RANGE_ARG = {"gt": "gt", "gte": "gte", "lt": "lt", "lte": "lte"}
 #: What Edge accepts inside a Filter (the stubs' ConditionType).

@@ -18,6 +18,27 @@ from typing import Any
 from uuid import UUID
 
 import numpy as np
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeShard,
+    EdgeSparseVectorParams,
+    EdgeVectorParams,
+    FacetRequest,
+    Filter,
+    IdfParams,
+    Modifier,
+    PayloadSchemaType,
+    Query,
+    QueryBatchRequest,
+    QueryRequest,
+    ScrollRequest,
+    SearchParams,
+    UpdateOperation,
+)
+from qdrant_edge import SparseVector as EdgeSparse
+
 from hivemem.pool.adapters.edge_codec import (
     DENSE,
     FIELD_KEYS,
@@ -37,24 +58,6 @@ from hivemem.pool.filters import And
 from hivemem.pool.ids import check_record_id
 from hivemem.pool.ports import NearestRequest, ScoredId
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
-from qdrant_edge import (
-    CountRequest,
-    Distance,
-    EdgeConfig,
-    EdgeShard,
-    EdgeSparseVectorParams,
-    EdgeVectorParams,
-    FacetRequest,
-    Filter,
-    Modifier,
-    PayloadSchemaType,
-    Query,
-    QueryBatchRequest,
-    QueryRequest,
-    ScrollRequest,
-    UpdateOperation,
-)
-from qdrant_edge import SparseVector as EdgeSparse
 
 _SCHEMA = {
     "keyword": PayloadSchemaType.Keyword,
@@ -103,16 +106,19 @@ class EdgeIndex:
             self._open().update(UpdateOperation.upsert_points(points))
 
     def update_fields(self, updates: Mapping[str, Mapping[str, object]]) -> None:
+        """Records that get the same changes are updated in one engine call; the lock is taken
+        per call, so concurrent searches interleave with a long batch."""
+        groups: dict[str, tuple[dict[str, object], list[int | UUID | str]]] = {}
         for record_id, fields in updates.items():
             unknown = set(fields) - MUTABLE_FIELDS
             if unknown:
                 raise InvalidInput(f"fields {sorted(unknown)} cannot be changed", field="fields")
-            check_record_id(record_id)
-        with self._lock:
-            shard = self._open()
-            for record_id, fields in updates.items():
-                payload = {k: encode_value(v) for k, v in fields.items()}
-                shard.update(UpdateOperation.set_payload([record_id], payload))
+            payload = {k: encode_value(v) for k, v in fields.items()}
+            key = repr(sorted(payload.items()))
+            groups.setdefault(key, (payload, []))[1].append(check_record_id(record_id))
+        for payload, ids in groups.values():
+            with self._lock:
+                self._open().update(UpdateOperation.set_payload(ids, payload))
 
     def put_tombstones(self, tombstones: Sequence[Tombstone]) -> None:
         if not tombstones:
@@ -182,9 +188,13 @@ class EdgeIndex:
             vector = EdgeSparse(request.vector.indices, request.vector.values)
         else:
             vector = np.asarray(request.vector, dtype=np.float32).tolist()
+        params = None
+        if request.idf_corpus is not None:
+            params = SearchParams(idf=IdfParams(corpus=to_edge_filter(request.idf_corpus)))
         return QueryRequest(
             query=Query.Nearest(vector, using=request.using),
             filter=to_edge_filter(request.where),
+            params=params,
             limit=request.limit,
             score_threshold=request.score_threshold,
             with_payload=_NEIGHBOURHOOD,

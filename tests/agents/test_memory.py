@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.pool.enums import Category, Level, Tier
 from hivemem.pool.errors import (
@@ -25,7 +26,6 @@ from hivemem.pool.errors import (
     SupersessionConflict,
 )
 from hivemem.pool.settings import HivememSettings
-
 from tests.conftest import Clock
 
 MakeMemory = Callable[..., HierarchicalMemory]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from hivemem.agents.memory import HierarchicalMemory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from hivemem.agents.memory import HierarchicalMemory
 
 
 def _contents(hits: list) -> set[str]:  # type: ignore[type-arg]

@@ -6,10 +6,10 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.search_config import PRESETS, SearchConfig, preset
 from hivemem.pool.errors import InvalidFilter, InvalidInput, InvalidSearchConfig
-
 from tests.conftest import Clock
 
 FACTS = [
