@@ -8,6 +8,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import InvalidFilter, InvalidIdentifier, InvalidInput
 from hivemem.pool.filters import (
@@ -26,8 +29,6 @@ from hivemem.pool.filters import (
     field_kind,
     parse_filter,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 ALL_OPS = ["eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "contains"]
 #: Which operators each kind of field accepts, as the module docstring and tables describe it.

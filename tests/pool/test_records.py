@@ -11,6 +11,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import (
@@ -33,9 +37,6 @@ from hivemem.pool.records import (
     SparseVector,
     Tombstone,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-from pydantic import ValidationError
 
 #: Strings that must never become part of a store key or filter.
 INJECTIONS = [

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
 from hivemem.pool.enums import Tier
 from hivemem.pool.settings import (
     EmbeddingSettings,
@@ -14,7 +16,6 @@ from hivemem.pool.settings import (
     MemorySettings,
     TierSettings,
 )
-from pydantic import ValidationError
 
 
 @pytest.fixture(autouse=True)
