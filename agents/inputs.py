@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
+from hivemem.pool.errors import InvalidInput
 from hivemem.pool.records import (
     Content,
     Importance,
@@ -41,7 +42,7 @@ class MemoryInput(Model):
     @model_validator(mode="after")
     def _check_validity(self) -> Self:
         if self.valid_from and self.valid_until and self.valid_until < self.valid_from:
-            raise ValueError("valid_until precedes valid_from")
+            raise InvalidInput("valid_until precedes valid_from", field="valid_until")
         return self
 
 

@@ -61,25 +61,31 @@ class Zone(StrEnum):
     def rank(self) -> int:
         return _ZONE_RANK[self]
 
+    @staticmethod
+    def _coerce(other: object) -> Zone | None:
+        """Another zone, or a string naming one (so that a clearance held as text compares by
+        rank, never alphabetically); None for anything else."""
+        if isinstance(other, Zone):
+            return other
+        if isinstance(other, str):
+            return Zone(other)  # ValueError for a string that names no zone
+        return None
+
     def __lt__(self, other: object) -> bool:
-        if not isinstance(other, Zone):
-            return NotImplemented
-        return self.rank < other.rank
+        zone = self._coerce(other)
+        return NotImplemented if zone is None else self.rank < zone.rank
 
     def __le__(self, other: object) -> bool:
-        if not isinstance(other, Zone):
-            return NotImplemented
-        return self.rank <= other.rank
+        zone = self._coerce(other)
+        return NotImplemented if zone is None else self.rank <= zone.rank
 
     def __gt__(self, other: object) -> bool:
-        if not isinstance(other, Zone):
-            return NotImplemented
-        return self.rank > other.rank
+        zone = self._coerce(other)
+        return NotImplemented if zone is None else self.rank > zone.rank
 
     def __ge__(self, other: object) -> bool:
-        if not isinstance(other, Zone):
-            return NotImplemented
-        return self.rank >= other.rank
+        zone = self._coerce(other)
+        return NotImplemented if zone is None else self.rank >= zone.rank
 
     __hash__ = StrEnum.__hash__
 

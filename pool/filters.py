@@ -7,7 +7,10 @@ over any filterable field, including ``metadata.<key>``.
 
 Operators: ``eq ne in nin gt gte lt lte contains``. ``contains`` means "the list holds this
 element" for list fields (tags, entities, list metadata) and "the text holds this substring" for
-string metadata. ``ne`` and ``nin`` also match records that lack the field. Time values are
+string metadata; it takes a string or an integer. ``ne`` and ``nin`` also match records that lack
+the field. Numbers compare by value (``eq 2`` matches 2 and 2.0; ``True`` also matches 1, as in
+Python). On list metadata, ``eq``/``in`` match when any element does, and ``eq None`` also
+matches an empty list. Time values are
 datetimes (naive ones are taken as UTC). Scope fields (``scope.user_id``...) and time fields also
 take ``eq None`` / ``ne None`` ("is unset" / "is set").
 
@@ -20,14 +23,15 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import InvalidFilter
 from hivemem.pool.ids import check_label, check_metadata_key, check_scope_id
+from hivemem.pool.records import Labels
 
 Op = Literal["eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "contains"]
 ORDER_OPS = frozenset({"gt", "gte", "lt", "lte"})
@@ -156,6 +160,8 @@ class Cond(_FilterModel):
             return _check_scalar(value, number_only=True)
         if kind is FieldKind.LABELS:
             return check_label(value, field="where.value")
+        if self.op == "contains" and (value is None or isinstance(value, float)):
+            raise InvalidFilter("contains takes a string or an integer", field="where.value")
         return _check_scalar(value, number_only=self.op in ORDER_OPS)
 
 
@@ -177,7 +183,29 @@ class Not(_FilterModel):
     expr: Expr
 
 
-Expr = Cond | And | Or | Not
+def _expr_kind(value: object) -> str | None:
+    """Which node a piece of filter data is, by its keys (so that a bad leaf deep in a tree is
+    reported as itself, not as a failed match of every node type)."""
+    if isinstance(value, Cond | And | Or | Not):
+        return type(value).__name__.lower()
+    if isinstance(value, dict):
+        for key, kind in (("field", "cond"), ("all", "and"), ("any", "or"), ("expr", "not")):
+            if key in value:
+                return kind
+    return None
+
+
+Expr = Annotated[
+    Annotated[Cond, Tag("cond")]
+    | Annotated[And, Tag("and")]
+    | Annotated[Or, Tag("or")]
+    | Annotated[Not, Tag("not")],
+    Discriminator(
+        _expr_kind,
+        custom_error_type="invalid_filter_node",
+        custom_error_message="a filter node has 'field', 'all', 'any' or 'expr'",
+    ),
+]
 And.model_rebuild()
 Or.model_rebuild()
 Not.model_rebuild()
@@ -189,24 +217,41 @@ class TimeRange(_FilterModel):
     after: datetime | None = None
     before: datetime | None = None
 
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if (
+            self.after is not None
+            and self.before is not None
+            and _as_utc(self.after) > _as_utc(self.before)
+        ):
+            raise InvalidFilter("a time range's after is later than its before", field="times")
+        return self
+
 
 class MemoryFilter(_FilterModel):
     """Conditions on records, all of which must hold. Empty means "everything in scope"."""
 
-    levels: list[Level] | None = None
-    tiers: list[Tier] | None = None
-    categories: list[Category] | None = None
-    zones: list[Zone] | None = None
+    levels: Annotated[list[Level], Field(min_length=1)] | None = None
+    tiers: Annotated[list[Tier], Field(min_length=1)] | None = None
+    categories: Annotated[list[Category], Field(min_length=1)] | None = None
+    zones: Annotated[list[Zone], Field(min_length=1)] | None = None
     importance_min: float | None = Field(default=None, ge=0.0, le=1.0)
     importance_max: float | None = Field(default=None, ge=0.0, le=1.0)
     times: dict[
         Literal["recorded_at", "valid_from", "valid_until", "superseded_at", "last_accessed_at"],
         TimeRange,
     ] = Field(default_factory=dict)
-    tags_any: list[str] | None = None
-    tags_all: list[str] | None = None
-    entities_any: list[str] | None = None
+    tags_any: Labels | None = None
+    tags_all: Labels | None = None
+    entities_any: Labels | None = None
     where: Expr | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        low, high = self.importance_min, self.importance_max
+        if low is not None and high is not None and low > high:
+            raise InvalidFilter("importance_min exceeds importance_max", field="importance_min")
+        return self
 
     def to_expr(self) -> And:
         """The whole filter as one expression tree (the form adapters translate)."""

@@ -9,6 +9,7 @@ Models never do I/O.
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -17,7 +18,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
-from hivemem.pool.errors import InvalidContent
+from hivemem.pool.errors import InvalidContent, InvalidInput
 from hivemem.pool.ids import (
     check_label,
     check_metadata_key,
@@ -26,6 +27,8 @@ from hivemem.pool.ids import (
     new_record_id,
 )
 
+#: Sparse term ids are unsigned 32-bit integers.
+_SPARSE_INDEX_LIMIT = 2**32
 #: Hard ceiling on content length, whatever the settings say (characters).
 MAX_CONTENT_CHARS_HARD = 100_000
 #: Metadata values: JSON scalars, or flat lists of them.
@@ -71,11 +74,21 @@ def _labels(value: list[str], info: ValidationInfo) -> list[str]:
     return [check_label(v, field=info.field_name or "labels") for v in value]
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
+def _metadata_scalar(key: str, item: object) -> None:
+    if isinstance(item, float) and not math.isfinite(item):
+        raise ValueError(f"metadata.{key} must be finite")
+    if isinstance(item, int) and not isinstance(item, bool) and item not in _INT64:
+        raise ValueError(f"metadata.{key} must fit in 64 bits")
+
+
 def _metadata(value: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
     for key, item in value.items():
         check_metadata_key(key)
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"metadata.{key} must be finite")
+        for element in item if isinstance(item, list) else [item]:
+            _metadata_scalar(key, element)
     return value
 
 
@@ -130,6 +143,10 @@ class SparseVector(Model):
             raise ValueError("sparse indices and values differ in length")
         if any(not math.isfinite(v) for v in self.values):
             raise ValueError("sparse values must be finite")
+        if any(i < 0 or i >= _SPARSE_INDEX_LIMIT for i in self.indices):
+            raise ValueError("sparse term ids must be in [0, 2**32)")
+        if any(a >= b for a, b in itertools.pairwise(self.indices)):
+            raise ValueError("sparse term ids must be strictly increasing")
         return self
 
 
@@ -176,7 +193,7 @@ class MemoryRecord(Model):
     @model_validator(mode="after")
     def _check_validity(self) -> MemoryRecord:
         if self.valid_until is not None and self.valid_until < self.valid_from:
-            raise ValueError("valid_until precedes valid_from")
+            raise InvalidInput("valid_until precedes valid_from", field="valid_until")
         return self
 
     @property

@@ -8,6 +8,7 @@ the package reads the environment at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,7 +37,7 @@ class TierSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    capacity: dict[Tier, int] = Field(
+    capacity: dict[Tier, Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: {
             Tier.WORKING: 200,
             Tier.SHORT_TERM: 20_000,

@@ -9,17 +9,24 @@ rejects datetime objects). Edge stores booleans as integers, so boolean metadata
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from qdrant_edge import Point
 from qdrant_edge import SparseVector as EdgeSparse
 
 from hivemem.pool.enums import Category, Level, Tier, Zone
+from hivemem.pool.errors import InvalidInput
+from hivemem.pool.ids import check_record_id
 from hivemem.pool.records import MemoryRecord, Scope, SparseVector, Tombstone
 
 DENSE = "dense"
 SPARSE = "sparse"
+METADATA_PREFIX = "metadata."
+#: Payload key listing the metadata keys whose value is a list (filters need to know).
+LIST_KEYS = "list_keys"
 KIND_RECORD = "record"
 KIND_TOMBSTONE = "tombstone"
 
@@ -52,19 +59,6 @@ FIELD_KEYS = {
     "scope.agent_id": "agent_id",
     "scope.run_id": "run_id",
 }
-#: Bookkeeping fields that :meth:`LocalIndex.update_fields` may change.
-MUTABLE_FIELDS = frozenset(
-    {
-        "tier",
-        "importance",
-        "access_count",
-        "last_accessed_at",
-        "superseded_at",
-        "superseded_by",
-        "valid_until",
-        "consolidated_into",
-    }
-)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -75,16 +69,74 @@ def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def encode_value(value: object) -> object:
-    """A bookkeeping value as stored in the payload."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Level | Tier | Category | Zone):
-        return value.value
+def _bad(field: str, value: object) -> InvalidInput:
+    return InvalidInput(f"{value!r:.80} is not a valid {field}", field=field)
+
+
+def _tier(field: str, value: object) -> object:
+    try:
+        return Tier(str(value)).value
+    except ValueError:
+        raise _bad(field, value) from None
+
+
+def _importance(field: str, value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(field, value)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise _bad(field, value)
+    return float(value)
+
+
+def _count(field: str, value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _bad(field, value)
     return value
 
 
+def _ids(field: str, value: object) -> object:
+    if not isinstance(value, list):
+        raise _bad(field, value)
+    return [check_record_id(v, field=field) for v in value]
+
+
+def _optional_id(field: str, value: object) -> object:
+    return None if value is None else check_record_id(value, field=field)
+
+
+def _optional_time(field: str, value: object) -> object:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise _bad(field, value)
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat()
+
+
+#: The bookkeeping fields that may change after a record is written, with their checks.
+_BOOKKEEPING: dict[str, Callable[[str, object], object]] = {
+    "tier": _tier,
+    "importance": _importance,
+    "access_count": _count,
+    "last_accessed_at": _optional_time,
+    "superseded_at": _optional_time,
+    "superseded_by": _optional_id,
+    "valid_until": _optional_time,
+    "consolidated_into": _ids,
+}
+
+
+def encode_field(field: str, value: object) -> object:
+    """A bookkeeping field's new value as stored; raises InvalidInput for a field that cannot
+    change or a value of the wrong kind (the same rules as MemoryRecord)."""
+    check = _BOOKKEEPING.get(field)
+    if check is None:
+        raise InvalidInput(f"field {field!r:.40} cannot be changed", field=field)
+    return check(field, value)
+
+
 def _encode_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Metadata as stored, and the keys holding booleans."""
     stored: dict[str, Any] = {}
     bool_keys: list[str] = []
     for key, value in metadata.items():
@@ -130,6 +182,7 @@ def record_payload(record: MemoryRecord) -> dict[str, Any]:
         "entities": record.entities,
         "metadata": metadata,
         "bool_keys": bool_keys,
+        LIST_KEYS: [k for k, v in record.metadata.items() if isinstance(v, list)],
         "sources": record.sources,
         "consolidated_into": record.consolidated_into,
         "follows": record.follows,

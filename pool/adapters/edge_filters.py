@@ -24,10 +24,16 @@ from qdrant_edge import (
     RangeFloat,
 )
 
-from hivemem.pool.adapters.edge_codec import FIELD_KEYS, INDEXED_FIELDS, KIND_RECORD
+from hivemem.pool.adapters.edge_codec import (
+    FIELD_KEYS,
+    INDEXED_FIELDS,
+    KIND_RECORD,
+    LIST_KEYS,
+    METADATA_PREFIX,
+)
 from hivemem.pool.errors import InvalidFilter
-from hivemem.pool.filters import TIME_FIELDS, And, Cond, Expr, Or
-from hivemem.pool.ids import METADATA_KEY_PATTERN
+from hivemem.pool.filters import SCOPE_FIELDS, TIME_FIELDS, And, Cond, Expr, Or
+from hivemem.pool.ids import METADATA_KEY_PATTERN, check_scope_id
 
 _RANGE_ARG = {"gt": "gt", "gte": "gte", "lt": "lt", "lte": "lte"}
 #: What Edge accepts inside a Filter (the stubs' ConditionType).
@@ -43,11 +49,20 @@ ConditionType = (
 MatchScalar = str | int | bool
 
 
+def _checked_values(cond: Cond) -> None:
+    """Scope ids reach the engine as match values: check them again here."""
+    if cond.field in SCOPE_FIELDS:
+        values = cond.value if isinstance(cond.value, list) else [cond.value]
+        for value in values:
+            if value is not None:
+                check_scope_id(value, field="where.value")
+
+
 def _key(field: str) -> str:
     key = FIELD_KEYS.get(field, field)
     if key in INDEXED_FIELDS:
         return key
-    if key.startswith("metadata.") and METADATA_KEY_PATTERN.fullmatch(
+    if key.startswith(METADATA_PREFIX) and METADATA_KEY_PATTERN.fullmatch(
         key.removeprefix("metadata.")
     ):
         return key
@@ -74,13 +89,29 @@ def _match(key: str, value: object) -> ConditionType:
     if isinstance(value, datetime):
         iso = value.isoformat()
         return FieldCondition(key, range=RangeDateTime(gte=iso, lte=iso))
-    if isinstance(value, float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # A range matches 2 and 2.0 alike; an exact match would not cross int and float.
         return FieldCondition(key, range=RangeFloat(gte=value, lte=value))
     return FieldCondition(key, match=MatchValue(_plain(value)))
 
 
+def _contains(key: str, value: object) -> ConditionType:
+    """List fields: membership. String metadata: substring. Which one a metadata key holds is
+    recorded per record in ``list_keys`` (see edge_codec)."""
+    if not (isinstance(value, str) and key.startswith(METADATA_PREFIX)):
+        return FieldCondition(key, match=MatchValue(_plain(value)))
+    is_list = FieldCondition(LIST_KEYS, match=MatchValue(key.removeprefix(METADATA_PREFIX)))
+    return Filter(
+        should=[
+            Filter(must=[is_list, FieldCondition(key, match=MatchValue(value))]),
+            Filter(must=[FieldCondition(key, match=MatchSubstring(value))], must_not=[is_list]),
+        ]
+    )
+
+
 def _condition(cond: Cond) -> ConditionType:
     key = _key(cond.field)
+    _checked_values(cond)
     op, value = cond.op, cond.value
     if op == "eq":
         return _match(key, value)
@@ -88,24 +119,14 @@ def _condition(cond: Cond) -> ConditionType:
         return Filter(must_not=[_match(key, value)])
     if op in ("in", "nin"):
         strings = [v for v in value if isinstance(v, str)]
-        integers = [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
         inner: ConditionType
         if len(strings) == len(value):
             inner = FieldCondition(key, match=MatchAny([_enum_text(v) for v in strings]))
-        elif len(integers) == len(value):
-            inner = FieldCondition(key, match=MatchAny(integers))
-        else:  # mixed, floats, booleans or None: one exact match each
+        else:  # numbers, booleans or None: one match each (see _match)
             inner = Filter(should=[_match(key, v) for v in value])
         return inner if op == "in" else Filter(must_not=[inner])
     if op == "contains":
-        if isinstance(value, str) and key.startswith("metadata."):
-            return Filter(
-                should=[
-                    FieldCondition(key, match=MatchValue(value)),
-                    FieldCondition(key, match=MatchSubstring(value)),
-                ]
-            )
-        return FieldCondition(key, match=MatchValue(_plain(value)))
+        return _contains(key, value)
     bound = {_RANGE_ARG[op]: value}
     if cond.field in TIME_FIELDS:
         return FieldCondition(

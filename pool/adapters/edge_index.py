@@ -44,16 +44,15 @@ from hivemem.pool.adapters.edge_codec import (
     FIELD_KEYS,
     INDEXED_FIELDS,
     KIND_TOMBSTONE,
-    MUTABLE_FIELDS,
     SPARSE,
     decode_record,
     decode_tombstone,
-    encode_value,
+    encode_field,
     record_point,
     tombstone_point,
 )
 from hivemem.pool.adapters.edge_filters import to_edge_filter
-from hivemem.pool.errors import InvalidFilter, InvalidInput, MemoryClosed
+from hivemem.pool.errors import InvalidFilter, InvalidInput, MemoryClosed, MemoryNotFound
 from hivemem.pool.filters import And
 from hivemem.pool.ids import check_record_id
 from hivemem.pool.ports import NearestRequest, ScoredId
@@ -82,6 +81,7 @@ class EdgeIndex:
 
     def __init__(self, path: Path, *, dim: int) -> None:
         self.path = path
+        self.dim = dim
         self._lock = threading.Lock()
         if (path / "edge").exists():
             self._shard: EdgeShard | None = EdgeShard.load(str(path / "edge"))
@@ -99,23 +99,36 @@ class EdgeIndex:
     # -- writes ---------------------------------------------------------------------------------
 
     def upsert(self, records: Sequence[MemoryRecord]) -> None:
+        """Raises InvalidInput for a vector of the wrong dimension (nothing is written)."""
         if not records:
             return
+        for record in records:
+            if record.vector is not None and len(record.vector) != self.dim:
+                size = len(record.vector)
+                raise InvalidInput(
+                    f"record {record.id} has a {size}-d vector; the index is {self.dim}-d",
+                    field="vector",
+                )
         points = [record_point(r) for r in records]
         with self._lock:
             self._open().update(UpdateOperation.upsert_points(points))
 
     def update_fields(self, updates: Mapping[str, Mapping[str, object]]) -> None:
-        """Records that get the same changes are updated in one engine call; the lock is taken
-        per call, so concurrent searches interleave with a long batch."""
+        """Every value is validated before anything changes; missing records raise
+        MemoryNotFound, also before anything changes. Records that get the same changes are
+        updated in one engine call, the lock taken per call so that searches interleave."""
         groups: dict[str, tuple[dict[str, object], list[int | UUID | str]]] = {}
         for record_id, fields in updates.items():
-            unknown = set(fields) - MUTABLE_FIELDS
-            if unknown:
-                raise InvalidInput(f"fields {sorted(unknown)} cannot be changed", field="fields")
-            payload = {k: encode_value(v) for k, v in fields.items()}
+            payload = {k: encode_field(k, v) for k, v in fields.items()}
             key = repr(sorted(payload.items()))
             groups.setdefault(key, (payload, []))[1].append(check_record_id(record_id))
+        wanted = [i for _, ids in groups.values() for i in ids]
+        found = {
+            str(p.id) for p in self._retrieve_raw(wanted) if p.payload.get("kind") != KIND_TOMBSTONE
+        }
+        missing = [str(i) for i in wanted if str(i) not in found]
+        if missing:
+            raise MemoryNotFound(missing[0])
         for payload, ids in groups.values():
             with self._lock:
                 self._open().update(UpdateOperation.set_payload(ids, payload))
@@ -138,27 +151,31 @@ class EdgeIndex:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def _retrieve(self, ids: Sequence[str], with_vectors: bool) -> list[Any]:
-        checked: list[int | UUID | str] = [check_record_id(i) for i in ids]
+    def _retrieve_raw(
+        self, ids: Sequence[int | UUID | str], with_vectors: bool = False
+    ) -> list[Any]:
         with self._lock:
-            return list(self._open().retrieve(checked, True, bool(with_vectors)))
+            return list(self._open().retrieve(list(ids), True, bool(with_vectors)))
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[MemoryRecord]:
-        if not ids:
+        """Ids are matched in canonical (lower-case) form; a repeated id is returned once."""
+        canonical = [check_record_id(i) for i in ids]
+        if not canonical:
             return []
         found = {
             str(p.id): decode_record(p.id, p.payload, p.vector)
-            for p in self._retrieve(ids, with_vectors)
+            for p in self._retrieve_raw(canonical, with_vectors)
             if p.payload.get("kind") != KIND_TOMBSTONE
         }
-        return [found[i] for i in dict.fromkeys(ids) if i in found]
+        return [found[i] for i in dict.fromkeys(canonical) if i in found]
 
     def get_tombstones(self, ids: Sequence[str]) -> list[Tombstone]:
-        if not ids:
+        canonical = [check_record_id(i) for i in ids]
+        if not canonical:
             return []
         return [
             decode_tombstone(p.id, p.payload)
-            for p in self._retrieve(ids, with_vectors=False)
+            for p in self._retrieve_raw(canonical)
             if p.payload.get("kind") == KIND_TOMBSTONE
         ]
 
@@ -179,15 +196,17 @@ class EdgeIndex:
             for points in results
         ]
 
-    @staticmethod
-    def _query(request: NearestRequest) -> QueryRequest:
+    def _query(self, request: NearestRequest) -> QueryRequest:
         vector: Any
         if request.using == SPARSE:
             if not isinstance(request.vector, SparseVector):
                 raise InvalidInput("a sparse lookup takes a SparseVector", field="vector")
             vector = EdgeSparse(request.vector.indices, request.vector.values)
         else:
-            vector = np.asarray(request.vector, dtype=np.float32).tolist()
+            dense = np.asarray(request.vector, dtype=np.float32)
+            if dense.shape != (self.dim,):
+                raise InvalidInput(f"the query vector must be {self.dim}-d", field="vector")
+            vector = dense.tolist()
         params = None
         if request.idf_corpus is not None:
             params = SearchParams(idf=IdfParams(corpus=to_edge_filter(request.idf_corpus)))

@@ -522,12 +522,6 @@ def test_parse_filter_nested_bad_identifier_is_rejected(where: dict[str, Any]) -
         parse_filter({"where": where})
 
 
-@pytest.mark.xfail(
-    reason="Expr is a plain union (filters.py): pydantic reports the failure of the Cond "
-    "branch first ('field: Field required'), so base._translate raises InvalidFilter with "
-    "field='field' instead of the nested leaf's InvalidIdentifier",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "where",
     [
@@ -545,11 +539,6 @@ def test_parse_filter_nested_bad_identifier_raises_invalid_identifier(
         parse_filter({"where": where})
 
 
-@pytest.mark.xfail(
-    reason="Expr is a plain union (filters.py): a nested unknown field is reported as "
-    "'field: Field required' (field='field'), hiding the real cause",
-    strict=True,
-)
 def test_parse_filter_nested_unknown_field_names_it() -> None:
     """A nested unknown field is reported as such, on where.field."""
     with pytest.raises(InvalidFilter) as caught:
@@ -558,11 +547,6 @@ def test_parse_filter_nested_unknown_field_names_it() -> None:
     assert "content" in str(caught.value)
 
 
-@pytest.mark.xfail(
-    reason="MemoryFilter.tags_any/tags_all/entities_any are plain list[str] (filters.py); "
-    "labels are only checked when to_expr() builds Conds, so a bad filter is built fine",
-    strict=True,
-)
 @pytest.mark.parametrize("name", ["tags_any", "tags_all", "entities_any"])
 def test_memory_filter_validates_labels_when_built(name: str) -> None:
     """Bad labels in the convenience fields are refused when the filter is built."""
@@ -577,12 +561,6 @@ def test_memory_filter_bad_labels_never_reach_an_expression(name: str) -> None:
         MemoryFilter(**{name: ["ok", '{"$ne":1}']}).to_expr()
 
 
-@pytest.mark.xfail(
-    reason="MemoryFilter accepts levels/tiers/categories/zones=[] (filters.py), but to_expr() "
-    "then builds Cond(op='in', value=[]) which raises InvalidFilter: a validated filter "
-    "cannot be translated",
-    strict=True,
-)
 @pytest.mark.parametrize("name", ["levels", "tiers", "categories", "zones"])
 def test_memory_filter_with_empty_enum_list_translates(name: str) -> None:
     """An empty enum list is refused when the filter is built, or else it translates."""

@@ -265,12 +265,6 @@ def test_bad_content_via_model_validate_raises_invalid_content() -> None:
         MemoryRecord.model_validate({"content": "  ", "scope": {"user_id": "u1"}})
 
 
-@pytest.mark.xfail(
-    reason="Model overrides __init__ and model_validate but not model_validate_json "
-    "(pool/base.py): JSON input raises pydantic's ValidationError, not InvalidContent",
-    strict=True,
-    raises=AssertionError,
-)
 def test_bad_content_via_model_validate_json_raises_invalid_content() -> None:
     """model_validate_json raises the package's typed error too, not pydantic's."""
     try:
@@ -479,11 +473,6 @@ def test_valid_until_before_valid_from_raises_invalid_input() -> None:
         make(valid_from=datetime(2026, 1, 2, tzinfo=UTC), valid_until=naive(2026, 1, 1))
 
 
-@pytest.mark.xfail(
-    reason="the model-level validator (records.py _check_validity) raises a bare ValueError, "
-    "so base._translate finds an empty loc and InvalidInput.field is None",
-    strict=True,
-)
 def test_valid_until_before_valid_from_names_the_field() -> None:
     """The error for an inverted validity names valid_until in ``field``."""
     with pytest.raises(InvalidInput) as caught:
@@ -516,12 +505,6 @@ def test_sparse_length_mismatch_raises_invalid_input() -> None:
     assert caught.value.field == "sparse"
 
 
-@pytest.mark.xfail(
-    reason="SparseVector's docstring promises strictly increasing term ids but "
-    "records.py _check_shape checks only lengths and finiteness; a negative index later "
-    "makes EdgeIndex.upsert raise OverflowError",
-    strict=True,
-)
 @pytest.mark.parametrize("indices", [[5, 3], [3, 3], [-1, 2]], ids=["unsorted", "dup", "neg"])
 def test_sparse_indices_must_strictly_increase(indices: list[int]) -> None:
     """Sparse term ids that are unsorted, repeated or negative raise InvalidInput."""
@@ -537,11 +520,6 @@ def test_non_finite_metadata_number_raises_invalid_input(bad: float) -> None:
     assert caught.value.field == "metadata"
 
 
-@pytest.mark.xfail(
-    reason="records.py _check_metadata checks only scalar floats for finiteness; "
-    "a NaN/inf inside a metadata list is accepted",
-    strict=True,
-)
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_non_finite_number_in_metadata_list_raises_invalid_input(bad: float) -> None:
     """A non-finite float inside a metadata list is rejected like a scalar one."""
@@ -668,12 +646,6 @@ def test_zone_equals_and_hashes_like_its_value() -> None:
     assert {Zone.SECRET: 1}["secret"] == 1
 
 
-@pytest.mark.xfail(
-    reason="Zone.__lt__/__le__/... (pool/enums.py) return NotImplemented for a str, so Python "
-    "falls back to the reflected str comparison: Zone.CONFIDENTIAL <= 'internal' is True "
-    "(alphabetical), i.e. a clearance held as a plain string admits a higher zone",
-    strict=True,
-)
 def test_zone_against_plain_string_never_uses_alphabetical_order() -> None:
     """Comparing a zone with a zone-name string follows trust order or raises TypeError."""
     try:

@@ -160,11 +160,6 @@ def test_extra_constructor_argument_is_refused() -> None:
         HivememSettings(bogus=1)  # type: ignore[call-arg]
 
 
-@pytest.mark.xfail(
-    reason="TierSettings.capacity is dict[Tier, int] with no bound (settings.py), so a "
-    "negative tier capacity is accepted (agents/tiers.py then computes keep < 0)",
-    strict=True,
-)
 def test_negative_tier_capacity_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A negative tier capacity is refused like every other bad limit."""
     monkeypatch.setenv("HIVEMEM_MEMORY__TIERS__CAPACITY", '{"working": -5}')

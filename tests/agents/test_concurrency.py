@@ -1,0 +1,72 @@
+"""Several threads of one process on one memory."""
+
+from __future__ import annotations
+
+import threading
+
+from hivemem.agents.memory import HierarchicalMemory
+from hivemem.pool.errors import SupersessionConflict
+
+
+def test_concurrent_adds_searches_and_supersessions(memory: HierarchicalMemory) -> None:
+    """Writers and readers in parallel: no error, every acknowledged add is stored once, and
+    readers only ever see their own user's records."""
+    errors: list[BaseException] = []
+    added: list[str] = []
+    lock = threading.Lock()
+
+    def writer(user: str) -> None:
+        try:
+            for i in range(15):
+                record = memory.add(f"{user} note {i} about gardening", user_id=user)
+                if i % 5 == 0:
+                    record = memory.supersede(
+                        record.id, f"{user} note {i} about gardening, revised"
+                    )
+                with lock:
+                    added.append(record.id)
+        except BaseException as exc:  # noqa: BLE001 - a thread hands every failure to the test
+            errors.append(exc)
+
+    def reader(user: str) -> None:
+        try:
+            for _ in range(20):
+                for hit in memory.search("gardening", user_id=user):
+                    assert hit.record.scope.user_id == user
+        except BaseException as exc:  # noqa: BLE001 - as above
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(3)]
+    threads += [threading.Thread(target=reader, args=(f"w{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    stats = memory.stats()
+    assert stats.current == len(added) == 45
+    assert stats.superseded == 9
+
+
+def test_racing_supersessions_have_one_winner(memory: HierarchicalMemory) -> None:
+    """Two threads superseding the same version: one succeeds, the other gets a conflict."""
+    original = memory.add("Wes's desk is 4B", user_id="wes")
+    outcomes: list[object] = []
+    barrier = threading.Barrier(4)
+
+    def race(text: str) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(memory.supersede(original.id, text))
+        except SupersessionConflict as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=race, args=(f"Wes's desk is {n}C",)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [o for o in outcomes if not isinstance(o, SupersessionConflict)]
+    assert len(winners) == 1
+    assert len(memory.get_history(original.id)) == 2
+    assert memory.stats(user_id="wes").current == 1
