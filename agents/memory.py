@@ -35,7 +35,7 @@ from hivemem.agents.ranking import SearchHit
 from hivemem.agents.scoping import owned_by
 from hivemem.agents.search import Searcher, visible
 from hivemem.agents.search_config import SearchConfig, preset
-from hivemem.agents.sessions import SessionChains
+from hivemem.agents.sessions import NeighbourhoodCache, SessionChains
 from hivemem.agents.sparse import Bm25Encoder
 from hivemem.agents.stats import MemoryStats, compute_stats
 from hivemem.agents.tiers import TierManager
@@ -102,7 +102,8 @@ class HierarchicalMemory:
         self._write_lock = threading.RLock()
         self._closed = False
         self._builder = RecordBuilder(self._embedder, self._sparse, self.settings.memory)
-        self._searcher = Searcher(self._index, self._embedder, self._sparse)
+        self._neighbourhoods = NeighbourhoodCache(self._index)
+        self._searcher = Searcher(self._index, self._embedder, self._sparse, self._neighbourhoods)
         self._tiers = TierManager(self._index, self.settings.memory.tiers)
         self._access = AccessTracker(self._index, self._tiers)
         self._sessions = SessionChains(self._index)
@@ -186,6 +187,7 @@ class HierarchicalMemory:
                     self._check_open()
                     chunk = self._sessions.link(chunk)
                     self._index.upsert(chunk)
+                    self._neighbourhoods.remember(chunk)
                     self._tiers.enforce((r.scope.user_id for r in chunk), self._clock())
                 stored.extend(chunk)
                 bar.advance(task, len(chunk))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from hivemem.agents.search_config import SearchConfig
-from hivemem.pool.ports import ScoredId
+from hivemem.pool.ports import Neighbourhood, ScoredId
 from hivemem.pool.records import MemoryRecord
 
 
@@ -85,13 +85,17 @@ def _neighbour_smoothing(
 
 
 def fuse(
-    dense: Sequence[ScoredId], sparse: Sequence[ScoredId], config: SearchConfig
+    dense: Sequence[ScoredId],
+    sparse: Sequence[ScoredId],
+    config: SearchConfig,
+    neighbourhoods: Mapping[str, Neighbourhood] | None = None,
 ) -> list[Candidate]:
     """One ranking from the dense and sparse ones, best first, per ``config``.
 
     Hybrid: the weighted sum of min-max normalised scores (or RRF), then the session prior and
-    neighbour smoothing when configured. ``min_similarity`` keeps only dense candidates (whose
-    cosine passed the threshold in the store)."""
+    neighbour smoothing when configured (they need the candidates' ``neighbourhoods``; a
+    candidate without one counts as alone). ``min_similarity`` keeps only dense candidates
+    (whose cosine passed the threshold in the store)."""
     similarity = {hit.id: hit.score for hit in dense}
     lists = [(dense, config.dense_weight), (sparse, config.sparse_weight)]
     if config.mode == "dense":
@@ -101,11 +105,13 @@ def fuse(
     fused = _rrf(lists, config.rrf_k) if config.fusion == "rrf" else _score_sum(lists)
     if config.min_similarity is not None:
         fused = {i: s for i, s in fused.items() if i in similarity}
-    hits = [hit for ranking, _ in lists for hit in ranking]
+    near = neighbourhoods or {}
     if config.session_boost:
-        _session_prior(fused, {h.id: h.session_id for h in hits}, config.session_boost)
+        sessions = {i: n.session_id for i, n in near.items()}
+        _session_prior(fused, sessions, config.session_boost)
     if config.neighbor_weight:
-        _neighbour_smoothing(fused, {h.id: h.follows for h in hits}, config.neighbor_weight)
+        follows = {i: n.follows for i, n in near.items()}
+        _neighbour_smoothing(fused, follows, config.neighbor_weight)
     ordered = sorted(fused.items(), key=lambda item: (-item[1], item[0]))
     return [Candidate(i, s, similarity.get(i)) for i, s in ordered]
 

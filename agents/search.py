@@ -8,6 +8,7 @@ from datetime import datetime
 from hivemem.agents.ranking import SearchHit, fuse, weigh
 from hivemem.agents.scoping import scope_conditions
 from hivemem.agents.search_config import SearchConfig
+from hivemem.agents.sessions import NeighbourhoodCache
 from hivemem.pool.filters import And, Cond, Expr, MemoryFilter, Or
 from hivemem.pool.ports import Embedder, LocalIndex, NearestRequest, ScoredId, SparseEncoder
 from hivemem.pool.records import Scope
@@ -62,10 +63,17 @@ def visible(
 class Searcher:
     """Runs searches for one memory."""
 
-    def __init__(self, index: LocalIndex, embedder: Embedder, sparse: SparseEncoder) -> None:
+    def __init__(
+        self,
+        index: LocalIndex,
+        embedder: Embedder,
+        sparse: SparseEncoder,
+        neighbourhoods: NeighbourhoodCache,
+    ) -> None:
         self._index = index
         self._embedder = embedder
         self._sparse = sparse
+        self._neighbourhoods = neighbourhoods
 
     def search(
         self,
@@ -110,7 +118,10 @@ class Searcher:
         sparse: list[ScoredId] = []
         for request, result in zip(requests, results, strict=True):
             (dense if request.using == "dense" else sparse).extend(result)
-        candidates = fuse(dense, sparse, config)
+        near = None
+        if config.session_boost or config.neighbor_weight:
+            near = self._neighbourhoods.lookup(list({h.id: None for h in dense + sparse}))
+        candidates = fuse(dense, sparse, config, near)
         weighting = config.recency_weight or config.importance_weight
         shortlist = candidates[: config.top_k * (_RERANK_FACTOR if weighting else 1)]
         records = {r.id: r for r in self._index.get([c.id for c in shortlist])}

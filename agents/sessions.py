@@ -7,10 +7,11 @@ the memory's write lock.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from hivemem.pool.filters import And, Cond
-from hivemem.pool.ports import LocalIndex
+from hivemem.pool.ports import LocalIndex, Neighbourhood
 from hivemem.pool.records import MemoryRecord
 
 SessionKey = tuple[str, str]
@@ -55,3 +56,36 @@ class SessionChains:
         if not tails:
             return None
         return max(tails, key=lambda r: (r.recorded_at, r.id)).id
+
+
+class NeighbourhoodCache:
+    """Records' neighbourhoods (session, predecessor), cached in RAM: they never change, so a
+    search fetches from the index only those of candidates it has not met before. Bounded:
+    past ``max_entries`` the cache starts over. Thread-safe."""
+
+    def __init__(self, index: LocalIndex, *, max_entries: int = 2_000_000) -> None:
+        self._index = index
+        self._max_entries = max_entries
+        self._known: dict[str, Neighbourhood] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, records: Sequence[MemoryRecord]) -> None:
+        """Note the neighbourhoods of records just written."""
+        self._store({r.id: Neighbourhood(r.scope.session_id, r.follows) for r in records})
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, Neighbourhood]:
+        """The neighbourhoods of ``ids`` (live records only)."""
+        with self._lock:
+            found = {i: self._known[i] for i in ids if i in self._known}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            fetched = self._index.neighbourhoods(missing)
+            self._store(fetched)
+            found.update(fetched)
+        return found
+
+    def _store(self, entries: dict[str, Neighbourhood]) -> None:
+        with self._lock:
+            if len(self._known) + len(entries) > self._max_entries:
+                self._known.clear()
+            self._known.update(entries)

@@ -58,13 +58,19 @@ class NearestRequest:
 
 @dataclass(frozen=True, slots=True)
 class ScoredId:
-    """A record id with its score for one request (higher is better), and the two facts ranking
-    needs about its neighbourhood: its session and the record it follows."""
+    """A record id with its score for one request (higher is better)."""
 
     id: str
     score: float
-    session_id: str | None = None
-    follows: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbourhood:
+    """Where a record sits in its conversation: its session and the record it follows. Both are
+    immutable, so callers may cache them."""
+
+    session_id: str | None
+    follows: str | None
 
 
 class LocalIndex(Protocol):
@@ -98,6 +104,10 @@ class LocalIndex(Protocol):
 
     def nearest(self, requests: Sequence[NearestRequest]) -> list[list[ScoredId]]:
         """Run the requests (in one engine call where possible); best first."""
+        ...
+
+    def neighbourhoods(self, ids: Sequence[str]) -> dict[str, Neighbourhood]:
+        """The neighbourhood of each live record among ``ids``."""
         ...
 
     def scan(self, where: And, *, with_vectors: bool = False) -> Iterator[MemoryRecord]:

@@ -12,7 +12,7 @@ short, and embedding, the expensive part of every operation, happens outside it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -55,7 +55,7 @@ from hivemem.pool.adapters.edge_filters import to_edge_filter
 from hivemem.pool.errors import InvalidFilter, InvalidInput, MemoryClosed, MemoryNotFound
 from hivemem.pool.filters import And
 from hivemem.pool.ids import check_record_id
-from hivemem.pool.ports import NearestRequest, ScoredId
+from hivemem.pool.ports import NearestRequest, Neighbourhood, ScoredId
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
 
 _SCHEMA = {
@@ -65,8 +65,8 @@ _SCHEMA = {
     "datetime": PayloadSchemaType.Datetime,
 }
 _SCROLL_PAGE = 512
-#: Payload keys returned with nearest-neighbour hits (see ScoredId).
-_NEIGHBOURHOOD = ["session_id", "follows"]
+#: Payload keys that make up a record's Neighbourhood (plus kind, to skip tombstones).
+_NEIGHBOURHOOD = ["kind", "session_id", "follows"]
 
 
 def _config(dim: int) -> EdgeConfig:
@@ -180,23 +180,34 @@ class EdgeIndex:
         ]
 
     def nearest(self, requests: Sequence[NearestRequest]) -> list[list[ScoredId]]:
-        batch = [self._query(r) for r in requests]
+        translated: dict[int, Filter] = {}  # requests usually share one `where`: translate once
+
+        def edge_filter(where: And) -> Filter:
+            if id(where) not in translated:
+                translated[id(where)] = to_edge_filter(where)
+            return translated[id(where)]
+
+        batch = [self._query(r, edge_filter) for r in requests]
         with self._lock:
             results = self._open().query_batch(QueryBatchRequest(batch))
-        return [
-            [
-                ScoredId(
-                    str(p.id),
-                    float(p.score),
-                    (p.payload or {}).get("session_id"),
-                    (p.payload or {}).get("follows"),
-                )
-                for p in points
-            ]
-            for points in results
-        ]
+        return [[ScoredId(str(p.id), p.score) for p in points] for points in results]
 
-    def _query(self, request: NearestRequest) -> QueryRequest:
+    def neighbourhoods(self, ids: Sequence[str]) -> dict[str, Neighbourhood]:
+        canonical: list[int | UUID | str] = [check_record_id(i) for i in ids]
+        if not canonical:
+            return {}
+        with self._lock:
+            points = self._open().retrieve(canonical, _NEIGHBOURHOOD, False)
+        found = {}
+        for point in points:
+            payload = point.payload or {}
+            if payload.get("kind") != KIND_TOMBSTONE:
+                found[str(point.id)] = Neighbourhood(
+                    payload.get("session_id"), payload.get("follows")
+                )
+        return found
+
+    def _query(self, request: NearestRequest, edge_filter: Callable[[And], Filter]) -> QueryRequest:
         vector: Any
         if request.using == SPARSE:
             if not isinstance(request.vector, SparseVector):
@@ -209,14 +220,14 @@ class EdgeIndex:
             vector = dense.tolist()
         params = None
         if request.idf_corpus is not None:
-            params = SearchParams(idf=IdfParams(corpus=to_edge_filter(request.idf_corpus)))
+            params = SearchParams(idf=IdfParams(corpus=edge_filter(request.idf_corpus)))
         return QueryRequest(
             query=Query.Nearest(vector, using=request.using),
-            filter=to_edge_filter(request.where),
+            filter=edge_filter(request.where),
             params=params,
             limit=request.limit,
             score_threshold=request.score_threshold,
-            with_payload=_NEIGHBOURHOOD,
+            with_payload=False,
             with_vector=False,
         )
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from hivemem.agents.ranking import Candidate, fuse, weigh
 from hivemem.agents.search_config import SearchConfig
-from hivemem.pool.ports import ScoredId
+from hivemem.pool.ports import Neighbourhood, ScoredId
 from hivemem.pool.records import MemoryRecord, Scope
 
 PLAIN = SearchConfig(session_boost=0.0, neighbor_weight=0.0)
@@ -43,12 +43,18 @@ def test_min_similarity_keeps_only_dense_candidates() -> None:
 def test_session_prior_lifts_the_best_sessions_memories() -> None:
     """A weak match in the session of the best match overtakes an equal match elsewhere."""
     dense = [
-        ScoredId("hit", 0.9, "s1"),
-        ScoredId("near", 0.5, "s1"),
-        ScoredId("far", 0.5, "s2"),
-        ScoredId("low", 0.1, "s3"),
+        ScoredId("hit", 0.9),
+        ScoredId("near", 0.5),
+        ScoredId("far", 0.5),
+        ScoredId("low", 0.1),
     ]
-    fused = fuse(dense, [], PLAIN.with_(mode="dense", session_boost=0.5))
+    near = {
+        "hit": Neighbourhood("s1", None),
+        "near": Neighbourhood("s1", None),
+        "far": Neighbourhood("s2", None),
+        "low": Neighbourhood("s3", None),
+    }
+    fused = fuse(dense, [], PLAIN.with_(mode="dense", session_boost=0.5), near)
     assert _ids(fused)[:3] == ["hit", "near", "far"]
     assert fused[1].score > fused[2].score
 
@@ -56,13 +62,20 @@ def test_session_prior_lifts_the_best_sessions_memories() -> None:
 def test_neighbours_lend_relevance_both_ways() -> None:
     """The turns just before and after a strong match rise above an unrelated equal match."""
     dense = [
-        ScoredId("answer", 0.9, "s1", "question"),
-        ScoredId("question", 0.3, "s1", None),
-        ScoredId("after", 0.3, "s1", "answer"),
-        ScoredId("elsewhere", 0.31, "s2", None),
-        ScoredId("floor", 0.0, "s3", None),
+        ScoredId("answer", 0.9),
+        ScoredId("question", 0.3),
+        ScoredId("after", 0.3),
+        ScoredId("elsewhere", 0.31),
+        ScoredId("floor", 0.0),
     ]
-    fused = fuse(dense, [], PLAIN.with_(mode="dense", neighbor_weight=0.3))
+    near = {
+        "answer": Neighbourhood("s1", "question"),
+        "question": Neighbourhood("s1", None),
+        "after": Neighbourhood("s1", "answer"),
+        "elsewhere": Neighbourhood("s2", None),
+        "floor": Neighbourhood("s3", None),
+    }
+    fused = fuse(dense, [], PLAIN.with_(mode="dense", neighbor_weight=0.3), near)
     ranked = _ids(fused)
     assert ranked[0] == "answer"
     assert ranked.index("question") < ranked.index("elsewhere")
