@@ -13,7 +13,7 @@ from hivemem.agents.inputs import MemoryInput
 from hivemem.agents.tiers import initial_tier
 from hivemem.pool.errors import InvalidContent, InvalidInput
 from hivemem.pool.ids import new_record_id
-from hivemem.pool.ports import Embedder, SparseEncoder
+from hivemem.pool.ports import Embedder, SparseEncoder, Vector
 from hivemem.pool.records import MemoryRecord, Scope
 from hivemem.pool.settings import MemorySettings
 
@@ -68,12 +68,13 @@ class RecordBuilder:
             )
         return records
 
-    def embed(self, records: Sequence[MemoryRecord]) -> list[MemoryRecord]:
-        """The same records with their dense and sparse vectors."""
+    def embed(self, records: Sequence[MemoryRecord]) -> tuple[list[MemoryRecord], Vector]:
+        """The records with their sparse vectors, and their dense vectors as one float32 matrix
+        (row i for record i; kept out of the records so that no list of Python floats is built)."""
         texts = [r.content for r in records]
         dense = self._embedder.embed_documents(texts)
         sparse = self._sparse.encode_documents(texts)
-        return [
-            r.model_copy(update={"vector": row.tolist(), "sparse": terms})
-            for r, row, terms in zip(records, dense, sparse, strict=True)
+        with_terms = [
+            r.model_copy(update={"sparse": t}) for r, t in zip(records, sparse, strict=True)
         ]
+        return with_terms, dense

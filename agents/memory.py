@@ -165,8 +165,11 @@ class HierarchicalMemory:
         progress: bool | None = None,
     ) -> list[MemoryRecord]:
         """Add a batch; ``scope``/ids apply to items that have none. Every item is validated
-        before anything is embedded or written. A progress bar shows when ``progress`` is true,
-        or when it is None and the batch is longer than ``memory.progress_threshold``."""
+        before anything is embedded or written. The returned records carry their sparse terms
+        but not their dense vectors (``get(id, with_vectors=True)`` has them): a batch of
+        100,000 would otherwise hold ~1 GB of Python floats. A progress bar shows when
+        ``progress`` is true, or when it is None and the batch is longer than
+        ``memory.progress_threshold``."""
         self._check_open()
         inputs = [as_input(item) for item in items]
         common = None
@@ -182,13 +185,16 @@ class HierarchicalMemory:
         with Progress(disable=not show, transient=True) as bar:
             task = bar.add_task("adding memories", total=len(records))
             for start in range(0, len(records), _CHUNK):
-                chunk = self._builder.embed(records[start : start + _CHUNK])
+                chunk, dense = self._builder.embed(records[start : start + _CHUNK])
+                grown: dict[str, set[Tier]] = {}
+                for record in chunk:
+                    grown.setdefault(record.scope.user_id, set()).add(record.tier)
                 with self._write_lock:
                     self._check_open()
                     chunk = self._sessions.link(chunk)
-                    self._index.upsert(chunk)
+                    self._index.upsert(chunk, dense)
                     self._neighbourhoods.remember(chunk)
-                    self._tiers.enforce((r.scope.user_id for r in chunk), self._clock())
+                    self._tiers.enforce(grown, self._clock())
                 stored.extend(chunk)
                 bar.advance(task, len(chunk))
         return stored
@@ -217,12 +223,13 @@ class HierarchicalMemory:
         now = self._clock()
         draft = self._builder.validate([inherited], None, now)[0]
         update = {"supersedes": old.id, "follows": old.follows}
-        new = self._builder.embed([draft.model_copy(update=update)])[0]
+        embedded, dense = self._builder.embed([draft.model_copy(update=update)])
+        new = embedded[0]
         with self._write_lock:
             self._check_open()
             old = versions.require(self._index, record_id)
             versions.check_current(self._index, old)
-            versions.link(self._index, old, new, now)
+            versions.link(self._index, old, new, now, dense)
         return new
 
     def delete(self, record_id: str) -> list[str]:

@@ -107,9 +107,9 @@ class Searcher:
         if config.mode in ("sparse", "hybrid"):
             terms = self._sparse.encode_query(query)
             if terms.indices:
-                # Term rarity is measured within the user's own records: no statistics cross the
-                # user partition, and BM25 sees the corpus it actually searches.
-                corpus = And(all=[Cond(field="scope.user_id", op="eq", value=scope.user_id)])
+                corpus = None
+                if config.idf_scope == "user":
+                    corpus = And(all=[Cond(field="scope.user_id", op="eq", value=scope.user_id)])
                 requests.append(
                     NearestRequest("sparse", terms, where, config.candidates, idf_corpus=corpus)
                 )

@@ -1,18 +1,24 @@
-"""Conversation adjacency: each memory added to a session follows the previous one.
+"""Sessions: conversation adjacency and the end of a session.
 
-:class:`SessionChains` remembers the last memory of every (user, session) it has seen and, for a
-session it has not seen in this process, finds the chain's tail in the index once. Callers hold
-the memory's write lock.
+Each memory added to a session follows the previous one. :class:`SessionChains` remembers the
+last memory of every (user, session) it has seen and, for a session it has not seen in this
+process, finds the chain's tail in the index once. :class:`NeighbourhoodCache` keeps those
+immutable links at hand for search. :func:`bubble_up` ends a session. Writers hold the memory's
+write lock.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 
+from hivemem.agents import versions
+from hivemem.pool.enums import Tier
 from hivemem.pool.filters import And, Cond
+from hivemem.pool.ids import new_record_id
 from hivemem.pool.ports import LocalIndex, Neighbourhood
-from hivemem.pool.records import MemoryRecord
+from hivemem.pool.records import MemoryRecord, Scope
 
 SessionKey = tuple[str, str]
 
@@ -89,3 +95,29 @@ class NeighbourhoodCache:
             if len(self._known) + len(entries) > self._max_entries:
                 self._known.clear()
             self._known.update(entries)
+
+
+def bubble_up(index: LocalIndex, where: And, session_id: str, now: datetime) -> list[MemoryRecord]:
+    """Promote the records of ``session_id`` matching ``where`` to user scope: each gets a new
+    version without session and run (agent kept), with the same vectors, in LONG_TERM, marked
+    ``bubbled_from_session``. Returns the new versions. The caller holds the write lock."""
+    promoted = []
+    for old in [
+        r for r in index.scan(where, with_vectors=True) if r.scope.session_id == session_id
+    ]:
+        new = old.model_copy(
+            update={
+                "id": new_record_id(),
+                "scope": Scope(user_id=old.scope.user_id, agent_id=old.scope.agent_id),
+                "tier": Tier.LONG_TERM,
+                "supersedes": old.id,
+                "follows": None,
+                "recorded_at": now,
+                "access_count": 0,
+                "last_accessed_at": None,
+                "metadata": {**old.metadata, "bubbled_from_session": session_id},
+            }
+        )
+        versions.link(index, old, new, now)
+        promoted.append(new)
+    return promoted

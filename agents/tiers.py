@@ -13,8 +13,9 @@ half-life ``recency_half_life_s``) and access frequency (0.2, saturating at the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Protocol
 
 from hivemem.pool.enums import Tier
 from hivemem.pool.filters import And, Cond
@@ -35,7 +36,20 @@ def initial_tier(importance: float, settings: TierSettings) -> Tier:
     return Tier.LONG_TERM if importance >= settings.promote_importance else Tier.WORKING
 
 
-def retention(record: MemoryRecord, now: datetime, settings: TierSettings) -> float:
+class Retainable(Protocol):
+    """What retention is computed from (a MemoryRecord or the index's RetentionFacts)."""
+
+    @property
+    def importance(self) -> float: ...
+    @property
+    def access_count(self) -> int: ...
+    @property
+    def last_accessed_at(self) -> datetime | None: ...
+    @property
+    def recorded_at(self) -> datetime: ...
+
+
+def retention(record: Retainable, now: datetime, settings: TierSettings) -> float:
     """How much a record deserves to stay in its tier, in [0, 1] (higher stays)."""
     last = record.last_accessed_at or record.recorded_at
     age_s = max((now - last).total_seconds(), 0.0)
@@ -50,19 +64,25 @@ class TierManager:
     def __init__(self, index: LocalIndex, settings: TierSettings) -> None:
         self._index = index
         self._settings = settings
+        self._last_moved = 0
 
-    def enforce(self, user_ids: Iterable[str], now: datetime) -> int:
-        """Demote overflow for these users, coldest-bound tiers last; returns records moved."""
+    def enforce(self, grown: Mapping[str, set[Tier]], now: datetime) -> int:
+        """Demote overflow for each user's tiers that just gained records (and for the tiers the
+        demoted records land in); returns how many records moved."""
         moved = 0
-        for user_id in sorted(set(user_ids)):
-            for tier in (Tier.WORKING, Tier.SHORT_TERM, Tier.LONG_TERM):
-                moved += self._enforce_tier(user_id, tier, now)
+        for user_id in sorted(grown):
+            pending = set(grown[user_id])
+            for tier in (Tier.WORKING, Tier.SHORT_TERM, Tier.LONG_TERM):  # warm to cold
+                if tier in pending and self._enforce_tier(user_id, tier, now):
+                    moved += self._last_moved
+                    pending.add(COLDER[tier])
         return moved
 
-    def _enforce_tier(self, user_id: str, tier: Tier, now: datetime) -> int:
+    def _enforce_tier(self, user_id: str, tier: Tier, now: datetime) -> bool:
+        """True when records were demoted (their count is in ``_last_moved``)."""
         capacity = self._settings.capacity.get(tier)
         if capacity is None:
-            return 0
+            return False
         where = And(
             all=[
                 Cond(field="scope.user_id", op="eq", value=user_id),
@@ -71,15 +91,16 @@ class TierManager:
         )
         count = self._index.count(where)
         if count <= capacity:
-            return 0
+            return False
         keep = int(capacity * self._settings.demote_to_fraction)
         ranked = sorted(
-            self._index.scan(where), key=lambda r: (retention(r, now, self._settings), r.id)
+            self._index.retention_facts(where),
+            key=lambda r: (retention(r, now, self._settings), r.id),
         )
         victims = ranked[: count - keep]
-        colder = COLDER[tier]
-        self._index.update_fields({r.id: {"tier": colder} for r in victims})
-        return len(victims)
+        self._index.update_fields({r.id: {"tier": COLDER[tier]} for r in victims})
+        self._last_moved = len(victims)
+        return True
 
     def promotions(self, records: Iterable[MemoryRecord]) -> dict[str, Tier]:
         """Records (with their updated access counts) that earn LONG_TERM by access."""

@@ -7,14 +7,16 @@ record's ``valid_from``. Callers hold the memory's write lock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from hivemem.pool.errors import MemoryNotFound, SupersessionConflict
-from hivemem.pool.ports import LocalIndex
-from hivemem.pool.records import MemoryRecord
+from hivemem.pool.ports import LocalIndex, Vector
+from hivemem.pool.records import MemoryRecord, Tombstone
 
 #: Guard against a corrupted (cyclic) chain.
 _MAX_CHAIN = 10_000
+_TOMBSTONE_CHUNK = 256
 
 
 def require(index: LocalIndex, record_id: str, *, with_vectors: bool = False) -> MemoryRecord:
@@ -44,9 +46,16 @@ def check_current(index: LocalIndex, record: MemoryRecord) -> None:
         raise SupersessionConflict(record.id, head(index, record).id)
 
 
-def link(index: LocalIndex, old: MemoryRecord, new: MemoryRecord, now: datetime) -> None:
-    """Persist ``new`` and mark ``old`` as superseded by it."""
-    index.upsert([new])
+def link(
+    index: LocalIndex,
+    old: MemoryRecord,
+    new: MemoryRecord,
+    now: datetime,
+    dense: Vector | None = None,
+) -> None:
+    """Persist ``new`` (with ``dense``, its vector as a 1-row matrix, when given) and mark
+    ``old`` as superseded by it."""
+    index.upsert([new], dense)
     fields: dict[str, object] = {"superseded_at": now, "superseded_by": new.id}
     if old.valid_until is None:
         fields["valid_until"] = max(new.valid_from, old.valid_from)
@@ -73,3 +82,14 @@ def chain(index: LocalIndex, record_id: str) -> list[MemoryRecord]:
         current = found[0]
         newer.append(current)
     return [*reversed(older), start, *newer]
+
+
+def tombstone(index: LocalIndex, records: Sequence[MemoryRecord], now: datetime) -> None:
+    """Replace ``records`` by tombstones, in chunks."""
+    for start in range(0, len(records), _TOMBSTONE_CHUNK):
+        index.put_tombstones(
+            [
+                Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone, deleted_at=now)
+                for r in records[start : start + _TOMBSTONE_CHUNK]
+            ]
+        )

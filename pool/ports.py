@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, Protocol
 
 import numpy as np
@@ -73,6 +74,17 @@ class Neighbourhood:
     follows: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class RetentionFacts:
+    """What tier management needs to know about a record (see hivemem.agents.tiers)."""
+
+    id: str
+    importance: float
+    access_count: int
+    last_accessed_at: datetime | None
+    recorded_at: datetime
+
+
 class LocalIndex(Protocol):
     """An agent's local store of records and tombstones, searchable by vector and filter.
 
@@ -82,8 +94,9 @@ class LocalIndex(Protocol):
     call returns.
     """
 
-    def upsert(self, records: Sequence[MemoryRecord]) -> None:
-        """Insert or replace records (by id), vectors included."""
+    def upsert(self, records: Sequence[MemoryRecord], dense: Vector | None = None) -> None:
+        """Insert or replace records (by id), vectors included; ``dense`` (one float32 row per
+        record) replaces the records' own dense vectors when given."""
         ...
 
     def update_fields(self, updates: Mapping[str, Mapping[str, object]]) -> None:
@@ -114,6 +127,10 @@ class LocalIndex(Protocol):
         """Every live record matching ``where``, in id order."""
         ...
 
+    def retention_facts(self, where: And) -> list[RetentionFacts]:
+        """The retention facts of every live record matching ``where``."""
+        ...
+
     def count(self, where: And) -> int:
         """How many live records match ``where``."""
         ...
@@ -132,4 +149,40 @@ class LocalIndex(Protocol):
 
     def close(self) -> None:
         """Flush and release the store; further calls raise MemoryClosed."""
+        ...
+
+
+# -- ports the pool, workers and security issues implement ------------------------------------
+# Their shapes are the smallest the design brief implies; the issue that builds each adapter
+# may widen them.
+
+
+class SyncBus(Protocol):
+    """The pool's transport: live fan-out per zone plus a replayable log (Redis pub/sub and a
+    Stream written atomically with each publish)."""
+
+    def publish(self, zone: str, envelope: bytes) -> str:
+        """Append ``envelope`` to the zone's log and fan it out; returns its log position."""
+        ...
+
+    def read_since(self, zone: str, position: str, *, limit: int) -> list[tuple[str, bytes]]:
+        """Entries of the zone's log after ``position``, oldest first."""
+        ...
+
+
+class ZoneStore(Protocol):
+    """The shared, per-zone record store the workers keep (Qdrant collections)."""
+
+    def upsert(self, zone: str, records: Sequence[MemoryRecord]) -> None:
+        """Idempotent by record id."""
+        ...
+
+    def get(self, zone: str, ids: Sequence[str]) -> list[MemoryRecord]: ...
+
+
+class KeyProvider(Protocol):
+    """Where zone data keys come from (a file, an environment variable, a KMS)."""
+
+    def data_key(self, zone: str, key_id: str | None = None) -> tuple[str, bytes]:
+        """The zone's current key (or the one named ``key_id``) as ``(key_id, key)``."""
         ...

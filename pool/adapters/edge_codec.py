@@ -20,6 +20,7 @@ from qdrant_edge import SparseVector as EdgeSparse
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.ids import check_record_id
+from hivemem.pool.ports import RetentionFacts
 from hivemem.pool.records import MemoryRecord, Scope, SparseVector, Tombstone
 
 DENSE = "dense"
@@ -195,10 +196,13 @@ def record_payload(record: MemoryRecord) -> dict[str, Any]:
     }
 
 
-def record_point(record: MemoryRecord) -> Point:
-    """The Edge point for a record; a record without vectors gets none."""
+def record_point(record: MemoryRecord, dense: Any = None) -> Point:
+    """The Edge point for a record. ``dense`` (a float32 row) replaces ``record.vector`` when
+    given: the engine reads numpy buffers directly, with no list of Python floats between."""
     vectors: dict[str, Any] = {}
-    if record.vector is not None:
+    if dense is not None:
+        vectors[DENSE] = dense
+    elif record.vector is not None:
         vectors[DENSE] = record.vector
     if record.sparse is not None and record.sparse.indices:
         vectors[SPARSE] = EdgeSparse(record.sparse.indices, record.sparse.values)
@@ -264,6 +268,16 @@ def decode_record(point_id: object, payload: dict[str, Any], vectors: Any) -> Me
         superseded_at=_time(payload["superseded_at"]),
         supersedes=payload["supersedes"],
         superseded_by=payload["superseded_by"],
+    )
+
+
+def decode_retention(point_id: object, payload: dict[str, Any]) -> RetentionFacts:
+    return RetentionFacts(
+        id=str(point_id),
+        importance=float(payload["importance"]),
+        access_count=int(payload["access_count"]),
+        last_accessed_at=_time(payload["last_accessed_at"]),
+        recorded_at=datetime.fromisoformat(payload["recorded_at"]),
     )
 
 

@@ -46,6 +46,7 @@ from hivemem.pool.adapters.edge_codec import (
     KIND_TOMBSTONE,
     SPARSE,
     decode_record,
+    decode_retention,
     decode_tombstone,
     encode_field,
     record_point,
@@ -55,7 +56,7 @@ from hivemem.pool.adapters.edge_filters import to_edge_filter
 from hivemem.pool.errors import InvalidFilter, InvalidInput, MemoryClosed, MemoryNotFound
 from hivemem.pool.filters import And
 from hivemem.pool.ids import check_record_id
-from hivemem.pool.ports import NearestRequest, Neighbourhood, ScoredId
+from hivemem.pool.ports import NearestRequest, Neighbourhood, RetentionFacts, ScoredId, Vector
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
 
 _SCHEMA = {
@@ -65,6 +66,8 @@ _SCHEMA = {
     "datetime": PayloadSchemaType.Datetime,
 }
 _SCROLL_PAGE = 512
+#: Payload keys that make up a record's RetentionFacts.
+_RETENTION = ["importance", "access_count", "last_accessed_at", "recorded_at"]
 #: Payload keys that make up a record's Neighbourhood (plus kind, to skip tombstones).
 _NEIGHBOURHOOD = ["kind", "session_id", "follows"]
 
@@ -98,10 +101,12 @@ class EdgeIndex:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def upsert(self, records: Sequence[MemoryRecord]) -> None:
+    def upsert(self, records: Sequence[MemoryRecord], dense: Vector | None = None) -> None:
         """Raises InvalidInput for a vector of the wrong dimension (nothing is written)."""
         if not records:
             return
+        if dense is not None and dense.shape != (len(records), self.dim):
+            raise InvalidInput(f"dense must have shape ({len(records)}, {self.dim})", field="dense")
         for record in records:
             if record.vector is not None and len(record.vector) != self.dim:
                 size = len(record.vector)
@@ -109,7 +114,8 @@ class EdgeIndex:
                     f"record {record.id} has a {size}-d vector; the index is {self.dim}-d",
                     field="vector",
                 )
-        points = [record_point(r) for r in records]
+        rows = list(dense) if dense is not None else [None] * len(records)
+        points = [record_point(r, row) for r, row in zip(records, rows, strict=True)]
         with self._lock:
             self._open().update(UpdateOperation.upsert_points(points))
 
@@ -184,7 +190,7 @@ class EdgeIndex:
 
         def edge_filter(where: And) -> Filter:
             if id(where) not in translated:
-                translated[id(where)] = to_edge_filter(where)
+                translated[id(where)] = to_edge_filter(where, vectors_only=True)
             return translated[id(where)]
 
         batch = [self._query(r, edge_filter) for r in requests]
@@ -249,6 +255,25 @@ class EdgeIndex:
                 yield decode_record(point.id, point.payload or {}, point.vector)
             if offset is None:
                 return
+
+    def retention_facts(self, where: And) -> list[RetentionFacts]:
+        edge_filter = to_edge_filter(where)
+        facts: list[RetentionFacts] = []
+        offset: Any = None
+        while True:
+            with self._lock:
+                points, offset = self._open().scroll(
+                    ScrollRequest(
+                        filter=edge_filter,
+                        limit=_SCROLL_PAGE,
+                        offset=offset,
+                        with_payload=_RETENTION,
+                        with_vector=False,
+                    )
+                )
+            facts.extend(decode_retention(p.id, p.payload or {}) for p in points)
+            if offset is None:
+                return facts
 
     def count(self, where: And) -> int:
         edge_filter = to_edge_filter(where)
