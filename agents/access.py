@@ -18,6 +18,7 @@ from hivemem.agents.tiers import TierManager
 from hivemem.pool.ports import LocalIndex
 
 log = structlog.get_logger(__name__)
+_CHUNK = 128
 
 
 class AccessTracker:
@@ -69,15 +70,17 @@ class AccessTracker:
         self.flush()
 
     def _write(self, pending: Counter[str], seen: datetime) -> None:
-        records = self._index.get(list(pending))
-        updated = [
-            r.model_copy(update={"access_count": r.access_count + pending[r.id]}) for r in records
-        ]
-        promoted = self._tiers.promotions(updated)
-        self._index.update_fields(
-            {
-                r.id: {"access_count": r.access_count, "last_accessed_at": seen}
-                | ({"tier": promoted[r.id]} if r.id in promoted else {})
-                for r in updated
-            }
-        )
+        """In chunks, reading only the counts and tiers: each chunk holds the index briefly,
+        so searches running meanwhile are not held up."""
+        ids = list(pending)
+        for start in range(0, len(ids), _CHUNK):
+            facts = self._index.retention_facts_of(ids[start : start + _CHUNK])
+            counts = {f.id: f.access_count + pending[f.id] for f in facts}
+            promoted = self._tiers.promotions((f.id, f.tier, counts[f.id]) for f in facts)
+            self._index.update_fields(
+                {
+                    f.id: {"access_count": counts[f.id], "last_accessed_at": seen}
+                    | ({"tier": promoted[f.id]} if f.id in promoted else {})
+                    for f in facts
+                }
+            )

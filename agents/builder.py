@@ -64,6 +64,17 @@ class RecordBuilder:
                     valid_from=valid_from,
                     valid_until=item.valid_until,
                     recorded_at=now,
+                    # Every field is given: model_construct's default factories are slow
+                    # (pydantic inspects each factory's signature on every call).
+                    consolidated_into=[],
+                    vector=None,
+                    sparse=None,
+                    access_count=0,
+                    last_accessed_at=None,
+                    follows=None,
+                    superseded_at=None,
+                    supersedes=None,
+                    superseded_by=None,
                 )
             )
         return records

@@ -20,7 +20,6 @@ from typing import Protocol
 from hivemem.pool.enums import Tier
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import LocalIndex
-from hivemem.pool.records import MemoryRecord
 from hivemem.pool.settings import TierSettings
 
 #: Where an overflowing tier sends its least retained records.
@@ -102,11 +101,11 @@ class TierManager:
         self._last_moved = len(victims)
         return True
 
-    def promotions(self, records: Iterable[MemoryRecord]) -> dict[str, Tier]:
-        """Records (with their updated access counts) that earn LONG_TERM by access."""
+    def promotions(self, accessed: Iterable[tuple[str, Tier, int]]) -> dict[str, Tier]:
+        """Of ``(id, tier, updated access count)``, those that earn LONG_TERM by access."""
         return {
-            r.id: Tier.LONG_TERM
-            for r in records
-            if r.access_count >= self._settings.promote_access_count
-            and r.tier in (Tier.WORKING, Tier.SHORT_TERM, Tier.ARCHIVE)
+            record_id: Tier.LONG_TERM
+            for record_id, tier, count in accessed
+            if count >= self._settings.promote_access_count
+            and tier in (Tier.WORKING, Tier.SHORT_TERM, Tier.ARCHIVE)
         }

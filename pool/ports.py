@@ -15,6 +15,7 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from hivemem.pool.enums import Tier
 from hivemem.pool.filters import And
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
 
@@ -79,6 +80,7 @@ class RetentionFacts:
     """What tier management needs to know about a record (see hivemem.agents.tiers)."""
 
     id: str
+    tier: Tier
     importance: float
     access_count: int
     last_accessed_at: datetime | None
@@ -129,6 +131,10 @@ class LocalIndex(Protocol):
 
     def retention_facts(self, where: And) -> list[RetentionFacts]:
         """The retention facts of every live record matching ``where``."""
+        ...
+
+    def retention_facts_of(self, ids: Sequence[str]) -> list[RetentionFacts]:
+        """The retention facts of the live records among ``ids``."""
         ...
 
     def count(self, where: And) -> int:

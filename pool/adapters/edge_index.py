@@ -67,7 +67,7 @@ _SCHEMA = {
 }
 _SCROLL_PAGE = 512
 #: Payload keys that make up a record's RetentionFacts.
-_RETENTION = ["importance", "access_count", "last_accessed_at", "recorded_at"]
+_RETENTION = ["kind", "tier", "importance", "access_count", "last_accessed_at", "recorded_at"]
 #: Payload keys that make up a record's Neighbourhood (plus kind, to skip tombstones).
 _NEIGHBOURHOOD = ["kind", "session_id", "follows"]
 
@@ -129,9 +129,9 @@ class EdgeIndex:
             key = repr(sorted(payload.items()))
             groups.setdefault(key, (payload, []))[1].append(check_record_id(record_id))
         wanted = [i for _, ids in groups.values() for i in ids]
-        found = {
-            str(p.id) for p in self._retrieve_raw(wanted) if p.payload.get("kind") != KIND_TOMBSTONE
-        }
+        with self._lock:
+            points = self._open().retrieve(wanted, ["kind"], False)
+        found = {str(p.id) for p in points if (p.payload or {}).get("kind") != KIND_TOMBSTONE}
         missing = [str(i) for i in wanted if str(i) not in found]
         if missing:
             raise MemoryNotFound(missing[0])
@@ -274,6 +274,18 @@ class EdgeIndex:
             facts.extend(decode_retention(p.id, p.payload or {}) for p in points)
             if offset is None:
                 return facts
+
+    def retention_facts_of(self, ids: Sequence[str]) -> list[RetentionFacts]:
+        canonical: list[int | UUID | str] = [check_record_id(i) for i in ids]
+        if not canonical:
+            return []
+        with self._lock:
+            points = self._open().retrieve(canonical, _RETENTION, False)
+        return [
+            decode_retention(p.id, p.payload or {})
+            for p in points
+            if (p.payload or {}).get("kind") != KIND_TOMBSTONE
+        ]
 
     def count(self, where: And) -> int:
         edge_filter = to_edge_filter(where)
