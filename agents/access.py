@@ -1,7 +1,8 @@
 """Access tracking: search hits and gets count as accesses, written in the background.
 
 Accesses are bookkeeping, not acknowledged writes: they are buffered and written by a daemon
-thread every ``interval_s`` (so no search pays for them), on :meth:`flush`, and on :meth:`close`.
+thread every ``interval_s`` or once ``max_pending`` distinct records wait (so no search pays
+for them), on :meth:`flush`, and on :meth:`close`. A crash loses at most the buffered counts.
 Writing them promotes records that reached the access threshold (see :mod:`hivemem.agents.tiers`).
 """
 
@@ -24,10 +25,19 @@ _CHUNK = 128
 class AccessTracker:
     """Buffers access counts; thread-safe."""
 
-    def __init__(self, index: LocalIndex, tiers: TierManager, *, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        index: LocalIndex,
+        tiers: TierManager,
+        *,
+        interval_s: float = 30.0,
+        max_pending: int = 20_000,
+    ) -> None:
         self._index = index
         self._tiers = tiers
         self._interval_s = interval_s
+        self._max_pending = max_pending
+        self._wake = threading.Event()
         self._pending: Counter[str] = Counter()
         self._last_seen: datetime | None = None
         self._lock = threading.Lock()
@@ -40,6 +50,8 @@ class AccessTracker:
         with self._lock:
             self._pending.update(ids)
             self._last_seen = now
+            if len(self._pending) >= self._max_pending:
+                self._wake.set()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="hivemem-access-flush", daemon=True
@@ -47,7 +59,9 @@ class AccessTracker:
                 self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        while not self._stop.is_set():
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
             try:
                 self.flush()
             except Exception:  # isolation point: a failed write must not kill the flusher
@@ -65,6 +79,7 @@ class AccessTracker:
     def close(self) -> None:
         """Stop the background writer and write what is buffered."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
         self.flush()
@@ -84,3 +99,5 @@ class AccessTracker:
                     for f in facts
                 }
             )
+            if promoted:
+                self._tiers.invalidate()

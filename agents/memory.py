@@ -17,6 +17,7 @@ subclass of :class:`~hivemem.pool.errors.InvalidInput` and leaves the memory as 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -186,15 +187,15 @@ class HierarchicalMemory:
             task = bar.add_task("adding memories", total=len(records))
             for start in range(0, len(records), _CHUNK):
                 chunk, dense = self._builder.embed(records[start : start + _CHUNK])
-                grown: dict[str, set[Tier]] = {}
+                added: dict[str, Counter[Tier]] = {}
                 for record in chunk:
-                    grown.setdefault(record.scope.user_id, set()).add(record.tier)
+                    added.setdefault(record.scope.user_id, Counter())[record.tier] += 1
                 with self._write_lock:
                     self._check_open()
                     chunk = self._sessions.link(chunk)
                     self._index.upsert(chunk, dense)
                     self._neighbourhoods.remember(chunk)
-                    self._tiers.enforce(grown, self._clock())
+                    self._tiers.enforce(added, self._clock())
                 stored.extend(chunk)
                 bar.advance(task, len(chunk))
         return stored
@@ -230,6 +231,7 @@ class HierarchicalMemory:
             old = versions.require(self._index, record_id)
             versions.check_current(self._index, old)
             versions.link(self._index, old, new, now, dense)
+            self._tiers.enforce({new.scope.user_id: Counter([new.tier])}, now)
         return new
 
     def delete(self, record_id: str) -> list[str]:
@@ -282,6 +284,7 @@ class HierarchicalMemory:
             ids = [r.id for r in self._index.scan(And(all=[]))]
             self._index.remove(ids)
             self._sessions.forget()
+            self._tiers.invalidate()
 
     def end_session(self, *, user_id: str, session_id: str) -> list[MemoryRecord]:
         """Close a session: its current memories with importance ≥ ``bubble_importance`` are

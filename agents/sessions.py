@@ -72,25 +72,28 @@ class NeighbourhoodCache:
     def __init__(self, index: LocalIndex, *, max_entries: int = 2_000_000) -> None:
         self._index = index
         self._max_entries = max_entries
-        self._known: dict[str, Neighbourhood] = {}
+        # Plain tuples of strings: the garbage collector does not track them, so a cache of
+        # millions of entries adds nothing to collection pauses.
+        self._known: dict[str, tuple[str | None, str | None]] = {}
         self._lock = threading.Lock()
 
     def remember(self, records: Sequence[MemoryRecord]) -> None:
         """Note the neighbourhoods of records just written."""
-        self._store({r.id: Neighbourhood(r.scope.session_id, r.follows) for r in records})
+        self._store({r.id: (r.scope.session_id, r.follows) for r in records})
 
     def lookup(self, ids: Sequence[str]) -> dict[str, Neighbourhood]:
         """The neighbourhoods of ``ids`` (live records only)."""
         with self._lock:
-            found = {i: self._known[i] for i in ids if i in self._known}
-        missing = [i for i in ids if i not in found]
+            known = {i: self._known[i] for i in ids if i in self._known}
+        found = {i: Neighbourhood(*pair) for i, pair in known.items()}
+        missing = [i for i in ids if i not in known]
         if missing:
             fetched = self._index.neighbourhoods(missing)
-            self._store(fetched)
+            self._store({i: (n.session_id, n.follows) for i, n in fetched.items()})
             found.update(fetched)
         return found
 
-    def _store(self, entries: dict[str, Neighbourhood]) -> None:
+    def _store(self, entries: dict[str, tuple[str | None, str | None]]) -> None:
         with self._lock:
             if len(self._known) + len(entries) > self._max_entries:
                 self._known.clear()

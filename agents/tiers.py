@@ -13,6 +13,8 @@ half-life ``recency_half_life_s``) and access frequency (0.2, saturating at the 
 from __future__ import annotations
 
 import math
+import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Protocol
@@ -28,6 +30,15 @@ COLDER = {
     Tier.SHORT_TERM: Tier.ARCHIVE,
     Tier.LONG_TERM: Tier.ARCHIVE,
 }
+
+
+def _tier_of(user_id: str, tier: Tier) -> And:
+    return And(
+        all=[
+            Cond(field="scope.user_id", op="eq", value=user_id),
+            Cond(field="tier", op="eq", value=tier),
+        ]
+    )
 
 
 def initial_tier(importance: float, settings: TierSettings) -> Tier:
@@ -58,48 +69,63 @@ def retention(record: Retainable, now: datetime, settings: TierSettings) -> floa
 
 
 class TierManager:
-    """Keeps each user's tiers within capacity; the caller holds the memory's write lock."""
+    """Keeps each user's tiers within capacity; callers hold the memory's write lock.
+
+    Tier sizes are counted in the index once per (user, tier) and then followed in memory as
+    records are added and demoted; any other change (supersession, deletion, promotion by
+    access, bubbling) calls :meth:`invalidate`, and the next check counts again.
+    """
 
     def __init__(self, index: LocalIndex, settings: TierSettings) -> None:
         self._index = index
         self._settings = settings
-        self._last_moved = 0
+        self._sizes: dict[tuple[str, Tier], int] = {}
+        self._lock = threading.Lock()
 
-    def enforce(self, grown: Mapping[str, set[Tier]], now: datetime) -> int:
-        """Demote overflow for each user's tiers that just gained records (and for the tiers the
-        demoted records land in); returns how many records moved."""
+    def invalidate(self) -> None:
+        """Forget the followed tier sizes (thread-safe)."""
+        with self._lock:
+            self._sizes.clear()
+
+    def enforce(self, added: Mapping[str, Counter[Tier]], now: datetime) -> int:
+        """Account for records just added (per user, per tier) and demote what overflows, warm
+        tiers first so that demoted records are checked where they land; returns how many
+        records moved."""
         moved = 0
-        for user_id in sorted(grown):
-            pending = set(grown[user_id])
-            for tier in (Tier.WORKING, Tier.SHORT_TERM, Tier.LONG_TERM):  # warm to cold
-                if tier in pending and self._enforce_tier(user_id, tier, now):
-                    moved += self._last_moved
-                    pending.add(COLDER[tier])
+        for user_id in sorted(added):
+            arrivals = Counter(added[user_id])
+            for tier in (Tier.WORKING, Tier.SHORT_TERM, Tier.LONG_TERM):
+                if arrivals[tier]:
+                    demoted = self._enforce_tier(user_id, tier, arrivals[tier], now)
+                    arrivals[COLDER[tier]] += demoted
+                    moved += demoted
         return moved
 
-    def _enforce_tier(self, user_id: str, tier: Tier, now: datetime) -> bool:
-        """True when records were demoted (their count is in ``_last_moved``)."""
+    def _size(self, user_id: str, tier: Tier, arrived: int) -> int:
+        key = (user_id, tier)
+        with self._lock:
+            known = self._sizes.get(key)
+        if known is None:  # counting in the index already includes the arrivals
+            return self._index.count(_tier_of(user_id, tier))
+        return known + arrived
+
+    def _enforce_tier(self, user_id: str, tier: Tier, arrived: int, now: datetime) -> int:
+        size = self._size(user_id, tier, arrived)
         capacity = self._settings.capacity.get(tier)
-        if capacity is None:
-            return False
-        where = And(
-            all=[
-                Cond(field="scope.user_id", op="eq", value=user_id),
-                Cond(field="tier", op="eq", value=tier),
-            ]
-        )
-        count = self._index.count(where)
-        if count <= capacity:
-            return False
-        keep = int(capacity * self._settings.demote_to_fraction)
-        ranked = sorted(
-            self._index.retention_facts(where),
-            key=lambda r: (retention(r, now, self._settings), r.id),
-        )
-        victims = ranked[: count - keep]
-        self._index.update_fields({r.id: {"tier": COLDER[tier]} for r in victims})
-        self._last_moved = len(victims)
-        return True
+        victims = []
+        if capacity is not None and size > capacity:
+            keep = int(capacity * self._settings.demote_to_fraction)
+            ranked = sorted(
+                self._index.retention_facts(_tier_of(user_id, tier)),
+                key=lambda r: (retention(r, now, self._settings), r.id),
+            )
+            size = len(ranked)
+            victims = ranked[: max(size - keep, 0)]
+            self._index.update_fields({r.id: {"tier": COLDER[tier]} for r in victims})
+            size -= len(victims)
+        with self._lock:
+            self._sizes[(user_id, tier)] = size
+        return len(victims)
 
     def promotions(self, accessed: Iterable[tuple[str, Tier, int]]) -> dict[str, Tier]:
         """Of ``(id, tier, updated access count)``, those that earn LONG_TERM by access."""
