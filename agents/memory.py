@@ -33,10 +33,10 @@ from hivemem.agents.directory import StoreDirectory
 from hivemem.agents.embedding import shared_embedder
 from hivemem.agents.inputs import MemoryInput, as_input
 from hivemem.agents.ranking import SearchHit
-from hivemem.agents.scoping import owned_by
+from hivemem.agents.scoping import owned_by, resolve_scope
 from hivemem.agents.search import Searcher, visible
 from hivemem.agents.search_config import SearchConfig, preset
-from hivemem.agents.sessions import NeighbourhoodCache, SessionChains
+from hivemem.agents.sessions import NeighbourhoodCache, SessionChains, bubble_up
 from hivemem.agents.sparse import Bm25Encoder
 from hivemem.agents.stats import MemoryStats, compute_stats
 from hivemem.agents.tiers import TierManager
@@ -44,32 +44,14 @@ from hivemem.pool.adapters.edge_index import EdgeIndex
 from hivemem.pool.enums import Tier
 from hivemem.pool.errors import InvalidInput, MemoryClosed
 from hivemem.pool.filters import And, MemoryFilter, parse_filter
-from hivemem.pool.ids import check_record_id, new_record_id
+from hivemem.pool.ids import check_record_id
 from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder
-from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
+from hivemem.pool.records import MemoryRecord, Scope, utc_now
 from hivemem.pool.settings import HivememSettings
 
 _CHUNK = 256
 _LIST_LIMIT_MAX = 100_000
 FilterArg = MemoryFilter | dict[str, Any] | None
-
-
-def resolve_scope(
-    scope: Scope | dict[str, Any] | None,
-    user_id: str | None,
-    session_id: str | None = None,
-    agent_id: str | None = None,
-    run_id: str | None = None,
-) -> Scope:
-    """A scope given either whole (``scope=``) or by its ids; raises InvalidInput otherwise."""
-    ids_given = any(v is not None for v in (user_id, session_id, agent_id, run_id))
-    if scope is not None:
-        if ids_given:
-            raise InvalidInput("give either scope= or the ids, not both", field="scope")
-        return scope if isinstance(scope, Scope) else Scope.model_validate(scope)
-    if user_id is None:
-        raise InvalidInput("a scope needs a user_id", field="user_id")
-    return Scope(user_id=user_id, session_id=session_id, agent_id=agent_id, run_id=run_id)
 
 
 class HierarchicalMemory:
@@ -241,13 +223,8 @@ class HierarchicalMemory:
         check_record_id(record_id, field="record_id")
         with self._write_lock:
             chain = versions.chain(self._index, record_id)
-            now = self._clock()
-            self._index.put_tombstones(
-                [
-                    Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone, deleted_at=now)
-                    for r in chain
-                ]
-            )
+            versions.tombstone(self._index, chain, self._clock())
+            self._tiers.invalidate()
         return [r.id for r in chain]
 
     def forget(
@@ -265,16 +242,8 @@ class HierarchicalMemory:
         target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
         with self._write_lock:
             doomed = list(self._index.scan(And(all=owned_by(target))))
-            now = self._clock()
-            for start in range(0, len(doomed), _CHUNK):
-                self._index.put_tombstones(
-                    [
-                        Tombstone(
-                            id=r.id, scope=r.scope, level=r.level, zone=r.zone, deleted_at=now
-                        )
-                        for r in doomed[start : start + _CHUNK]
-                    ]
-                )
+            versions.tombstone(self._index, doomed, self._clock())
+            self._tiers.invalidate()
         return len(doomed)
 
     def clear(self) -> None:
@@ -292,33 +261,11 @@ class HierarchicalMemory:
         LONG_TERM). Returns the promoted versions."""
         self._check_open()
         target = resolve_scope(None, user_id, session_id)
-        threshold = self.settings.memory.tiers.bubble_importance
-        flt = MemoryFilter(importance_min=threshold)
+        flt = MemoryFilter(importance_min=self.settings.memory.tiers.bubble_importance)
         with self._write_lock:
             where = visible(target, flt, exact=False, as_of=None, include_superseded=False)
-            candidates = [
-                r
-                for r in self._index.scan(where, with_vectors=True)
-                if r.scope.session_id == session_id
-            ]
-            now = self._clock()
-            promoted = []
-            for old in candidates:
-                new = old.model_copy(
-                    update={
-                        "id": new_record_id(),
-                        "scope": Scope(user_id=old.scope.user_id, agent_id=old.scope.agent_id),
-                        "tier": Tier.LONG_TERM,
-                        "supersedes": old.id,
-                        "follows": None,
-                        "recorded_at": now,
-                        "access_count": 0,
-                        "last_accessed_at": None,
-                        "metadata": {**old.metadata, "bubbled_from_session": session_id},
-                    }
-                )
-                versions.link(self._index, old, new, now)
-                promoted.append(new)
+            promoted = bubble_up(self._index, where, session_id, self._clock())
+            self._tiers.invalidate()
         return promoted
 
     # -- reads ----------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ The user id is always an equality condition: users are a hard partition.
 
 from __future__ import annotations
 
+from typing import Any
+
+from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import Cond, Expr, Or
 from hivemem.pool.records import Scope
 
@@ -48,3 +51,21 @@ def owned_by(scope: Scope) -> list[Expr]:
         if value is not None:
             conditions.append(Cond(field=f"scope.{name}", op="eq", value=value))
     return conditions
+
+
+def resolve_scope(
+    scope: Scope | dict[str, Any] | None,
+    user_id: str | None,
+    session_id: str | None = None,
+    agent_id: str | None = None,
+    run_id: str | None = None,
+) -> Scope:
+    """A scope given either whole (``scope=``) or by its ids; raises InvalidInput otherwise."""
+    ids_given = any(v is not None for v in (user_id, session_id, agent_id, run_id))
+    if scope is not None:
+        if ids_given:
+            raise InvalidInput("give either scope= or the ids, not both", field="scope")
+        return scope if isinstance(scope, Scope) else Scope.model_validate(scope)
+    if user_id is None:
+        raise InvalidInput("a scope needs a user_id", field="user_id")
+    return Scope(user_id=user_id, session_id=session_id, agent_id=agent_id, run_id=run_id)
