@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,30 @@ from hivemem.pool.enums import Tier
 from hivemem.pool.errors import InvalidInput, MemoryClosed
 from hivemem.pool.filters import And, MemoryFilter, parse_filter
 from hivemem.pool.ids import check_record_id
-from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder
+from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder, Vector
 from hivemem.pool.records import MemoryRecord, Scope, utc_now
 from hivemem.pool.settings import HivememSettings
 
 _CHUNK = 256
 _LIST_LIMIT_MAX = 100_000
 FilterArg = MemoryFilter | dict[str, Any] | None
+
+
+def _prefetched(
+    pool: ThreadPoolExecutor,
+    work: Callable[[list[MemoryRecord]], tuple[list[MemoryRecord], Vector]],
+    items: list[list[MemoryRecord]],
+) -> Iterator[tuple[list[MemoryRecord], Vector]]:
+    """``work(item)`` for each item in order, the next one computed on ``pool`` while the
+    caller handles the current one."""
+    if not items:
+        return
+    future = pool.submit(work, items[0])
+    for upcoming in items[1:]:
+        done = future.result()
+        future = pool.submit(work, upcoming)
+        yield done
+    yield future.result()
 
 
 class HierarchicalMemory:
@@ -90,6 +108,7 @@ class HierarchicalMemory:
         self._tiers = TierManager(self._index, self.settings.memory.tiers)
         self._access = AccessTracker(self._index, self._tiers)
         self._sessions = SessionChains(self._index)
+        self._embedding_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hivemem-embed")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -114,6 +133,7 @@ class HierarchicalMemory:
             if self._closed:
                 return
             self._access.close()
+            self._embedding_pool.shutdown(wait=True)
             self._closed = True
             self._index.close()
             self._directory.release()
@@ -165,22 +185,27 @@ class HierarchicalMemory:
             else len(records) > self.settings.memory.progress_threshold
         )
         stored: list[MemoryRecord] = []
+        chunks = [records[i : i + _CHUNK] for i in range(0, len(records), _CHUNK)]
         with Progress(disable=not show, transient=True) as bar:
             task = bar.add_task("adding memories", total=len(records))
-            for start in range(0, len(records), _CHUNK):
-                chunk, dense = self._builder.embed(records[start : start + _CHUNK])
-                added: dict[str, Counter[Tier]] = {}
-                for record in chunk:
-                    added.setdefault(record.scope.user_id, Counter())[record.tier] += 1
-                with self._write_lock:
-                    self._check_open()
-                    chunk = self._sessions.link(chunk)
-                    self._index.upsert(chunk, dense)
-                    self._neighbourhoods.remember(chunk)
-                    self._tiers.enforce(added, self._clock())
-                stored.extend(chunk)
+            # Pipelined: chunk k+1 is embedded on a worker thread (onnxruntime releases the GIL)
+            # while chunk k is indexed here, so indexing costs little on top of embedding.
+            for chunk, dense in _prefetched(self._embedding_pool, self._builder.embed, chunks):
+                stored.extend(self._index_chunk(chunk, dense))
                 bar.advance(task, len(chunk))
         return stored
+
+    def _index_chunk(self, chunk: list[MemoryRecord], dense: Vector) -> list[MemoryRecord]:
+        added: dict[str, Counter[Tier]] = {}
+        for record in chunk:
+            added.setdefault(record.scope.user_id, Counter())[record.tier] += 1
+        with self._write_lock:
+            self._check_open()
+            chunk = self._sessions.link(chunk)
+            self._index.upsert(chunk, dense)
+            self._neighbourhoods.remember(chunk)
+            self._tiers.enforce(added, self._clock())
+        return chunk
 
     def supersede(self, record_id: str, content: str, **changes: Any) -> MemoryRecord:
         """Replace a current record by a new version (new id, new content, re-embedded) and

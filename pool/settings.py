@@ -45,7 +45,7 @@ class TierSettings(BaseModel):
         }
     )
     #: When a tier overflows, demote down to this fraction of its capacity (amortises the scan).
-    demote_to_fraction: float = Field(default=0.9, gt=0.0, le=1.0)
+    demote_to_fraction: float = Field(default=0.75, gt=0.0, le=1.0)
     #: Accesses (search hits or gets) that promote a record to LONG_TERM.
     promote_access_count: int = Field(default=5, ge=1)
     #: Importance at or above which a record is written straight to LONG_TERM.
