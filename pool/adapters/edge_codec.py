@@ -44,7 +44,6 @@ INDEXED_FIELDS: dict[str, str] = {
     "zone": "keyword",
     "tags": "keyword",
     "entities": "keyword",
-    "supersedes": "keyword",
     "importance": "float",
     "access_count": "integer",
     "recorded_at": "datetime",

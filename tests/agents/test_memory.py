@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -315,3 +316,17 @@ def test_an_acknowledged_add_survives_sigkill(settings: HivememSettings, tmp_pat
     assert wrote.returncode == -signal.SIGKILL
     with HierarchicalMemory(path, settings=settings) as memory:
         assert memory.get(wrote.stdout.strip()).content == "Lee parked on level 3"
+
+
+def test_a_long_batch_keeps_its_order_and_session_chain(memory: HierarchicalMemory) -> None:
+    """A batch spanning several embedding chunks comes back in input order, fully stored, and
+    each session memory follows the one before it."""
+    texts = [f"turn {i}: we talked about topic {i % 7}" for i in range(600)]
+    records = memory.add_many(texts, user_id="zoe", session_id="long", progress=False)
+    assert [r.content for r in records] == texts
+    assert memory.stats(user_id="zoe").total == 600
+    assert records[0].follows is None
+    assert all(b.follows == a.id for a, b in itertools.pairwise(records))
+    stored = memory.get(records[417].id, with_vectors=True)
+    assert stored.follows == records[416].id
+    assert stored.vector is not None
