@@ -61,6 +61,14 @@ FIELD_KEYS = {
 }
 
 
+# Enum members by stored value: a dict lookup is several times faster than Enum(value), and
+# decoding sits on the search path.
+_LEVELS = {member.value: member for member in Level}
+_TIERS = {member.value: member for member in Tier}
+_CATEGORIES = {member.value: member for member in Category}
+_ZONES = {member.value: member for member in Zone}
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
@@ -251,11 +259,11 @@ def decode_record(point_id: object, payload: dict[str, Any], vectors: Any) -> Me
         content=payload["content"],
         vector=list(dense) if dense is not None else None,
         sparse=sparse,
-        level=Level(payload["level"]),
+        level=_LEVELS[payload["level"]],
         scope=_scope(payload),
-        tier=Tier(payload["tier"]),
-        category=Category(payload["category"]),
-        zone=Zone(payload["zone"]),
+        tier=_TIERS[payload["tier"]],
+        category=_CATEGORIES[payload["category"]],
+        zone=_ZONES[payload["zone"]],
         importance=float(payload["importance"]),
         access_count=int(payload["access_count"]),
         last_accessed_at=_time(payload.get("last_accessed_at")),
