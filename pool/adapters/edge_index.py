@@ -237,7 +237,10 @@ class EdgeIndex:
             with_vector=False,
         )
 
-    def scan(self, where: And, *, with_vectors: bool = False) -> Iterator[MemoryRecord]:
+    def _scroll(
+        self, where: And, with_payload: bool | list[str], with_vector: bool
+    ) -> Iterator[Any]:
+        """Every live point matching ``where``, page by page, the lock taken per page."""
         edge_filter = to_edge_filter(where)
         offset: Any = None
         while True:
@@ -247,33 +250,22 @@ class EdgeIndex:
                         filter=edge_filter,
                         limit=_SCROLL_PAGE,
                         offset=offset,
-                        with_payload=True,
-                        with_vector=bool(with_vectors),
+                        with_payload=with_payload,
+                        with_vector=with_vector,
                     )
                 )
-            for point in points:
-                yield decode_record(point.id, point.payload or {}, point.vector)
+            yield from points
             if offset is None:
                 return
 
+    def scan(self, where: And, *, with_vectors: bool = False) -> Iterator[MemoryRecord]:
+        for point in self._scroll(where, True, bool(with_vectors)):
+            yield decode_record(point.id, point.payload or {}, point.vector)
+
     def retention_facts(self, where: And) -> list[RetentionFacts]:
-        edge_filter = to_edge_filter(where)
-        facts: list[RetentionFacts] = []
-        offset: Any = None
-        while True:
-            with self._lock:
-                points, offset = self._open().scroll(
-                    ScrollRequest(
-                        filter=edge_filter,
-                        limit=_SCROLL_PAGE,
-                        offset=offset,
-                        with_payload=_RETENTION,
-                        with_vector=False,
-                    )
-                )
-            facts.extend(decode_retention(p.id, p.payload or {}) for p in points)
-            if offset is None:
-                return facts
+        return [
+            decode_retention(p.id, p.payload or {}) for p in self._scroll(where, _RETENTION, False)
+        ]
 
     def retention_facts_of(self, ids: Sequence[str]) -> list[RetentionFacts]:
         canonical: list[int | UUID | str] = [check_record_id(i) for i in ids]
