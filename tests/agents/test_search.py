@@ -35,6 +35,16 @@ def test_every_mode_finds_the_obvious_memory(maya: HierarchicalMemory, mode: str
     assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 
 
+def test_idf_can_be_measured_within_the_user(memory: HierarchicalMemory) -> None:
+    """Keyword search finds the user's record whether term rarity is measured over the whole
+    memory or within the user (where another user's 30 uses of the word do not count)."""
+    memory.add_many([f"invoice number {i} was paid" for i in range(30)], user_id="billing")
+    memory.add_many(["Pat's invoice is overdue", "Pat likes hiking"], user_id="pat")
+    for scope in ("memory", "user"):
+        hits = memory.search("invoice", user_id="pat", config="keyword", idf_scope=scope)
+        assert [h.record.content for h in hits] == ["Pat's invoice is overdue"]
+
+
 def test_dense_search_understands_paraphrase(maya: HierarchicalMemory) -> None:
     """Dense search matches meaning without shared words."""
     hits = maya.search("what pet does she have", user_id="maya", mode="dense", top_k=1)
