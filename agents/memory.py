@@ -249,7 +249,6 @@ class HierarchicalMemory:
         with self._write_lock:
             chain = versions.chain(self._index, record_id)
             versions.tombstone(self._index, chain, self._clock())
-            self._tiers.invalidate()
         return [r.id for r in chain]
 
     def forget(
@@ -268,7 +267,6 @@ class HierarchicalMemory:
         with self._write_lock:
             doomed = list(self._index.scan(And(all=owned_by(target))))
             versions.tombstone(self._index, doomed, self._clock())
-            self._tiers.invalidate()
         return len(doomed)
 
     def clear(self) -> None:
@@ -278,7 +276,6 @@ class HierarchicalMemory:
             ids = [r.id for r in self._index.scan(And(all=[]))]
             self._index.remove(ids)
             self._sessions.forget()
-            self._tiers.invalidate()
 
     def end_session(self, *, user_id: str, session_id: str) -> list[MemoryRecord]:
         """Close a session: its current memories with importance ≥ ``bubble_importance`` are
@@ -289,8 +286,9 @@ class HierarchicalMemory:
         flt = MemoryFilter(importance_min=self.settings.memory.tiers.bubble_importance)
         with self._write_lock:
             where = visible(target, flt, exact=False, as_of=None, include_superseded=False)
-            promoted = bubble_up(self._index, where, session_id, self._clock())
-            self._tiers.invalidate()
+            now = self._clock()
+            promoted = bubble_up(self._index, where, session_id, now)
+            self._tiers.enforce({user_id: Counter(r.tier for r in promoted)}, now)
         return promoted
 
     # -- reads ----------------------------------------------------------------------------------

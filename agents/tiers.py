@@ -72,8 +72,10 @@ class TierManager:
     """Keeps each user's tiers within capacity; callers hold the memory's write lock.
 
     Tier sizes are counted in the index once per (user, tier) and then followed in memory as
-    records are added and demoted; any other change (supersession, deletion, promotion by
-    access, bubbling) calls :meth:`invalidate`, and the next check counts again.
+    records arrive through :meth:`enforce` and are demoted. Removals (delete, forget, clear)
+    can only make a followed size too large, which is safe: before demoting, the tier is
+    measured again, and nothing moves unless it really overflows. Growth that bypasses
+    :meth:`enforce` (promotion by access, in the background) calls :meth:`invalidate`.
     """
 
     def __init__(self, index: LocalIndex, settings: TierSettings) -> None:
@@ -114,15 +116,14 @@ class TierManager:
         capacity = self._settings.capacity.get(tier)
         victims = []
         if capacity is not None and size > capacity:
-            keep = int(capacity * self._settings.demote_to_fraction)
-            ranked = sorted(
-                self._index.retention_facts(_tier_of(user_id, tier)),
-                key=lambda r: (retention(r, now, self._settings), r.id),
-            )
-            size = len(ranked)
-            victims = ranked[: max(size - keep, 0)]
-            self._index.update_fields({r.id: {"tier": COLDER[tier]} for r in victims})
-            size -= len(victims)
+            facts = self._index.retention_facts(_tier_of(user_id, tier))
+            size = len(facts)  # the followed size may have been stale: measure it
+            if size > capacity:
+                keep = int(capacity * self._settings.demote_to_fraction)
+                ranked = sorted(facts, key=lambda r: (retention(r, now, self._settings), r.id))
+                victims = ranked[: size - keep]
+                self._index.update_fields({r.id: {"tier": COLDER[tier]} for r in victims})
+                size -= len(victims)
         with self._lock:
             self._sizes[(user_id, tier)] = size
         return len(victims)

@@ -49,6 +49,22 @@ def test_overflow_demotes_the_least_retained(
     assert memory.list_memories(user_id="v")[0].tier is Tier.WORKING
 
 
+def test_deletions_never_cause_a_needless_demotion(
+    make_memory: MakeMemory, data_dir: object
+) -> None:
+    """After deletions the followed tier size is too large; the tier is measured again before
+    anything moves, so a tier back under capacity keeps every record where it is."""
+    settings = _small(data_dir, capacity={"working": 10}, demote_to_fraction=0.5)
+    memory = make_memory(settings=settings)
+    first = memory.add_many([f"note {i}" for i in range(10)], user_id="u")
+    for record in first[:3]:
+        memory.delete(record.id)
+    memory.add_many(["late 1", "late 2"], user_id="u")
+    assert memory.stats(user_id="u").by_tier == {"working": 9}
+    memory.add_many(["late 3", "late 4"], user_id="u")
+    assert memory.stats(user_id="u").by_tier == {"working": 5, "short_term": 6}
+
+
 def test_short_term_overflow_archives(make_memory: MakeMemory, data_dir: object) -> None:
     """An overflowing SHORT_TERM tier sends its least retained records to ARCHIVE."""
     settings = _small(data_dir, capacity={"working": 1000, "short_term": 4}, demote_to_fraction=1.0)
