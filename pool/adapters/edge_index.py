@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import numpy as np
@@ -67,9 +67,17 @@ _SCHEMA = {
 }
 _SCROLL_PAGE = 512
 #: Payload keys that make up a record's RetentionFacts.
-_RETENTION = ["kind", "tier", "importance", "access_count", "last_accessed_at", "recorded_at"]
-#: Payload keys that make up a record's Neighbourhood (plus kind, to skip tombstones).
-_NEIGHBOURHOOD = ["kind", "session_id", "follows"]
+_RETENTION = ["tier", "importance", "access_count", "last_accessed_at", "recorded_at"]
+#: Payload keys that make up a record's Neighbourhood.
+_NEIGHBOURHOOD = ["session_id", "follows"]
+
+
+class _Point(NamedTuple):
+    """A retrieved point: canonical id, payload (possibly partial), vectors if asked for."""
+
+    id: str
+    payload: dict[str, Any]
+    vector: Any
 
 
 def _config(dim: int) -> EdgeConfig:
@@ -128,11 +136,9 @@ class EdgeIndex:
             payload = {k: encode_field(k, v) for k, v in fields.items()}
             key = repr(sorted(payload.items()))
             groups.setdefault(key, (payload, []))[1].append(check_record_id(record_id))
-        wanted = [i for _, ids in groups.values() for i in ids]
-        with self._lock:
-            points = self._open().retrieve(wanted, ["kind"], False)
-        found = {str(p.id) for p in points if (p.payload or {}).get("kind") != KIND_TOMBSTONE}
-        missing = [str(i) for i in wanted if str(i) not in found]
+        wanted = [str(i) for _, ids in groups.values() for i in ids]
+        found = {point.id for point in self._points(wanted, [])}
+        missing = [i for i in wanted if i not in found]
         if missing:
             raise MemoryNotFound(missing[0])
         for payload, ids in groups.values():
@@ -157,33 +163,40 @@ class EdgeIndex:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def _retrieve_raw(
-        self, ids: Sequence[int | UUID | str], with_vectors: bool = False
-    ) -> list[Any]:
+    def _points(
+        self,
+        ids: Sequence[str],
+        payload: bool | list[str],
+        *,
+        with_vectors: bool = False,
+        tombstones: bool = False,
+    ) -> list[_Point]:
+        """The live points (or, with ``tombstones``, the tombstones) among ``ids``, ids checked
+        and in canonical form, payload as selected."""
+        canonical: list[int | UUID | str] = [check_record_id(i) for i in ids]
+        if not canonical:
+            return []
+        selected = ["kind", *payload] if isinstance(payload, list) else payload
         with self._lock:
-            return list(self._open().retrieve(list(ids), True, bool(with_vectors)))
+            points = self._open().retrieve(canonical, selected, with_vectors)
+        found = []
+        for point in points:
+            stored = point.payload or {}
+            if (stored.get("kind") == KIND_TOMBSTONE) == tombstones:
+                found.append(_Point(str(point.id), stored, point.vector))
+        return found
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[MemoryRecord]:
         """Ids are matched in canonical (lower-case) form; a repeated id is returned once."""
-        canonical = [check_record_id(i) for i in ids]
-        if not canonical:
-            return []
         found = {
-            str(p.id): decode_record(p.id, p.payload, p.vector)
-            for p in self._retrieve_raw(canonical, with_vectors)
-            if p.payload.get("kind") != KIND_TOMBSTONE
+            p.id: decode_record(p.id, p.payload, p.vector)
+            for p in self._points(ids, True, with_vectors=with_vectors)
         }
+        canonical = [check_record_id(i) for i in ids]
         return [found[i] for i in dict.fromkeys(canonical) if i in found]
 
     def get_tombstones(self, ids: Sequence[str]) -> list[Tombstone]:
-        canonical = [check_record_id(i) for i in ids]
-        if not canonical:
-            return []
-        return [
-            decode_tombstone(p.id, p.payload)
-            for p in self._retrieve_raw(canonical)
-            if p.payload.get("kind") == KIND_TOMBSTONE
-        ]
+        return [decode_tombstone(p.id, p.payload) for p in self._points(ids, True, tombstones=True)]
 
     def nearest(self, requests: Sequence[NearestRequest]) -> list[list[ScoredId]]:
         translated: dict[int, Filter] = {}  # requests usually share one `where`: translate once
@@ -199,19 +212,10 @@ class EdgeIndex:
         return [[ScoredId(str(p.id), p.score) for p in points] for points in results]
 
     def neighbourhoods(self, ids: Sequence[str]) -> dict[str, Neighbourhood]:
-        canonical: list[int | UUID | str] = [check_record_id(i) for i in ids]
-        if not canonical:
-            return {}
-        with self._lock:
-            points = self._open().retrieve(canonical, _NEIGHBOURHOOD, False)
-        found = {}
-        for point in points:
-            payload = point.payload or {}
-            if payload.get("kind") != KIND_TOMBSTONE:
-                found[str(point.id)] = Neighbourhood(
-                    payload.get("session_id"), payload.get("follows")
-                )
-        return found
+        return {
+            p.id: Neighbourhood(p.payload.get("session_id"), p.payload.get("follows"))
+            for p in self._points(ids, _NEIGHBOURHOOD)
+        }
 
     def _query(self, request: NearestRequest, edge_filter: Callable[[And], Filter]) -> QueryRequest:
         vector: Any
@@ -268,16 +272,7 @@ class EdgeIndex:
         ]
 
     def retention_facts_of(self, ids: Sequence[str]) -> list[RetentionFacts]:
-        canonical: list[int | UUID | str] = [check_record_id(i) for i in ids]
-        if not canonical:
-            return []
-        with self._lock:
-            points = self._open().retrieve(canonical, _RETENTION, False)
-        return [
-            decode_retention(p.id, p.payload or {})
-            for p in points
-            if (p.payload or {}).get("kind") != KIND_TOMBSTONE
-        ]
+        return [decode_retention(p.id, p.payload) for p in self._points(ids, _RETENTION)]
 
     def count(self, where: And) -> int:
         edge_filter = to_edge_filter(where)
@@ -297,10 +292,6 @@ class EdgeIndex:
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_blocks * 512 for f in self.path.rglob("*") if f.is_file())
-
-    def flush(self) -> None:
-        with self._lock:
-            self._open().flush()
 
     def close(self) -> None:
         with self._lock:

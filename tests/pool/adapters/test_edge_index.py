@@ -642,7 +642,9 @@ def test_closed_index_raises_memory_closed(index: EdgeIndex) -> None:
         lambda: index.count(EVERYTHING),
         lambda: index.facet("tags", EVERYTHING),
         lambda: index.nearest([NearestRequest("dense", axis(0), EVERYTHING, 1)]),
-        index.flush,
+        lambda: index.neighbourhoods([record.id]),
+        lambda: index.retention_facts_of([record.id]),
+        lambda: index.retention_facts(EVERYTHING),
     ]
     for call in calls:
         with pytest.raises(MemoryClosed):
