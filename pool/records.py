@@ -126,10 +126,6 @@ class Scope(Model):
             return None
         return check_scope_id(value, field=f"scope.{info.field_name}")
 
-    def broadened(self) -> Scope:
-        """The user-level scope of this scope (session, agent and run dropped)."""
-        return Scope(user_id=self.user_id)
-
 
 class SparseVector(Model):
     """A sparse vector: strictly increasing term ids and their weights (same length)."""

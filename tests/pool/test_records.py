@@ -185,12 +185,6 @@ def test_uppercase_record_id_is_canonicalised() -> None:
     assert make(sources=[raw.upper()]).sources == [raw]
 
 
-def test_broadened_scope_keeps_only_the_user() -> None:
-    """Scope.broadened() drops session, agent and run."""
-    scope = Scope(user_id="u1", session_id="s1", agent_id="a1", run_id="r1")
-    assert scope.broadened() == Scope(user_id="u1")
-
-
 def test_tombstone_defaults_deleted_at_to_now() -> None:
     """A tombstone without deleted_at is stamped with the current UTC time."""
     before = datetime.now(UTC)
