@@ -46,8 +46,8 @@ from hivemem.pool.enums import Tier
 from hivemem.pool.errors import InvalidInput, MemoryClosed
 from hivemem.pool.filters import And, MemoryFilter, parse_filter
 from hivemem.pool.ids import check_record_id
-from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder, Vector
-from hivemem.pool.records import MemoryRecord, Scope, utc_now
+from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder, Vector, WriteObserver
+from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
 from hivemem.pool.settings import HivememSettings
 
 _CHUNK = 256
@@ -109,6 +109,20 @@ class HierarchicalMemory:
         self._access = AccessTracker(self._index, self._tiers)
         self._sessions = SessionChains(self._index)
         self._embedding_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hivemem-embed")
+        self._observers: list[WriteObserver] = []
+
+    def observe(self, observer: WriteObserver) -> None:
+        """Tell ``observer`` of every later write, before the write is acknowledged."""
+        with self._write_lock:
+            self._observers.append(observer)
+
+    def _wrote(self, records: Sequence[MemoryRecord], dense: Vector | None = None) -> None:
+        for observer in self._observers:
+            observer.records_written(records, dense)
+
+    def _deleted(self, tombstones: Sequence[Tombstone]) -> None:
+        for observer in self._observers:
+            observer.tombstones_written(tombstones)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -205,6 +219,7 @@ class HierarchicalMemory:
             self._index.upsert(chunk, dense)
             self._neighbourhoods.remember(chunk)
             self._tiers.enforce(added, self._clock())
+            self._wrote(chunk, dense)
         return chunk
 
     def supersede(self, record_id: str, content: str, **changes: Any) -> MemoryRecord:
@@ -239,6 +254,7 @@ class HierarchicalMemory:
             versions.check_current(self._index, old)
             versions.link(self._index, old, new, now, dense)
             self._tiers.enforce({new.scope.user_id: Counter([new.tier])}, now)
+            self._wrote([new], dense)
         return new
 
     def delete(self, record_id: str) -> list[str]:
@@ -248,7 +264,7 @@ class HierarchicalMemory:
         check_record_id(record_id, field="record_id")
         with self._write_lock:
             chain = versions.chain(self._index, record_id)
-            versions.tombstone(self._index, chain, self._clock())
+            self._deleted(versions.tombstone(self._index, chain, self._clock()))
         return [r.id for r in chain]
 
     def forget(
@@ -266,11 +282,12 @@ class HierarchicalMemory:
         target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
         with self._write_lock:
             doomed = list(self._index.scan(And(all=owned_by(target))))
-            versions.tombstone(self._index, doomed, self._clock())
+            self._deleted(versions.tombstone(self._index, doomed, self._clock()))
         return len(doomed)
 
     def clear(self) -> None:
-        """Remove every record and tombstone of this memory."""
+        """Remove every record and tombstone of this memory (here only: unlike delete and
+        forget, clearing is not sent to other agents)."""
         self._check_open()
         with self._write_lock:
             ids = [r.id for r in self._index.scan(And(all=[]))]
@@ -289,7 +306,39 @@ class HierarchicalMemory:
             now = self._clock()
             promoted = bubble_up(self._index, where, session_id, now)
             self._tiers.enforce({user_id: Counter(r.tier for r in promoted)}, now)
+            self._wrote(promoted)
         return promoted
+
+    def receive(
+        self,
+        records: Sequence[MemoryRecord],
+        tombstones: Sequence[Tombstone] = (),
+    ) -> list[MemoryRecord]:
+        """Apply records and tombstones other agents sent (through the pool, which marks each
+        record's ``received_from``). Records carry their vectors: nothing is embedded.
+        Idempotent: a record already here, or deleted here, is skipped; a tombstone replaces
+        its record. New versions are placed in their chains
+        (:func:`hivemem.agents.versions.merge`). Returns the records newly stored. Observers
+        are not told: received writes are not sent on."""
+        self._check_open()
+        with self._write_lock:
+            self._check_open()
+            present = self._index.presence([r.id for r in records])
+            fresh = {r.id: r for r in records if r.id not in present}
+            stored = list(fresh.values())
+            if stored:
+                self._index.upsert(stored)
+                self._neighbourhoods.remember(stored)
+                for record in stored:
+                    if record.supersedes is not None:
+                        versions.merge(self._index, record)
+                added: dict[str, Counter[Tier]] = {}
+                for record in stored:
+                    added.setdefault(record.scope.user_id, Counter())[record.tier] += 1
+                self._tiers.enforce(added, self._clock())
+            if tombstones:
+                self._index.put_tombstones(tombstones)
+        return stored
 
     # -- reads ----------------------------------------------------------------------------------
 

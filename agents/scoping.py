@@ -4,7 +4,9 @@ A query scope names a user and optionally a session, an agent and a run. With in
 default) a record is visible when it belongs to that user and, for each of session, agent and
 run that the query names, the record either has the same id or none (it is broader). Dimensions
 the query leaves out are not constrained. So a query in (user U, session S, agent A) sees U's
-user-level memories, S's session-level memories and A's; it never sees session S2's.
+user-level memories, S's session-level memories and A's; it never sees session S2's. Records
+that other agents shared with this one (``received_from`` set) pass the agent dimension: they
+were delivered to be found; user, session and run still apply.
 
 With ``exact=True`` the record's scope must equal the query scope, unnamed dimensions included.
 
@@ -31,14 +33,13 @@ def scope_conditions(scope: Scope, *, exact: bool = False) -> list[Expr]:
         if exact:
             conditions.append(Cond(field=field, op="eq", value=value))
         elif value is not None:
-            conditions.append(
-                Or(
-                    any=[
-                        Cond(field=field, op="eq", value=value),
-                        Cond(field=field, op="eq", value=None),
-                    ]
-                )
-            )
+            either: list[Expr] = [
+                Cond(field=field, op="eq", value=value),
+                Cond(field=field, op="eq", value=None),
+            ]
+            if name == "agent_id":
+                either.append(Cond(field="received_from", op="ne", value=None))
+            conditions.append(Or(any=either))
     return conditions
 
 

@@ -62,9 +62,79 @@ def link(
     index.update_fields({old.id: fields})
 
 
+def _order(record: MemoryRecord) -> tuple[datetime, str]:
+    return (record.recorded_at, record.id)
+
+
+def _relinked(
+    record: MemoryRecord, previous: MemoryRecord | None, successor: MemoryRecord
+) -> dict[str, object]:
+    """The fields that make ``successor`` the next version of ``record``. An end of validity
+    that only came from the previous successor moves with it."""
+    fields: dict[str, object] = {
+        "superseded_at": successor.recorded_at,
+        "superseded_by": successor.id,
+    }
+    derived = previous is not None and record.valid_until == max(
+        previous.valid_from, record.valid_from
+    )
+    if record.valid_until is None or derived:
+        fields["valid_until"] = max(successor.valid_from, record.valid_from)
+    return fields
+
+
+def merge(index: LocalIndex, new: MemoryRecord) -> None:
+    """Place ``new``, a version received from another agent and already stored, in its chain.
+
+    Chains are ordered by ``(recorded_at, id)`` and the last one is current. So when two agents
+    supersede the same record at once, every agent that receives both versions ends with the
+    same chain and the same current version, whatever the order they arrived in; neither version
+    is lost. Without its predecessor here, ``new`` stays a chain of its own.
+    """
+    if new.supersedes is None:
+        return
+    found = index.get([new.supersedes])
+    if not found:
+        return
+    cursor = _root(index, found[0])
+    while cursor.superseded_by is not None and cursor.superseded_by != new.id:
+        following = index.get([cursor.superseded_by])
+        if not following or _order(following[0]) > _order(new):
+            break
+        cursor = following[0]
+    if cursor.superseded_by == new.id:
+        return
+    updates: dict[str, dict[str, object]] = {}
+    successor = index.get([cursor.superseded_by]) if cursor.superseded_by else []
+    if successor:
+        updates[new.id] = _relinked(new, None, successor[0])
+    updates[cursor.id] = _relinked(cursor, successor[0] if successor else None, new)
+    index.update_fields(updates)
+
+
+def _root(index: LocalIndex, record: MemoryRecord) -> MemoryRecord:
+    current = record
+    for _ in range(_MAX_CHAIN):
+        if current.supersedes is None:
+            break
+        found = index.get([current.supersedes])
+        if not found:
+            break
+        current = found[0]
+    return current
+
+
 def chain(index: LocalIndex, record_id: str) -> list[MemoryRecord]:
     """Every surviving version of the record's chain, oldest first."""
     start = require(index, record_id)
+    forward = [_root(index, start)]
+    while forward[-1].superseded_by is not None and len(forward) < _MAX_CHAIN:
+        found = index.get([forward[-1].superseded_by])
+        if not found:
+            break
+        forward.append(found[0])
+    if any(r.id == start.id for r in forward):
+        return forward
     older: list[MemoryRecord] = []
     current = start
     while current.supersedes is not None and len(older) < _MAX_CHAIN:
@@ -84,12 +154,14 @@ def chain(index: LocalIndex, record_id: str) -> list[MemoryRecord]:
     return [*reversed(older), start, *newer]
 
 
-def tombstone(index: LocalIndex, records: Sequence[MemoryRecord], now: datetime) -> None:
-    """Replace ``records`` by tombstones, in chunks."""
+def tombstone(index: LocalIndex, records: Sequence[MemoryRecord], now: datetime) -> list[Tombstone]:
+    """Replace ``records`` by tombstones, in chunks; returns the tombstones."""
+    made = []
     for start in range(0, len(records), _TOMBSTONE_CHUNK):
-        index.put_tombstones(
-            [
-                Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone, deleted_at=now)
-                for r in records[start : start + _TOMBSTONE_CHUNK]
-            ]
-        )
+        batch = [
+            Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone, deleted_at=now)
+            for r in records[start : start + _TOMBSTONE_CHUNK]
+        ]
+        index.put_tombstones(batch)
+        made.extend(batch)
+    return made

@@ -83,3 +83,43 @@ class StoreIncompatible(HivememError):
 class EmbeddingModelMissing(HivememError):
     """Raised when the offline embedding model files are not installed; the message says which
     package provides them. hivemem never downloads a model at run time."""
+
+
+class PoolUnavailable(HivememError):
+    """Raised when the pool cannot reach or start its Redis server. Writes already acknowledged
+    are safe in the agents' outboxes and go out when Redis is back."""
+
+
+class AgentNotFound(HivememError, KeyError):
+    """Raised when an agent id is not registered in the pool (or not attached in this process,
+    for operations that need its local memory)."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(agent_id)
+        self.agent_id = agent_id
+
+    def __str__(self) -> str:
+        return f"no agent {self.agent_id} in the pool"
+
+
+class RegistrationConflict(HivememError):
+    """Raised when registering an agent id that exists with another clearance (change a
+    clearance explicitly, never by re-registering)."""
+
+
+class ClearanceDenied(HivememError):
+    """Raised when an operation would give an agent a record above its clearance. ``agent_id``
+    and ``zone`` say who and what; nothing was sent or changed."""
+
+    def __init__(self, agent_id: str, zone: str, clearance: str) -> None:
+        super().__init__(
+            f"agent {agent_id} (clearance {clearance}) may not receive a {zone} record"
+        )
+        self.agent_id = agent_id
+        self.zone = zone
+        self.clearance = clearance
+
+
+class InvalidMessage(InvalidInput):
+    """Raised (and caught by the receiver, which logs and skips) for a pool message that is not
+    a well-formed envelope of a known version."""

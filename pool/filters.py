@@ -59,7 +59,10 @@ TIME_FIELDS = frozenset(
     {"recorded_at", "valid_from", "valid_until", "superseded_at", "last_accessed_at"}
 )
 LABEL_FIELDS = frozenset({"tags", "entities"})
-SCOPE_FIELDS = frozenset({"scope.user_id", "scope.session_id", "scope.agent_id", "scope.run_id"})
+#: Agent and scope ids; ``received_from`` is the agent a pooled copy came from (None: own record).
+SCOPE_FIELDS = frozenset(
+    {"scope.user_id", "scope.session_id", "scope.agent_id", "scope.run_id", "received_from"}
+)
 _OPS_BY_KIND: dict[FieldKind, frozenset[str]] = {
     FieldKind.ENUM: frozenset({"eq", "ne", "in", "nin"}),
     FieldKind.NUMBER: frozenset({"eq", "ne", "gt", "gte", "lt", "lte"}),

@@ -11,6 +11,9 @@ from hivemem.pool.errors import InvalidIdentifier
 
 #: user, session, agent and run ids: a letter or digit, then letters, digits and ``_ . : @ -``.
 SCOPE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+#: pool agent ids: like scope ids without ``:`` and ``@``, which Redis key patterns (and the ACLs
+#: built from them) use as separators; so no agent id's keys fall under another's pattern.
+AGENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: tags and entity references: words, spaces and ``_ . : @ / -``, at most 64 characters.
 LABEL_PATTERN = re.compile(r"[\w][\w .:@/-]{0,63}")
 #: metadata keys: identifier-like, so that ``metadata.<key>`` is an unambiguous payload path.
@@ -42,6 +45,16 @@ def check_scope_id(value: object, *, field: str) -> str:
         shown = value[:80] if isinstance(value, str) else type(value).__name__
         raise InvalidIdentifier(
             f"{field} must match {SCOPE_ID_PATTERN.pattern}: {shown!r}", field=field
+        )
+    return value
+
+
+def check_agent_id(value: object, *, field: str = "agent_id") -> str:
+    """Return ``value`` if it is a valid pool agent id, or raise InvalidIdentifier."""
+    if not isinstance(value, str) or not AGENT_ID_PATTERN.fullmatch(value):
+        shown = value[:80] if isinstance(value, str) else type(value).__name__
+        raise InvalidIdentifier(
+            f"{field} must match {AGENT_ID_PATTERN.pattern}: {shown!r}", field=field
         )
     return value
 

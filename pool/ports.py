@@ -113,6 +113,10 @@ class LocalIndex(Protocol):
         """The live records among ``ids``, in the order of ``ids``; missing ids are skipped."""
         ...
 
+    def presence(self, ids: Sequence[str]) -> dict[str, bool]:
+        """For each of ``ids`` that is stored: True for a tombstone, False for a live record."""
+        ...
+
     def get_tombstones(self, ids: Sequence[str]) -> list[Tombstone]:
         """The tombstones among ``ids``."""
         ...
@@ -158,22 +162,20 @@ class LocalIndex(Protocol):
         ...
 
 
+class WriteObserver(Protocol):
+    """Told of every write a memory makes, inside its write lock, before the write returns to
+    its caller (the pool's outbox is one). An exception aborts the acknowledgement."""
+
+    def records_written(self, records: Sequence[MemoryRecord], dense: Vector | None) -> None:
+        """New records (``dense``: their vectors as rows, else each record's ``vector``)."""
+        ...
+
+    def tombstones_written(self, tombstones: Sequence[Tombstone]) -> None: ...
+
+
 # -- ports the pool, workers and security issues implement ------------------------------------
 # Their shapes are the smallest the design brief implies; the issue that builds each adapter
 # may widen them.
-
-
-class SyncBus(Protocol):
-    """The pool's transport: live fan-out per zone plus a replayable log (Redis pub/sub and a
-    Stream written atomically with each publish)."""
-
-    def publish(self, zone: str, envelope: bytes) -> str:
-        """Append ``envelope`` to the zone's log and fan it out; returns its log position."""
-        ...
-
-    def read_since(self, zone: str, position: str, *, limit: int) -> list[tuple[str, bytes]]:
-        """Entries of the zone's log after ``position``, oldest first."""
-        ...
 
 
 class ZoneStore(Protocol):

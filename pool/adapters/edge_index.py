@@ -195,6 +195,15 @@ class EdgeIndex:
         canonical = [check_record_id(i) for i in ids]
         return [found[i] for i in dict.fromkeys(canonical) if i in found]
 
+    def presence(self, ids: Sequence[str]) -> dict[str, bool]:
+        """For each of ``ids`` present: True when it is a tombstone, False when a live record."""
+        canonical: list[int | UUID | str] = [check_record_id(i) for i in ids]
+        if not canonical:
+            return {}
+        with self._lock:
+            points = self._open().retrieve(canonical, ["kind"], False)
+        return {str(p.id): (p.payload or {}).get("kind") == KIND_TOMBSTONE for p in points}
+
     def get_tombstones(self, ids: Sequence[str]) -> list[Tombstone]:
         return [decode_tombstone(p.id, p.payload) for p in self._points(ids, True, tombstones=True)]
 

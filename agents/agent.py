@@ -1,0 +1,94 @@
+"""``Agent``: a registered agent's handle in this process — its memory, wired to the pool.
+
+Writes to ``agent.memory`` are local at once (read-your-writes) and reach other agents through
+the outbox; records others share arrive in ``agent.memory`` by themselves. Create agents with
+:meth:`hivemem.pool.shared.SharedMemoryPool.register_agent`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hivemem.agents.memory import HierarchicalMemory
+from hivemem.agents.outbox import Outbox
+from hivemem.agents.sync import Receiver, Sender, ShareObserver
+from hivemem.pool.adapters.redis_bus import RedisBus
+from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.records import MemoryRecord
+from hivemem.pool.settings import PoolSettings
+
+_CLOSE_DRAIN_S = 2.0
+
+
+class Agent:
+    """One agent attached in this process. Close it (or the pool) to stop its threads."""
+
+    def __init__(
+        self,
+        info: AgentInfo,
+        memory: HierarchicalMemory,
+        bus: RedisBus,
+        registry: AgentRegistry,
+        settings: PoolSettings,
+    ) -> None:
+        self.info = info
+        self.memory = memory
+        self._outbox = Outbox(memory.path)
+        self._sender = Sender(info, self._outbox, bus, settings)
+        self._sharing = ShareObserver(info, self._outbox, self._sender.wake, settings.send_batch)
+        memory.observe(self._sharing)
+        self._receiver = Receiver(
+            info, memory, self._outbox, bus, settings, lambda: registry.heartbeat(info.agent_id)
+        )
+        self._closed = False
+        self._sender.start()
+        self._receiver.start()
+        self._sender.wake()  # what an earlier process left in the outbox
+
+    @property
+    def agent_id(self) -> str:
+        return self.info.agent_id
+
+    @property
+    def pending(self) -> int:
+        """Messages in the outbox, not yet acknowledged by Redis."""
+        return len(self._outbox)
+
+    def on_receive(self, listener: Callable[[list[MemoryRecord]], None]) -> None:
+        """Call ``listener`` with the records newly stored from each applied message (on the
+        receiving thread; keep it short)."""
+        self._receiver.listeners.append(listener)
+
+    def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        """True once the receiver has subscribed and caught up with every topic."""
+        return self._receiver.connected.wait(timeout_s)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every queued message is acknowledged by Redis; False on timeout."""
+        self._sender.wake()
+        return self._sender.wait_idle(timeout_s)
+
+    def hand_over(self, to_agent: str, record: MemoryRecord) -> None:
+        """Queue ``record`` (with its vector) for ``to_agent``; the pool checks clearance."""
+        self._sharing.hand_over(to_agent, record)
+
+    def close(self) -> None:
+        """Send what is queued (briefly), stop the threads, close the memory. What could not
+        be sent stays in the outbox for the next process that opens this agent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sender.wait_idle(_CLOSE_DRAIN_S)
+        self._sender.stop()
+        self._receiver.stop()
+        self._sender.join()
+        self._receiver.join()
+        self.memory.close()
+        self._outbox.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

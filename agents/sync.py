@@ -1,0 +1,366 @@
+"""One agent's side of the pool: what leaves it (outbox → Redis) and what reaches it.
+
+**Sending.** :class:`ShareObserver` sees every write of the agent's memory before the write is
+acknowledged; the records and tombstones of a level in ``share_levels`` become envelopes (one per
+zone and write, at most ``send_batch`` records each) committed to the outbox. :class:`Sender`, a
+thread, moves them to Redis: at once when ``sync_interval`` is 0, else everything that
+accumulated once per interval, in one round trip per topic. A message leaves the outbox only after
+Redis acknowledged it; while Redis is unreachable the sender waits with exponential back-off
+(``retry_initial_s`` doubling to ``retry_max_s``) and tries again, never spinning.
+
+**Receiving.** :class:`Receiver`, a thread, subscribes to the channel of every zone at or below
+the agent's clearance and to its inbox, then reads each topic's stream from its cursor (catch-up),
+then applies live messages. Sequence numbers are contiguous per topic, so a live message beyond
+``cursor + 1`` means a gap, filled from the stream; a stream trimmed past the cursor, or a new
+epoch (Redis lost its data), makes it re-bootstrap from what the stream holds, with a warning in
+the logs. A message that does not decode, comes from the wrong zone or is above the clearance is
+logged (without content) and skipped, and the cursor moves past it; a lost connection is retried
+with back-off, then the receiver subscribes and catches up again. The cursor is stored after the
+records are applied, and applying is idempotent, so a crash in between costs a re-apply only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis
+import structlog
+
+from hivemem.agents.memory import HierarchicalMemory
+from hivemem.agents.outbox import Outbox
+from hivemem.pool.adapters.redis_bus import Delivery, RedisBus, inbox_topic, zone_topic
+from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.enums import Level, Zone
+from hivemem.pool.envelope import Envelope, Row, decode_envelope, make_envelope
+from hivemem.pool.errors import InvalidMessage
+from hivemem.pool.ports import Vector
+from hivemem.pool.records import MemoryRecord, Tombstone
+from hivemem.pool.settings import PoolSettings
+
+log = structlog.get_logger(__name__)
+
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+_POLL_S = 0.2
+
+
+class Backoff:
+    """Exponential waits between retries, interruptible by ``stop``."""
+
+    def __init__(self, settings: PoolSettings, stop: threading.Event) -> None:
+        self._initial_s = settings.retry_initial_s
+        self._max_s = settings.retry_max_s
+        self._halt = stop
+        self.wait_s = 0.0
+
+    def failed(self) -> None:
+        self.wait_s = min(self._max_s, max(self._initial_s, self.wait_s * 2))
+        self._halt.wait(self.wait_s)
+
+    def succeeded(self) -> None:
+        self.wait_s = 0.0
+
+
+class ShareObserver:
+    """Puts the shared part of each write in the outbox (a WriteObserver)."""
+
+    def __init__(self, info: AgentInfo, outbox: Outbox, wake: Callable[[], None], batch: int):
+        self._info = info
+        self._outbox = outbox
+        self._wake = wake
+        self._batch = batch
+
+    def records_written(self, records: Sequence[MemoryRecord], dense: Vector | None) -> None:
+        by_zone: dict[Zone, tuple[list[MemoryRecord], list[Row]]] = {}
+        for i, record in enumerate(records):
+            if record.level in self._info.share_levels:
+                chosen, rows = by_zone.setdefault(record.zone, ([], []))
+                chosen.append(record)
+                rows.append(dense[i] if dense is not None else record.vector)
+        messages = []
+        for zone, (chosen, rows) in by_zone.items():
+            for start in range(0, len(chosen), self._batch):
+                part = slice(start, start + self._batch)
+                envelope = make_envelope(
+                    sender=self._info.agent_id, zone=zone, records=chosen[part], dense=rows[part]
+                )
+                messages.append((zone_topic(zone), envelope.message_id, envelope.encode()))
+        self._send(messages)
+
+    def tombstones_written(self, tombstones: Sequence[Tombstone]) -> None:
+        by_zone: dict[Zone, list[Tombstone]] = {}
+        for tombstone in tombstones:
+            if tombstone.level in self._info.share_levels:
+                by_zone.setdefault(tombstone.zone, []).append(tombstone)
+        messages = []
+        for zone, chosen in by_zone.items():
+            for start in range(0, len(chosen), self._batch):
+                envelope = make_envelope(
+                    sender=self._info.agent_id,
+                    zone=zone,
+                    tombstones=chosen[start : start + self._batch],
+                )
+                messages.append((zone_topic(zone), envelope.message_id, envelope.encode()))
+        self._send(messages)
+
+    def hand_over(self, to_agent: str, record: MemoryRecord) -> None:
+        """Queue ``record`` (with its vector) for ``to_agent``'s inbox."""
+        envelope = make_envelope(
+            sender=self._info.agent_id, zone=record.zone, records=[record], to=to_agent
+        )
+        self._send([(inbox_topic(to_agent), envelope.message_id, envelope.encode())])
+
+    def _send(self, messages: list[tuple[str, str, bytes]]) -> None:
+        if messages:
+            self._outbox.put(messages)
+            self._wake()
+
+
+class Sender(threading.Thread):
+    """Drains the outbox to Redis (see the module docstring)."""
+
+    def __init__(
+        self, info: AgentInfo, outbox: Outbox, bus: RedisBus, settings: PoolSettings
+    ) -> None:
+        super().__init__(name=f"hivemem-send-{info.agent_id}", daemon=True)
+        self._info = info
+        self._outbox = outbox
+        self._bus = bus
+        self._settings = settings
+        self._wake = threading.Event()
+        self._halt = threading.Event()
+        self._idle = threading.Condition()
+        self._backoff = Backoff(settings, self._halt)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        interval_s = self._info.sync_interval
+        while not self._halt.is_set():
+            self._wake.wait(timeout=1.0)
+            if interval_s > 0:
+                self._halt.wait(interval_s)
+            self._wake.clear()
+            self._drain()
+
+    def _drain(self) -> None:
+        """Send until the outbox is empty (or Redis is down, then back off and retry)."""
+        while not self._halt.is_set():
+            pending = self._outbox.peek(self._settings.send_batch)
+            if not pending:
+                with self._idle:
+                    self._idle.notify_all()
+                return
+            by_topic: dict[str, list[int]] = {}
+            for i, message in enumerate(pending):
+                by_topic.setdefault(message.topic, []).append(i)
+            try:
+                for topic, positions in by_topic.items():
+                    chosen = [pending[i] for i in positions]
+                    self._bus.publish(topic, [(m.message_id, m.body) for m in chosen])
+                    self._outbox.remove([m.row for m in chosen])
+            except _REDIS_DOWN as error:
+                log.warning(
+                    "pool_send_failed",
+                    agent_id=self._info.agent_id,
+                    pending=len(self._outbox),
+                    retry_in_s=round(min(self._settings.retry_max_s, max(
+                        self._settings.retry_initial_s, self._backoff.wait_s * 2)), 3),
+                    error=type(error).__name__,
+                )  # fmt: skip
+                self._backoff.failed()
+                continue
+            self._backoff.succeeded()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until the outbox is empty; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: len(self._outbox) == 0, timeout=timeout_s)
+
+
+@dataclass
+class _Cursor:
+    epoch: str | None
+    seq: int
+
+
+class Receiver(threading.Thread):
+    """Applies what other agents share with this one (see the module docstring)."""
+
+    def __init__(  # noqa: PLR0917 - the parts of one agent, each needed
+        self,
+        info: AgentInfo,
+        memory: HierarchicalMemory,
+        outbox: Outbox,
+        bus: RedisBus,
+        settings: PoolSettings,
+        heartbeat: Callable[[], None],
+    ) -> None:
+        super().__init__(name=f"hivemem-receive-{info.agent_id}", daemon=True)
+        self._info = info
+        self._memory = memory
+        self._outbox = outbox
+        self._bus = bus
+        self._settings = settings
+        self._heartbeat = heartbeat
+        self._halt = threading.Event()
+        self._backoff = Backoff(settings, self._halt)
+        self.listeners: list[Callable[[list[MemoryRecord]], None]] = []
+        zones = [zone for zone in Zone if zone <= info.clearance]
+        self.topics = [zone_topic(zone) for zone in zones] + [inbox_topic(info.agent_id)]
+        self._cursors = {topic: _Cursor(*outbox.cursor(topic)) for topic in self.topics}
+        self.connected = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            pubsub = None
+            try:
+                pubsub = self._bus.subscribe(self.topics)
+                for topic in self.topics:
+                    self._catch_up(topic)
+                self._heartbeat()
+                self.connected.set()
+                self._backoff.succeeded()
+                self._listen(pubsub)
+            except _REDIS_DOWN as error:
+                self.connected.clear()
+                log.warning(
+                    "pool_receive_disconnected",
+                    agent_id=self._info.agent_id,
+                    error=type(error).__name__,
+                )
+                self._backoff.failed()
+            finally:
+                if pubsub is not None:
+                    pubsub.close()
+
+    def _listen(self, pubsub: redis.client.PubSub) -> None:
+        beat_every_s = self._settings.heartbeat_interval_s
+        next_beat = 0.0
+        while not self._halt.is_set():
+            message = pubsub.get_message(timeout=_POLL_S)
+            if message is not None and message.get("type") == "message":
+                self._on_live(message["channel"], message["data"])
+            now = time.monotonic()
+            if now >= next_beat:
+                self._heartbeat()
+                next_beat = now + beat_every_s
+
+    def _on_live(self, channel: bytes, data: bytes) -> None:
+        try:
+            delivery = self._bus.parse_live(channel, data)
+        except InvalidMessage as error:
+            log.warning("pool_message_skipped", agent_id=self._info.agent_id, reason=str(error))
+            return
+        cursor = self._cursors.get(delivery.topic)
+        if cursor is None:
+            return
+        if delivery.epoch != cursor.epoch or delivery.seq > cursor.seq + 1:
+            self._catch_up(delivery.topic)  # a gap, a first message or a new epoch
+        elif delivery.seq == cursor.seq + 1:
+            self._apply(delivery.topic, [delivery])
+
+    def _catch_up(self, topic: str) -> None:
+        """Apply what the topic's stream holds after the cursor."""
+        cursor = self._cursors[topic]
+        while not self._halt.is_set():
+            backlog = self._bus.read(topic, cursor.seq, limit=self._settings.send_batch)
+            if backlog.epoch is None:
+                return
+            if backlog.epoch != cursor.epoch:
+                if cursor.epoch is not None:
+                    log.warning(
+                        "pool_rebootstrap",
+                        agent_id=self._info.agent_id,
+                        topic=topic,
+                        reason="new epoch: Redis lost its data",
+                        source="stream",
+                    )
+                cursor.epoch, cursor.seq = backlog.epoch, 0
+                continue
+            if backlog.trimmed:
+                log.warning(
+                    "pool_rebootstrap",
+                    agent_id=self._info.agent_id,
+                    topic=topic,
+                    reason="stream trimmed past the cursor",
+                    cursor=cursor.seq,
+                    first_available=backlog.deliveries[0].seq if backlog.deliveries else None,
+                    source="stream",
+                )
+            if not backlog.deliveries:
+                return
+            self._apply(topic, backlog.deliveries)
+            if cursor.seq >= backlog.last_seq:
+                return
+
+    def _apply(self, topic: str, deliveries: Sequence[Delivery]) -> None:
+        records: list[MemoryRecord] = []
+        tombstones: list[Tombstone] = []
+        for delivery in deliveries:
+            envelope = self._accepted(topic, delivery)
+            if envelope is None:
+                continue
+            # A hand-over is applied whatever the levels; a zone message, for the levels asked.
+            wanted = list(Level) if envelope.to is not None else self._info.receive_levels
+            records.extend(
+                r.model_copy(update={"received_from": envelope.sender})
+                for r in envelope.with_vectors()
+                if r.level in wanted
+            )
+            tombstones.extend(t for t in envelope.tombstones if t.level in wanted)
+        stored = self._memory.receive(records, tombstones) if records or tombstones else []
+        cursor = self._cursors[topic]
+        cursor.seq = deliveries[-1].seq
+        self._outbox.set_cursor(topic, cursor.epoch or deliveries[-1].epoch, cursor.seq)
+        if stored:
+            for listener in self.listeners:
+                listener(stored)
+
+    def _accepted(self, topic: str, delivery: Delivery) -> Envelope | None:
+        """The delivery's envelope, or None (logged) when it must be skipped."""
+        try:
+            envelope = decode_envelope(delivery.data)
+        except InvalidMessage as error:
+            log.warning(
+                "pool_message_skipped",
+                agent_id=self._info.agent_id,
+                topic=topic,
+                seq=delivery.seq,
+                reason=str(error)[:200],
+            )
+            return None
+        if envelope.sender == self._info.agent_id:
+            return None  # our own write, already here
+        expected = (
+            inbox_topic(self._info.agent_id)
+            if envelope.to is not None
+            else zone_topic(envelope.zone)
+        )
+        reason = None
+        if topic != expected:
+            reason = "envelope does not belong on this topic"
+        elif envelope.zone > self._info.clearance:
+            reason = "above clearance"
+        if reason is not None:
+            log.warning(
+                "pool_message_skipped",
+                agent_id=self._info.agent_id,
+                topic=topic,
+                seq=delivery.seq,
+                sender=envelope.sender,
+                zone=envelope.zone.value,
+                reason=reason,
+            )
+            return None
+        return envelope

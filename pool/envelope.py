@@ -1,0 +1,146 @@
+"""The sync message: an envelope around records and tombstones of one zone.
+
+On the wire an envelope is UTF-8 JSON. Records travel with their vectors, so a receiver never
+re-embeds: the dense vector as base64 of little-endian float32 (``dense``, parallel to
+``records``; 2 KB per 384-d vector instead of ~8 KB of JSON floats), the sparse terms inside the
+record. Local bookkeeping (access counts, supersession back-links, ``received_from``) is cleared
+before sending: each receiver derives its own.
+
+The fields ``key_id``, ``nonce`` and ``signature`` are reserved for the security layer, which
+seals content and signs the envelope (``signing_bytes`` is what gets signed); a version-1
+receiver accepts them empty.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from hivemem.pool.base import Model
+from hivemem.pool.enums import Zone
+from hivemem.pool.errors import HivememError, InvalidMessage
+from hivemem.pool.ids import check_agent_id
+from hivemem.pool.records import MemoryRecord, Tombstone, UtcDatetime, utc_now
+
+#: A dense vector as it is handed to the envelope: a float32 row, a list, or none.
+Row = Sequence[float] | np.ndarray | None
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Envelope(Model):
+    """One sync message. ``zone`` is the zone of every record and tombstone inside it;
+    ``to`` names the receiving agent of a direct hand-over (None: the zone's subscribers)."""
+
+    error = InvalidMessage
+
+    v: Literal[1] = 1
+    message_id: str = Field(default_factory=_new_message_id, pattern=r"^[0-9a-f]{32}$")
+    sender: str
+    zone: Zone
+    sent_at: UtcDatetime = Field(default_factory=utc_now)
+    to: str | None = None
+    records: list[MemoryRecord] = Field(default_factory=list)
+    dense: list[str | None] = Field(default_factory=list)
+    tombstones: list[Tombstone] = Field(default_factory=list)
+    #: Reserved for the security layer (sealing key, nonce, Ed25519 signature).
+    key_id: str | None = None
+    nonce: str | None = None
+    signature: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Envelope:
+        check_agent_id(self.sender, field="sender")
+        if self.to is not None:
+            check_agent_id(self.to, field="to")
+        if len(self.dense) != len(self.records):
+            raise InvalidMessage("dense must hold one entry per record")
+        zones = {r.zone for r in self.records} | {t.zone for t in self.tombstones}
+        if zones - {self.zone}:
+            raise InvalidMessage(f"an item of another zone in a {self.zone} envelope")
+        return self
+
+    def vectors(self) -> list[list[float] | None]:
+        """The dense vectors of ``records``, decoded."""
+        return [
+            None if text is None else np.frombuffer(base64.b64decode(text), "<f4").tolist()
+            for text in self.dense
+        ]
+
+    def with_vectors(self) -> list[MemoryRecord]:
+        """``records`` with their dense vectors put back."""
+        return [
+            r if v is None else r.model_copy(update={"vector": v})
+            for r, v in zip(self.records, self.vectors(), strict=True)
+        ]
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    def signing_bytes(self) -> bytes:
+        """The bytes a signature covers: the envelope without its signature."""
+        return self.model_dump_json(exclude_none=True, exclude={"signature"}).encode()
+
+
+def outgoing(record: MemoryRecord) -> MemoryRecord:
+    """``record`` as it is sent: without its vector (sent beside it) and local bookkeeping."""
+    return record.model_copy(
+        update={
+            "vector": None,
+            "access_count": 0,
+            "last_accessed_at": None,
+            "superseded_at": None,
+            "superseded_by": None,
+            "consolidated_into": [],
+            "received_from": None,
+        }
+    )
+
+
+def encode_dense(row: Row) -> str | None:
+    if row is None:
+        return None
+    return base64.b64encode(np.asarray(row, dtype="<f4").tobytes()).decode()
+
+
+def make_envelope(
+    *,
+    sender: str,
+    zone: Zone,
+    records: Sequence[MemoryRecord] = (),
+    dense: Sequence[Row] | None = None,
+    tombstones: Sequence[Tombstone] = (),
+    to: str | None = None,
+) -> Envelope:
+    """An envelope for ``records`` (vectors from ``dense`` rows, else from the records)."""
+    rows = dense if dense is not None else [r.vector for r in records]
+    return Envelope(
+        sender=sender,
+        zone=zone,
+        to=to,
+        records=[outgoing(r) for r in records],
+        dense=[encode_dense(row) for row in rows],
+        tombstones=list(tombstones),
+    )
+
+
+def decode_envelope(data: bytes | str) -> Envelope:
+    """Parse a wire message; raises InvalidMessage for anything but a valid version-1 envelope."""
+    if len(data) > _MAX_MESSAGE_BYTES:
+        raise InvalidMessage(f"message of {len(data)} bytes is too large")
+    try:
+        return Envelope.model_validate_json(data)
+    except InvalidMessage:
+        raise
+    except HivememError as error:
+        raise InvalidMessage(f"malformed envelope: {error}") from None
+    except ValueError as error:
+        raise InvalidMessage(f"malformed envelope: {str(error)[:200]}") from None

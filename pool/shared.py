@@ -1,0 +1,173 @@
+"""``SharedMemoryPool``: agents register, and the levels they share reach each other.
+
+The pool owns the Redis connection (``redis_url``, or a ``redis-server`` it starts and stops
+itself), the agent registry and the bus. Agents attached in this process live under
+``<data_dir>/agents/<agent_id>``; several processes may each attach their own agents to the same
+Redis. See :mod:`hivemem.agents.sync` for how records travel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import redis
+import structlog
+
+from hivemem.agents.agent import Agent
+from hivemem.agents.memory import HierarchicalMemory
+from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
+from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.enums import Level, Zone
+from hivemem.pool.errors import AgentNotFound, ClearanceDenied, InvalidInput, PoolUnavailable
+from hivemem.pool.ids import check_agent_id
+from hivemem.pool.records import MemoryRecord
+from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.pool.settings import HivememSettings
+
+log = structlog.get_logger(__name__)
+
+
+class SharedMemoryPool:
+    """The pool as seen from one process. Use as a context manager, or call close()."""
+
+    def __init__(
+        self,
+        settings: HivememSettings,
+        client: redis.Redis,
+        server: EmbeddedRedis | None = None,
+    ) -> None:
+        self.settings = settings
+        self.server = server
+        pool = settings.pool
+        self.bus = RedisBus(client, namespace=pool.namespace, maxlen=pool.stream_maxlen)
+        self.registry = AgentRegistry(
+            client, namespace=pool.namespace, heartbeat_ttl_s=pool.heartbeat_ttl_s
+        )
+        self._attached: dict[str, Agent] = {}
+
+    @classmethod
+    def connect(cls, settings: HivememSettings | None = None) -> SharedMemoryPool:
+        """Connect to ``settings.redis_url``, or start a redis-server of our own (append-only,
+        its files under ``<data_dir>/redis``) when it is None. Raises PoolUnavailable."""
+        settings = settings or HivememSettings()
+        server = None
+        url = settings.redis_url
+        if url is None:
+            server = EmbeddedRedis(settings.data_dir / "redis", appendonly=True).start()
+            url = server.url
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=10)
+        try:
+            client.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            if server is not None:
+                server.stop()
+            raise PoolUnavailable(f"cannot reach Redis: {type(error).__name__}") from None
+        log.info("pool_connected", embedded=server is not None)
+        return cls(settings, client, server)
+
+    # -- agents ---------------------------------------------------------------------------------
+
+    def register_agent(
+        self,
+        agent_id: str,
+        *,
+        clearance: Zone | str = Zone.PUBLIC,
+        share_levels: Sequence[Level | str] = (),
+        receive_levels: Sequence[Level | str] | None = None,
+        display_name: str = "",
+        capabilities: Sequence[str] = (),
+        sync_interval: float = 0.0,
+    ) -> Agent:
+        """Register the agent (or re-register it with the same clearance, e.g. after a restart)
+        and attach it here: its memory opens under ``<data_dir>/agents/<agent_id>``, its
+        outbox drains and it starts receiving. Raises InvalidInput (nothing registered),
+        RegistrationConflict, StoreLocked when another process has it attached."""
+        info = AgentInfo(
+            agent_id=agent_id,
+            display_name=display_name or agent_id,
+            capabilities=list(capabilities),
+            clearance=Zone(clearance) if isinstance(clearance, str) else clearance,
+            share_levels=list(share_levels),
+            receive_levels=list(receive_levels if receive_levels is not None else Level),
+            sync_interval=sync_interval,
+        )
+        if agent_id in self._attached:
+            raise InvalidInput(f"agent {agent_id} is already attached here", field="agent_id")
+        info = self.registry.register(info)
+        memory = HierarchicalMemory(self.agent_dir(agent_id), settings=self.settings)
+        agent = Agent(info, memory, self.bus, self.registry, self.settings.pool)
+        self._attached[agent_id] = agent
+        log.info("agent_registered", agent_id=agent_id, clearance=info.clearance.value)
+        return agent
+
+    def agent_dir(self, agent_id: str) -> Path:
+        return self.settings.data_dir / "agents" / check_agent_id(agent_id)
+
+    def agent(self, agent_id: str) -> Agent:
+        """The agent attached in this process; raises AgentNotFound."""
+        found = self._attached.get(check_agent_id(agent_id))
+        if found is None:
+            raise AgentNotFound(agent_id)
+        return found
+
+    def agents(self) -> list[AgentInfo]:
+        """Every agent registered in the pool (any process)."""
+        return self.registry.list()
+
+    def get_agent(self, agent_id: str) -> AgentInfo:
+        """A registered agent's info; raises AgentNotFound."""
+        return self.registry.get(agent_id)
+
+    def is_alive(self, agent_id: str) -> bool:
+        """True while the agent's heartbeat is younger than ``pool.heartbeat_ttl_s``."""
+        return self.registry.is_alive(agent_id)
+
+    def deregister(self, agent_id: str) -> None:
+        """Detach the agent here if attached (its memory stays on disk), remove it from the
+        registry and drop its inbox. Raises AgentNotFound."""
+        attached = self._attached.pop(check_agent_id(agent_id), None)
+        if attached is not None:
+            attached.close()
+        self.registry.deregister(agent_id)
+        self.bus.drop_topic(inbox_topic(agent_id))
+        log.info("agent_deregistered", agent_id=agent_id)
+
+    # -- direct hand-over -----------------------------------------------------------------------
+
+    def share_knowledge(
+        self, from_agent: str, to_agent: str, record: MemoryRecord | str
+    ) -> MemoryRecord:
+        """Hand one record of ``from_agent`` (attached here) to ``to_agent`` directly, whatever
+        the levels either shares or receives. The copy ``to_agent`` stores has
+        ``received_from=from_agent``. Raises AgentNotFound, MemoryNotFound, or ClearanceDenied
+        when the record's zone is above ``to_agent``'s clearance (nothing is sent)."""
+        sender = self.agent(from_agent)
+        receiver = self.registry.get(to_agent)
+        record_id = record if isinstance(record, str) else record.id
+        full = sender.memory.get(record_id, with_vectors=True)
+        if full.zone > receiver.clearance:
+            raise ClearanceDenied(to_agent, full.zone.value, receiver.clearance.value)
+        sender.hand_over(to_agent, full)
+        log.info("knowledge_shared", from_agent=from_agent, to_agent=to_agent, record_id=full.id)
+        return full
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every attached agent, the connection, and the embedded server if we started
+        it. Idempotent."""
+        for agent in list(self._attached.values()):
+            agent.close()
+        self._attached.clear()
+        self.bus.client.close()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def __enter__(self) -> SharedMemoryPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
