@@ -84,8 +84,11 @@ class HierarchicalMemory:
         sparse: SparseEncoder | None = None,
         index: LocalIndex | None = None,
         clock: Callable[[], datetime] = utc_now,
+        owner: str | None = None,
     ) -> None:
         self.settings = settings or HivememSettings()
+        #: The agent this memory belongs to, when it is a pool agent's (see supersede).
+        self.owner = owner
         self.path = Path(path)
         self._embedder = embedder or shared_embedder(
             self.settings.embedding, self.settings.data_dir
@@ -224,15 +227,19 @@ class HierarchicalMemory:
 
     def supersede(self, record_id: str, content: str, **changes: Any) -> MemoryRecord:
         """Replace a current record by a new version (new id, new content, re-embedded) and
-        return it. Unnamed fields are inherited. Raises MemoryNotFound, or SupersessionConflict
-        when the record is no longer current."""
+        return it. Unnamed fields are inherited, except that a new version of a record another
+        agent shared is scoped to this memory's ``owner`` agent (it wrote it). Raises
+        MemoryNotFound, or SupersessionConflict when the record is no longer current."""
         self._check_open()
         check_record_id(record_id, field="record_id")
         old = versions.require(self._index, record_id)
+        scope = old.scope
+        if old.received_from is not None and scope.agent_id is not None:
+            scope = scope.model_copy(update={"agent_id": self.owner})
         inherited = MemoryInput(
             content=content,
             **{
-                "scope": old.scope,
+                "scope": scope,
                 "level": old.level,
                 "category": old.category,
                 "zone": old.zone,

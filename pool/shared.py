@@ -22,6 +22,7 @@ from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.errors import AgentNotFound, ClearanceDenied, InvalidInput, PoolUnavailable
 from hivemem.pool.ids import check_agent_id
+from hivemem.pool.ports import Embedder
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import HivememSettings
@@ -37,9 +38,12 @@ class SharedMemoryPool:
         settings: HivememSettings,
         client: redis.Redis,
         server: EmbeddedRedis | None = None,
+        *,
+        embedder: Embedder | None = None,
     ) -> None:
         self.settings = settings
         self.server = server
+        self._embedder = embedder
         pool = settings.pool
         self.bus = RedisBus(client, namespace=pool.namespace, maxlen=pool.stream_maxlen)
         self.registry = AgentRegistry(
@@ -48,9 +52,12 @@ class SharedMemoryPool:
         self._attached: dict[str, Agent] = {}
 
     @classmethod
-    def connect(cls, settings: HivememSettings | None = None) -> SharedMemoryPool:
+    def connect(
+        cls, settings: HivememSettings | None = None, *, embedder: Embedder | None = None
+    ) -> SharedMemoryPool:
         """Connect to ``settings.redis_url``, or start a redis-server of our own (append-only,
-        its files under ``<data_dir>/redis``) when it is None. Raises PoolUnavailable."""
+        its files under ``<data_dir>/redis``) when it is None. ``embedder`` replaces the
+        default (fastembed) in the agents' memories. Raises PoolUnavailable."""
         settings = settings or HivememSettings()
         server = None
         url = settings.redis_url
@@ -65,7 +72,7 @@ class SharedMemoryPool:
                 server.stop()
             raise PoolUnavailable(f"cannot reach Redis: {type(error).__name__}") from None
         log.info("pool_connected", embedded=server is not None)
-        return cls(settings, client, server)
+        return cls(settings, client, server, embedder=embedder)
 
     # -- agents ---------------------------------------------------------------------------------
 
@@ -96,7 +103,12 @@ class SharedMemoryPool:
         if agent_id in self._attached:
             raise InvalidInput(f"agent {agent_id} is already attached here", field="agent_id")
         info = self.registry.register(info)
-        memory = HierarchicalMemory(self.agent_dir(agent_id), settings=self.settings)
+        memory = HierarchicalMemory(
+            self.agent_dir(agent_id),
+            settings=self.settings,
+            embedder=self._embedder,
+            owner=agent_id,
+        )
         agent = Agent(info, memory, self.bus, self.registry, self.settings.pool)
         self._attached[agent_id] = agent
         log.info("agent_registered", agent_id=agent_id, clearance=info.clearance.value)

@@ -14,8 +14,11 @@ import pytest
 # Tests never reach a model hub: fail fast instead of retrying for ~40 s.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from hivemem.agents.embedding import FastEmbedder, shared_embedder
 from hivemem.agents.memory import HierarchicalMemory
-from hivemem.pool.settings import HivememSettings
+from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.pool.settings import HivememSettings, PoolSettings
+from hivemem.pool.shared import SharedMemoryPool
 
 
 class Clock:
@@ -70,3 +73,53 @@ def make_memory(
 def memory(make_memory: Callable[..., HierarchicalMemory], clock: Clock) -> HierarchicalMemory:
     """A fresh memory whose clock the test controls."""
     return make_memory(clock=clock)
+
+
+@pytest.fixture(scope="session")
+def embedder(settings: HivememSettings) -> FastEmbedder:
+    """The real offline embedder, loaded once per test session."""
+    return shared_embedder(settings.embedding, settings.data_dir)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A real redis-server on a free port, with append-only persistence (so a test can stop and
+    restart it without losing data), removed at teardown."""
+    with EmbeddedRedis(tmp_path / "redis", appendonly=True) as server:
+        yield server
+
+
+@pytest.fixture
+def pool_settings(
+    tmp_path: Path, redis_server: EmbeddedRedis, settings: HivememSettings
+) -> Callable[..., HivememSettings]:
+    """Settings for a pool process under this test's directory, on the test's Redis.
+    ``pool_settings(name, **pool_fields)``; fast retries so fault tests recover quickly."""
+
+    def make(name: str = "pool", **pool_fields: Any) -> HivememSettings:
+        fields: dict[str, Any] = {"retry_initial_s": 0.02, "retry_max_s": 0.5, **pool_fields}
+        return HivememSettings(
+            data_dir=tmp_path / name,
+            redis_url=redis_server.url,
+            embedding=settings.embedding,
+            pool=PoolSettings(**fields),
+        )
+
+    return make
+
+
+@pytest.fixture
+def make_pool(
+    pool_settings: Callable[..., HivememSettings], embedder: FastEmbedder
+) -> Iterator[Callable[..., SharedMemoryPool]]:
+    """Factory for pools (one per simulated process) on the test's Redis; closed at teardown."""
+    opened: list[SharedMemoryPool] = []
+
+    def make(name: str = "pool", **pool_fields: Any) -> SharedMemoryPool:
+        pool = SharedMemoryPool.connect(pool_settings(name, **pool_fields), embedder=embedder)
+        opened.append(pool)
+        return pool
+
+    yield make
+    for pool in opened:
+        pool.close()

@@ -1,0 +1,34 @@
+"""The durable outbox and receive cursors (SQLite in the agent's directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hivemem.agents.outbox import Outbox
+
+
+def test_messages_come_out_in_order_until_removed(tmp_path: Path) -> None:
+    """peek returns the oldest first and keeps them until remove."""
+    outbox = Outbox(tmp_path)
+    outbox.put([("zone:public", "a" * 32, b"1"), ("zone:secret", "b" * 32, b"2")])
+    outbox.put([("zone:public", "c" * 32, b"3")])
+    pending = outbox.peek(2)
+    assert [(p.topic, p.body) for p in pending] == [("zone:public", b"1"), ("zone:secret", b"2")]
+    outbox.remove([pending[0].row])
+    assert [p.body for p in outbox.peek(10)] == [b"2", b"3"]
+    assert len(outbox) == 2
+    outbox.close()
+
+
+def test_pending_messages_and_cursors_survive_reopening(tmp_path: Path) -> None:
+    """What was committed is there for the next process that opens the directory."""
+    outbox = Outbox(tmp_path)
+    outbox.put([("zone:public", "a" * 32, b"kept")])
+    outbox.set_cursor("zone:public", "epoch-1", 41)
+    outbox.set_cursor("zone:public", "epoch-1", 42)
+    outbox.close()
+    reopened = Outbox(tmp_path, durable=True)
+    assert [(p.message_id, p.body) for p in reopened.peek(5)] == [("a" * 32, b"kept")]
+    assert reopened.cursor("zone:public") == ("epoch-1", 42)
+    assert reopened.cursor("zone:secret") == (None, 0)
+    reopened.close()

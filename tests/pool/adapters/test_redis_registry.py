@@ -1,0 +1,122 @@
+"""The agent registry in Redis: register, list, get, heartbeat, deregister, and conflicts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.enums import Level, Zone
+from hivemem.pool.errors import AgentNotFound, InvalidIdentifier, InvalidInput, RegistrationConflict
+from hivemem.pool.redis_server import EmbeddedRedis
+
+
+@pytest.fixture
+def registry(redis_server: EmbeddedRedis) -> AgentRegistry:
+    return AgentRegistry(redis.Redis.from_url(redis_server.url), namespace="t", heartbeat_ttl_s=0.5)
+
+
+def _info(agent_id: str = "support", **fields: object) -> AgentInfo:
+    return AgentInfo(agent_id=agent_id, **fields)  # type: ignore[arg-type]
+
+
+def test_registered_agents_can_be_listed_and_read_back(registry: AgentRegistry) -> None:
+    """Every registration field round-trips through Redis."""
+    info = _info(
+        display_name="Support bot",
+        capabilities=["billing", "email"],
+        clearance=Zone.CONFIDENTIAL,
+        share_levels=[Level.DOMAIN, Level.CATEGORY],
+        receive_levels=[Level.CATEGORY],
+        sync_interval=0.5,
+    )
+    registry.register(info)
+    registry.register(_info("tech", clearance=Zone.INTERNAL))
+    assert registry.get("support") == info
+    assert [a.agent_id for a in registry.list()] == ["support", "tech"]
+    assert info.share_levels == [Level.CATEGORY, Level.DOMAIN]
+
+
+def test_re_registering_with_the_same_clearance_updates_and_keeps_the_first_time(
+    registry: AgentRegistry,
+) -> None:
+    """A restarted agent re-registers; its other settings may change, its history stays."""
+    first = registry.register(_info(clearance=Zone.INTERNAL, share_levels=[Level.DOMAIN]))
+    second = registry.register(_info(clearance=Zone.INTERNAL, share_levels=[Level.CATEGORY]))
+    stored = registry.get("support")
+    assert stored.share_levels == [Level.CATEGORY]
+    assert stored.registered_at == first.registered_at == second.registered_at
+
+
+def test_re_registering_with_another_clearance_is_an_error(registry: AgentRegistry) -> None:
+    """Clearance never changes by re-registration; the stored one stays."""
+    registry.register(_info(clearance=Zone.PUBLIC))
+    with pytest.raises(RegistrationConflict, match="public"):
+        registry.register(_info(clearance=Zone.SECRET))
+    assert registry.get("support").clearance is Zone.PUBLIC
+
+
+def test_heartbeats_expire(registry: AgentRegistry) -> None:
+    """An agent is alive while its last heartbeat is younger than the TTL."""
+    registry.register(_info())
+    assert not registry.is_alive("support")
+    registry.heartbeat("support")
+    assert registry.is_alive("support")
+    seen = registry.last_seen("support")
+    assert seen is not None
+    assert seen.tzinfo is not None
+    time.sleep(0.7)
+    assert not registry.is_alive("support")
+
+
+def test_deregistering_removes_the_agent_and_frees_its_id(registry: AgentRegistry) -> None:
+    """After deregistration the id is unknown and may register with another clearance."""
+    registry.register(_info(clearance=Zone.SECRET))
+    registry.heartbeat("support")
+    registry.deregister("support")
+    with pytest.raises(AgentNotFound):
+        registry.get("support")
+    assert not registry.is_alive("support")
+    registry.register(_info(clearance=Zone.PUBLIC))
+    assert registry.get("support").clearance is Zone.PUBLIC
+
+
+def test_unknown_agents_raise_agent_not_found(registry: AgentRegistry) -> None:
+    """Looking up or deregistering an unregistered id is a typed error."""
+    with pytest.raises(AgentNotFound):
+        registry.get("nobody")
+    with pytest.raises(AgentNotFound):
+        registry.deregister("nobody")
+
+
+@pytest.mark.parametrize(
+    "agent_id", ["", "a:b", "*", "a b", "x" * 65, "-lead", "a\r\nFLUSHALL", "agent@host"]
+)
+def test_malformed_agent_ids_are_refused_everywhere(registry: AgentRegistry, agent_id: str) -> None:
+    """Ids that could escape their Redis keys raise InvalidIdentifier and store nothing."""
+    with pytest.raises(InvalidIdentifier):
+        _info(agent_id)
+    with pytest.raises(InvalidIdentifier):
+        registry.get(agent_id)
+    with pytest.raises(InvalidIdentifier):
+        registry.heartbeat(agent_id)
+    assert registry.list() == []
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"clearance": "top"},
+        {"share_levels": ["chapter"]},
+        {"sync_interval": -1},
+        {"capabilities": ["bad\nlabel"]},
+        {"unknown": 1},
+    ],
+)
+def test_malformed_registrations_raise_invalid_input(fields: dict[str, object]) -> None:
+    """Every registration field is validated before anything reaches Redis."""
+    with pytest.raises(InvalidInput):
+        _info(**fields)

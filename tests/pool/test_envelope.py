@@ -1,0 +1,103 @@
+"""The sync envelope: records travel with their vectors; anything malformed is InvalidMessage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hivemem.pool.enums import Level, Zone
+from hivemem.pool.envelope import Envelope, decode_envelope, make_envelope
+from hivemem.pool.errors import InvalidMessage
+from hivemem.pool.records import MemoryRecord, Scope, SparseVector, Tombstone
+
+
+def _record(zone: Zone = Zone.INTERNAL, **fields: object) -> MemoryRecord:
+    return MemoryRecord(
+        content="the build server moved to rack 4",
+        scope=Scope(user_id="u1", agent_id="ops"),
+        level=Level.CATEGORY,
+        zone=zone,
+        sparse=SparseVector(indices=[3, 9], values=[0.5, 1.5]),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_records_round_trip_with_their_vectors() -> None:
+    """Content, sparse terms and the dense vector (as float32) arrive intact."""
+    record = _record()
+    dense = np.random.default_rng(1).random((1, 384), dtype=np.float32)
+    envelope = make_envelope(sender="ops", zone=Zone.INTERNAL, records=[record], dense=dense)
+    decoded = decode_envelope(envelope.encode())
+    (received,) = decoded.with_vectors()
+    assert received.model_copy(update={"vector": None}) == record
+    assert np.array_equal(np.asarray(received.vector, dtype=np.float32), dense[0])
+    assert decoded.message_id == envelope.message_id
+
+
+def test_local_bookkeeping_is_not_sent() -> None:
+    """Access counts, supersession back-links and received_from stay with the sender."""
+    record = _record(access_count=7, superseded_by="00000000-0000-4000-8000-000000000001")
+    record = record.model_copy(update={"received_from": "someone"})
+    envelope = make_envelope(sender="ops", zone=Zone.INTERNAL, records=[record], dense=[None])
+    (sent,) = decode_envelope(envelope.encode()).records
+    assert (sent.access_count, sent.superseded_by, sent.received_from) == (0, None, None)
+
+
+def test_tombstones_travel_without_content() -> None:
+    """A deletion is sent as identity and scope only."""
+    tombstone = Tombstone(id=_record().id, scope=Scope(user_id="u1"), level=Level.CATEGORY,
+                          zone=Zone.INTERNAL)  # fmt: skip
+    envelope = make_envelope(sender="ops", zone=Zone.INTERNAL, tombstones=[tombstone])
+    assert decode_envelope(envelope.encode()).tombstones == [tombstone]
+
+
+def test_the_security_fields_have_room_and_signing_bytes_exclude_the_signature() -> None:
+    """key id, nonce and signature travel; the signed bytes do not depend on the signature."""
+    base = make_envelope(sender="ops", zone=Zone.INTERNAL, records=[_record()], dense=[None])
+    signed = base.model_copy(update={"key_id": "k1", "nonce": "n1", "signature": "sig"})
+    decoded = decode_envelope(signed.encode())
+    assert (decoded.key_id, decoded.nonce, decoded.signature) == ("k1", "n1", "sig")
+    assert signed.signing_bytes() == signed.model_copy(update={"signature": "x"}).signing_bytes()
+    assert b"sig" not in signed.signing_bytes()
+
+
+def _valid() -> dict[str, object]:
+    envelope = make_envelope(sender="ops", zone=Zone.INTERNAL, records=[_record()], dense=[None])
+    result: dict[str, object] = json.loads(envelope.encode())
+    return result
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"v": 2},
+        {"sender": "a:b"},
+        {"to": "x y"},
+        {"zone": "ultra"},
+        {"message_id": "not-hex"},
+        {"dense": []},
+        {"zone": "public"},  # the record inside is internal
+        {"extra": True},
+    ],
+)
+def test_malformed_envelopes_raise_invalid_message(change: dict[str, object]) -> None:
+    """Wrong version, bad ids, mismatched zones or vectors: InvalidMessage, never a crash."""
+    data = {**_valid(), **change}
+    with pytest.raises(InvalidMessage):
+        decode_envelope(json.dumps(data).encode())
+
+
+@pytest.mark.parametrize("data", [b"", b"{", b"[]", b"null", b"\xff\xfe", b'{"v": 1}'])
+def test_garbage_raises_invalid_message(data: bytes) -> None:
+    """Bytes that are not an envelope at all raise InvalidMessage."""
+    with pytest.raises(InvalidMessage):
+        decode_envelope(data)
+
+
+def test_envelope_is_immutable() -> None:
+    """An envelope cannot be altered after it is made (it is what gets signed)."""
+    envelope = Envelope(sender="ops", zone=Zone.PUBLIC)
+    with pytest.raises(ValueError, match="frozen"):
+        envelope.sender = "other"  # type: ignore[misc]

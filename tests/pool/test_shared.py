@@ -1,0 +1,336 @@
+"""SharedMemoryPool in one process: several pools on one real Redis stand for several processes
+(each agent keeps its own directory, outbox and receiver thread). The multi-process and fault
+tests are in test_sync_processes.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import redis
+import structlog
+
+from hivemem.agents.agent import Agent
+from hivemem.agents.embedding import FastEmbedder
+from hivemem.pool.adapters.redis_bus import zone_topic
+from hivemem.pool.enums import Level, Zone
+from hivemem.pool.envelope import make_envelope
+from hivemem.pool.errors import (
+    AgentNotFound,
+    ClearanceDenied,
+    InvalidIdentifier,
+    InvalidInput,
+    RegistrationConflict,
+)
+from hivemem.pool.records import MemoryRecord
+from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.pool.settings import HivememSettings
+from hivemem.pool.shared import SharedMemoryPool
+
+Pools = Callable[..., SharedMemoryPool]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def received(agent: Agent, user_id: str = "u1") -> dict[str, MemoryRecord]:
+    """The records other agents shared with ``agent`` (by content)."""
+    found = agent.memory.list_memories(user_id=user_id, limit=100_000, include_superseded=True)
+    return {r.content: r for r in found if r.received_from is not None}
+
+
+def add(agent: Agent, content: str, level: Level, zone: Zone, **fields: Any) -> MemoryRecord:
+    return agent.memory.add(
+        content, user_id="u1", agent_id=agent.agent_id, level=level, zone=zone, **fields
+    )
+
+
+class CountingEmbedder:
+    """The real embedder, counting the documents it embeds."""
+
+    def __init__(self, inner: FastEmbedder) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.dim = inner.dim
+        self.documents = 0
+
+    def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.documents += len(texts)
+        return self.inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> npt.NDArray[np.float32]:
+        return self.inner.embed_query(text)
+
+
+def test_shared_levels_reach_cleared_agents_and_nothing_else(make_pool: Pools) -> None:
+    """Only share_levels leave a sender; a receiver takes its levels at or below its clearance."""
+    support = make_pool("p1").register_agent(
+        "support", clearance=Zone.CONFIDENTIAL, share_levels=[Level.CATEGORY, Level.DOMAIN]
+    )
+    tech = make_pool("p2").register_agent(
+        "tech", clearance=Zone.INTERNAL, share_levels=[Level.CATEGORY]
+    )
+    picky = make_pool("p3").register_agent(
+        "picky", clearance=Zone.SECRET, receive_levels=[Level.DOMAIN]
+    )
+    assert all(a.wait_connected() for a in (support, tech, picky))
+    add(support, "customer prefers email", Level.CATEGORY, Zone.INTERNAL)
+    add(support, "escalation contacts", Level.CATEGORY, Zone.CONFIDENTIAL)
+    add(support, "support domain profile", Level.DOMAIN, Zone.PUBLIC)
+    add(support, "raw chat turn", Level.EPISODE, Zone.PUBLIC)
+    add(tech, "tech category note", Level.CATEGORY, Zone.PUBLIC)
+    add(tech, "tech domain note", Level.DOMAIN, Zone.PUBLIC)
+
+    assert wait_for(lambda: len(received(picky)) == 1 and len(received(tech)) == 2)
+    assert wait_for(lambda: len(received(support)) == 1)
+    time.sleep(0.3)  # anything wrongly sent would have arrived by now
+    assert set(received(tech)) == {"customer prefers email", "support domain profile"}
+    assert set(received(picky)) == {"support domain profile"}
+    assert set(received(support)) == {"tech category note"}
+
+
+def test_a_receiver_finds_shared_records_in_search_without_re_embedding(
+    make_pool: Pools, pool_settings: Callable[..., HivememSettings], embedder: FastEmbedder
+) -> None:
+    """Shared records arrive with their vectors and are found by the receiver's search."""
+    counting = CountingEmbedder(embedder)
+    receiver_pool = SharedMemoryPool.connect(pool_settings("p2"), embedder=counting)
+    try:
+        support = make_pool("p1").register_agent(
+            "support", clearance=Zone.INTERNAL, share_levels=[Level.CATEGORY]
+        )
+        tech = receiver_pool.register_agent("tech", clearance=Zone.INTERNAL)
+        assert tech.wait_connected()
+        sent = add(support, "The customer wants invoices by post", Level.CATEGORY, Zone.INTERNAL)
+        assert wait_for(lambda: "The customer wants invoices by post" in received(tech))
+        hits = tech.memory.search("how does the customer want invoices", user_id="u1",
+                                  agent_id="tech")  # fmt: skip
+        assert hits[0].record.id == sent.id
+        assert hits[0].record.received_from == "support"
+        original = support.memory.get(sent.id, with_vectors=True)
+        copy = tech.memory.get(sent.id, with_vectors=True)
+        assert np.allclose(copy.vector or [], original.vector or [], atol=1e-6)
+        assert copy.sparse == original.sparse
+        assert counting.documents == 0
+    finally:
+        receiver_pool.close()
+
+
+def test_deletions_of_shared_records_propagate(make_pool: Pools) -> None:
+    """A tombstone replaces the receiver's copy, content and vectors included."""
+    support = make_pool("p1").register_agent("support", share_levels=[Level.CATEGORY])
+    tech = make_pool("p2").register_agent("tech")
+    assert tech.wait_connected()
+    record = add(support, "temporary workaround", Level.CATEGORY, Zone.PUBLIC)
+    assert wait_for(lambda: "temporary workaround" in received(tech))
+    support.memory.delete(record.id)
+    assert wait_for(lambda: "temporary workaround" not in received(tech))
+    assert tech.memory._index.presence([record.id]) == {record.id: True}
+
+
+def test_applying_the_same_record_twice_stores_it_once(
+    make_pool: Pools, redis_server: EmbeddedRedis
+) -> None:
+    """A record that arrives again (another message id, same record) changes nothing."""
+    support = make_pool("p1").register_agent("support", share_levels=[Level.CATEGORY])
+    tech = make_pool("p2").register_agent("tech")
+    assert tech.wait_connected()
+    record = add(support, "stable fact", Level.CATEGORY, Zone.PUBLIC)
+    assert wait_for(lambda: "stable fact" in received(tech))
+    full = support.memory.get(record.id, with_vectors=True)
+    again = make_envelope(sender="support", zone=Zone.PUBLIC, records=[full])
+    support._sharing._send([(zone_topic(Zone.PUBLIC), again.message_id, again.encode())])
+    assert support.flush()
+    time.sleep(0.3)
+    copies = [r for r in tech.memory.list_memories(user_id="u1") if r.content == "stable fact"]
+    assert len(copies) == 1
+
+
+def test_concurrent_supersessions_converge_on_every_agent(make_pool: Pools) -> None:
+    """Two agents superseding the same record at once end with the same current version and
+    keep both versions in the history."""
+    alice = make_pool("p1").register_agent(
+        "alice", share_levels=[Level.CATEGORY], sync_interval=1.0
+    )
+    bob = make_pool("p2").register_agent("bob", share_levels=[Level.CATEGORY], sync_interval=1.0)
+    assert alice.wait_connected()
+    assert bob.wait_connected()
+    base = add(alice, "the office opens at 9", Level.CATEGORY, Zone.PUBLIC)
+    assert wait_for(lambda: base.id in {r.id for r in received(bob).values()})
+    # Both supersede before either hears of the other (each sends once per second).
+    mine = alice.memory.supersede(base.id, "the office opens at 8")
+    theirs = bob.memory.supersede(base.id, "the office opens at 10")
+
+    def history(agent: Agent) -> list[str]:
+        return [r.id for r in agent.memory.get_history(base.id)]
+
+    assert wait_for(lambda: len(history(alice)) == 3 and len(history(bob)) == 3)
+    assert history(alice) == history(bob)
+    winner = max([mine, theirs], key=lambda r: (r.recorded_at, r.id))
+    for agent in (alice, bob):
+        current = [r.id for r in agent.memory.get_history(base.id) if r.is_current]
+        assert current == [winner.id]
+        hits = agent.memory.search("when does the office open", user_id="u1",
+                                   agent_id=agent.agent_id)  # fmt: skip
+        assert {h.record.id for h in hits} & {base.id, mine.id, theirs.id} == {winner.id}
+
+
+def test_share_knowledge_hands_a_record_over_with_provenance(make_pool: Pools) -> None:
+    """A direct hand-over reaches one agent, whatever the levels, marked received_from."""
+    pool = make_pool("p1")
+    support = pool.register_agent("support", clearance=Zone.SECRET)  # shares no level
+    tech = make_pool("p2").register_agent("tech", clearance=Zone.INTERNAL, receive_levels=[])
+    other = make_pool("p3").register_agent("other", clearance=Zone.SECRET)
+    assert tech.wait_connected()
+    assert other.wait_connected()
+    record = add(support, "reset the router twice", Level.EPISODE, Zone.INTERNAL)
+    pool.share_knowledge("support", "tech", record.id)
+    assert wait_for(lambda: "reset the router twice" in received(tech))
+    assert received(tech)["reset the router twice"].received_from == "support"
+    time.sleep(0.2)
+    assert received(other) == {}
+
+
+def test_share_knowledge_refuses_records_above_the_receivers_clearance(make_pool: Pools) -> None:
+    """No read up: a hand-over of a higher zone raises ClearanceDenied and sends nothing."""
+    pool = make_pool("p1")
+    support = pool.register_agent("support", clearance=Zone.SECRET)
+    tech = make_pool("p2").register_agent("tech", clearance=Zone.INTERNAL)
+    assert tech.wait_connected()
+    record = add(support, "the vault code", Level.CATEGORY, Zone.SECRET)
+    with pytest.raises(ClearanceDenied) as caught:
+        pool.share_knowledge("support", "tech", record)
+    assert (caught.value.agent_id, caught.value.zone) == ("tech", "secret")
+    assert support.pending == 0
+    with pytest.raises(AgentNotFound):
+        pool.share_knowledge("support", "nobody", record)
+    with pytest.raises(AgentNotFound):
+        pool.share_knowledge("tech", "support", record)  # tech is not attached to this pool
+
+
+def test_sync_interval_batches_writes(make_pool: Pools) -> None:
+    """With a positive interval, writes wait and go out together; with 0 they go at once."""
+    batched = make_pool("p1").register_agent(
+        "batched", share_levels=[Level.CATEGORY], sync_interval=1.5
+    )
+    prompt = make_pool("p2").register_agent("prompt", share_levels=[Level.CATEGORY])
+    tech = make_pool("p3").register_agent("tech")
+    assert tech.wait_connected()
+    assert batched.wait_connected()
+    time.sleep(0.1)
+    arrivals: dict[str, float] = {}
+    tech.on_receive(lambda rs: arrivals.update({r.content: time.monotonic() for r in rs}))
+    start = time.monotonic()
+    for i in range(3):
+        add(batched, f"batched note {i}", Level.CATEGORY, Zone.PUBLIC)
+    add(prompt, "prompt note", Level.CATEGORY, Zone.PUBLIC)
+    assert wait_for(lambda: len(arrivals) == 4)
+    batch_times = [arrivals[f"batched note {i}"] - start for i in range(3)]
+    assert arrivals["prompt note"] - start < min(batch_times)
+    assert max(batch_times) - min(batch_times) < 0.5  # together
+    assert min(batch_times) > 0.3
+
+
+def test_malformed_and_foreign_messages_are_logged_and_skipped(
+    make_pool: Pools, redis_server: EmbeddedRedis
+) -> None:
+    """Garbage on a channel or stream, wrong zones and over-clearance envelopes are skipped with
+    a log line; the receiver keeps applying what follows."""
+    pool = make_pool("p1")
+    tech = pool.register_agent("tech", clearance=Zone.INTERNAL)
+    support = make_pool("p2").register_agent("support", share_levels=[Level.CATEGORY])
+    assert tech.wait_connected()
+    raw = redis.Redis.from_url(redis_server.url)
+    secret = make_envelope(sender="mallory", zone=Zone.SECRET)
+    misplaced = make_envelope(sender="mallory", zone=Zone.INTERNAL)
+    with structlog.testing.capture_logs() as logs:
+        raw.publish("hivemem:zone:public", b"not a pool message")
+        raw.publish("hivemem:zone:public", b"abc 1 {}")
+        pool.bus.publish(zone_topic(Zone.PUBLIC), [("a" * 32, b"{not json"),
+                                                   ("b" * 32, b'{"v": 99}')])  # fmt: skip
+        pool.bus.publish(zone_topic(Zone.INTERNAL), [(secret.message_id, secret.encode())])
+        pool.bus.publish(zone_topic(Zone.PUBLIC), [(misplaced.message_id, misplaced.encode())])
+        add(support, "still flowing", Level.CATEGORY, Zone.PUBLIC)
+        assert wait_for(lambda: "still flowing" in received(tech))
+    skipped = [e for e in logs if e["event"] == "pool_message_skipped"]
+    assert len(skipped) >= 5
+    assert all("not a pool message" not in str(e) for e in skipped)
+    assert tech._receiver.is_alive()
+
+
+def test_a_receiver_behind_a_trimmed_stream_rebootstraps_and_says_so(make_pool: Pools) -> None:
+    """When entries after its cursor were trimmed, the receiver logs a re-bootstrap and applies
+    what the stream still holds."""
+    writer = make_pool("p1", stream_maxlen=10, send_batch=1).register_agent(
+        "writer", share_levels=[Level.CATEGORY]
+    )
+    reader_pool = make_pool("p2", stream_maxlen=10)
+    reader = reader_pool.register_agent("reader")
+    assert reader.wait_connected()
+    add(writer, "seen while online", Level.CATEGORY, Zone.PUBLIC)
+    assert wait_for(lambda: len(received(reader)) == 1)
+    reader_pool.deregister("reader")  # offline; its directory and cursor stay
+    writer.memory.add_many(
+        [{"content": f"written while away {i}", "level": Level.CATEGORY} for i in range(300)],
+        user_id="u1",
+        agent_id="writer",
+        progress=False,
+    )
+    assert writer.flush()
+    with structlog.testing.capture_logs() as logs:
+        back = reader_pool.register_agent("reader")
+        assert back.wait_connected()
+    events = [e for e in logs if e["event"] == "pool_rebootstrap"]
+    assert events
+    assert events[0]["reason"] == "stream trimmed past the cursor"
+    assert "written while away 299" in received(back)
+
+
+def test_registration_rules(make_pool: Pools) -> None:
+    """Conflicting clearance, double attach and bad ids are typed errors that change nothing."""
+    pool = make_pool("p1")
+    agent = pool.register_agent("support", clearance=Zone.INTERNAL, capabilities=["billing"])
+    other = make_pool("p2")
+    with pytest.raises(RegistrationConflict):
+        other.register_agent("support", clearance=Zone.SECRET)
+    with pytest.raises(InvalidInput):
+        pool.register_agent("support", clearance=Zone.INTERNAL)
+    with pytest.raises(InvalidIdentifier):
+        pool.register_agent("bad:id")
+    with pytest.raises(InvalidInput):
+        pool.register_agent("fine", share_levels=["nonsense"])
+    assert [a.agent_id for a in other.agents()] == ["support"]
+    assert other.get_agent("support").capabilities == ["billing"]
+    assert agent.wait_connected()
+    assert other.is_alive("support")
+    pool.deregister("support")
+    assert other.agents() == []
+    assert not other.is_alive("support")
+    with pytest.raises(AgentNotFound):
+        pool.agent("support")
+
+
+def test_without_a_redis_url_the_pool_runs_its_own_server(
+    tmp_path: Any, settings: HivememSettings, embedder: FastEmbedder
+) -> None:
+    """connect() starts a redis-server when no URL is set, and close() stops it."""
+    own = HivememSettings(data_dir=tmp_path / "own", embedding=settings.embedding)
+    pool = SharedMemoryPool.connect(own, embedder=embedder)
+    assert pool.server is not None
+    url = pool.server.url
+    assert redis.Redis.from_url(url).ping()
+    pool.register_agent("solo").memory.add("kept", user_id="u1")
+    pool.close()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
