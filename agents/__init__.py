@@ -1,5 +1,6 @@
 """The agent side: the local hierarchical memory, its embedder, search and context building."""
 
+from hivemem.agents.agent import Agent
 from hivemem.agents.context import BuiltContext
 from hivemem.agents.inputs import MemoryInput
 from hivemem.agents.memory import HierarchicalMemory
@@ -9,6 +10,7 @@ from hivemem.agents.stats import MemoryStats
 
 __all__ = [
     "PRESETS",
+    "Agent",
     "BuiltContext",
     "HierarchicalMemory",
     "MemoryInput",

@@ -1,27 +1,40 @@
-"""The shared core: models, settings, the error tree, filters and ports."""
+"""The shared core: models, settings, the error tree, filters and ports.
 
+The pool itself is :class:`hivemem.pool.shared.SharedMemoryPool` (imported from there: it pulls
+in the agents' memory and its embedder, which this package's models do not need).
+"""
+
+from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import (
+    AgentNotFound,
+    ClearanceDenied,
     EmbeddingModelMissing,
     HivememError,
     InvalidContent,
     InvalidFilter,
     InvalidIdentifier,
     InvalidInput,
+    InvalidMessage,
     InvalidSearchConfig,
     MemoryClosed,
     MemoryNotFound,
+    PoolUnavailable,
+    RegistrationConflict,
     StoreIncompatible,
     StoreLocked,
     SupersessionConflict,
 )
 from hivemem.pool.filters import And, Cond, MemoryFilter, Not, Or, TimeRange
 from hivemem.pool.records import MemoryRecord, Scope, SparseVector, Tombstone
-from hivemem.pool.settings import HivememSettings
+from hivemem.pool.settings import HivememSettings, PoolSettings
 
 __all__ = [
+    "AgentInfo",
+    "AgentNotFound",
     "And",
     "Category",
+    "ClearanceDenied",
     "Cond",
     "EmbeddingModelMissing",
     "HivememError",
@@ -30,6 +43,7 @@ __all__ = [
     "InvalidFilter",
     "InvalidIdentifier",
     "InvalidInput",
+    "InvalidMessage",
     "InvalidSearchConfig",
     "Level",
     "MemoryClosed",
@@ -38,6 +52,9 @@ __all__ = [
     "MemoryRecord",
     "Not",
     "Or",
+    "PoolSettings",
+    "PoolUnavailable",
+    "RegistrationConflict",
     "Scope",
     "SparseVector",
     "StoreIncompatible",
