@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.progress import Progress
 
 from hivemem.agents import versions
@@ -40,7 +41,7 @@ from hivemem.agents.search_config import SearchConfig, preset
 from hivemem.agents.sessions import NeighbourhoodCache, SessionChains, bubble_up
 from hivemem.agents.sparse import Bm25Encoder
 from hivemem.agents.stats import MemoryStats, compute_stats
-from hivemem.agents.tiers import TierManager
+from hivemem.agents.tiers import TierManager, received_tier
 from hivemem.pool.adapters.edge_index import EdgeIndex
 from hivemem.pool.enums import Tier
 from hivemem.pool.errors import InvalidInput, MemoryClosed
@@ -320,21 +321,40 @@ class HierarchicalMemory:
         self,
         records: Sequence[MemoryRecord],
         tombstones: Sequence[Tombstone] = (),
+        *,
+        senders: Sequence[str],
+        dense: Sequence[Vector | None] | None = None,
     ) -> list[MemoryRecord]:
-        """Apply records and tombstones other agents sent (through the pool, which marks each
-        record's ``received_from``). Records carry their vectors: nothing is embedded.
-        Idempotent: a record already here, or deleted here, is skipped; a tombstone replaces
-        its record. New versions are placed in their chains
-        (:func:`hivemem.agents.versions.merge`). Returns the records newly stored. Observers
-        are not told: received writes are not sent on."""
+        """Apply records and tombstones other agents sent (through the pool): ``senders[i]``
+        sent ``records[i]``, and the stored copy says so in ``received_from``. Records carry
+        their vectors (or ``dense`` has them, a row per record, which spares building Python
+        lists): nothing is embedded. They land in SHORT_TERM (LONG_TERM when important; see
+        :func:`hivemem.agents.tiers.received_tier`). Idempotent: a record already here, or
+        deleted here, is skipped; a tombstone replaces its record. New versions are placed in
+        their chains (:func:`hivemem.agents.versions.merge`). Returns the records newly stored.
+        Observers are not told: received writes are not sent on."""
         self._check_open()
         with self._write_lock:
             self._check_open()
             present = self._index.presence([r.id for r in records])
-            fresh = {r.id: r for r in records if r.id not in present}
-            stored = list(fresh.values())
+            rows = dense if dense is not None else [None] * len(records)
+            tiers = self.settings.memory.tiers
+            fresh = {
+                r.id: (
+                    r.model_copy(
+                        update={
+                            "received_from": sender,
+                            "tier": received_tier(r.importance, tiers),
+                        }
+                    ),
+                    row,
+                )
+                for r, sender, row in zip(records, senders, rows, strict=True)
+                if r.id not in present
+            }
+            stored = [r for r, _ in fresh.values()]
             if stored:
-                self._index.upsert(stored)
+                self._upsert_received(list(fresh.values()))
                 self._neighbourhoods.remember(stored)
                 for record in stored:
                     if record.supersedes is not None:
@@ -346,6 +366,13 @@ class HierarchicalMemory:
             if tombstones:
                 self._index.put_tombstones(tombstones)
         return stored
+
+    def _upsert_received(self, pairs: list[tuple[MemoryRecord, Vector | None]]) -> None:
+        with_rows = [(r, row) for r, row in pairs if row is not None]
+        if with_rows:
+            matrix = np.stack([row for _, row in with_rows])
+            self._index.upsert([r for r, _ in with_rows], matrix)
+        self._index.upsert([r for r, row in pairs if row is None])
 
     # -- reads ----------------------------------------------------------------------------------
 

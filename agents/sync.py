@@ -44,6 +44,8 @@ log = structlog.get_logger(__name__)
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 _POLL_S = 0.2
+#: Stream entries read per catch-up round trip (each holds up to ``send_batch`` records).
+_READ_MESSAGES = 32
 
 
 class Backoff:
@@ -164,7 +166,9 @@ class Sender(threading.Thread):
             try:
                 for topic, positions in by_topic.items():
                     chosen = [pending[i] for i in positions]
-                    self._bus.publish(topic, [(m.message_id, m.body) for m in chosen])
+                    self._bus.publish(
+                        topic, self._info.agent_id, [(m.message_id, m.body) for m in chosen]
+                    )
                     self._outbox.remove([m.row for m in chosen])
             except _REDIS_DOWN as error:
                 log.warning(
@@ -274,7 +278,7 @@ class Receiver(threading.Thread):
         """Apply what the topic's stream holds after the cursor."""
         cursor = self._cursors[topic]
         while not self._halt.is_set():
-            backlog = self._bus.read(topic, cursor.seq, limit=self._settings.send_batch)
+            backlog = self._bus.read(topic, cursor.seq, limit=_READ_MESSAGES)
             if backlog.epoch is None:
                 return
             if backlog.epoch != cursor.epoch:
@@ -305,7 +309,11 @@ class Receiver(threading.Thread):
                 return
 
     def _apply(self, topic: str, deliveries: Sequence[Delivery]) -> None:
+        """Apply the deliveries in order, in chunks of about ``send_batch`` records (the
+        memory's write lock is released between chunks), then advance the cursor."""
         records: list[MemoryRecord] = []
+        senders: list[str] = []
+        rows: list[Vector | None] = []
         tombstones: list[Tombstone] = []
         for delivery in deliveries:
             envelope = self._accepted(topic, delivery)
@@ -313,22 +321,38 @@ class Receiver(threading.Thread):
                 continue
             # A hand-over is applied whatever the levels; a zone message, for the levels asked.
             wanted = list(Level) if envelope.to is not None else self._info.receive_levels
-            records.extend(
-                r.model_copy(update={"received_from": envelope.sender})
-                for r in envelope.with_vectors()
-                if r.level in wanted
-            )
+            for record, row in zip(envelope.records, envelope.vectors(), strict=True):
+                if record.level in wanted:
+                    records.append(record)
+                    senders.append(envelope.sender)
+                    rows.append(row)
             tombstones.extend(t for t in envelope.tombstones if t.level in wanted)
-        stored = self._memory.receive(records, tombstones) if records or tombstones else []
+            if len(records) + len(tombstones) >= self._settings.send_batch:
+                self._store(records, senders, rows, tombstones)
+                records, senders, rows, tombstones = [], [], [], []
+        self._store(records, senders, rows, tombstones)
         cursor = self._cursors[topic]
         cursor.seq = deliveries[-1].seq
         self._outbox.set_cursor(topic, cursor.epoch or deliveries[-1].epoch, cursor.seq)
+
+    def _store(
+        self,
+        records: list[MemoryRecord],
+        senders: list[str],
+        rows: list[Vector | None],
+        tombstones: list[Tombstone],
+    ) -> None:
+        if not records and not tombstones:
+            return
+        stored = self._memory.receive(records, tombstones, senders=senders, dense=rows)
         if stored:
             for listener in self.listeners:
                 listener(stored)
 
     def _accepted(self, topic: str, delivery: Delivery) -> Envelope | None:
         """The delivery's envelope, or None (logged) when it must be skipped."""
+        if delivery.sender == self._info.agent_id:
+            return None  # our own write, already here: not even decoded
         try:
             envelope = decode_envelope(delivery.data)
         except InvalidMessage as error:

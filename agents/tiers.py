@@ -41,6 +41,12 @@ def _tier_of(user_id: str, tier: Tier) -> And:
     )
 
 
+def received_tier(importance: float, settings: TierSettings) -> Tier:
+    """Where a record another agent shared lands: SHORT_TERM (it is not this agent's working
+    set until it uses it; access promotes it as usual), or LONG_TERM when important."""
+    return Tier.LONG_TERM if importance >= settings.promote_importance else Tier.SHORT_TERM
+
+
 def initial_tier(importance: float, settings: TierSettings) -> Tier:
     """The tier a new record enters when the caller names none."""
     return Tier.LONG_TERM if importance >= settings.promote_importance else Tier.WORKING

@@ -68,17 +68,17 @@ class Envelope(Model):
             raise InvalidMessage(f"an item of another zone in a {self.zone} envelope")
         return self
 
-    def vectors(self) -> list[list[float] | None]:
-        """The dense vectors of ``records``, decoded."""
+    def vectors(self) -> list[np.ndarray | None]:
+        """The dense vectors of ``records``, decoded (float32 rows)."""
         return [
-            None if text is None else np.frombuffer(base64.b64decode(text), "<f4").tolist()
+            None if text is None else np.frombuffer(base64.b64decode(text), "<f4")
             for text in self.dense
         ]
 
     def with_vectors(self) -> list[MemoryRecord]:
         """``records`` with their dense vectors put back."""
         return [
-            r if v is None else r.model_copy(update={"vector": v})
+            r if v is None else r.model_copy(update={"vector": v.tolist()})
             for r, v in zip(self.records, self.vectors(), strict=True)
         ]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -71,6 +72,8 @@ def _finite(value: float) -> float:
 
 
 def _labels(value: list[str], info: ValidationInfo) -> list[str]:
+    if not value:
+        return value
     return [check_label(v, field=info.field_name or "labels") for v in value]
 
 
@@ -137,11 +140,14 @@ class SparseVector(Model):
     def _check_shape(self) -> SparseVector:
         if len(self.indices) != len(self.values):
             raise ValueError("sparse indices and values differ in length")
-        if any(not math.isfinite(v) for v in self.values):
+        if not self.indices:
+            return self
+        # Built-ins over the whole list: this runs for every record a receiver decodes.
+        if not all(map(math.isfinite, self.values)):
             raise ValueError("sparse values must be finite")
-        if any(i < 0 or i >= _SPARSE_INDEX_LIMIT for i in self.indices):
+        if self.indices[0] < 0 or self.indices[-1] >= _SPARSE_INDEX_LIMIT:
             raise ValueError("sparse term ids must be in [0, 2**32)")
-        if any(a >= b for a, b in itertools.pairwise(self.indices)):
+        if not all(map(operator.lt, self.indices, itertools.islice(self.indices, 1, None))):
             raise ValueError("sparse term ids must be strictly increasing")
         return self
 

@@ -4,8 +4,10 @@ completeness, written together by one Lua script (atomic: a message is in both o
 A *topic* is a zone (``zone:<zone>``) or an agent's inbox for direct hand-overs
 (``agent:<id>:inbox``). Per topic, under the pool's namespace ``ns``:
 
-- ``ns:<topic>`` — the pub/sub channel; a message is ``b"<epoch> <seq> <envelope>"``;
-- ``ns:<topic>:stream`` — the Stream; entry ``<seq>-0`` holds the envelope in field ``d``;
+- ``ns:<topic>`` — the pub/sub channel; a message is ``b"<epoch> <seq> <sender> <envelope>"``;
+- ``ns:<topic>:stream`` — the Stream; entry ``<seq>-0`` holds the envelope in field ``d`` and the
+  sender's agent id in ``s`` (so that an agent skips its own messages without decoding them;
+  the envelope's own ``sender`` is what counts);
 - ``ns:<topic>:seq`` — the last sequence number: sequence numbers are contiguous (1, 2, 3...), so
   a receiver that applied up to ``n`` and hears ``n + 2`` knows exactly what it missed;
 - ``ns:<topic>:epoch`` — a random id made when the topic's first message is written. A Redis
@@ -46,11 +48,13 @@ def inbox_topic(agent_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One message of a topic: its position (epoch, seq) and the envelope bytes."""
+    """One message of a topic: its position (epoch, seq), the sending agent as the publisher
+    declared it, and the envelope bytes."""
 
     topic: str
     epoch: str
     seq: int
+    sender: str
     data: bytes
 
 
@@ -92,10 +96,10 @@ class RedisBus:
     def _key(self, topic: str, part: str) -> str:
         return f"{self.namespace}:{topic}:{part}"
 
-    def publish(self, topic: str, messages: Sequence[tuple[str, bytes]]) -> list[int]:
-        """Append ``(message_id, body)`` pairs to the topic's stream and publish each, in one
-        atomic script; returns their sequence numbers. A message id seen in the last 24 h is not
-        appended again (its first sequence number is returned)."""
+    def publish(self, topic: str, sender: str, messages: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Append ``sender``'s ``(message_id, body)`` pairs to the topic's stream and publish
+        each, in one atomic script; returns their sequence numbers. A message id seen in the
+        last 24 h is not appended again (its first sequence number is returned)."""
         if not messages:
             return []
         args: list[str | bytes | int] = [
@@ -104,6 +108,7 @@ class RedisBus:
             uuid.uuid4().hex,
             self._key(topic, "msg:"),
             _DEDUPE_TTL_S,
+            check_agent_id(sender, field="sender"),
         ]
         for message_id, body in messages:
             args.extend((message_id, body))
@@ -122,18 +127,20 @@ class RedisBus:
         deliveries = []
         for entry_id, fields in entries:
             seq = int(entry_id.split(b"-")[0])
-            deliveries.append(Delivery(topic, epoch or "", seq, fields[b"d"]))
+            sender = fields.get(b"s", b"").decode(errors="replace")
+            deliveries.append(Delivery(topic, epoch or "", seq, sender, fields[b"d"]))
         last_seq = int(seq_raw or 0)
         first = deliveries[0].seq if deliveries else last_seq + 1
         return Backlog(epoch, last_seq, deliveries, trimmed=first > after + 1)
 
     def parse_live(self, channel: bytes | str, data: bytes) -> Delivery:
         """A pub/sub message as a Delivery; raises InvalidMessage when it is not one of ours."""
-        parts = data.split(b" ", 2) if isinstance(data, bytes) else []
-        if len(parts) != 3 or not parts[1].isdigit():
-            raise InvalidMessage("pub/sub message without epoch and sequence number")
-        return Delivery(self.topic_of(channel), parts[0].decode(errors="replace"), int(parts[1]),
-                        parts[2])  # fmt: skip
+        parts = data.split(b" ", 3) if isinstance(data, bytes) else []
+        if len(parts) != 4 or not parts[1].isdigit():
+            raise InvalidMessage("pub/sub message without epoch, sequence number and sender")
+        epoch, seq, sender, body = parts
+        return Delivery(self.topic_of(channel), epoch.decode(errors="replace"), int(seq),
+                        sender.decode(errors="replace"), body)  # fmt: skip
 
     def drop_topic(self, topic: str) -> None:
         """Delete a topic's stream and counters (an inbox of a deregistered agent)."""

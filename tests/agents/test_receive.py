@@ -18,7 +18,7 @@ T0 = datetime(2026, 3, 1, tzinfo=UTC)
 def _versions(origin: HierarchicalMemory) -> tuple[MemoryRecord, list[MemoryRecord]]:
     """A base record (with its vector) and three versions superseding it concurrently."""
     base = origin.add("the office opens at 9", user_id="u1", agent_id="a", level=Level.CATEGORY)
-    base = origin.get(base.id, with_vectors=True).model_copy(update={"received_from": "a"})
+    base = origin.get(base.id, with_vectors=True)
     versions = [
         MemoryRecord(
             content=f"the office opens at {hour}",
@@ -42,9 +42,9 @@ def test_concurrent_versions_converge_whatever_the_arrival_order(make_memory: Me
     outcomes = set()
     for n, order in enumerate(itertools.permutations(versions)):
         memory = make_memory(f"replica-{n}")
-        memory.receive([base])
+        memory.receive([base], senders=["a"])
         for version in order:
-            memory.receive([version])
+            memory.receive([version], senders=[version.received_from or ""])
         history = memory.get_history(base.id)
         assert [r.id for r in history] == expected
         assert [r.id for r in history if r.is_current] == [expected[-1]]
@@ -57,8 +57,8 @@ def test_receiving_twice_stores_once(make_memory: Memories) -> None:
     """A record applied again is skipped and reported as not new."""
     base, _ = _versions(make_memory("origin"))
     memory = make_memory("replica")
-    assert [r.id for r in memory.receive([base])] == [base.id]
-    assert memory.receive([base, base]) == []
+    assert [r.id for r in memory.receive([base], senders=["a"])] == [base.id]
+    assert memory.receive([base, base], senders=["a", "a"]) == []
     assert memory.stats().total == 1
 
 
@@ -66,8 +66,28 @@ def test_a_deleted_record_is_never_resurrected(make_memory: Memories) -> None:
     """A tombstone replaces the record, and a late copy of it is ignored."""
     base, _ = _versions(make_memory("origin"))
     memory = make_memory("replica")
-    memory.receive([base])
+    memory.receive([base], senders=["a"])
     tombstone = Tombstone(id=base.id, scope=base.scope, level=base.level, zone=base.zone)
-    memory.receive([], [tombstone])
-    assert memory.receive([base]) == []
+    memory.receive([], [tombstone], senders=[])
+    assert memory.receive([base], senders=["a"]) == []
     assert memory.list_memories(user_id="u1") == []
+
+
+def test_received_records_say_who_sent_them_and_land_in_short_term(make_memory: Memories) -> None:
+    """The stored copy names its sender; it is not this agent's working set (important ones go
+    to LONG_TERM, as local adds do)."""
+    origin = make_memory("origin")
+    plain = origin.add("plain fact", user_id="u1", importance=0.2)
+    key = origin.add("key fact", user_id="u1", importance=0.9)
+    memory = make_memory("replica")
+    sent = origin.get(plain.id, with_vectors=True), origin.get(key.id, with_vectors=True)
+    memory.receive(list(sent), senders=["ops", "lead"])
+    copies = {r.content: r for r in memory.list_memories(user_id="u1")}
+    assert (copies["plain fact"].received_from, copies["plain fact"].tier.value) == (
+        "ops",
+        "short_term",
+    )
+    assert (copies["key fact"].received_from, copies["key fact"].tier.value) == (
+        "lead",
+        "long_term",
+    )

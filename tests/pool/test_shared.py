@@ -257,10 +257,14 @@ def test_malformed_and_foreign_messages_are_logged_and_skipped(
     with structlog.testing.capture_logs() as logs:
         raw.publish("hivemem:zone:public", b"not a pool message")
         raw.publish("hivemem:zone:public", b"abc 1 {}")
-        pool.bus.publish(zone_topic(Zone.PUBLIC), [("a" * 32, b"{not json"),
+        pool.bus.publish(zone_topic(Zone.PUBLIC), "mallory", [("a" * 32, b"{not json"),
                                                    ("b" * 32, b'{"v": 99}')])  # fmt: skip
-        pool.bus.publish(zone_topic(Zone.INTERNAL), [(secret.message_id, secret.encode())])
-        pool.bus.publish(zone_topic(Zone.PUBLIC), [(misplaced.message_id, misplaced.encode())])
+        pool.bus.publish(
+            zone_topic(Zone.INTERNAL), "mallory", [(secret.message_id, secret.encode())]
+        )
+        pool.bus.publish(
+            zone_topic(Zone.PUBLIC), "mallory", [(misplaced.message_id, misplaced.encode())]
+        )
         add(support, "still flowing", Level.CATEGORY, Zone.PUBLIC)
         assert wait_for(lambda: "still flowing" in received(tech))
     skipped = [e for e in logs if e["event"] == "pool_message_skipped"]

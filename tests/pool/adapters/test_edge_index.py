@@ -160,6 +160,7 @@ def full_record() -> MemoryRecord:
         "sources": [other],
         "consolidated_into": [another],
         "follows": other,
+        "received_from": "agent-7",
         "valid_from": T0 + timedelta(microseconds=123_456),
         "valid_until": T0 + timedelta(days=30, microseconds=999_999),
         "recorded_at": T0 + timedelta(hours=1, microseconds=7),

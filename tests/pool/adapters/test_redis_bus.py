@@ -28,8 +28,8 @@ def bus(client: redis.Redis) -> RedisBus:
 
 def test_publish_assigns_contiguous_sequence_numbers(bus: RedisBus) -> None:
     """Each message of a topic gets the next sequence number, across calls."""
-    first = bus.publish(TOPIC, [("a" * 32, b"one"), ("b" * 32, b"two")])
-    second = bus.publish(TOPIC, [("c" * 32, b"three")])
+    first = bus.publish(TOPIC, "w", [("a" * 32, b"one"), ("b" * 32, b"two")])
+    second = bus.publish(TOPIC, "w", [("c" * 32, b"three")])
     assert first + second == [1, 2, 3]
     backlog = bus.read(TOPIC, 0, limit=10)
     assert [d.seq for d in backlog.deliveries] == [1, 2, 3]
@@ -40,8 +40,8 @@ def test_publish_assigns_contiguous_sequence_numbers(bus: RedisBus) -> None:
 
 def test_a_resent_message_id_is_appended_once(bus: RedisBus) -> None:
     """An outbox resending after a lost acknowledgement duplicates nothing in the stream."""
-    assert bus.publish(TOPIC, [("a" * 32, b"one")]) == [1]
-    assert bus.publish(TOPIC, [("a" * 32, b"one"), ("b" * 32, b"two")]) == [1, 2]
+    assert bus.publish(TOPIC, "w", [("a" * 32, b"one")]) == [1]
+    assert bus.publish(TOPIC, "w", [("a" * 32, b"one"), ("b" * 32, b"two")]) == [1, 2]
     assert [d.data for d in bus.read(TOPIC, 0, limit=10).deliveries] == [b"one", b"two"]
 
 
@@ -49,7 +49,7 @@ def test_publish_fans_out_the_same_entry_live(bus: RedisBus) -> None:
     """Subscribers hear every appended message with its epoch and sequence number."""
     pubsub = bus.subscribe([TOPIC])
     try:
-        bus.publish(TOPIC, [("a" * 32, b"payload with spaces")])
+        bus.publish(TOPIC, "w", [("a" * 32, b"payload with spaces")])
         deadline = time.monotonic() + 5
         message = None
         while message is None and time.monotonic() < deadline:
@@ -57,7 +57,12 @@ def test_publish_fans_out_the_same_entry_live(bus: RedisBus) -> None:
         assert message is not None
         delivery = bus.parse_live(message["channel"], message["data"])
         backlog = bus.read(TOPIC, 0, limit=1)
-        assert (delivery.topic, delivery.seq, delivery.data) == (TOPIC, 1, b"payload with spaces")
+        assert (delivery.topic, delivery.seq, delivery.sender, delivery.data) == (
+            TOPIC,
+            1,
+            "w",
+            b"payload with spaces",
+        )
         assert delivery.epoch == backlog.epoch
     finally:
         pubsub.close()
@@ -65,7 +70,7 @@ def test_publish_fans_out_the_same_entry_live(bus: RedisBus) -> None:
 
 def test_read_after_a_position_returns_only_later_entries(bus: RedisBus) -> None:
     """Catch-up reads start after the cursor and honour the limit."""
-    bus.publish(TOPIC, [(f"{i:032x}", str(i).encode()) for i in range(10)])
+    bus.publish(TOPIC, "w", [(f"{i:032x}", str(i).encode()) for i in range(10)])
     backlog = bus.read(TOPIC, 4, limit=3)
     assert [d.seq for d in backlog.deliveries] == [5, 6, 7]
     assert backlog.last_seq == 10
@@ -81,7 +86,7 @@ def test_trimming_past_a_cursor_is_detected(client: redis.Redis) -> None:
     """With a bounded stream, a reader far behind learns that entries after its cursor are gone."""
     small = RedisBus(client, namespace="t", maxlen=10)
     for start in range(0, 300, 50):
-        small.publish(TOPIC, [(f"{i:032x}", b"x") for i in range(start, start + 50)])
+        small.publish(TOPIC, "w", [(f"{i:032x}", b"x") for i in range(start, start + 50)])
     assert client.xlen("t:zone:internal:stream") < 300
     behind = small.read(TOPIC, 5, limit=1000)
     assert behind.trimmed
@@ -92,10 +97,10 @@ def test_trimming_past_a_cursor_is_detected(client: redis.Redis) -> None:
 
 def test_a_redis_that_lost_its_data_starts_a_new_epoch(bus: RedisBus, client: redis.Redis) -> None:
     """After FLUSHALL the topic restarts at sequence 1 under a different epoch."""
-    bus.publish(TOPIC, [("a" * 32, b"one")])
+    bus.publish(TOPIC, "w", [("a" * 32, b"one")])
     before = bus.read(TOPIC, 0, limit=1).epoch
     client.flushall()
-    assert bus.publish(TOPIC, [("b" * 32, b"two")]) == [1]
+    assert bus.publish(TOPIC, "w", [("b" * 32, b"two")]) == [1]
     after = bus.read(TOPIC, 0, limit=1).epoch
     assert before is not None
     assert after is not None
@@ -104,12 +109,12 @@ def test_a_redis_that_lost_its_data_starts_a_new_epoch(bus: RedisBus, client: re
 
 def test_topics_are_separate(bus: RedisBus) -> None:
     """Each zone and inbox counts its own sequence numbers."""
-    bus.publish(TOPIC, [("a" * 32, b"one")])
-    assert bus.publish(zone_topic(Zone.SECRET), [("b" * 32, b"two")]) == [1]
+    bus.publish(TOPIC, "w", [("a" * 32, b"one")])
+    assert bus.publish(zone_topic(Zone.SECRET), "w", [("b" * 32, b"two")]) == [1]
     assert bus.read(zone_topic(Zone.SECRET), 0, limit=5).deliveries[0].data == b"two"
 
 
-@pytest.mark.parametrize("data", [b"", b"garbage", b"abc def", b"e -1 {}", "text"])
+@pytest.mark.parametrize("data", [b"", b"garbage", b"abc def", b"e 1 {}", b"e -1 w {}", "text"])
 def test_foreign_live_messages_are_rejected(bus: RedisBus, data: bytes) -> None:
     """A pub/sub message without epoch and sequence number raises InvalidMessage."""
     with pytest.raises(InvalidMessage):
@@ -128,6 +133,6 @@ def test_dropping_a_topic_removes_its_stream_and_counters(
 ) -> None:
     """A deregistered agent's inbox leaves nothing behind but expiring dedupe marks."""
     topic = inbox_topic("gone")
-    bus.publish(topic, [("a" * 32, b"one")])
+    bus.publish(topic, "w", [("a" * 32, b"one")])
     bus.drop_topic(topic)
     assert client.exists("t:agent:gone:inbox:stream", "t:agent:gone:inbox:seq") == 0
