@@ -41,6 +41,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/locomo.py
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/sync.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
