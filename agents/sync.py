@@ -35,7 +35,7 @@ from hivemem.pool.adapters.redis_bus import Delivery, RedisBus, inbox_topic, zon
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import Envelope, Row, decode_envelope, make_envelope
-from hivemem.pool.errors import InvalidMessage
+from hivemem.pool.errors import InvalidMessage, MemoryClosed
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.settings import PoolSettings
@@ -236,6 +236,8 @@ class Receiver(threading.Thread):
                 self.connected.set()
                 self._backoff.succeeded()
                 self._listen(pubsub)
+            except MemoryClosed:
+                return
             except _REDIS_DOWN as error:
                 self.connected.clear()
                 log.warning(
@@ -344,10 +346,44 @@ class Receiver(threading.Thread):
     ) -> None:
         if not records and not tombstones:
             return
-        stored = self._memory.receive(records, tombstones, senders=senders, dense=rows)
-        if stored:
-            for listener in self.listeners:
+        try:
+            stored = self._memory.receive(records, tombstones, senders=senders, dense=rows)
+        except MemoryClosed:
+            raise
+        except Exception:  # isolation point: a bad record must not stop the receiver
+            log.exception("pool_apply_failed", agent_id=self._info.agent_id, records=len(records))
+            stored = self._store_one_by_one(records, senders, rows, tombstones)
+        for listener in self.listeners if stored else []:
+            try:
                 listener(stored)
+            except Exception:  # isolation point: a caller's listener
+                log.exception("pool_listener_failed", agent_id=self._info.agent_id)
+
+    def _store_one_by_one(
+        self,
+        records: list[MemoryRecord],
+        senders: list[str],
+        rows: list[Vector | None],
+        tombstones: list[Tombstone],
+    ) -> list[MemoryRecord]:
+        """After a chunk failed: apply what can be applied, skip (and log) what cannot."""
+        stored: list[MemoryRecord] = []
+        items: list[tuple[list[MemoryRecord], list[str], list[Vector | None], list[Tombstone]]]
+        items = [([r], [s], [v], []) for r, s, v in zip(records, senders, rows, strict=True)]
+        items += [([], [], [], [t]) for t in tombstones]
+        for one in items:
+            try:
+                stored += self._memory.receive(one[0], one[3], senders=one[1], dense=one[2])
+            except MemoryClosed:
+                raise
+            except Exception as error:  # noqa: BLE001 - isolation point, as above
+                log.warning(
+                    "pool_record_skipped",
+                    agent_id=self._info.agent_id,
+                    record_id=(one[0] or one[3])[0].id,
+                    error=type(error).__name__,
+                )
+        return stored
 
     def _accepted(self, topic: str, delivery: Delivery) -> Envelope | None:
         """The delivery's envelope, or None (logged) when it must be skipped."""

@@ -26,7 +26,7 @@ from hivemem.pool.errors import (
     InvalidInput,
     RegistrationConflict,
 )
-from hivemem.pool.records import MemoryRecord
+from hivemem.pool.records import MemoryRecord, Scope
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
@@ -254,6 +254,10 @@ def test_malformed_and_foreign_messages_are_logged_and_skipped(
     raw = redis.Redis.from_url(redis_server.url)
     secret = make_envelope(sender="mallory", zone=Zone.SECRET)
     misplaced = make_envelope(sender="mallory", zone=Zone.INTERNAL)
+    good = MemoryRecord(content="fine record", scope=Scope(user_id="u1"), level=Level.CATEGORY)
+    bad = MemoryRecord(content="bad vector", scope=Scope(user_id="u1"), level=Level.CATEGORY)
+    mixed = make_envelope(sender="mallory", zone=Zone.PUBLIC, records=[bad, good],
+                          dense=[[0.1, 0.2, 0.3], [0.0] * 384])  # fmt: skip
     with structlog.testing.capture_logs() as logs:
         raw.publish("hivemem:zone:public", b"not a pool message")
         raw.publish("hivemem:zone:public", b"abc 1 {}")
@@ -265,10 +269,19 @@ def test_malformed_and_foreign_messages_are_logged_and_skipped(
         pool.bus.publish(
             zone_topic(Zone.PUBLIC), "mallory", [(misplaced.message_id, misplaced.encode())]
         )
+        pool.bus.publish(zone_topic(Zone.PUBLIC), "mallory", [(mixed.message_id, mixed.encode())])
         add(support, "still flowing", Level.CATEGORY, Zone.PUBLIC)
         assert wait_for(lambda: "still flowing" in received(tech))
     skipped = [e for e in logs if e["event"] == "pool_message_skipped"]
     assert len(skipped) >= 5
+    assert "fine record" in received(tech)
+    assert "bad vector" not in received(tech)
+    skipped_records = [
+        e["record_id"]
+        for e in logs
+        if e["event"] == "pool_record_skipped" and e["agent_id"] == "tech"
+    ]
+    assert skipped_records == [bad.id]
     assert all("not a pool message" not in str(e) for e in skipped)
     assert tech._receiver.is_alive()
 
