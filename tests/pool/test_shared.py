@@ -351,3 +351,29 @@ def test_without_a_redis_url_the_pool_runs_its_own_server(
     pool.close()
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+
+
+def test_a_missed_live_message_is_filled_from_the_stream(
+    make_pool: Pools, redis_server: EmbeddedRedis
+) -> None:
+    """A message that reached the stream but not the subscriber (a lost pub/sub delivery) is
+    read from the stream as soon as the next live message shows the gap."""
+    support = make_pool("p1").register_agent("support", share_levels=[Level.CATEGORY])
+    tech = make_pool("p2").register_agent("tech")
+    assert tech.wait_connected()
+    add(support, "first, heard live", Level.CATEGORY, Zone.PUBLIC)
+    assert wait_for(lambda: "first, heard live" in received(tech))
+    # Append the next message to the stream only, as if its publish never reached tech.
+    raw = redis.Redis.from_url(redis_server.url)
+    lost = MemoryRecord(content="second, only in the stream", scope=Scope(user_id="u1"),
+                        level=Level.CATEGORY)  # fmt: skip
+    envelope = make_envelope(sender="support", zone=Zone.PUBLIC, records=[lost],
+                             dense=[[0.05] * 384])  # fmt: skip
+    seq = raw.incr("hivemem:zone:public:seq")
+    raw.xadd("hivemem:zone:public:stream", {"d": envelope.encode(), "s": "support"},
+             id=f"{seq}-0")  # fmt: skip
+    time.sleep(0.3)
+    assert "second, only in the stream" not in received(tech)  # nothing told tech yet
+    add(support, "third, heard live", Level.CATEGORY, Zone.PUBLIC)
+    assert wait_for(lambda: "third, heard live" in received(tech))
+    assert "second, only in the stream" in received(tech)
