@@ -25,12 +25,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 import structlog
 
 from hivemem.agents.memory import HierarchicalMemory
-from hivemem.agents.outbox import Outbox
+from hivemem.agents.outbox import Outbox, Pending
 from hivemem.pool.adapters.redis_bus import Delivery, RedisBus, inbox_topic, zone_topic
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
@@ -41,6 +42,7 @@ from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.settings import PoolSettings
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 _POLL_S = 0.2
@@ -57,8 +59,10 @@ class Backoff:
         self._halt = stop
         self.wait_s = 0.0
 
-    def failed(self) -> None:
+    def failed(self, event: str, **context: object) -> None:
+        """Log ``event`` (a warning, with the wait ahead), then wait."""
         self.wait_s = min(self._max_s, max(self._initial_s, self.wait_s * 2))
+        log.warning(event, retry_in_s=round(self.wait_s, 3), **context)
         self._halt.wait(self.wait_s)
 
     def succeeded(self) -> None:
@@ -75,35 +79,46 @@ class ShareObserver:
         self._batch = batch
 
     def records_written(self, records: Sequence[MemoryRecord], dense: Vector | None) -> None:
-        by_zone: dict[Zone, tuple[list[MemoryRecord], list[Row]]] = {}
-        for i, record in enumerate(records):
-            if record.level in self._info.share_levels:
-                chosen, rows = by_zone.setdefault(record.zone, ([], []))
-                chosen.append(record)
-                rows.append(dense[i] if dense is not None else record.vector)
-        messages = []
-        for zone, (chosen, rows) in by_zone.items():
-            for start in range(0, len(chosen), self._batch):
-                part = slice(start, start + self._batch)
-                envelope = make_envelope(
-                    sender=self._info.agent_id, zone=zone, records=chosen[part], dense=rows[part]
-                )
-                messages.append((zone_topic(zone), envelope.message_id, envelope.encode()))
-        self._send(messages)
+        rows: Sequence[Row] = list(dense) if dense is not None else [r.vector for r in records]
+        shared = [
+            (record, row)
+            for record, row in zip(records, rows, strict=True)
+            if record.level in self._info.share_levels
+        ]
+        self._send_by_zone(
+            shared,
+            lambda pair: pair[0].zone,
+            lambda zone, part: make_envelope(
+                sender=self._info.agent_id,
+                zone=zone,
+                records=[record for record, _ in part],
+                dense=[row for _, row in part],
+            ),
+        )
 
     def tombstones_written(self, tombstones: Sequence[Tombstone]) -> None:
-        by_zone: dict[Zone, list[Tombstone]] = {}
-        for tombstone in tombstones:
-            if tombstone.level in self._info.share_levels:
-                by_zone.setdefault(tombstone.zone, []).append(tombstone)
+        self._send_by_zone(
+            [t for t in tombstones if t.level in self._info.share_levels],
+            lambda tombstone: tombstone.zone,
+            lambda zone, part: make_envelope(
+                sender=self._info.agent_id, zone=zone, tombstones=part
+            ),
+        )
+
+    def _send_by_zone(
+        self,
+        items: Sequence[T],
+        zone_of: Callable[[T], Zone],
+        envelope_of: Callable[[Zone, list[T]], Envelope],
+    ) -> None:
+        """One envelope per zone and ``send_batch`` items, all committed together."""
+        by_zone: dict[Zone, list[T]] = {}
+        for item in items:
+            by_zone.setdefault(zone_of(item), []).append(item)
         messages = []
         for zone, chosen in by_zone.items():
             for start in range(0, len(chosen), self._batch):
-                envelope = make_envelope(
-                    sender=self._info.agent_id,
-                    zone=zone,
-                    tombstones=chosen[start : start + self._batch],
-                )
+                envelope = envelope_of(zone, chosen[start : start + self._batch])
                 messages.append((zone_topic(zone), envelope.message_id, envelope.encode()))
         self._send(messages)
 
@@ -160,26 +175,22 @@ class Sender(threading.Thread):
                 with self._idle:
                     self._idle.notify_all()
                 return
-            by_topic: dict[str, list[int]] = {}
-            for i, message in enumerate(pending):
-                by_topic.setdefault(message.topic, []).append(i)
+            by_topic: dict[str, list[Pending]] = {}
+            for message in pending:
+                by_topic.setdefault(message.topic, []).append(message)
             try:
-                for topic, positions in by_topic.items():
-                    chosen = [pending[i] for i in positions]
+                for topic, chosen in by_topic.items():
                     self._bus.publish(
                         topic, self._info.agent_id, [(m.message_id, m.body) for m in chosen]
                     )
                     self._outbox.remove([m.row for m in chosen])
             except _REDIS_DOWN as error:
-                log.warning(
+                self._backoff.failed(
                     "pool_send_failed",
                     agent_id=self._info.agent_id,
                     pending=len(self._outbox),
-                    retry_in_s=round(min(self._settings.retry_max_s, max(
-                        self._settings.retry_initial_s, self._backoff.wait_s * 2)), 3),
                     error=type(error).__name__,
-                )  # fmt: skip
-                self._backoff.failed()
+                )
                 continue
             self._backoff.succeeded()
 
@@ -240,12 +251,11 @@ class Receiver(threading.Thread):
                 return
             except _REDIS_DOWN as error:
                 self.connected.clear()
-                log.warning(
+                self._backoff.failed(
                     "pool_receive_disconnected",
                     agent_id=self._info.agent_id,
                     error=type(error).__name__,
                 )
-                self._backoff.failed()
             finally:
                 if pubsub is not None:
                     pubsub.close()

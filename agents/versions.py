@@ -27,17 +27,22 @@ def require(index: LocalIndex, record_id: str, *, with_vectors: bool = False) ->
     return found[0]
 
 
+def _walk(index: LocalIndex, record: MemoryRecord, link: str) -> list[MemoryRecord]:
+    """``record`` and the surviving versions reached by following ``link`` (``supersedes``:
+    older, ``superseded_by``: newer) until it ends or points at a missing record."""
+    walked = [record]
+    while len(walked) < _MAX_CHAIN:
+        following: str | None = getattr(walked[-1], link)
+        found = index.get([following]) if following is not None else []
+        if not found:
+            break
+        walked.append(found[0])
+    return walked
+
+
 def head(index: LocalIndex, record: MemoryRecord) -> MemoryRecord:
     """The newest version of ``record``'s chain that still exists."""
-    current = record
-    for _ in range(_MAX_CHAIN):
-        if current.superseded_by is None:
-            return current
-        found = index.get([current.superseded_by])
-        if not found:
-            return current
-        current = found[0]
-    return current
+    return _walk(index, record, "superseded_by")[-1]
 
 
 def check_current(index: LocalIndex, record: MemoryRecord) -> None:
@@ -96,7 +101,7 @@ def merge(index: LocalIndex, new: MemoryRecord) -> None:
     found = index.get([new.supersedes])
     if not found:
         return
-    cursor = _root(index, found[0])
+    cursor = _walk(index, found[0], "supersedes")[-1]
     while cursor.superseded_by is not None and cursor.superseded_by != new.id:
         following = index.get([cursor.superseded_by])
         if not following or _order(following[0]) > _order(new):
@@ -112,46 +117,16 @@ def merge(index: LocalIndex, new: MemoryRecord) -> None:
     index.update_fields(updates)
 
 
-def _root(index: LocalIndex, record: MemoryRecord) -> MemoryRecord:
-    current = record
-    for _ in range(_MAX_CHAIN):
-        if current.supersedes is None:
-            break
-        found = index.get([current.supersedes])
-        if not found:
-            break
-        current = found[0]
-    return current
-
-
 def chain(index: LocalIndex, record_id: str) -> list[MemoryRecord]:
-    """Every surviving version of the record's chain, oldest first."""
+    """Every surviving version of the record's chain, oldest first: forward from the oldest
+    version; or, when a version is not linked from its predecessor (it arrived before it),
+    back from this record and forward from it."""
     start = require(index, record_id)
-    forward = [_root(index, start)]
-    while forward[-1].superseded_by is not None and len(forward) < _MAX_CHAIN:
-        found = index.get([forward[-1].superseded_by])
-        if not found:
-            break
-        forward.append(found[0])
+    older = _walk(index, start, "supersedes")
+    forward = _walk(index, older[-1], "superseded_by")
     if any(r.id == start.id for r in forward):
         return forward
-    older: list[MemoryRecord] = []
-    current = start
-    while current.supersedes is not None and len(older) < _MAX_CHAIN:
-        found = index.get([current.supersedes])
-        if not found:
-            break
-        current = found[0]
-        older.append(current)
-    newer: list[MemoryRecord] = []
-    current = start
-    while current.superseded_by is not None and len(newer) < _MAX_CHAIN:
-        found = index.get([current.superseded_by])
-        if not found:
-            break
-        current = found[0]
-        newer.append(current)
-    return [*reversed(older), start, *newer]
+    return [*reversed(older), *_walk(index, start, "superseded_by")[1:]]
 
 
 def tombstone(index: LocalIndex, records: Sequence[MemoryRecord], now: datetime) -> list[Tombstone]:

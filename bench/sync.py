@@ -57,6 +57,10 @@ import numpy.typing as npt
 import redis
 import structlog
 
+# The word lists and percentile of the latency benchmark (this folder is on sys.path when a
+# bench script runs).
+from latency import PEOPLE, THINGS, VERBS, percentile
+
 from hivemem.agents.agent import Agent
 from hivemem.agents.embedding import shared_embedder
 from hivemem.pool.adapters.redis_bus import zone_topic
@@ -75,20 +79,6 @@ EVENT_TIMEOUT_S = 5.0
 #: The sync path in stages: write queued in the outbox, add() returned, message at the peer's
 #: receiver, records stored, found by the peer's search.
 STAGES = ("queued_to_acked", "acked_to_arrived", "arrived_to_applied", "applied_to_found")
-
-PEOPLE = ["Ana", "Bo", "Chen", "Dara", "Eli", "Farah", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lina"]
-VERBS = ["likes", "visited", "booked", "cancelled", "asked about", "recommended", "reviewed"]
-THINGS = [
-    "a vegetarian restaurant near the river",
-    "the quarterly budget report",
-    "green tea from Kyoto",
-    "a flight to Lisbon in March",
-    "the new onboarding checklist",
-    "tickets for the jazz festival",
-    "a book about distributed systems",
-    "the team offsite in Porto",
-    "the apartment lease renewal",
-]
 
 
 def note(message: str) -> None:
@@ -117,11 +107,6 @@ def token_of(n: int) -> str:
 
 def probe_text(n: int) -> str:
     return f"sync probe {token_of(n)}: {text_of(n)}"
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def ms(ns: float) -> float:

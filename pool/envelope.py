@@ -75,13 +75,6 @@ class Envelope(Model):
             for text in self.dense
         ]
 
-    def with_vectors(self) -> list[MemoryRecord]:
-        """``records`` with their dense vectors put back."""
-        return [
-            r if v is None else r.model_copy(update={"vector": v.tolist()})
-            for r, v in zip(self.records, self.vectors(), strict=True)
-        ]
-
     def encode(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
 

@@ -91,14 +91,15 @@ class SharedMemoryPool:
         and attach it here: its memory opens under ``<data_dir>/agents/<agent_id>``, its
         outbox drains and it starts receiving. Raises InvalidInput (nothing registered),
         RegistrationConflict, StoreLocked when another process has it attached."""
+        optional = {} if receive_levels is None else {"receive_levels": list(receive_levels)}
         info = AgentInfo(
             agent_id=agent_id,
             display_name=display_name or agent_id,
             capabilities=list(capabilities),
-            clearance=Zone(clearance) if isinstance(clearance, str) else clearance,
+            clearance=clearance,
             share_levels=list(share_levels),
-            receive_levels=list(receive_levels if receive_levels is not None else Level),
             sync_interval=sync_interval,
+            **optional,
         )
         if agent_id in self._attached:
             raise InvalidInput(f"agent {agent_id} is already attached here", field="agent_id")

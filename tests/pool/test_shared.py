@@ -327,6 +327,8 @@ def test_registration_rules(make_pool: Pools) -> None:
         pool.register_agent("bad:id")
     with pytest.raises(InvalidInput):
         pool.register_agent("fine", share_levels=["nonsense"])
+    with pytest.raises(InvalidInput):
+        pool.register_agent("fine", clearance="top")
     assert [a.agent_id for a in other.agents()] == ["support"]
     assert other.get_agent("support").capabilities == ["billing"]
     assert agent.wait_connected()

@@ -80,6 +80,13 @@ def ids(records: Iterator[MemoryRecord] | list[MemoryRecord]) -> set[str]:
 # -- fixtures -----------------------------------------------------------------------------------
 
 
+def copy_of(template: Path, target: Path) -> Path:
+    """A copy of the template index at ``target``. cp keeps the shard's sparse files sparse;
+    shutil would write hundreds of MB."""
+    subprocess.run(["cp", "-r", str(template), str(target)], check=True)
+    return target
+
+
 @pytest.fixture(scope="session")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty index made once by EdgeIndex itself (creating the shard and its 19 payload
@@ -96,9 +103,7 @@ def new_path(template: Path, tmp_path: Path) -> Callable[[], Path]:
 
     def copy() -> Path:
         target = tmp_path / f"index-{next(counter)}"
-        # cp keeps the shard's sparse files sparse; shutil would write hundreds of MB.
-        subprocess.run(["cp", "-r", str(template), str(target)], check=True)
-        return target
+        return copy_of(template, target)
 
     return copy
 
@@ -115,8 +120,7 @@ def index(new_path: Callable[[], Path]) -> Iterator[EdgeIndex]:
 def scratch(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeIndex]:
     """One index shared by the tests that only read back the records they wrote themselves
     (by id), so they need no fresh shard each."""
-    path = tmp_path_factory.mktemp("edge-scratch") / "index"
-    subprocess.run(["cp", "-r", str(template), str(path)], check=True)
+    path = copy_of(template, tmp_path_factory.mktemp("edge-scratch") / "index")
     shared = EdgeIndex(path, dim=DIM)
     yield shared
     shared.close()
@@ -552,8 +556,7 @@ def facet_corpus(
     template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[EdgeIndex, list[MemoryRecord]]]:
     """Thirteen records with repeating keyword values, the first one tombstoned."""
-    path = tmp_path_factory.mktemp("edge-facets") / "index"
-    subprocess.run(["cp", "-r", str(template), str(path)], check=True)
+    path = copy_of(template, tmp_path_factory.mktemp("edge-facets") / "index")
     index = EdgeIndex(path, dim=DIM)
     records = [
         make(
@@ -775,8 +778,7 @@ def corpus(
     template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[EdgeIndex, list[MemoryRecord]]]:
     """One index holding the corpus plus a tombstoned record (which no filter may return)."""
-    path = tmp_path_factory.mktemp("edge-corpus") / "index"
-    subprocess.run(["cp", "-r", str(template), str(path)], check=True)
+    path = copy_of(template, tmp_path_factory.mktemp("edge-corpus") / "index")
     index = EdgeIndex(path, dim=DIM)
     live = corpus_records()
     dead = make("dead", vector=axis(7), tags=["alpha"], metadata={"lang": "French"})
