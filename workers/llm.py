@@ -1,0 +1,221 @@
+"""The LLM consolidation strategy: any OpenAI-compatible chat endpoint writes what each group says.
+
+Grouping stays with the fallback strategy (the offline one clusters by embedding,
+deterministically); for each of its drafts the model is asked, with the draft's source contents
+(oldest first), to write the content and classification (prompts in :mod:`hivemem.workers.prompts`).
+The draft keeps the fallback's sources, so ids derived from them are the same whichever wrote it.
+
+Each draft costs one request, ``POST {base_url}/chat/completions`` with temperature 0 and a JSON
+response format. A request that fails (HTTP error or status, timeout, a reply that is not JSON or
+fails its response model) is retried ``retries`` times; then that draft alone falls back to the
+fallback's draft, and ``consolidation_llm_fallback`` is logged with the reason and the attempt
+count, never any content. Without a ``base_url`` every draft falls back without a request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+import structlog
+from pydantic import ValidationError
+
+from hivemem.pool.errors import StrategyFailed
+from hivemem.pool.records import MemoryRecord
+from hivemem.pool.settings import LlmSettings
+from hivemem.workers.prompts import (
+    CategoryReply,
+    DomainReply,
+    DraftReply,
+    Messages,
+    TraceReply,
+    category_prompt,
+    domain_prompt,
+    trace_prompt,
+)
+from hivemem.workers.strategy import ConsolidationStrategy, Draft, Sources
+
+log = structlog.get_logger(__name__)
+
+#: Failures worth a pause before the retry (the endpoint is down or busy, not the reply bad).
+_WAIT_BEFORE_RETRY = frozenset({"http_status", "timeout", "transport"})
+_FENCED = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL | re.IGNORECASE)
+
+
+class _AttemptFailed(StrategyFailed):
+    """One request gave nothing usable. ``reason`` is a short code and ``detail`` names fields,
+    statuses or exception classes: both are safe to log (never content)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class LlmStrategy:
+    """A :class:`~hivemem.workers.strategy.ConsolidationStrategy` writing drafts with an LLM.
+
+    ``client`` is used as given (and left open); without one the strategy makes its own, closed by
+    :meth:`close`. ``retry_wait_s`` is the pause before the first retry after an HTTP or network
+    failure, doubled before each further one (a bad reply is retried at once).
+    """
+
+    name = "llm"
+
+    def __init__(
+        self,
+        settings: LlmSettings,
+        fallback: ConsolidationStrategy,
+        *,
+        client: httpx.Client | None = None,
+        retry_wait_s: float = 0.5,
+    ) -> None:
+        self._settings = settings
+        self._fallback = fallback
+        self._url = None if settings.base_url is None else settings.base_url.rstrip("/")
+        self._owns_client = client is None and self._url is not None
+        self._client = httpx.Client() if self._owns_client else client
+        self._retry_wait_s = retry_wait_s
+
+    def close(self) -> None:
+        """Close the HTTP client if the strategy made it."""
+        if self._owns_client and self._client is not None:
+            self._client.close()
+
+    def traces(self, episodes: Sources) -> list[Draft]:
+        """The fallback's groups of episodes, each trace written by the model."""
+        drafts = self._fallback.traces(episodes)
+        return [self._rewrite("trace", d, episodes, trace_prompt, TraceReply) for d in drafts]
+
+    def categories(self, traces: Sources) -> list[Draft]:
+        """The fallback's groups of traces, each category written by the model."""
+        drafts = self._fallback.categories(traces)
+        return [
+            self._rewrite("category", d, traces, category_prompt, CategoryReply) for d in drafts
+        ]
+
+    def domain(self, user_id: str, categories: Sources) -> Draft:
+        """The fallback's domain draft, its profile written by the model."""
+        draft = self._fallback.domain(user_id, categories)
+
+        def prompt(contents: Sequence[str]) -> Messages:
+            return domain_prompt(user_id, contents)
+
+        return self._rewrite("domain", draft, categories, prompt, DomainReply)
+
+    def _rewrite(
+        self,
+        level: str,
+        draft: Draft,
+        inputs: Sources,
+        prompt: Callable[[Sequence[str]], Messages],
+        reply_model: type[DraftReply],
+    ) -> Draft:
+        """``draft`` with the model's content and classification, or unchanged (and logged) when
+        the model gave nothing valid. Raises StrategyFailed if the draft names an unknown input."""
+        if self._url is None or self._client is None:
+            log.warning("consolidation_llm_fallback", level=level, reason="no_endpoint", attempts=0)
+            return draft
+        messages = prompt([r.content for r in _sources_of(draft, inputs)])
+        attempts = 0
+        failure = _AttemptFailed("no_attempt")
+        for attempts in range(1, self._settings.retries + 2):
+            try:
+                reply = self._ask(self._client, self._url, messages, reply_model)
+            except _AttemptFailed as exc:
+                failure = exc
+                log.debug(
+                    "consolidation_llm_attempt_failed",
+                    level=level,
+                    reason=exc.reason,
+                    detail=exc.detail,
+                    attempt=attempts,
+                )
+                if attempts <= self._settings.retries and exc.reason in _WAIT_BEFORE_RETRY:
+                    time.sleep(self._retry_wait_s * 2 ** (attempts - 1))
+                continue
+            return Draft(
+                content=reply.content,
+                sources=draft.sources,
+                category=reply.category,
+                importance=reply.importance,
+                tags=reply.tags,
+                entities=reply.entities,
+            )
+        log.warning(
+            "consolidation_llm_fallback",
+            level=level,
+            reason=failure.reason,
+            detail=failure.detail,
+            attempts=attempts,
+            sources=len(draft.sources),
+            model=self._settings.model,
+        )
+        return draft
+
+    def _ask(
+        self, client: httpx.Client, url: str, messages: Messages, reply_model: type[DraftReply]
+    ) -> DraftReply:
+        """One request to ``{url}/chat/completions``: the validated reply, or _AttemptFailed
+        saying why not."""
+        headers: dict[str, str] = {}
+        if self._settings.api_key is not None:
+            headers["Authorization"] = f"Bearer {self._settings.api_key.get_secret_value()}"
+        body = {
+            "model": self._settings.model,
+            "messages": messages,
+            "temperature": 0,
+            "response_format": {"type": "json_object"},
+        }
+        try:
+            response = client.post(
+                f"{url}/chat/completions",
+                json=body,
+                headers=headers,
+                timeout=self._settings.timeout_s,
+            )
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            raise _AttemptFailed("http_status", str(exc.response.status_code)) from None
+        except httpx.TimeoutException as exc:
+            raise _AttemptFailed("timeout", type(exc).__name__) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _AttemptFailed("transport", type(exc).__name__) from None
+        try:
+            return reply_model.model_validate(_reply_object(response))
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False, include_context=False)
+            fields = ", ".join(f"{'.'.join(map(str, e['loc'])) or '-'}:{e['type']}" for e in errors)
+            raise _AttemptFailed("invalid_reply", fields) from None
+
+
+def _sources_of(draft: Draft, inputs: Sources) -> list[MemoryRecord]:
+    """The records ``draft`` consolidates, oldest first."""
+    by_id = {r.id: r for r in inputs.records}
+    unknown = [s for s in draft.sources if s not in by_id]
+    if unknown:
+        raise StrategyFailed(f"the fallback's draft names {len(unknown)} sources not in its input")
+    records = [by_id[s] for s in draft.sources]
+    return sorted(records, key=lambda r: (r.valid_from, r.recorded_at))
+
+
+def _reply_object(response: httpx.Response) -> Any:
+    """The JSON object in ``choices[0].message.content`` (a ```json fenced block is accepted)."""
+    try:
+        text = response.json()["choices"][0]["message"]["content"]
+    except (ValueError, LookupError, TypeError):
+        raise _AttemptFailed("malformed_response") from None
+    if not isinstance(text, str):
+        raise _AttemptFailed("malformed_response", "content is not text")
+    fenced = _FENCED.search(text)
+    try:
+        value = json.loads(fenced.group(1) if fenced else text)
+    except ValueError:
+        raise _AttemptFailed("invalid_json") from None
+    if not isinstance(value, dict):
+        raise _AttemptFailed("invalid_json", f"a JSON {type(value).__name__}, not an object")
+    return value
