@@ -36,7 +36,7 @@ class Agent:
         self.memory = memory
         self._outbox = Outbox(memory.path)
         self._sender = Sender(info, self._outbox, bus, settings)
-        self._sharing = ShareObserver(info, self._outbox, self._sender.wake, settings.send_batch)
+        self._sharing = ShareObserver(info, self._outbox, self._sender.wake, settings)
         memory.observe(self._sharing)
         self._receiver = Receiver(
             info, memory, self._outbox, bus, settings, lambda: registry.heartbeat(info.agent_id)

@@ -2,11 +2,13 @@
 
 **Sending.** :class:`ShareObserver` sees every write of the agent's memory before the write is
 acknowledged; the records and tombstones of a level in ``share_levels`` become envelopes (one per
-zone and write, at most ``send_batch`` records each) committed to the outbox. :class:`Sender`, a
-thread, moves them to Redis: at once when ``sync_interval`` is 0, else everything that
-accumulated once per interval, in one round trip per topic. A message leaves the outbox only after
-Redis acknowledged it; while Redis is unreachable the sender waits with exponential back-off
-(``retry_initial_s`` doubling to ``retry_max_s``) and tries again, never spinning.
+zone and write, at most ``send_batch`` records each) committed to the outbox, and so do all of
+them for the zone's ingest queue, which the workers drain into the zone store (``pool.ingest``).
+:class:`Sender`, a thread, moves them to Redis: at once when ``sync_interval`` is 0, else
+everything that accumulated once per interval, in one round trip per topic. A message leaves the
+outbox only after Redis acknowledged it; while Redis is unreachable the sender waits with
+exponential back-off (``retry_initial_s`` doubling to ``retry_max_s``) and tries again, never
+spinning.
 
 **Receiving.** :class:`Receiver`, a thread, subscribes to the channel of every zone at or below
 the agent's clearance and to its inbox, then reads each topic's stream from its cursor (catch-up),
@@ -32,7 +34,13 @@ import structlog
 
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.outbox import Outbox, Pending
-from hivemem.pool.adapters.redis_bus import Delivery, RedisBus, inbox_topic, zone_topic
+from hivemem.pool.adapters.redis_bus import (
+    Delivery,
+    RedisBus,
+    inbox_topic,
+    ingest_topic,
+    zone_topic,
+)
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import Envelope, Row, decode_envelope, make_envelope
@@ -70,48 +78,54 @@ class Backoff:
 
 
 class ShareObserver:
-    """Puts the shared part of each write in the outbox (a WriteObserver)."""
+    """Puts each write in the outbox (a WriteObserver): the shared levels for the zone's sync
+    topic and, with ``ingest``, every record and tombstone for the zone's ingest queue."""
 
-    def __init__(self, info: AgentInfo, outbox: Outbox, wake: Callable[[], None], batch: int):
+    def __init__(
+        self, info: AgentInfo, outbox: Outbox, wake: Callable[[], None], settings: PoolSettings
+    ):
         self._info = info
         self._outbox = outbox
         self._wake = wake
-        self._batch = batch
+        self._batch = settings.send_batch
+        self._ingest = settings.ingest
 
     def records_written(self, records: Sequence[MemoryRecord], dense: Vector | None) -> None:
         rows: Sequence[Row] = list(dense) if dense is not None else [r.vector for r in records]
-        shared = [
-            (record, row)
-            for record, row in zip(records, rows, strict=True)
-            if record.level in self._info.share_levels
-        ]
-        self._send_by_zone(
-            shared,
-            lambda pair: pair[0].zone,
-            lambda zone, part: make_envelope(
+        pairs = list(zip(records, rows, strict=True))
+
+        def envelope_of(zone: Zone, part: list[tuple[MemoryRecord, Row]]) -> Envelope:
+            return make_envelope(
                 sender=self._info.agent_id,
                 zone=zone,
                 records=[record for record, _ in part],
                 dense=[row for _, row in part],
-            ),
-        )
+            )
+
+        shared = [pair for pair in pairs if pair[0].level in self._info.share_levels]
+        messages = self._by_zone(shared, lambda pair: pair[0].zone, envelope_of, zone_topic)
+        if self._ingest:
+            messages += self._by_zone(pairs, lambda pair: pair[0].zone, envelope_of, ingest_topic)
+        self._send(messages)
 
     def tombstones_written(self, tombstones: Sequence[Tombstone]) -> None:
-        self._send_by_zone(
-            [t for t in tombstones if t.level in self._info.share_levels],
-            lambda tombstone: tombstone.zone,
-            lambda zone, part: make_envelope(
-                sender=self._info.agent_id, zone=zone, tombstones=part
-            ),
-        )
+        def envelope_of(zone: Zone, part: list[Tombstone]) -> Envelope:
+            return make_envelope(sender=self._info.agent_id, zone=zone, tombstones=part)
 
-    def _send_by_zone(
+        shared = [t for t in tombstones if t.level in self._info.share_levels]
+        messages = self._by_zone(shared, lambda t: t.zone, envelope_of, zone_topic)
+        if self._ingest:
+            messages += self._by_zone(tombstones, lambda t: t.zone, envelope_of, ingest_topic)
+        self._send(messages)
+
+    def _by_zone(
         self,
         items: Sequence[T],
         zone_of: Callable[[T], Zone],
         envelope_of: Callable[[Zone, list[T]], Envelope],
-    ) -> None:
-        """One envelope per zone and ``send_batch`` items, all committed together."""
+        topic_of: Callable[[Zone], str],
+    ) -> list[tuple[str, str, bytes]]:
+        """One message per zone and ``send_batch`` items."""
         by_zone: dict[Zone, list[T]] = {}
         for item in items:
             by_zone.setdefault(zone_of(item), []).append(item)
@@ -119,8 +133,8 @@ class ShareObserver:
         for zone, chosen in by_zone.items():
             for start in range(0, len(chosen), self._batch):
                 envelope = envelope_of(zone, chosen[start : start + self._batch])
-                messages.append((zone_topic(zone), envelope.message_id, envelope.encode()))
-        self._send(messages)
+                messages.append((topic_of(zone), envelope.message_id, envelope.encode()))
+        return messages
 
     def hand_over(self, to_agent: str, record: MemoryRecord) -> None:
         """Queue ``record`` (with its vector) for ``to_agent``'s inbox."""

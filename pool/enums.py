@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from hivemem.pool.errors import InvalidInput
+
 
 class Level(StrEnum):
     """The H-MEM hierarchy, from raw to abstract. ``rank`` orders them (EPISODE = 0)."""
@@ -97,3 +99,11 @@ class Zone(StrEnum):
 
 
 _ZONE_RANK = {zone: i for i, zone in enumerate(Zone)}
+
+
+def checked_zone(value: object) -> Zone:
+    """``value`` as a Zone; raises InvalidInput (a ValueError) for anything that names none."""
+    try:
+        return Zone(str(value))
+    except ValueError:
+        raise InvalidInput(f"unknown zone {str(value)[:40]!r}", field="zone") from None

@@ -77,7 +77,8 @@ class StoreLocked(HivememError):
 
 
 class StoreIncompatible(HivememError):
-    """Raised when a persist directory was written with another embedding model or schema."""
+    """Raised when a persist directory, or a zone store collection, was written with another
+    embedding model, vector dimension or schema (or the server refuses a well-formed request)."""
 
 
 class EmbeddingModelMissing(HivememError):
@@ -123,6 +124,11 @@ class ClearanceDenied(HivememError):
 class InvalidMessage(InvalidInput):
     """Raised (and caught by the receiver, which logs and skips) for a pool message that is not
     a well-formed envelope of a known version."""
+
+
+class StoreUnavailable(HivememError):
+    """Raised when the zone store's Qdrant server cannot be reached or cannot serve (connection
+    refused, 5xx, overloaded); the worker task that needed it is retried."""
 
 
 class StoreBusy(HivememError):

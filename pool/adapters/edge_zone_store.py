@@ -27,7 +27,7 @@ import structlog
 
 from hivemem.pool.adapters.edge_archive import EdgeArchive
 from hivemem.pool.adapters.edge_index import EdgeIndex
-from hivemem.pool.enums import Zone
+from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import MemoryClosed, StoreBusy
 from hivemem.pool.filters import And
 from hivemem.pool.ports import Vector
@@ -70,7 +70,7 @@ class EdgeZoneStore:
     def collection(self, zone: Zone, *, archive: bool = False) -> str:
         """The collection's name: ``<namespace>_<zone>`` (``_archive`` appended for archives)."""
         suffix = "_archive" if archive else ""
-        return f"{self.namespace}_{Zone(zone).value}{suffix}"
+        return f"{self.namespace}_{checked_zone(zone).value}{suffix}"
 
     @contextmanager
     def session(self) -> Iterator[None]:
@@ -118,7 +118,7 @@ class EdgeZoneStore:
     def _index(self, zone: Zone) -> EdgeIndex:
         with self._lock:
             self._used()
-            zone = Zone(zone)
+            zone = checked_zone(zone)
             if zone not in self._live:
                 self._live[zone] = EdgeIndex(self.root / self.collection(zone), dim=self.dim)
             return self._live[zone]
@@ -126,7 +126,7 @@ class EdgeZoneStore:
     def _archived(self, zone: Zone) -> EdgeArchive:
         with self._lock:
             self._used()
-            zone = Zone(zone)
+            zone = checked_zone(zone)
             if zone not in self._archive:
                 path = self.root / self.collection(zone, archive=True)
                 self._archive[zone] = EdgeArchive(path)

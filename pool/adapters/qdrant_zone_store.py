@@ -10,7 +10,7 @@ and answer the same filters (:mod:`hivemem.pool.adapters.qdrant_filters`).
 
 Writes wait for the server to apply them (``wait=True``) and are upserts by id, so a retried
 write is harmless. Errors of the client and its transport are mapped here: an unreachable or
-failing server raises :class:`PoolUnavailable`, a server that refuses a well-formed request (a
+failing server raises :class:`StoreUnavailable`, a server that refuses a well-formed request (a
 collection made with another dimension, another schema) :class:`StoreIncompatible`.
 
 Thread safety: the store is as thread-safe as its client; the REST client is, qdrant-client's
@@ -49,8 +49,8 @@ from hivemem.pool.errors import (
     InvalidInput,
     MemoryClosed,
     MemoryNotFound,
-    PoolUnavailable,
     StoreIncompatible,
+    StoreUnavailable,
 )
 from hivemem.pool.filters import And
 from hivemem.pool.ids import check_record_id
@@ -178,14 +178,14 @@ class QdrantZoneStore:
         except ResponseHandlingException as error:
             cause = error.source
             if isinstance(cause, httpx.TransportError):
-                raise PoolUnavailable(f"Qdrant is unreachable: {type(cause).__name__}") from error
+                raise StoreUnavailable(f"Qdrant is unreachable: {type(cause).__name__}") from error
             raise StoreIncompatible(
                 f"unreadable answer from Qdrant: {type(cause).__name__}"
             ) from error
         except UnexpectedResponse as error:
             status = error.status_code
             if status is None or status >= 500 or status in _UNAVAILABLE:
-                raise PoolUnavailable(f"Qdrant cannot serve ({status})") from error
+                raise StoreUnavailable(f"Qdrant cannot serve ({status})") from error
             # The server's text (it may quote a payload) stays in the chained error, out of ours.
             reason = f"{status} {error.reason_phrase}"
             raise StoreIncompatible(f"Qdrant refused the request ({reason})") from error

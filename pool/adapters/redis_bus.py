@@ -1,8 +1,9 @@
 """The pool's transport on Redis: per topic, a pub/sub channel for live fan-out and a Stream for
 completeness, written together by one Lua script (atomic: a message is in both or in neither).
 
-A *topic* is a zone (``zone:<zone>``) or an agent's inbox for direct hand-overs
-(``agent:<id>:inbox``). Per topic, under the pool's namespace ``ns``:
+A *topic* is a zone (``zone:<zone>``), an agent's inbox for direct hand-overs
+(``agent:<id>:inbox``), or a zone's ingest queue (``ingest:<zone>``: every record agents write in
+the zone, for the workers). Per topic, under the pool's namespace ``ns``:
 
 - ``ns:<topic>`` — the pub/sub channel; a message is ``b"<epoch> <seq> <sender> <envelope>"``;
 - ``ns:<topic>:stream`` — the Stream; entry ``<seq>-0`` holds the envelope in field ``d`` and the
@@ -17,7 +18,8 @@ A *topic* is a zone (``zone:<zone>``) or an agent's inbox for direct hand-overs
   duplicates nothing.
 
 Every key of a topic starts with ``ns:<topic>``, so one ACL pattern per zone covers them.
-The stream is trimmed approximately to ``maxlen`` entries.
+The stream is trimmed approximately to ``maxlen`` entries, except an ingest queue's: it has no
+pub/sub channel and keeps every entry until the workers have stored it (:meth:`trim_through`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ def zone_topic(zone: Zone) -> str:
 
 def inbox_topic(agent_id: str) -> str:
     return f"agent:{check_agent_id(agent_id)}:inbox"
+
+
+def ingest_topic(zone: Zone) -> str:
+    return f"ingest:{Zone(zone).value}"
+
+
+def is_queue(topic: str) -> bool:
+    """True for an ingest queue (never trimmed by writers, never published live)."""
+    return topic.startswith("ingest:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +113,10 @@ class RedisBus:
         last 24 h is not appended again (its first sequence number is returned)."""
         if not messages:
             return []
+        queue = is_queue(topic)
         args: list[str | bytes | int] = [
-            self.channel(topic),
-            self.maxlen,
+            "" if queue else self.channel(topic),
+            0 if queue else self.maxlen,
             uuid.uuid4().hex,
             self._key(topic, "msg:"),
             _DEDUPE_TTL_S,
@@ -141,6 +153,10 @@ class RedisBus:
         epoch, seq, sender, body = parts
         return Delivery(self.topic_of(channel), epoch.decode(errors="replace"), int(seq),
                         sender.decode(errors="replace"), body)  # fmt: skip
+
+    def trim_through(self, topic: str, seq: int) -> None:
+        """Delete the topic's stream entries up to and including ``seq`` (consumed)."""
+        self.client.xtrim(self._key(topic, "stream"), minid=f"{seq + 1}-0")
 
     def drop_topic(self, topic: str) -> None:
         """Delete a topic's stream and counters (an inbox of a deregistered agent)."""

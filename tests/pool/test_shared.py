@@ -16,9 +16,9 @@ import structlog
 
 from hivemem.agents.agent import Agent
 from hivemem.agents.embedding import FastEmbedder
-from hivemem.pool.adapters.redis_bus import zone_topic
+from hivemem.pool.adapters.redis_bus import ingest_topic, zone_topic
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.envelope import make_envelope
+from hivemem.pool.envelope import decode_envelope, make_envelope
 from hivemem.pool.errors import (
     AgentNotFound,
     ClearanceDenied,
@@ -209,6 +209,7 @@ def test_share_knowledge_refuses_records_above_the_receivers_clearance(make_pool
     tech = make_pool("p2").register_agent("tech", clearance=Zone.INTERNAL)
     assert tech.wait_connected()
     record = add(support, "the vault code", Level.CATEGORY, Zone.SECRET)
+    assert support.flush()  # the write's own ingest message
     with pytest.raises(ClearanceDenied) as caught:
         pool.share_knowledge("support", "tech", record)
     assert (caught.value.agent_id, caught.value.zone) == ("tech", "secret")
@@ -379,3 +380,31 @@ def test_a_missed_live_message_is_filled_from_the_stream(
     add(support, "third, heard live", Level.CATEGORY, Zone.PUBLIC)
     assert wait_for(lambda: "third, heard live" in received(tech))
     assert "second, only in the stream" in received(tech)
+
+
+def test_every_write_goes_to_its_zones_ingest_queue(make_pool: Pools) -> None:
+    """All levels reach the workers' ingest queue, shared or not, tombstones too; with
+    ``pool.ingest`` off nothing does."""
+    pool = make_pool("p1")
+    writer = pool.register_agent("writer", share_levels=[Level.CATEGORY])
+    episode = add(writer, "an unshared episode", Level.EPISODE, Zone.INTERNAL)
+    category = add(writer, "a shared category", Level.CATEGORY, Zone.CONFIDENTIAL)
+    writer.memory.delete(episode.id)
+    assert writer.flush()
+
+    def queued(zone: Zone) -> tuple[list[str], list[str]]:
+        deliveries = pool.bus.read(ingest_topic(zone), 0, limit=100).deliveries
+        envelopes = [decode_envelope(d.data) for d in deliveries]
+        return (
+            [r.id for e in envelopes for r in e.records],
+            [t.id for e in envelopes for t in e.tombstones],
+        )
+
+    assert queued(Zone.INTERNAL) == ([episode.id], [episode.id])
+    assert queued(Zone.CONFIDENTIAL) == ([category.id], [])
+    quiet_pool = make_pool("p2", namespace="quiet", ingest=False)
+    quiet = quiet_pool.register_agent("quiet", share_levels=[Level.CATEGORY])
+    add(quiet, "kept to the agent and its peers", Level.CATEGORY, Zone.PUBLIC)
+    assert quiet.flush()
+    assert quiet_pool.bus.read(ingest_topic(Zone.PUBLIC), 0, limit=10).epoch is None
+    assert quiet_pool.bus.read(zone_topic(Zone.PUBLIC), 0, limit=10).last_seq == 1

@@ -409,7 +409,8 @@ def test_sender_killed_with_full_outbox_delivers_after_restart(
     ]
     ids = writer.call("add_each", items=items)["ids"]
     acked = {record_id: item["content"] for record_id, item in zip(ids, items, strict=True)}
-    assert writer.call("pending")["pending"] == len(items)  # one message per write, none sent
+    # Per write, one sync and one ingest message; none sent.
+    assert writer.call("pending")["pending"] == 2 * len(items)
     writer.kill()
     assert writer.process is not None
     assert writer.process.returncode == -signal.SIGKILL

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic, zone_topic
+from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic, ingest_topic, zone_topic
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidIdentifier, InvalidMessage
 from hivemem.pool.redis_server import EmbeddedRedis
@@ -136,3 +136,23 @@ def test_dropping_a_topic_removes_its_stream_and_counters(
     bus.publish(topic, "w", [("a" * 32, b"one")])
     bus.drop_topic(topic)
     assert client.exists("t:agent:gone:inbox:stream", "t:agent:gone:inbox:seq") == 0
+
+
+def test_an_ingest_queue_is_never_trimmed_by_writers_nor_published(client: redis.Redis) -> None:
+    """Ingest queues keep every entry past maxlen and send nothing live; trim_through drops the
+    consumed entries only."""
+    bus = RedisBus(client, namespace="t", maxlen=10)
+    queue = ingest_topic(Zone.SECRET)
+    pubsub = bus.subscribe([queue])
+    try:
+        seqs = bus.publish(queue, "w", [(f"{i:032x}", b"x%d" % i) for i in range(200)])
+        assert seqs == list(range(1, 201))
+        assert len(bus.read(queue, 0, limit=1000).deliveries) == 200
+        assert pubsub.get_message(timeout=0.3) is None
+    finally:
+        pubsub.close()
+    bus.trim_through(queue, 150)
+    backlog = bus.read(queue, 150, limit=1000)
+    assert [d.seq for d in backlog.deliveries] == list(range(151, 201))
+    assert not backlog.trimmed
+    assert bus.read(queue, 0, limit=1000).trimmed

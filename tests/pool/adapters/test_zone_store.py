@@ -28,8 +28,8 @@ from hivemem.pool.errors import (
     InvalidInput,
     MemoryClosed,
     MemoryNotFound,
-    PoolUnavailable,
     StoreIncompatible,
+    StoreUnavailable,
 )
 from hivemem.pool.filters import And, Cond, Expr, MemoryFilter, Not, Or, TimeRange
 from hivemem.pool.ids import new_record_id
@@ -607,14 +607,14 @@ def test_closed_store_raises_memory_closed(store: Adapter) -> None:
 
 
 def test_unreachable_qdrant_raises_pool_unavailable() -> None:
-    """A server that refuses connections raises PoolUnavailable, not a client error."""
+    """A server that refuses connections raises StoreUnavailable, not a client error."""
     with socket.socket() as probe:  # a port nothing listens on once the probe is closed
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # No version check: the client runs it in a thread that warns about the refused connection.
     client = QdrantClient(url=f"http://127.0.0.1:{port}", timeout=2, check_compatibility=False)
     store = QdrantZoneStore(client, dim=DIM)
-    with pytest.raises(PoolUnavailable):
+    with pytest.raises(StoreUnavailable):
         store.count(PUBLIC, EVERYTHING)
     store.close()
 
