@@ -8,6 +8,7 @@ real engines.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
@@ -216,7 +217,9 @@ class ZoneStore(Protocol):
         """The ids of the live records matching ``where``, in id order (no payload read)."""
         ...
 
-    def count(self, zone: Zone, where: And) -> int: ...
+    def count(self, zone: Zone, where: And) -> int:
+        """How many live records match ``where``."""
+        ...
 
     def facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
         """Count of live records matching ``where`` per value of a keyword field."""
@@ -242,7 +245,14 @@ class ZoneStore(Protocol):
         """The ids of the archived records matching ``where``, in id order."""
         ...
 
-    def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None: ...
+    def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None:
+        """Delete archived records (unknown ids are ignored)."""
+        ...
+
+    def session(self) -> AbstractContextManager[None]:
+        """A unit of work (one task): an embedded store stays open in this process for its
+        duration; a server store has nothing to hold."""
+        ...
 
     def close(self) -> None:
         """Release the store; further calls raise MemoryClosed."""

@@ -124,9 +124,9 @@ class ConsolidationSettings(BaseModel):
     #: Most categories a scope keeps (the closest categories merge beyond it).
     max_categories: int = Field(default=32, ge=1)
     #: Cosine similarity to a cluster's centre above which an episode joins it (offline strategy).
-    trace_similarity: float = Field(default=0.5, ge=-1.0, le=1.0)
+    trace_similarity: float = Field(default=0.35, ge=-1.0, le=1.0)
     #: The same for traces joining a category.
-    category_similarity: float = Field(default=0.4, ge=-1.0, le=1.0)
+    category_similarity: float = Field(default=0.2, ge=-1.0, le=1.0)
     #: "offline" (the default), "llm", or ``module:Class`` of a custom ConsolidationStrategy.
     strategy: str = "offline"
     llm: LlmSettings = Field(default_factory=LlmSettings)

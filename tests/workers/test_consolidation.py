@@ -1,0 +1,223 @@
+"""Consolidation in process (no Celery): agents' episodes ingested from the pool become traces,
+categories and a domain profile that make sense, with provenance both ways, derived ids, the
+highest zone of their sources, and delivery to the agents."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import structlog
+
+from hivemem.agents.agent import Agent
+from hivemem.pool.enums import Category, Level, Tier, Zone
+from hivemem.pool.filters import And, Cond
+from hivemem.pool.records import MemoryRecord
+from hivemem.pool.shared import SharedMemoryPool
+from hivemem.workers.consolidation import derived_id
+from hivemem.workers.runtime import WorkerRuntime
+from hivemem.workers.strategy import Draft, Sources
+
+TOPICS = {
+    "cooking": [
+        "I baked sourdough bread with a new starter this weekend",
+        "The sourdough starter needs feeding with flour and water every day",
+        "My pasta recipe uses fresh eggs and semolina flour",
+        "I roasted vegetables with olive oil and garlic for dinner",
+        "Baking bread at home: the oven must be very hot for a good crust",
+        "I made tomato sauce for the pasta from fresh tomatoes and basil",
+    ],
+    "travel": [
+        "I booked a flight to Lisbon for the first week of June",
+        "The hotel in Lisbon is near the old town and the river",
+        "I need a passport renewal before the trip to Japan",
+        "The train from Tokyo to Kyoto takes about two hours",
+        "I packed my suitcase for the flight and checked in online",
+        "Airport security lines in Lisbon were long this morning",
+    ],
+    "programming": [
+        "I fixed a bug in the Python service where the Redis connection pool leaked",
+        "The unit tests for the parser fail on Windows paths",
+        "I refactored the database layer to use async queries in Python",
+        "Deploying the service to Kubernetes needs a new Helm chart",
+        "The Python code review found a race condition in the cache",
+        "I wrote a Rust function to parse log files faster than the Python one",
+    ],
+}
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def write(agent: Agent, items: list[tuple[str, str]], zone: Zone, **fields: Any) -> dict[str, str]:
+    """Add episodes (content, topic) for user u1; returns record id → topic."""
+    topic_of = {}
+    for content, topic in items:
+        record = agent.memory.add(content, user_id="u1", zone=zone, **fields)
+        topic_of[record.id] = topic
+    assert agent.flush()
+    return topic_of
+
+
+def ingest(runtime: WorkerRuntime, zone: Zone) -> list[str]:
+    due: list[str] = []
+    runtime.ingest.drain(zone, on_due=due.append)
+    return due
+
+
+def level_records(runtime: WorkerRuntime, zone: Zone, level: Level) -> list[MemoryRecord]:
+    where = And(
+        all=[
+            Cond(field="level", op="eq", value=level),
+            Cond(field="superseded_at", op="eq", value=None),
+        ]
+    )
+    return list(runtime.store.scan(zone, where))
+
+
+@pytest.fixture
+def pool(make_pool: Callable[..., SharedMemoryPool]) -> SharedMemoryPool:
+    return make_pool("agents")
+
+
+def test_offline_hierarchy_groups_episodes_by_topic(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """Episodes on three topics become topic-pure traces, categories that do not mix topics,
+    and one profile naming them; every episode is in exactly one trace and kept (demoted)."""
+    runtime = make_runtime(consolidation={"threshold": 18})
+    agent = pool.register_agent("writer")
+    items = [(c, t) for t, contents in TOPICS.items() for c in contents]
+    items = items[0::3] + items[1::3] + items[2::3]  # interleaved in time
+    topic_of = write(agent, items, Zone.INTERNAL)
+    assert ingest(runtime, Zone.INTERNAL) == ["u1"]
+    report = runtime.consolidation.consolidate(Zone.INTERNAL, "u1")
+    assert report.episodes == 18
+
+    traces = level_records(runtime, Zone.INTERNAL, Level.TRACE)
+    assert sorted(r.id for r in traces) == sorted(report.traces)
+    for trace in traces:
+        assert len({topic_of[s] for s in trace.sources}) == 1, trace.content
+        assert trace.id == derived_id(Level.TRACE, Zone.INTERNAL, "u1", trace.sources)
+        assert trace.scope.user_id == "u1" and trace.scope.session_id is None
+        assert trace.metadata["strategy"] == "offline"
+    covered = [s for t in traces for s in t.sources]
+    assert sorted(covered) == sorted(topic_of)
+    episodes = runtime.store.get(Zone.INTERNAL, list(topic_of))
+    into = {t.id for t in traces}
+    assert len(episodes) == 18
+    for episode in episodes:
+        assert len(episode.consolidated_into) == 1 and episode.consolidated_into[0] in into
+        assert episode.tier is Tier.SHORT_TERM
+
+    categories = level_records(runtime, Zone.INTERNAL, Level.CATEGORY)
+    trace_topic = {t.id: topic_of[t.sources[0]] for t in traces}
+    for category in categories:
+        assert len({trace_topic[s] for s in category.sources}) == 1, category.content
+    assert {trace_topic[s] for c in categories for s in c.sources} == set(TOPICS)
+    [domain] = level_records(runtime, Zone.INTERNAL, Level.DOMAIN)
+    assert sorted(domain.sources) == sorted(c.id for c in categories)
+    assert domain.content.startswith("Profile of u1.")
+    for word in ("sourdough", "lisbon", "python"):
+        assert word in domain.content.lower() or any(
+            word in c.content.lower() for c in categories
+        )
+
+
+def test_outputs_reach_the_agents_and_carry_the_highest_zone(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """Traces, categories and the profile go out on the zone's channel: a cleared agent
+    receives them, one below the zone does not; they are in the zone of their sources."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    writer = pool.register_agent("writer", clearance=Zone.CONFIDENTIAL)
+    reader = pool.register_agent("reader", clearance=Zone.CONFIDENTIAL)
+    low = pool.register_agent("low", clearance=Zone.INTERNAL)
+    assert reader.wait_connected() and low.wait_connected()
+    write(writer, [(c, "travel") for c in TOPICS["travel"]], Zone.CONFIDENTIAL)
+    assert ingest(runtime, Zone.CONFIDENTIAL) == []  # below the threshold
+    assert runtime.consolidation.due(Zone.CONFIDENTIAL) == ["u1"]
+    report = runtime.consolidation.consolidate(Zone.CONFIDENTIAL, "u1")
+    assert runtime.consolidation.due(Zone.CONFIDENTIAL) == []
+    produced = {*report.traces, *report.categories, report.domain}
+
+    def got(agent: Agent) -> set[str]:
+        return {r.id for r in agent.memory.list_memories(user_id="u1") if r.id in produced}
+
+    assert wait_for(lambda: got(reader) == produced)
+    for record in [reader.memory.get(i) for i in produced]:
+        assert record.zone is Zone.CONFIDENTIAL
+        assert record.received_from == "hivemem-workers"
+    assert got(low) == set()
+
+
+def test_a_second_run_with_nothing_new_writes_nothing(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """Consolidating twice makes the records once; new episodes add traces and a new profile
+    version that supersedes the old one."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    agent = pool.register_agent("writer")
+    write(agent, [(c, "cooking") for c in TOPICS["cooking"]], Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+    first = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    again = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert again.episodes == 0 and again.traces == [] and again.domain is None
+    write(agent, [(c, "travel") for c in TOPICS["travel"]], Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+    second = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert second.episodes == 6 and not set(second.traces) & set(first.traces)
+    [domain] = level_records(runtime, Zone.PUBLIC, Level.DOMAIN)
+    assert domain.id == second.domain and domain.supersedes == first.domain
+    [old] = runtime.store.get(Zone.PUBLIC, [first.domain or ""])
+    assert old.superseded_by == second.domain
+    traces = level_records(runtime, Zone.PUBLIC, Level.TRACE)
+    assert len(traces) == len(first.traces) + len(second.traces)
+
+
+class BrokenStrategy:
+    """Leaves an episode out: breaks the contract."""
+
+    name = "broken"
+
+    def __init__(self, settings: object) -> None:
+        self.settings = settings
+
+    def traces(self, episodes: Sources) -> list[Draft]:
+        return [Draft(content="all but one", sources=tuple(r.id for r in episodes.records[1:]))]
+
+    def categories(self, traces: Sources) -> list[Draft]:
+        return [Draft(content="everything", sources=tuple(r.id for r in traces.records))]
+
+    def domain(self, user_id: str, categories: Sources) -> Draft:
+        ids = tuple(r.id for r in categories.records)
+        return Draft(content=f"{user_id}", sources=ids, category=Category.INSIGHT)
+
+
+def test_a_strategy_that_breaks_the_contract_falls_back_to_offline(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """A custom strategy named module:Class is used; when it leaves an input out, the offline
+    strategy does that step instead (logged), and no episode is lost."""
+    runtime = make_runtime(
+        consolidation={"threshold": 1000, "strategy": f"{__name__}:BrokenStrategy"}
+    )
+    agent = pool.register_agent("writer")
+    topic_of = write(agent, [(c, "programming") for c in TOPICS["programming"]], Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+    with structlog.testing.capture_logs() as logs:
+        report = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    failed = [e for e in logs if e["event"] == "consolidation_strategy_failed"]
+    assert [(e["strategy"], e["step"]) for e in failed] == [("broken", "traces")]
+    traces = runtime.store.get(Zone.PUBLIC, report.traces)
+    assert sorted(s for t in traces for s in t.sources) == sorted(topic_of)
+    [category] = runtime.store.get(Zone.PUBLIC, report.categories)
+    assert category.content == "everything"  # the custom strategy's own step, kept

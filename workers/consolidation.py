@@ -1,0 +1,437 @@
+"""Consolidation of one scope — a (zone, user) — into the next levels: episodes → traces →
+categories → a domain profile.
+
+A run holds the scope's lock (two workers never consolidate the same scope at once) and works
+from a *plan* kept in Redis: the pending episode ids, taken atomically (take_plan.lua), then
+*finalised* with what the run starts from (the episodes still unconsolidated, the user's current
+categories and domain profile). A run that dies is resumed from its plan by the next one, which
+therefore computes the same outputs. Every output's id is derived from its level, zone, user and
+sources, so a resumed run writes the same records again (idempotent upserts), never new ones.
+
+What a run writes, in this order (each step idempotent):
+
+1. new traces from the plan's episodes (the strategy's groups), then categories over all the
+   user's current traces, then the domain profile over all categories;
+2. provenance both ways: each output lists its ``sources``; each source gets ``consolidated_into``.
+   Consolidated episodes are demoted (to SHORT_TERM), never deleted;
+3. versions: a category that changed supersedes the previous category sharing most of its traces
+   (a previous category with no successor is retired: ``superseded_at`` set in the zone store,
+   and a tombstone to the agents, as its traces now belong to other categories); a new profile
+   supersedes the previous one;
+4. the outputs go out through the pool on the zone's channel (sender ``hivemem-workers``), so the
+   agents cleared for the zone receive them;
+5. the plan is deleted.
+
+Every output carries the highest zone among its sources ("no write down"), the user-level scope
+(visible in all the user's sessions), tier LONG_TERM, the strategy's name in
+``metadata.strategy``, ``valid_from`` of its earliest source, and a vector: the unit mean of its
+sources' vectors (so no model runs in the workers), plus BM25 terms of its own text.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import redis
+import structlog
+
+from hivemem.agents.sparse import Bm25Encoder
+from hivemem.pool.adapters.redis_bus import RedisBus, zone_topic
+from hivemem.pool.enums import Level, Tier, Zone
+from hivemem.pool.envelope import make_envelope
+from hivemem.pool.errors import HivememError, StrategyFailed
+from hivemem.pool.filters import And, Cond
+from hivemem.pool.ids import check_label
+from hivemem.pool.ports import ZoneStore
+from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
+from hivemem.workers.clustering import centre
+from hivemem.workers.keys import WorkerKeys
+from hivemem.workers.locks import held
+from hivemem.workers.strategy import ConsolidationStrategy, Draft, Sources
+
+log = structlog.get_logger(__name__)
+
+#: The sender id of everything the workers publish.
+WORKER_SENDER = "hivemem-workers"
+#: Derived ids are UUID5 in this namespace, over "level|zone|user|sorted source ids".
+_ID_NAMESPACE = uuid.UUID("5f0c8f6e-2b1d-4c1e-9a57-6d1f0e3b7a21")
+_MAX_CONTENT_CHARS = 8_000
+_LUA = Path(__file__).parent / "lua"
+
+
+class ScopeBusy(HivememError):
+    """Raised when another worker holds the scope's consolidation lock (the task retries)."""
+
+    def __init__(self, zone: Zone, user_id: str) -> None:
+        super().__init__(f"another worker is consolidating {zone.value}/{user_id}")
+        self.zone = zone
+        self.user_id = user_id
+
+
+def derived_id(level: Level, zone: Zone, user_id: str, sources: Sequence[str]) -> str:
+    """The id of a consolidated record: the same sources always give the same id."""
+    name = "|".join([level.value, zone.value, user_id, *sorted(sources)])
+    return str(uuid.uuid5(_ID_NAMESPACE, name))
+
+
+@dataclass
+class ConsolidationReport:
+    """What one run did (ids of what it wrote)."""
+
+    zone: str
+    user_id: str
+    strategy: str
+    episodes: int = 0
+    traces: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    domain: str | None = None
+    retired: list[str] = field(default_factory=list)
+    resumed: bool = False
+
+
+@dataclass
+class _Plan:
+    episodes: list[str]
+    finalized: bool = False
+    prior_categories: list[str] = field(default_factory=list)
+    prior_domain: str | None = None
+
+    def encode(self) -> str:
+        return json.dumps(self.__dict__)
+
+
+class ConsolidationService:
+    """Runs consolidations (see the module docstring). Thread-safe; the lock is per scope."""
+
+    def __init__(  # noqa: PLR0917 - the parts a run joins, each needed
+        self,
+        client: redis.Redis,
+        bus: RedisBus,
+        store: ZoneStore,
+        keys: WorkerKeys,
+        strategy: ConsolidationStrategy,
+        fallback: ConsolidationStrategy,
+        *,
+        lock_ttl_s: float,
+        send_batch: int,
+    ) -> None:
+        self._client = client
+        self._bus = bus
+        self._store = store
+        self._keys = keys
+        self._strategy = strategy
+        self._fallback = fallback
+        self._lock_ttl_s = lock_ttl_s
+        self._send_batch = send_batch
+        self._sparse = Bm25Encoder()
+        self._take_plan = client.register_script((_LUA / "take_plan.lua").read_text())
+        self._forget_user = client.register_script((_LUA / "forget_user.lua").read_text())
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    def due(self, zone: Zone) -> list[str]:
+        """Users of ``zone`` with episodes waiting (or a run to resume), sorted."""
+        users = cast("set[bytes]", self._client.smembers(self._keys.users(zone)))
+        return sorted(u.decode() for u in users)
+
+    def consolidate(self, zone: Zone, user_id: str) -> ConsolidationReport:
+        """Consolidate the scope's pending episodes (or finish an interrupted run). Raises
+        ScopeBusy when another worker holds the scope."""
+        report = ConsolidationReport(zone=zone.value, user_id=user_id, strategy=self._strategy.name)
+        key = self._keys.consolidate_lock(zone, user_id)
+        with held(self._client, key, self._lock_ttl_s) as lock:
+            if not lock.acquired:
+                raise ScopeBusy(zone, user_id)
+            self._client.delete(self._keys.queued(zone, user_id))
+            raw = self._take_plan(
+                keys=[self._keys.pending(zone, user_id), self._keys.plan(zone, user_id)]
+            )
+            if raw:
+                plan = _Plan(**json.loads(raw))
+                report.resumed = plan.finalized
+                if not plan.finalized:
+                    plan = self._finalize(zone, user_id, plan)
+                self._run(zone, user_id, plan, report)
+                self._client.delete(self._keys.plan(zone, user_id))
+            self._forget_user(
+                keys=[self._keys.pending(zone, user_id), self._keys.users(zone)], args=[user_id]
+            )
+        log.info(
+            "consolidation_done",
+            zone=zone.value,
+            user_id=user_id,
+            episodes=report.episodes,
+            traces=len(report.traces),
+            categories=len(report.categories),
+            resumed=report.resumed,
+        )
+        return report
+
+    # -- the plan -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _current(user_id: str, level: Level) -> And:
+        """The user's current (not superseded) records of ``level``."""
+        return And(
+            all=[
+                Cond(field="scope.user_id", op="eq", value=user_id),
+                Cond(field="level", op="eq", value=level),
+                Cond(field="superseded_at", op="eq", value=None),
+            ]
+        )
+
+    def _finalize(self, zone: Zone, user_id: str, plan: _Plan) -> _Plan:
+        """Fix what the run starts from; nothing has been written for this plan yet."""
+        episodes = [
+            r.id
+            for r in self._store.get(zone, plan.episodes)
+            if r.level is Level.EPISODE and r.scope.user_id == user_id and not r.consolidated_into
+        ]
+        categories = self._store.ids(zone, self._current(user_id, Level.CATEGORY))
+        domains = self._store.ids(zone, self._current(user_id, Level.DOMAIN))
+        final = _Plan(
+            episodes=episodes,
+            finalized=True,
+            prior_categories=categories,
+            prior_domain=domains[0] if domains else None,
+        )
+        self._client.set(self._keys.plan(zone, user_id), final.encode())
+        return final
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def _run(self, zone: Zone, user_id: str, plan: _Plan, report: ConsolidationReport) -> None:
+        now = utc_now()
+        episodes = self._store.get(zone, plan.episodes, with_vectors=True)
+        episodes = [r for r in episodes if r.vector is not None]
+        report.episodes = len(episodes)
+        new_traces = [
+            self._derive(
+                Level.TRACE, zone=zone, user_id=user_id, draft=draft, pool=episodes, now=now
+            )
+            for draft in self._drafts("traces", episodes, lambda s, x: s.traces(x))
+        ]
+        current = self._current(user_id, Level.TRACE)
+        by_id = {r.id: r for r in self._store.scan(zone, current, with_vectors=True) if r.vector}
+        by_id.update((r.id, r) for r in new_traces)
+        traces = sorted(by_id.values(), key=lambda r: r.id)
+        if not traces:
+            return
+        categories = self._with_versions(
+            zone,
+            [
+                self._derive(
+                    Level.CATEGORY, zone=zone, user_id=user_id, draft=draft, pool=traces, now=now
+                )
+                for draft in self._drafts("categories", traces, lambda s, x: s.categories(x))
+            ],
+            plan.prior_categories,
+        )
+        [domain_draft] = self._drafts("domain", categories, lambda s, x: [s.domain(user_id, x)])
+        domain = self._derive(
+            Level.DOMAIN, zone=zone, user_id=user_id, draft=domain_draft, pool=categories, now=now
+        )
+        if plan.prior_domain is not None and plan.prior_domain != domain.id:
+            domain = domain.model_copy(update={"supersedes": plan.prior_domain})
+        retired = self._write(
+            zone,
+            plan,
+            traces=new_traces,
+            categories=categories,
+            domain_record=domain,
+            episodes=episodes,
+            now=now,
+        )
+        self._publish(zone, [*new_traces, *categories, domain], retired)
+        report.traces = [r.id for r in new_traces]
+        report.categories = [r.id for r in categories]
+        report.domain = domain.id
+        report.retired = [t.id for t in retired]
+
+    def _drafts(
+        self,
+        step: str,
+        records: Sequence[MemoryRecord],
+        make: Callable[[ConsolidationStrategy, Sources], list[Draft]],
+    ) -> list[Draft]:
+        """The strategy's drafts for ``step``, checked against the contract; the offline
+        fallback's when another strategy fails or breaks the contract."""
+        if not records:
+            return []
+        sources = _sources(records)
+        try:
+            drafts = make(self._strategy, sources)
+            _check(drafts, sources)
+        except Exception as error:  # isolation point: a strategy is user code
+            if self._strategy is self._fallback:
+                raise
+            log.warning(
+                "consolidation_strategy_failed",
+                strategy=self._strategy.name,
+                step=step,
+                error=type(error).__name__,
+            )
+            drafts = make(self._fallback, sources)
+            _check(drafts, sources)
+        return drafts
+
+    def _derive(
+        self,
+        level: Level,
+        *,
+        zone: Zone,
+        user_id: str,
+        draft: Draft,
+        pool: Sequence[MemoryRecord],
+        now: datetime,
+    ) -> MemoryRecord:
+        """The record a draft becomes (with its vector: the unit mean of its sources')."""
+        by_id = {r.id: r for r in pool}
+        sources = [by_id[i] for i in draft.sources]
+        row = centre(np.asarray([s.vector for s in sources], dtype=np.float32))
+        content = draft.content.strip()[:_MAX_CONTENT_CHARS]
+        return MemoryRecord(
+            id=derived_id(level, zone, user_id, draft.sources),
+            content=content,
+            vector=row.tolist(),
+            sparse=self._sparse.encode_documents([content])[0],
+            level=level,
+            scope=Scope(user_id=user_id),
+            tier=Tier.LONG_TERM,
+            category=draft.category,
+            zone=Zone.highest([s.zone for s in sources]),
+            importance=min(1.0, max(0.0, float(draft.importance))),
+            tags=_labels(draft.tags),
+            entities=_labels(draft.entities),
+            metadata={"strategy": self._strategy.name},
+            sources=sorted(draft.sources),
+            valid_from=min(s.valid_from for s in sources),
+            recorded_at=now,
+        )
+
+    def _with_versions(
+        self, zone: Zone, new: list[MemoryRecord], prior_ids: Sequence[str]
+    ) -> list[MemoryRecord]:
+        """Give each changed category the previous one it supersedes (most shared traces, then
+        lowest id), each previous category at most once."""
+        prior = {r.id: set(r.sources) for r in self._store.get(zone, prior_ids)}
+        taken = {r.id for r in new} & set(prior)
+        result = []
+        for candidate in new:
+            record = candidate
+            if record.id not in prior:
+                mine = set(record.sources)
+                overlap = [
+                    (len(sources & mine), pid)
+                    for pid, sources in prior.items()
+                    if pid not in taken and sources & mine
+                ]
+                if overlap:
+                    best = min(overlap, key=lambda item: (-item[0], item[1]))[1]
+                    taken.add(best)
+                    record = record.model_copy(update={"supersedes": best})
+            result.append(record)
+        return result
+
+    def _write(
+        self,
+        zone: Zone,
+        plan: _Plan,
+        *,
+        traces: Sequence[MemoryRecord],
+        categories: Sequence[MemoryRecord],
+        domain_record: MemoryRecord,
+        episodes: Sequence[MemoryRecord],
+        now: datetime,
+    ) -> list[Tombstone]:
+        """Store the outputs and the links (each step idempotent); returns the tombstones of
+        retired categories, for the agents."""
+        self._store.upsert(zone, [*traces, *categories, domain_record])
+        updates: dict[str, dict[str, object]] = {}
+        into_trace = {s: t.id for t in traces for s in t.sources}
+        for episode in episodes:
+            tier = Tier.SHORT_TERM if episode.tier is not Tier.ARCHIVE else episode.tier
+            updates[episode.id] = {"consolidated_into": [into_trace[episode.id]], "tier": tier}
+        for category in categories:
+            for trace_id in category.sources:
+                updates[trace_id] = {"consolidated_into": [category.id]}
+            updates[category.id] = {"consolidated_into": [domain_record.id]}
+        successors = {r.supersedes: r.id for r in categories if r.supersedes}
+        current = {r.id for r in categories}
+        retired: list[Tombstone] = []
+        for prior in self._store.get(zone, plan.prior_categories):
+            if prior.id in current:
+                continue
+            updates[prior.id] = {"superseded_at": now, "superseded_by": successors.get(prior.id)}
+            if prior.id not in successors:
+                retired.append(
+                    Tombstone(id=prior.id, scope=prior.scope, level=prior.level, zone=prior.zone)
+                )
+        if domain_record.supersedes is not None:
+            updates[domain_record.supersedes] = {
+                "superseded_at": now,
+                "superseded_by": domain_record.id,
+            }
+        present = self._store.presence(zone, list(updates))
+        self._store.update_fields(
+            zone, {k: v for k, v in updates.items() if present.get(k) is False}
+        )
+        return retired
+
+    def _publish(
+        self, zone: Zone, records: Sequence[MemoryRecord], retired: Sequence[Tombstone]
+    ) -> None:
+        messages: list[tuple[str, bytes]] = []
+        for start in range(0, len(records), self._send_batch):
+            envelope = make_envelope(
+                sender=WORKER_SENDER,
+                zone=zone,
+                records=records[start : start + self._send_batch],
+                tombstones=list(retired) if start == 0 else (),
+            )
+            messages.append((envelope.message_id, envelope.encode()))
+        self._bus.publish(zone_topic(zone), WORKER_SENDER, messages)
+
+
+def _sources(records: Sequence[MemoryRecord]) -> Sources:
+    vectors = np.asarray([r.vector for r in records], dtype=np.float32)
+    return Sources([r.model_copy(update={"vector": None}) for r in records], vectors)
+
+
+def _labels(values: Sequence[str]) -> list[str]:
+    """The valid labels among ``values`` (a strategy's words may not all be labels), deduped."""
+    kept: list[str] = []
+    for value in values:
+        try:
+            label = check_label(value, field="label")
+        except ValueError:
+            continue
+        if label not in kept:
+            kept.append(label)
+    return kept[:64]
+
+
+def _check(drafts: Sequence[Draft], sources: Sources) -> None:
+    """The strategy contract (see hivemem.workers.strategy); raises StrategyFailed."""
+    known = {r.id for r in sources.records}
+    seen: set[str] = set()
+    for draft in drafts:
+        if not draft.sources:
+            raise StrategyFailed("a draft without sources")
+        if not draft.content.strip():
+            raise StrategyFailed("a draft without content")
+        for source in draft.sources:
+            if source not in known:
+                raise StrategyFailed("a draft names a source that is not an input")
+            if source in seen:
+                raise StrategyFailed("an input is the source of two drafts")
+            seen.add(source)
+    if seen != known:
+        raise StrategyFailed(f"{len(known - seen)} inputs were left out")

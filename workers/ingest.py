@@ -1,0 +1,247 @@
+"""Ingest: from a zone's ingest queue (every record and tombstone agents write) into the zone
+store, exactly once in effect.
+
+One worker drains a zone at a time (the zone's ingest lock). Per round it reads up to ``batch``
+messages after its cursor and:
+
+1. stores the records it has not stored before (records are immutable: a record already in the
+   store keeps the workers' bookkeeping, such as consolidation links and tier), links each new
+   version to the version it supersedes, and writes tombstones (a deleted record's content is
+   destroyed; a late copy is never stored again);
+2. in one Redis transaction, queues the new current episodes for consolidation (the user's
+   *pending* set) and moves the cursor past the round;
+3. deletes the consumed entries from the queue.
+
+A worker that dies before step 2 leaves the cursor where it was: the next drain reads the round
+again, finds its records stored, and queues any unconsolidated episode among them (step 2 never
+ran, so none was queued). After step 2 nothing of the round is read again. Users whose pending
+episodes reach ``threshold`` are reported as due, once until their consolidation starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import numpy as np
+import redis
+import structlog
+
+from hivemem.pool.adapters.redis_bus import RedisBus, ingest_topic
+from hivemem.pool.enums import Level, Zone
+from hivemem.pool.envelope import decode_envelope
+from hivemem.pool.errors import InvalidMessage
+from hivemem.pool.ports import Vector, ZoneStore
+from hivemem.pool.records import MemoryRecord, Tombstone
+from hivemem.workers.keys import WorkerKeys
+from hivemem.workers.locks import held
+
+log = structlog.get_logger(__name__)
+#: A consolidation queued for a user is not queued again for this long (seconds), unless it
+#: starts earlier (it clears the mark).
+_QUEUED_TTL_S = 600
+
+
+@dataclass
+class IngestReport:
+    """What one drain did. ``busy``: another worker was draining the zone (nothing done)."""
+
+    zone: str
+    messages: int = 0
+    records: int = 0
+    tombstones: int = 0
+    skipped: int = 0
+    due: list[str] = field(default_factory=list)
+    busy: bool = False
+
+
+@dataclass
+class _Round:
+    records: list[MemoryRecord] = field(default_factory=list)
+    rows: list[Vector | None] = field(default_factory=list)
+    tombstones: list[Tombstone] = field(default_factory=list)
+
+
+class IngestService:
+    """Drains ingest queues into the zone store (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        bus: RedisBus,
+        store: ZoneStore,
+        keys: WorkerKeys,
+        *,
+        batch: int,
+        threshold: int,
+        lock_ttl_s: float,
+    ) -> None:
+        self._client = client
+        self._bus = bus
+        self._store = store
+        self._keys = keys
+        self._batch = batch
+        self._threshold = threshold
+        self._lock_ttl_s = lock_ttl_s
+
+    def drain(
+        self, zone: Zone, *, max_messages: int | None = None, on_due: Callable[[str], None]
+    ) -> IngestReport:
+        """Store what the zone's queue holds (up to ``max_messages``); ``on_due(user_id)`` is
+        called for each user whose pending episodes passed the threshold."""
+        report = IngestReport(zone=zone.value)
+        with held(self._client, self._keys.ingest_lock(zone), self._lock_ttl_s) as lock:
+            if not lock.acquired:
+                report.busy = True
+                return report
+            topic = ingest_topic(zone)
+            while max_messages is None or report.messages < max_messages:
+                if not self._round(zone, topic, report):
+                    break
+        for user_id in report.due:
+            on_due(user_id)
+        return report
+
+    def _cursor(self, zone: Zone) -> tuple[str | None, int]:
+        raw = cast("bytes | None", self._client.get(self._keys.ingest_cursor(zone)))
+        if raw is None:
+            return None, 0
+        epoch, seq = raw.decode().split(" ")
+        return epoch, int(seq)
+
+    def _round(self, zone: Zone, topic: str, report: IngestReport) -> bool:
+        """One read-store-commit round; False when the queue had nothing after the cursor."""
+        epoch, seq = self._cursor(zone)
+        backlog = self._bus.read(topic, seq, limit=self._batch)
+        if backlog.epoch is None:
+            return False
+        if backlog.epoch != epoch:
+            if epoch is not None:
+                log.warning("ingest_new_epoch", zone=zone.value, reason="Redis lost its data")
+            epoch, seq = backlog.epoch, 0
+            backlog = self._bus.read(topic, 0, limit=self._batch)
+        elif backlog.trimmed:
+            log.error("ingest_gap", zone=zone.value, cursor=seq)
+        if not backlog.deliveries:
+            return False
+        batch = _Round()
+        for delivery in backlog.deliveries:
+            try:
+                envelope = decode_envelope(delivery.data)
+            except InvalidMessage as error:
+                log.warning(
+                    "ingest_message_skipped", zone=zone.value, seq=delivery.seq, reason=str(error)
+                )
+                report.skipped += 1
+                continue
+            if envelope.zone != zone or envelope.to is not None:
+                log.warning(
+                    "ingest_message_skipped",
+                    zone=zone.value,
+                    seq=delivery.seq,
+                    reason="envelope does not belong in this zone's queue",
+                )
+                report.skipped += 1
+                continue
+            batch.records.extend(envelope.records)
+            batch.rows.extend(envelope.vectors())
+            batch.tombstones.extend(envelope.tombstones)
+        queued = self._store_round(zone, batch)
+        last = backlog.deliveries[-1].seq
+        due = self._commit(zone, queued, batch.tombstones, epoch, last)
+        self._bus.trim_through(topic, last)
+        report.messages += len(backlog.deliveries)
+        report.records += len(batch.records)
+        report.tombstones += len(batch.tombstones)
+        report.due.extend(u for u in due if u not in report.due)
+        return True
+
+    def _store_round(self, zone: Zone, batch: _Round) -> list[MemoryRecord]:
+        """Write the round to the store; returns the episodes to queue for consolidation."""
+        unique: dict[str, tuple[MemoryRecord, Vector | None]] = {}
+        for record, row in zip(batch.records, batch.rows, strict=True):
+            unique.setdefault(record.id, (record, row))
+        presence = self._store.presence(zone, list(unique))
+        new = [pair for record_id, pair in unique.items() if record_id not in presence]
+        self._upsert(zone, new)
+        self._link_versions(zone, [record for record, _ in new])
+        if batch.tombstones:
+            self._store.put_tombstones(zone, batch.tombstones)
+        deleted = {t.id for t in batch.tombstones}
+        queued = [
+            record
+            for record, _ in new
+            if record.level is Level.EPISODE and record.is_current and record.id not in deleted
+        ]
+        # Read again after a crash: stored then, never queued (the commit did not happen).
+        stored_before = [i for i, tombstone in presence.items() if not tombstone]
+        if stored_before:
+            queued += [
+                r
+                for r in self._store.get(zone, stored_before)
+                if r.level is Level.EPISODE
+                and r.is_current
+                and not r.consolidated_into
+                and r.id not in deleted
+            ]
+        return queued
+
+    def _upsert(self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, Vector | None]]) -> None:
+        with_rows = [(r, row) for r, row in pairs if row is not None]
+        if with_rows:
+            dense = np.stack([row for _, row in with_rows]).astype(np.float32, copy=False)
+            self._store.upsert(zone, [r for r, _ in with_rows], dense)
+        self._store.upsert(zone, [r for r, row in pairs if row is None])
+
+    def _link_versions(self, zone: Zone, records: Sequence[MemoryRecord]) -> None:
+        """Mark the versions the new records supersede (when stored and still current)."""
+        successors = {r.supersedes: r for r in records if r.supersedes is not None}
+        if not successors:
+            return
+        updates: dict[str, dict[str, object]] = {}
+        marked: list[MemoryRecord] = []
+        for previous in self._store.get(zone, list(successors)):
+            successor = successors[previous.id]
+            if previous.superseded_by is None:
+                updates[previous.id] = {
+                    "superseded_at": successor.recorded_at,
+                    "superseded_by": successor.id,
+                }
+                marked.append(previous)
+        self._store.update_fields(zone, updates)
+        self._drop_pending(zone, marked)
+
+    def _drop_pending(self, zone: Zone, records: Sequence[MemoryRecord | Tombstone]) -> None:
+        if records:
+            with self._client.pipeline(transaction=False) as pipe:
+                for record in records:
+                    pipe.srem(self._keys.pending(zone, record.scope.user_id), record.id)
+                pipe.execute()
+
+    def _commit(
+        self,
+        zone: Zone,
+        queued: Sequence[MemoryRecord],
+        tombstones: Sequence[Tombstone],
+        epoch: str,
+        last_seq: int,
+    ) -> list[str]:
+        """Queue the episodes and move the cursor, in one transaction; returns the due users."""
+        by_user: dict[str, list[str]] = {}
+        for record in queued:
+            by_user.setdefault(record.scope.user_id, []).append(record.id)
+        with self._client.pipeline(transaction=True) as pipe:
+            for user_id, ids in by_user.items():
+                pipe.sadd(self._keys.pending(zone, user_id), *ids)
+                pipe.sadd(self._keys.users(zone), user_id)
+            for tombstone in tombstones:
+                pipe.srem(self._keys.pending(zone, tombstone.scope.user_id), tombstone.id)
+            pipe.set(self._keys.ingest_cursor(zone), f"{epoch} {last_seq}")
+            pipe.execute()
+        return [
+            user_id
+            for user_id in by_user
+            if cast("int", self._client.scard(self._keys.pending(zone, user_id))) >= self._threshold
+            and self._client.set(self._keys.queued(zone, user_id), 1, nx=True, ex=_QUEUED_TTL_S)
+        ]

@@ -1,0 +1,49 @@
+"""The Redis keys the workers keep, under the pool's namespace ``ns``:
+
+- ``ns:ingest:<zone>:cursor`` — ``"<epoch> <seq>"``: the last ingest message stored;
+- ``ns:consolidate:<zone>:users`` — the users of the zone with episodes waiting;
+- ``ns:consolidate:<zone>:<user>:pending`` — ids of the user's episodes not yet consolidated;
+- ``ns:consolidate:<zone>:<user>:plan`` — the run in progress (JSON; see consolidation.py);
+- ``ns:consolidate:<zone>:<user>:queued`` — set while a consolidation task is queued (dedupe);
+- ``ns:lock:ingest:<zone>`` and ``ns:lock:consolidate:<zone>:<user>`` — the locks.
+
+User ids are validated scope ids (no spaces, no wildcards), so they are safe inside keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hivemem.pool.enums import Zone
+from hivemem.pool.ids import check_scope_id
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerKeys:
+    namespace: str
+
+    def ingest_cursor(self, zone: Zone) -> str:
+        return f"{self.namespace}:ingest:{zone.value}:cursor"
+
+    def ingest_lock(self, zone: Zone) -> str:
+        return f"{self.namespace}:lock:ingest:{zone.value}"
+
+    def users(self, zone: Zone) -> str:
+        return f"{self.namespace}:consolidate:{zone.value}:users"
+
+    def _scope(self, zone: Zone, user_id: str) -> str:
+        user = check_scope_id(user_id, field="user_id")
+        return f"{self.namespace}:consolidate:{zone.value}:{user}"
+
+    def pending(self, zone: Zone, user_id: str) -> str:
+        return f"{self._scope(zone, user_id)}:pending"
+
+    def plan(self, zone: Zone, user_id: str) -> str:
+        return f"{self._scope(zone, user_id)}:plan"
+
+    def queued(self, zone: Zone, user_id: str) -> str:
+        return f"{self._scope(zone, user_id)}:queued"
+
+    def consolidate_lock(self, zone: Zone, user_id: str) -> str:
+        user = check_scope_id(user_id, field="user_id")
+        return f"{self.namespace}:lock:consolidate:{zone.value}:{user}"

@@ -1,0 +1,68 @@
+"""Locks that keep two workers off the same work: one per (zone, scope) for consolidation, one
+per zone for ingest.
+
+A lock is a Redis key with a random token and a time to live (``ttl_s``). While it is held, a
+thread renews it every third of its TTL, so a long task keeps it and a dead worker (SIGKILL, lost
+machine) loses it at most ``ttl_s`` later. A holder that fails to renew (Redis unreachable for a
+whole TTL) is told through :attr:`HeldLock.lost`; the work it protects is idempotent, so at worst
+it is done twice, never lost.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+import structlog
+from redis.exceptions import LockError
+
+log = structlog.get_logger(__name__)
+
+
+class HeldLock:
+    """A lock this process holds (or tried to: :attr:`acquired`)."""
+
+    def __init__(self, client: redis.Redis, key: str, ttl_s: float) -> None:
+        self.key = key
+        self._lock = client.lock(key, timeout=ttl_s, blocking=False, thread_local=False)
+        self._ttl_s = ttl_s
+        self._halt = threading.Event()
+        self.lost = threading.Event()
+        self.acquired = bool(self._lock.acquire())
+        self._renewer: threading.Thread | None = None
+        if self.acquired:
+            self._renewer = threading.Thread(
+                target=self._renew, name=f"hivemem-lock-{key}", daemon=True
+            )
+            self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._halt.wait(self._ttl_s / 3):
+            try:
+                self._lock.reacquire()
+            except (LockError, redis.RedisError) as error:
+                log.warning("lock_renewal_failed", key=self.key, error=type(error).__name__)
+                self.lost.set()
+                return
+
+    def release(self) -> None:
+        self._halt.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        if self.acquired and not self.lost.is_set():
+            try:
+                self._lock.release()
+            except (LockError, redis.RedisError) as error:
+                log.warning("lock_release_failed", key=self.key, error=type(error).__name__)
+
+
+@contextmanager
+def held(client: redis.Redis, key: str, ttl_s: float) -> Iterator[HeldLock]:
+    """Try to take the lock ``key`` without waiting; check :attr:`HeldLock.acquired`."""
+    lock = HeldLock(client, key, ttl_s)
+    try:
+        yield lock
+    finally:
+        lock.release()

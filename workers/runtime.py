@@ -1,0 +1,145 @@
+"""What the tasks of one worker process use, built on first use and once per process.
+
+Celery's prefork pool forks its children from the worker's main process: nothing here is built
+in the parent (a Redis connection or an open Edge shard must not cross a fork), and
+:meth:`WorkerRuntime.reset` drops anything that did.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from functools import cached_property
+
+import redis
+
+from hivemem.agents.embedding import MINILM_DIM
+from hivemem.pool.adapters.edge_zone_store import EdgeZoneStore
+from hivemem.pool.adapters.qdrant_zone_store import QdrantZoneStore
+from hivemem.pool.adapters.redis_bus import RedisBus
+from hivemem.pool.errors import InvalidInput
+from hivemem.pool.ports import ZoneStore
+from hivemem.pool.settings import ConsolidationSettings, HivememSettings
+from hivemem.workers.archive import ArchiveService
+from hivemem.workers.consolidation import ConsolidationService
+from hivemem.workers.ingest import IngestService
+from hivemem.workers.keys import WorkerKeys
+from hivemem.workers.lifecycle import LifecycleService
+from hivemem.workers.llm import LlmStrategy
+from hivemem.workers.offline import OfflineStrategy
+from hivemem.workers.strategy import ConsolidationStrategy
+
+
+def open_zone_store(settings: HivememSettings) -> ZoneStore:
+    """The Qdrant server of ``qdrant_url``, else the embedded store under ``<data_dir>/zones``."""
+    namespace = settings.pool.namespace
+    if settings.qdrant_url is not None:
+        key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return QdrantZoneStore.from_url(
+            settings.qdrant_url, dim=MINILM_DIM, api_key=key, namespace=namespace
+        )
+    return EdgeZoneStore(
+        settings.data_dir / "zones",
+        dim=MINILM_DIM,
+        namespace=namespace,
+        idle_close_s=settings.workers.store_idle_close_s,
+        open_timeout_s=settings.workers.store_open_timeout_s,
+    )
+
+
+def make_strategy(settings: ConsolidationSettings) -> ConsolidationStrategy:
+    """The strategy the settings name: "offline", "llm", or ``module:Class`` (built with the
+    settings). Raises InvalidInput for a name that does not resolve."""
+    offline = OfflineStrategy(settings)
+    if settings.strategy == "offline":
+        return offline
+    if settings.strategy == "llm":
+        return LlmStrategy(settings.llm, offline)
+    module_name, _, class_name = settings.strategy.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise InvalidInput(
+            f"consolidation strategy {settings.strategy[:120]!r} is not offline, llm, "
+            "or an importable module:Class",
+            field="workers.consolidation.strategy",
+        ) from None
+    strategy: ConsolidationStrategy = factory(settings)
+    return strategy
+
+
+class WorkerRuntime:
+    """The services of one worker process (see the module docstring)."""
+
+    def __init__(self, settings: HivememSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        """Forget everything built so far (in a freshly forked child), without closing it:
+        the parent still owns it."""
+        with self._lock:
+            for name in [n for n in vars(self) if n not in ("settings", "_lock")]:
+                delattr(self, name)
+
+    def close(self) -> None:
+        with self._lock:
+            if "store" in vars(self):
+                self.store.close()
+            if "client" in vars(self):
+                self.client.close()
+        self.reset()
+
+    @cached_property
+    def client(self) -> redis.Redis:
+        if self.settings.redis_url is None:
+            raise InvalidInput("the workers need HIVEMEM_REDIS_URL", field="redis_url")
+        return redis.Redis.from_url(self.settings.redis_url)
+
+    @cached_property
+    def keys(self) -> WorkerKeys:
+        return WorkerKeys(self.settings.pool.namespace)
+
+    @cached_property
+    def bus(self) -> RedisBus:
+        pool = self.settings.pool
+        return RedisBus(self.client, namespace=pool.namespace, maxlen=pool.stream_maxlen)
+
+    @cached_property
+    def store(self) -> ZoneStore:
+        return open_zone_store(self.settings)
+
+    @cached_property
+    def ingest(self) -> IngestService:
+        workers = self.settings.workers
+        return IngestService(
+            self.client,
+            self.bus,
+            self.store,
+            self.keys,
+            batch=workers.ingest_batch,
+            threshold=workers.consolidation.threshold,
+            lock_ttl_s=workers.lock_ttl_s,
+        )
+
+    @cached_property
+    def consolidation(self) -> ConsolidationService:
+        settings = self.settings.workers.consolidation
+        return ConsolidationService(
+            self.client,
+            self.bus,
+            self.store,
+            self.keys,
+            make_strategy(settings),
+            OfflineStrategy(settings),
+            lock_ttl_s=self.settings.workers.lock_ttl_s,
+            send_batch=self.settings.pool.send_batch,
+        )
+
+    @cached_property
+    def archive(self) -> ArchiveService:
+        return ArchiveService(self.store)
+
+    @cached_property
+    def lifecycle(self) -> LifecycleService:
+        return LifecycleService(self.store, self.archive)

@@ -1,0 +1,128 @@
+"""The Celery tasks: thin. Each decodes its arguments, calls a service of the worker's runtime
+inside a store session, and returns a JSON-able report.
+
+Task boundaries are isolation points: a transient failure (Redis or Qdrant unreachable, the
+embedded store held by another process, the scope locked by another worker) is retried with
+back-off; anything else fails the task with its traceback in the logs. structlog context
+carries the task id (bound for every task by :func:`bind_task`), and the zone and scope.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import redis
+import structlog
+from celery import Celery, Task
+
+from hivemem.pool.enums import Zone, checked_zone
+from hivemem.pool.errors import StoreBusy, StoreUnavailable
+from hivemem.pool.filters import parse_filter
+from hivemem.pool.ids import check_record_id, check_scope_id
+from hivemem.pool.records import utc_now
+from hivemem.workers.consolidation import ScopeBusy
+from hivemem.workers.policies import configured_policies
+from hivemem.workers.runtime import WorkerRuntime
+
+log = structlog.get_logger(__name__)
+_TRANSIENT = (StoreBusy, StoreUnavailable, redis.ConnectionError, redis.TimeoutError)
+_RETRIES = 50
+
+
+def bind_task(task_id: str | None = None, task: Task | None = None, **_: object) -> None:
+    """celery ``task_prerun``: every log line of the task carries its id and name."""
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=getattr(task, "name", None))
+
+
+def unbind_task(**_: object) -> None:
+    """celery ``task_postrun``."""
+    structlog.contextvars.clear_contextvars()
+
+
+def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
+    """Define hivemem's tasks on ``app``, each using ``runtime``."""
+    settings = runtime.settings
+    retrying: dict[str, Any] = {
+        "autoretry_for": _TRANSIENT,
+        "retry_backoff": 0.5,
+        "retry_backoff_max": 30,
+        "max_retries": _RETRIES,
+    }
+
+    @app.task(name="hivemem.ingest", **retrying)
+    def ingest(zone: str) -> dict[str, Any]:
+        """Drain the zone's ingest queue into the zone store (a bounded amount per task; the
+        task queues itself again when more is waiting)."""
+        chosen = checked_zone(zone)
+        structlog.contextvars.bind_contextvars(zone=chosen.value)
+        limit = settings.workers.ingest_batch * 16
+        with runtime.store.session():
+            report = runtime.ingest.drain(
+                chosen,
+                max_messages=limit,
+                on_due=lambda user_id: consolidate.delay(chosen.value, user_id),
+            )
+        if report.messages >= limit:
+            ingest.delay(chosen.value)
+        return asdict(report)
+
+    @app.task(name="hivemem.consolidate", bind=True, **retrying)
+    def consolidate(self: Task, zone: str, user_id: str) -> dict[str, Any]:
+        """Consolidate one scope; retried while another worker holds it."""
+        chosen = checked_zone(zone)
+        user = check_scope_id(user_id, field="user_id")
+        structlog.contextvars.bind_contextvars(zone=chosen.value, user_id=user)
+        try:
+            with runtime.store.session():
+                report = runtime.consolidation.consolidate(chosen, user)
+        except ScopeBusy as busy:
+            raise self.retry(
+                exc=busy, countdown=settings.workers.lock_retry_s, max_retries=_RETRIES
+            ) from None
+        return asdict(report)
+
+    @app.task(name="hivemem.consolidate_due", **retrying)
+    def consolidate_due() -> dict[str, list[str]]:
+        """Queue a consolidation for every scope with episodes waiting (the schedule's sweep)."""
+        queued: dict[str, list[str]] = {}
+        for zone in Zone:
+            for user_id in runtime.consolidation.due(zone):
+                consolidate.delay(zone.value, user_id)
+                queued.setdefault(zone.value, []).append(user_id)
+        return queued
+
+    @app.task(name="hivemem.lifecycle", **retrying)
+    def lifecycle(
+        dry_run: bool = False, now: str | None = None, zones: list[str] | None = None
+    ) -> dict[str, Any]:
+        """One pass of the configured policies over the zones (all by default)."""
+        at = datetime.fromisoformat(now) if now is not None else utc_now()
+        chosen = [checked_zone(z) for z in zones] if zones else list(Zone)
+        with runtime.store.session():
+            report = runtime.lifecycle.run(
+                chosen, configured_policies(settings.workers), now=at, dry_run=dry_run
+            )
+        result: dict[str, Any] = report.model_dump(mode="json")
+        return result
+
+    @app.task(name="hivemem.archive", **retrying)
+    def archive(zone: str, ids: list[str]) -> list[str]:
+        """Move records to the zone's archive; returns the ids moved."""
+        chosen = checked_zone(zone)
+        checked = [check_record_id(i) for i in ids]
+        with runtime.store.session():
+            return runtime.archive.archive(chosen, checked)
+
+    @app.task(name="hivemem.restore", **retrying)
+    def restore(
+        zone: str, ids: list[str] | None = None, where: dict[str, Any] | None = None
+    ) -> list[str]:
+        """Bring archived records back, by ids or by filter (MemoryFilter data)."""
+        chosen = checked_zone(zone)
+        checked = [check_record_id(i) for i in ids] if ids is not None else None
+        expression = parse_filter(where).to_expr() if where is not None else None
+        with runtime.store.session():
+            return runtime.archive.restore(chosen, ids=checked, where=expression)
