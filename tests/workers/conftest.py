@@ -3,6 +3,7 @@ runtime, and real `hivemem worker` processes (Celery prefork workers) the tests 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -111,7 +112,7 @@ class WorkerProcess:
     def __init__(self, settings: HivememSettings, log_path: Path, *args: str) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
-        self.process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+        self.process = subprocess.Popen(
             [sys.executable, "-m", "hivemem.cli", "worker", "--loglevel=INFO", *args],
             cwd=REPO,
             env=settings_env(settings),
@@ -148,10 +149,8 @@ class WorkerProcess:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._log.close()
 
 

@@ -107,7 +107,8 @@ def test_offline_hierarchy_groups_episodes_by_topic(
     for trace in traces:
         assert len({topic_of[s] for s in trace.sources}) == 1, trace.content
         assert trace.id == derived_id(Level.TRACE, Zone.INTERNAL, "u1", trace.sources)
-        assert trace.scope.user_id == "u1" and trace.scope.session_id is None
+        assert trace.scope.user_id == "u1"
+        assert trace.scope.session_id is None
         assert trace.metadata["strategy"] == "offline"
     covered = [s for t in traces for s in t.sources]
     assert sorted(covered) == sorted(topic_of)
@@ -115,7 +116,8 @@ def test_offline_hierarchy_groups_episodes_by_topic(
     into = {t.id for t in traces}
     assert len(episodes) == 18
     for episode in episodes:
-        assert len(episode.consolidated_into) == 1 and episode.consolidated_into[0] in into
+        assert len(episode.consolidated_into) == 1
+        assert episode.consolidated_into[0] in into
         assert episode.tier is Tier.SHORT_TERM
 
     categories = level_records(runtime, Zone.INTERNAL, Level.CATEGORY)
@@ -127,9 +129,7 @@ def test_offline_hierarchy_groups_episodes_by_topic(
     assert sorted(domain.sources) == sorted(c.id for c in categories)
     assert domain.content.startswith("Profile of u1.")
     for word in ("sourdough", "lisbon", "python"):
-        assert word in domain.content.lower() or any(
-            word in c.content.lower() for c in categories
-        )
+        assert word in domain.content.lower() or any(word in c.content.lower() for c in categories)
 
 
 def test_outputs_reach_the_agents_and_carry_the_highest_zone(
@@ -141,7 +141,8 @@ def test_outputs_reach_the_agents_and_carry_the_highest_zone(
     writer = pool.register_agent("writer", clearance=Zone.CONFIDENTIAL)
     reader = pool.register_agent("reader", clearance=Zone.CONFIDENTIAL)
     low = pool.register_agent("low", clearance=Zone.INTERNAL)
-    assert reader.wait_connected() and low.wait_connected()
+    assert reader.wait_connected()
+    assert low.wait_connected()
     write(writer, [(c, "travel") for c in TOPICS["travel"]], Zone.CONFIDENTIAL)
     assert ingest(runtime, Zone.CONFIDENTIAL) == []  # below the threshold
     assert runtime.consolidation.due(Zone.CONFIDENTIAL) == ["u1"]
@@ -170,13 +171,17 @@ def test_a_second_run_with_nothing_new_writes_nothing(
     ingest(runtime, Zone.PUBLIC)
     first = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
     again = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
-    assert again.episodes == 0 and again.traces == [] and again.domain is None
+    assert again.episodes == 0
+    assert again.traces == []
+    assert again.domain is None
     write(agent, [(c, "travel") for c in TOPICS["travel"]], Zone.PUBLIC)
     ingest(runtime, Zone.PUBLIC)
     second = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
-    assert second.episodes == 6 and not set(second.traces) & set(first.traces)
+    assert second.episodes == 6
+    assert not set(second.traces) & set(first.traces)
     [domain] = level_records(runtime, Zone.PUBLIC, Level.DOMAIN)
-    assert domain.id == second.domain and domain.supersedes == first.domain
+    assert domain.id == second.domain
+    assert domain.supersedes == first.domain
     [old] = runtime.store.get(Zone.PUBLIC, [first.domain or ""])
     assert old.superseded_by == second.domain
     traces = level_records(runtime, Zone.PUBLIC, Level.TRACE)
