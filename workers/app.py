@@ -20,7 +20,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import task_postrun, task_prerun, worker_process_init, worker_process_shutdown
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidInput
@@ -57,7 +57,10 @@ def make_app(settings: HivememSettings) -> Celery:
         result_serializer="json",
         accept_content=["json"],
         result_expires=24 * 3600,
-        task_queues=[Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
+        task_queues=[
+            Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
+            for name in QUEUES
+        ],
         task_default_queue="ingest",
         task_routes=ROUTES,
         broker_transport_options={

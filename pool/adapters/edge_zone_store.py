@@ -7,8 +7,10 @@ Layout under ``root``: per zone, ``<namespace>_<zone>/`` (the live collection, a
 An Edge shard belongs to one process at a time, while Celery runs several worker processes. The
 store therefore takes ``.lock`` (``flock``) when it first opens a shard and keeps the shards
 open while it is in use; after ``idle_close_s`` without a call (and outside :meth:`session`) a
-background thread closes them and releases the lock, so another worker process can open them.
-A process waiting for the lock gives up after ``open_timeout_s`` with :class:`StoreBusy`. The
+background thread closes them and releases the lock. A process waiting for the lock says so in
+``.wanted``; the holder then releases the lock as soon as its current session ends, so worker
+processes take turns task by task. A waiter gives up after ``open_timeout_s`` with
+:class:`StoreBusy`. The
 kernel releases the lock of a process that dies, so a SIGKILLed worker never wedges the store.
 With one worker process (the embedded default) the shards simply stay open.
 """
@@ -63,6 +65,7 @@ class EdgeZoneStore:
         self._closed = False
         self._closer: threading.Thread | None = None
         self._halt = threading.Event()
+        self._wanted = root / ".wanted"
         root.mkdir(parents=True, exist_ok=True)
 
     # -- opening and closing --------------------------------------------------------------------
@@ -82,7 +85,8 @@ class EdgeZoneStore:
         finally:
             with self._lock:
                 self._sessions -= 1
-                self._last_use = time.monotonic()
+                if self._sessions == 0 and self._lock_file is not None and self._wanted.exists():
+                    self._release()
 
     def _acquire(self) -> None:
         """Take the store's lock (waiting for another process to release it)."""
@@ -101,7 +105,9 @@ class EdgeZoneStore:
                         f"the zone store under {self.root} stayed open in another process for "
                         f"{self._open_timeout_s:.0f} s"
                     ) from None
+                self._wanted.touch()
                 time.sleep(_LOCK_POLL_S)
+        self._wanted.unlink(missing_ok=True)
         self._lock_file = handle
         if self._closer is None and self._idle_close_s > 0:
             self._closer = threading.Thread(

@@ -109,13 +109,15 @@ def children(pid: int) -> list[int]:
 class WorkerProcess:
     """A `hivemem worker` in its own process group (so the whole worker can be killed)."""
 
-    def __init__(self, settings: HivememSettings, log_path: Path, *args: str) -> None:
+    def __init__(
+        self, settings: HivememSettings, log_path: Path, *args: str, env: dict[str, str]
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "hivemem.cli", "worker", "--loglevel=INFO", *args],
             cwd=REPO,
-            env=settings_env(settings),
+            env={**settings_env(settings), **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -156,11 +158,15 @@ class WorkerProcess:
 
 @pytest.fixture
 def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """``spawn_worker(settings, *cli_args)``: start a worker process; all stopped after."""
+    """``spawn_worker(settings, *cli_args, env={...})``: start a worker process (extra
+    environment variables in ``env``); all are stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def spawn(settings: HivememSettings, *args: str) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log", *args)
+    def spawn(
+        settings: HivememSettings, *args: str, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        worker = WorkerProcess(settings, log_path, *args, env=env or {})
         started.append(worker)
         return worker
 
