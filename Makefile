@@ -42,6 +42,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/locomo.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/consolidate.py --episodes 10000 --scopes 1
+	$(BIN)/python bench/consolidate.py --episodes 10000 --scopes 100 --lifecycle 100000
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,7 @@ the package reads the environment at import time.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -181,3 +182,38 @@ class HivememSettings(BaseSettings):
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    def environment(self) -> dict[str, str]:
+        """The ``HIVEMEM_*`` variables that make ``HivememSettings()`` in a child process equal
+        these settings (nested models as JSON; secrets included: pass them to children only)."""
+        env: dict[str, str] = {}
+        for name, value in self:
+            if value is None:
+                continue
+            key = f"HIVEMEM_{name.upper()}"
+            if isinstance(value, BaseModel):
+                env[key] = _json_with_secrets(value)
+            elif isinstance(value, SecretStr):
+                env[key] = value.get_secret_value()
+            else:
+                env[key] = str(value)
+        return env
+
+
+def _json_with_secrets(model: BaseModel) -> str:
+    """A model as JSON with its secrets in clear text (for a child process's environment)."""
+
+    def plain(value: object) -> object:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, BaseModel):
+            return {k: plain(v) for k, v in value}
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return json.dumps(plain(model))

@@ -81,14 +81,7 @@ def make_runtime(
 def settings_env(settings: HivememSettings) -> dict[str, str]:
     """The environment that makes ``HivememSettings()`` in a child process equal ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMEM_")}
-    env.update(
-        HIVEMEM_DATA_DIR=str(settings.data_dir),
-        HIVEMEM_REDIS_URL=settings.redis_url or "",
-        HIVEMEM_EMBEDDING=settings.embedding.model_dump_json(),
-        HIVEMEM_POOL=settings.pool.model_dump_json(),
-        HIVEMEM_WORKERS=settings.workers.model_dump_json(),
-        HF_HUB_OFFLINE="1",
-    )
+    env.update(settings.environment(), HF_HUB_OFFLINE="1")
     return env
 
 
