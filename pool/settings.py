@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from hivemem.pool.enums import Tier
+from hivemem.pool.enums import Tier, Zone
 
 
 class EmbeddingSettings(BaseModel):
@@ -109,6 +109,9 @@ class LlmSettings(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0.0)
     #: Further attempts after a failed request (bad JSON included) before falling back.
     retries: int = Field(default=2, ge=0, le=10)
+    #: The highest zone whose plaintext may be sent to the endpoint; groups holding a record
+    #: above it are consolidated offline, with no request.
+    max_zone: Zone = Zone.PUBLIC
 
 
 class ConsolidationSettings(BaseModel):

@@ -120,7 +120,11 @@ class LlmStrategy:
         if self._url is None or self._client is None:
             log.warning("consolidation_llm_fallback", level=level, reason="no_endpoint", attempts=0)
             return draft
-        messages = prompt([r.content for r in _sources_of(draft, inputs)])
+        sources = _sources_of(draft, inputs)
+        if any(r.zone > self._settings.max_zone for r in sources):
+            log.warning("consolidation_llm_fallback", level=level, reason="zone", attempts=0)
+            return draft
+        messages = prompt([r.content for r in sources])
         attempts = 0
         failure = _AttemptFailed("no_attempt")
         for attempts in range(1, self._settings.retries + 2):

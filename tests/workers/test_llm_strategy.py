@@ -17,7 +17,7 @@ import pytest
 import structlog
 from pydantic import SecretStr
 
-from hivemem.pool.enums import Category
+from hivemem.pool.enums import Category, Zone
 from hivemem.pool.errors import StrategyFailed
 from hivemem.pool.records import MemoryRecord, Scope
 from hivemem.pool.settings import LlmSettings
@@ -370,3 +370,22 @@ def test_prompts_are_bounded() -> None:
     assert len(user) <= MAX_SOURCES_CHARS + 100 * 8 + 100
     assert user.endswith(f"({100 - MAX_SOURCES} more not shown)")
     assert len(messages[0]["content"]) < 2_000
+
+
+def test_groups_above_the_endpoints_zone_never_leave_the_process(server: ChatServer) -> None:
+    """A group holding a record above ``max_zone`` (PUBLIC by default) keeps the fallback's
+    draft and sends nothing; raising ``max_zone`` lets it go."""
+    server.script(chat(GOOD))
+    episodes = sources("alice likes email", "alice hates paper")
+    internal = Sources(
+        [episodes.records[0], episodes.records[1].model_copy(update={"zone": Zone.INTERNAL})],
+        episodes.vectors,
+    )
+    with structlog.testing.capture_logs() as logs:
+        [draft] = strategy(server).traces(internal)
+    assert draft.content == "fallback trace 0"
+    assert server.requests == []
+    assert [e["reason"] for e in fallbacks(logs)] == ["zone"]
+    [draft] = strategy(server, max_zone=Zone.INTERNAL).traces(internal)
+    assert draft.content == "Alice prefers invoices by email."
+    assert len(server.requests) == 1
