@@ -108,6 +108,7 @@ class When(_PolicyModel):
     unaccessed_days: Days | None = None
     importance_below: Fraction | None = None
     importance_at_least: Fraction | None = None
+    importance_above: Fraction | None = None
     levels: Annotated[list[Level], Field(min_length=1)] | None = None
     tiers: Annotated[list[Tier], Field(min_length=1)] | None = None
     zones: Annotated[list[Zone], Field(min_length=1)] | None = None
@@ -120,11 +121,11 @@ class When(_PolicyModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        low, high = self.importance_at_least, self.importance_below
-        if low is not None and high is not None and low >= high:
-            raise InvalidPolicy(
-                "importance_at_least must be below importance_below", field="importance_at_least"
-            )
+        high = self.importance_below
+        for name in ("importance_at_least", "importance_above"):
+            low = getattr(self, name)
+            if low is not None and high is not None and low >= high:
+                raise InvalidPolicy(f"{name} must be below importance_below", field=name)
         return self
 
     @property
@@ -199,6 +200,8 @@ class Policy(_PolicyModel):
             parts.append(Cond(field="importance", op="lt", value=when.importance_below))
         if when.importance_at_least is not None:
             parts.append(Cond(field="importance", op="gte", value=when.importance_at_least))
+        if when.importance_above is not None:
+            parts.append(Cond(field="importance", op="gt", value=when.importance_above))
         if when.older_than_days is not None:
             cutoff = _cutoff(now, when.older_than_days)
             parts.append(Cond(field="recorded_at", op="lt", value=cutoff))
@@ -261,7 +264,7 @@ DEFAULT_POLICIES = PolicySet(
         ),
         Policy(
             name="refresh_important",
-            when=When(unaccessed_days=7, importance_at_least=0.8),
+            when=When(unaccessed_days=7, importance_above=0.8),
             action=Action.REFRESH,
         ),
     ]

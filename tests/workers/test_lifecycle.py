@@ -84,6 +84,7 @@ def mixed(store: EdgeZoneStore) -> dict[str, MemoryRecord]:
         "cold_but_important": make(importance=0.5, recorded_at=days_ago(60)),
         "recent_unimportant": make(importance=0.1, recorded_at=days_ago(60), last_accessed_at=NOW),
         "important_unread": make(importance=0.9, recorded_at=days_ago(20)),
+        "boundary_unread": make(importance=0.8, recorded_at=days_ago(20)),
         "important_read": make(importance=0.9, recorded_at=days_ago(20), last_accessed_at=NOW),
         "old_consolidated_episode": make(
             importance=0.5, recorded_at=days_ago(120), consolidated_into=CONSOLIDATED
@@ -133,7 +134,7 @@ def test_delete_old_archives(store: EdgeZoneStore, service: LifecycleService) ->
 
 
 def test_refresh_important(store: EdgeZoneStore, service: LifecycleService) -> None:
-    """Default 3: records of importance 0.8 or more unread for 7 days get last access = now."""
+    """Default 3: records of importance above 0.8 unread for 7 days get last access = now."""
     records = mixed(store)
     report = service.run([ZONE], DEFAULT_POLICIES, now=NOW)
     refreshed = report.ids("refresh_important", ZONE)

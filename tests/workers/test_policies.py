@@ -189,7 +189,7 @@ def test_default_policies() -> None:
     )
     assert (refresh.action, refresh.when) == (
         Action.REFRESH,
-        When(unaccessed_days=7, importance_at_least=0.8),
+        When(unaccessed_days=7, importance_above=0.8),
     )
 
 
