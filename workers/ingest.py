@@ -169,10 +169,15 @@ class IngestService:
         if batch.tombstones:
             self._store.put_tombstones(zone, batch.tombstones)
         deleted = {t.id for t in batch.tombstones}
+        # A version and its successor in one round: the old one was sent while still current.
+        replaced = {r.supersedes for r, _ in unique.values() if r.supersedes is not None}
         queued = [
             record
             for record, _ in new
-            if record.level is Level.EPISODE and record.is_current and record.id not in deleted
+            if record.level is Level.EPISODE
+            and record.is_current
+            and record.id not in deleted
+            and record.id not in replaced
         ]
         # Read again after a crash: stored then, never queued (the commit did not happen).
         stored_before = [i for i, tombstone in presence.items() if not tombstone]

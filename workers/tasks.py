@@ -45,14 +45,17 @@ def unbind_task(**_: object) -> None:
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     """Define hivemem's tasks on ``app``, each using ``runtime``."""
     settings = runtime.settings
-    retrying: dict[str, Any] = {
+    # shared=False: Celery's default also gives each task to every app created later in the
+    # process, where it would shadow that app's own task and run on this app's runtime.
+    options: dict[str, Any] = {
+        "shared": False,
         "autoretry_for": _TRANSIENT,
         "retry_backoff": 0.5,
         "retry_backoff_max": 30,
         "max_retries": _RETRIES,
     }
 
-    @app.task(name="hivemem.ingest", **retrying)
+    @app.task(name="hivemem.ingest", **options)
     def ingest(zone: str) -> dict[str, Any]:
         """Drain the zone's ingest queue into the zone store (a bounded amount per task; the
         task queues itself again when more is waiting)."""
@@ -69,7 +72,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
             ingest.delay(chosen.value)
         return asdict(report)
 
-    @app.task(name="hivemem.consolidate", bind=True, **retrying)
+    @app.task(name="hivemem.consolidate", bind=True, **options)
     def consolidate(self: Task, zone: str, user_id: str) -> dict[str, Any]:
         """Consolidate one scope; retried while another worker holds it."""
         chosen = checked_zone(zone)
@@ -84,7 +87,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
             ) from None
         return asdict(report)
 
-    @app.task(name="hivemem.consolidate_due", **retrying)
+    @app.task(name="hivemem.consolidate_due", **options)
     def consolidate_due() -> dict[str, list[str]]:
         """Queue a consolidation for every scope with episodes waiting (the schedule's sweep)."""
         queued: dict[str, list[str]] = {}
@@ -94,7 +97,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
                 queued.setdefault(zone.value, []).append(user_id)
         return queued
 
-    @app.task(name="hivemem.lifecycle", **retrying)
+    @app.task(name="hivemem.lifecycle", **options)
     def lifecycle(
         dry_run: bool = False, now: str | None = None, zones: list[str] | None = None
     ) -> dict[str, Any]:
@@ -108,7 +111,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
         result: dict[str, Any] = report.model_dump(mode="json")
         return result
 
-    @app.task(name="hivemem.archive", **retrying)
+    @app.task(name="hivemem.archive", **options)
     def archive(zone: str, ids: list[str]) -> list[str]:
         """Move records to the zone's archive; returns the ids moved."""
         chosen = checked_zone(zone)
@@ -116,7 +119,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
         with runtime.store.session():
             return runtime.archive.archive(chosen, checked)
 
-    @app.task(name="hivemem.restore", **retrying)
+    @app.task(name="hivemem.restore", **options)
     def restore(
         zone: str, ids: list[str] | None = None, where: dict[str, Any] | None = None
     ) -> list[str]:
