@@ -192,7 +192,10 @@ class ConsolidationService:
         episodes = [
             r.id
             for r in self._store.get(zone, plan.episodes)
-            if r.level is Level.EPISODE and r.scope.user_id == user_id and not r.consolidated_into
+            if r.level is Level.EPISODE
+            and r.scope.user_id == user_id
+            and r.is_current
+            and not r.consolidated_into
         ]
         categories = self._store.ids(zone, self._current(user_id, Level.CATEGORY))
         domains = self._store.ids(zone, self._current(user_id, Level.DOMAIN))
