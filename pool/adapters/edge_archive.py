@@ -19,28 +19,18 @@ from qdrant_edge import (
     EdgeConfig,
     EdgeShard,
     EdgeSparseVectorParams,
-    Filter,
-    PayloadSchemaType,
     Point,
-    ScrollRequest,
     UpdateOperation,
 )
 
 from hivemem.pool.adapters.edge_codec import INDEXED_FIELDS, record_payload
 from hivemem.pool.adapters.edge_filters import to_edge_filter
+from hivemem.pool.adapters.edge_index import create_payload_indexes, scroll_points
 from hivemem.pool.archive_codec import pack, unpack
 from hivemem.pool.errors import MemoryClosed
 from hivemem.pool.filters import And
 from hivemem.pool.ids import check_record_id
 from hivemem.pool.records import MemoryRecord
-
-_SCHEMA = {
-    "keyword": PayloadSchemaType.Keyword,
-    "float": PayloadSchemaType.Float,
-    "integer": PayloadSchemaType.Integer,
-    "datetime": PayloadSchemaType.Datetime,
-}
-_SCROLL_PAGE = 1024
 
 
 def archive_payload(record: MemoryRecord) -> dict[str, Any]:
@@ -62,8 +52,7 @@ class EdgeArchive:
             path.mkdir(parents=True, exist_ok=True)
             config = EdgeConfig(sparse_vectors={"unused": EdgeSparseVectorParams()})
             self._shard = EdgeShard.create(str(path / "edge"), config)
-            for key, kind in INDEXED_FIELDS.items():
-                self._shard.update(UpdateOperation.create_field_index(key, _SCHEMA[kind]))
+            create_payload_indexes(self._shard)
 
     def _open(self) -> EdgeShard:
         if self._shard is None:
@@ -85,23 +74,10 @@ class EdgeArchive:
         return [found[str(i)] for i in dict.fromkeys(canonical) if str(i) in found]
 
     def ids(self, where: And) -> list[str]:
-        edge_filter: Filter = to_edge_filter(where)
-        found: list[str] = []
-        offset: Any = None
-        while True:
-            with self._lock:
-                points, offset = self._open().scroll(
-                    ScrollRequest(
-                        filter=edge_filter,
-                        limit=_SCROLL_PAGE,
-                        offset=offset,
-                        with_payload=["kind"],
-                        with_vector=False,
-                    )
-                )
-            found.extend(str(p.id) for p in points)
-            if offset is None:
-                return found
+        points = scroll_points(
+            self._open, self._lock, to_edge_filter(where), with_payload=["kind"], with_vector=False
+        )
+        return [str(p.id) for p in points]
 
     def remove(self, ids: Sequence[str]) -> None:
         checked: list[int | UUID | str] = [check_record_id(i) for i in ids]

@@ -222,9 +222,10 @@ def record_point(record: MemoryRecord, dense: Any = None) -> Point:
     return Point(record.id, vectors, record_payload(record))
 
 
-def tombstone_point(tombstone: Tombstone) -> Point:
+def tombstone_payload(tombstone: Tombstone) -> dict[str, Any]:
+    """The payload of a tombstone's point: identity and scope, no content, no vectors."""
     scope = tombstone.scope
-    payload = {
+    return {
         "kind": KIND_TOMBSTONE,
         "level": tombstone.level.value,
         "zone": tombstone.zone.value,
@@ -234,7 +235,10 @@ def tombstone_point(tombstone: Tombstone) -> Point:
         "run_id": scope.run_id,
         "deleted_at": _iso(tombstone.deleted_at),
     }
-    return Point(tombstone.id, {}, payload)
+
+
+def tombstone_point(tombstone: Tombstone) -> Point:
+    return Point(tombstone.id, {}, tombstone_payload(tombstone))
 
 
 def _scope(payload: dict[str, Any]) -> Scope:

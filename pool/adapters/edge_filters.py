@@ -7,7 +7,6 @@ closed set of payload keys, before they become payload paths (ids and keys are v
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from qdrant_edge import (
     FieldCondition,
@@ -25,15 +24,12 @@ from qdrant_edge import (
 )
 
 from hivemem.pool.adapters.edge_codec import (
-    FIELD_KEYS,
-    INDEXED_FIELDS,
     KIND_RECORD,
     LIST_KEYS,
     METADATA_PREFIX,
 )
-from hivemem.pool.errors import InvalidFilter
-from hivemem.pool.filters import SCOPE_FIELDS, TIME_FIELDS, And, Cond, Expr, Or
-from hivemem.pool.ids import METADATA_KEY_PATTERN, check_scope_id
+from hivemem.pool.adapters.payload_rules import checked_values, payload_key, plain, text
+from hivemem.pool.filters import TIME_FIELDS, And, Cond, Expr, Or
 
 _RANGE_ARG = {"gt": "gt", "gte": "gte", "lt": "lt", "lte": "lte"}
 #: What Edge accepts inside a Filter (the stubs' ConditionType).
@@ -46,41 +42,6 @@ ConditionType = (
     | NestedCondition
     | Filter
 )
-MatchScalar = str | int | bool
-
-
-def _checked_values(cond: Cond) -> None:
-    """Scope ids reach the engine as match values: check them again here."""
-    if cond.field in SCOPE_FIELDS:
-        values = cond.value if isinstance(cond.value, list) else [cond.value]
-        for value in values:
-            if value is not None:
-                check_scope_id(value, field="where.value")
-
-
-def _key(field: str) -> str:
-    key = FIELD_KEYS.get(field, field)
-    if key in INDEXED_FIELDS:
-        return key
-    if key.startswith(METADATA_PREFIX) and METADATA_KEY_PATTERN.fullmatch(
-        key.removeprefix("metadata.")
-    ):
-        return key
-    raise InvalidFilter(f"field {field[:80]!r} cannot be filtered", field="where.field")
-
-
-def _plain(value: object) -> MatchScalar:
-    if isinstance(value, StrEnum):
-        return value.value
-    if isinstance(value, bool):
-        return int(value)  # Edge stores booleans as integers (see edge_codec)
-    if isinstance(value, str | int):
-        return value
-    raise InvalidFilter(f"cannot match a {type(value).__name__} exactly", field="where.value")
-
-
-def _enum_text(value: str) -> str:
-    return value.value if isinstance(value, StrEnum) else value
 
 
 def _match(key: str, value: object) -> ConditionType:
@@ -92,14 +53,14 @@ def _match(key: str, value: object) -> ConditionType:
     if isinstance(value, int | float) and not isinstance(value, bool):
         # A range matches 2 and 2.0 alike; an exact match would not cross int and float.
         return FieldCondition(key, range=RangeFloat(gte=value, lte=value))
-    return FieldCondition(key, match=MatchValue(_plain(value)))
+    return FieldCondition(key, match=MatchValue(plain(value)))
 
 
 def _contains(key: str, value: object) -> ConditionType:
     """List fields: membership. String metadata: substring. Which one a metadata key holds is
     recorded per record in ``list_keys`` (see edge_codec)."""
     if not (isinstance(value, str) and key.startswith(METADATA_PREFIX)):
-        return FieldCondition(key, match=MatchValue(_plain(value)))
+        return FieldCondition(key, match=MatchValue(plain(value)))
     is_list = FieldCondition(LIST_KEYS, match=MatchValue(key.removeprefix(METADATA_PREFIX)))
     return Filter(
         should=[
@@ -110,8 +71,8 @@ def _contains(key: str, value: object) -> ConditionType:
 
 
 def _condition(cond: Cond) -> ConditionType:
-    key = _key(cond.field)
-    _checked_values(cond)
+    key = payload_key(cond.field)
+    checked_values(cond)
     op, value = cond.op, cond.value
     if op == "eq":
         return _match(key, value)
@@ -121,7 +82,7 @@ def _condition(cond: Cond) -> ConditionType:
         strings = [v for v in value if isinstance(v, str)]
         inner: ConditionType
         if len(strings) == len(value):
-            inner = FieldCondition(key, match=MatchAny([_enum_text(v) for v in strings]))
+            inner = FieldCondition(key, match=MatchAny([text(v) for v in strings]))
         else:  # numbers, booleans or None: one match each (see _match)
             inner = Filter(should=[_match(key, v) for v in value])
         return inner if op == "in" else Filter(must_not=[inner])

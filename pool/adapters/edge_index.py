@@ -53,6 +53,7 @@ from hivemem.pool.adapters.edge_codec import (
     tombstone_point,
 )
 from hivemem.pool.adapters.edge_filters import to_edge_filter
+from hivemem.pool.adapters.payload_rules import check_vector_shapes
 from hivemem.pool.errors import InvalidFilter, InvalidInput, MemoryClosed, MemoryNotFound
 from hivemem.pool.filters import And
 from hivemem.pool.ids import check_record_id
@@ -87,6 +88,40 @@ def _config(dim: int) -> EdgeConfig:
     )
 
 
+def create_payload_indexes(shard: EdgeShard) -> None:
+    """An index on every payload key filters use (:data:`INDEXED_FIELDS`)."""
+    for key, kind in INDEXED_FIELDS.items():
+        shard.update(UpdateOperation.create_field_index(key, _SCHEMA[kind]))
+
+
+def scroll_points(
+    shard: Callable[[], EdgeShard],
+    lock: threading.Lock,
+    edge_filter: Filter,
+    *,
+    with_payload: bool | list[str],
+    with_vector: bool,
+    page: int = _SCROLL_PAGE,
+) -> Iterator[Any]:
+    """Every point of ``shard()`` matching ``edge_filter``, page by page, ``lock`` taken per
+    page (so that other calls interleave)."""
+    offset: Any = None
+    while True:
+        with lock:
+            points, offset = shard().scroll(
+                ScrollRequest(
+                    filter=edge_filter,
+                    limit=page,
+                    offset=offset,
+                    with_payload=with_payload,
+                    with_vector=with_vector,
+                )
+            )
+        yield from points
+        if offset is None:
+            return
+
+
 class EdgeIndex:
     """:class:`hivemem.pool.ports.LocalIndex` on one Qdrant Edge shard under ``path``."""
 
@@ -99,8 +134,7 @@ class EdgeIndex:
         else:
             path.mkdir(parents=True, exist_ok=True)
             self._shard = EdgeShard.create(str(path / "edge"), _config(dim))
-            for key, kind in INDEXED_FIELDS.items():
-                self._shard.update(UpdateOperation.create_field_index(key, _SCHEMA[kind]))
+            create_payload_indexes(self._shard)
 
     def _open(self) -> EdgeShard:
         if self._shard is None:
@@ -113,15 +147,7 @@ class EdgeIndex:
         """Raises InvalidInput for a vector of the wrong dimension (nothing is written)."""
         if not records:
             return
-        if dense is not None and dense.shape != (len(records), self.dim):
-            raise InvalidInput(f"dense must have shape ({len(records)}, {self.dim})", field="dense")
-        for record in records:
-            if record.vector is not None and len(record.vector) != self.dim:
-                size = len(record.vector)
-                raise InvalidInput(
-                    f"record {record.id} has a {size}-d vector; the index is {self.dim}-d",
-                    field="vector",
-                )
+        check_vector_shapes(records, dense, self.dim)
         rows = list(dense) if dense is not None else [None] * len(records)
         points = [record_point(r, row) for r, row in zip(records, rows, strict=True)]
         with self._lock:
@@ -254,22 +280,13 @@ class EdgeIndex:
         self, where: And, with_payload: bool | list[str], with_vector: bool
     ) -> Iterator[Any]:
         """Every live point matching ``where``, page by page, the lock taken per page."""
-        edge_filter = to_edge_filter(where)
-        offset: Any = None
-        while True:
-            with self._lock:
-                points, offset = self._open().scroll(
-                    ScrollRequest(
-                        filter=edge_filter,
-                        limit=_SCROLL_PAGE,
-                        offset=offset,
-                        with_payload=with_payload,
-                        with_vector=with_vector,
-                    )
-                )
-            yield from points
-            if offset is None:
-                return
+        return scroll_points(
+            self._open,
+            self._lock,
+            to_edge_filter(where),
+            with_payload=with_payload,
+            with_vector=with_vector,
+        )
 
     def scan(self, where: And, *, with_vectors: bool = False) -> Iterator[MemoryRecord]:
         for point in self._scroll(where, True, bool(with_vectors)):

@@ -10,60 +10,20 @@ payload paths, and scope ids before they become match values (ids and keys are v
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from qdrant_client import models
 
 from hivemem.pool.adapters.edge_codec import (
-    FIELD_KEYS,
-    INDEXED_FIELDS,
     KIND_RECORD,
     LIST_KEYS,
     METADATA_PREFIX,
 )
-from hivemem.pool.errors import InvalidFilter
-from hivemem.pool.filters import SCOPE_FIELDS, TIME_FIELDS, And, Cond, Expr, Or
-from hivemem.pool.ids import METADATA_KEY_PATTERN, check_scope_id
-
-MatchScalar = str | int | bool
-
-
-def _checked_values(cond: Cond) -> None:
-    """Scope ids reach the engine as match values: check them again here."""
-    if cond.field in SCOPE_FIELDS:
-        values = cond.value if isinstance(cond.value, list) else [cond.value]
-        for value in values:
-            if value is not None:
-                check_scope_id(value, field="where.value")
-
-
-def _key(field: str) -> str:
-    key = FIELD_KEYS.get(field, field)
-    if key in INDEXED_FIELDS:
-        return key
-    if key.startswith(METADATA_PREFIX) and METADATA_KEY_PATTERN.fullmatch(
-        key.removeprefix(METADATA_PREFIX)
-    ):
-        return key
-    raise InvalidFilter(f"field {field[:80]!r} cannot be filtered", field="where.field")
-
-
-def _plain(value: object) -> MatchScalar:
-    if isinstance(value, StrEnum):
-        return value.value
-    if isinstance(value, bool):
-        return int(value)  # booleans are stored as integers (see edge_codec)
-    if isinstance(value, str | int):
-        return value
-    raise InvalidFilter(f"cannot match a {type(value).__name__} exactly", field="where.value")
-
-
-def _text(value: str) -> str:
-    return value.value if isinstance(value, StrEnum) else value
+from hivemem.pool.adapters.payload_rules import checked_values, payload_key, plain, text
+from hivemem.pool.filters import TIME_FIELDS, And, Cond, Expr, Or
 
 
 def _field(key: str, value: object) -> models.FieldCondition:
-    return models.FieldCondition(key=key, match=models.MatchValue(value=_plain(value)))
+    return models.FieldCondition(key=key, match=models.MatchValue(value=plain(value)))
 
 
 def _match(key: str, value: object) -> models.Condition:
@@ -100,8 +60,8 @@ def _range(cond: Cond, key: str) -> models.Condition:
 
 
 def _condition(cond: Cond) -> models.Condition:
-    key = _key(cond.field)
-    _checked_values(cond)
+    key = payload_key(cond.field)
+    checked_values(cond)
     op, value = cond.op, cond.value
     if op == "eq":
         return _match(key, value)
@@ -111,7 +71,7 @@ def _condition(cond: Cond) -> models.Condition:
         strings = [v for v in value if isinstance(v, str)]
         inner: models.Condition
         if len(strings) == len(value):
-            any_of = models.MatchAny(any=[_text(v) for v in strings])
+            any_of = models.MatchAny(any=[text(v) for v in strings])
             inner = models.FieldCondition(key=key, match=any_of)
         else:  # numbers, booleans or None: one match each (see _match)
             inner = models.Filter(should=[_match(key, v) for v in value])

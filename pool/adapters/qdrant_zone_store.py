@@ -40,7 +40,9 @@ from hivemem.pool.adapters.edge_codec import (
     decode_record,
     encode_field,
     record_payload,
+    tombstone_payload,
 )
+from hivemem.pool.adapters.payload_rules import check_vector_shapes
 from hivemem.pool.adapters.qdrant_filters import to_qdrant_filter
 from hivemem.pool.archive_codec import unpack
 from hivemem.pool.enums import Zone
@@ -96,18 +98,7 @@ def _record_point(record: MemoryRecord, dense: Any) -> models.PointStruct:
 
 
 def _tombstone_point(tombstone: Tombstone) -> models.PointStruct:
-    """The same payload as edge_codec.tombstone_point (which builds an Edge point)."""
-    scope = tombstone.scope
-    payload = {
-        "kind": KIND_TOMBSTONE,
-        "level": tombstone.level.value,
-        "zone": tombstone.zone.value,
-        "user_id": scope.user_id,
-        "session_id": scope.session_id,
-        "agent_id": scope.agent_id,
-        "run_id": scope.run_id,
-        "deleted_at": tombstone.deleted_at.isoformat(),
-    }
+    payload = tombstone_payload(tombstone)
     return models.PointStruct(id=check_record_id(tombstone.id), vector={}, payload=payload)
 
 
@@ -283,14 +274,7 @@ class QdrantZoneStore:
         """Raises InvalidInput for a vector of the wrong dimension (nothing is written)."""
         if not records:
             return
-        if dense is not None and dense.shape != (len(records), self.dim):
-            raise InvalidInput(f"dense must have shape ({len(records)}, {self.dim})", field="dense")
-        for record in records:
-            if record.vector is not None and len(record.vector) != self.dim:
-                raise InvalidInput(
-                    f"record {record.id} has a {len(record.vector)}-d vector, not {self.dim}-d",
-                    field="vector",
-                )
+        check_vector_shapes(records, dense, self.dim)
         rows = list(dense) if dense is not None else [None] * len(records)
         points = [_record_point(r, row) for r, row in zip(records, rows, strict=True)]
         self._write(self._live(zone), points)
