@@ -103,29 +103,41 @@ class ShareObserver:
             )
 
         shared = [pair for pair in pairs if pair[0].level in self._info.share_levels]
-        messages = self._by_zone(shared, lambda pair: pair[0].zone, envelope_of, zone_topic)
-        if self._ingest:
-            messages += self._by_zone(pairs, lambda pair: pair[0].zone, envelope_of, ingest_topic)
-        self._send(messages)
+        self._send(self._messages(pairs, shared, lambda pair: pair[0].zone, envelope_of))
 
     def tombstones_written(self, tombstones: Sequence[Tombstone]) -> None:
         def envelope_of(zone: Zone, part: list[Tombstone]) -> Envelope:
             return make_envelope(sender=self._info.agent_id, zone=zone, tombstones=part)
 
         shared = [t for t in tombstones if t.level in self._info.share_levels]
-        messages = self._by_zone(shared, lambda t: t.zone, envelope_of, zone_topic)
-        if self._ingest:
-            messages += self._by_zone(tombstones, lambda t: t.zone, envelope_of, ingest_topic)
-        self._send(messages)
+        self._send(self._messages(tombstones, shared, lambda t: t.zone, envelope_of))
+
+    def _messages(
+        self,
+        written: Sequence[T],
+        shared: Sequence[T],
+        zone_of: Callable[[T], Zone],
+        envelope_of: Callable[[Zone, list[T]], Envelope],
+    ) -> list[tuple[str, str, bytes]]:
+        """The shared items for the zones' sync topics and, with ingest, everything written for
+        the ingest queues; when everything is shared, the same envelopes serve both (encoded
+        once: message ids are deduplicated per topic)."""
+        if not self._ingest:
+            return self._by_zone(shared, zone_of, envelope_of, [zone_topic])
+        if len(shared) == len(written):
+            return self._by_zone(written, zone_of, envelope_of, [zone_topic, ingest_topic])
+        return self._by_zone(shared, zone_of, envelope_of, [zone_topic]) + self._by_zone(
+            written, zone_of, envelope_of, [ingest_topic]
+        )
 
     def _by_zone(
         self,
         items: Sequence[T],
         zone_of: Callable[[T], Zone],
         envelope_of: Callable[[Zone, list[T]], Envelope],
-        topic_of: Callable[[Zone], str],
+        topics: Sequence[Callable[[Zone], str]],
     ) -> list[tuple[str, str, bytes]]:
-        """One message per zone and ``send_batch`` items."""
+        """One envelope per zone and ``send_batch`` items, as a message to each of ``topics``."""
         by_zone: dict[Zone, list[T]] = {}
         for item in items:
             by_zone.setdefault(zone_of(item), []).append(item)
@@ -133,7 +145,8 @@ class ShareObserver:
         for zone, chosen in by_zone.items():
             for start in range(0, len(chosen), self._batch):
                 envelope = envelope_of(zone, chosen[start : start + self._batch])
-                messages.append((topic_of(zone), envelope.message_id, envelope.encode()))
+                body = envelope.encode()
+                messages.extend((topic(zone), envelope.message_id, body) for topic in topics)
         return messages
 
     def hand_over(self, to_agent: str, record: MemoryRecord) -> None:
