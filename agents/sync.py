@@ -141,7 +141,7 @@ class ShareObserver:
         by_zone: dict[Zone, list[T]] = {}
         for item in items:
             by_zone.setdefault(zone_of(item), []).append(item)
-        messages = []
+        messages: list[tuple[str, str, bytes]] = []
         for zone, chosen in by_zone.items():
             for start in range(0, len(chosen), self._batch):
                 envelope = envelope_of(zone, chosen[start : start + self._batch])

@@ -243,10 +243,15 @@ class IngestService:
             for tombstone in tombstones:
                 pipe.srem(self._keys.pending(zone, tombstone.scope.user_id), tombstone.id)
             pipe.set(self._keys.ingest_cursor(zone), f"{epoch} {last_seq}")
-            pipe.execute()
-        return [
-            user_id
-            for user_id in by_user
-            if cast("int", self._client.scard(self._keys.pending(zone, user_id))) >= self._threshold
-            and self._client.set(self._keys.queued(zone, user_id), 1, nx=True, ex=_QUEUED_TTL_S)
-        ]
+            for user_id in by_user:
+                pipe.scard(self._keys.pending(zone, user_id))
+            results = pipe.execute()
+        sizes = results[len(results) - len(by_user) :]
+        full = [u for u, size in zip(by_user, sizes, strict=True) if size >= self._threshold]
+        if not full:
+            return []
+        with self._client.pipeline(transaction=False) as pipe:
+            for user_id in full:
+                pipe.set(self._keys.queued(zone, user_id), 1, nx=True, ex=_QUEUED_TTL_S)
+            marked = pipe.execute()
+        return [user_id for user_id, fresh in zip(full, marked, strict=True) if fresh]
