@@ -227,15 +227,15 @@ class ConsolidationService:
         traces = sorted(by_id.values(), key=lambda r: r.id)
         if not traces:
             return
+        prior_categories = self._store.get(zone, plan.prior_categories)
         categories = self._with_versions(
-            zone,
             [
                 self._derive(
                     Level.CATEGORY, zone=zone, user_id=user_id, draft=draft, pool=traces, now=now
                 )
                 for draft in self._drafts("categories", traces, lambda s, x: s.categories(x))
             ],
-            plan.prior_categories,
+            prior_categories,
         )
         [domain_draft] = self._drafts("domain", categories, lambda s, x: [s.domain(user_id, x)])
         domain = self._derive(
@@ -245,7 +245,7 @@ class ConsolidationService:
             domain = domain.model_copy(update={"supersedes": plan.prior_domain})
         retired = self._write(
             zone,
-            plan,
+            prior_categories,
             traces=new_traces,
             categories=categories,
             domain_record=domain,
@@ -319,12 +319,13 @@ class ConsolidationService:
             recorded_at=now,
         )
 
+    @staticmethod
     def _with_versions(
-        self, zone: Zone, new: list[MemoryRecord], prior_ids: Sequence[str]
+        new: list[MemoryRecord], prior_categories: Sequence[MemoryRecord]
     ) -> list[MemoryRecord]:
         """Give each changed category the previous one it supersedes (most shared traces, then
         lowest id), each previous category at most once."""
-        prior = {r.id: set(r.sources) for r in self._store.get(zone, prior_ids)}
+        prior = {r.id: set(r.sources) for r in prior_categories}
         taken = {r.id for r in new} & set(prior)
         result = []
         for candidate in new:
@@ -346,7 +347,7 @@ class ConsolidationService:
     def _write(
         self,
         zone: Zone,
-        plan: _Plan,
+        prior_categories: Sequence[MemoryRecord],
         *,
         traces: Sequence[MemoryRecord],
         categories: Sequence[MemoryRecord],
@@ -369,7 +370,7 @@ class ConsolidationService:
         successors = {r.supersedes: r.id for r in categories if r.supersedes}
         current = {r.id for r in categories}
         retired: list[Tombstone] = []
-        for prior in self._store.get(zone, plan.prior_categories):
+        for prior in prior_categories:
             if prior.id in current:
                 continue
             updates[prior.id] = {"superseded_at": now, "superseded_by": successors.get(prior.id)}
