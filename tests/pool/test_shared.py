@@ -30,18 +30,9 @@ from hivemem.pool.records import MemoryRecord, Scope
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
+from tests.waiting import wait_for
 
 Pools = Callable[..., SharedMemoryPool]
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    """Poll ``condition`` until it holds or the time is up."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def received(agent: Agent, user_id: str = "u1") -> dict[str, MemoryRecord]:

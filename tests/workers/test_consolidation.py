@@ -4,7 +4,6 @@ highest zone of their sources, and delivery to the agents."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from hivemem.pool.shared import SharedMemoryPool
 from hivemem.workers.consolidation import derived_id
 from hivemem.workers.runtime import WorkerRuntime
 from hivemem.workers.strategy import Draft, Sources
+from tests.waiting import wait_for
 
 TOPICS = {
     "cooking": [
@@ -46,15 +46,6 @@ TOPICS = {
         "I wrote a Rust function to parse log files faster than the Python one",
     ],
 }
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def write(agent: Agent, items: list[tuple[str, str]], zone: Zone, **fields: Any) -> dict[str, str]:
@@ -153,7 +144,7 @@ def test_outputs_reach_the_agents_and_carry_the_highest_zone(
     def got(agent: Agent) -> set[str]:
         return {r.id for r in agent.memory.list_memories(user_id="u1") if r.id in produced}
 
-    assert wait_for(lambda: got(reader) == produced)
+    assert wait_for(lambda: got(reader) == produced, timeout_s=15.0)
     for record in [reader.memory.get(i) for i in produced]:
         assert record.zone is Zone.CONFIDENTIAL
         assert record.received_from == "hivemem-workers"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,21 +21,13 @@ from hivemem.pool.shared import SharedMemoryPool
 from hivemem.workers.app import make_app
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.runtime import WorkerRuntime
+from tests.waiting import wait_for
 from tests.workers.conftest import WorkerProcess
 from tests.workers.slow_strategy import MARKERS, PAUSE
 
 pytestmark = pytest.mark.slow
 SLOW = "tests.workers.slow_strategy:SlowStrategy"
 WORDS = ["garden", "tomatoes", "invoice", "flight", "piano", "python", "marathon", "coffee"]
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def write_episodes(agent: Agent, count: int, zone: Zone = Zone.PUBLIC) -> list[str]:
@@ -73,6 +64,19 @@ def assert_consolidated_once(runtime: WorkerRuntime, episode_ids: list[str]) -> 
         assert episode.consolidated_into[0] in trace_ids
 
 
+def assert_ran_again_once(settings: HivememSettings, markers: Path, ids: list[str]) -> None:
+    """After a kill mid-consolidation: the strategy started again (a second marker), the run
+    finished, and its outputs exist once, with one profile."""
+    runtime = WorkerRuntime(settings)
+    try:
+        assert wait_for(lambda: len(list(markers.iterdir())) >= 2, timeout_s=60.0)
+        assert wait_for(lambda: settled(runtime), timeout_s=60.0)
+        assert_consolidated_once(runtime, ids)
+        assert len(records(runtime, Level.DOMAIN)) == 1
+    finally:
+        runtime.close()
+
+
 def settled(runtime: WorkerRuntime) -> bool:
     """No consolidation waiting or half done for u1 in PUBLIC."""
     keys = WorkerKeys(runtime.settings.pool.namespace)
@@ -88,7 +92,7 @@ def markers(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client_app(worker_settings: Callable[..., HivememSettings]) -> Iterator[Callable[..., Celery]]:
+def client_app() -> Iterator[Callable[..., Celery]]:
     made: list[Celery] = []
 
     def make(settings: HivememSettings) -> Celery:
@@ -126,10 +130,12 @@ def test_agents_writes_are_ingested_consolidated_and_received(
 
     runtime = WorkerRuntime(settings)
     try:
-        assert wait_for(lambda: received(Level.DOMAIN) != set() and settled(runtime))
+        assert wait_for(
+            lambda: received(Level.DOMAIN) != set() and settled(runtime), timeout_s=60.0
+        )
         assert_consolidated_once(runtime, ids)
         traces = {r.id for r in records(runtime, Level.TRACE)}
-        assert wait_for(lambda: received(Level.TRACE) == traces)
+        assert wait_for(lambda: received(Level.TRACE) == traces, timeout_s=60.0)
         assert received(Level.CATEGORY)
     finally:
         runtime.close()
@@ -141,7 +147,7 @@ def _slow_run(
     spawn_worker: Callable[..., WorkerProcess],
     client_app: Callable[..., Celery],
     markers: Path,
-) -> tuple[HivememSettings, WorkerProcess, Celery, list[str]]:
+) -> tuple[HivememSettings, WorkerProcess, list[str]]:
     """A worker running the slow strategy, 30 episodes ingested, a consolidation started (its
     marker written); returns what the test needs to go on."""
     settings = worker_settings(consolidation={"threshold": 10_000, "strategy": SLOW})
@@ -153,8 +159,8 @@ def _slow_run(
     worker.wait_ready()
     assert app.send_task("hivemem.ingest", args=["public"]).get(timeout=60)["records"] == 30
     app.send_task("hivemem.consolidate", args=["public", "u1"])
-    assert wait_for(lambda: any(markers.iterdir()))
-    return settings, worker, app, ids
+    assert wait_for(lambda: any(markers.iterdir()), timeout_s=60.0)
+    return settings, worker, ids
 
 
 def test_a_pool_child_killed_mid_consolidation_runs_again_and_writes_once(
@@ -167,19 +173,10 @@ def test_a_pool_child_killed_mid_consolidation_runs_again_and_writes_once(
     """SIGKILL of the prefork child running a consolidation: the task is redelivered, waits
     for the dead holder's lock to expire, resumes the plan; outputs exist once, no episode is
     lost."""
-    settings, worker, _, ids = _slow_run(
-        make_pool, worker_settings, spawn_worker, client_app, markers
-    )
+    settings, worker, ids = _slow_run(make_pool, worker_settings, spawn_worker, client_app, markers)
     [child] = worker.pool_children()
     os.kill(child, signal.SIGKILL)
-    runtime = WorkerRuntime(settings)
-    try:
-        assert wait_for(lambda: len(list(markers.iterdir())) >= 2)  # ran again
-        assert wait_for(lambda: settled(runtime))
-        assert_consolidated_once(runtime, ids)
-        assert len(records(runtime, Level.DOMAIN)) == 1
-    finally:
-        runtime.close()
+    assert_ran_again_once(settings, markers, ids)
 
 
 def test_a_whole_worker_killed_mid_consolidation_is_replaced_and_writes_once(
@@ -191,20 +188,11 @@ def test_a_whole_worker_killed_mid_consolidation_is_replaced_and_writes_once(
 ) -> None:
     """SIGKILL of the whole worker (main process and children): a new worker gets the
     unacknowledged task after the visibility timeout and finishes the run exactly once."""
-    settings, worker, _, ids = _slow_run(
-        make_pool, worker_settings, spawn_worker, client_app, markers
-    )
+    settings, worker, ids = _slow_run(make_pool, worker_settings, spawn_worker, client_app, markers)
     worker.kill()
     replacement = spawn_worker(settings, "--concurrency=1", env={MARKERS: str(markers)})
     replacement.wait_ready()
-    runtime = WorkerRuntime(settings)
-    try:
-        assert wait_for(lambda: len(list(markers.iterdir())) >= 2)
-        assert wait_for(lambda: settled(runtime))
-        assert_consolidated_once(runtime, ids)
-        assert len(records(runtime, Level.DOMAIN)) == 1
-    finally:
-        runtime.close()
+    assert_ran_again_once(settings, markers, ids)
 
 
 def test_two_workers_racing_on_one_scope_consolidate_it_once(
