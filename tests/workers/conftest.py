@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from hivemem.pool.adapters.edge_zone_store import EdgeZoneStore
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import (
     ConsolidationSettings,
@@ -37,6 +38,14 @@ FAST = {
     "store_open_timeout_s": 60.0,
     "ingest_interval_s": 0.3,
 }
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EdgeZoneStore]:
+    """An embedded zone store of 8-d vectors under this test's directory, closed after."""
+    zone_store = EdgeZoneStore(tmp_path / "zones", dim=8, idle_close_s=0)
+    yield zone_store
+    zone_store.close()
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@ idempotence and crash recovery."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,13 +33,6 @@ def make(content: str = "a memory", **fields: Any) -> MemoryRecord:
     fields.setdefault("recorded_at", NOW - timedelta(days=40))
     fields.setdefault("valid_from", fields["recorded_at"])
     return MemoryRecord(content=content, **fields)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[EdgeZoneStore]:
-    zone_store = EdgeZoneStore(tmp_path / "zones", dim=DIM, idle_close_s=0)
-    yield zone_store
-    zone_store.close()
 
 
 @pytest.fixture

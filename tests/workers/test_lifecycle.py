@@ -3,9 +3,7 @@ other actions, one action per record per pass, dry runs, idempotence and batchin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,13 +41,6 @@ def make(content: str = "a memory", zone: Zone = ZONE, **fields: Any) -> MemoryR
     fields.setdefault("recorded_at", NOW)
     fields.setdefault("valid_from", fields["recorded_at"])
     return MemoryRecord(content=content, zone=zone, vector=[1.0] + [0.0] * (DIM - 1), **fields)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[EdgeZoneStore]:
-    zone_store = EdgeZoneStore(tmp_path / "zones", dim=DIM, idle_close_s=0)
-    yield zone_store
-    zone_store.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ zone store), and loading from YAML and TOML files."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -79,13 +78,6 @@ def make(content: str = "a memory", **fields: Any) -> MemoryRecord:
 
 def days_ago(days: float) -> datetime:
     return NOW - timedelta(days=days)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[EdgeZoneStore]:
-    zone_store = EdgeZoneStore(tmp_path / "zones", dim=8, idle_close_s=0)
-    yield zone_store
-    zone_store.close()
 
 
 def selected(store: EdgeZoneStore, policy: Policy, records: dict[str, MemoryRecord]) -> set[str]:
