@@ -38,8 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import structlog
@@ -67,10 +69,10 @@ ENVELOPES_PER_CALL = 64
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wait_until(condition: object, timeout_s: float, poll_s: float = 0.02) -> float:
+def wait_until(condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.02) -> float:
     """Seconds until ``condition()`` held (raises on timeout)."""
     start = time.perf_counter()
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if time.perf_counter() - start > timeout_s:
             raise TimeoutError("the worker did not finish in time")
         time.sleep(poll_s)
@@ -180,7 +182,7 @@ def main() -> int:
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     root = Path(tempfile.mkdtemp(prefix="hivemem-bench-"))
-    summary: dict[str, object] = {
+    summary: dict[str, Any] = {
         "bench": "consolidate",
         "episodes": args.episodes,
         "scopes": args.scopes,
@@ -266,13 +268,13 @@ def main() -> int:
         "ingest_per_s": TARGET_INGEST_PER_S,
     }
     met = {
-        "consolidate_s": float(summary["consolidate_s"]) <= TARGET_CONSOLIDATE_S,  # type: ignore[arg-type]
-        "ingest_per_s": float(summary["ingest_per_s"]) >= TARGET_INGEST_PER_S,  # type: ignore[arg-type]
+        "consolidate_s": summary["consolidate_s"] <= TARGET_CONSOLIDATE_S,
+        "ingest_per_s": summary["ingest_per_s"] >= TARGET_INGEST_PER_S,
         "episodes_lost": summary["episodes_lost"] == 0,
     }
     if args.lifecycle:
         targets["lifecycle_s"] = TARGET_LIFECYCLE_S
-        met["lifecycle_s"] = float(summary["lifecycle_s"]) <= TARGET_LIFECYCLE_S  # type: ignore[arg-type]
+        met["lifecycle_s"] = summary["lifecycle_s"] <= TARGET_LIFECYCLE_S
     summary["targets"] = targets
     summary["met"] = met
     print(json.dumps(summary))
