@@ -26,6 +26,7 @@ from hivemem.pool.ports import Embedder
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import HivememSettings
+from hivemem.pool.stack_file import running_stack
 
 log = structlog.get_logger(__name__)
 
@@ -55,12 +56,15 @@ class SharedMemoryPool:
     def connect(
         cls, settings: HivememSettings | None = None, *, embedder: Embedder | None = None
     ) -> SharedMemoryPool:
-        """Connect to ``settings.redis_url``, or start a redis-server of our own (append-only,
-        its files under ``<data_dir>/redis``) when it is None. ``embedder`` replaces the
-        default (fastembed) in the agents' memories. Raises PoolUnavailable."""
+        """Connect to ``settings.redis_url``; when it is None, to the Redis of the stack that
+        ``hivemem up`` runs on ``data_dir``, else start a redis-server of our own (append-only,
+        its files under ``<data_dir>/redis``). ``embedder`` replaces the default (fastembed) in
+        the agents' memories. Raises PoolUnavailable."""
         settings = settings or HivememSettings()
         server = None
         url = settings.redis_url
+        if url is None and (stack := running_stack(settings.data_dir)) is not None:
+            url = stack.redis_url
         if url is None:
             server = EmbeddedRedis(settings.data_dir / "redis", appendonly=True).start()
             url = server.url
@@ -114,6 +118,20 @@ class SharedMemoryPool:
         self._attached[agent_id] = agent
         log.info("agent_registered", agent_id=agent_id, clearance=info.clearance.value)
         return agent
+
+    def attach(self, agent_id: str) -> Agent:
+        """Attach an agent registered earlier (by any process) here, as registered. Raises
+        AgentNotFound, StoreLocked when another process has it attached."""
+        info = self.registry.get(agent_id)
+        return self.register_agent(
+            info.agent_id,
+            clearance=info.clearance,
+            share_levels=info.share_levels,
+            receive_levels=info.receive_levels,
+            display_name=info.display_name,
+            capabilities=info.capabilities,
+            sync_interval=info.sync_interval,
+        )
 
     def agent_dir(self, agent_id: str) -> Path:
         return self.settings.data_dir / "agents" / check_agent_id(agent_id)

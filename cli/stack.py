@@ -1,16 +1,10 @@
-"""The ``hivemem`` command line. Commands grow with the project; each has ``--help``.
-
-Exit codes: 0 success, 1 a check or operation failed, 2 bad usage or input.
-"""
+"""Commands that run things: ``demo``, ``up`` (the embedded stack), ``worker`` and ``beat``."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
+from typing import Any
 
-from hivemem import __version__
-from hivemem.pool.errors import HivememError, InvalidInput
 from hivemem.pool.settings import HivememSettings
 
 
@@ -18,6 +12,14 @@ def _demo(args: argparse.Namespace, settings: HivememSettings) -> int:
     from hivemem.demo import run_demo
 
     return run_demo(settings)
+
+
+def _up(args: argparse.Namespace, settings: HivememSettings) -> int:
+    from hivemem.workers.stack import EmbeddedStack
+
+    with EmbeddedStack(settings, worker_concurrency=args.concurrency) as running:
+        running.serve_forever(announce=not args.quiet)
+    return 0
 
 
 def _worker(args: argparse.Namespace, settings: HivememSettings) -> int:
@@ -52,16 +54,21 @@ def _beat(args: argparse.Namespace, settings: HivememSettings) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hivemem", description="A memory pool for teams of AI agents."
-    )
-    parser.add_argument("--version", action="version", version=f"hivemem {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+def register(commands: argparse._SubParsersAction[Any]) -> None:
     demo = commands.add_parser(
-        "demo", help="run the demonstration scenario (exit 0 when it behaved)"
+        "demo",
+        help="run the multi-agent demonstration (exit 0 only when every step behaved)",
     )
     demo.set_defaults(handler=_demo)
+
+    up = commands.add_parser(
+        "up",
+        help="run the embedded stack (Redis, a worker, beat) on HIVEMEM_DATA_DIR until "
+        "interrupted; other hivemem commands and pools on this data directory use it",
+    )
+    up.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
+    up.add_argument("--quiet", action="store_true", help="do not print the connection details")
+    up.set_defaults(handler=_up)
 
     worker = commands.add_parser(
         "worker",
@@ -85,22 +92,3 @@ def _parser() -> argparse.ArgumentParser:
     beat = commands.add_parser("beat", help="run the schedule of periodic work (one per fleet)")
     beat.add_argument("--loglevel", default="INFO", help="Celery log level")
     beat.set_defaults(handler=_beat)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        settings = HivememSettings()
-        code: int = args.handler(args, settings)
-    except InvalidInput as exc:
-        print(f"hivemem: {exc}", file=sys.stderr)
-        return 2
-    except HivememError as exc:
-        print(f"hivemem: {exc}", file=sys.stderr)
-        return 1
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m hivemem.cli``: the same as the ``hivemem`` console script."""
+
+import sys
+
+from hivemem.cli.main import main
+
+sys.exit(main())

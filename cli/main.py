@@ -1,0 +1,62 @@
+"""The ``hivemem`` entry point: builds the parser from the command modules and maps errors to
+exit codes.
+
+Exit codes: 0 success; 1 an operation failed or a check did not pass (a service unreachable, a
+verify that found tampering); 2 bad usage or input (unknown command, invalid value, unknown
+agent or memory); 130 interrupted.
+
+Each command module has ``register(commands)``, which adds its sub-commands with a ``handler``
+taking ``(args, settings)`` and returning the exit code. Modules import their machinery inside
+the handlers, so ``hivemem --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from hivemem import __version__
+from hivemem.cli import agents, memory, stack, transfer
+from hivemem.pool.errors import AgentNotFound, HivememError, InvalidInput, MemoryNotFound
+from hivemem.pool.settings import HivememSettings
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+_GROUPS = (stack, agents, memory, transfer)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hivemem",
+        description="A memory pool for teams of AI agents. Settings come from HIVEMEM_* "
+        "environment variables (see the README's configuration reference).",
+    )
+    parser.add_argument("--version", action="version", version=f"hivemem {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in _GROUPS:
+        group.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = HivememSettings()
+        code: int = args.handler(args, settings)
+    except (InvalidInput, AgentNotFound, MemoryNotFound) as exc:
+        print(f"hivemem: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HivememError as exc:
+        print(f"hivemem: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

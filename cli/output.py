@@ -1,0 +1,45 @@
+"""What every command shares: ``--json`` output, rich tables, and the pool connection."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hivemem.pool.settings import HivememSettings
+from hivemem.pool.shared import SharedMemoryPool
+
+console = Console()
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def emit(args: argparse.Namespace, data: Any, render: Callable[[], None]) -> None:
+    """Print ``data`` as one JSON document with ``--json``, else call ``render``."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, default=str, ensure_ascii=False))
+    else:
+        render()
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print a rich table of ``rows``."""
+    shown = Table(*columns, title=title)
+    for row in rows:
+        shown.add_row(*("" if cell is None else str(cell) for cell in row))
+    console.print(shown)
+
+
+@contextmanager
+def open_pool(settings: HivememSettings) -> Iterator[SharedMemoryPool]:
+    """The pool on ``HIVEMEM_REDIS_URL``, else on the stack ``hivemem up`` runs on this data
+    directory, else on a Redis of our own for the duration of the command."""
+    with SharedMemoryPool.connect(settings) as pool:
+        yield pool
