@@ -139,3 +139,18 @@ class StoreBusy(HivememError):
 class StrategyFailed(HivememError):
     """Raised by a consolidation strategy that could not produce a valid result (the LLM
     strategy catches it and falls back to the offline one)."""
+
+
+class AuditConflict(HivememError):
+    """Raised when an audit entry could not be appended because other writers kept moving the
+    log's head through every attempt (``attempts``); nothing was appended."""
+
+    def __init__(self, attempts: int) -> None:
+        super().__init__(f"audit entry not appended: the head moved on each of {attempts} tries")
+        self.attempts = attempts
+
+
+class AuditLogCorrupt(HivememError):
+    """Raised when the audit log's Redis keys hold something hivemem never writes (an entry that
+    is not a well-formed entry, a malformed head, a stream that cannot take the next seq):
+    someone wrote to them directly. The log's ``verify()`` says where."""

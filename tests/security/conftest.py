@@ -1,0 +1,49 @@
+"""Fixtures of the security tests: a client of the test's real Redis, and an audit log on it
+with a JSONL copy under the test's directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.security import AuditEntry, AuditEvent, AuditLog
+from tests.conftest import Clock
+
+#: The audit keys of the namespace ``t`` the fixtures use.
+STREAM, HEAD = "t:audit", "t:audit:head"
+
+
+@pytest.fixture
+def client(redis_server: EmbeddedRedis) -> redis.Redis:
+    return redis.Redis.from_url(redis_server.url)
+
+
+@pytest.fixture
+def jsonl(tmp_path: Path) -> Path:
+    return tmp_path / "audit" / "audit.jsonl"
+
+
+@pytest.fixture
+def log(client: redis.Redis, jsonl: Path, clock: Clock) -> Iterator[AuditLog]:
+    with AuditLog(client, namespace="t", jsonl_path=jsonl, clock=clock) as audit_log:
+        yield audit_log
+
+
+@pytest.fixture
+def filled(log: AuditLog, clock: Clock) -> list[AuditEntry]:
+    """Five entries of the kinds the security layer records."""
+    entries = []
+    for kind, subject in [
+        (AuditEvent.REGISTERED, "support"),
+        (AuditEvent.GRANTED, "support"),
+        (AuditEvent.DENIED_READ, "intern"),
+        (AuditEvent.KEY_ROTATED, "internal"),
+        (AuditEvent.FORGOTTEN, "user-42"),
+    ]:
+        entries.append(log.record(kind, actor="admin", subject=subject, zone="internal", n=1))
+        clock.advance(seconds=1)
+    return entries
