@@ -35,8 +35,8 @@ lint: $(STAMP)
 # that it does not wander into build/, tests/ or .venv/ through the link).
 typecheck: $(STAMP)
 	mkdir -p build/typecheck && ln -sfn ../.. build/typecheck/hivemem
-	MYPYPATH=build/typecheck $(BIN)/mypy -m hivemem -m hivemem.demo \
-		-p hivemem.cli -p hivemem.pool -p hivemem.agents -p hivemem.workers -p hivemem.security
+	MYPYPATH=build/typecheck $(BIN)/mypy -m hivemem \
+		-p hivemem.cli -p hivemem.demo -p hivemem.pool -p hivemem.agents -p hivemem.workers -p hivemem.security
 
 bench: $(STAMP)
 	$(BIN)/python bench/locomo.py

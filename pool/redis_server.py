@@ -53,7 +53,7 @@ def find_redis_server() -> Path:
     return Path(found)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM it when its parent dies, so that a
     killed owner never leaves a redis-server behind (no-op elsewhere)."""
     if sys.platform != "linux":
@@ -115,7 +115,7 @@ class EmbeddedRedis:
             command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
         )
         deadline = time.monotonic() + _START_TIMEOUT_S
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

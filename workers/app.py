@@ -36,6 +36,7 @@ ROUTES = {
     "hivemem.lifecycle": {"queue": "lifecycle"},
     "hivemem.archive": {"queue": "lifecycle"},
     "hivemem.restore": {"queue": "lifecycle"},
+    "hivemem.forget_user": {"queue": "lifecycle"},
 }
 
 

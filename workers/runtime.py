@@ -22,6 +22,7 @@ from hivemem.pool.ports import ZoneStore
 from hivemem.pool.settings import ConsolidationSettings, HivememSettings
 from hivemem.workers.archive import ArchiveService
 from hivemem.workers.consolidation import ConsolidationService
+from hivemem.workers.forget import ForgetService
 from hivemem.workers.ingest import IngestService
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.lifecycle import LifecycleService
@@ -132,6 +133,18 @@ class WorkerRuntime:
             self.keys,
             make_strategy(settings),
             OfflineStrategy(settings),
+            lock_ttl_s=self.settings.workers.lock_ttl_s,
+            send_batch=self.settings.pool.send_batch,
+        )
+
+    @cached_property
+    def forget(self) -> ForgetService:
+        return ForgetService(
+            self.client,
+            self.bus,
+            self.store,
+            self.keys,
+            self.ingest,
             lock_ttl_s=self.settings.workers.lock_ttl_s,
             send_batch=self.settings.pool.send_batch,
         )

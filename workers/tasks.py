@@ -97,6 +97,15 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
                 queued.setdefault(zone.value, []).append(user_id)
         return queued
 
+    _register_lifecycle_tasks(app, runtime, options, consolidate)
+
+
+def _register_lifecycle_tasks(
+    app: Celery, runtime: WorkerRuntime, options: dict[str, Any], consolidate: Task
+) -> None:
+    """The tasks of the ``lifecycle`` queue: policies, archival, restore, forgetting."""
+    settings = runtime.settings
+
     @app.task(name="hivemem.lifecycle", **options)
     def lifecycle(
         dry_run: bool = False, now: str | None = None, zones: list[str] | None = None
@@ -118,6 +127,24 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
         checked = [check_record_id(i) for i in ids]
         with runtime.store.session():
             return runtime.archive.archive(chosen, checked)
+
+    @app.task(name="hivemem.forget_user", bind=True, **options)
+    def forget_user(self: Task, user_id: str) -> dict[str, Any]:
+        """Forget a user in every zone's store and archive, and tombstone it at every agent;
+        returns the receipt. Retried while a consolidation of the user runs."""
+        user = check_scope_id(user_id, field="user_id")
+        structlog.contextvars.bind_contextvars(user_id=user)
+        try:
+            with runtime.store.session():
+                receipt = runtime.forget.forget_user(
+                    user, list(Zone), on_due=lambda zone, due: consolidate.delay(zone.value, due)
+                )
+        except ScopeBusy as busy:
+            raise self.retry(
+                exc=busy, countdown=settings.workers.lock_retry_s, max_retries=_RETRIES
+            ) from None
+        result: dict[str, Any] = receipt.model_dump(mode="json")
+        return result
 
     @app.task(name="hivemem.restore", **options)
     def restore(

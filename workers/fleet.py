@@ -1,0 +1,59 @@
+"""``Fleet``: asking the worker fleet for work from any process (an agent's, the CLI's) and
+waiting for the answer.
+
+Tasks go through the Celery broker on the pool's Redis; the answer comes back through the
+result backend. A fleet with no worker running leaves the task queued (nothing is lost): the
+wait times out with PoolUnavailable and the task runs when a worker starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import celery.exceptions
+
+from hivemem.pool.enums import Zone
+from hivemem.pool.errors import PoolUnavailable
+from hivemem.pool.ids import check_scope_id
+from hivemem.pool.settings import HivememSettings
+from hivemem.workers.app import make_app
+from hivemem.workers.forget import ForgetReceipt
+
+
+class Fleet:
+    """A client of the workers on ``settings.redis_url``."""
+
+    def __init__(self, settings: HivememSettings) -> None:
+        self._app = make_app(settings)
+
+    def _call(self, task: str, args: list[Any], timeout_s: float) -> Any:
+        result = self._app.send_task(task, args=args)
+        try:
+            return result.get(timeout=timeout_s)
+        except celery.exceptions.TimeoutError:
+            raise PoolUnavailable(
+                f"no worker finished {task} within {timeout_s:g} s (it stays queued; is a "
+                "worker running? `hivemem up` or `hivemem worker`)"
+            ) from None
+
+    def forget_user(self, user_id: str, *, timeout_s: float = 60.0) -> ForgetReceipt:
+        """Forget ``user_id`` in every zone store and archive and tombstone it at every agent
+        (see :mod:`hivemem.workers.forget`). Raises InvalidInput, PoolUnavailable."""
+        user = check_scope_id(user_id, field="user_id")
+        done = self._call("hivemem.forget_user", [user], timeout_s)
+        return ForgetReceipt.model_validate(done)
+
+    def consolidate(self, zone: Zone, user_id: str, *, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Consolidate one scope now (whatever the threshold); returns the run's report."""
+        user = check_scope_id(user_id, field="user_id")
+        report: dict[str, Any] = self._call("hivemem.consolidate", [zone.value, user], timeout_s)
+        return report
+
+    def close(self) -> None:
+        self._app.close()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,145 @@
+"""Forgetting a user in the shared stores: every zone's live collection and archive, the
+workers' Redis state, and (through tombstones on each zone channel) every agent's copy.
+
+One zone at a time, under that zone's consolidation lock for the user (so no run recreates
+what is being forgotten): note the user's live records, drain the zone's ingest queue (a record
+still queued would otherwise be stored afterwards), then replace every live record of the user
+(before and after the drain) by a tombstone (the store destroys content and vectors; the
+tombstone keeps a late copy from being stored again), remove the archived ones, drop the user's
+pending/plan state, and publish the tombstones as ``hivemem-workers`` so every agent tombstones
+its copies, whoever wrote them. A receipt says what was removed where. Re-running is harmless:
+it finds nothing left.
+
+What this does not reach: the pool's zone streams keep the envelopes agents published (up to
+``pool.stream_maxlen`` each) until trimmed; agents' outboxes drain into those streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import cast
+
+import redis
+import structlog
+from pydantic import BaseModel, Field
+
+from hivemem.pool.adapters.redis_bus import RedisBus, zone_topic
+from hivemem.pool.enums import Zone
+from hivemem.pool.envelope import make_envelope
+from hivemem.pool.filters import And, Cond
+from hivemem.pool.ports import ZoneStore
+from hivemem.pool.records import Tombstone, UtcDatetime, utc_now
+from hivemem.workers.consolidation import WORKER_SENDER, ScopeBusy
+from hivemem.workers.ingest import IngestService
+from hivemem.workers.keys import WorkerKeys
+from hivemem.workers.locks import held
+
+
+class ZoneReceipt(BaseModel):
+    """What one zone held of the user, and what became of it."""
+
+    live_records: int = 0
+    archived_records: int = 0
+    tombstones_published: int = 0
+    redis_keys_deleted: int = 0
+
+
+class ForgetReceipt(BaseModel):
+    """The proof of a forget: per zone, what was removed."""
+
+    user_id: str
+    zones: dict[str, ZoneReceipt] = Field(default_factory=dict)
+    finished_at: UtcDatetime = Field(default_factory=utc_now)
+
+    @property
+    def removed(self) -> int:
+        return sum(z.live_records + z.archived_records for z in self.zones.values())
+
+
+log = structlog.get_logger(__name__)
+
+
+class ForgetService:
+    """Forgets users in the zone store and tells every agent (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        bus: RedisBus,
+        store: ZoneStore,
+        keys: WorkerKeys,
+        ingest: IngestService,
+        *,
+        lock_ttl_s: float,
+        send_batch: int,
+    ) -> None:
+        self._client = client
+        self._bus = bus
+        self._store = store
+        self._keys = keys
+        self._ingest = ingest
+        self._lock_ttl_s = lock_ttl_s
+        self._send_batch = send_batch
+
+    def forget_user(
+        self, user_id: str, zones: list[Zone], *, on_due: Callable[[Zone, str], None]
+    ) -> ForgetReceipt:
+        """Forget ``user_id`` in ``zones``; ``on_due(zone, other_user)`` is called for users
+        whose episodes, drained on the way, passed the consolidation threshold. Raises
+        ScopeBusy while a consolidation of the user runs in one of them (the task retries;
+        zones already done stay done)."""
+        receipt = ForgetReceipt(user_id=user_id)
+        for zone in zones:
+            receipt.zones[zone.value] = self._forget_in(zone, user_id, on_due)
+        log.info("user_forgotten", user_id=user_id, removed=receipt.removed)
+        return receipt
+
+    def _forget_in(
+        self, zone: Zone, user_id: str, on_due: Callable[[Zone, str], None]
+    ) -> ZoneReceipt:
+        receipt = ZoneReceipt()
+        lock_key = self._keys.consolidate_lock(zone, user_id)
+        with held(self._client, lock_key, self._lock_ttl_s) as lock:
+            if not lock.acquired:
+                raise ScopeBusy(zone, user_id)
+            owned = And(all=[Cond(field="scope.user_id", op="eq", value=user_id)])
+            # Before the drain too: tombstones queued by an agent's own forget would otherwise
+            # hide records that other agents still hold.
+            found = {r.id: r for r in self._store.scan(zone, owned)}
+            self._ingest.drain(
+                zone, on_due=lambda due: None if due == user_id else on_due(zone, due)
+            )
+            found |= {r.id: r for r in self._store.scan(zone, owned)}
+            tombstones = [
+                Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone)
+                for r in found.values()
+            ]
+            archived = self._store.archive_ids(zone, owned)
+            self._store.put_tombstones(zone, tombstones)
+            self._store.archive_remove(zone, archived)
+            receipt.live_records = len(tombstones)
+            receipt.archived_records = len(archived)
+            receipt.redis_keys_deleted = cast(
+                "int",
+                self._client.delete(
+                    self._keys.pending(zone, user_id),
+                    self._keys.plan(zone, user_id),
+                    self._keys.queued(zone, user_id),
+                ),
+            )
+            self._client.srem(self._keys.users(zone), user_id)
+            receipt.tombstones_published = self._publish(zone, tombstones)
+        return receipt
+
+    def _publish(self, zone: Zone, tombstones: list[Tombstone]) -> int:
+        messages = []
+        for start in range(0, len(tombstones), self._send_batch):
+            envelope = make_envelope(
+                sender=WORKER_SENDER,
+                zone=zone,
+                tombstones=tombstones[start : start + self._send_batch],
+            )
+            messages.append((envelope.message_id, envelope.encode()))
+        if messages:
+            self._bus.publish(zone_topic(zone), WORKER_SENDER, messages)
+        return len(tombstones)
