@@ -6,13 +6,15 @@ import argparse
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from hivemem.pool.settings import HivememSettings
-from hivemem.pool.shared import SharedMemoryPool
+
+if TYPE_CHECKING:
+    from hivemem.pool.shared import SharedMemoryPool
 
 console = Console()
 
@@ -41,5 +43,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) 
 def open_pool(settings: HivememSettings) -> Iterator[SharedMemoryPool]:
     """The pool on ``HIVEMEM_REDIS_URL``, else on the stack ``hivemem up`` runs on this data
     directory, else on a Redis of our own for the duration of the command."""
+    from hivemem.pool.shared import SharedMemoryPool
+
     with SharedMemoryPool.connect(settings) as pool:
         yield pool

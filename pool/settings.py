@@ -185,6 +185,9 @@ class HivememSettings(BaseSettings):
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    #: A JSONL copy of the audit log this process appends (the log itself is in Redis; see
+    #: docs/security.md). ``None``: Redis only.
+    audit_file: Path | None = None
 
     def environment(self) -> dict[str, str]:
         """The ``HIVEMEM_*`` variables that make ``HivememSettings()`` in a child process equal

@@ -27,8 +27,13 @@ from hivemem.pool.records import MemoryRecord
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.stack_file import running_stack
+from hivemem.security.audit import AuditLog
+from hivemem.security.audit_entry import AuditEvent
 
 log = structlog.get_logger(__name__)
+
+#: The actor of the audit entries the pool API writes (registrations, deregistrations).
+AUDIT_ACTOR = "pool"
 
 
 class SharedMemoryPool:
@@ -50,6 +55,7 @@ class SharedMemoryPool:
         self.registry = AgentRegistry(
             client, namespace=pool.namespace, heartbeat_ttl_s=pool.heartbeat_ttl_s
         )
+        self.audit = AuditLog(client, namespace=pool.namespace, jsonl_path=settings.audit_file)
         self._attached: dict[str, Agent] = {}
 
     @classmethod
@@ -116,6 +122,13 @@ class SharedMemoryPool:
         )
         agent = Agent(info, memory, self.bus, self.registry, self.settings.pool)
         self._attached[agent_id] = agent
+        self.audit.record(
+            AuditEvent.REGISTERED,
+            actor=AUDIT_ACTOR,
+            subject=agent_id,
+            zone=info.clearance.value,
+            share_levels=[level.value for level in info.share_levels],
+        )
         log.info("agent_registered", agent_id=agent_id, clearance=info.clearance.value)
         return agent
 
@@ -163,6 +176,7 @@ class SharedMemoryPool:
             attached.close()
         self.registry.deregister(agent_id)
         self.bus.drop_topic(inbox_topic(agent_id))
+        self.audit.record(AuditEvent.DEREGISTERED, actor=AUDIT_ACTOR, subject=agent_id)
         log.info("agent_deregistered", agent_id=agent_id)
 
     # -- direct hand-over -----------------------------------------------------------------------
@@ -173,12 +187,21 @@ class SharedMemoryPool:
         """Hand one record of ``from_agent`` (attached here) to ``to_agent`` directly, whatever
         the levels either shares or receives. The copy ``to_agent`` stores has
         ``received_from=from_agent``. Raises AgentNotFound, MemoryNotFound, or ClearanceDenied
-        when the record's zone is above ``to_agent``'s clearance (nothing is sent)."""
+        when the record's zone is above ``to_agent``'s clearance (nothing is sent; the refusal
+        is audited as ``denied_read``)."""
         sender = self.agent(from_agent)
         receiver = self.registry.get(to_agent)
         record_id = record if isinstance(record, str) else record.id
         full = sender.memory.get(record_id, with_vectors=True)
         if full.zone > receiver.clearance:
+            self.audit.record(
+                AuditEvent.DENIED_READ,
+                actor=from_agent,
+                subject=to_agent,
+                zone=full.zone.value,
+                record_id=full.id,
+                clearance=receiver.clearance.value,
+            )
             raise ClearanceDenied(to_agent, full.zone.value, receiver.clearance.value)
         sender.hand_over(to_agent, full)
         log.info("knowledge_shared", from_agent=from_agent, to_agent=to_agent, record_id=full.id)
@@ -194,6 +217,7 @@ class SharedMemoryPool:
                 agent.close()
         finally:
             self._attached.clear()
+            self.audit.close()
             self.bus.client.close()
             if self.server is not None:
                 self.server.stop()

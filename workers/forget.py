@@ -7,7 +7,8 @@ still queued would otherwise be stored afterwards), then replace every live reco
 (before and after the drain) by a tombstone (the store destroys content and vectors; the
 tombstone keeps a late copy from being stored again), remove the archived ones, drop the user's
 pending/plan state, and publish the tombstones as ``hivemem-workers`` so every agent tombstones
-its copies, whoever wrote them. A receipt says what was removed where. Re-running is harmless:
+its copies, whoever wrote them. A receipt says what was removed where, and the audit log
+records the forget (counts only). Re-running is harmless:
 it finds nothing left.
 
 What this does not reach: the pool's zone streams keep the envelopes agents published (up to
@@ -29,6 +30,8 @@ from hivemem.pool.envelope import make_envelope
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import Tombstone, UtcDatetime, utc_now
+from hivemem.security.audit import AuditLog
+from hivemem.security.audit_entry import AuditEvent
 from hivemem.workers.consolidation import WORKER_SENDER, ScopeBusy
 from hivemem.workers.ingest import IngestService
 from hivemem.workers.keys import WorkerKeys
@@ -70,6 +73,7 @@ class ForgetService:
         keys: WorkerKeys,
         ingest: IngestService,
         *,
+        audit: AuditLog,
         lock_ttl_s: float,
         send_batch: int,
     ) -> None:
@@ -78,6 +82,7 @@ class ForgetService:
         self._store = store
         self._keys = keys
         self._ingest = ingest
+        self._audit = audit
         self._lock_ttl_s = lock_ttl_s
         self._send_batch = send_batch
 
@@ -91,6 +96,14 @@ class ForgetService:
         receipt = ForgetReceipt(user_id=user_id)
         for zone in zones:
             receipt.zones[zone.value] = self._forget_in(zone, user_id, on_due)
+        self._audit.record(
+            AuditEvent.FORGOTTEN,
+            actor=WORKER_SENDER,
+            subject=user_id,
+            zones=[zone.value for zone in zones],
+            live_records=sum(z.live_records for z in receipt.zones.values()),
+            archived_records=sum(z.archived_records for z in receipt.zones.values()),
+        )
         log.info("user_forgotten", user_id=user_id, removed=receipt.removed)
         return receipt
 

@@ -20,6 +20,7 @@ from hivemem.pool.adapters.redis_bus import RedisBus
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.settings import ConsolidationSettings, HivememSettings
+from hivemem.security.audit import AuditLog
 from hivemem.workers.archive import ArchiveService
 from hivemem.workers.consolidation import ConsolidationService
 from hivemem.workers.forget import ForgetService
@@ -87,6 +88,8 @@ class WorkerRuntime:
         with self._lock:
             if "store" in vars(self):
                 self.store.close()
+            if "audit" in vars(self):
+                self.audit.close()
             if "client" in vars(self):
                 self.client.close()
         self.reset()
@@ -145,8 +148,15 @@ class WorkerRuntime:
             self.store,
             self.keys,
             self.ingest,
+            audit=self.audit,
             lock_ttl_s=self.settings.workers.lock_ttl_s,
             send_batch=self.settings.pool.send_batch,
+        )
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(
+            self.client, namespace=self.settings.pool.namespace, jsonl_path=self.settings.audit_file
         )
 
     @cached_property
