@@ -38,6 +38,8 @@ def _worker(args: argparse.Namespace, settings: HivememSettings) -> int:
     ]
     if args.hostname:
         argv.append(f"--hostname={args.hostname}")
+    if args.events:
+        argv.append("--task-events")
     if args.beat:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
@@ -86,6 +88,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     worker.add_argument("--hostname", default="", help="node name (default: celery@<host>)")
     worker.add_argument("--beat", action="store_true", help="also run the schedule (one per fleet)")
+    worker.add_argument(
+        "--events", action="store_true", help="send task events (what Flower's task pages show)"
+    )
     worker.add_argument("--loglevel", default="INFO", help="Celery log level")
     worker.set_defaults(handler=_worker)
 

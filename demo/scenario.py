@@ -5,7 +5,8 @@ Steps: start the embedded stack (Redis, a worker with beat, the embedded zone st
 three agents; a conversation becomes episodes that reach each agent as its clearance allows; a
 confidential record is refused to the lower-cleared agent; the worker consolidates alice's
 episodes into traces, categories and a profile that the agents receive; a fact changes and both
-versions are in the history; alice is forgotten everywhere while bob is untouched. Returns 0
+versions are in the history; alice is forgotten everywhere while bob is untouched; the audit
+log shows the registrations, the refusal and the forget, and its hash chain verifies. Returns 0
 only when every check passed.
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
 import structlog
 from rich.console import Console
 from rich.table import Table
@@ -26,10 +28,12 @@ from hivemem.demo import conversation
 from hivemem.demo.agent_process import AgentProcess, DemoAgentError
 from hivemem.pool.enums import Zone
 from hivemem.pool.settings import HivememSettings
+from hivemem.security.audit import AuditLog
+from hivemem.security.audit_entry import AuditEvent
 from hivemem.workers.fleet import Fleet
 from hivemem.workers.stack import EmbeddedStack
 
-_WAIT_S = 90.0
+_WAIT_S = 45.0
 
 
 class Report:
@@ -130,11 +134,17 @@ def _scenario(stack: EmbeddedStack, report: Report) -> None:
 
 
 def _steps(agents: dict[str, AgentProcess], settings: HivememSettings, report: Report) -> None:
-    home_id, secret_id = _share(agents, report)
-    _no_read_up(agents, secret_id, report)
-    _consolidation(agents["planner"], report)
-    _fact_changes(agents, home_id, report)
-    _forget(agents, settings, report)
+    client = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        with AuditLog(client, namespace=settings.pool.namespace) as audit:
+            home_id, secret_id = _share(agents, report)
+            _no_read_up(agents, secret_id, audit, report)
+            _consolidation(agents["planner"], report)
+            _fact_changes(agents, home_id, report)
+            _forget(agents, settings, report)
+            _audit(audit, report)
+    finally:
+        client.close()
 
 
 def _share(agents: dict[str, AgentProcess], report: Report) -> tuple[str, str]:
@@ -174,10 +184,23 @@ def _share(agents: dict[str, AgentProcess], report: Report) -> tuple[str, str]:
     return home_id, ids[len(items) - conversation.BOB_EPISODES - 1]
 
 
-def _no_read_up(agents: dict[str, AgentProcess], secret_id: str, report: Report) -> None:
+def _no_read_up(
+    agents: dict[str, AgentProcess], secret_id: str, audit: AuditLog, report: Report
+) -> None:
     report.step("4. No read up")
     refused = agents["concierge"].call("hand_over", record_id=secret_id, to_agent="planner")
     report.check(refused == "refused", "handing a confidential record to the planner is refused")
+    denied = [e for e in audit.tail(5) if e.kind == AuditEvent.DENIED_READ]
+    if denied:
+        entry = denied[-1]
+        report.console.print(
+            f"  audit #{entry.seq}: {entry.kind} actor={entry.actor} subject={entry.subject} "
+            f"zone={entry.zone} record={entry.details.get('record_id')}"
+        )
+    report.check(
+        bool(denied) and denied[-1].subject == "planner" and denied[-1].zone == "confidential",
+        "the audit log shows the refusal",
+    )
     hits = agents["planner"].call(
         "search", query="which card does alice pay with?", user_id="alice"
     )
@@ -232,8 +255,8 @@ def _forget(agents: dict[str, AgentProcess], settings: HivememSettings, report: 
     console = report.console
     report.step("7. Alice is forgotten everywhere")
     bob_before = agents["planner"].call("counts", user_id="bob")["current"]
-    deleted = agents["concierge"].call("forget", user_id="alice")
-    console.print(f"  the concierge deleted its {deleted} records of alice")
+    console.print("  one call: the workers forget alice in every zone store and archive, and "
+                  "their tombstones reach every agent")  # fmt: skip
     with Fleet(settings) as fleet:
         receipt = fleet.forget_user("alice")
         again = fleet.forget_user("alice")
@@ -255,6 +278,21 @@ def _forget(agents: dict[str, AgentProcess], settings: HivememSettings, report: 
     report.check(
         agents["planner"].call("counts", user_id="bob")["current"] == bob_before,
         "bob's memories are untouched",
+    )
+
+
+def _audit(audit: AuditLog, report: Report) -> None:
+    report.step("8. The audit log")
+    table = Table("seq", "event", "actor", "subject", "zone", title="Audit log")
+    for entry in audit.entries():
+        table.add_row(str(entry.seq), entry.kind, entry.actor, entry.subject, entry.zone or "")
+    report.console.print(table)
+    verified = audit.verify()
+    kinds = {entry.kind for entry in audit.entries()}
+    report.check(
+        verified.ok and {"registered", "denied_read", "forgotten"} <= kinds,
+        f"the hash chain of {verified.count} entries verifies, and it holds the registrations, "
+        "the refusal and the forget",
     )
 
 
