@@ -6,6 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
+
+from hivemem.pool.settings import HivememSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -25,3 +28,23 @@ def test_examples_run(
     for block in BLOCK.findall(page.read_text()):
         exec(compile(block, str(page), "exec"), namespace)
     assert capsys.readouterr().out.strip()
+
+
+def _variables(model: type[BaseModel], prefix: str) -> list[str]:
+    """Every leaf setting of ``model`` as its environment variable."""
+    names = []
+    for name, field in model.model_fields.items():
+        variable = f"{prefix}{name.upper()}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names += _variables(annotation, f"{variable}__")
+        else:
+            names.append(variable)
+    return names
+
+
+def test_the_readme_lists_every_setting() -> None:
+    """The README's configuration reference names every HIVEMEM_ variable the settings read."""
+    readme = (ROOT / "README.md").read_text()
+    missing = [v for v in _variables(HivememSettings, "HIVEMEM_") if f"`{v}`" not in readme]
+    assert missing == []
