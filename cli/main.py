@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from hivemem import __version__
-from hivemem.cli import agents, audit, memory, stack, transfer
+from hivemem.cli import agents, audit, memory, stack, transfer, zones
 from hivemem.pool.errors import AgentNotFound, HivememError, InvalidInput, MemoryNotFound
 from hivemem.pool.settings import HivememSettings
 
@@ -26,7 +26,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-_GROUPS = (stack, agents, memory, transfer, audit)
+_GROUPS = (stack, agents, zones, memory, transfer, audit)
 
 
 def _parser() -> argparse.ArgumentParser:

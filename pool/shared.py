@@ -19,7 +19,7 @@ from hivemem.agents.memory import HierarchicalMemory
 from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
-from hivemem.pool.enums import Level, Zone
+from hivemem.pool.enums import Level, Zone, checked_zone
 from hivemem.pool.errors import AgentNotFound, ClearanceDenied, InvalidInput, PoolUnavailable
 from hivemem.pool.ids import check_agent_id
 from hivemem.pool.ports import Embedder
@@ -178,6 +178,24 @@ class SharedMemoryPool:
         self.bus.drop_topic(inbox_topic(agent_id))
         self.audit.record(AuditEvent.DEREGISTERED, actor=AUDIT_ACTOR, subject=agent_id)
         log.info("agent_deregistered", agent_id=agent_id)
+
+    def set_clearance(self, agent_id: str, clearance: Zone | str) -> AgentInfo:
+        """Grant (raise) or revoke (lower) a registered agent's clearance; audited as
+        ``granted`` or ``revoked``. It applies when the agent next attaches: an agent attached
+        now keeps the zone channels it subscribed to until it is closed (broker-enforced
+        revocation comes with per-agent Redis ACLs). Raises AgentNotFound, InvalidInput."""
+        zone = checked_zone(clearance)
+        info, prior = self.registry.set_clearance(agent_id, zone)
+        if zone != prior:
+            self.audit.record(
+                AuditEvent.GRANTED if zone > prior else AuditEvent.REVOKED,
+                actor=AUDIT_ACTOR,
+                subject=info.agent_id,
+                zone=zone.value,
+                previous=prior.value,
+            )
+        log.info("clearance_changed", agent_id=info.agent_id, clearance=zone.value)
+        return info
 
     # -- direct hand-over -----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import cast
 import redis
 
 from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.enums import Zone
 from hivemem.pool.errors import AgentNotFound, RegistrationConflict
 from hivemem.pool.ids import check_agent_id
 
@@ -57,6 +58,27 @@ class AgentRegistry:
                 f"{info.clearance.value}; deregister it first to change its clearance"
             ) from None
         return info
+
+    def set_clearance(self, agent_id: str, zone: Zone) -> tuple[AgentInfo, Zone]:
+        """Change a registered agent's clearance (an operator's grant or revocation); returns
+        the new info and the clearance it held. Raises AgentNotFound."""
+        check_agent_id(agent_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self._agents)  # type: ignore[no-untyped-call]
+                    raw = cast("bytes | None", pipe.hget(self._agents, agent_id))
+                    if raw is None:
+                        raise AgentNotFound(agent_id)
+                    prior = AgentInfo.model_validate_json(raw)
+                    info = prior.model_copy(update={"clearance": zone})
+                    pipe.multi()
+                    pipe.hset(self._clearance, agent_id, zone.value)
+                    pipe.hset(self._agents, agent_id, info.model_dump_json())
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+                return info, prior.clearance
 
     def get(self, agent_id: str) -> AgentInfo:
         raw = cast("bytes | None", self.client.hget(self._agents, check_agent_id(agent_id)))

@@ -1,0 +1,78 @@
+"""`hivemem zones` (list, grant, revoke) and `hivemem audit` (tail, head, verify) against a real
+Redis: clearances change in the registry and are audited; the audit chain verifies, and a
+tampered entry makes verify exit 1 and say where."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis
+
+from hivemem.pool.redis_server import EmbeddedRedis
+from tests.cli.conftest import Run
+
+
+def test_grant_and_revoke_change_the_clearance_and_are_audited(
+    hivemem: Run, agent_id: Callable[[str], str]
+) -> None:
+    """grant raises, revoke drops below the zone, a no-op changes nothing; list shows who is
+    cleared; the audit tail holds granted then revoked with the previous clearance."""
+    scout = agent_id("scout")
+    assert hivemem("agents", "register", scout, "--clearance", "public").code == 0
+
+    granted = hivemem("zones", "grant", scout, "confidential", "--json")
+    again = hivemem("zones", "grant", scout, "internal", "--json")
+    listing = hivemem("zones", "list", "--json").json()
+    revoked = hivemem("zones", "revoke", scout, "internal", "--json")
+
+    assert granted.code == 0
+    assert granted.json() == {"agent_id": scout, "clearance": "confidential", "previous": "public"}
+    assert again.json()["clearance"] == "confidential"
+    by_zone = {row["zone"]: row["cleared_agents"] for row in listing}
+    assert scout in by_zone["confidential"]
+    assert scout not in by_zone["secret"]
+    assert revoked.json() == {"agent_id": scout, "clearance": "public", "previous": "confidential"}
+    assert hivemem("agents", "show", scout, "--json").json()["clearance"] == "public"
+    mine = [
+        e for e in hivemem("audit", "tail", "-n", "50", "--json").json() if e["subject"] == scout
+    ]
+    assert [(e["kind"], e["zone"], e["details"]["previous"]) for e in mine[-2:]] == [
+        ("granted", "confidential", "public"),
+        ("revoked", "public", "confidential"),
+    ]
+
+
+def test_bad_zone_changes_are_usage_errors(hivemem: Run, agent_id: Callable[[str], str]) -> None:
+    """An unknown zone or agent exits 2 and changes nothing."""
+    scout = agent_id("scout")
+    assert hivemem("agents", "register", scout).code == 0
+    assert hivemem("zones", "grant", scout, "top-secret").code == 2
+    assert hivemem("zones", "grant", agent_id("ghost"), "secret").code == 2
+    assert hivemem("agents", "show", scout, "--json").json()["clearance"] == "public"
+
+
+def test_audit_verify_passes_then_finds_the_edited_entry(
+    hivemem: Run, agent_id: Callable[[str], str], redis_server: EmbeddedRedis
+) -> None:
+    """verify exits 0 on the untouched chain and 1, naming the position, once an entry's
+    stored fields are rewritten; head prints SEQ:HASH."""
+    assert hivemem("agents", "register", agent_id("a")).code == 0
+    assert hivemem("agents", "register", agent_id("b")).code == 0
+    head = hivemem("audit", "head").out.strip()
+    seq, _, digest = head.partition(":")
+    assert int(seq) >= 2
+    assert len(digest) == 64
+    assert hivemem("audit", "verify", "--anchor", head).code == 0
+
+    client = redis.Redis.from_url(redis_server.url)
+    entries = client.xrange("hivemem:audit")
+    client.delete("hivemem:audit")
+    for position, (entry_id, stored) in enumerate(entries):
+        edited = {k: v.replace(b"pool", b"mallory") for k, v in stored.items()}
+        client.xadd("hivemem:audit", edited if position == 0 else stored, id=entry_id)
+    client.close()
+
+    broken = hivemem("audit", "verify", "--json")
+    assert broken.code == 1
+    assert broken.json()["problem"]["position"] == 0
+    assert broken.json()["problem"]["kind"] == "edited"
