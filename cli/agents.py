@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from hivemem.cli.output import add_json_flag, console, emit, open_pool, table
-from hivemem.cli.scope_args import add_choice, warn
+from hivemem.cli.output import add_json_flag, emit, open_pool
+from hivemem.cli.scope_args import add_choice, plain_table, warn
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.errors import AgentNotFound
@@ -70,7 +70,7 @@ def _register(args: argparse.Namespace, settings: HivememSettings) -> int:
         emit(
             args,
             _described(pool, info),
-            lambda: console.print(
+            lambda: print(
                 f"{verb} agent {info.agent_id}: clearance {info.clearance.value}, shares "
                 f"{_levels(info.share_levels)}, receives {_levels(info.receive_levels)}"
             ),
@@ -95,7 +95,7 @@ def _list(args: argparse.Namespace, settings: HivememSettings) -> int:
     emit(
         args,
         described,
-        lambda: table(
+        lambda: plain_table(
             f"{len(rows)} agent(s)",
             ["agent", "name", "clearance", "shares", "receives", "alive"],
             rows,
@@ -114,7 +114,7 @@ def _show(args: argparse.Namespace, settings: HivememSettings) -> int:
         (key, ", ".join(map(str, value)) if isinstance(value, list) else value)
         for key, value in described.items()
     ]
-    emit(args, described, lambda: table(f"agent {args.agent_id}", ["field", "value"], rows))
+    emit(args, described, lambda: plain_table(f"agent {args.agent_id}", ["field", "value"], rows))
     return 0
 
 
@@ -125,13 +125,14 @@ def _revoke(args: argparse.Namespace, settings: HivememSettings) -> int:
         memory_dir = pool.agent_dir(args.agent_id)
     if alive:
         warn(
-            f"agent {args.agent_id} was alive: the process running it keeps its connection "
-            "until it stops; stop it"
+            f"agent {args.agent_id} sent a heartbeat within the last "
+            f"{settings.pool.heartbeat_ttl_s:g} s: a process running it keeps its connection "
+            "until it stops"
         )
     emit(
         args,
         {"agent_id": args.agent_id, "revoked": True, "memory_dir": str(memory_dir)},
-        lambda: console.print(
+        lambda: print(
             f"revoked agent {args.agent_id}: removed from the registry and its inbox dropped. "
             f"Its local memory and outbox stay on disk under {memory_dir} (delete the directory "
             "to destroy them); what it shared stays with the agents that received it."

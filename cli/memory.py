@@ -12,14 +12,17 @@ import argparse
 import sys
 from typing import Any
 
-from hivemem.cli.output import add_json_flag, emit, table
+from rich.padding import Padding
+from rich.text import Text
+
+from hivemem.cli.output import add_json_flag, console, emit
 from hivemem.cli.scope_args import (
     acting_as,
     add_agent,
     add_choice,
     add_flush_timeout,
     add_scope,
-    id_table,
+    plain_table,
     record_json,
 )
 from hivemem.pool.enums import Category, Level, Tier, Zone
@@ -27,12 +30,16 @@ from hivemem.pool.errors import InvalidInput
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.settings import HivememSettings
 
-_SHOWN_CHARS = 120
+_SHOWN_CHARS = 240
 
 
 def _text(value: str) -> str:
-    """The TEXT argument; ``-`` reads it from standard input."""
-    return sys.stdin.read() if value == "-" else value
+    """The TEXT argument; ``-`` reads it from standard input (without its final newlines)."""
+    return sys.stdin.read().rstrip("\n") if value == "-" else value
+
+
+def _when(record: MemoryRecord) -> str:
+    return record.recorded_at.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _short(content: str) -> str:
@@ -40,13 +47,36 @@ def _short(content: str) -> str:
     return flat if len(flat) <= _SHOWN_CHARS else flat[: _SHOWN_CHARS - 1] + "…"
 
 
+def _listing(title: str, entries: list[tuple[str, MemoryRecord]]) -> None:
+    """Memories one after the other: a line of ``lead`` (rank and score, or time), id and kind,
+    then the content, indented (readable at any terminal width; ids whole, to be copied)."""
+    console.print(Text(title, style="bold"))
+    for lead, record in entries:
+        kind = f"{record.level.value} · {record.category.value} · {record.zone.value}"
+        if record.received_from:
+            kind += f" · from {record.received_from}"
+        head = Text(f"{lead}  ")
+        head.append(record.id, style="cyan")
+        head.append(f"  {kind}", style="dim")
+        console.print(head)  # wraps between words when narrow: the id stays whole
+        console.print(Padding(Text(_short(record.content)), (0, 0, 0, 4)))
+
+
 def _scope(args: argparse.Namespace) -> dict[str, Any]:
     return {"user_id": args.user, "session_id": args.session, "run_id": args.run}
 
 
+def _cell(value: object) -> object:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+    return value
+
+
 def _record_rows(record: MemoryRecord) -> list[tuple[str, object]]:
     return [
-        (key, ", ".join(map(str, value)) if isinstance(value, list) else value)
+        (key, _cell(value))
         for key, value in record_json(record).items()
         if value not in (None, [], {})
     ]
@@ -97,27 +127,8 @@ def _search(args: argparse.Namespace, settings: HivememSettings) -> int:
         {"score": h.score, "similarity": h.similarity, "record": record_json(h.record)}
         for h in hits
     ]
-    rows = [
-        (
-            rank,
-            f"{h.score:.3f}",
-            h.record.id,
-            h.record.level.value,
-            h.record.category.value,
-            h.record.received_from or "",
-            _short(h.record.content),
-        )
-        for rank, h in enumerate(hits, 1)
-    ]
-    emit(
-        args,
-        data,
-        lambda: id_table(
-            f"{len(hits)} memories for {args.query!r}",
-            ["#", "score", "id", "level", "category", "from", "content"],
-            rows,
-        ),
-    )
+    entries = [(f"{rank:>2}. {h.score:.3f}", h.record) for rank, h in enumerate(hits, 1)]
+    emit(args, data, lambda: _listing(f"{len(hits)} memories for {args.query!r}", entries))
     return 0
 
 
@@ -127,7 +138,7 @@ def _get(args: argparse.Namespace, settings: HivememSettings) -> int:
     emit(
         args,
         record_json(record),
-        lambda: table(f"memory {record.id}", ["field", "value"], _record_rows(record)),
+        lambda: plain_table(f"memory {record.id}", ["field", "value"], _record_rows(record)),
     )
     return 0
 
@@ -135,24 +146,17 @@ def _get(args: argparse.Namespace, settings: HivememSettings) -> int:
 def _history(args: argparse.Namespace, settings: HivememSettings) -> int:
     with acting_as(settings, args.agent, catch_up=True) as agent:
         chain = agent.memory.get_history(args.id)
-    rows = [
+    entries = [
         (
-            version,
-            r.id,
-            r.recorded_at.isoformat(timespec="seconds"),
-            "current" if r.is_current else r.superseded_at,
-            _short(r.content),
+            f"{version:>2}. {_when(r)}" + ("" if r.is_current else " superseded"),
+            r,
         )
         for version, r in enumerate(chain, 1)
     ]
     emit(
         args,
         [record_json(r) for r in chain],
-        lambda: id_table(
-            f"{len(chain)} version(s), oldest first",
-            ["version", "id", "recorded", "superseded", "content"],
-            rows,
-        ),
+        lambda: _listing(f"{len(chain)} version(s), oldest first", entries),
     )
     return 0
 
@@ -164,25 +168,11 @@ def _list(args: argparse.Namespace, settings: HivememSettings) -> int:
             include_superseded=args.include_superseded,
             limit=args.limit,
         )
-    rows = [
-        (
-            r.id,
-            r.recorded_at.isoformat(timespec="seconds"),
-            r.level.value,
-            r.category.value,
-            r.received_from or "",
-            _short(r.content),
-        )
-        for r in found
-    ]
+    entries = [(_when(r), r) for r in found]
     emit(
         args,
         [record_json(r) for r in found],
-        lambda: id_table(
-            f"{len(found)} memories, newest first",
-            ["id", "recorded", "level", "category", "from", "content"],
-            rows,
-        ),
+        lambda: _listing(f"{len(found)} memories, newest first", entries),
     )
     return 0
 
@@ -237,7 +227,9 @@ def _stats(args: argparse.Namespace, settings: HivememSettings) -> int:
         else (name, value)
         for name, value in data.items()
     ]
-    emit(args, data, lambda: table(f"memory of agent {args.agent}", ["measure", "value"], rows))
+    emit(
+        args, data, lambda: plain_table(f"memory of agent {args.agent}", ["measure", "value"], rows)
+    )
     return 0
 
 

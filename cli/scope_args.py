@@ -1,5 +1,5 @@
 """What the commands that act as a registered agent share: their arguments (the agent, the scope,
-choices from the enums), a session as that agent (attach, work, flush) and id-friendly tables.
+choices from the enums), a session as that agent (attach, work, flush) and plain-text tables.
 
 Only light modules are imported at the top: ``hivemem --help`` builds every parser.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Column, Table
+from rich.text import Text
 
 from hivemem.cli.output import console, open_pool
 from hivemem.pool.errors import HivememError, StoreLocked
@@ -147,8 +148,9 @@ def acting_as(
             raise WritesPending(agent_id, agent.pending, agent.memory.path)
 
 
-def id_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Like :func:`hivemem.cli.output.table`, but a column named ``id`` is never wrapped or
+def plain_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Like :func:`hivemem.cli.output.table`, but cells are plain text (content such as
+    ``[/]`` is shown, never read as rich markup) and a column named ``id`` is never wrapped or
     cut: ids are there to be copied into the next command."""
     shown = Table(
         *(
@@ -158,5 +160,5 @@ def id_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]
         title=title,
     )
     for row in rows:
-        shown.add_row(*("" if cell is None else str(cell) for cell in row))
+        shown.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
     console.print(shown)
