@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from hivemem.cli.output import add_json_flag
-from hivemem.cli.scope_args import acting_as, add_agent, warn
+from hivemem.cli.scope_args import acting_as, add_agent
 from hivemem.pool.errors import HivememError, InvalidInput
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.settings import HivememSettings
@@ -42,6 +43,11 @@ _SHOWN_ERRORS = 20
 class ExportIncomplete(HivememError):
     """Raised when more than one page of a user's records share one ``recorded_at`` instant,
     so export cannot page past them; nothing was written."""
+
+
+class OutputFailed(HivememError):
+    """Raised when an export cannot be written (no such directory, disk full, standard output
+    closed by its reader); no partial file is left."""
 
 
 class InvalidFile(InvalidInput):
@@ -114,10 +120,15 @@ def _user_records(
 @contextlib.contextmanager
 def _sink(target: str) -> Iterator[IO[str]]:
     """Standard output for ``-``; else a temporary file beside ``target``, renamed onto it
-    when the body succeeds (a failed export leaves no partial file)."""
+    when the body succeeds (a failed export leaves no partial file). Raises OutputFailed."""
     if target == "-":
-        yield sys.stdout
-        sys.stdout.flush()
+        try:
+            yield sys.stdout
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader left (`| head`): nothing more can be written, nor flushed at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise OutputFailed("standard output was closed before the export ended") from None
         return
     path = Path(target)
     partial = path.with_name(f".{path.name}.partial")
@@ -125,27 +136,25 @@ def _sink(target: str) -> Iterator[IO[str]]:
         with partial.open("w", encoding="utf-8") as stream:
             yield stream
         partial.replace(path)
+    except OSError as error:
+        raise OutputFailed(f"cannot write {target}: {error.strerror or error}") from None
     finally:
         partial.unlink(missing_ok=True)
 
 
 def _export(args: argparse.Namespace, settings: HivememSettings) -> int:
     written = 0
-    try:
-        with acting_as(settings, args.agent, catch_up=True) as agent:
-            memory = agent.memory
-            stats = memory.stats(user_id=args.user) if args.user else memory.stats()
-            users = [args.user] if args.user else sorted(stats.by_user)
-            total = stats.total if args.include_history else stats.current
-            with _sink(args.out) as stream, _progress(args, total, "exporting") as advance:
-                for user_id in users:
-                    for record in _user_records(memory, user_id, args.include_history):
-                        stream.write(record.model_dump_json() + "\n")
-                        written += 1
-                        advance(1)
-    except OSError as error:
-        warn(f"cannot write {args.out}: {error.strerror or error}")
-        return 1
+    with acting_as(settings, args.agent, catch_up=True) as agent:
+        memory = agent.memory
+        stats = memory.stats(user_id=args.user) if args.user else memory.stats()
+        users = [args.user] if args.user else sorted(stats.by_user)
+        total = stats.total if args.include_history else stats.current
+        with _sink(args.out) as stream, _progress(args, total, "exporting") as advance:
+            for user_id in users:
+                for record in _user_records(memory, user_id, args.include_history):
+                    stream.write(record.model_dump_json() + "\n")
+                    written += 1
+                    advance(1)
     shown = "standard output" if args.out == "-" else args.out
     _summary(
         args,
