@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from hivemem.pool.settings import HivememSettings
 if TYPE_CHECKING:
     from hivemem.agents.agent import Agent
     from hivemem.agents.memory import HierarchicalMemory
+
 #: Records read per page when exporting (the most ``list_memories`` returns at once).
 _PAGE = 100_000
 #: Records embedded and stored per step when importing.
@@ -78,8 +80,6 @@ def _progress(args: argparse.Namespace, total: int, label: str) -> Iterator[Call
 def _summary(args: argparse.Namespace, data: dict[str, Any], text: str, *, stderr: bool) -> None:
     """The command's summary (JSON with --json); on standard error when standard output
     carries the data."""
-    import json
-
     line = json.dumps(data) if args.json else text
     print(line, file=sys.stderr if stderr else sys.stdout)
 

@@ -97,6 +97,32 @@ def test_export_one_user_current_only_to_standard_output(
     assert "exported 1 memories" in done.err
 
 
+def test_export_pages_past_the_listing_limit(
+    hivemem: Run, agents: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Export reads a user's records page by page (by recording time) and gets every one; when
+    a whole page shares one instant it exits 1 instead of leaving records out."""
+    alice, bob = agents
+    monkeypatch.setattr("hivemem.cli.transfer._PAGE", 2)
+    ids = {add(hivemem, alice, f"memory {i}", "--user", "u1") for i in range(5)}
+    out = tmp_path / "paged.jsonl"
+    assert hivemem("export", "--agent", alice, str(out)).code == 0
+    assert {r.id for r in records(out)} == ids
+
+    first = records(out)[0]
+    lines = [
+        first.model_copy(update={"id": f"{i:08d}-0000-4000-8000-000000000000"}).model_dump_json()
+        for i in range(3)
+    ]  # three records of one instant
+    crowded = tmp_path / "crowded.jsonl"
+    crowded.write_text("\n".join(lines) + "\n")
+    assert hivemem("import", "--agent", bob, str(crowded)).code == 0
+    stuck = hivemem("export", "--agent", bob, str(tmp_path / "stuck.jsonl"))
+    assert stuck.code == 1
+    assert "recorded at one instant" in stuck.err
+    assert not (tmp_path / "stuck.jsonl").exists()
+
+
 def test_import_from_standard_input(
     hivemem: Run, agents: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
