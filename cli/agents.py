@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from hivemem.cli.output import add_json_flag, emit, open_pool
-from hivemem.cli.scope_args import add_choice, plain_table, warn
+from hivemem.cli.output import add_json_flag, emit, open_pool, table
+from hivemem.cli.scope_args import add_choice, warn
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.errors import AgentNotFound
@@ -95,7 +95,7 @@ def _list(args: argparse.Namespace, settings: HivememSettings) -> int:
     emit(
         args,
         described,
-        lambda: plain_table(
+        lambda: table(
             f"{len(rows)} agent(s)",
             ["agent", "name", "clearance", "shares", "receives", "alive"],
             rows,
@@ -114,7 +114,7 @@ def _show(args: argparse.Namespace, settings: HivememSettings) -> int:
         (key, ", ".join(map(str, value)) if isinstance(value, list) else value)
         for key, value in described.items()
     ]
-    emit(args, described, lambda: plain_table(f"agent {args.agent_id}", ["field", "value"], rows))
+    emit(args, described, lambda: table(f"agent {args.agent_id}", ["field", "value"], rows))
     return 0
 
 

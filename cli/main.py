@@ -13,8 +13,11 @@ the handlers, so ``hivemem --help`` starts fast.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
+
+import structlog
 
 from hivemem import __version__
 from hivemem.cli import agents, audit, memory, stack, transfer, zones
@@ -42,8 +45,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that run services print their logs at INFO; the others only warnings and errors.
+_SERVICES = {"up", "worker", "beat"}
+
+
+def _logging(command: str) -> None:
+    """Logs go to standard error, so that standard output holds only what a command prints
+    (``--json`` documents, ids for ``$(...)``)."""
+    level = logging.INFO if command in _SERVICES else logging.WARNING
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _logging(args.command)
     try:
         settings = HivememSettings()
         code: int = args.handler(args, settings)

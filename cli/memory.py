@@ -15,14 +15,13 @@ from typing import Any
 from rich.padding import Padding
 from rich.text import Text
 
-from hivemem.cli.output import add_json_flag, console, emit
+from hivemem.cli.output import add_json_flag, console, emit, table
 from hivemem.cli.scope_args import (
     acting_as,
     add_agent,
     add_choice,
     add_flush_timeout,
     add_scope,
-    plain_table,
     record_json,
 )
 from hivemem.pool.enums import Category, Level, Tier, Zone
@@ -138,7 +137,7 @@ def _get(args: argparse.Namespace, settings: HivememSettings) -> int:
     emit(
         args,
         record_json(record),
-        lambda: plain_table(f"memory {record.id}", ["field", "value"], _record_rows(record)),
+        lambda: table(f"memory {record.id}", ["field", "value"], _record_rows(record)),
     )
     return 0
 
@@ -227,9 +226,7 @@ def _stats(args: argparse.Namespace, settings: HivememSettings) -> int:
         else (name, value)
         for name, value in data.items()
     ]
-    emit(
-        args, data, lambda: plain_table(f"memory of agent {args.agent}", ["measure", "value"], rows)
-    )
+    emit(args, data, lambda: table(f"memory of agent {args.agent}", ["measure", "value"], rows))
     return 0
 
 

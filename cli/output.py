@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from hivemem.pool.settings import HivememSettings
 
@@ -32,10 +33,18 @@ def emit(args: argparse.Namespace, data: Any, render: Callable[[], None]) -> Non
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Print a rich table of ``rows``."""
-    shown = Table(*columns, title=title)
+    """Print a rich table of ``rows``. Cells are plain text (content such as ``[/]`` is shown,
+    never read as rich markup) and a column named ``id`` is never wrapped or cut: ids are there
+    to be copied into the next command."""
+    shown = Table(
+        *(
+            Column(name, no_wrap=True, min_width=36) if name == "id" else Column(name)
+            for name in columns
+        ),
+        title=title,
+    )
     for row in rows:
-        shown.add_row(*("" if cell is None else str(cell) for cell in row))
+        shown.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
     console.print(shown)
 
 

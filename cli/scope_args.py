@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.table import Column, Table
-from rich.text import Text
-
-from hivemem.cli.output import console, open_pool
+from hivemem.cli.output import open_pool
 from hivemem.pool.errors import HivememError, StoreLocked
 from hivemem.pool.settings import HivememSettings
 
@@ -146,19 +143,3 @@ def acting_as(
         yield agent
         if not agent.flush(flush_timeout_s):
             raise WritesPending(agent_id, agent.pending, agent.memory.path)
-
-
-def plain_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Like :func:`hivemem.cli.output.table`, but cells are plain text (content such as
-    ``[/]`` is shown, never read as rich markup) and a column named ``id`` is never wrapped or
-    cut: ids are there to be copied into the next command."""
-    shown = Table(
-        *(
-            Column(name, no_wrap=True, min_width=36) if name == "id" else Column(name)
-            for name in columns
-        ),
-        title=title,
-    )
-    for row in rows:
-        shown.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
-    console.print(shown)

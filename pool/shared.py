@@ -113,6 +113,7 @@ class SharedMemoryPool:
         )
         if agent_id in self._attached:
             raise InvalidInput(f"agent {agent_id} is already attached here", field="agent_id")
+        known = self.registry.exists(info.agent_id)
         info = self.registry.register(info)
         memory = HierarchicalMemory(
             self.agent_dir(agent_id),
@@ -122,13 +123,14 @@ class SharedMemoryPool:
         )
         agent = Agent(info, memory, self.bus, self.registry, self.settings.pool)
         self._attached[agent_id] = agent
-        self.audit.record(
-            AuditEvent.REGISTERED,
-            actor=AUDIT_ACTOR,
-            subject=agent_id,
-            zone=info.clearance.value,
-            share_levels=[level.value for level in info.share_levels],
-        )
+        if not known:  # a re-attach (a restart) is not a registration
+            self.audit.record(
+                AuditEvent.REGISTERED,
+                actor=AUDIT_ACTOR,
+                subject=agent_id,
+                zone=info.clearance.value,
+                share_levels=[level.value for level in info.share_levels],
+            )
         log.info("agent_registered", agent_id=agent_id, clearance=info.clearance.value)
         return agent
 

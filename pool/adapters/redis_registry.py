@@ -80,6 +80,9 @@ class AgentRegistry:
                     continue
                 return info, prior.clearance
 
+    def exists(self, agent_id: str) -> bool:
+        return bool(self.client.hexists(self._agents, check_agent_id(agent_id)))
+
     def get(self, agent_id: str) -> AgentInfo:
         raw = cast("bytes | None", self.client.hget(self._agents, check_agent_id(agent_id)))
         if raw is None:
