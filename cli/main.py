@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import structlog
 
 from hivemem import __version__
-from hivemem.cli import agents, audit, memory, stack, transfer, zones
+from hivemem.cli import agents, audit, forget, memory, stack, transfer, zones
 from hivemem.pool.errors import AgentNotFound, HivememError, InvalidInput, MemoryNotFound
 from hivemem.pool.settings import HivememSettings
 
@@ -29,7 +29,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-_GROUPS = (stack, agents, zones, memory, transfer, audit)
+_GROUPS = (stack, agents, zones, memory, forget, transfer, audit)
 
 
 def _parser() -> argparse.ArgumentParser:

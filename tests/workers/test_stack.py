@@ -4,6 +4,7 @@ dead worker restarted, and everything stopped on interrupt."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -48,7 +49,8 @@ def test_pools_and_the_fleet_find_the_stack_and_it_stops_cleanly(
     stack_settings: HivememSettings,
 ) -> None:
     """A pool on the data directory uses the stack's Redis (starting none of its own), a task
-    goes through the stack's worker, a second stack is refused, and stopping removes
+    goes through the stack's worker (from the API and from `hivemem forget`), a second stack
+    is refused, and stopping removes
     stack.json, the worker and Redis."""
     stack = EmbeddedStack(stack_settings).start()
     try:
@@ -63,6 +65,19 @@ def test_pools_and_the_fleet_find_the_stack_and_it_stops_cleanly(
             assert receipt.removed == 0
             with pytest.raises(InvalidInput):
                 fleet.forget_user("bad id\r\nFLUSHALL")
+        env = settings_env(stack_settings)
+        env.pop("HIVEMEM_REDIS_URL", None)
+        done = subprocess.run(  # `hivemem forget` finds the stack and its worker by itself
+            [sys.executable, "-m", "hivemem.cli", "forget", "nobody", "--json"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["user_id"] == "nobody"
         with pytest.raises(PoolUnavailable, match="already runs"):
             EmbeddedStack(stack_settings).start()
         worker_pid = stack.worker.pid
