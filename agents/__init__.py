@@ -3,6 +3,7 @@
 from hivemem.agents.agent import Agent
 from hivemem.agents.context import BuiltContext
 from hivemem.agents.inputs import MemoryInput
+from hivemem.agents.integration import MemoryClient, with_memory
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.ranking import SearchHit
 from hivemem.agents.search_config import PRESETS, SearchConfig
@@ -13,8 +14,10 @@ __all__ = [
     "Agent",
     "BuiltContext",
     "HierarchicalMemory",
+    "MemoryClient",
     "MemoryInput",
     "MemoryStats",
     "SearchConfig",
     "SearchHit",
+    "with_memory",
 ]
