@@ -14,7 +14,6 @@ from hivemem.cli.output import add_json_flag, emit, open_pool, table
 from hivemem.cli.scope_args import add_choice, warn
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.errors import AgentNotFound
 from hivemem.pool.settings import HivememSettings
 
 if TYPE_CHECKING:
@@ -39,9 +38,6 @@ def _described(pool: SharedMemoryPool, info: AgentInfo) -> dict[str, Any]:
 
 
 def _register(args: argparse.Namespace, settings: HivememSettings) -> int:
-    from hivemem.pool.shared import AUDIT_ACTOR
-    from hivemem.security.audit_entry import AuditEvent
-
     optional = {} if args.receive is None else {"receive_levels": args.receive}
     info = AgentInfo(
         agent_id=args.agent_id,
@@ -53,20 +49,8 @@ def _register(args: argparse.Namespace, settings: HivememSettings) -> int:
         **optional,
     )
     with open_pool(settings) as pool:
-        try:
-            pool.get_agent(info.agent_id)
-            verb = "updated"
-        except AgentNotFound:
-            verb = "registered"
-        info = pool.registry.register(info)
-        # What SharedMemoryPool.register_agent audits; registering here does not attach.
-        pool.audit.record(
-            AuditEvent.REGISTERED,
-            actor=AUDIT_ACTOR,
-            subject=info.agent_id,
-            zone=info.clearance.value,
-            share_levels=[level.value for level in info.share_levels],
-        )
+        info, created = pool.register(info)
+        verb = "registered" if created else "updated"
         emit(
             args,
             _described(pool, info),

@@ -13,8 +13,7 @@ def _forget(args: argparse.Namespace, settings: HivememSettings) -> int:
     from hivemem.workers.fleet import Fleet
 
     with open_pool(settings) as pool:
-        url = settings.redis_url or (pool.server.url if pool.server else None)
-        fleet_settings = settings.model_copy(update={"redis_url": url or _stack_url(settings)})
+        fleet_settings = settings.model_copy(update={"redis_url": pool.redis_url})
         with Fleet(fleet_settings) as fleet:
             receipt = fleet.forget_user(args.user_id, timeout_s=args.timeout)
     rows = [
@@ -31,13 +30,6 @@ def _forget(args: argparse.Namespace, settings: HivememSettings) -> int:
         ),
     )
     return 0
-
-
-def _stack_url(settings: HivememSettings) -> str | None:
-    from hivemem.pool.stack_file import running_stack
-
-    stack = running_stack(settings.data_dir)
-    return None if stack is None else stack.redis_url
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:

@@ -32,17 +32,15 @@ def _list(args: argparse.Namespace, settings: HivememSettings) -> int:
 
 
 def _change(args: argparse.Namespace, settings: HivememSettings) -> int:
+    """grant: clearance at least ZONE; revoke: clearance below ZONE (no change when it
+    already holds)."""
     from hivemem.cli.output import console, emit, open_pool
 
+    zone = Zone(args.zone)
     with open_pool(settings) as pool:
         before = pool.get_agent(args.agent_id).clearance
-        target = Zone(args.zone) if args.handler is _grant else _below(Zone(args.zone))
-        if (args.handler is _grant and target <= before) or (
-            args.handler is _revoke and target >= before
-        ):
-            info = pool.get_agent(args.agent_id)
-        else:
-            info = pool.set_clearance(args.agent_id, target)
+        target = max(before, zone) if args.grant else min(before, _below(zone))
+        info = pool.set_clearance(args.agent_id, target)
     data = {"agent_id": info.agent_id, "clearance": info.clearance.value, "previous": before.value}
     emit(
         args,
@@ -60,14 +58,6 @@ def _below(zone: Zone) -> Zone:
     return order[max(order.index(zone) - 1, 0)]
 
 
-def _grant(args: argparse.Namespace, settings: HivememSettings) -> int:
-    return _change(args, settings)
-
-
-def _revoke(args: argparse.Namespace, settings: HivememSettings) -> int:
-    return _change(args, settings)
-
-
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     from hivemem.cli.output import add_json_flag
 
@@ -76,12 +66,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     listing = actions.add_parser("list", help="the zones, lowest first, and who is cleared")
     add_json_flag(listing)
     listing.set_defaults(handler=_list)
-    for name, handler, text in (
-        ("grant", _grant, "raise AGENT's clearance to ZONE (audited)"),
-        ("revoke", _revoke, "take ZONE (and above) from AGENT: its clearance drops below ZONE"),
+    for name, grant, text in (
+        ("grant", True, "raise AGENT's clearance to ZONE (audited)"),
+        ("revoke", False, "take ZONE (and above) from AGENT: its clearance drops below ZONE"),
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("agent_id", metavar="AGENT")
         action.add_argument("zone", metavar="ZONE", choices=_ZONES, help=" < ".join(_ZONES))
         add_json_flag(action)
-        action.set_defaults(handler=handler)
+        action.set_defaults(handler=_change, grant=grant)

@@ -45,10 +45,13 @@ class SharedMemoryPool:
         client: redis.Redis,
         server: EmbeddedRedis | None = None,
         *,
+        redis_url: str,
         embedder: Embedder | None = None,
     ) -> None:
         self.settings = settings
         self.server = server
+        #: The Redis this pool is on (from the settings, a running stack, or its own server).
+        self.redis_url = redis_url
         self._embedder = embedder
         pool = settings.pool
         self.bus = RedisBus(client, namespace=pool.namespace, maxlen=pool.stream_maxlen)
@@ -82,7 +85,7 @@ class SharedMemoryPool:
                 server.stop()
             raise PoolUnavailable(f"cannot reach Redis: {type(error).__name__}") from None
         log.info("pool_connected", embedded=server is not None)
-        return cls(settings, client, server, embedder=embedder)
+        return cls(settings, client, server, redis_url=url, embedder=embedder)
 
     # -- agents ---------------------------------------------------------------------------------
 
@@ -113,40 +116,45 @@ class SharedMemoryPool:
         )
         if agent_id in self._attached:
             raise InvalidInput(f"agent {agent_id} is already attached here", field="agent_id")
-        known = self.registry.exists(info.agent_id)
+        info, _ = self.register(info)
+        return self._attach(info)
+
+    def register(self, info: AgentInfo) -> tuple[AgentInfo, bool]:
+        """Register ``info`` without attaching it (or update an agent of the same clearance);
+        returns the stored info and whether the agent is new. A new agent is audited as
+        ``registered``; an update (a restart, new shares) is not. Raises
+        RegistrationConflict."""
+        created = not self.registry.exists(info.agent_id)
         info = self.registry.register(info)
-        memory = HierarchicalMemory(
-            self.agent_dir(agent_id),
-            settings=self.settings,
-            embedder=self._embedder,
-            owner=agent_id,
-        )
-        agent = Agent(info, memory, self.bus, self.registry, self.settings.pool)
-        self._attached[agent_id] = agent
-        if not known:  # a re-attach (a restart) is not a registration
+        if created:
             self.audit.record(
                 AuditEvent.REGISTERED,
                 actor=AUDIT_ACTOR,
-                subject=agent_id,
+                subject=info.agent_id,
                 zone=info.clearance.value,
                 share_levels=[level.value for level in info.share_levels],
             )
-        log.info("agent_registered", agent_id=agent_id, clearance=info.clearance.value)
-        return agent
+        log.info("agent_registered", agent_id=info.agent_id, clearance=info.clearance.value)
+        return info, created
 
     def attach(self, agent_id: str) -> Agent:
         """Attach an agent registered earlier (by any process) here, as registered. Raises
-        AgentNotFound, StoreLocked when another process has it attached."""
-        info = self.registry.get(agent_id)
-        return self.register_agent(
-            info.agent_id,
-            clearance=info.clearance,
-            share_levels=info.share_levels,
-            receive_levels=info.receive_levels,
-            display_name=info.display_name,
-            capabilities=info.capabilities,
-            sync_interval=info.sync_interval,
+        AgentNotFound, InvalidInput when it is attached here already, StoreLocked when another
+        process has it attached."""
+        if check_agent_id(agent_id) in self._attached:
+            raise InvalidInput(f"agent {agent_id} is already attached here", field="agent_id")
+        return self._attach(self.registry.get(agent_id))
+
+    def _attach(self, info: AgentInfo) -> Agent:
+        memory = HierarchicalMemory(
+            self.agent_dir(info.agent_id),
+            settings=self.settings,
+            embedder=self._embedder,
+            owner=info.agent_id,
         )
+        agent = Agent(info, memory, self.bus, self.registry, self.settings.pool)
+        self._attached[info.agent_id] = agent
+        return agent
 
     def agent_dir(self, agent_id: str) -> Path:
         return self.settings.data_dir / "agents" / check_agent_id(agent_id)

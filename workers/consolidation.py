@@ -252,7 +252,13 @@ class ConsolidationService:
             episodes=episodes,
             now=now,
         )
-        self._publish(zone, [*new_traces, *categories, domain], retired)
+        publish_as_workers(
+            self._bus,
+            zone,
+            [*new_traces, *categories, domain],
+            retired,
+            batch=self._send_batch,
+        )
         report.traces = [r.id for r in new_traces]
         report.categories = [r.id for r in categories]
         report.domain = domain.id
@@ -389,19 +395,28 @@ class ConsolidationService:
         )
         return retired
 
-    def _publish(
-        self, zone: Zone, records: Sequence[MemoryRecord], retired: Sequence[Tombstone]
-    ) -> None:
-        messages: list[tuple[str, bytes]] = []
-        for start in range(0, len(records), self._send_batch):
-            envelope = make_envelope(
-                sender=WORKER_SENDER,
-                zone=zone,
-                records=records[start : start + self._send_batch],
-                tombstones=list(retired) if start == 0 else (),
-            )
-            messages.append((envelope.message_id, envelope.encode()))
-        self._bus.publish(zone_topic(zone), WORKER_SENDER, messages)
+
+def publish_as_workers(
+    bus: RedisBus,
+    zone: Zone,
+    records: Sequence[MemoryRecord],
+    tombstones: Sequence[Tombstone],
+    *,
+    batch: int,
+) -> None:
+    """Publish ``records`` and ``tombstones`` on the zone's channel as ``hivemem-workers``, at
+    most ``batch`` of each per envelope, in one round trip."""
+    messages: list[tuple[str, bytes]] = []
+    for start in range(0, max(len(records), len(tombstones)), batch):
+        envelope = make_envelope(
+            sender=WORKER_SENDER,
+            zone=zone,
+            records=records[start : start + batch],
+            tombstones=tombstones[start : start + batch],
+        )
+        messages.append((envelope.message_id, envelope.encode()))
+    if messages:
+        bus.publish(zone_topic(zone), WORKER_SENDER, messages)
 
 
 def _sources(records: Sequence[MemoryRecord]) -> Sources:

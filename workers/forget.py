@@ -24,15 +24,14 @@ import redis
 import structlog
 from pydantic import BaseModel, Field
 
-from hivemem.pool.adapters.redis_bus import RedisBus, zone_topic
+from hivemem.pool.adapters.redis_bus import RedisBus
 from hivemem.pool.enums import Zone
-from hivemem.pool.envelope import make_envelope
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import Tombstone, UtcDatetime, utc_now
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
-from hivemem.workers.consolidation import WORKER_SENDER, ScopeBusy
+from hivemem.workers.consolidation import WORKER_SENDER, ScopeBusy, publish_as_workers
 from hivemem.workers.ingest import IngestService
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.locks import held
@@ -141,18 +140,6 @@ class ForgetService:
                 ),
             )
             self._client.srem(self._keys.users(zone), user_id)
-            receipt.tombstones_published = self._publish(zone, tombstones)
+            publish_as_workers(self._bus, zone, [], tombstones, batch=self._send_batch)
+            receipt.tombstones_published = len(tombstones)
         return receipt
-
-    def _publish(self, zone: Zone, tombstones: list[Tombstone]) -> int:
-        messages = []
-        for start in range(0, len(tombstones), self._send_batch):
-            envelope = make_envelope(
-                sender=WORKER_SENDER,
-                zone=zone,
-                tombstones=tombstones[start : start + self._send_batch],
-            )
-            messages.append((envelope.message_id, envelope.encode()))
-        if messages:
-            self._bus.publish(zone_topic(zone), WORKER_SENDER, messages)
-        return len(tombstones)
