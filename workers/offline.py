@@ -49,6 +49,24 @@ def _shorten(text: str, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
+def _summary(
+    lines: Sequence[str],
+    records: Sequence[MemoryRecord],
+    tags: Sequence[str],
+    entities: Sequence[str],
+) -> Draft:
+    """A trace or category drafted from ``records``: their majority category and highest
+    importance."""
+    return Draft(
+        content="\n".join(lines),
+        sources=tuple(r.id for r in records),
+        category=_majority(records),
+        importance=max(r.importance for r in records),
+        tags=tuple(tags),
+        entities=tuple(entities),
+    )
+
+
 def _majority(records: Sequence[MemoryRecord]) -> Category:
     counts = Counter(r.category for r in records)
     order = list(Category)
@@ -103,14 +121,7 @@ class OfflineStrategy:
         lines.append("Facts: " + " | ".join(facts))
         if len(records) > len(facts):
             lines.append(f"({len(records)} episodes in all.)")
-        return Draft(
-            content="\n".join(lines),
-            sources=tuple(r.id for r in records),
-            category=_majority(records),
-            importance=max(r.importance for r in records),
-            tags=tuple(topic_words),
-            entities=tuple(entities),
-        )
+        return _summary(lines, records, topic_words, entities)
 
     def categories(self, traces: Sources) -> list[Draft]:
         order = sorted(range(len(traces)), key=lambda i: traces.records[i].id)
@@ -135,14 +146,7 @@ class OfflineStrategy:
         lines.append("Topics: " + "; ".join(topics[:_TOPICS_PER_CATEGORY]) + ".")
         if entities:
             lines.append(f"About: {', '.join(entities)}.")
-        return Draft(
-            content="\n".join(lines),
-            sources=tuple(r.id for r in records),
-            category=_majority(records),
-            importance=max(r.importance for r in records),
-            tags=tuple(concept_words),
-            entities=tuple(entities),
-        )
+        return _summary(lines, records, concept_words, entities)
 
     def domain(self, user_id: str, categories: Sources) -> Draft:
         records = sorted(categories.records, key=lambda r: (-len(r.sources), r.id))
