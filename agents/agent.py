@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from hivemem.agents.identity import Identity
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.outbox import Outbox
 from hivemem.agents.sync import Receiver, Sender, ShareObserver
 from hivemem.pool.adapters.redis_bus import RedisBus
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.envelope import PlainCodec
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.settings import PoolSettings
 
@@ -31,16 +33,33 @@ class Agent:
         bus: RedisBus,
         registry: AgentRegistry,
         settings: PoolSettings,
+        *,
+        identity: Identity | None = None,
+        relay: RedisBus | None = None,
     ) -> None:
+        """``bus`` is the agent's own connection (its Redis user, with ACLs); ``relay`` the
+        pool's, for hand-overs to other agents' inboxes; ``identity`` how messages are sealed,
+        signed and checked (plain when None)."""
         self.info = info
         self.memory = memory
+        self.identity = identity or Identity(info, PlainCodec())
         self._outbox = Outbox(memory.path)
-        self._sender = Sender(info, self._outbox, bus, settings)
-        self._sharing = ShareObserver(info, self._outbox, self._sender.wake, settings)
+        self._sender = Sender(info, self._outbox, bus, settings, relay)
+        self._sharing = ShareObserver(
+            info, self._outbox, self._sender.wake, settings, self.identity
+        )
         memory.observe(self._sharing)
         self._receiver = Receiver(
-            info, memory, self._outbox, bus, settings, lambda: registry.heartbeat(info.agent_id)
+            info,
+            memory,
+            self._outbox,
+            bus,
+            settings,
+            lambda: registry.heartbeat(info.agent_id),
+            identity=self.identity,
         )
+        self._bus = bus
+        self._own_bus = relay is not None and bus is not relay
         self._closed = False
         self._sender.start()
         self._receiver.start()
@@ -86,6 +105,8 @@ class Agent:
         self._receiver.join()
         self.memory.close()
         self._outbox.close()
+        if self._own_bus:
+            self._bus.client.close()
 
     def __enter__(self) -> Agent:
         return self

@@ -50,6 +50,7 @@ from hivemem.pool.ids import check_record_id
 from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder, Vector, WriteObserver
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
 from hivemem.pool.settings import HivememSettings
+from hivemem.security.classifier import Classifier
 
 _CHUNK = 256
 _LIST_LIMIT_MAX = 100_000
@@ -86,7 +87,10 @@ class HierarchicalMemory:
         index: LocalIndex | None = None,
         clock: Callable[[], datetime] = utc_now,
         owner: str | None = None,
+        wrap_index: Callable[[LocalIndex], LocalIndex] | None = None,
     ) -> None:
+        """``wrap_index`` wraps the index once it is open (the pool seals content with it:
+        :class:`hivemem.security.sealed_index.SealedIndex`)."""
         self.settings = settings or HivememSettings()
         #: The agent this memory belongs to, when it is a pool agent's (see supersede).
         self.owner = owner
@@ -100,13 +104,21 @@ class HierarchicalMemory:
         )
         try:
             self._index = index or EdgeIndex(self.path, dim=self._embedder.dim)
+            if wrap_index is not None:
+                self._index = wrap_index(self._index)
         except Exception:
             self._directory.release()
             raise
         self._clock = clock
         self._write_lock = threading.RLock()
         self._closed = False
-        self._builder = RecordBuilder(self._embedder, self._sparse, self.settings.memory)
+        sensitivity = self.settings.security.sensitivity
+        self._builder = RecordBuilder(
+            self._embedder,
+            self._sparse,
+            self.settings.memory,
+            Classifier(sensitivity) if sensitivity.enabled else None,
+        )
         self._neighbourhoods = NeighbourhoodCache(self._index)
         self._searcher = Searcher(self._index, self._embedder, self._sparse, self._neighbourhoods)
         self._tiers = TierManager(self._index, self.settings.memory.tiers)

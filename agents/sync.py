@@ -32,6 +32,7 @@ from typing import TypeVar
 import redis
 import structlog
 
+from hivemem.agents.identity import Identity
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.outbox import Outbox, Pending
 from hivemem.pool.adapters.redis_bus import (
@@ -43,8 +44,8 @@ from hivemem.pool.adapters.redis_bus import (
 )
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.envelope import Envelope, Row, decode_envelope, make_envelope
-from hivemem.pool.errors import InvalidMessage, MemoryClosed
+from hivemem.pool.envelope import Envelope, PlainCodec, Row, make_envelope
+from hivemem.pool.errors import InvalidMessage, MemoryClosed, MessageRejected
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.settings import PoolSettings
@@ -56,6 +57,15 @@ _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 _POLL_S = 0.2
 #: Stream entries read per catch-up round trip (each holds up to ``send_batch`` records).
 _READ_MESSAGES = 32
+
+
+def is_denied(error: redis.ResponseError) -> bool:
+    """True for the broker's refusal by ACL: NOPERM, or its wording for a command a script ran
+    (``can't publish to the channel``, ``can't access at least one of the keys``)."""
+    if isinstance(error, redis.exceptions.NoPermissionError):
+        return True
+    text = str(error)
+    return "NOPERM" in text or "can't publish" in text or "can't access" in text
 
 
 class Backoff:
@@ -82,70 +92,82 @@ class ShareObserver:
     topic and, with ``ingest``, every record and tombstone for the zone's ingest queue."""
 
     def __init__(
-        self, info: AgentInfo, outbox: Outbox, wake: Callable[[], None], settings: PoolSettings
+        self,
+        info: AgentInfo,
+        outbox: Outbox,
+        wake: Callable[[], None],
+        settings: PoolSettings,
+        identity: Identity | None = None,
     ):
         self._info = info
         self._outbox = outbox
         self._wake = wake
         self._batch = settings.send_batch
         self._ingest = settings.ingest
+        self._identity = identity or Identity(info, PlainCodec())
 
     def records_written(self, records: Sequence[MemoryRecord], dense: Vector | None) -> None:
         rows: Sequence[Row] = list(dense) if dense is not None else [r.vector for r in records]
         pairs = list(zip(records, rows, strict=True))
 
-        def envelope_of(zone: Zone, part: list[tuple[MemoryRecord, Row]]) -> Envelope:
+        def envelope_of(part: list[tuple[MemoryRecord, Row]]) -> Envelope:
             return make_envelope(
                 sender=self._info.agent_id,
-                zone=zone,
+                zone=part[0][0].zone,
                 records=[record for record, _ in part],
                 dense=[row for _, row in part],
             )
 
         shared = [pair for pair in pairs if pair[0].level in self._info.share_levels]
-        self._send(self._messages(pairs, shared, lambda pair: pair[0].zone, envelope_of))
+        self._send(
+            self._messages(pairs, shared, lambda pair: (pair[0].zone, pair[0].scope.user_id),
+                           envelope_of)
+        )  # fmt: skip
 
     def tombstones_written(self, tombstones: Sequence[Tombstone]) -> None:
-        def envelope_of(zone: Zone, part: list[Tombstone]) -> Envelope:
-            return make_envelope(sender=self._info.agent_id, zone=zone, tombstones=part)
+        def envelope_of(part: list[Tombstone]) -> Envelope:
+            return make_envelope(sender=self._info.agent_id, zone=part[0].zone, tombstones=part)
 
         shared = [t for t in tombstones if t.level in self._info.share_levels]
-        self._send(self._messages(tombstones, shared, lambda t: t.zone, envelope_of))
+        self._send(
+            self._messages(tombstones, shared, lambda t: (t.zone, t.scope.user_id), envelope_of)
+        )
 
     def _messages(
         self,
         written: Sequence[T],
         shared: Sequence[T],
-        zone_of: Callable[[T], Zone],
-        envelope_of: Callable[[Zone, list[T]], Envelope],
+        group_of: Callable[[T], tuple[Zone, str]],
+        envelope_of: Callable[[list[T]], Envelope],
     ) -> list[tuple[str, str, bytes]]:
         """The shared items for the zones' sync topics and, with ingest, everything written for
         the ingest queues; when everything is shared, the same envelopes serve both (encoded
         once: message ids are deduplicated per topic)."""
         if not self._ingest:
-            return self._by_zone(shared, zone_of, envelope_of, [zone_topic])
+            return self._grouped(shared, group_of, envelope_of, [zone_topic])
         if len(shared) == len(written):
-            return self._by_zone(written, zone_of, envelope_of, [zone_topic, ingest_topic])
-        return self._by_zone(shared, zone_of, envelope_of, [zone_topic]) + self._by_zone(
-            written, zone_of, envelope_of, [ingest_topic]
+            return self._grouped(written, group_of, envelope_of, [zone_topic, ingest_topic])
+        return self._grouped(shared, group_of, envelope_of, [zone_topic]) + self._grouped(
+            written, group_of, envelope_of, [ingest_topic]
         )
 
-    def _by_zone(
+    def _grouped(
         self,
         items: Sequence[T],
-        zone_of: Callable[[T], Zone],
-        envelope_of: Callable[[Zone, list[T]], Envelope],
+        group_of: Callable[[T], tuple[Zone, str]],
+        envelope_of: Callable[[list[T]], Envelope],
         topics: Sequence[Callable[[Zone], str]],
     ) -> list[tuple[str, str, bytes]]:
-        """One envelope per zone and ``send_batch`` items, as a message to each of ``topics``."""
-        by_zone: dict[Zone, list[T]] = {}
+        """One envelope per (zone, user) and ``send_batch`` items — one user per envelope, so
+        that it can be sealed under that user's key — as a message to each of ``topics``."""
+        groups: dict[tuple[Zone, str], list[T]] = {}
         for item in items:
-            by_zone.setdefault(zone_of(item), []).append(item)
+            groups.setdefault(group_of(item), []).append(item)
         messages: list[tuple[str, str, bytes]] = []
-        for zone, chosen in by_zone.items():
+        for (zone, _user), chosen in groups.items():
             for start in range(0, len(chosen), self._batch):
-                envelope = envelope_of(zone, chosen[start : start + self._batch])
-                body = envelope.encode()
+                envelope = envelope_of(chosen[start : start + self._batch])
+                body = self._identity.codec.encode(envelope)
                 messages.extend((topic(zone), envelope.message_id, body) for topic in topics)
         return messages
 
@@ -154,7 +176,9 @@ class ShareObserver:
         envelope = make_envelope(
             sender=self._info.agent_id, zone=record.zone, records=[record], to=to_agent
         )
-        self._send([(inbox_topic(to_agent), envelope.message_id, envelope.encode())])
+        self._send(
+            [(inbox_topic(to_agent), envelope.message_id, self._identity.codec.encode(envelope))]
+        )
 
     def _send(self, messages: list[tuple[str, str, bytes]]) -> None:
         if messages:
@@ -166,12 +190,20 @@ class Sender(threading.Thread):
     """Drains the outbox to Redis (see the module docstring)."""
 
     def __init__(
-        self, info: AgentInfo, outbox: Outbox, bus: RedisBus, settings: PoolSettings
+        self,
+        info: AgentInfo,
+        outbox: Outbox,
+        bus: RedisBus,
+        settings: PoolSettings,
+        relay: RedisBus | None = None,
     ) -> None:
         super().__init__(name=f"hivemem-send-{info.agent_id}", daemon=True)
         self._info = info
         self._outbox = outbox
         self._bus = bus
+        #: Hand-overs to other agents' inboxes go through the pool's own connection (the
+        #: agent's Redis user may touch no inbox but its own); None: ``bus`` for everything.
+        self._relay = relay or bus
         self._settings = settings
         self._wake = threading.Event()
         self._halt = threading.Event()
@@ -207,9 +239,7 @@ class Sender(threading.Thread):
                 by_topic.setdefault(message.topic, []).append(message)
             try:
                 for topic, chosen in by_topic.items():
-                    self._bus.publish(
-                        topic, self._info.agent_id, [(m.message_id, m.body) for m in chosen]
-                    )
+                    self._publish(topic, chosen)
                     self._outbox.remove([m.row for m in chosen])
             except _REDIS_DOWN as error:
                 self._backoff.failed(
@@ -220,6 +250,19 @@ class Sender(threading.Thread):
                 )
                 continue
             self._backoff.succeeded()
+
+    def _publish(self, topic: str, chosen: list[Pending]) -> None:
+        bus = self._relay if topic.startswith("agent:") else self._bus
+        try:
+            bus.publish(topic, self._info.agent_id, [(m.message_id, m.body) for m in chosen])
+        except redis.ResponseError as error:
+            if not is_denied(error):
+                raise
+            # The broker refuses this agent the topic: its clearance was lowered since the
+            # write. The messages can never be sent; keeping them would block the outbox.
+            log.warning(
+                "pool_send_denied", agent_id=self._info.agent_id, topic=topic, dropped=len(chosen)
+            )
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Block until the outbox is empty; False on timeout."""
@@ -244,21 +287,28 @@ class Receiver(threading.Thread):
         bus: RedisBus,
         settings: PoolSettings,
         heartbeat: Callable[[], None],
+        *,
+        identity: Identity | None = None,
     ) -> None:
         super().__init__(name=f"hivemem-receive-{info.agent_id}", daemon=True)
-        self._info = info
         self._memory = memory
         self._outbox = outbox
         self._bus = bus
         self._settings = settings
         self._heartbeat = heartbeat
+        self._identity = identity or Identity(info, PlainCodec())
         self._halt = threading.Event()
         self._backoff = Backoff(settings, self._halt)
         self.listeners: list[Callable[[list[MemoryRecord]], None]] = []
+        self.connected = threading.Event()
+        self._adopt(info)
+
+    def _adopt(self, info: AgentInfo) -> None:
+        """Receive as ``info`` says: the channels of its clearance and its inbox."""
+        self._info = info
         zones = [zone for zone in Zone if zone <= info.clearance]
         self.topics = [zone_topic(zone) for zone in zones] + [inbox_topic(info.agent_id)]
-        self._cursors = {topic: _Cursor(*outbox.cursor(topic)) for topic in self.topics}
-        self.connected = threading.Event()
+        self._cursors = {topic: _Cursor(*self._outbox.cursor(topic)) for topic in self.topics}
 
     def stop(self) -> None:
         self._halt.set()
@@ -282,6 +332,17 @@ class Receiver(threading.Thread):
                     "pool_receive_disconnected",
                     agent_id=self._info.agent_id,
                     error=type(error).__name__,
+                )
+            except redis.ResponseError as error:
+                if not is_denied(error):
+                    raise
+                # The broker denied a topic: the clearance changed. Receive as now registered.
+                self.connected.clear()
+                self._adopt(self._identity.reload())
+                self._backoff.failed(
+                    "pool_receive_clearance_changed",
+                    agent_id=self._info.agent_id,
+                    clearance=self._info.clearance.value,
                 )
             finally:
                 if pubsub is not None:
@@ -311,7 +372,7 @@ class Receiver(threading.Thread):
         if delivery.epoch != cursor.epoch or delivery.seq > cursor.seq + 1:
             self._catch_up(delivery.topic)  # a gap, a first message or a new epoch
         elif delivery.seq == cursor.seq + 1:
-            self._apply(delivery.topic, [delivery])
+            self._apply(delivery.topic, [delivery], live=True)
 
     def _catch_up(self, topic: str) -> None:
         """Apply what the topic's stream holds after the cursor."""
@@ -347,15 +408,16 @@ class Receiver(threading.Thread):
             if cursor.seq >= backlog.last_seq:
                 return
 
-    def _apply(self, topic: str, deliveries: Sequence[Delivery]) -> None:
+    def _apply(self, topic: str, deliveries: Sequence[Delivery], *, live: bool = False) -> None:
         """Apply the deliveries in order, in chunks of about ``send_batch`` records (the
-        memory's write lock is released between chunks), then advance the cursor."""
+        memory's write lock is released between chunks), then advance the cursor. ``live``:
+        they came by pub/sub (their age is checked)."""
         records: list[MemoryRecord] = []
         senders: list[str] = []
         rows: list[Vector | None] = []
         tombstones: list[Tombstone] = []
         for delivery in deliveries:
-            envelope = self._accepted(topic, delivery)
+            envelope = self._accepted(topic, delivery, live=live)
             if envelope is None:
                 continue
             # A hand-over is applied whatever the levels; a zone message, for the levels asked.
@@ -422,12 +484,16 @@ class Receiver(threading.Thread):
                 )
         return stored
 
-    def _accepted(self, topic: str, delivery: Delivery) -> Envelope | None:
-        """The delivery's envelope, or None (logged) when it must be skipped."""
+    def _accepted(self, topic: str, delivery: Delivery, *, live: bool) -> Envelope | None:
+        """The delivery's envelope, or None (logged; audited when a security check refused it)
+        when it must be skipped."""
         if delivery.sender == self._info.agent_id:
             return None  # our own write, already here: not even decoded
         try:
-            envelope = decode_envelope(delivery.data)
+            envelope = self._identity.codec.decode(delivery.data, live=live)
+        except MessageRejected as error:
+            self._identity.rejected(error, topic, delivery)
+            return None
         except InvalidMessage as error:
             log.warning(
                 "pool_message_skipped",

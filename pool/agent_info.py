@@ -35,8 +35,10 @@ class AgentInfo(Model):
     receive_levels: list[Level] = Field(default_factory=lambda: list(Level))
     sync_interval: float = Field(default=0.0, ge=0.0, le=3600.0)
     registered_at: UtcDatetime = Field(default_factory=utc_now)
-    #: Reserved for the security layer: the agent's Ed25519 public key.
-    public_key: str | None = None
+    #: The agent's Ed25519 public key (base64), issued at registration when security is on.
+    public_key: str | None = Field(default=None, max_length=64)
+    #: The pool administrator's signature over (agent_id, clearance, public_key).
+    registry_signature: str | None = Field(default=None, max_length=128)
 
     @field_validator("share_levels", "receive_levels")
     @classmethod

@@ -6,9 +6,11 @@ re-embeds: the dense vector as base64 of little-endian float32 (``dense``, paral
 record. Local bookkeeping (access counts, supersession back-links, ``received_from``) is cleared
 before sending: each receiver derives its own.
 
-The fields ``key_id``, ``nonce`` and ``signature`` are reserved for the security layer, which
-seals content and signs the envelope (``signing_bytes`` is what gets signed); a version-1
-receiver accepts them empty.
+``subject`` names the one user every item belongs to (senders group envelopes by zone and user),
+so that the security layer can seal an envelope under that user's key: forgetting the user then
+makes every copy of the message unreadable. How an envelope becomes bytes is an
+:class:`EnvelopeCodec`: :class:`PlainCodec` here (version 1, JSON), or the security layer's
+sealed and signed version 2 (:mod:`hivemem.security.wire`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -24,7 +26,7 @@ from pydantic import Field, model_validator
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import HivememError, InvalidMessage
-from hivemem.pool.ids import check_agent_id
+from hivemem.pool.ids import check_agent_id, check_scope_id
 from hivemem.pool.records import MemoryRecord, Tombstone, UtcDatetime, utc_now
 
 #: A dense vector as it is handed to the envelope: a float32 row, a list, or none.
@@ -51,10 +53,8 @@ class Envelope(Model):
     records: list[MemoryRecord] = Field(default_factory=list)
     dense: list[str | None] = Field(default_factory=list)
     tombstones: list[Tombstone] = Field(default_factory=list)
-    #: Reserved for the security layer (sealing key, nonce, Ed25519 signature).
-    key_id: str | None = None
-    nonce: str | None = None
-    signature: str | None = None
+    #: The user every record and tombstone belongs to, when they share one.
+    subject: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Envelope:
@@ -66,6 +66,13 @@ class Envelope(Model):
         zones = {r.zone for r in self.records} | {t.zone for t in self.tombstones}
         if zones - {self.zone}:
             raise InvalidMessage(f"an item of another zone in a {self.zone} envelope")
+        if self.subject is not None:
+            check_scope_id(self.subject, field="subject")
+            users = {r.scope.user_id for r in self.records} | {
+                t.scope.user_id for t in self.tombstones
+            }
+            if users - {self.subject}:
+                raise InvalidMessage("an item of another user in a single-subject envelope")
         return self
 
     def vectors(self) -> list[np.ndarray | None]:
@@ -78,9 +85,25 @@ class Envelope(Model):
     def encode(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
 
-    def signing_bytes(self) -> bytes:
-        """The bytes a signature covers: the envelope without its signature."""
-        return self.model_dump_json(exclude_none=True, exclude={"signature"}).encode()
+
+class EnvelopeCodec(Protocol):
+    """How envelopes travel as bytes. ``live`` says the message came straight from pub/sub
+    (rather than from a stream read later), which decides whether its age is checked."""
+
+    def encode(self, envelope: Envelope) -> bytes: ...
+
+    def decode(self, data: bytes, *, live: bool = False) -> Envelope: ...
+
+
+class PlainCodec:
+    """Version-1 envelopes: JSON, neither sealed nor signed (security off)."""
+
+    def encode(self, envelope: Envelope) -> bytes:
+        return envelope.encode()
+
+    def decode(self, data: bytes, *, live: bool = False) -> Envelope:
+        del live  # nothing depends on it without signatures
+        return decode_envelope(data)
 
 
 def outgoing(record: MemoryRecord) -> MemoryRecord:
@@ -113,12 +136,19 @@ def make_envelope(
     tombstones: Sequence[Tombstone] = (),
     to: str | None = None,
 ) -> Envelope:
-    """An envelope for ``records`` (vectors from ``dense`` rows, else from the records)."""
+    """An envelope for ``records`` (vectors from ``dense`` rows, else from the records); its
+    ``subject`` is the user of every item when they share one and records are among them."""
     rows = dense if dense is not None else [r.vector for r in records]
+    # Tombstones alone carry no content: no subject, so they stay readable after the user's
+    # key is shredded (a late receiver can still delete its copies).
+    users = {r.scope.user_id for r in records} | {t.scope.user_id for t in tombstones}
+    if not records:
+        users = set()
     return Envelope(
         sender=sender,
         zone=zone,
         to=to,
+        subject=users.pop() if len(users) == 1 else None,
         records=[outgoing(r) for r in records],
         dense=[encode_dense(row) for row in rows],
         tombstones=list(tombstones),

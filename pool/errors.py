@@ -154,3 +154,28 @@ class AuditLogCorrupt(HivememError):
     """Raised when the audit log's Redis keys hold something hivemem never writes (an entry that
     is not a well-formed entry, a malformed head, a stream that cannot take the next seq):
     someone wrote to them directly. The log's ``verify()`` says where."""
+
+
+class MessageRejected(InvalidMessage):
+    """Raised (and caught by the receiver, which audits and skips) for a well-formed pool message
+    that fails the security checks. ``reason`` is one of ``unsigned``, ``forged``, ``tampered``,
+    ``replayed``, ``stale``, ``revoked``, ``over_clearance``, ``unknown_key``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"message rejected ({reason}): {message}")
+        self.reason = reason
+
+
+class KeyUnavailable(HivememError):
+    """Raised when a data key is asked for that does not exist, was retired, or belongs to a
+    zone above the caller's clearance; ``zone`` and ``key_id`` say which."""
+
+    def __init__(self, zone: str, key_id: str, why: str) -> None:
+        super().__init__(f"key {key_id} of zone {zone} is unavailable: {why}")
+        self.zone = zone
+        self.key_id = key_id
+
+
+class SealBroken(HivememError):
+    """Raised when sealed content does not authenticate: the ciphertext, its nonce, or what it
+    is bound to (zone, key id, record) was altered, or the wrong key was used."""

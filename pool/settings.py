@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hivemem.pool.enums import Tier, Zone
+from hivemem.security.classifier import SensitivityPolicy
 
 
 class EmbeddingSettings(BaseModel):
@@ -165,6 +166,37 @@ class WorkerSettings(BaseModel):
     consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
 
 
+class SecuritySettings(BaseModel):
+    """Encryption, signatures and broker ACLs of the pool (see docs/security.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Seal pool content (AES-256-GCM under per-zone data keys), sign every pool message
+    #: (Ed25519) and verify what arrives. Off only to measure its cost (bench/security.py).
+    enabled: bool = True
+    #: The master key, base64 of 32 bytes; wins over ``master_key_file``.
+    master_key: SecretStr | None = None
+    #: A file holding the master key (base64). ``None``: ``<data_dir>/keys/master.key``, made on
+    #: first use (readable by its owner only): fine on one machine, use your own elsewhere.
+    master_key_file: Path | None = None
+    #: The pool administrator's Ed25519 key that signs registry entries. ``None``:
+    #: ``<data_dir>/keys/admin.key``, made on first use.
+    admin_key_file: Path | None = None
+    #: Messages sent longer ago than this (seconds) are rejected as stale.
+    max_message_age_s: float = Field(default=300.0, gt=0.0)
+    #: Tolerated clock skew: messages dated further ahead than this are rejected (seconds).
+    max_clock_skew_s: float = Field(default=30.0, ge=0.0)
+    #: Receivers keep a sender's registry entry this long (seconds): a revocation or clearance
+    #: change reaches every receiver within it.
+    registry_cache_s: float = Field(default=1.0, gt=0.0)
+    #: Provision a Redis ACL user per agent (its zones' channels and keys only) and connect
+    #: each agent with it. Needs an admin connection allowed to run ``ACL SETUSER``.
+    redis_acl: bool = True
+    #: The sensitive-content classifier: which detectors run and the zone each lifts a record
+    #: to (``HIVEMEM_SECURITY__SENSITIVITY__MIN_ZONE='{"ssn":"secret"}'`` replaces the map).
+    sensitivity: SensitivityPolicy = Field(default_factory=SensitivityPolicy)
+
+
 class HivememSettings(BaseSettings):
     """Every setting of hivemem. Environment: ``HIVEMEM_<FIELD>``, nested ``HIVEMEM_<A>__<B>``."""
 
@@ -188,6 +220,7 @@ class HivememSettings(BaseSettings):
     #: A JSONL copy of the audit log this process appends (the log itself is in Redis; see
     #: docs/security.md). ``None``: Redis only.
     audit_file: Path | None = None
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
 
     def environment(self) -> dict[str, str]:
         """The ``HIVEMEM_*`` variables that make ``HivememSettings()`` in a child process equal

@@ -15,6 +15,7 @@ import redis
 import structlog
 
 from hivemem.agents.agent import Agent
+from hivemem.agents.identity import Identity, SecureIdentity
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
 from hivemem.pool.adapters.redis_registry import AgentRegistry
@@ -29,6 +30,10 @@ from hivemem.pool.settings import HivememSettings
 from hivemem.pool.stack_file import running_stack
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
+from hivemem.security.content_seal import ContentSeal
+from hivemem.security.pool_security import PoolSecurity
+from hivemem.security.sealed_index import SealedIndex
+from hivemem.security.sealing import Sealer
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +64,10 @@ class SharedMemoryPool:
             client, namespace=pool.namespace, heartbeat_ttl_s=pool.heartbeat_ttl_s
         )
         self.audit = AuditLog(client, namespace=pool.namespace, jsonl_path=settings.audit_file)
+        #: The security layer (keys, signatures, ACLs); None when ``security.enabled`` is off.
+        self.security = (
+            PoolSecurity(settings, client, self.registry) if settings.security.enabled else None
+        )
         self._attached: dict[str, Agent] = {}
 
     @classmethod
@@ -125,7 +134,12 @@ class SharedMemoryPool:
         ``registered``; an update (a restart, new shares) is not. Raises
         RegistrationConflict."""
         created = not self.registry.exists(info.agent_id)
+        if self.security is not None:
+            key = self.security.agent_key(self.agent_dir(info.agent_id))
+            info = self.security.signed(info.model_copy(update={"public_key": key.public_key}))
         info = self.registry.register(info)
+        if self.security is not None and self.security.acl is not None:
+            self.security.acl.provision(info.agent_id, info.clearance)
         if created:
             self.audit.record(
                 AuditEvent.REGISTERED,
@@ -146,15 +160,50 @@ class SharedMemoryPool:
         return self._attach(self.registry.get(agent_id))
 
     def _attach(self, info: AgentInfo) -> Agent:
+        security = self.security
+        seal = (
+            None
+            if security is None
+            else ContentSeal(Sealer(security.keyring, clearance=info.clearance))
+        )
         memory = HierarchicalMemory(
             self.agent_dir(info.agent_id),
             settings=self.settings,
             embedder=self._embedder,
             owner=info.agent_id,
+            wrap_index=None if seal is None else lambda index: SealedIndex(index, seal),
         )
-        agent = Agent(info, memory, self.bus, self.registry, self.settings.pool)
+        try:
+            identity, bus = self._secured(info)
+        except BaseException:
+            memory.close()
+            raise
+        agent = Agent(
+            info, memory, bus, self.registry, self.settings.pool, identity=identity, relay=self.bus
+        )
         self._attached[info.agent_id] = agent
         return agent
+
+    def _secured(self, info: AgentInfo) -> tuple[Identity | None, RedisBus]:
+        """The agent's identity (its key, issued here when this data directory has none) and
+        its own bus: with ACLs, a connection as its own Redis user, provisioned afresh."""
+        security = self.security
+        if security is None:
+            return None, self.bus
+        key = security.agent_key(self.agent_dir(info.agent_id))
+        if info.public_key != key.public_key:
+            info = self.registry.register(
+                security.signed(info.model_copy(update={"public_key": key.public_key}))
+            )
+        identity = SecureIdentity(info, key, security, self.registry, self.audit)
+        if security.acl is None:
+            return identity, self.bus
+        credentials = security.acl.provision(info.agent_id, info.clearance)
+        client = redis.Redis.from_url(
+            credentials.url(self.redis_url), socket_connect_timeout=5, health_check_interval=10
+        )
+        pool = self.settings.pool
+        return identity, RedisBus(client, namespace=pool.namespace, maxlen=pool.stream_maxlen)
 
     def agent_dir(self, agent_id: str) -> Path:
         return self.settings.data_dir / "agents" / check_agent_id(agent_id)
@@ -186,16 +235,28 @@ class SharedMemoryPool:
             attached.close()
         self.registry.deregister(agent_id)
         self.bus.drop_topic(inbox_topic(agent_id))
+        if self.security is not None:
+            self.security.senders.forget(agent_id)
+            if self.security.acl is not None:
+                self.security.acl.remove(agent_id)
         self.audit.record(AuditEvent.DEREGISTERED, actor=AUDIT_ACTOR, subject=agent_id)
         log.info("agent_deregistered", agent_id=agent_id)
 
     def set_clearance(self, agent_id: str, clearance: Zone | str) -> AgentInfo:
         """Grant (raise) or revoke (lower) a registered agent's clearance; audited as
-        ``granted`` or ``revoked``. It applies when the agent next attaches: an agent attached
-        now keeps the zone channels it subscribed to until it is closed (broker-enforced
-        revocation comes with per-agent Redis ACLs). Raises AgentNotFound, InvalidInput."""
+        ``granted`` or ``revoked``. With Redis ACLs (``security.redis_acl``) the broker applies
+        it at once: the agent's connections are closed and it resubscribes as now cleared.
+        Without them it applies when the agent next attaches. Raises AgentNotFound,
+        InvalidInput."""
         zone = checked_zone(clearance)
-        info, prior = self.registry.set_clearance(agent_id, zone)
+        security = self.security
+        info, prior = self.registry.set_clearance(
+            agent_id, zone, resign=None if security is None else security.signed
+        )
+        if security is not None:
+            security.senders.forget(agent_id)
+            if security.acl is not None:
+                security.acl.restrict(agent_id, zone)
         if zone != prior:
             self.audit.record(
                 AuditEvent.GRANTED if zone > prior else AuditEvent.REVOKED,

@@ -17,8 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from hivemem.agents.embedding import FastEmbedder, shared_embedder
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.pool.redis_server import EmbeddedRedis
-from hivemem.pool.settings import HivememSettings, PoolSettings
+from hivemem.pool.settings import HivememSettings, PoolSettings, SecuritySettings
 from hivemem.pool.shared import SharedMemoryPool
+from hivemem.security.key_provider import LocalKeyProvider
 
 
 class Clock:
@@ -89,20 +90,33 @@ def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         yield server
 
 
+def shared_keys(tmp_path: Path, **fields: Any) -> SecuritySettings:
+    """Security settings whose master and admin keys every process of one test shares (as an
+    operator gives every process of a pool the same keys), whatever its data directory."""
+    keys = tmp_path / "keys"
+    if not (keys / "master.key").exists():
+        LocalKeyProvider.create_file(keys / "master.key")
+    return SecuritySettings(
+        master_key_file=keys / "master.key", admin_key_file=keys / "admin.key", **fields
+    )
+
+
 @pytest.fixture
 def pool_settings(
     tmp_path: Path, redis_server: EmbeddedRedis, settings: HivememSettings
 ) -> Callable[..., HivememSettings]:
     """Settings for a pool process under this test's directory, on the test's Redis.
-    ``pool_settings(name, **pool_fields)``; fast retries so fault tests recover quickly."""
+    ``pool_settings(name, secure=True, **pool_fields)``; fast retries so fault tests recover
+    quickly; ``secure=False`` turns the security layer off (plain version-1 messages)."""
 
-    def make(name: str = "pool", **pool_fields: Any) -> HivememSettings:
+    def make(name: str = "pool", *, secure: bool = True, **pool_fields: Any) -> HivememSettings:
         fields: dict[str, Any] = {"retry_initial_s": 0.02, "retry_max_s": 0.5, **pool_fields}
         return HivememSettings(
             data_dir=tmp_path / name,
             redis_url=redis_server.url,
             embedding=settings.embedding,
             pool=PoolSettings(**fields),
+            security=shared_keys(tmp_path, enabled=secure),
         )
 
     return make
@@ -115,8 +129,9 @@ def make_pool(
     """Factory for pools (one per simulated process) on the test's Redis; closed at teardown."""
     opened: list[SharedMemoryPool] = []
 
-    def make(name: str = "pool", **pool_fields: Any) -> SharedMemoryPool:
-        pool = SharedMemoryPool.connect(pool_settings(name, **pool_fields), embedder=embedder)
+    def make(name: str = "pool", *, secure: bool = True, **pool_fields: Any) -> SharedMemoryPool:
+        settings = pool_settings(name, secure=secure, **pool_fields)
+        pool = SharedMemoryPool.connect(settings, embedder=embedder)
         opened.append(pool)
         return pool
 

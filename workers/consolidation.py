@@ -45,12 +45,13 @@ import structlog
 from hivemem.agents.sparse import Bm25Encoder
 from hivemem.pool.adapters.redis_bus import RedisBus, zone_topic
 from hivemem.pool.enums import Level, Tier, Zone
-from hivemem.pool.envelope import make_envelope
+from hivemem.pool.envelope import EnvelopeCodec, PlainCodec, make_envelope
 from hivemem.pool.errors import HivememError, StrategyFailed
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ids import check_label
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
+from hivemem.security.pool_security import WORKER_SENDER
 from hivemem.workers.clustering import centre
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.locks import held
@@ -59,7 +60,6 @@ from hivemem.workers.strategy import ConsolidationStrategy, Draft, Sources
 log = structlog.get_logger(__name__)
 
 #: The sender id of everything the workers publish.
-WORKER_SENDER = "hivemem-workers"
 #: Derived ids are UUID5 in this namespace, over "level|zone|user|sorted source ids".
 _ID_NAMESPACE = uuid.UUID("5f0c8f6e-2b1d-4c1e-9a57-6d1f0e3b7a21")
 _MAX_CONTENT_CHARS = 8_000
@@ -121,9 +121,11 @@ class ConsolidationService:
         *,
         lock_ttl_s: float,
         send_batch: int,
+        codec: EnvelopeCodec | None = None,
     ) -> None:
         self._client = client
         self._bus = bus
+        self._codec = codec or PlainCodec()
         self._store = store
         self._keys = keys
         self._strategy = strategy
@@ -258,6 +260,7 @@ class ConsolidationService:
             [*new_traces, *categories, domain],
             retired,
             batch=self._send_batch,
+            codec=self._codec,
         )
         report.traces = [r.id for r in new_traces]
         report.categories = [r.id for r in categories]
@@ -403,18 +406,27 @@ def publish_as_workers(
     tombstones: Sequence[Tombstone],
     *,
     batch: int,
+    codec: EnvelopeCodec | None = None,
 ) -> None:
-    """Publish ``records`` and ``tombstones`` on the zone's channel as ``hivemem-workers``, at
-    most ``batch`` of each per envelope, in one round trip."""
+    """Publish ``records`` and ``tombstones`` on the zone's channel as ``hivemem-workers``, one
+    user per envelope (sealed under that user's key with security on) and at most ``batch`` of
+    each, in one round trip."""
+    codec = codec or PlainCodec()
+    by_user: dict[str, tuple[list[MemoryRecord], list[Tombstone]]] = {}
+    for record in records:
+        by_user.setdefault(record.scope.user_id, ([], []))[0].append(record)
+    for tombstone in tombstones:
+        by_user.setdefault(tombstone.scope.user_id, ([], []))[1].append(tombstone)
     messages: list[tuple[str, bytes]] = []
-    for start in range(0, max(len(records), len(tombstones)), batch):
-        envelope = make_envelope(
-            sender=WORKER_SENDER,
-            zone=zone,
-            records=records[start : start + batch],
-            tombstones=tombstones[start : start + batch],
-        )
-        messages.append((envelope.message_id, envelope.encode()))
+    for mine, gone in by_user.values():
+        for start in range(0, max(len(mine), len(gone)), batch):
+            envelope = make_envelope(
+                sender=WORKER_SENDER,
+                zone=zone,
+                records=mine[start : start + batch],
+                tombstones=gone[start : start + batch],
+            )
+            messages.append((envelope.message_id, codec.encode(envelope)))
     if messages:
         bus.publish(zone_topic(zone), WORKER_SENDER, messages)
 

@@ -11,8 +11,13 @@ its copies, whoever wrote them. A receipt says what was removed where, and the a
 records the forget (counts only). Re-running is harmless:
 it finds nothing left.
 
-What this does not reach: the pool's zone streams keep the envelopes agents published (up to
-``pool.stream_maxlen`` each) until trimmed; agents' outboxes drain into those streams.
+With security on, a forget of every zone ends by shredding the user's subject secret
+(crypto-shredding): every copy of the user's content was sealed under it — in the zone streams
+and their envelopes, in agents' local stores and outboxes, in the zone store and its archives,
+wherever the bytes linger (deleted segments, backups) — so none of it can be opened any more.
+The tombstones are sealed without it, so a late receiver still deletes its copies. Without
+security, the zone streams keep the envelopes agents published (up to ``pool.stream_maxlen``
+each) until trimmed.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from pydantic import BaseModel, Field
 
 from hivemem.pool.adapters.redis_bus import RedisBus
 from hivemem.pool.enums import Zone
+from hivemem.pool.envelope import EnvelopeCodec
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import Tombstone, UtcDatetime, utc_now
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
-from hivemem.workers.consolidation import WORKER_SENDER, ScopeBusy, publish_as_workers
+from hivemem.security.keyring import ZoneKeyring
+from hivemem.security.pool_security import WORKER_SENDER
+from hivemem.workers.consolidation import ScopeBusy, publish_as_workers
 from hivemem.workers.ingest import IngestService
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.locks import held
@@ -51,6 +59,9 @@ class ForgetReceipt(BaseModel):
 
     user_id: str
     zones: dict[str, ZoneReceipt] = Field(default_factory=dict)
+    #: True when the user's subject secret was destroyed (security on, every zone forgotten):
+    #: every sealed copy of their content, anywhere, is unreadable from now on.
+    subject_key_shredded: bool = False
     finished_at: UtcDatetime = Field(default_factory=utc_now)
 
     @property
@@ -75,9 +86,13 @@ class ForgetService:
         audit: AuditLog,
         lock_ttl_s: float,
         send_batch: int,
+        codec: EnvelopeCodec | None = None,
+        keyring: ZoneKeyring | None = None,
     ) -> None:
         self._client = client
         self._bus = bus
+        self._codec = codec
+        self._keyring = keyring
         self._store = store
         self._keys = keys
         self._ingest = ingest
@@ -95,6 +110,9 @@ class ForgetService:
         receipt = ForgetReceipt(user_id=user_id)
         for zone in zones:
             receipt.zones[zone.value] = self._forget_in(zone, user_id, on_due)
+        if self._keyring is not None and set(zones) >= set(Zone):
+            self._keyring.shred(user_id)
+            receipt.subject_key_shredded = True
         self._audit.record(
             AuditEvent.FORGOTTEN,
             actor=WORKER_SENDER,
@@ -102,6 +120,7 @@ class ForgetService:
             zones=[zone.value for zone in zones],
             live_records=sum(z.live_records for z in receipt.zones.values()),
             archived_records=sum(z.archived_records for z in receipt.zones.values()),
+            subject_key_shredded=receipt.subject_key_shredded,
         )
         log.info("user_forgotten", user_id=user_id, removed=receipt.removed)
         return receipt
@@ -140,6 +159,8 @@ class ForgetService:
                 ),
             )
             self._client.srem(self._keys.users(zone), user_id)
-            publish_as_workers(self._bus, zone, [], tombstones, batch=self._send_batch)
+            publish_as_workers(
+                self._bus, zone, [], tombstones, batch=self._send_batch, codec=self._codec
+            )
             receipt.tombstones_published = len(tombstones)
         return receipt

@@ -30,8 +30,8 @@ import structlog
 
 from hivemem.pool.adapters.redis_bus import RedisBus, ingest_topic
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.envelope import decode_envelope
-from hivemem.pool.errors import InvalidMessage
+from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
+from hivemem.pool.errors import InvalidMessage, MessageRejected
 from hivemem.pool.ports import Vector, ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.workers.keys import WorkerKeys
@@ -76,9 +76,13 @@ class IngestService:
         batch: int,
         threshold: int,
         lock_ttl_s: float,
+        codec: EnvelopeCodec | None = None,
+        on_rejected: Callable[[MessageRejected, Zone, int], None] | None = None,
     ) -> None:
         self._client = client
         self._bus = bus
+        self._codec = codec or PlainCodec()
+        self._on_rejected = on_rejected
         self._store = store
         self._keys = keys
         self._batch = batch
@@ -128,7 +132,16 @@ class IngestService:
         batch = _Round()
         for delivery in backlog.deliveries:
             try:
-                envelope = decode_envelope(delivery.data)
+                envelope = self._codec.decode(delivery.data)
+            except MessageRejected as error:
+                log.warning(
+                    "ingest_message_rejected", zone=zone.value, seq=delivery.seq,
+                    reason=error.reason,
+                )  # fmt: skip
+                if self._on_rejected is not None:
+                    self._on_rejected(error, zone, delivery.seq)
+                report.skipped += 1
+                continue
             except InvalidMessage as error:
                 log.warning(
                     "ingest_message_skipped", zone=zone.value, seq=delivery.seq, reason=str(error)

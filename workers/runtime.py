@@ -16,11 +16,17 @@ import redis
 from hivemem.agents.embedding import MINILM_DIM
 from hivemem.pool.adapters.edge_zone_store import EdgeZoneStore
 from hivemem.pool.adapters.qdrant_zone_store import QdrantZoneStore
-from hivemem.pool.adapters.redis_bus import RedisBus
-from hivemem.pool.errors import InvalidInput
+from hivemem.pool.adapters.redis_bus import RedisBus, ingest_topic
+from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.enums import Zone
+from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
+from hivemem.pool.errors import InvalidInput, MessageRejected
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.settings import ConsolidationSettings, HivememSettings
 from hivemem.security.audit import AuditLog
+from hivemem.security.audit_entry import AuditEvent
+from hivemem.security.pool_security import WORKER_SENDER, PoolSecurity
+from hivemem.security.zone_store import SecureZoneStore
 from hivemem.workers.archive import ArchiveService
 from hivemem.workers.consolidation import ConsolidationService
 from hivemem.workers.forget import ForgetService
@@ -111,7 +117,10 @@ class WorkerRuntime:
 
     @cached_property
     def store(self) -> ZoneStore:
-        return open_zone_store(self.settings)
+        store = open_zone_store(self.settings)
+        if self.security is None:
+            return store
+        return SecureZoneStore(store, self.security.keyring)
 
     @cached_property
     def ingest(self) -> IngestService:
@@ -124,6 +133,37 @@ class WorkerRuntime:
             batch=workers.ingest_batch,
             threshold=workers.consolidation.threshold,
             lock_ttl_s=workers.lock_ttl_s,
+            codec=self.codec,
+            on_rejected=self._ingest_rejected,
+        )
+
+    @cached_property
+    def security(self) -> PoolSecurity | None:
+        """The security layer (None when ``security.enabled`` is off). The workers' identity
+        (``hivemem-workers``, cleared for every zone) is registered, signed, on first use."""
+        if not self.settings.security.enabled:
+            return None
+        pool = self.settings.pool
+        registry = AgentRegistry(
+            self.client, namespace=pool.namespace, heartbeat_ttl_s=pool.heartbeat_ttl_s
+        )
+        security = PoolSecurity(self.settings, self.client, registry)
+        registry.register(security.workers_info())
+        return security
+
+    @cached_property
+    def codec(self) -> EnvelopeCodec:
+        """How the workers open the ingest queues and seal and sign what they publish."""
+        return PlainCodec() if self.security is None else self.security.workers_codec()
+
+    def _ingest_rejected(self, error: MessageRejected, zone: Zone, seq: int) -> None:
+        self.audit.record(
+            AuditEvent.REJECTED_MESSAGE,
+            actor=WORKER_SENDER,
+            subject=ingest_topic(zone),
+            zone=zone.value,
+            reason=error.reason,
+            seq=seq,
         )
 
     @cached_property
@@ -138,6 +178,7 @@ class WorkerRuntime:
             OfflineStrategy(settings),
             lock_ttl_s=self.settings.workers.lock_ttl_s,
             send_batch=self.settings.pool.send_batch,
+            codec=self.codec,
         )
 
     @cached_property
@@ -151,6 +192,8 @@ class WorkerRuntime:
             audit=self.audit,
             lock_ttl_s=self.settings.workers.lock_ttl_s,
             send_batch=self.settings.pool.send_batch,
+            codec=self.codec,
+            keyring=None if self.security is None else self.security.keyring,
         )
 
     @cached_property

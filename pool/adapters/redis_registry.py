@@ -8,6 +8,7 @@ and ``ns:agent:<id>:alive`` (the last heartbeat, expiring after the heartbeat TT
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -59,9 +60,16 @@ class AgentRegistry:
             ) from None
         return info
 
-    def set_clearance(self, agent_id: str, zone: Zone) -> tuple[AgentInfo, Zone]:
+    def set_clearance(
+        self,
+        agent_id: str,
+        zone: Zone,
+        *,
+        resign: Callable[[AgentInfo], AgentInfo] | None = None,
+    ) -> tuple[AgentInfo, Zone]:
         """Change a registered agent's clearance (an operator's grant or revocation); returns
-        the new info and the clearance it held. Raises AgentNotFound."""
+        the new info and the clearance it held. ``resign`` re-signs the changed entry (in the
+        same transaction). Raises AgentNotFound."""
         check_agent_id(agent_id)
         with self.client.pipeline(transaction=True) as pipe:
             while True:
@@ -72,6 +80,8 @@ class AgentRegistry:
                         raise AgentNotFound(agent_id)
                     prior = AgentInfo.model_validate_json(raw)
                     info = prior.model_copy(update={"clearance": zone})
+                    if resign is not None:
+                        info = resign(info)
                     pipe.multi()
                     pipe.hset(self._clearance, agent_id, zone.value)
                     pipe.hset(self._agents, agent_id, info.model_dump_json())

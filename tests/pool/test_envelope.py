@@ -55,14 +55,22 @@ def test_tombstones_travel_without_content() -> None:
     assert decode_envelope(envelope.encode()).tombstones == [tombstone]
 
 
-def test_the_security_fields_have_room_and_signing_bytes_exclude_the_signature() -> None:
-    """key id, nonce and signature travel; the signed bytes do not depend on the signature."""
-    base = make_envelope(sender="ops", zone=Zone.INTERNAL, records=[_record()], dense=[None])
-    signed = base.model_copy(update={"key_id": "k1", "nonce": "n1", "signature": "sig"})
-    decoded = decode_envelope(signed.encode())
-    assert (decoded.key_id, decoded.nonce, decoded.signature) == ("k1", "n1", "sig")
-    assert signed.signing_bytes() == signed.model_copy(update={"signature": "x"}).signing_bytes()
-    assert b"sig" not in signed.signing_bytes()
+def test_the_subject_is_the_one_user_of_the_records() -> None:
+    """One user's records: the envelope names them (its seal key follows); tombstones alone or
+    several users: no subject; a subject that is not every item's user is refused."""
+    one = make_envelope(sender="ops", zone=Zone.INTERNAL, records=[_record()], dense=[None])
+    assert one.subject == "u1"
+    assert decode_envelope(one.encode()).subject == "u1"
+    gone = Tombstone(id=_record().id, scope=Scope(user_id="u1"), level=Level.CATEGORY,
+                     zone=Zone.INTERNAL)  # fmt: skip
+    assert make_envelope(sender="ops", zone=Zone.INTERNAL, tombstones=[gone]).subject is None
+    other = _record().model_copy(update={"scope": Scope(user_id="u2")})
+    both = make_envelope(sender="ops", zone=Zone.INTERNAL, records=[_record(), other])
+    assert both.subject is None
+    forged = json.loads(both.encode())
+    forged["subject"] = "u1"
+    with pytest.raises(InvalidMessage, match="another user"):
+        decode_envelope(json.dumps(forged))
 
 
 def _valid() -> dict[str, object]:

@@ -18,7 +18,7 @@ from hivemem.agents.agent import Agent
 from hivemem.agents.embedding import FastEmbedder
 from hivemem.pool.adapters.redis_bus import ingest_topic, zone_topic
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.envelope import decode_envelope, make_envelope
+from hivemem.pool.envelope import make_envelope
 from hivemem.pool.errors import (
     AgentNotFound,
     ClearanceDenied,
@@ -141,7 +141,8 @@ def test_applying_the_same_record_twice_stores_it_once(
     assert wait_for(lambda: "stable fact" in received(tech))
     full = support.memory.get(record.id, with_vectors=True)
     again = make_envelope(sender="support", zone=Zone.PUBLIC, records=[full])
-    support._sharing._send([(zone_topic(Zone.PUBLIC), again.message_id, again.encode())])
+    body = support.identity.codec.encode(again)
+    support._sharing._send([(zone_topic(Zone.PUBLIC), again.message_id, body)])
     assert support.flush()
     time.sleep(0.3)
     copies = [r for r in tech.memory.list_memories(user_id="u1") if r.content == "stable fact"]
@@ -238,10 +239,11 @@ def test_malformed_and_foreign_messages_are_logged_and_skipped(
     make_pool: Pools, redis_server: EmbeddedRedis
 ) -> None:
     """Garbage on a channel or stream, wrong zones and over-clearance envelopes are skipped with
-    a log line; the receiver keeps applying what follows."""
-    pool = make_pool("p1")
+    a log line; the receiver keeps applying what follows. (Plain version-1 messages: security
+    off; tests/security covers what a secure pool rejects.)"""
+    pool = make_pool("p1", secure=False)
     tech = pool.register_agent("tech", clearance=Zone.INTERNAL)
-    support = make_pool("p2").register_agent("support", share_levels=[Level.CATEGORY])
+    support = make_pool("p2", secure=False).register_agent("support", share_levels=[Level.CATEGORY])
     assert tech.wait_connected()
     raw = redis.Redis.from_url(redis_server.url)
     secret = make_envelope(sender="mallory", zone=Zone.SECRET)
@@ -364,8 +366,8 @@ def test_a_missed_live_message_is_filled_from_the_stream(
     envelope = make_envelope(sender="support", zone=Zone.PUBLIC, records=[lost],
                              dense=[[0.05] * 384])  # fmt: skip
     seq = raw.incr("hivemem:zone:public:seq")
-    raw.xadd("hivemem:zone:public:stream", {"d": envelope.encode(), "s": "support"},
-             id=f"{seq}-0")  # fmt: skip
+    body = support.identity.codec.encode(envelope)  # sealed and signed as support's
+    raw.xadd("hivemem:zone:public:stream", {"d": body, "s": "support"}, id=f"{seq}-0")
     time.sleep(0.3)
     assert "second, only in the stream" not in received(tech)  # nothing told tech yet
     add(support, "third, heard live", Level.CATEGORY, Zone.PUBLIC)
@@ -385,7 +387,9 @@ def test_every_write_goes_to_its_zones_ingest_queue(make_pool: Pools) -> None:
 
     def queued(zone: Zone) -> tuple[list[str], list[str]]:
         deliveries = pool.bus.read(ingest_topic(zone), 0, limit=100).deliveries
-        envelopes = [decode_envelope(d.data) for d in deliveries]
+        assert pool.security is not None
+        opener = pool.security.workers_codec()  # what the workers open the queues with
+        envelopes = [opener.decode(d.data) for d in deliveries]
         return (
             [r.id for e in envelopes for r in e.records],
             [t.id for e in envelopes for t in e.tombstones],

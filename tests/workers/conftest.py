@@ -24,6 +24,7 @@ from hivemem.pool.settings import (
     WorkerSettings,
 )
 from hivemem.workers.runtime import WorkerRuntime
+from tests.conftest import shared_keys
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,6 +62,7 @@ def worker_settings(
             redis_url=redis_server.url,
             embedding=settings.embedding,
             pool=PoolSettings(retry_initial_s=0.02, retry_max_s=0.5),
+            security=shared_keys(tmp_path),
             workers=WorkerSettings(
                 **{**FAST, **fields},
                 consolidation=ConsolidationSettings(**(consolidation or {})),

@@ -321,10 +321,11 @@ def test_bad_messages_are_skipped_logged_and_do_not_stop_the_rest(
     [before] = write(agent, 1)
     misplaced = MemoryRecord(content="misrouted", scope=Scope(user_id="u1"), zone=Zone.INTERNAL)
     directed = MemoryRecord(content="for one agent", scope=Scope(user_id="u1"), zone=ZONE)
+    signed = agent.identity.codec.encode  # well-formed, sealed and signed: only misplaced
     bad = [
         b"\x00 this is not an envelope",
-        make_envelope(sender="intruder", zone=Zone.INTERNAL, records=[misplaced]).encode(),
-        make_envelope(sender="intruder", zone=ZONE, records=[directed], to="writer").encode(),
+        signed(make_envelope(sender="writer", zone=Zone.INTERNAL, records=[misplaced])),
+        signed(make_envelope(sender="writer", zone=ZONE, records=[directed], to="writer")),
     ]
     bad_seqs = runtime.bus.publish(TOPIC, "intruder", [(uuid.uuid4().hex, b) for b in bad])
     [after] = write(agent, 1)

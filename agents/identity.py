@@ -1,0 +1,87 @@
+"""Who an agent's sync threads act as: its registry entry and the codec its messages go through.
+
+:class:`Identity` is the plain one (security off: version-1 envelopes, nothing checked).
+:class:`SecureIdentity` seals, signs and checks with the pool's security layer, follows the
+agent's registry entry when the broker says its clearance changed, and audits every message a
+check refused (``rejected_message``: who refused what from whom and why, never content).
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from hivemem.pool.adapters.redis_bus import Delivery
+from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.envelope import EnvelopeCodec
+from hivemem.pool.errors import HivememError, InvalidIdentifier, MessageRejected
+from hivemem.pool.ids import check_agent_id
+from hivemem.security.audit import AuditLog
+from hivemem.security.audit_entry import AuditEvent
+from hivemem.security.pool_security import PoolSecurity
+from hivemem.security.signing import SigningKey
+
+log = structlog.get_logger(__name__)
+
+
+class Identity:
+    """An agent as its sync threads see it (plain: no checks, nothing to reload)."""
+
+    def __init__(self, info: AgentInfo, codec: EnvelopeCodec) -> None:
+        self.info = info
+        self.codec = codec
+
+    def reload(self) -> AgentInfo:
+        """The agent's current registry entry (the codec follows it)."""
+        return self.info
+
+    def rejected(self, error: MessageRejected, topic: str, delivery: Delivery) -> None:
+        """Called for each message a security check refused (nothing of it was applied)."""
+        log.warning(
+            "pool_message_rejected",
+            agent_id=self.info.agent_id,
+            topic=topic,
+            seq=delivery.seq,
+            reason=error.reason,
+        )
+
+
+class SecureIdentity(Identity):
+    """An agent with its signing key, under the pool's security layer."""
+
+    def __init__(
+        self,
+        info: AgentInfo,
+        key: SigningKey,
+        security: PoolSecurity,
+        registry: AgentRegistry,
+        audit: AuditLog,
+    ) -> None:
+        super().__init__(info, security.agent_codec(info, key))
+        self._key = key
+        self._security = security
+        self._registry = registry
+        self._audit = audit
+
+    def reload(self) -> AgentInfo:
+        self.info = self._registry.get(self.info.agent_id)
+        self.codec = self._security.agent_codec(self.info, self._key)
+        return self.info
+
+    def rejected(self, error: MessageRejected, topic: str, delivery: Delivery) -> None:
+        super().rejected(error, topic, delivery)
+        try:
+            claimed = check_agent_id(delivery.sender)
+        except InvalidIdentifier:
+            claimed = "unknown"
+        try:
+            self._audit.record(
+                AuditEvent.REJECTED_MESSAGE,
+                actor=self.info.agent_id,
+                subject=claimed,
+                reason=error.reason,
+                topic=topic,
+                seq=delivery.seq,
+            )
+        except HivememError:  # the refusal is logged above; the receiver must go on
+            log.exception("pool_rejection_not_audited", agent_id=self.info.agent_id)

@@ -1,0 +1,113 @@
+"""The security layer as one pool process holds it: keys, the admin signer, codecs and ACLs.
+
+:class:`PoolSecurity` is built from the settings and the process's trusted (administrator's)
+Redis connection, by :class:`~hivemem.pool.shared.SharedMemoryPool` and by the workers. It
+holds the zone keyring (data keys wrapped by the master key), the administrator's signer of
+registry entries, the directory receivers look senders up in, and, with ``redis_acl``, the
+provisioning of agents' Redis users. Agents' private keys live in their directories
+(``<data_dir>/agents/<id>/signing.key``, readable by the owner only); the workers' in
+``<data_dir>/keys/workers.key``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import redis
+
+from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.enums import Zone
+from hivemem.pool.settings import HivememSettings
+from hivemem.security.key_provider import key_provider
+from hivemem.security.keyring import ZoneKeyring
+from hivemem.security.message_check import MessageCheck, ReplayGuard
+from hivemem.security.redis_acl import AgentAcl
+from hivemem.security.sealing import Sealer
+from hivemem.security.senders import SenderDirectory
+from hivemem.security.signing import AdminSigner, SigningKey
+from hivemem.security.wire import SecureCodec
+
+#: The sender id of everything the workers publish.
+WORKER_SENDER = "hivemem-workers"
+
+
+class _QueueGuard(ReplayGuard):
+    """No replay memory, for durable queues: their entries are consumed once, by position, and
+    a worker that crashed before committing must read the same messages again."""
+
+    def check_and_remember(self, message_id: str, sent_at: datetime, now: datetime) -> bool:
+        del message_id, sent_at, now
+        return True
+
+
+class PoolSecurity:
+    """Keys, signer, sender directory and ACLs of one process (see the module docstring)."""
+
+    def __init__(
+        self, settings: HivememSettings, client: redis.Redis, registry: AgentRegistry
+    ) -> None:
+        self.settings = settings
+        self.options = settings.security
+        namespace = settings.pool.namespace
+        self.keyring = ZoneKeyring(client, key_provider(settings), namespace=namespace)
+        admin_file = self.options.admin_key_file or settings.data_dir / "keys" / "admin.key"
+        self.admin = AdminSigner.from_file(admin_file)
+        self.senders = SenderDirectory(registry, ttl_s=self.options.registry_cache_s)
+        self.acl = AgentAcl(client, namespace=namespace) if self.options.redis_acl else None
+
+    def signed(self, info: AgentInfo) -> AgentInfo:
+        """``info`` with the administrator's signature over its id, clearance and key."""
+        signature = self.admin.sign_entry(info.agent_id, info.clearance, info.public_key)
+        return info.model_copy(update={"registry_signature": signature})
+
+    def agent_key(self, agent_dir: Path) -> SigningKey:
+        """The agent's signing key, issued (and saved in its directory) on first use."""
+        return SigningKey.load_or_create(agent_dir / "signing.key")
+
+    def workers_key(self) -> SigningKey:
+        return SigningKey.load_or_create(self.settings.data_dir / "keys" / "workers.key")
+
+    def _check(self, guard: ReplayGuard) -> MessageCheck:
+        return MessageCheck(
+            admin_public_key=self.admin.public_key,
+            max_age_s=self.options.max_message_age_s,
+            max_skew_s=self.options.max_clock_skew_s,
+            guard=guard,
+        )
+
+    def agent_codec(self, info: AgentInfo, key: SigningKey) -> SecureCodec:
+        """What an agent seals, signs and opens with: no key above its clearance, and a replay
+        memory as long as a message may live."""
+        window_s = self.options.max_message_age_s + self.options.max_clock_skew_s
+        return SecureCodec(
+            sealer=Sealer(self.keyring, clearance=info.clearance),
+            signer=key,
+            sender_id=info.agent_id,
+            check=self._check(ReplayGuard(window_s)),
+            senders=self.senders,
+        )
+
+    def workers_codec(self) -> SecureCodec:
+        """What the workers open the ingest queues with and publish with: every zone, no age
+        or replay check (a durable queue, read by position)."""
+        return SecureCodec(
+            sealer=Sealer(self.keyring, clearance=Zone.SECRET),
+            signer=self.workers_key(),
+            sender_id=WORKER_SENDER,
+            check=self._check(_QueueGuard(self.options.max_message_age_s)),
+            senders=self.senders,
+            check_age=False,
+        )
+
+    def workers_info(self) -> AgentInfo:
+        """The workers' registry entry (a service identity cleared for every zone), signed."""
+        info = AgentInfo(
+            agent_id=WORKER_SENDER,
+            display_name="hivemem workers",
+            capabilities=["service"],
+            clearance=Zone.SECRET,
+            public_key=self.workers_key().public_key,
+        )
+        return self.signed(info)

@@ -1,0 +1,100 @@
+"""An agent's local index with its content sealed on disk: a LocalIndex around another.
+
+:class:`SealedIndex` keeps each record's content in ``inner`` as
+:class:`~hivemem.security.content_seal.ContentSeal` text (the zone's data key and the user's
+subject secret) and opens it on every read. Vectors stay in clear here: the agent searches its
+own index with them, and its process holds the keys anyway. A record whose key is gone (its
+user was forgotten everywhere, its data key retired) cannot be read: reads skip it, as if it
+had been deleted. Content the agent's clearance cannot seal (a zone above it) is refused with
+KeyUnavailable before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import structlog
+
+from hivemem.pool.errors import InvalidInput, KeyUnavailable
+from hivemem.pool.filters import And
+from hivemem.pool.ports import (
+    LocalIndex,
+    NearestRequest,
+    Neighbourhood,
+    RetentionFacts,
+    ScoredId,
+    Vector,
+)
+from hivemem.pool.records import MemoryRecord, Tombstone
+from hivemem.security.content_seal import ContentSeal
+
+log = structlog.get_logger(__name__)
+
+
+class SealedIndex:
+    """A :class:`~hivemem.pool.ports.LocalIndex` sealing content in ``inner``."""
+
+    def __init__(self, inner: LocalIndex, seal: ContentSeal) -> None:
+        self.inner = inner
+        self._seal = seal
+
+    def _opened(self, records: Iterable[MemoryRecord]) -> Iterator[MemoryRecord]:
+        for record in records:
+            try:
+                content = self._seal.open(record)
+            except KeyUnavailable:
+                log.info("local_record_unreadable", record_id=record.id)
+                continue
+            yield record.model_copy(update={"content": content})
+
+    def upsert(self, records: Sequence[MemoryRecord], dense: Vector | None = None) -> None:
+        texts = self._seal.seal_many(records)
+        sealed = [r.model_copy(update={"content": t}) for r, t in zip(records, texts, strict=True)]
+        self.inner.upsert(sealed, dense)
+
+    def update_fields(self, updates: Mapping[str, Mapping[str, object]]) -> None:
+        if any("content" in fields for fields in updates.values()):
+            raise InvalidInput("content is not a bookkeeping field", field="content")
+        self.inner.update_fields(updates)
+
+    def put_tombstones(self, tombstones: Sequence[Tombstone]) -> None:
+        self.inner.put_tombstones(tombstones)
+
+    def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[MemoryRecord]:
+        return list(self._opened(self.inner.get(ids, with_vectors=with_vectors)))
+
+    def presence(self, ids: Sequence[str]) -> dict[str, bool]:
+        return self.inner.presence(ids)
+
+    def get_tombstones(self, ids: Sequence[str]) -> list[Tombstone]:
+        return self.inner.get_tombstones(ids)
+
+    def nearest(self, requests: Sequence[NearestRequest]) -> list[list[ScoredId]]:
+        return self.inner.nearest(requests)
+
+    def neighbourhoods(self, ids: Sequence[str]) -> dict[str, Neighbourhood]:
+        return self.inner.neighbourhoods(ids)
+
+    def scan(self, where: And, *, with_vectors: bool = False) -> Iterator[MemoryRecord]:
+        return self._opened(self.inner.scan(where, with_vectors=with_vectors))
+
+    def retention_facts(self, where: And) -> list[RetentionFacts]:
+        return self.inner.retention_facts(where)
+
+    def retention_facts_of(self, ids: Sequence[str]) -> list[RetentionFacts]:
+        return self.inner.retention_facts_of(ids)
+
+    def count(self, where: And) -> int:
+        return self.inner.count(where)
+
+    def facet(self, field: str, where: And) -> dict[str, int]:
+        return self.inner.facet(field, where)
+
+    def remove(self, ids: Sequence[str]) -> None:
+        self.inner.remove(ids)
+
+    def size_bytes(self) -> int:
+        return self.inner.size_bytes()
+
+    def close(self) -> None:
+        self.inner.close()

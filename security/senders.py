@@ -1,0 +1,55 @@
+"""What a receiver knows of senders: their registry entries, looked up briefly cached.
+
+Receivers check every message against its sender's registry entry (public key, clearance, the
+administrator's signature). Looking it up per message would cost a Redis round trip each, so
+:class:`SenderDirectory` keeps each answer (an absent sender included) for ``ttl_s`` seconds:
+a revocation or a clearance change reaches every receiver within that time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.errors import AgentNotFound, InvalidIdentifier
+from hivemem.security.message_check import SenderFacts
+
+
+class SenderDirectory:
+    """Registry lookups for message checks (thread-safe)."""
+
+    def __init__(self, registry: AgentRegistry, *, ttl_s: float = 1.0) -> None:
+        self._registry = registry
+        self._ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, SenderFacts | None]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, agent_id: str) -> SenderFacts | None:
+        """The sender's facts, or None when it is not registered (deregistered, never was)."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(agent_id)
+        if hit is not None and now - hit[0] < self._ttl_s:
+            return hit[1]
+        try:
+            info = self._registry.get(agent_id)
+        except (AgentNotFound, InvalidIdentifier):
+            facts = None
+        else:
+            facts = SenderFacts(
+                agent_id=info.agent_id,
+                clearance=info.clearance,
+                public_key=info.public_key,
+                registry_signature=info.registry_signature,
+            )
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[agent_id] = (now, facts)
+        return facts
+
+    def forget(self, agent_id: str) -> None:
+        """Drop the cached entry (this process changed it)."""
+        with self._lock:
+            self._cache.pop(agent_id, None)

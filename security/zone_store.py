@@ -1,0 +1,199 @@
+"""The zone store with its content sealed and its vectors keyed: a ZoneStore around another.
+
+:class:`SecureZoneStore` wraps any :class:`~hivemem.pool.ports.ZoneStore` (Qdrant Edge or a
+Qdrant server) and keeps in it, per record:
+
+- ``content`` sealed (:class:`~hivemem.security.content_seal.ContentSeal`: the zone's active
+  data key and the record's user's subject secret, the record id bound in);
+- the dense vector rotated and the sparse term ids permuted by the zone's keyed
+  :class:`~hivemem.security.vector_transform.VectorTransform` (see docs/security.md for what
+  that resists and what it does not).
+
+Reads give the original record back: content opened, vectors restored. A record whose key is
+gone — its user was forgotten (the subject secret shredded) or its data key retired before it
+was re-sealed — cannot be read by anyone: reads skip it (logged, without content). Content that
+is not sealed (written before security was on) is returned as stored. Ids, scope, levels,
+tags, entities and metadata stay in clear: the workers filter on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+
+import numpy as np
+import structlog
+
+from hivemem.pool.enums import Zone
+from hivemem.pool.errors import InvalidInput, KeyUnavailable
+from hivemem.pool.filters import And
+from hivemem.pool.ports import Vector, ZoneStore
+from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
+from hivemem.security.content_seal import ContentSeal
+from hivemem.security.keyring import ZoneKeyring
+from hivemem.security.sealing import Sealer
+from hivemem.security.vector_transform import VectorTransform
+
+log = structlog.get_logger(__name__)
+
+#: The dimension of the transform used for sparse terms only (their permutation depends on the
+#: key alone; a 1-d rotation costs nothing to build).
+_SPARSE_ONLY = 1
+
+
+class SecureZoneStore:
+    """A :class:`~hivemem.pool.ports.ZoneStore` sealing what it keeps in ``inner``."""
+
+    def __init__(self, inner: ZoneStore, keyring: ZoneKeyring) -> None:
+        self.inner = inner
+        self._keyring = keyring
+        self._content = ContentSeal(Sealer(keyring))
+        self._transforms: dict[tuple[Zone, int], VectorTransform] = {}
+
+    # -- the transformation -----------------------------------------------------------------
+
+    def _transform(self, zone: Zone, dim: int) -> VectorTransform:
+        found = self._transforms.get((zone, dim))
+        if found is None:
+            found = VectorTransform(self._keyring.vector_key(zone), dim)
+            self._transforms[(zone, dim)] = found
+        return found
+
+    def _outgoing(
+        self, zone: Zone, records: Sequence[MemoryRecord], dense: Vector | None
+    ) -> tuple[list[MemoryRecord], Vector | None]:
+        """``records`` as stored: content sealed, vectors transformed."""
+        rows = None if dense is None else np.asarray(dense, dtype=np.float32)
+        if rows is None and records and all(r.vector is not None for r in records):
+            rows = np.asarray([r.vector for r in records], dtype=np.float32)
+        if rows is not None and rows.size:
+            rows = self._transform(zone, rows.shape[1]).forward_dense(rows)
+        stored = []
+        for record, text in zip(records, self._content.seal_many(records), strict=True):
+            update: dict[str, object] = {"content": text, "vector": None}
+            if record.sparse is not None and record.sparse.indices:
+                terms = self._transform(zone, _SPARSE_ONLY)
+                ids, values = terms.forward_sparse(record.sparse.indices, record.sparse.values)
+                update["sparse"] = SparseVector(indices=ids, values=values)
+            stored.append(record.model_copy(update=update))
+        return stored, rows
+
+    def _incoming(self, zone: Zone, records: Iterable[MemoryRecord]) -> Iterator[MemoryRecord]:
+        """Stored records as they were written; those whose key is gone are skipped."""
+        for record in records:
+            try:
+                content = self._content.open(record)
+            except KeyUnavailable as error:
+                log.info("zone_record_unreadable", zone=zone.value, record_id=record.id,
+                         why=str(error)[:120])  # fmt: skip
+                continue
+            update: dict[str, object] = {"content": content}
+            if record.vector is not None:
+                transform = self._transform(zone, len(record.vector))
+                update["vector"] = transform.inverse_dense(
+                    np.asarray(record.vector, dtype=np.float32)
+                ).tolist()
+            if record.sparse is not None and record.sparse.indices:
+                terms = self._transform(zone, _SPARSE_ONLY)
+                ids, values = terms.inverse_sparse(record.sparse.indices, record.sparse.values)
+                update["sparse"] = SparseVector(indices=ids, values=values)
+            yield record.model_copy(update=update)
+
+    # -- ZoneStore ----------------------------------------------------------------------------
+
+    def upsert(
+        self, zone: Zone, records: Sequence[MemoryRecord], dense: Vector | None = None
+    ) -> None:
+        stored, rows = self._outgoing(zone, records, dense)
+        self.inner.upsert(zone, stored, rows)
+
+    def put_tombstones(self, zone: Zone, tombstones: Sequence[Tombstone]) -> None:
+        self.inner.put_tombstones(zone, tombstones)
+
+    def presence(self, zone: Zone, ids: Sequence[str]) -> dict[str, bool]:
+        return self.inner.presence(zone, ids)
+
+    def get(
+        self, zone: Zone, ids: Sequence[str], *, with_vectors: bool = False
+    ) -> list[MemoryRecord]:
+        return list(self._incoming(zone, self.inner.get(zone, ids, with_vectors=with_vectors)))
+
+    def scan(self, zone: Zone, where: And, *, with_vectors: bool = False) -> Iterator[MemoryRecord]:
+        return self._incoming(zone, self.inner.scan(zone, where, with_vectors=with_vectors))
+
+    def ids(self, zone: Zone, where: And) -> list[str]:
+        return self.inner.ids(zone, where)
+
+    def count(self, zone: Zone, where: And) -> int:
+        return self.inner.count(zone, where)
+
+    def facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
+        return self.inner.facet(zone, field, where)
+
+    def update_fields(self, zone: Zone, updates: Mapping[str, Mapping[str, object]]) -> None:
+        if any("content" in fields for fields in updates.values()):
+            raise InvalidInput("content is not a bookkeeping field", field="content")
+        self.inner.update_fields(zone, updates)
+
+    def remove(self, zone: Zone, ids: Sequence[str]) -> None:
+        self.inner.remove(zone, ids)
+
+    def archive_put(self, zone: Zone, records: Sequence[MemoryRecord]) -> None:
+        stored, rows = self._outgoing(zone, records, None)
+        if rows is not None:
+            stored = [
+                record.model_copy(update={"vector": row.tolist()})
+                for record, row in zip(stored, rows, strict=True)
+            ]
+        self.inner.archive_put(zone, stored)
+
+    def archive_get(self, zone: Zone, ids: Sequence[str]) -> list[MemoryRecord]:
+        return list(self._incoming(zone, self.inner.archive_get(zone, ids)))
+
+    def archive_ids(self, zone: Zone, where: And) -> list[str]:
+        return self.inner.archive_ids(zone, where)
+
+    def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None:
+        self.inner.archive_remove(zone, ids)
+
+    def session(self) -> AbstractContextManager[None]:
+        return self.inner.session()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    # -- key rotation -------------------------------------------------------------------------
+
+    def reseal(self, zone: Zone) -> int:
+        """Re-seal every live and archived record of ``zone`` not under its active key (after a
+        rotation); returns how many were re-sealed. Vectors are untouched (their key is not
+        rotated). Records whose key is already gone are left as they are."""
+        active = self._keyring.active(zone).key_id
+        moved = 0
+        everything = And(all=[])
+        stored = self.inner.scan(zone, everything, with_vectors=True)
+        stale = [r for r in stored if self._stale(r, active)]
+        fresh = [r for r in (self._resealed(r) for r in stale) if r is not None]
+        if fresh:
+            self.inner.upsert(zone, fresh)
+            moved += len(fresh)
+        archived_ids = self.inner.archive_ids(zone, everything)
+        old = [r for r in self.inner.archive_get(zone, archived_ids) if self._stale(r, active)]
+        again = [r for r in (self._resealed(r) for r in old) if r is not None]
+        if again:
+            self.inner.archive_put(zone, again)
+            moved += len(again)
+        log.info("zone_resealed", zone=zone.value, records=moved, key_id=active)
+        return moved
+
+    @staticmethod
+    def _stale(record: MemoryRecord, active: str) -> bool:
+        return ContentSeal.key_id(record) != active
+
+    def _resealed(self, record: MemoryRecord) -> MemoryRecord | None:
+        try:
+            content = self._content.open(record)
+        except KeyUnavailable:
+            return None
+        plain = record.model_copy(update={"content": content})
+        return record.model_copy(update={"content": self._content.seal(plain)})
