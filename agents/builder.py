@@ -9,28 +9,46 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+import structlog
+
 from hivemem.agents.inputs import MemoryInput
 from hivemem.agents.tiers import initial_tier
+from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidContent, InvalidInput
 from hivemem.pool.ids import new_record_id
 from hivemem.pool.ports import Embedder, SparseEncoder, Vector
-from hivemem.pool.records import MemoryRecord, Scope
+from hivemem.pool.records import MemoryRecord, MetadataValue, Scope
 from hivemem.pool.settings import MemorySettings
+from hivemem.security.classifier import Classifier
+
+log = structlog.get_logger(__name__)
+
+#: The metadata key naming the sensitive-content detectors that fired on a record.
+SENSITIVE_KEY = "sensitive"
 
 
 class RecordBuilder:
     """Builds records for one memory; stateless apart from its collaborators."""
 
-    def __init__(self, embedder: Embedder, sparse: SparseEncoder, settings: MemorySettings) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        sparse: SparseEncoder,
+        settings: MemorySettings,
+        classifier: Classifier | None = None,
+    ) -> None:
         self._embedder = embedder
         self._sparse = sparse
         self._settings = settings
+        self._classifier = classifier
 
     def validate(
         self, inputs: Sequence[MemoryInput], scope: Scope | None, now: datetime
     ) -> list[MemoryRecord]:
         """Records without vectors, or InvalidInput naming the first bad item. The inputs were
-        validated field by field already, so records are assembled without a second pass."""
+        validated field by field already, so records are assembled without a second pass.
+        With a classifier, sensitive content lifts a record's zone to the policy's minimum and
+        the detectors that fired are kept in ``metadata["sensitive"]`` (never the text)."""
         records = []
         limit = self._settings.max_content_chars
         for position, item in enumerate(inputs):
@@ -47,6 +65,7 @@ class RecordBuilder:
                 raise InvalidInput(
                     f"item {position}: valid_until precedes valid_from", field="valid_until"
                 )
+            zone, metadata = self._classified(item)
             records.append(
                 MemoryRecord.model_construct(
                     id=new_record_id(),
@@ -55,11 +74,11 @@ class RecordBuilder:
                     level=item.level,
                     category=item.category,
                     tier=item.tier or initial_tier(item.importance, self._settings.tiers),
-                    zone=item.zone,
+                    zone=zone,
                     importance=item.importance,
                     tags=item.tags,
                     entities=item.entities,
-                    metadata=item.metadata,
+                    metadata=metadata,
                     sources=item.sources,
                     valid_from=valid_from,
                     valid_until=item.valid_until,
@@ -78,6 +97,17 @@ class RecordBuilder:
                 )
             )
         return records
+
+    def _classified(self, item: MemoryInput) -> tuple[Zone, dict[str, MetadataValue]]:
+        if self._classifier is None:
+            return item.zone, item.metadata
+        found = self._classifier.assess(item.content, item.zone)
+        if not found.detectors:
+            return item.zone, item.metadata
+        if found.lifted:
+            log.info("record_zone_lifted", asked=item.zone.value, zone=found.zone.value,
+                     detectors=found.detectors)  # fmt: skip
+        return found.zone, {**item.metadata, SENSITIVE_KEY: list(found.detectors)}
 
     def embed(self, records: Sequence[MemoryRecord]) -> tuple[list[MemoryRecord], Vector]:
         """The records with their sparse vectors, and their dense vectors as one float32 matrix
