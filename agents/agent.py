@@ -44,7 +44,7 @@ class Agent:
         self.memory = memory
         self.identity = identity or Identity(info, PlainCodec())
         self._outbox = Outbox(memory.path)
-        self._sender = Sender(info, self._outbox, bus, settings, relay)
+        self._sender = Sender(info, self._outbox, bus, settings, relay, self.identity)
         self._sharing = ShareObserver(
             info, self._outbox, self._sender.wake, settings, self.identity
         )

@@ -9,12 +9,13 @@ check refused (``rejected_message``: who refused what from whom and why, never c
 from __future__ import annotations
 
 import structlog
+from pydantic import SecretStr
 
 from hivemem.pool.adapters.redis_bus import Delivery
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.envelope import EnvelopeCodec
-from hivemem.pool.errors import HivememError, InvalidIdentifier, MessageRejected
+from hivemem.pool.errors import AgentNotFound, HivememError, InvalidIdentifier, MessageRejected
 from hivemem.pool.ids import check_agent_id
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
@@ -34,6 +35,10 @@ class Identity:
     def reload(self) -> AgentInfo:
         """The agent's current registry entry (the codec follows it)."""
         return self.info
+
+    def reauthorize(self) -> None:
+        """Called when Redis refused the agent's login (a restarted Redis lost its ACL users):
+        restore the agent's user if it is still registered."""
 
     def rejected(self, error: MessageRejected, topic: str, delivery: Delivery) -> None:
         """Called for each message a security check refused (nothing of it was applied)."""
@@ -62,11 +67,24 @@ class SecureIdentity(Identity):
         self._security = security
         self._registry = registry
         self._audit = audit
+        #: The agent's Redis user's password, when it connects as its own user.
+        self.redis_password: SecretStr | None = None
 
     def reload(self) -> AgentInfo:
         self.info = self._registry.get(self.info.agent_id)
         self.codec = self._security.agent_codec(self.info, self._key)
         return self.info
+
+    def reauthorize(self) -> None:
+        acl = self._security.acl
+        if acl is None or self.redis_password is None:
+            return
+        try:
+            info = self._registry.get(self.info.agent_id)
+        except AgentNotFound:
+            return  # deregistered: locked out for good
+        acl.provision(info.agent_id, info.clearance, password=self.redis_password)
+        log.warning("pool_agent_user_restored", agent_id=info.agent_id)
 
     def rejected(self, error: MessageRejected, topic: str, delivery: Delivery) -> None:
         super().rejected(error, topic, delivery)

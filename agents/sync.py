@@ -23,6 +23,7 @@ records are applied, and applying is idempotent, so a crash in between costs a r
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -189,15 +190,17 @@ class ShareObserver:
 class Sender(threading.Thread):
     """Drains the outbox to Redis (see the module docstring)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the parts of one agent, each needed
         self,
         info: AgentInfo,
         outbox: Outbox,
         bus: RedisBus,
         settings: PoolSettings,
         relay: RedisBus | None = None,
+        identity: Identity | None = None,
     ) -> None:
         super().__init__(name=f"hivemem-send-{info.agent_id}", daemon=True)
+        self._identity = identity or Identity(info, PlainCodec())
         self._info = info
         self._outbox = outbox
         self._bus = bus
@@ -241,6 +244,9 @@ class Sender(threading.Thread):
                 for topic, chosen in by_topic.items():
                     self._publish(topic, chosen)
                     self._outbox.remove([m.row for m in chosen])
+            except redis.AuthenticationError:
+                self._relogin()
+                continue
             except _REDIS_DOWN as error:
                 self._backoff.failed(
                     "pool_send_failed",
@@ -250,6 +256,15 @@ class Sender(threading.Thread):
                 )
                 continue
             self._backoff.succeeded()
+
+    def _relogin(self) -> None:
+        """Redis refused the agent's login: have its user restored, then retry after a wait."""
+        try:
+            self._identity.reauthorize()
+        except _REDIS_DOWN as error:
+            log.warning("pool_relogin_failed", agent_id=self._info.agent_id,
+                        error=type(error).__name__)  # fmt: skip
+        self._backoff.failed("pool_send_unauthorized", agent_id=self._info.agent_id)
 
     def _publish(self, topic: str, chosen: list[Pending]) -> None:
         bus = self._relay if topic.startswith("agent:") else self._bus
@@ -326,6 +341,11 @@ class Receiver(threading.Thread):
                 self._listen(pubsub)
             except MemoryClosed:
                 return
+            except redis.AuthenticationError:
+                self.connected.clear()
+                with contextlib.suppress(*_REDIS_DOWN):  # still down: back off, try again
+                    self._identity.reauthorize()
+                self._backoff.failed("pool_receive_unauthorized", agent_id=self._info.agent_id)
             except _REDIS_DOWN as error:
                 self.connected.clear()
                 self._backoff.failed(

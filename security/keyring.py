@@ -164,7 +164,9 @@ class ZoneKeyring:
     def active(self, zone: Zone | str) -> DataKey:
         """The key new content of ``zone`` is sealed with; the first call for a zone creates it
         (racing keyrings on one Redis get the same one). The id is cached for ``active_ttl_s``:
-        a rotation made by another process is used here within that time."""
+        a rotation made by another process is used here within that time. While Redis cannot
+        be reached, keys and secrets this process already holds keep serving (so an agent
+        keeps writing locally); anything it never fetched raises PoolUnavailable."""
         zone = checked_zone(zone)
         with self._lock:
             cached = self._active.get(zone)
@@ -173,8 +175,12 @@ class ZoneKeyring:
                 return self.get(zone, cached[0])
             except KeyUnavailable:  # rotated and retired elsewhere since: ask Redis
                 pass
-        with _redis_errors():
+        try:
             current = cast("bytes | str | None", self._client.hget(self._zone_key(zone), "active"))
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            if cached is not None:  # Redis is down: keep the key we were using
+                return self.get(zone, cached[0])
+            raise PoolUnavailable(f"cannot reach Redis: {type(error).__name__}") from None
         key = self.get(zone, _bytes(current).decode()) if current else self._create_first(zone)
         with self._lock:
             self._active[zone] = (key.key_id, time.monotonic())
@@ -368,8 +374,12 @@ class ZoneKeyring:
             generation = self._forgotten
         if cached is not None and time.monotonic() - cached.checked_at < self._ttl_s:
             return cached.secret
-        with _redis_errors():
+        try:
             raw = cast("bytes | str | None", self._client.hget(name, hash_field))
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            if cached is not None:
+                return cached.secret  # Redis is down: keep sealing with what we know
+            raise PoolUnavailable(f"cannot reach Redis: {type(error).__name__}") from None
         if raw is None:
             self._forget(slot)
             return None

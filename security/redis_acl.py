@@ -157,14 +157,23 @@ class AgentAcl:
         self.admin = admin
         self.namespace = check_namespace(namespace)
 
-    def provision(self, agent_id: str, clearance: Zone) -> AgentCredentials:
-        """Create or replace the agent's user with a fresh password and ``clearance``'s rules,
-        then disconnect whatever was connected as it. Returns the credentials (the only time
-        the password is shown). Raises InvalidIdentifier/InvalidInput before any Redis call."""
+    def provision(
+        self, agent_id: str, clearance: Zone, *, password: SecretStr | None = None
+    ) -> AgentCredentials:
+        """Create or replace the agent's user with a fresh password (or ``password``: to
+        restore a user a restarted Redis lost, its clients keeping theirs) and ``clearance``'s
+        rules, then disconnect whatever was connected as it. Returns the credentials (the only
+        time the password is shown). Raises InvalidIdentifier/InvalidInput before any Redis
+        call."""
         rules = agent_rules(self.namespace, agent_id, clearance)
         name = username_of(self.namespace, agent_id)
-        password = secrets.token_urlsafe(_PASSWORD_BYTES)
-        digest = hashlib.sha256(password.encode()).hexdigest()
+        password_text = (
+            secrets.token_urlsafe(_PASSWORD_BYTES)
+            if password is None
+            else password.get_secret_value()
+        )
+        password = SecretStr(password_text)
+        digest = hashlib.sha256(password_text.encode()).hexdigest()
         self._setuser(name, [*rules, f"#{digest}"])
         killed = self._kill(name)
         log.info(
@@ -174,7 +183,7 @@ class AgentAcl:
             clearance=Zone(clearance).value,
             connections_killed=killed,
         )
-        return AgentCredentials(name, SecretStr(password))
+        return AgentCredentials(name, password)
 
     def restrict(self, agent_id: str, clearance: Zone) -> None:
         """Give the agent's user ``clearance``'s permissions, keeping its password, and

@@ -26,7 +26,13 @@ from pydantic import Field, model_validator
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import Envelope, decode_envelope
-from hivemem.pool.errors import InvalidMessage, KeyUnavailable, MessageRejected, SealBroken
+from hivemem.pool.errors import (
+    InvalidMessage,
+    KeyUnavailable,
+    MessageRejected,
+    PoolUnavailable,
+    SealBroken,
+)
 from hivemem.pool.ids import check_agent_id, check_scope_id
 from hivemem.pool.records import UtcDatetime, utc_now
 from hivemem.security.message_check import MessageCheck, SenderFacts
@@ -116,6 +122,30 @@ class SecureCodec:
         key) or the envelope names another sender; KeyUnavailable above the sealer's clearance."""
         if self._signer is None or envelope.sender != self._sender_id:
             raise InvalidMessage(f"this codec cannot send as {envelope.sender}")
+        try:
+            header, sealed = self._sealed(envelope)
+        except PoolUnavailable:
+            if envelope.subject is None:
+                raise
+            # The user's secret cannot be had (Redis away, first write for that user here):
+            # seal under the zone key alone rather than fail the write.
+            header, sealed = self._sealed(envelope.model_copy(update={"subject": None}))
+        wire = header.model_copy(
+            update={
+                "key_id": sealed.key_id,
+                "nonce": _b64(sealed.nonce),
+                "body": _b64(sealed.ciphertext),
+            }
+        )
+        signature = self._signer.sign(wire.signing_bytes())
+        return (
+            wire.model_copy(update={"signature": signature})
+            .model_dump_json(exclude_none=True)
+            .encode()
+        )
+
+    def _sealed(self, envelope: Envelope) -> tuple[SealedEnvelope, Sealed]:
+        """The clear header of ``envelope`` and its body sealed under that header."""
         header = SealedEnvelope(
             message_id=envelope.message_id,
             sender=envelope.sender,
@@ -133,19 +163,7 @@ class SecureCodec:
             context=header.header_bytes(),
             subject=envelope.subject,
         )
-        wire = header.model_copy(
-            update={
-                "key_id": sealed.key_id,
-                "nonce": _b64(sealed.nonce),
-                "body": _b64(sealed.ciphertext),
-            }
-        )
-        signature = self._signer.sign(wire.signing_bytes())
-        return (
-            wire.model_copy(update={"signature": signature})
-            .model_dump_json(exclude_none=True)
-            .encode()
-        )
+        return header, sealed
 
     def decode(self, data: bytes, *, live: bool = False) -> Envelope:
         """The envelope inside a version-2 message. Raises InvalidMessage for what is not one,

@@ -379,7 +379,9 @@ def test_every_write_goes_to_its_zones_ingest_queue(make_pool: Pools) -> None:
     """All levels reach the workers' ingest queue, shared or not, tombstones too; with
     ``pool.ingest`` off nothing does."""
     pool = make_pool("p1")
-    writer = pool.register_agent("writer", share_levels=[Level.CATEGORY])
+    writer = pool.register_agent(
+        "writer", clearance=Zone.CONFIDENTIAL, share_levels=[Level.CATEGORY]
+    )
     episode = add(writer, "an unshared episode", Level.EPISODE, Zone.INTERNAL)
     category = add(writer, "a shared category", Level.CATEGORY, Zone.CONFIDENTIAL)
     writer.memory.delete(episode.id)

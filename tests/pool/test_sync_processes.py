@@ -247,7 +247,8 @@ def test_three_processes_each_get_exactly_what_they_are_entitled_to(
     for agent in agents:
         agent.wait_ready()
 
-    # Each writes two records of every (zone, level); then, last, one DOMAIN record per zone.
+    # Each writes two records of every (zone, level) it may write (at most its clearance); then,
+    # last, one DOMAIN record per zone.
     # DOMAIN is shared and received by all, and a topic is applied in order, so holding a
     # sender's last record of a zone proves every earlier message of it was processed: a record
     # that should have been filtered out cannot still be on its way.
@@ -256,10 +257,15 @@ def test_three_processes_each_get_exactly_what_they_are_entitled_to(
         bulk = [
             (f"{spec.agent_id} {zone} {level} #{k}", level, zone)
             for zone in Zone
+            if zone <= spec.clearance
             for level in Level
             for k in range(2)
         ]
-        last = [(f"{spec.agent_id} {zone} last", Level.DOMAIN, zone) for zone in Zone]
+        last = [
+            (f"{spec.agent_id} {zone} last", Level.DOMAIN, zone)
+            for zone in Zone
+            if zone <= spec.clearance
+        ]
         for batch in (bulk, last):
             items = [{"content": c, "level": level, "zone": zone} for c, level, zone in batch]
             ids = agent.call("add_many", items=items)["ids"]

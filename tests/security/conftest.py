@@ -3,6 +3,7 @@ with a JSONL copy under the test's directory."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,20 @@ import redis
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.security import AuditEntry, AuditEvent, AuditLog
 from tests.conftest import Clock
+
+#: Attacks tried by tests/security/test_attacks.py, by kind (printed at the end of the run).
+ATTEMPTS: Counter[str] = Counter()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many attempts of each kind of attack ran (each rejected, or the test failed)."""
+    if not ATTEMPTS:
+        return
+    terminalreporter.section("security: attacks tried and rejected")
+    for kind, count in sorted(ATTEMPTS.items()):
+        terminalreporter.write_line(f"{count:5d}  {kind}")
+    terminalreporter.write_line(f"{sum(ATTEMPTS.values()):5d}  in all")
+
 
 #: The audit keys of the namespace ``t`` the fixtures use.
 STREAM, HEAD = "t:audit", "t:audit:head"

@@ -85,7 +85,7 @@ def test_offline_hierarchy_groups_episodes_by_topic(
     """Episodes on three topics become topic-pure traces, categories that do not mix topics,
     and one profile naming them; every episode is in exactly one trace and kept (demoted)."""
     runtime = make_runtime(consolidation={"threshold": 18})
-    agent = pool.register_agent("writer")
+    agent = pool.register_agent("writer", clearance=Zone.SECRET)
     items = [(c, t) for t, contents in TOPICS.items() for c in contents]
     items = items[0::3] + items[1::3] + items[2::3]  # interleaved in time
     topic_of = write(agent, items, Zone.INTERNAL)
@@ -157,7 +157,7 @@ def test_a_second_run_with_nothing_new_writes_nothing(
     """Consolidating twice makes the records once; new episodes add traces and a new profile
     version that supersedes the old one."""
     runtime = make_runtime(consolidation={"threshold": 1000})
-    agent = pool.register_agent("writer")
+    agent = pool.register_agent("writer", clearance=Zone.SECRET)
     write(agent, [(c, "cooking") for c in TOPICS["cooking"]], Zone.PUBLIC)
     ingest(runtime, Zone.PUBLIC)
     first = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
@@ -206,7 +206,7 @@ def test_a_strategy_that_breaks_the_contract_falls_back_to_offline(
     runtime = make_runtime(
         consolidation={"threshold": 1000, "strategy": f"{__name__}:BrokenStrategy"}
     )
-    agent = pool.register_agent("writer")
+    agent = pool.register_agent("writer", clearance=Zone.SECRET)
     topic_of = write(agent, [(c, "programming") for c in TOPICS["programming"]], Zone.PUBLIC)
     ingest(runtime, Zone.PUBLIC)
     with structlog.testing.capture_logs() as logs:
