@@ -107,7 +107,13 @@ def _revoke(args: argparse.Namespace, settings: HivememSettings) -> int:
         alive = pool.is_alive(args.agent_id)
         pool.deregister(args.agent_id)
         memory_dir = pool.agent_dir(args.agent_id)
-    if alive:
+    broker_enforced = settings.security.enabled and settings.security.redis_acl
+    if alive and broker_enforced:
+        warn(
+            f"agent {args.agent_id} was running: its Redis user is removed and its connections "
+            "closed, so it can neither send nor receive any more"
+        )
+    elif alive:
         warn(
             f"agent {args.agent_id} sent a heartbeat within the last "
             f"{settings.pool.heartbeat_ttl_s:g} s: a process running it keeps its connection "

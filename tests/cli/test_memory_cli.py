@@ -233,13 +233,13 @@ def test_an_agent_attached_elsewhere_is_named(
     """While another pool has the agent attached, memory commands exit 1 and say why."""
     settings = HivememSettings(data_dir=data_dir, redis_url=redis_server.url)
     with SharedMemoryPool.connect(settings, embedder=embedder) as other:
-        other.attach(alice)
+        assert other.attach(alice).wait_connected()  # running: its heartbeat is fresh
         done = hivemem("memory", "add", "--agent", alice, "--user", "u1", "x")
         assert done.code == 1
         assert f"agent {alice} is attached by another process" in done.err
         revoked = hivemem("agents", "revoke", alice)
         assert revoked.code == 0
-        assert "a process running it keeps its connection" in revoked.err
+        assert "its Redis user is removed and its connections closed" in revoked.err
 
 
 def test_unacknowledged_writes_are_reported(
