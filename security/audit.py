@@ -35,12 +35,12 @@ from typing import Any, cast
 import redis
 import structlog
 
+from hivemem.pool.adapters.redis_errors import redis_errors
 from hivemem.pool.errors import (
     AuditConflict,
     AuditLogCorrupt,
     InvalidIdentifier,
     InvalidInput,
-    PoolUnavailable,
 )
 from hivemem.security.audit_chain import VerifyReport, verify
 from hivemem.security.audit_entry import (
@@ -69,14 +69,6 @@ def _field(fields: dict[Any, Any]) -> bytes | str:
     """A stream entry's ``e`` field (bytes keys, or str with ``decode_responses``)."""
     value: bytes | str = fields.get(b"e", fields.get("e", b""))
     return value
-
-
-@contextmanager
-def _redis_errors() -> Iterator[None]:
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as error:
-        raise PoolUnavailable(f"cannot reach Redis: {type(error).__name__}") from None
 
 
 class _JsonlSink:
@@ -161,7 +153,7 @@ class AuditLog:
         after 100 lost races; AuditLogCorrupt when the stream cannot take the next seq."""
         ts = self._clock()
         sink_lock = self._sink.locked() if self._sink is not None else nullcontext()
-        with self._lock, sink_lock, _redis_errors():
+        with self._lock, sink_lock, redis_errors():
             head = self._head
             for attempt in range(_MAX_ATTEMPTS):
                 entry = AuditEntry.create(
@@ -196,7 +188,7 @@ class AuditLog:
     def head(self) -> Anchor:
         """The last entry's (seq, hash), ``(0, GENESIS)`` for an empty log: record it somewhere
         this log's writers cannot reach, and pass it to :meth:`verify` later."""
-        with _redis_errors():
+        with redis_errors():
             seq, hash_ = cast(
                 "list[bytes | str | None]", self.client.hmget(self.head_key, ["seq", "hash"])
             )
@@ -211,7 +203,7 @@ class AuditLog:
         """Stored entries (JSON text) from ``start_seq`` on, in stream order, page by page."""
         low = f"{start_seq}-0"
         while True:
-            with _redis_errors():
+            with redis_errors():
                 page = cast(
                     "_Entries", self.client.xrange(self.stream_key, min=low, max="+", count=_PAGE)
                 )
@@ -236,7 +228,7 @@ class AuditLog:
             raise InvalidInput("n must not be negative", field="n")
         if n == 0:
             return []
-        with _redis_errors():
+        with redis_errors():
             page = cast(
                 "_Entries", self.client.xrevrange(self.stream_key, max="+", min="-", count=n)
             )

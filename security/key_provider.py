@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import os
 import stat
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hivemem.pool.errors import InvalidInput, SealBroken
 from hivemem.pool.settings import HivememSettings
+from hivemem.security.key_files import write_new
 
 log = structlog.get_logger(__name__)
 
@@ -113,13 +113,11 @@ class LocalKeyProvider:
         with mode 0700 if missing). The file appears whole or not at all. Raises InvalidInput
         (field ``master_key_file``) if ``path`` exists: a master key is never overwritten."""
         master = os.urandom(MASTER_KEY_BYTES)
-        try:
-            _write_new(path, base64.b64encode(master) + b"\n")
-        except FileExistsError:
+        if not write_new(path, base64.b64encode(master) + b"\n"):
             raise InvalidInput(
                 f"the master key file {path} exists; refusing to overwrite it",
                 field="master_key_file",
-            ) from None
+            )
         log.info("master_key_created", path=str(path))
         return cls(master)
 
@@ -142,26 +140,6 @@ class LocalKeyProvider:
             ) from None
 
 
-def _write_new(path: Path, content: bytes) -> None:
-    """Write ``content`` to a new file at ``path`` atomically: a private temporary file (O_EXCL,
-    mode 0600) in the same directory, fsynced, then hard-linked to ``path``. The link fails with
-    FileExistsError if ``path`` exists, so of racing writers exactly one wins and readers never
-    see a partial file."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            os.write(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def key_provider(settings: HivememSettings) -> KeyProvider:
     """The key provider the settings name: ``security.master_key`` (base64) wins, then
     ``security.master_key_file`` (which must exist), then ``<data_dir>/keys/master.key``,
@@ -175,11 +153,8 @@ def key_provider(settings: HivememSettings) -> KeyProvider:
     path = settings.data_dir / "keys" / "master.key"
     if not path.exists():
         master = os.urandom(MASTER_KEY_BYTES)
-        try:
-            _write_new(path, base64.b64encode(master) + b"\n")
-        except FileExistsError:
-            pass  # another process created it first: its key is the one
-        else:
+        if write_new(path, base64.b64encode(master) + b"\n"):
             log.info("master_key_created", path=str(path))
             return LocalKeyProvider(master)
+        # else another process created it first: its key is the one
     return LocalKeyProvider.from_file(path)

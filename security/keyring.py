@@ -7,7 +7,8 @@ Redis layout, every key under ``<namespace>:keys:``:
   ``dek:<key_id>`` → a wrapped DEK; ``retired:<key_id>`` → ``{"created_at", "retired_at"}`` of
   a retired DEK, whose ``dek:`` field was deleted.
 - ``<ns>:keys:vector:<zone>``, a string: the zone's wrapped vector key.
-- ``<ns>:keys:subjects``, a hash: subject (a user id) → its wrapped secret.
+- ``<ns>:keys:subjects``, a hash: subject (a user id, checked like every scope id: no
+  whitespace, no ``|``, the AAD separator) → its wrapped secret.
 
 A wrapped entry is JSON ``{"provider_id", "wrapped" (base64), "created_at" (ISO 8601, UTC)}``.
 Its wrap context is ``hivemem/key|<ns>|<kind>|<zone>|<key id>`` (kind ``dek``, ``vector`` or
@@ -35,8 +36,6 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import cast
@@ -44,14 +43,15 @@ from typing import cast
 import redis
 import structlog
 
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN, redis_errors, unavailable
 from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import (
     InvalidIdentifier,
     InvalidInput,
     KeyUnavailable,
-    PoolUnavailable,
     SealBroken,
 )
+from hivemem.pool.ids import check_scope_id
 from hivemem.security.audit import check_namespace
 from hivemem.security.key_provider import KeyProvider
 
@@ -59,8 +59,6 @@ log = structlog.get_logger(__name__)
 
 #: Key ids: 12 lower-case hex characters (48 random bits per zone).
 KEY_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
-#: Subjects: 1-128 printable characters, no whitespace, no ``|`` (the AAD separator).
-SUBJECT_PATTERN = re.compile(r"[!-{}~]{1,128}")
 #: Bytes of every key this keyring makes.
 KEY_BYTES = 32
 #: Unwrapped DEKs and subject secrets kept per keyring at most (least recently used go first).
@@ -105,27 +103,8 @@ def check_key_id(value: object) -> str:
     return value
 
 
-def check_subject(value: object) -> str:
-    """Return ``value`` if it is a valid subject (1-128 printable characters, no whitespace, no
-    ``|``), or raise InvalidIdentifier."""
-    if not isinstance(value, str) or not SUBJECT_PATTERN.fullmatch(value):
-        shown = value[:40] if isinstance(value, str) else type(value).__name__
-        raise InvalidIdentifier(
-            f"subject must be 1-128 printable characters: {shown!r}", field="subject"
-        )
-    return value
-
-
 def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
-
-
-@contextmanager
-def _redis_errors() -> Iterator[None]:
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as error:
-        raise PoolUnavailable(f"cannot reach Redis: {type(error).__name__}") from None
 
 
 def _now() -> str:
@@ -177,10 +156,10 @@ class ZoneKeyring:
                 pass
         try:
             current = cast("bytes | str | None", self._client.hget(self._zone_key(zone), "active"))
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+        except REDIS_DOWN as error:
             if cached is not None:  # Redis is down: keep the key we were using
                 return self.get(zone, cached[0])
-            raise PoolUnavailable(f"cannot reach Redis: {type(error).__name__}") from None
+            raise unavailable(error) from None
         key = self.get(zone, _bytes(current).decode()) if current else self._create_first(zone)
         with self._lock:
             self._active[zone] = (key.key_id, time.monotonic())
@@ -200,7 +179,7 @@ class ZoneKeyring:
         """Make a new active key for ``zone`` and return it; older keys stay readable."""
         zone = checked_zone(zone)
         key_id, secret, raw = self._new_entry("dek", zone)
-        with _redis_errors():
+        with redis_errors():
             pipe = self._client.pipeline(transaction=True)
             pipe.hset(self._zone_key(zone), mapping={f"dek:{key_id}": raw, "active": key_id})
             pipe.execute()
@@ -237,7 +216,7 @@ class ZoneKeyring:
             pipe.hset(zone_key, f"retired:{key_id}", json.dumps(info))
             done = True
 
-        with _redis_errors():
+        with redis_errors():
             self._client.transaction(retire_in, zone_key)
         self._forget(("dek", zone, key_id))
         if done:
@@ -246,7 +225,7 @@ class ZoneKeyring:
     def keys(self, zone: Zone | str) -> list[KeyInfo]:
         """Every data key of ``zone``, retired ones included, oldest first."""
         zone = checked_zone(zone)
-        with _redis_errors():
+        with redis_errors():
             fields = cast(
                 "dict[bytes | str, bytes | str]", self._client.hgetall(self._zone_key(zone))
             )
@@ -277,7 +256,7 @@ class ZoneKeyring:
         if known is not None:
             return known
         name = f"{self._prefix}vector:{zone}"
-        with _redis_errors():
+        with redis_errors():
             raw = cast("bytes | str | None", self._client.get(name))
             if raw is None:
                 _, secret, entry = self._new_entry("vector", zone, _VECTOR_ID)
@@ -297,12 +276,12 @@ class ZoneKeyring:
         """The 32-byte secret of ``subject`` (a user id), made atomically on first use; None
         when it does not exist and ``create`` is false. Raises InvalidIdentifier for a bad
         subject."""
-        subject = check_subject(subject)
+        subject = check_scope_id(subject, field="subject")
         secret = self._secret(("subject", subject), self._subjects_key, subject)
         if secret is not None or not create:
             return secret
         _, new_secret, raw = self._new_entry("subject", "", subject)
-        with _redis_errors():
+        with redis_errors():
             created = self._client.hsetnx(self._subjects_key, subject, raw)
         if created:
             self._remember(("subject", subject), raw.encode(), new_secret)
@@ -314,8 +293,8 @@ class ZoneKeyring:
     def shred(self, subject: str) -> bool:
         """Delete the secret of ``subject``: what was sealed for it opens nowhere any more.
         True if it existed. Raises InvalidIdentifier for a bad subject."""
-        subject = check_subject(subject)
-        with _redis_errors():
+        subject = check_scope_id(subject, field="subject")
+        with redis_errors():
             existed = bool(self._client.hdel(self._subjects_key, subject))
         self._forget(("subject", subject))
         log.info("subject_shredded", subject=subject, existed=existed)
@@ -357,7 +336,7 @@ class ZoneKeyring:
             pipe.multi()
             pipe.hset(zone_key, mapping={f"dek:{key_id}": raw, "active": key_id})
 
-        with _redis_errors():
+        with redis_errors():
             self._client.transaction(create_in, zone_key)
         if winner != key_id:
             return self.get(zone, winner)
@@ -376,10 +355,10 @@ class ZoneKeyring:
             return cached.secret
         try:
             raw = cast("bytes | str | None", self._client.hget(name, hash_field))
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+        except REDIS_DOWN as error:
             if cached is not None:
                 return cached.secret  # Redis is down: keep sealing with what we know
-            raise PoolUnavailable(f"cannot reach Redis: {type(error).__name__}") from None
+            raise unavailable(error) from None
         if raw is None:
             self._forget(slot)
             return None

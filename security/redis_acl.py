@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -45,8 +43,9 @@ import redis
 import structlog
 from pydantic import SecretStr
 
+from hivemem.pool.adapters.redis_errors import redis_errors
 from hivemem.pool.enums import Zone, checked_zone
-from hivemem.pool.errors import AgentNotFound, InvalidInput, PoolUnavailable
+from hivemem.pool.errors import AgentNotFound, InvalidInput
 from hivemem.pool.ids import check_agent_id
 from hivemem.security.audit import check_namespace
 
@@ -139,15 +138,6 @@ def _is_no_such_user(error: redis.ResponseError) -> bool:
     return "no such user" in str(error).lower()
 
 
-@contextmanager
-def _redis_errors() -> Iterator[None]:
-    """Map a lost or timed-out admin connection to PoolUnavailable."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as error:
-        raise PoolUnavailable(f"cannot reach Redis: {type(error).__name__}") from None
-
-
 class AgentAcl:
     """Provision, restrict and remove the agents' ACL users through an admin connection that may
     run ``ACL SETUSER``, ``ACL DELUSER``, ``ACL GETUSER`` and ``CLIENT KILL``. Calls for the
@@ -208,7 +198,7 @@ class AgentAcl:
         """Disconnect the agent's connections and delete its user; False when it had none."""
         name = username_of(self.namespace, agent_id)
         killed = self._kill(name)
-        with _redis_errors():
+        with redis_errors():
             removed = bool(self.admin.acl_deluser(name))
         if removed:
             log.info(
@@ -219,7 +209,7 @@ class AgentAcl:
     def exists(self, agent_id: str) -> bool:
         """True when the agent has an ACL user."""
         name = username_of(self.namespace, agent_id)
-        with _redis_errors():
+        with redis_errors():
             found: Any = self.admin.acl_getuser(name)
         return found is not None
 
@@ -236,14 +226,14 @@ class AgentAcl:
         return True
 
     def _setuser(self, name: str, rules: list[str]) -> None:
-        with _redis_errors():
+        with redis_errors():
             # redis-py's execute_command is untyped; acl_setuser cannot take a rule list as is.
             self.admin.execute_command("ACL SETUSER", name, *rules)  # type: ignore[no-untyped-call]
 
     def _kill(self, name: str) -> int:
         """Close every connection logged in as ``name``; 0 when there is no such user."""
         try:
-            with _redis_errors():
+            with redis_errors():
                 killed: Any = self.admin.client_kill_filter(user=name)
                 return int(killed)
         except redis.ResponseError as error:

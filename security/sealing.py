@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import InvalidInput, KeyUnavailable, SealBroken
-from hivemem.security.keyring import KEY_ID_PATTERN, DataKey, ZoneKeyring, check_subject
+from hivemem.pool.ids import check_scope_id
+from hivemem.security.keyring import KEY_ID_PATTERN, DataKey, ZoneKeyring
 
 _VERSION = "v1"
 _NONCE_BYTES = 12
@@ -222,7 +223,7 @@ class Sealer:
 
 
 def _subject(value: str | None) -> str | None:
-    return None if value is None else check_subject(value)
+    return None if value is None else check_scope_id(value, field="subject")
 
 
 def _sealed(value: object) -> Sealed:

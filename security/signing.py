@@ -18,11 +18,9 @@ from being taken for any other signed content.
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import json
 import os
-import secrets
 from pathlib import Path
 
 import structlog
@@ -32,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.ids import check_agent_id
+from hivemem.security.key_files import write_new
 
 log = structlog.get_logger(__name__)
 
@@ -191,7 +190,9 @@ class SigningKey:
         """Write the key to ``path`` if no file is there: True if written, False if one was.
         InvalidInput if the file cannot be written (the error's class says why)."""
         try:
-            written = self._link_new(path)
+            written = write_new(
+                path, _encode(self._key.private_bytes_raw()).encode("ascii") + b"\n"
+            )
         except OSError as error:
             raise InvalidInput(
                 f"cannot write the signing key file {path}: {type(error).__name__}", field="path"
@@ -199,35 +200,6 @@ class SigningKey:
         if written:
             log.info("signing_key_created", path=str(path))
         return written
-
-    def _link_new(self, path: Path) -> bool:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        raw = self._key.private_bytes_raw()
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                os.fchmod(file.fileno(), 0o600)  # whatever the umask
-                file.write(_encode(raw).encode("ascii") + b"\n")
-                file.flush()
-                os.fsync(file.fileno())
-            try:
-                os.link(temp, path)
-            except FileExistsError:
-                return False
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
-        _fsync_dir(path.parent)
-        return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def entry_bytes(agent_id: str, clearance: Zone, public_key: str | None) -> bytes:
