@@ -45,7 +45,7 @@ from hivemem.pool.adapters.redis_bus import (
 )
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.envelope import Envelope, PlainCodec, Row, make_envelope
+from hivemem.pool.envelope import Envelope, Row, make_envelope
 from hivemem.pool.errors import InvalidMessage, MemoryClosed, MessageRejected
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import MemoryRecord, Tombstone
@@ -98,14 +98,14 @@ class ShareObserver:
         outbox: Outbox,
         wake: Callable[[], None],
         settings: PoolSettings,
-        identity: Identity | None = None,
+        identity: Identity,
     ):
         self._info = info
         self._outbox = outbox
         self._wake = wake
         self._batch = settings.send_batch
         self._ingest = settings.ingest
-        self._identity = identity or Identity(info, PlainCodec())
+        self._identity = identity
 
     def records_written(self, records: Sequence[MemoryRecord], dense: Vector | None) -> None:
         rows: Sequence[Row] = list(dense) if dense is not None else [r.vector for r in records]
@@ -196,11 +196,11 @@ class Sender(threading.Thread):
         outbox: Outbox,
         bus: RedisBus,
         settings: PoolSettings,
-        relay: RedisBus | None = None,
-        identity: Identity | None = None,
+        relay: RedisBus | None,
+        identity: Identity,
     ) -> None:
         super().__init__(name=f"hivemem-send-{info.agent_id}", daemon=True)
-        self._identity = identity or Identity(info, PlainCodec())
+        self._identity = identity
         self._info = info
         self._outbox = outbox
         self._bus = bus
@@ -303,7 +303,7 @@ class Receiver(threading.Thread):
         settings: PoolSettings,
         heartbeat: Callable[[], None],
         *,
-        identity: Identity | None = None,
+        identity: Identity,
     ) -> None:
         super().__init__(name=f"hivemem-receive-{info.agent_id}", daemon=True)
         self._memory = memory
@@ -311,7 +311,7 @@ class Receiver(threading.Thread):
         self._bus = bus
         self._settings = settings
         self._heartbeat = heartbeat
-        self._identity = identity or Identity(info, PlainCodec())
+        self._identity = identity
         self._halt = threading.Event()
         self._backoff = Backoff(settings, self._halt)
         self.listeners: list[Callable[[list[MemoryRecord]], None]] = []

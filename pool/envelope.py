@@ -31,7 +31,8 @@ from hivemem.pool.records import MemoryRecord, Tombstone, UtcDatetime, utc_now
 
 #: A dense vector as it is handed to the envelope: a float32 row, a list, or none.
 Row = Sequence[float] | np.ndarray | None
-_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: The largest pool message a receiver decodes (bytes); anything longer is refused unread.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def _new_message_id() -> str:
@@ -157,7 +158,7 @@ def make_envelope(
 
 def decode_envelope(data: bytes | str) -> Envelope:
     """Parse a wire message; raises InvalidMessage for anything but a valid version-1 envelope."""
-    if len(data) > _MAX_MESSAGE_BYTES:
+    if len(data) > MAX_MESSAGE_BYTES:
         raise InvalidMessage(f"message of {len(data)} bytes is too large")
     try:
         return Envelope.model_validate_json(data)

@@ -125,21 +125,27 @@ class SharedMemoryPool:
         )
         if agent_id in self._attached:
             raise InvalidInput(f"agent {agent_id} is already attached here", field="agent_id")
-        info, _ = self.register(info)
-        return self._attach(info)
+        info, _ = self._record(info)
+        return self._attach(info)  # which provisions its Redis user
 
     def register(self, info: AgentInfo) -> tuple[AgentInfo, bool]:
         """Register ``info`` without attaching it (or update an agent of the same clearance);
         returns the stored info and whether the agent is new. A new agent is audited as
-        ``registered``; an update (a restart, new shares) is not. Raises
-        RegistrationConflict."""
+        ``registered``; an update (a restart, new shares) is not. With Redis ACLs its Redis
+        user is provisioned (attaching provisions it afresh). Raises RegistrationConflict."""
+        info, created = self._record(info)
+        if self.security is not None and self.security.acl is not None:
+            self.security.acl.provision(info.agent_id, info.clearance)
+        return info, created
+
+    def _record(self, info: AgentInfo) -> tuple[AgentInfo, bool]:
+        """Put ``info`` in the registry (with its key and the admin's signature when security
+        is on) and audit a new agent; see :meth:`register`."""
         created = not self.registry.exists(info.agent_id)
         if self.security is not None:
             key = self.security.agent_key(self.agent_dir(info.agent_id))
             info = self.security.signed(info.model_copy(update={"public_key": key.public_key}))
         info = self.registry.register(info)
-        if self.security is not None and self.security.acl is not None:
-            self.security.acl.provision(info.agent_id, info.clearance)
         if created:
             self.audit.record(
                 AuditEvent.REGISTERED,
@@ -196,11 +202,11 @@ class SharedMemoryPool:
                 security.signed(info.model_copy(update={"public_key": key.public_key}))
             )
         identity = SecureIdentity(info, key, security, self.registry, self.audit)
-        if security.acl is None:
-            return identity, self.bus
         for zone in Zone:  # hold the zones' keys, so that writes go on while Redis is away
             if zone <= info.clearance:
                 security.keyring.active(zone)
+        if security.acl is None:
+            return identity, self.bus
         credentials = security.acl.provision(info.agent_id, info.clearance)
         identity.redis_password = credentials.password
         client = redis.Redis.from_url(

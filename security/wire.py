@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Zone
-from hivemem.pool.envelope import Envelope, decode_envelope
+from hivemem.pool.envelope import MAX_MESSAGE_BYTES, Envelope, decode_envelope
 from hivemem.pool.errors import (
     InvalidMessage,
     KeyUnavailable,
@@ -39,7 +39,6 @@ from hivemem.security.message_check import MessageCheck, SenderFacts
 from hivemem.security.sealing import Sealed, Sealer
 from hivemem.security.signing import SigningKey
 
-_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: Fields of the header bound into the seal (everything the sender states in clear).
 _HEADER = {"v", "message_id", "sender", "zone", "sent_at", "to", "subject"}
 
@@ -201,7 +200,7 @@ class SecureCodec:
 
     @staticmethod
     def _header(data: bytes) -> SealedEnvelope:
-        if len(data) > _MAX_MESSAGE_BYTES:
+        if len(data) > MAX_MESSAGE_BYTES:
             raise InvalidMessage(f"message of {len(data)} bytes is too large")
         if data.startswith(b'{"v":1,'):
             raise MessageRejected("unsigned", "a version-1 (plain) message")
