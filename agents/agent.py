@@ -36,10 +36,12 @@ class Agent:
         *,
         identity: Identity | None = None,
         relay: RedisBus | None = None,
+        upkeep: Callable[[], object] | None = None,
     ) -> None:
         """``bus`` is the agent's own connection (its Redis user, with ACLs); ``relay`` the
         pool's, for hand-overs to other agents' inboxes; ``identity`` how messages are sealed,
-        signed and checked (plain when None)."""
+        signed and checked (plain when None); ``upkeep`` runs at each heartbeat, on the
+        receiving thread (the pool re-seals the local store after key rotations with it)."""
         self.info = info
         self.memory = memory
         self.identity = identity or Identity(info, PlainCodec())
@@ -55,7 +57,7 @@ class Agent:
             self._outbox,
             bus,
             settings,
-            lambda: registry.heartbeat(info.agent_id),
+            lambda: self._beat(registry, upkeep),
             identity=self.identity,
         )
         self._bus = bus
@@ -64,6 +66,11 @@ class Agent:
         self._sender.start()
         self._receiver.start()
         self._sender.wake()  # what an earlier process left in the outbox
+
+    def _beat(self, registry: AgentRegistry, upkeep: Callable[[], object] | None) -> None:
+        registry.heartbeat(self.info.agent_id)
+        if upkeep is not None:
+            upkeep()
 
     @property
     def agent_id(self) -> str:

@@ -132,6 +132,11 @@ class HierarchicalMemory:
         with self._write_lock:
             self._observers.append(observer)
 
+    def hold_writes(self) -> threading.RLock:
+        """The lock every write holds: take it to change the index underneath without racing
+        a write (re-sealing content after a key rotation)."""
+        return self._write_lock
+
     def _wrote(self, records: Sequence[MemoryRecord], dense: Vector | None = None) -> None:
         for observer in self._observers:
             observer.records_written(records, dense)

@@ -1,12 +1,15 @@
-"""``hivemem zones``: the trust zones, and granting or revoking an agent's clearance."""
+"""``hivemem zones``: the trust zones, agents' clearances, and the zones' data keys."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hivemem.pool.enums import Zone
 from hivemem.pool.settings import HivememSettings
+
+if TYPE_CHECKING:
+    from hivemem.pool.shared import SharedMemoryPool
 
 _ZONES = [zone.value for zone in Zone]
 
@@ -47,7 +50,99 @@ def _change(args: argparse.Namespace, settings: HivememSettings) -> int:
         data,
         lambda: console.print(
             f"{info.agent_id}: clearance {before.value} → {info.clearance.value}"
-            + (" (unchanged)" if info.clearance == before else " (applies at its next attach)")
+            + (" (unchanged)" if info.clearance == before else "")
+        ),
+    )
+    return 0
+
+
+def _chosen(names: list[str]) -> list[Zone]:
+    return [Zone(name) for name in names] if names else list(Zone)
+
+
+def _key_rows(pool: SharedMemoryPool, zones: list[Zone]) -> list[dict[str, Any]]:
+    """Each zone's keys, and for the ones neither active nor retired, who is still behind."""
+    rows = []
+    for zone in zones:
+        holders = pool.key_holders(zone)
+        for info in pool.zone_keys(zone):
+            old = not info.active and not info.retired
+            rows.append(
+                {
+                    "zone": zone.value,
+                    "key_id": info.key_id,
+                    "created_at": info.created_at.isoformat(timespec="seconds"),
+                    "state": "active" if info.active else "retired" if info.retired else "old",
+                    "behind": pool.rotation.behind(zone, info.key_id, holders)
+                    if old and pool.rotation is not None
+                    else [],
+                }
+            )
+    return rows
+
+
+def _show_keys(title: str, rows: list[dict[str, Any]]) -> None:
+    from hivemem.cli.output import table
+
+    shown = [
+        [r["zone"], r["key_id"], r["created_at"], r["state"], ", ".join(r["behind"]) or "-"]
+        for r in rows
+    ]
+    table(title, ["zone", "key", "created", "state", "not re-sealed yet"], shown)
+
+
+def _keys(args: argparse.Namespace, settings: HivememSettings) -> int:
+    from hivemem.cli.output import emit, open_pool
+
+    with open_pool(settings) as pool:
+        rows = _key_rows(pool, _chosen(args.zones))
+    emit(args, rows, lambda: _show_keys("Zone data keys", rows))
+    return 0
+
+
+def _rotate(args: argparse.Namespace, settings: HivememSettings) -> int:
+    """A new active key per zone; then (unless --no-wait) the workers re-seal the zone store
+    and its archive under it. Agents re-seal their local stores at their next heartbeat."""
+    from hivemem.cli.output import console, emit, open_pool
+    from hivemem.workers.fleet import Fleet
+
+    zones = _chosen(args.zones)
+    resealed: dict[str, int] = {}
+    with open_pool(settings) as pool:
+        for zone in zones:
+            pool.rotate_key(zone)
+        if args.wait:
+            with Fleet(settings.model_copy(update={"redis_url": pool.redis_url})) as fleet:
+                for zone in zones:
+                    resealed[zone.value] = fleet.reseal(zone, timeout_s=args.timeout).records
+        rows = _key_rows(pool, zones)
+
+    def render() -> None:
+        _show_keys("Rotated", rows)
+        if resealed:
+            console.print(f"zone store re-sealed: {resealed}")
+        console.print(
+            "Agents re-seal their local stores at their next heartbeat; retire an old key with "
+            "`hivemem zones retire-key ZONE KEY` once nobody is behind."
+        )
+
+    emit(args, {"keys": rows, "zone_store_resealed": resealed}, render)
+    return 0
+
+
+def _retire(args: argparse.Namespace, settings: HivememSettings) -> int:
+    from hivemem.cli.output import console, emit, open_pool
+
+    zone = Zone(args.zone)
+    with open_pool(settings) as pool:
+        behind = pool.retire_key(zone, args.key_id, force=args.force)
+    data = {"zone": zone.value, "key_id": args.key_id, "retired": True, "behind": behind}
+    emit(
+        args,
+        data,
+        lambda: console.print(
+            f"retired key {args.key_id} of {zone.value}"
+            + (f" (forced: {', '.join(behind)} lost what it kept under it)" if behind else "")
         ),
     )
     return 0
@@ -75,3 +170,41 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         action.add_argument("zone", metavar="ZONE", choices=_ZONES, help=" < ".join(_ZONES))
         add_json_flag(action)
         action.set_defaults(handler=_change, grant=grant)
+    _register_keys(actions)
+
+
+def _register_keys(actions: argparse._SubParsersAction[Any]) -> None:
+    from hivemem.cli.output import add_json_flag
+
+    zone_help = "zones (default: all): " + " < ".join(_ZONES)
+    keys = actions.add_parser("keys", help="the zones' data keys and who has not re-sealed yet")
+    keys.add_argument("zones", nargs="*", metavar="ZONE", choices=_ZONES, help=zone_help)
+    add_json_flag(keys)
+    keys.set_defaults(handler=_keys)
+    rotate = actions.add_parser(
+        "rotate-keys",
+        help="new data keys for ZONEs (audited); the workers re-seal the zone store under them "
+        "(needs a running worker unless --no-wait)",
+    )
+    rotate.add_argument("zones", nargs="*", metavar="ZONE", choices=_ZONES, help=zone_help)
+    rotate.add_argument(
+        "--no-wait", dest="wait", action="store_false",
+        help="queue the workers' re-seal and return at once",
+    )  # fmt: skip
+    rotate.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait per zone (default 300)"
+    )
+    add_json_flag(rotate)
+    rotate.set_defaults(handler=_rotate)
+    retire = actions.add_parser(
+        "retire-key",
+        help="delete an old data key for good (audited); refused while someone has not re-sealed",
+    )
+    retire.add_argument("zone", metavar="ZONE", choices=_ZONES)
+    retire.add_argument("key_id", metavar="KEY")
+    retire.add_argument(
+        "--force", action="store_true",
+        help="retire even though holders are behind: what they keep under it is lost",
+    )  # fmt: skip
+    add_json_flag(retire)
+    retire.set_defaults(handler=_retire)

@@ -176,6 +176,22 @@ class KeyUnavailable(HivememError):
         self.key_id = key_id
 
 
+class KeyStillInUse(HivememError):
+    """Raised when a zone's data key is to be retired while ``holders`` (agents, the workers)
+    may still keep content sealed under it: they have not re-sealed since it stopped being
+    active. Nothing changed."""
+
+    def __init__(self, zone: str, key_id: str, holders: list[str]) -> None:
+        shown = ", ".join(holders[:10]) + (" ..." if len(holders) > 10 else "")
+        super().__init__(
+            f"key {key_id} of zone {zone} may still seal content of {shown}: re-seal first, "
+            "or force the retirement"
+        )
+        self.zone = zone
+        self.key_id = key_id
+        self.holders = holders
+
+
 class SealBroken(HivememError):
     """Raised when sealed content does not authenticate: the ciphertext, its nonce, or what it
     is bound to (zone, key id, record) was altered, or the wrong key was used."""

@@ -23,7 +23,7 @@ from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone, checked_zone
 from hivemem.pool.errors import AgentNotFound, ClearanceDenied, InvalidInput, PoolUnavailable
 from hivemem.pool.ids import check_agent_id
-from hivemem.pool.ports import Embedder
+from hivemem.pool.ports import Embedder, LocalIndex
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import HivememSettings
@@ -31,7 +31,10 @@ from hivemem.pool.stack_file import running_stack
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.content_seal import ContentSeal
-from hivemem.security.pool_security import PoolSecurity
+from hivemem.security.key_rotation import KeyRotation
+from hivemem.security.keyring import KeyInfo
+from hivemem.security.local_reseal import LocalReseal
+from hivemem.security.pool_security import WORKER_SENDER, PoolSecurity
 from hivemem.security.sealed_index import SealedIndex
 from hivemem.security.sealing import Sealer
 
@@ -39,6 +42,12 @@ log = structlog.get_logger(__name__)
 
 #: The actor of the audit entries the pool API writes (registrations, deregistrations).
 AUDIT_ACTOR = "pool"
+
+
+def _kept(sealed: list[SealedIndex], index: LocalIndex, seal: ContentSeal) -> SealedIndex:
+    """``index`` sealed with ``seal``, also put in ``sealed``."""
+    sealed.append(SealedIndex(index, seal))
+    return sealed[-1]
 
 
 class SharedMemoryPool:
@@ -67,6 +76,14 @@ class SharedMemoryPool:
         #: The security layer (keys, signatures, ACLs); None when ``security.enabled`` is off.
         self.security = (
             PoolSecurity(settings, client, self.registry) if settings.security.enabled else None
+        )
+        #: Key rotation and retirement (None when security is off).
+        self.rotation = (
+            None
+            if self.security is None
+            else KeyRotation(
+                self.security.keyring, client, namespace=pool.namespace, audit=self.audit
+            )
         )
         self._attached: dict[str, Agent] = {}
 
@@ -172,21 +189,30 @@ class SharedMemoryPool:
             if security is None
             else ContentSeal(Sealer(security.keyring, clearance=info.clearance))
         )
+        sealed: list[SealedIndex] = []  # the memory's sealed index, once it is open
         memory = HierarchicalMemory(
             self.agent_dir(info.agent_id),
             settings=self.settings,
             embedder=self._embedder,
             owner=info.agent_id,
-            wrap_index=None if seal is None else lambda index: SealedIndex(index, seal),
+            wrap_index=None if seal is None else lambda index: _kept(sealed, index, seal),
         )
         try:
             identity, bus = self._secured(info)
+            upkeep = None
+            if self.rotation is not None and sealed:
+                zones = [zone for zone in Zone if zone <= info.clearance]
+                upkeep = LocalReseal(
+                    info.agent_id, zones, sealed[0], memory.hold_writes(), self.rotation
+                ).run
+                upkeep()  # what an earlier rotation left under an older key
         except BaseException:
             memory.close()
             raise
         agent = Agent(
-            info, memory, bus, self.registry, self.settings.pool, identity=identity, relay=self.bus
-        )
+            info, memory, bus, self.registry, self.settings.pool, identity=identity,
+            relay=self.bus, upkeep=upkeep,
+        )  # fmt: skip
         self._attached[info.agent_id] = agent
         return agent
 
@@ -277,6 +303,41 @@ class SharedMemoryPool:
             )
         log.info("clearance_changed", agent_id=info.agent_id, clearance=zone.value)
         return info
+
+    # -- zone keys ------------------------------------------------------------------------------
+
+    def _rotation(self) -> KeyRotation:
+        if self.rotation is None:
+            raise InvalidInput("zone keys exist only with security on", field="security.enabled")
+        return self.rotation
+
+    def zone_keys(self, zone: Zone | str) -> list[KeyInfo]:
+        """Every data key of ``zone``, retired ones included, oldest first."""
+        return self._rotation().keyring.keys(zone)
+
+    def rotate_key(self, zone: Zone | str) -> KeyInfo:
+        """Make a new active data key for ``zone`` (audited ``key_rotated``): new content is
+        sealed under it, older content stays readable. Agents re-seal their local stores at
+        their next heartbeat; the workers re-seal the zone store with task ``hivemem.reseal``
+        (:meth:`hivemem.workers.fleet.Fleet.reseal`). Raises InvalidInput with security off."""
+        return self._rotation().rotate(zone, actor=AUDIT_ACTOR)
+
+    def key_holders(self, zone: Zone | str) -> list[str]:
+        """Who may keep content of ``zone`` sealed: the agents cleared for it and the workers."""
+        zone = checked_zone(zone)
+        cleared = [info.agent_id for info in self.registry.list() if info.clearance >= zone]
+        return [*cleared, WORKER_SENDER]
+
+    def retire_key(self, zone: Zone | str, key_id: str, *, force: bool = False) -> list[str]:
+        """Delete an old data key of ``zone`` for good (audited ``key_retired``). Raises
+        KeyStillInUse (nothing changes) while an agent cleared for the zone, or the workers,
+        have not re-sealed since the key stopped being active — unless ``force``, which makes
+        what they still keep under it unreadable; returns those holders (empty unless forced).
+        Raises InvalidInput for the active key, KeyUnavailable for an unknown one."""
+        rotation = self._rotation()
+        return rotation.retire(
+            zone, key_id, holders=self.key_holders(zone), actor=AUDIT_ACTOR, force=force
+        )
 
     # -- direct hand-over -----------------------------------------------------------------------
 

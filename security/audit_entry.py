@@ -48,6 +48,7 @@ class AuditEvent(StrEnum):
     DENIED_READ = "denied_read"
     REJECTED_MESSAGE = "rejected_message"
     KEY_ROTATED = "key_rotated"
+    KEY_RETIRED = "key_retired"
     FORGOTTEN = "forgotten"
 
 

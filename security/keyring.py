@@ -64,6 +64,9 @@ KEY_BYTES = 32
 #: Unwrapped DEKs and subject secrets kept per keyring at most (least recently used go first).
 _CACHE_SIZE = 10_000
 _VECTOR_ID = "vector"
+#: How long (seconds) a keyring uses the active key id it read before asking Redis again, by
+#: default: a rotation reaches every process within it.
+ACTIVE_TTL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,7 @@ class ZoneKeyring:
         provider: KeyProvider,
         *,
         namespace: str,
-        active_ttl_s: float = 1.0,
+        active_ttl_s: float = ACTIVE_TTL_S,
     ) -> None:
         """``active_ttl_s``: how long (seconds) the active key id and cached keys are used
         without asking Redis again. Raises InvalidIdentifier for a bad namespace."""

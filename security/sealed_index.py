@@ -15,8 +15,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import structlog
 
+from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidInput, KeyUnavailable
-from hivemem.pool.filters import And
+from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import (
     LocalIndex,
     NearestRequest,
@@ -29,6 +30,9 @@ from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.security.content_seal import ContentSeal
 
 log = structlog.get_logger(__name__)
+
+#: Records re-sealed per read and write of the index.
+_RESEAL_BATCH = 512
 
 
 class SealedIndex:
@@ -98,3 +102,22 @@ class SealedIndex:
 
     def close(self) -> None:
         self.inner.close()
+
+    # -- key rotation -------------------------------------------------------------------------
+
+    def reseal(self, active: Mapping[Zone, str]) -> int:
+        """Re-seal the content of every record of a zone in ``active`` (zone → its active key
+        id) that is sealed under another key; returns how many were. Vectors and payload are
+        kept as they are. Records whose key is gone stay as they are (nobody can read them).
+        Hold the memory's writes off meanwhile (HierarchicalMemory.hold_writes)."""
+        moved = 0
+        for zone, key_id in active.items():
+            where = And(all=[Cond(field="zone", op="eq", value=zone.value)])
+            stale = [r.id for r in self.inner.scan(where) if ContentSeal.key_id(r) != key_id]
+            for start in range(0, len(stale), _RESEAL_BATCH):
+                found = self.inner.get(stale[start : start + _RESEAL_BATCH], with_vectors=True)
+                opened = list(self._opened(found))
+                if opened:
+                    self.upsert(opened)
+                    moved += len(opened)
+        return moved

@@ -39,6 +39,8 @@ log = structlog.get_logger(__name__)
 #: The dimension of the transform used for sparse terms only (their permutation depends on the
 #: key alone; a 1-d rotation costs nothing to build).
 _SPARSE_ONLY = 1
+#: Records re-sealed per read and write of the store.
+_RESEAL_BATCH = 512
 
 
 class SecureZoneStore:
@@ -164,26 +166,29 @@ class SecureZoneStore:
 
     # -- key rotation -------------------------------------------------------------------------
 
-    def reseal(self, zone: Zone) -> int:
-        """Re-seal every live and archived record of ``zone`` not under its active key (after a
-        rotation); returns how many were re-sealed. Vectors are untouched (their key is not
-        rotated). Records whose key is already gone are left as they are."""
+    def reseal(self, zone: Zone, where: And) -> int:
+        """Re-seal the content of the live and archived records of ``zone`` matching ``where``
+        that are not under the zone's active key (after a rotation); returns how many were.
+        Vectors and payload are kept. Records whose key is already gone are left as they are.
+        The caller keeps writers of those records away meanwhile (the workers hold the
+        user's consolidation lock)."""
         active = self._keyring.active(zone).key_id
+        stale = [r.id for r in self.inner.scan(zone, where) if self._stale(r, active)]
         moved = 0
-        everything = And(all=[])
-        stored = self.inner.scan(zone, everything, with_vectors=True)
-        stale = [r for r in stored if self._stale(r, active)]
-        fresh = [r for r in (self._resealed(r) for r in stale) if r is not None]
-        if fresh:
-            self.inner.upsert(zone, fresh)
-            moved += len(fresh)
-        archived_ids = self.inner.archive_ids(zone, everything)
-        old = [r for r in self.inner.archive_get(zone, archived_ids) if self._stale(r, active)]
-        again = [r for r in (self._resealed(r) for r in old) if r is not None]
-        if again:
-            self.inner.archive_put(zone, again)
-            moved += len(again)
-        log.info("zone_resealed", zone=zone.value, records=moved, key_id=active)
+        for start in range(0, len(stale), _RESEAL_BATCH):
+            found = self.inner.get(zone, stale[start : start + _RESEAL_BATCH], with_vectors=True)
+            fresh = [r for r in (self._resealed(r) for r in found) if r is not None]
+            if fresh:
+                self.inner.upsert(zone, fresh)
+                moved += len(fresh)
+        archived = self.inner.archive_ids(zone, where)
+        for start in range(0, len(archived), _RESEAL_BATCH):
+            batch = self.inner.archive_get(zone, archived[start : start + _RESEAL_BATCH])
+            old = [r for r in batch if self._stale(r, active)]
+            again = [r for r in (self._resealed(r) for r in old) if r is not None]
+            if again:
+                self.inner.archive_put(zone, again)
+                moved += len(again)
         return moved
 
     @staticmethod

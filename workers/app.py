@@ -1,8 +1,8 @@
 """The Celery app of the worker fleet, on the pool's Redis.
 
 Queues and routing: ``ingest`` (draining ingest queues), ``consolidate`` (one task per scope),
-``lifecycle`` (policies, archival, restore). Reliability settings, chosen from measurements (see
-``../shared/notes/services.md`` and docs/workers.md):
+``lifecycle`` (policies, archival, restore, forgetting, re-sealing). Reliability settings,
+chosen from measurements (see ``../shared/notes/services.md`` and docs/workers.md):
 
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged when it finished;
   if its process dies (SIGKILL of a pool child) it goes back to the queue at once;
@@ -37,6 +37,7 @@ ROUTES = {
     "hivemem.archive": {"queue": "lifecycle"},
     "hivemem.restore": {"queue": "lifecycle"},
     "hivemem.forget_user": {"queue": "lifecycle"},
+    "hivemem.reseal": {"queue": "lifecycle"},
 }
 
 

@@ -18,6 +18,7 @@ from hivemem.pool.ids import check_scope_id
 from hivemem.pool.settings import HivememSettings
 from hivemem.workers.app import make_app
 from hivemem.workers.forget import ForgetReceipt
+from hivemem.workers.reseal import ResealReceipt
 
 
 class Fleet:
@@ -42,6 +43,12 @@ class Fleet:
         user = check_scope_id(user_id, field="user_id")
         done = self._call("hivemem.forget_user", [user], timeout_s)
         return ForgetReceipt.model_validate(done)
+
+    def reseal(self, zone: Zone, *, timeout_s: float = 300.0) -> ResealReceipt:
+        """Re-seal ``zone``'s store and archive under its active key, after a rotation (see
+        :mod:`hivemem.workers.reseal`). Raises PoolUnavailable."""
+        done = self._call("hivemem.reseal", [zone.value], timeout_s)
+        return ResealReceipt.model_validate(done)
 
     def consolidate(self, zone: Zone, user_id: str, *, timeout_s: float = 120.0) -> dict[str, Any]:
         """Consolidate one scope now (whatever the threshold); returns the run's report."""

@@ -25,6 +25,7 @@ from hivemem.pool.ports import ZoneStore
 from hivemem.pool.settings import ConsolidationSettings, HivememSettings
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
+from hivemem.security.key_rotation import KeyRotation
 from hivemem.security.pool_security import WORKER_SENDER, PoolSecurity
 from hivemem.security.zone_store import SecureZoneStore
 from hivemem.workers.archive import ArchiveService
@@ -35,6 +36,7 @@ from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.lifecycle import LifecycleService
 from hivemem.workers.llm import LlmStrategy
 from hivemem.workers.offline import OfflineStrategy
+from hivemem.workers.reseal import ResealService
 from hivemem.workers.strategy import ConsolidationStrategy
 
 
@@ -195,6 +197,21 @@ class WorkerRuntime:
             codec=self.codec,
             keyring=None if self.security is None else self.security.keyring,
         )
+
+    @cached_property
+    def reseal(self) -> ResealService:
+        """Re-sealing after key rotations. Raises InvalidInput with security off."""
+        store = self.store
+        if self.security is None or not isinstance(store, SecureZoneStore):
+            raise InvalidInput("re-sealing needs security on", field="security.enabled")
+        rotation = KeyRotation(
+            self.security.keyring, self.client, namespace=self.settings.pool.namespace,
+            audit=self.audit,
+        )  # fmt: skip
+        return ResealService(
+            self.client, store, self.keys, self.ingest, rotation,
+            lock_ttl_s=self.settings.workers.lock_ttl_s,
+        )  # fmt: skip
 
     @cached_property
     def audit(self) -> AuditLog:

@@ -146,6 +146,23 @@ def _register_lifecycle_tasks(
         result: dict[str, Any] = receipt.model_dump(mode="json")
         return result
 
+    @app.task(name="hivemem.reseal", bind=True, **options)
+    def reseal(self: Task, zone: str) -> dict[str, Any]:
+        """Re-seal a zone's store and archive under its active key (after a rotation);
+        returns the receipt. Retried while a consolidation of one of its users runs."""
+        chosen = checked_zone(zone)
+        try:
+            with runtime.store.session():
+                receipt = runtime.reseal.reseal(
+                    chosen, on_due=lambda due: consolidate.delay(chosen.value, due)
+                )
+        except ScopeBusy as busy:
+            raise self.retry(
+                exc=busy, countdown=settings.workers.lock_retry_s, max_retries=_RETRIES
+            ) from None
+        result: dict[str, Any] = receipt.model_dump(mode="json")
+        return result
+
     @app.task(name="hivemem.restore", **options)
     def restore(
         zone: str, ids: list[str] | None = None, where: dict[str, Any] | None = None

@@ -1,0 +1,117 @@
+"""Rotating a zone's data key without downtime, and retiring the old one once nothing needs it.
+
+The steps, each audited or recorded:
+
+1. :meth:`KeyRotation.rotate` makes a new active key (audited ``key_rotated``). New content is
+   sealed under it at once in this process, and within ``active_ttl_s`` in every other; content
+   sealed under older keys stays readable.
+2. Every holder of sealed content re-seals it under the active key and records that it did
+   (:meth:`KeyRotation.record_resealed`): each agent cleared for the zone (its local store, at
+   its next heartbeat or attach) and the workers (the zone store and its archive, task
+   ``hivemem.reseal``).
+3. :meth:`KeyRotation.retire` deletes the old key's material (audited ``key_retired``). It
+   refuses (KeyStillInUse, nothing changes) while a holder has not re-sealed since that key
+   stopped being active, unless forced: a forced retirement makes what that holder still has
+   under the old key unreadable, for good.
+
+Redis layout: ``<ns>:keys:resealed:<zone>``, a hash: holder (an agent id, or
+``hivemem-workers``) → the id of the key it last re-sealed everything of the zone under.
+Pool messages sealed under a retired key that a receiver has not read yet are rejected
+(audited): retire after agents have caught up with the zone's stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import cast
+
+import redis
+import structlog
+
+from hivemem.pool.adapters.redis_errors import redis_errors
+from hivemem.pool.enums import Zone, checked_zone
+from hivemem.pool.errors import InvalidInput, KeyStillInUse, KeyUnavailable
+from hivemem.security.audit import AuditLog
+from hivemem.security.audit_entry import AuditEvent
+from hivemem.security.keyring import KeyInfo, ZoneKeyring, check_key_id
+
+log = structlog.get_logger(__name__)
+
+
+class KeyRotation:
+    """Rotation, re-seal bookkeeping and retirement of one pool's zone keys."""
+
+    def __init__(
+        self, keyring: ZoneKeyring, client: redis.Redis, *, namespace: str, audit: AuditLog
+    ) -> None:
+        self.keyring = keyring
+        self._client = client
+        self._prefix = f"{namespace}:keys:resealed:"
+        self._audit = audit
+
+    def rotate(self, zone: Zone | str, *, actor: str) -> KeyInfo:
+        """Make a new active key for ``zone``; older keys stay readable. Audited
+        ``key_rotated`` (zone, new and previous key id)."""
+        zone = checked_zone(zone)
+        previous = self.keyring.active(zone).key_id
+        key = self.keyring.rotate(zone)
+        self._audit.record(
+            AuditEvent.KEY_ROTATED, actor=actor, subject=key.key_id, zone=zone.value,
+            previous=previous,
+        )  # fmt: skip
+        return self._info(zone, key.key_id)
+
+    def record_resealed(self, zone: Zone, holder: str, key_id: str) -> None:
+        """Note that ``holder`` now keeps everything of ``zone`` under ``key_id``."""
+        with redis_errors():
+            self._client.hset(f"{self._prefix}{zone.value}", holder, check_key_id(key_id))
+
+    def resealed_under(self, zone: Zone, holder: str) -> str | None:
+        """The key ``holder`` last re-sealed ``zone`` under (None: never)."""
+        with redis_errors():
+            raw = cast("bytes | None", self._client.hget(f"{self._prefix}{zone.value}", holder))
+        return None if raw is None else raw.decode()
+
+    def behind(self, zone: Zone | str, key_id: str, holders: Iterable[str]) -> list[str]:
+        """The ``holders`` that may still keep content of ``zone`` under ``key_id``: they have
+        not re-sealed under a key made after it. Raises KeyUnavailable for an unknown key."""
+        zone = checked_zone(zone)
+        made = {info.key_id: info.created_at for info in self.keyring.keys(zone)}
+        if check_key_id(key_id) not in made:
+            raise KeyUnavailable(zone, key_id, "unknown")
+        names = sorted(set(holders))
+        with redis_errors():
+            recorded = cast(
+                "list[bytes | None]", self._client.hmget(f"{self._prefix}{zone.value}", names)
+            )
+        late = []
+        for name, raw in zip(names, recorded, strict=True):
+            under = None if raw is None else made.get(raw.decode())
+            if under is None or under <= made[key_id]:
+                late.append(name)
+        return late
+
+    def retire(
+        self, zone: Zone | str, key_id: str, *, holders: Iterable[str], actor: str,
+        force: bool = False,
+    ) -> list[str]:  # fmt: skip
+        """Delete ``key_id``'s material. Raises KeyStillInUse (nothing changes) while one of
+        ``holders`` is :meth:`behind`, unless ``force``; InvalidInput for the active key;
+        KeyUnavailable for an unknown key. Returns the holders that were behind (empty unless
+        forced). Audited ``key_retired``."""
+        zone = checked_zone(zone)
+        if self.keyring.active(zone).key_id == check_key_id(key_id):
+            raise InvalidInput(f"key {key_id} is the active key of {zone}", field="key_id")
+        late = self.behind(zone, key_id, holders)
+        if late and not force:
+            raise KeyStillInUse(zone.value, key_id, late)
+        self.keyring.retire(zone, key_id)
+        self._audit.record(
+            AuditEvent.KEY_RETIRED, actor=actor, subject=key_id, zone=zone.value,
+            forced=bool(late), behind=late[:50],
+        )  # fmt: skip
+        log.info("data_key_retired_audited", zone=zone.value, key_id=key_id, behind=len(late))
+        return late
+
+    def _info(self, zone: Zone, key_id: str) -> KeyInfo:
+        return next(info for info in self.keyring.keys(zone) if info.key_id == key_id)

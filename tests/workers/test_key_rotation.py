@@ -1,0 +1,225 @@
+"""Key rotation without downtime, on a real Redis, real Qdrant Edge stores and (for the command
+line) a real worker process: a rotation is audited; agents re-seal their local stores at their
+heartbeat or attach; the workers re-seal the zone store and its archive; an old key is retired
+only once every holder re-sealed (or by force, which loses what a holder still kept under it);
+everything stays readable throughout; bad requests change nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import pytest
+import structlog
+
+from hivemem.agents.agent import Agent
+from hivemem.cli.main import main
+from hivemem.pool.enums import Level, Zone
+from hivemem.pool.errors import InvalidIdentifier, InvalidInput, KeyStillInUse, KeyUnavailable
+from hivemem.pool.filters import And
+from hivemem.pool.settings import HivememSettings
+from hivemem.pool.shared import SharedMemoryPool
+from hivemem.security.pool_security import WORKER_SENDER
+from hivemem.workers.runtime import WorkerRuntime
+from tests.waiting import wait_for
+from tests.workers.conftest import WorkerProcess, settings_env
+
+EVERYTHING = And(all=[])
+
+
+def ignore(user_id: str) -> None:
+    """An ``on_due`` for drains whose consolidations do not matter here."""
+
+
+def write(agent: Agent, user_id: str, zone: Zone, count: int) -> dict[str, str]:
+    """``count`` records of ``user_id``; returns id → content."""
+    written = {}
+    for i in range(count):
+        content = f"{user_id} rotation note {i} in {zone.value}"
+        written[agent.memory.add(content, user_id=user_id, zone=zone).id] = content
+    assert agent.flush()
+    return written
+
+
+def active_key(pool: SharedMemoryPool, zone: Zone) -> str:
+    """The zone's active key id (made now if the zone never had one)."""
+    assert pool.rotation is not None
+    return pool.rotation.keyring.active(zone).key_id
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """The command line configures structlog for the process: put it back after."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.fixture
+def pool(make_pool: Callable[..., SharedMemoryPool]) -> SharedMemoryPool:
+    return make_pool("rotating", heartbeat_interval_s=0.2)
+
+
+@pytest.fixture
+def writer(pool: SharedMemoryPool) -> Agent:
+    return pool.register_agent("writer", clearance=Zone.CONFIDENTIAL, share_levels=[Level.EPISODE])
+
+
+def test_rotate_reseal_retire_keeps_everything_readable(
+    pool: SharedMemoryPool, writer: Agent, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """Records under the old key in the agent's store, the zone store and its archive stay
+    readable after the rotation, both re-seals and the retirement of the old key; the
+    retirement is refused until every holder re-sealed; rotation and retirement are audited."""
+    runtime = make_runtime()
+    written = write(writer, "alice", Zone.INTERNAL, 5) | write(writer, "bob", Zone.INTERNAL, 2)
+    runtime.ingest.drain(Zone.INTERNAL, on_due=ignore)
+    archived = sorted(written)[:2]
+    runtime.archive.archive(Zone.INTERNAL, archived)
+    old = active_key(pool, Zone.INTERNAL)
+
+    new = pool.rotate_key(Zone.INTERNAL)
+
+    assert new.active and new.key_id != old
+    with pytest.raises(KeyStillInUse) as refused:
+        pool.retire_key(Zone.INTERNAL, old)
+    assert WORKER_SENDER in refused.value.holders
+    assert not next(i for i in pool.zone_keys(Zone.INTERNAL) if i.key_id == old).retired
+    assert pool.rotation is not None
+    assert wait_for(lambda: pool.rotation.resealed_under(Zone.INTERNAL, "writer") == new.key_id)
+
+    receipt = runtime.reseal.reseal(Zone.INTERNAL, on_due=ignore)
+
+    assert (receipt.key_id, receipt.users, receipt.records) == (new.key_id, 2, 7)
+    assert runtime.reseal.reseal(Zone.INTERNAL, on_due=ignore).records == 0
+    assert pool.retire_key(Zone.INTERNAL, old) == []
+    assert next(i for i in pool.zone_keys(Zone.INTERNAL) if i.key_id == old).retired
+    with pytest.raises(KeyUnavailable):
+        pool.rotation.keyring.get(Zone.INTERNAL, old)
+    assert {i: writer.memory.get(i).content for i in written} == written
+    live = runtime.store.get(Zone.INTERNAL, sorted(set(written) - set(archived)))
+    kept = runtime.store.archive_get(Zone.INTERNAL, archived)
+    assert {r.id: r.content for r in [*live, *kept]} == written
+    kinds = {e.kind: e for e in pool.audit.tail(20)}
+    assert kinds["key_rotated"].subject == new.key_id
+    assert kinds["key_rotated"].details["previous"] == old
+    assert kinds["key_retired"].subject == old
+    assert kinds["key_retired"].details["forced"] is False
+
+
+def test_an_agent_attaching_after_a_rotation_reseals_at_attach(
+    make_pool: Callable[..., SharedMemoryPool],
+) -> None:
+    """An agent that was away during the rotation re-seals its store when it attaches: its
+    re-seal is recorded at once, and its records read back after the old key is retired."""
+    first = make_pool("away")
+    agent = first.register_agent("away-agent", clearance=Zone.INTERNAL)
+    written = write(agent, "carol", Zone.PUBLIC, 3)
+    first.close()
+    admin = make_pool("admin")
+    old = active_key(admin, Zone.PUBLIC)
+    new = admin.rotate_key(Zone.PUBLIC)
+
+    again = make_pool("away").attach("away-agent")
+
+    assert admin.rotation is not None
+    assert admin.rotation.resealed_under(Zone.PUBLIC, "away-agent") == new.key_id
+    late = admin.rotation.behind(Zone.PUBLIC, old, admin.key_holders(Zone.PUBLIC))
+    assert "away-agent" not in late
+    admin.retire_key(Zone.PUBLIC, old, force=True)  # the workers never ran here
+    assert {i: again.memory.get(i).content for i in written} == written
+
+
+def test_a_forced_retirement_loses_what_a_holder_kept_under_the_key(
+    pool: SharedMemoryPool, writer: Agent, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """Forced before the workers re-sealed, a retirement names them, is audited as forced,
+    and the zone store's records under the old key can no longer be read (the agent, which
+    re-sealed, keeps its copies)."""
+    runtime = make_runtime()
+    written = write(writer, "dave", Zone.CONFIDENTIAL, 3)
+    runtime.ingest.drain(Zone.CONFIDENTIAL, on_due=ignore)
+    old = active_key(pool, Zone.CONFIDENTIAL)
+    new = pool.rotate_key(Zone.CONFIDENTIAL)
+    assert pool.rotation is not None
+    assert wait_for(lambda: pool.rotation.resealed_under(Zone.CONFIDENTIAL, "writer") == new.key_id)
+
+    behind = pool.retire_key(Zone.CONFIDENTIAL, old, force=True)
+
+    assert behind == [WORKER_SENDER]
+    # Other processes drop the key within their cache time (a second by default).
+    assert wait_for(lambda: runtime.store.get(Zone.CONFIDENTIAL, sorted(written)) == [])
+    assert {i: writer.memory.get(i).content for i in written} == written
+    retired = next(e for e in reversed(pool.audit.tail(10)) if e.kind == "key_retired")
+    assert retired.details == {"forced": True, "behind": [WORKER_SENDER]}
+
+
+def test_bad_rotation_requests_change_nothing(
+    pool: SharedMemoryPool, make_pool: Callable[..., SharedMemoryPool]
+) -> None:
+    """Retiring the active key, an unknown or malformed key, or rotating an unknown zone or
+    with security off raises a typed error; the zone's keys are as before."""
+    current = active_key(pool, Zone.SECRET)
+    before = pool.zone_keys(Zone.SECRET)
+
+    with pytest.raises(InvalidInput, match="active key"):
+        pool.retire_key(Zone.SECRET, current)
+    with pytest.raises(KeyUnavailable):
+        pool.retire_key(Zone.SECRET, "0123456789ab")
+    with pytest.raises(InvalidIdentifier):
+        pool.retire_key(Zone.SECRET, "../../etc")
+    with pytest.raises(InvalidInput):
+        pool.rotate_key("top-secret")
+    with pytest.raises(InvalidInput, match="security"):
+        make_pool("plain", secure=False).rotate_key(Zone.SECRET)
+
+    assert pool.zone_keys(Zone.SECRET) == before
+
+
+def test_the_command_line_rotates_reseals_and_retires_through_a_worker(
+    pool: SharedMemoryPool,
+    writer: Agent,
+    worker_settings: Callable[..., HivememSettings],
+    spawn_worker: Callable[..., WorkerProcess],
+    make_runtime: Callable[..., WorkerRuntime],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    restored_logging: None,
+) -> None:
+    """`hivemem zones rotate-keys internal` rotates and waits for a real worker's re-seal;
+    `zones keys` shows the old key with nobody behind once the agent re-sealed too; `zones
+    retire-key` retires it (exit 0), retiring the active key exits 2, and the zone store and
+    the agent still read every record."""
+    settings = worker_settings()
+    worker = spawn_worker(settings)
+    written = write(writer, "erin", Zone.INTERNAL, 4)
+    worker.wait_ready()
+    for name, value in settings_env(settings).items():
+        if name.startswith("HIVEMEM_"):
+            monkeypatch.setenv(name, value)
+    old = active_key(pool, Zone.INTERNAL)
+
+    def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(list(argv))
+        return code, capsys.readouterr().out
+
+    code, out = run("zones", "rotate-keys", "internal", "--json", "--timeout", "120")
+    assert code == 0, out
+    rotated = json.loads(out)
+    new = next(row["key_id"] for row in rotated["keys"] if row["state"] == "active")
+    assert new != old
+    assert "internal" in rotated["zone_store_resealed"]
+    assert pool.rotation is not None
+    assert wait_for(lambda: pool.rotation.resealed_under(Zone.INTERNAL, "writer") == new)
+    code, out = run("zones", "keys", "internal", "--json")
+    assert code == 0
+    assert {row["key_id"]: (row["state"], row["behind"]) for row in json.loads(out)} == {
+        old: ("old", []),
+        new: ("active", []),
+    }
+    assert run("zones", "retire-key", "internal", old, "--json")[0] == 0
+    assert run("zones", "retire-key", "internal", new)[0] == 2
+    assert {i: writer.memory.get(i).content for i in written} == written
+    stored = make_runtime().store.get(Zone.INTERNAL, sorted(written))
+    assert {r.id: r.content for r in stored} == written
