@@ -6,7 +6,7 @@ anything is written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import structlog
@@ -36,11 +36,14 @@ class RecordBuilder:
         sparse: SparseEncoder,
         settings: MemorySettings,
         classifier: Classifier | None = None,
+        gate: Callable[[Zone], None] | None = None,
     ) -> None:
+        """``gate(zone)`` raises for a zone the records may not be written in."""
         self._embedder = embedder
         self._sparse = sparse
         self._settings = settings
         self._classifier = classifier
+        self._gate = gate
 
     def validate(
         self, inputs: Sequence[MemoryInput], scope: Scope | None, now: datetime
@@ -66,6 +69,8 @@ class RecordBuilder:
                     f"item {position}: valid_until precedes valid_from", field="valid_until"
                 )
             zone, metadata = self._classified(item)
+            if self._gate is not None:
+                self._gate(zone)
             records.append(
                 MemoryRecord.model_construct(
                     id=new_record_id(),

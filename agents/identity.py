@@ -14,9 +14,11 @@ from pydantic import SecretStr
 from hivemem.pool.adapters.redis_bus import Delivery
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import EnvelopeCodec
 from hivemem.pool.errors import AgentNotFound, HivememError, InvalidIdentifier, MessageRejected
 from hivemem.pool.ids import check_agent_id
+from hivemem.pool.zone_policy import ZonePolicies
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.pool_security import PoolSecurity
@@ -28,9 +30,19 @@ log = structlog.get_logger(__name__)
 class Identity:
     """An agent as its sync threads see it (plain: no checks, nothing to reload)."""
 
-    def __init__(self, info: AgentInfo, codec: EnvelopeCodec) -> None:
+    def __init__(
+        self, info: AgentInfo, codec: EnvelopeCodec, policies: ZonePolicies | None = None
+    ) -> None:
         self.info = info
         self.codec = codec
+        #: The zones' policies: which levels travel, who may write where.
+        self.policies = policies or ZonePolicies()
+
+    def sender_may_write(self, sender: str, zone: Zone) -> bool:
+        """Whether ``sender`` holds the clearance ``zone``'s policy takes to write there (plain:
+        the registry is not consulted, so always True)."""
+        del sender, zone
+        return True
 
     def reload(self) -> AgentInfo:
         """The agent's current registry entry (the codec follows it)."""
@@ -61,8 +73,10 @@ class SecureIdentity(Identity):
         security: PoolSecurity,
         registry: AgentRegistry,
         audit: AuditLog,
+        *,
+        policies: ZonePolicies | None = None,
     ) -> None:
-        super().__init__(info, security.agent_codec(info, key))
+        super().__init__(info, security.agent_codec(info, key), policies)
         self._key = key
         self._security = security
         self._registry = registry
@@ -74,6 +88,13 @@ class SecureIdentity(Identity):
         self.info = self._registry.get(self.info.agent_id)
         self.codec = self._security.agent_codec(self.info, self._key)
         return self.info
+
+    def sender_may_write(self, sender: str, zone: Zone) -> bool:
+        floor = self.policies.write_floor(zone)
+        if floor == zone:
+            return True  # the codec checked the sender's clearance against the zone already
+        facts = self._security.senders(sender)
+        return facts is not None and facts.clearance >= floor
 
     def reauthorize(self) -> None:
         acl = self._security.acl

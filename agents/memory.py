@@ -43,9 +43,9 @@ from hivemem.agents.sparse import Bm25Encoder
 from hivemem.agents.stats import MemoryStats, compute_stats
 from hivemem.agents.tiers import TierManager, received_tier
 from hivemem.pool.adapters.edge_index import EdgeIndex
-from hivemem.pool.enums import Tier
+from hivemem.pool.enums import Tier, Zone
 from hivemem.pool.errors import InvalidInput, MemoryClosed
-from hivemem.pool.filters import And, MemoryFilter, parse_filter
+from hivemem.pool.filters import And, Cond, MemoryFilter, parse_filter
 from hivemem.pool.ids import check_record_id
 from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder, Vector, WriteObserver
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
@@ -88,9 +88,12 @@ class HierarchicalMemory:
         clock: Callable[[], datetime] = utc_now,
         owner: str | None = None,
         wrap_index: Callable[[LocalIndex], LocalIndex] | None = None,
+        write_gate: Callable[[Zone], None] | None = None,
     ) -> None:
         """``wrap_index`` wraps the index once it is open (the pool seals content with it:
-        :class:`hivemem.security.sealed_index.SealedIndex`)."""
+        :class:`hivemem.security.sealed_index.SealedIndex`). ``write_gate(zone)`` raises for a
+        zone this memory may not write in (the pool's zone policy and the agent's clearance);
+        it is asked for every new record and version before anything is written."""
         self.settings = settings or HivememSettings()
         #: The agent this memory belongs to, when it is a pool agent's (see supersede).
         self.owner = owner
@@ -118,6 +121,7 @@ class HierarchicalMemory:
             self._sparse,
             self.settings.memory,
             Classifier(sensitivity) if sensitivity.enabled else None,
+            write_gate,
         )
         self._neighbourhoods = NeighbourhoodCache(self._index)
         self._searcher = Searcher(self._index, self._embedder, self._sparse, self._neighbourhoods)
@@ -307,6 +311,21 @@ class HierarchicalMemory:
         target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
         with self._write_lock:
             doomed = list(self._index.scan(And(all=owned_by(target))))
+            self._deleted(versions.tombstone(self._index, doomed, self._clock()))
+        return len(doomed)
+
+    def expire(self, zone: Zone, recorded_before: datetime) -> int:
+        """Delete every record of ``zone`` recorded before ``recorded_before`` (a zone's
+        retention): each becomes a tombstone. Returns how many were deleted."""
+        self._check_open()
+        where = And(
+            all=[
+                Cond(field="zone", op="eq", value=zone.value),
+                Cond(field="recorded_at", op="lt", value=recorded_before),
+            ]
+        )
+        with self._write_lock:
+            doomed = list(self._index.scan(where))
             self._deleted(versions.tombstone(self._index, doomed, self._clock()))
         return len(doomed)
 

@@ -119,7 +119,7 @@ class ShareObserver:
                 dense=[row for _, row in part],
             )
 
-        shared = [pair for pair in pairs if pair[0].level in self._info.share_levels]
+        shared = [pair for pair in pairs if self._shares(pair[0].zone, pair[0].level)]
         self._send(
             self._messages(pairs, shared, lambda pair: (pair[0].zone, pair[0].scope.user_id),
                            envelope_of)
@@ -129,10 +129,14 @@ class ShareObserver:
         def envelope_of(part: list[Tombstone]) -> Envelope:
             return make_envelope(sender=self._info.agent_id, zone=part[0].zone, tombstones=part)
 
-        shared = [t for t in tombstones if t.level in self._info.share_levels]
+        shared = [t for t in tombstones if self._shares(t.zone, t.level)]
         self._send(
             self._messages(tombstones, shared, lambda t: (t.zone, t.scope.user_id), envelope_of)
         )
+
+    def _shares(self, zone: Zone, level: Level) -> bool:
+        """The agent shares the level, and the zone's policy lets it travel."""
+        return level in self._info.share_levels and self._identity.policies.may_share(zone, level)
 
     def _messages(
         self,
@@ -442,8 +446,9 @@ class Receiver(threading.Thread):
                 continue
             # A hand-over is applied whatever the levels; a zone message, for the levels asked.
             wanted = list(Level) if envelope.to is not None else self._info.receive_levels
+            policies = self._identity.policies
             for record, row in zip(envelope.records, envelope.vectors(), strict=True):
-                if record.level in wanted:
+                if record.level in wanted and policies.may_share(envelope.zone, record.level):
                     records.append(record)
                     senders.append(envelope.sender)
                     rows.append(row)
@@ -545,5 +550,9 @@ class Receiver(threading.Thread):
                 zone=envelope.zone.value,
                 reason=reason,
             )
+            return None
+        if envelope.records and not self._identity.sender_may_write(envelope.sender, envelope.zone):
+            refused = MessageRejected("write_clearance", "sender below the zone's write clearance")
+            self._identity.rejected(refused, topic, delivery)
             return None
         return envelope

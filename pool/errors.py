@@ -121,6 +121,15 @@ class ClearanceDenied(HivememError):
         self.clearance = clearance
 
 
+class PolicyDenied(HivememError):
+    """Raised when a zone's policy forbids what was asked (writing below its write clearance,
+    sharing a level it keeps to each agent); ``field`` names what; nothing changed."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class InvalidMessage(InvalidInput):
     """Raised (and caught by the receiver, which logs and skips) for a pool message that is not
     a well-formed envelope of a known version."""

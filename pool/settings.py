@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hivemem.pool.enums import Tier, Zone
+from hivemem.pool.zone_policy import ZonePolicy, check_policies
 from hivemem.security.classifier import SensitivityPolicy
 
 
@@ -221,6 +222,13 @@ class HivememSettings(BaseSettings):
     #: docs/security.md). ``None``: Redis only.
     audit_file: Path | None = None
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    #: Per-zone rules (:mod:`hivemem.pool.zone_policy`): ``'{"secret": {"share_levels":
+    #: ["domain"], "retention_days": 30, "min_write_clearance": "secret"}}'``. A zone not
+    #: named allows every level to be shared, keeps records until deleted, and is written by
+    #: anyone cleared for it.
+    zone_policies: Annotated[
+        dict[Zone, ZonePolicy], AfterValidator(check_policies)
+    ] = Field(default_factory=dict)
 
     def environment(self) -> dict[str, str]:
         """The ``HIVEMEM_*`` variables that make ``HivememSettings()`` in a child process equal
@@ -230,7 +238,7 @@ class HivememSettings(BaseSettings):
             if value is None:
                 continue
             key = f"HIVEMEM_{name.upper()}"
-            if isinstance(value, BaseModel):
+            if isinstance(value, BaseModel | dict):
                 env[key] = _json_with_secrets(value)
             elif isinstance(value, SecretStr):
                 env[key] = value.get_secret_value()
@@ -239,8 +247,9 @@ class HivememSettings(BaseSettings):
         return env
 
 
-def _json_with_secrets(model: BaseModel) -> str:
-    """A model as JSON with its secrets in clear text (for a child process's environment)."""
+def _json_with_secrets(model: BaseModel | dict[object, object]) -> str:
+    """A model (or a mapping of them) as JSON with its secrets in clear text (for a child
+    process's environment)."""
 
     def plain(value: object) -> object:
         if isinstance(value, SecretStr):

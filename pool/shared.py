@@ -8,7 +8,7 @@ Redis. See :mod:`hivemem.agents.sync` for how records travel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -17,10 +17,12 @@ import structlog
 from hivemem.agents.agent import Agent
 from hivemem.agents.identity import Identity, SecureIdentity
 from hivemem.agents.memory import HierarchicalMemory
+from hivemem.agents.retention import LocalRetention
 from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone, checked_zone
+from hivemem.pool.envelope import PlainCodec
 from hivemem.pool.errors import AgentNotFound, ClearanceDenied, InvalidInput, PoolUnavailable
 from hivemem.pool.ids import check_agent_id
 from hivemem.pool.ports import Embedder, LocalIndex
@@ -28,6 +30,7 @@ from hivemem.pool.records import MemoryRecord
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.stack_file import running_stack
+from hivemem.pool.zone_policy import ZonePolicies
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.content_seal import ContentSeal
@@ -85,6 +88,8 @@ class SharedMemoryPool:
                 self.security.keyring, client, namespace=pool.namespace, audit=self.audit
             )
         )
+        #: The zones' rules (``settings.zone_policies``).
+        self.policies = ZonePolicies(settings.zone_policies)
         self._attached: dict[str, Agent] = {}
 
     @classmethod
@@ -196,38 +201,44 @@ class SharedMemoryPool:
             embedder=self._embedder,
             owner=info.agent_id,
             wrap_index=None if seal is None else lambda index: _kept(sealed, index, seal),
+            write_gate=lambda zone: self.policies.check_write(zone, info.agent_id, info.clearance),
         )
         try:
             identity, bus = self._secured(info)
-            upkeep = None
+            chores: list[Callable[[], int]] = [LocalRetention(memory, self.policies).run]
             if self.rotation is not None and sealed:
                 zones = [zone for zone in Zone if zone <= info.clearance]
-                upkeep = LocalReseal(
-                    info.agent_id, zones, sealed[0], memory.hold_writes(), self.rotation
-                ).run
-                upkeep()  # what an earlier rotation left under an older key
+                chores.append(
+                    LocalReseal(
+                        info.agent_id, zones, sealed[0], memory.hold_writes(), self.rotation
+                    ).run
+                )
+            for chore in chores:  # what passed or was rotated while the agent was away
+                chore()
         except BaseException:
             memory.close()
             raise
         agent = Agent(
             info, memory, bus, self.registry, self.settings.pool, identity=identity,
-            relay=self.bus, upkeep=upkeep,
+            relay=self.bus, upkeep=lambda: [chore() for chore in chores],
         )  # fmt: skip
         self._attached[info.agent_id] = agent
         return agent
 
-    def _secured(self, info: AgentInfo) -> tuple[Identity | None, RedisBus]:
+    def _secured(self, info: AgentInfo) -> tuple[Identity, RedisBus]:
         """The agent's identity (its key, issued here when this data directory has none) and
         its own bus: with ACLs, a connection as its own Redis user, provisioned afresh."""
         security = self.security
         if security is None:
-            return None, self.bus
+            return Identity(info, PlainCodec(), self.policies), self.bus
         key = security.agent_key(self.agent_dir(info.agent_id))
         if info.public_key != key.public_key:
             info = self.registry.register(
                 security.signed(info.model_copy(update={"public_key": key.public_key}))
             )
-        identity = SecureIdentity(info, key, security, self.registry, self.audit)
+        identity = SecureIdentity(
+            info, key, security, self.registry, self.audit, policies=self.policies
+        )
         for zone in Zone:  # hold the zones' keys, so that writes go on while Redis is away
             if zone <= info.clearance:
                 security.keyring.active(zone)
@@ -348,11 +359,13 @@ class SharedMemoryPool:
         the levels either shares or receives. The copy ``to_agent`` stores has
         ``received_from=from_agent``. Raises AgentNotFound, MemoryNotFound, or ClearanceDenied
         when the record's zone is above ``to_agent``'s clearance (nothing is sent; the refusal
-        is audited as ``denied_read``)."""
+        is audited as ``denied_read``), PolicyDenied when the zone's policy keeps the record's
+        level to each agent."""
         sender = self.agent(from_agent)
         receiver = self.registry.get(to_agent)
         record_id = record if isinstance(record, str) else record.id
         full = sender.memory.get(record_id, with_vectors=True)
+        self.policies.check_share(full.zone, full.level)
         if full.zone > receiver.clearance:
             self.audit.record(
                 AuditEvent.DENIED_READ,

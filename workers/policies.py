@@ -30,6 +30,7 @@ mean it).
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -43,6 +44,7 @@ from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import And, Cond, Expr, Or
 from hivemem.pool.settings import WorkerSettings
+from hivemem.pool.zone_policy import ZonePolicy
 
 #: The most days a condition may name (~274 years: ``now`` minus it stays a valid datetime).
 MAX_DAYS = 100_000
@@ -304,8 +306,31 @@ def load_policies(path: Path | str) -> PolicySet:
         raise InvalidPolicyFile(path, str(error), field=error.field) from None
 
 
-def configured_policies(settings: WorkerSettings) -> PolicySet:
-    """The policies the workers run: ``settings.policies_file``, else :data:`DEFAULT_POLICIES`."""
-    if settings.policies_file is None:
-        return DEFAULT_POLICIES
-    return load_policies(settings.policies_file)
+def retention_policies(zones: Mapping[Zone, ZonePolicy]) -> list[Policy]:
+    """For each zone with ``retention_days`` (:mod:`hivemem.pool.zone_policy`), the policies
+    that delete its live and archived records recorded longer ago."""
+    stores: tuple[Store, ...] = ("live", "archive")
+    return [
+        Policy(
+            name=f"retention.{zone.value}.{store}",
+            when=When(older_than_days=policy.retention_days, zones=[zone], store=store),
+            action=Action.DELETE,
+        )
+        for zone, policy in zones.items()
+        if policy.retention_days is not None
+        for store in stores
+    ]
+
+
+def configured_policies(
+    settings: WorkerSettings, zones: Mapping[Zone, ZonePolicy] | None = None
+) -> PolicySet:
+    """The policies the workers run: the zones' retention first (``zones``: the settings'
+    ``zone_policies``), then ``settings.policies_file``, else :data:`DEFAULT_POLICIES`.
+    Raises InvalidPolicy when a file's policy takes a retention policy's name."""
+    path = settings.policies_file
+    chosen = DEFAULT_POLICIES if path is None else load_policies(path)
+    retention = retention_policies(zones or {})
+    if not retention:
+        return chosen
+    return PolicySet(policies=[*retention, *chosen.policies])

@@ -115,7 +115,10 @@ def _register_lifecycle_tasks(
         chosen = [checked_zone(z) for z in zones] if zones else list(Zone)
         with runtime.store.session():
             report = runtime.lifecycle.run(
-                chosen, configured_policies(settings.workers), now=at, dry_run=dry_run
+                chosen,
+                configured_policies(settings.workers, settings.zone_policies),
+                now=at,
+                dry_run=dry_run,
             )
         result: dict[str, Any] = report.model_dump(mode="json")
         return result
