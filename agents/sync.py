@@ -46,7 +46,7 @@ from hivemem.pool.adapters.redis_bus import (
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import Envelope, Row, make_envelope
-from hivemem.pool.errors import InvalidMessage, MemoryClosed, MessageRejected
+from hivemem.pool.errors import InvalidMessage, MemoryClosed, MessageRejected, SecurityMismatch
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.settings import PoolSettings
@@ -518,6 +518,10 @@ class Receiver(threading.Thread):
             envelope = self._identity.codec.decode(delivery.data, live=live)
         except MessageRejected as error:
             self._identity.rejected(error, topic, delivery)
+            return None
+        except SecurityMismatch as error:
+            log.error("pool_security_mismatch", agent_id=self._info.agent_id, topic=topic,  # noqa: TRY400 - the message says it all
+                      seq=delivery.seq, error=str(error))  # fmt: skip
             return None
         except InvalidMessage as error:
             log.warning(

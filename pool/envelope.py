@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Zone
-from hivemem.pool.errors import HivememError, InvalidMessage
+from hivemem.pool.errors import HivememError, InvalidMessage, SecurityMismatch
 from hivemem.pool.ids import check_agent_id, check_scope_id
 from hivemem.pool.records import MemoryRecord, Tombstone, UtcDatetime, utc_now
 
@@ -103,7 +103,13 @@ class PlainCodec:
         return envelope.encode()
 
     def decode(self, data: bytes, *, live: bool = False) -> Envelope:
+        """Raises InvalidMessage, or SecurityMismatch for a sealed (version-2) message."""
         del live  # nothing depends on it without signatures
+        if data.startswith(b'{"v":2,'):
+            raise SecurityMismatch(
+                "a sealed, signed message reached a process with security off: every process "
+                "of the pool needs the same HIVEMEM_SECURITY__ENABLED"
+            )
         return decode_envelope(data)
 
 

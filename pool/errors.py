@@ -175,6 +175,12 @@ class MessageRejected(InvalidMessage):
         self.reason = reason
 
 
+class SecurityMismatch(HivememError):
+    """Raised when a sealed, signed (version-2) message reaches a process whose security is
+    off: the pool's processes disagree on ``HIVEMEM_SECURITY__ENABLED``. Nothing of it was
+    applied; the workers stop at it (their ingest fails until the setting agrees)."""
+
+
 class KeyUnavailable(HivememError):
     """Raised when a data key is asked for that does not exist, was retired, or belongs to a
     zone above the caller's clearance; ``zone`` and ``key_id`` say which."""

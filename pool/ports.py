@@ -258,10 +258,3 @@ class ZoneStore(Protocol):
         """Release the store; further calls raise MemoryClosed."""
         ...
 
-
-class KeyProvider(Protocol):
-    """Where zone data keys come from (a file, an environment variable, a KMS)."""
-
-    def data_key(self, zone: str, key_id: str | None = None) -> tuple[str, bytes]:
-        """The zone's current key (or the one named ``key_id``) as ``(key_id, key)``."""
-        ...

@@ -18,8 +18,10 @@ from hivemem.agents.agent import Agent
 from hivemem.pool.adapters.redis_bus import ingest_topic
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import make_envelope
+from hivemem.pool.errors import SecurityMismatch
 from hivemem.pool.filters import And
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone
+from hivemem.pool.settings import HivememSettings, SecuritySettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.workers.ingest import IngestReport, IngestService
 from hivemem.workers.runtime import WorkerRuntime
@@ -372,3 +374,29 @@ def test_two_drains_of_one_zone_at_once_store_everything_once(
     assert sorted(r.id for r in stored(runtime)) == sorted(ids)
     assert pending(runtime) == set(ids)
     assert_consumed(runtime)
+
+
+def test_a_worker_with_security_off_stops_at_sealed_messages_and_loses_nothing(
+    agent: Agent,
+    make_runtime: Callable[..., WorkerRuntime],
+    worker_settings: Callable[..., HivememSettings],
+) -> None:
+    """A worker whose security is off, facing a secure agent's sealed queue, raises
+    SecurityMismatch without moving its cursor or storing anything; a worker configured like
+    the agents then stores every record."""
+    ids = write(agent, 3)
+    plain = WorkerRuntime(
+        worker_settings().model_copy(update={"security": SecuritySettings(enabled=False)})
+    )
+    try:
+        with pytest.raises(SecurityMismatch, match="HIVEMEM_SECURITY__ENABLED"):
+            drain(plain)
+        assert cursor(plain) is None
+        assert plain.store.ids(ZONE, EVERYTHING) == []
+    finally:
+        plain.close()
+
+    secure = make_runtime()
+    drain(secure)
+
+    assert sorted(r.id for r in stored(secure)) == sorted(ids)
