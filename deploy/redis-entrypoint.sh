@@ -7,11 +7,14 @@
 #   redis-entrypoint.sh --write-acl FILE            # only write the ACL file (tests, debugging)
 #
 # Users: "default" is off, so a client that does not log in can run no command; "hivemem" is
-# the service user of agents, workers, beat and Flower: every key and channel, every command
-# but the @dangerous ones (CONFIG, FLUSHALL, KEYS, DEBUG, SHUTDOWN, ACL changes...).
+# the service user of pools, workers, beat and Flower: every key and channel, every command
+# but the @dangerous ones (CONFIG, FLUSHALL, KEYS, DEBUG, SHUTDOWN...), except the few a pool
+# needs to give each agent a Redis user of its own (ACL SETUSER/DELUSER/GETUSER/WHOAMI, CLIENT
+# KILL: see docs/security.md, "Broker-enforced zones").
 set -eu
 
 ACL_FILE=${REDIS_ACL_FILE:-/run/redis/users.acl}
+AGENT_ADMIN='+acl|setuser +acl|deluser +acl|getuser +acl|whoami +client|kill'
 CONF_FILE=${REDIS_CONF_FILE:-/usr/local/etc/redis/redis.conf}
 
 fail() {
@@ -34,7 +37,7 @@ write_acl() {
         umask 077
         printf '%s\n' \
             'user default off' \
-            "user hivemem on >$password ~* &* +@all -@dangerous" >"$tmp"
+            "user hivemem on >$password ~* &* +@all -@dangerous $AGENT_ADMIN" >"$tmp"
     )
     mv "$tmp" "$1"
 }

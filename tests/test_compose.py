@@ -188,6 +188,7 @@ def test_volumes_are_declared_and_mounted(compose: dict[str, Any]) -> None:
         ("redis", "redis-data", "/data"),
         ("qdrant", "qdrant-data", "/qdrant/storage"),
         ("beat", "beat-data", "/data"),
+        ("worker", "keys", "/keys"),
     }
     assert set(compose["volumes"]) == {source for _, source, _ in named}
     binds = [(source, read_only) for _, source, _, read_only in mounts if source[0] in "./"]
@@ -259,7 +260,8 @@ def test_the_entrypoint_writes_the_acl_file(tmp_path: Path, shell: str) -> None:
     assert done.returncode == 0, done.stderr
     assert acl.read_text().splitlines() == [
         "user default off",
-        f"user hivemem on >{PASSWORD} ~* &* +@all -@dangerous",
+        f"user hivemem on >{PASSWORD} ~* &* +@all -@dangerous "
+        "+acl|setuser +acl|deluser +acl|getuser +acl|whoami +client|kill",
     ]
     assert stat.S_IMODE(acl.stat().st_mode) == 0o600
     assert [p.name for p in acl.parent.iterdir()] == ["users.acl"]
@@ -313,8 +315,9 @@ def acl_redis(tmp_path: Path) -> Iterator[int]:
 def test_redis_lets_the_hivemem_user_in_and_the_default_user_out(
     acl_redis: int, tmp_path: Path
 ) -> None:
-    """With that ACL, the hivemem user reads, writes and publishes but runs no @dangerous
-    command; a client without credentials or with a wrong password is refused."""
+    """With that ACL, the hivemem user reads, writes and publishes, manages agents' users, but
+    runs no other @dangerous command; a client without credentials or with a wrong password is
+    refused."""
     hivemem = redis.Redis(port=acl_redis, username="hivemem", password=PASSWORD)
     assert hivemem.set("hivemem:probe", "1")
     assert hivemem.get("hivemem:probe") == b"1"
@@ -323,6 +326,13 @@ def test_redis_lets_the_hivemem_user_in_and_the_default_user_out(
         hivemem.config_get("appendonly")
     with pytest.raises(redis.exceptions.NoPermissionError):
         hivemem.flushall()
+    # What a pool needs to give each agent its own user, and nothing beyond it.
+    hivemem.execute_command("ACL SETUSER", "hivemem:agent:probe", "on", ">pw-0123456789abcdef")
+    assert hivemem.acl_getuser("hivemem:agent:probe")
+    hivemem.client_kill_filter(user="hivemem:agent:probe")
+    assert hivemem.acl_deluser("hivemem:agent:probe") == 1
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        hivemem.acl_save()
     hivemem.close()
     no_retry = Retry(NoBackoff(), 0)  # a refusal is a ConnectionError, which redis-py retries
     for refused in (
