@@ -62,6 +62,10 @@ class ForgetReceipt(BaseModel):
     #: True when the user's subject secret was destroyed (security on, every zone forgotten):
     #: every sealed copy of their content, anywhere, is unreadable from now on.
     subject_key_shredded: bool = False
+    #: True when Redis was asked to rewrite its append-only file after the shred: until it is
+    #: rewritten, the file still holds the wrapped secret (an operator without that
+    #: permission for the workers runs BGREWRITEAOF, or waits for Redis's own rewrite).
+    persistence_rewrite_started: bool = False
     finished_at: UtcDatetime = Field(default_factory=utc_now)
 
     @property
@@ -113,6 +117,7 @@ class ForgetService:
         if self._keyring is not None and set(zones) >= set(Zone):
             self._keyring.shred(user_id)
             receipt.subject_key_shredded = True
+            receipt.persistence_rewrite_started = self._rewrite_persistence()
         self._audit.record(
             AuditEvent.FORGOTTEN,
             actor=WORKER_SENDER,
@@ -124,6 +129,16 @@ class ForgetService:
         )
         log.info("user_forgotten", user_id=user_id, removed=receipt.removed)
         return receipt
+
+    def _rewrite_persistence(self) -> bool:
+        """Ask Redis to rewrite its append-only file, so that the shredded secret leaves it
+        too; False (logged) when it cannot (no permission, persistence off, one running)."""
+        try:
+            self._client.bgrewriteaof()
+        except redis.RedisError as error:
+            log.warning("forget_rewrite_not_started", error=type(error).__name__)
+            return False
+        return True
 
     def _forget_in(
         self, zone: Zone, user_id: str, on_due: Callable[[Zone, str], None]
@@ -141,14 +156,17 @@ class ForgetService:
                 zone, on_due=lambda due: None if due == user_id else on_due(zone, due)
             )
             found |= {r.id: r for r in self._store.scan(zone, owned)}
+            archived = self._store.archive_ids(zone, owned)
+            # Archived records are tombstoned too: agents hold copies of them, and the store
+            # must refuse a late copy.
+            kept = [r for r in self._store.archive_get(zone, archived) if r.id not in found]
             tombstones = [
                 Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone)
-                for r in found.values()
+                for r in [*found.values(), *kept]
             ]
-            archived = self._store.archive_ids(zone, owned)
             self._store.put_tombstones(zone, tombstones)
             self._store.archive_remove(zone, archived)
-            receipt.live_records = len(tombstones)
+            receipt.live_records = len(found)
             receipt.archived_records = len(archived)
             receipt.redis_keys_deleted = cast(
                 "int",
