@@ -143,16 +143,17 @@ class ZoneKeyring:
 
     # -- data keys ---------------------------------------------------------------------------
 
-    def active(self, zone: Zone | str) -> DataKey:
+    def active(self, zone: Zone | str, *, fresh: bool = False) -> DataKey:
         """The key new content of ``zone`` is sealed with; the first call for a zone creates it
         (racing keyrings on one Redis get the same one). The id is cached for ``active_ttl_s``:
         a rotation made by another process is used here within that time. While Redis cannot
         be reached, keys and secrets this process already holds keep serving (so an agent
-        keeps writing locally); anything it never fetched raises PoolUnavailable."""
+        keeps writing locally); anything it never fetched raises PoolUnavailable. ``fresh``:
+        ask Redis whatever the cache holds."""
         zone = checked_zone(zone)
         with self._lock:
             cached = self._active.get(zone)
-        if cached is not None and time.monotonic() - cached[1] < self._ttl_s:
+        if not fresh and cached is not None and time.monotonic() - cached[1] < self._ttl_s:
             try:
                 return self.get(zone, cached[0])
             except KeyUnavailable:  # rotated and retired elsewhere since: ask Redis

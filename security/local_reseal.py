@@ -54,7 +54,7 @@ class LocalReseal:
     def _run(self) -> int:
         due: dict[Zone, str] = {}
         for zone in self._zones:
-            active = self._rotation.keyring.active(zone).key_id
+            active = self._rotation.keyring.active(zone, fresh=True).key_id
             if self._done.get(zone) == active:
                 continue
             if self._rotation.resealed_under(zone, self._agent_id) == active:

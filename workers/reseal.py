@@ -74,7 +74,7 @@ class ResealService:
         """Re-seal ``zone``; ``on_due(user_id)`` is called for users whose episodes, drained
         on the way, passed the consolidation threshold. Raises ScopeBusy while a
         consolidation of one of its users runs."""
-        key = self._rotation.keyring.active(zone)
+        key = self._rotation.keyring.active(zone, fresh=True)  # not a cache older than a rotation
         made = next(i for i in self._rotation.keyring.keys(zone) if i.key_id == key.key_id)
         wait_s = SETTLE_S - (datetime.now(UTC) - made.created_at).total_seconds()
         if wait_s > 0:
