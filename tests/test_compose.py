@@ -260,8 +260,10 @@ def test_the_entrypoint_writes_the_acl_file(tmp_path: Path, shell: str) -> None:
     assert done.returncode == 0, done.stderr
     assert acl.read_text().splitlines() == [
         "user default off",
-        f"user hivemem on >{PASSWORD} ~* &* +@all -@dangerous "
-        "+acl|setuser +acl|deluser +acl|getuser +acl|whoami +client|kill",
+        (
+            f"user hivemem on >{PASSWORD} ~* &* +@all -@dangerous "
+            "+acl|setuser +acl|deluser +acl|getuser +acl|whoami +client|kill"
+        ),
     ]
     assert stat.S_IMODE(acl.stat().st_mode) == 0o600
     assert [p.name for p in acl.parent.iterdir()] == ["users.acl"]

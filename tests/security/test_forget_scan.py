@@ -307,6 +307,7 @@ def rewrite_append_only_file(client: redis.Redis) -> None:
     """Have Redis rewrite its append-only file from what it holds now, and wait for it. As plain
     commands, without the RDB preamble: its LZF-compressed strings would hide from a byte scan
     what they hold, whereas the rewrite must be shown to drop it."""
+
     def done() -> bool:
         info = client.info("persistence")
         return not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]

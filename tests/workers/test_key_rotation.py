@@ -80,7 +80,8 @@ def test_rotate_reseal_retire_keeps_everything_readable(
 
     new = pool.rotate_key(Zone.INTERNAL)
 
-    assert new.active and new.key_id != old
+    assert new.active
+    assert new.key_id != old
     with pytest.raises(KeyStillInUse) as refused:
         pool.retire_key(Zone.INTERNAL, old)
     assert WORKER_SENDER in refused.value.holders
@@ -178,6 +179,7 @@ def test_bad_rotation_requests_change_nothing(
 
 def test_the_command_line_rotates_reseals_and_retires_through_a_worker(
     pool: SharedMemoryPool,
+    *,
     writer: Agent,
     worker_settings: Callable[..., HivememSettings],
     spawn_worker: Callable[..., WorkerProcess],
