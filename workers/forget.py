@@ -134,7 +134,7 @@ class ForgetService:
         """Ask Redis to rewrite its append-only file, so that the shredded secret leaves it
         too; False (logged) when it cannot (no permission, persistence off, one running)."""
         try:
-            self._client.bgrewriteaof()
+            self._client.bgrewriteaof()  # type: ignore[no-untyped-call]
         except redis.RedisError as error:
             log.warning("forget_rewrite_not_started", error=type(error).__name__)
             return False
