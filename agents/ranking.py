@@ -89,8 +89,11 @@ def fuse(
     sparse: Sequence[ScoredId],
     config: SearchConfig,
     neighbourhoods: Mapping[str, Neighbourhood] | None = None,
+    *,
+    limit: int | None = None,
 ) -> list[Candidate]:
-    """One ranking from the dense and sparse ones, best first, per ``config``.
+    """One ranking from the dense and sparse ones, best first, per ``config``; its first
+    ``limit`` candidates when a limit is given.
 
     Hybrid: the weighted sum of min-max normalised scores (or RRF), then the session prior and
     neighbour smoothing when configured (they need the candidates' ``neighbourhoods``; a
@@ -113,7 +116,7 @@ def fuse(
         follows = {i: n.follows for i, n in near.items()}
         _neighbour_smoothing(fused, follows, config.neighbor_weight)
     ordered = sorted(fused.items(), key=lambda item: (-item[1], item[0]))
-    return [Candidate(i, s, similarity.get(i)) for i, s in ordered]
+    return [Candidate(i, s, similarity.get(i)) for i, s in ordered[:limit]]
 
 
 def weigh(

@@ -15,6 +15,8 @@ from hivemem.pool.records import Scope
 
 #: With weighting on, this many fused candidates per requested result are re-ranked.
 _RERANK_FACTOR = 3
+#: Visibility expressions kept per searcher (see Searcher._visible).
+_WHERE_CACHE = 256
 
 
 def time_conditions(*, as_of: datetime | None, include_superseded: bool) -> list[Expr]:
@@ -74,6 +76,34 @@ class Searcher:
         self._embedder = embedder
         self._sparse = sparse
         self._neighbourhoods = neighbourhoods
+        self._wheres: dict[tuple[object, ...], And] = {}
+
+    def _visible(
+        self, scope: Scope, flt: MemoryFilter, config: SearchConfig, as_of: datetime | None
+    ) -> And:
+        """:func:`visible`, kept for queries asked again (same scope, filter and validity).
+        Building and validating the expression costs ~0.1 ms; returning the same immutable
+        object also lets the index reuse its translation of it."""
+        key = (
+            scope,
+            flt.model_dump_json(),
+            config.exact_scope,
+            config.include_superseded,
+            as_of,
+        )
+        where = self._wheres.get(key)
+        if where is None:
+            where = visible(
+                scope,
+                flt,
+                exact=config.exact_scope,
+                as_of=as_of,
+                include_superseded=config.include_superseded,
+            )
+            if len(self._wheres) >= _WHERE_CACHE:
+                self._wheres.clear()
+            self._wheres[key] = where
+        return where
 
     def search(
         self,
@@ -86,13 +116,7 @@ class Searcher:
         now: datetime,
     ) -> list[SearchHit]:
         """Best first; at most ``config.top_k`` hits."""
-        where = visible(
-            scope,
-            flt,
-            exact=config.exact_scope,
-            as_of=as_of,
-            include_superseded=config.include_superseded,
-        )
+        where = self._visible(scope, flt, config, as_of)
         requests = []
         if config.mode in ("dense", "hybrid"):
             requests.append(
@@ -121,8 +145,8 @@ class Searcher:
         near = None
         if config.session_boost or config.neighbor_weight:
             near = self._neighbourhoods.lookup(list({h.id: None for h in dense + sparse}))
-        candidates = fuse(dense, sparse, config, near)
         weighting = config.recency_weight or config.importance_weight
-        shortlist = candidates[: config.top_k * (_RERANK_FACTOR if weighting else 1)]
+        wanted = config.top_k * (_RERANK_FACTOR if weighting else 1)
+        shortlist = fuse(dense, sparse, config, near, limit=wanted)
         records = {r.id: r for r in self._index.get([c.id for c in shortlist])}
         return weigh(shortlist, records, config, now)[: config.top_k]

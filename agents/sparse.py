@@ -10,6 +10,8 @@ identical output.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Sequence
 
 import stopwords
@@ -39,7 +41,10 @@ class Bm25Encoder:
 
 
 def _to_sparse(vector: EdgeSparse) -> SparseVector:
-    pairs = sorted(zip(vector.indices, vector.values, strict=True))
-    return SparseVector.model_construct(
-        indices=[int(i) for i, _ in pairs], values=[float(v) for _, v in pairs]
-    )
+    """Edge returns Python ints and floats, in practice with term ids already ascending: then
+    the lists are taken as they are (this runs for every record written)."""
+    indices, values = vector.indices, vector.values
+    if not all(map(operator.lt, indices, itertools.islice(indices, 1, None))):
+        pairs = sorted(zip(indices, values, strict=True))
+        indices, values = [i for i, _ in pairs], [v for _, v in pairs]
+    return SparseVector.model_construct(indices=indices, values=values)

@@ -12,18 +12,23 @@ half-life ``recency_half_life_s``) and access frequency (0.2, saturating at the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from hivemem.pool.enums import Tier
+from hivemem.pool.errors import MemoryNotFound
 from hivemem.pool.filters import And, Cond
-from hivemem.pool.ports import LocalIndex
+from hivemem.pool.ports import LocalIndex, RetentionFacts
+from hivemem.pool.records import MemoryRecord
 from hivemem.pool.settings import TierSettings
 
+#: At most this many retention facts are kept between demotions (see TierManager).
+_MAX_KNOWN_FACTS = 100_000
 #: Where an overflowing tier sends its least retained records.
 COLDER = {
     Tier.WORKING: Tier.SHORT_TERM,
@@ -82,23 +87,49 @@ class TierManager:
     can only make a followed size too large, which is safe: before demoting, the tier is
     measured again, and nothing moves unless it really overflows. Growth that bypasses
     :meth:`enforce` (promotion by access, in the background) calls :meth:`invalidate`.
+
+    The retention facts a demotion reads are kept (up to ``_MAX_KNOWN_FACTS``), with those of
+    the records that arrive later through :meth:`enforce` with their ``records``, so that the
+    tier's next overflow reads no facts from the index: they are used only while the tier still
+    holds as many records as they describe (counted in the index first), and a stale set that
+    names a record no longer there is read again. Arrivals reported without their records, and
+    access writes (the access tracker asks :meth:`promotions` before each write; an access
+    write racing with a demotion can leave counts one write behind until the next one), drop
+    them. Without other writers the records demoted are exactly those a fresh read would pick.
     """
 
     def __init__(self, index: LocalIndex, settings: TierSettings) -> None:
         self._index = index
         self._settings = settings
         self._sizes: dict[tuple[str, Tier], int] = {}
+        self._known: dict[tuple[str, Tier], dict[str, RetentionFacts]] = {}
+        self._known_count = 0
+        self._generation = 0  # bumped whenever the known facts are dropped
         self._lock = threading.Lock()
 
     def invalidate(self) -> None:
-        """Forget the followed tier sizes (thread-safe)."""
+        """Forget the followed tier sizes and the known retention facts (thread-safe)."""
         with self._lock:
             self._sizes.clear()
+            self._drop_known()
 
-    def enforce(self, added: Mapping[str, Counter[Tier]], now: datetime) -> int:
+    def _drop_known(self) -> None:
+        """Callers hold ``self._lock``."""
+        self._known.clear()
+        self._known_count = 0
+        self._generation += 1
+
+    def enforce(
+        self,
+        added: Mapping[str, Counter[Tier]],
+        now: datetime,
+        records: Sequence[MemoryRecord] | None = None,
+    ) -> int:
         """Account for records just added (per user, per tier) and demote what overflows, warm
         tiers first so that demoted records are checked where they land; returns how many
-        records moved."""
+        records moved. ``records``, when given, are the records just added (those ``added``
+        counts), as written."""
+        self._note_arrivals(added, records)
         moved = 0
         for user_id in sorted(added):
             arrivals = Counter(added[user_id])
@@ -117,25 +148,97 @@ class TierManager:
             return self._index.count(_tier_of(user_id, tier))
         return known + arrived
 
+    def _note_arrivals(
+        self, added: Mapping[str, Counter[Tier]], records: Sequence[MemoryRecord] | None
+    ) -> None:
+        with self._lock:
+            if not self._known:
+                return
+            if records is None:
+                for user_id, tiers in added.items():
+                    for tier in tiers:
+                        self._known_count -= len(self._known.pop((user_id, tier), {}))
+                return
+            for record in records:
+                known = self._known.get((record.scope.user_id, record.tier))
+                if known is not None and record.id not in known:
+                    known[record.id] = RetentionFacts(
+                        id=record.id,
+                        tier=record.tier,
+                        importance=record.importance,
+                        access_count=record.access_count,
+                        last_accessed_at=record.last_accessed_at,
+                        recorded_at=record.recorded_at,
+                    )
+                    self._known_count += 1
+
+    def _facts(self, user_id: str, tier: Tier) -> tuple[list[RetentionFacts], int, bool]:
+        """The retention facts of the records in the tier, the generation they belong to, and
+        whether they are the known ones (used when the tier holds as many records) rather than
+        read from the index."""
+        where = _tier_of(user_id, tier)
+        with self._lock:
+            generation = self._generation
+            known = self._known.get((user_id, tier))
+            facts = list(known.values()) if known is not None else None
+        if facts is not None and self._index.count(where) == len(facts):
+            return facts, generation, True
+        return self._index.retention_facts(where), generation, False
+
+    def _keep_known(
+        self,
+        user_id: str,
+        tier: Tier,
+        generation: int,
+        kept: Sequence[RetentionFacts],
+        demoted: Sequence[RetentionFacts],
+    ) -> None:
+        with self._lock:
+            if generation != self._generation:  # dropped meanwhile: they may be stale
+                return
+            self._known_count -= len(self._known.pop((user_id, tier), {}))
+            if self._known_count + len(kept) > _MAX_KNOWN_FACTS:
+                self._drop_known()
+                return
+            self._known[(user_id, tier)] = {f.id: f for f in kept}
+            self._known_count += len(kept)
+            colder = self._known.get((user_id, COLDER[tier])) if demoted else None
+            if colder is not None:
+                self._known_count += sum(fact.id not in colder for fact in demoted)
+                for fact in demoted:
+                    colder[fact.id] = dataclasses.replace(fact, tier=COLDER[tier])
+
     def _enforce_tier(self, user_id: str, tier: Tier, arrived: int, now: datetime) -> int:
         size = self._size(user_id, tier, arrived)
         capacity = self._settings.capacity.get(tier)
-        victims = []
+        victims: list[RetentionFacts] = []
         if capacity is not None and size > capacity:
-            facts = self._index.retention_facts(_tier_of(user_id, tier))
+            facts, generation, known = self._facts(user_id, tier)
             size = len(facts)  # the followed size may have been stale: measure it
+            kept = facts
             if size > capacity:
                 keep = int(capacity * self._settings.demote_to_fraction)
                 ranked = sorted(facts, key=lambda r: (retention(r, now, self._settings), r.id))
-                victims = ranked[: size - keep]
-                self._index.update_fields({r.id: {"tier": COLDER[tier]} for r in victims})
+                victims, kept = ranked[: size - keep], ranked[size - keep :]
+                try:
+                    self._index.update_fields({r.id: {"tier": COLDER[tier]} for r in victims})
+                except MemoryNotFound:
+                    if not known:
+                        raise
+                    self.invalidate()  # the known facts named a record no longer there
+                    return self._enforce_tier(user_id, tier, arrived, now)
                 size -= len(victims)
+            self._keep_known(user_id, tier, generation, kept, victims)
         with self._lock:
             self._sizes[(user_id, tier)] = size
         return len(victims)
 
     def promotions(self, accessed: Iterable[tuple[str, Tier, int]]) -> dict[str, Tier]:
-        """Of ``(id, tier, updated access count)``, those that earn LONG_TERM by access."""
+        """Of ``(id, tier, updated access count)``, those that earn LONG_TERM by access. The
+        caller is about to write those counts: the known retention facts are dropped."""
+        with self._lock:
+            if self._known:
+                self._drop_known()
         return {
             record_id: Tier.LONG_TERM
             for record_id, tier, count in accessed

@@ -172,10 +172,9 @@ def _decode_metadata(stored: dict[str, Any], bool_keys: list[str]) -> dict[str, 
 def record_payload(record: MemoryRecord) -> dict[str, Any]:
     """The payload of a record's point (everything but the vectors). Unset values and empty
     collections are left out (the engine treats a missing key as empty, and a smaller payload
-    is faster to write and read)."""
-    metadata, bool_keys = _encode_metadata(record.metadata)
+    is faster to write and read). Built key by key: it runs for every record written."""
     scope = record.scope
-    payload = {
+    payload: dict[str, Any] = {
         "kind": KIND_RECORD,
         "content": record.content,
         "level": record.level.value,
@@ -183,29 +182,38 @@ def record_payload(record: MemoryRecord) -> dict[str, Any]:
         "category": record.category.value,
         "zone": record.zone.value,
         "user_id": scope.user_id,
-        "session_id": scope.session_id,
-        "agent_id": scope.agent_id,
-        "run_id": scope.run_id,
         "importance": record.importance,
         "access_count": record.access_count,
-        "last_accessed_at": _iso(record.last_accessed_at),
-        "tags": record.tags,
-        "entities": record.entities,
-        "metadata": metadata,
-        "bool_keys": bool_keys,
-        LIST_KEYS: [k for k, v in record.metadata.items() if isinstance(v, list)],
-        "sources": record.sources,
-        "consolidated_into": record.consolidated_into,
-        "follows": record.follows,
-        "received_from": record.received_from,
-        "valid_from": _iso(record.valid_from),
-        "valid_until": _iso(record.valid_until),
-        "recorded_at": _iso(record.recorded_at),
-        "superseded_at": _iso(record.superseded_at),
-        "supersedes": record.supersedes,
-        "superseded_by": record.superseded_by,
+        "valid_from": record.valid_from.isoformat(),
+        "recorded_at": record.recorded_at.isoformat(),
     }
-    return {k: v for k, v in payload.items() if v is not None and v not in ([], {})}
+    # Optional values: left out when None or an empty list (ids and labels are never "").
+    optional = (
+        ("session_id", scope.session_id),
+        ("agent_id", scope.agent_id),
+        ("run_id", scope.run_id),
+        ("last_accessed_at", _iso(record.last_accessed_at)),
+        ("tags", record.tags),
+        ("entities", record.entities),
+        ("sources", record.sources),
+        ("consolidated_into", record.consolidated_into),
+        ("follows", record.follows),
+        ("received_from", record.received_from),
+        ("valid_until", _iso(record.valid_until)),
+        ("superseded_at", _iso(record.superseded_at)),
+        ("supersedes", record.supersedes),
+        ("superseded_by", record.superseded_by),
+    )
+    payload |= {key: value for key, value in optional if value}
+    if record.metadata:
+        metadata, bool_keys = _encode_metadata(record.metadata)
+        payload["metadata"] = metadata
+        if bool_keys:
+            payload["bool_keys"] = bool_keys
+        list_keys = [k for k, v in record.metadata.items() if isinstance(v, list)]
+        if list_keys:
+            payload[LIST_KEYS] = list_keys
+    return payload
 
 
 def record_point(record: MemoryRecord, dense: Any = None) -> Point:
@@ -241,13 +249,27 @@ def tombstone_point(tombstone: Tombstone) -> Point:
     return Point(tombstone.id, {}, tombstone_payload(tombstone))
 
 
+#: Decoded scopes by their ids: a Scope is immutable, so records may share one.
+_SCOPES: dict[tuple[str, str | None, str | None, str | None], Scope] = {}
+_SCOPES_MAX = 4096
+
+
 def _scope(payload: dict[str, Any]) -> Scope:
-    return Scope.model_construct(
-        user_id=payload["user_id"],
-        session_id=payload.get("session_id"),
-        agent_id=payload.get("agent_id"),
-        run_id=payload.get("run_id"),
+    key = (
+        payload["user_id"],
+        payload.get("session_id"),
+        payload.get("agent_id"),
+        payload.get("run_id"),
     )
+    scope = _SCOPES.get(key)
+    if scope is None:
+        scope = Scope.model_construct(
+            user_id=key[0], session_id=key[1], agent_id=key[2], run_id=key[3]
+        )
+        if len(_SCOPES) >= _SCOPES_MAX:
+            _SCOPES.clear()
+        _SCOPES[key] = scope
+    return scope
 
 
 def decode_record(point_id: object, payload: dict[str, Any], vectors: Any) -> MemoryRecord:
@@ -292,7 +314,7 @@ def decode_record(point_id: object, payload: dict[str, Any], vectors: Any) -> Me
 def decode_retention(point_id: object, payload: dict[str, Any]) -> RetentionFacts:
     return RetentionFacts(
         id=str(point_id),
-        tier=Tier(payload["tier"]),
+        tier=_TIERS[payload["tier"]],
         importance=float(payload["importance"]),
         access_count=int(payload["access_count"]),
         last_accessed_at=_time(payload.get("last_accessed_at")),
@@ -304,7 +326,7 @@ def decode_tombstone(point_id: object, payload: dict[str, Any]) -> Tombstone:
     return Tombstone.model_construct(
         id=str(point_id),
         scope=_scope(payload),
-        level=Level(payload["level"]),
-        zone=Zone(payload["zone"]),
+        level=_LEVELS[payload["level"]],
+        zone=_ZONES[payload["zone"]],
         deleted_at=datetime.fromisoformat(payload["deleted_at"]),
     )
