@@ -33,6 +33,7 @@ from qdrant_edge import (
     MatchValue,
     Modifier,
     PayloadSchemaType,
+    PointVectors,
     Query,
     QueryBatchRequest,
     QueryRequest,
@@ -141,6 +142,8 @@ class EdgeIndex:
         self.path = path
         self.dim = dim
         self._lock = threading.Lock()
+        #: A unit vector (cosine normalises a zero one to NaN) that scrubs a record's own.
+        self._scrub_vector = [1.0] + [0.0] * (dim - 1)
         # id(where) -> (where, its Edge filter). Holding `where` keeps its id from being reused
         # by another object while the entry lives, so identity is a safe key.
         self._filters: dict[int, tuple[And, Filter]] = {}
@@ -204,7 +207,8 @@ class EdgeIndex:
         points = [tombstone_point(t) for t in tombstones]
         with self._lock:
             shard = self._open()
-            # Upserting replaces the whole point: content and vectors are gone with it.
+            self._scrub(shard, [check_record_id(t.id) for t in tombstones])
+            # Upserting replaces the whole point: content and (scrubbed) vectors go with it.
             shard.update(UpdateOperation.upsert_points(points))
 
     def remove(self, ids: Sequence[str]) -> None:
@@ -212,7 +216,26 @@ class EdgeIndex:
             return
         checked: list[int | UUID | str] = [check_record_id(i) for i in ids]
         with self._lock:
-            self._open().update(UpdateOperation.delete_points(checked))
+            shard = self._open()
+            self._scrub(shard, checked)
+            shard.update(UpdateOperation.delete_points(checked))
+
+    def _scrub(self, shard: EdgeShard, ids: list[int | UUID | str]) -> None:
+        """Overwrite, in place, the vectors of the live records among ``ids`` (callers hold the
+        lock and replace or delete those points next). Replacing or deleting a point only marks
+        its vectors deleted: the bytes stayed in the segment's vector file, where a reader of
+        the disk could find a forgotten record's embedding (tests/security/test_forget_scan.py).
+        Updating the vectors writes over them."""
+        live = [p.id for p in shard.retrieve(ids, ["kind"], False)
+                if (p.payload or {}).get("kind") == KIND_RECORD]  # fmt: skip
+        if live:
+            scrubbed: dict[str, list[float] | EdgeSparse | list[list[float]]] = {
+                DENSE: self._scrub_vector,
+                SPARSE: EdgeSparse([], []),
+            }
+            shard.update(
+                UpdateOperation.update_vectors([PointVectors(i, scrubbed) for i in live])
+            )
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -528,13 +528,6 @@ def on_disk(directory: Path, needle: bytes) -> bool:
     return any(needle in data for _, _, data in files(directory))
 
 
-#: security/sealed_index.py keeps vectors in clear; EdgeIndex.put_tombstones is an upsert.
-VECTORS_KEPT = (
-    "a tombstone replaces the point but Qdrant Edge leaves the old dense vector in the "
-    "segment's vector storage (vector_storage-dense/vectors/chunk_0.mmap): the agent's (in "
-    "clear) and the zone store's (rotated by the zone's vector key, which the forget keeps) "
-    "stay on disk, invertible towards the text, and the shredded subject key covers neither"
-)
 
 
 def test_a_record_archived_in_the_zone_store_leaves_the_agents_too(
@@ -556,12 +549,12 @@ def test_a_record_archived_in_the_zone_store_leaves_the_agents_too(
     assert wait_for(lambda: alice.memory.stats(user_id=FORGOTTEN).current == 0, timeout_s=2)
 
 
-@pytest.mark.xfail(strict=True, reason=VECTORS_KEPT)
 def test_a_forgotten_users_vectors_leave_every_disk(
     alice: Agent, runtime: WorkerRuntime, tmp_path: Path
 ) -> None:
     """Once the forget's tombstone reached the agent, the record's dense vector is neither on
-    the agent's disk nor (as the zone store keeps it) on the zone store's."""
+    the agent's disk nor (as the zone store keeps it) on the zone store's. Qdrant Edge only
+    marks a replaced point's vectors deleted; EdgeIndex overwrites them first."""
     (record,) = write(alice, FORGOTTEN, "note", [Zone.PUBLIC])
     runtime.ingest.drain(Zone.PUBLIC, on_due=ignore)
     assert isinstance(runtime.store, SecureZoneStore)
