@@ -36,6 +36,7 @@ records/s. The last line printed is the JSON summary.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import logging
@@ -157,8 +158,15 @@ class QueueStamps:
 # -- the peer process ----------------------------------------------------------------------------
 
 
+def process_settings(data_dir: Path, url: str) -> HivememSettings:
+    """One process's settings: its own data directory; the master and admin keys both processes
+    share, as the processes of one pool must, come from the environment :func:`main` sets
+    before the peer starts (``HIVEMEM_SECURITY__ENABLED=false`` measures without security)."""
+    return HivememSettings(data_dir=data_dir, redis_url=url)
+
+
 def open_peer(url: str, data_dir: Path) -> tuple[SharedMemoryPool, Agent]:
-    pool = SharedMemoryPool.connect(HivememSettings(data_dir=data_dir, redis_url=url))
+    pool = SharedMemoryPool.connect(process_settings(data_dir, url))
     agent = pool.register_agent("b", clearance=Zone.INTERNAL, share_levels=[])
     return pool, agent
 
@@ -352,6 +360,9 @@ def main() -> int:  # noqa: PLR0912 - one benchmark, read top to bottom
 
     with tempfile.TemporaryDirectory(prefix="hivemem-sync-") as workdir:
         root = Path(workdir)
+        # One master key and one admin key for both processes (the peer inherits these).
+        os.environ["HIVEMEM_SECURITY__MASTER_KEY"] = base64.b64encode(os.urandom(32)).decode()
+        os.environ["HIVEMEM_SECURITY__ADMIN_KEY_FILE"] = str(root / "keys" / "admin.key")
         server = EmbeddedRedis(root / "redis").start()
         context = mp.get_context("spawn")
         command_out, command_in = context.Pipe(duplex=False)  # (reader, writer)
@@ -366,7 +377,7 @@ def main() -> int:  # noqa: PLR0912 - one benchmark, read top to bottom
         try:
             command_in.send(("start", server.url, str(root / "peer")))
 
-            settings = HivememSettings(data_dir=root / "sender", redis_url=server.url)
+            settings = process_settings(root / "sender", server.url)
             embedder = CachedEmbedder(shared_embedder(settings.embedding, settings.data_dir))
             note("embedding the texts once (outside the timed parts)")
             total_probes = args.warmup + args.records
