@@ -59,7 +59,7 @@ class KeyRotation:
             AuditEvent.KEY_ROTATED, actor=actor, subject=key.key_id, zone=zone.value,
             previous=previous,
         )  # fmt: skip
-        return self._info(zone, key.key_id)
+        return self.info(zone, key.key_id)
 
     def record_resealed(self, zone: Zone, holder: str, key_id: str) -> None:
         """Note that ``holder`` now keeps everything of ``zone`` under ``key_id``."""
@@ -113,5 +113,6 @@ class KeyRotation:
         log.info("data_key_retired_audited", zone=zone.value, key_id=key_id, behind=len(late))
         return late
 
-    def _info(self, zone: Zone, key_id: str) -> KeyInfo:
+    def info(self, zone: Zone, key_id: str) -> KeyInfo:
+        """What the keyring says of ``key_id`` (a key of ``zone`` it holds)."""
         return next(info for info in self.keyring.keys(zone) if info.key_id == key_id)

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -73,6 +74,19 @@ class ScopeBusy(HivememError):
         super().__init__(f"another worker is consolidating {zone.value}/{user_id}")
         self.zone = zone
         self.user_id = user_id
+
+
+@contextmanager
+def scope_locked(
+    client: redis.Redis, keys: WorkerKeys, zone: Zone, user_id: str, ttl_s: float
+) -> Iterator[None]:
+    """Hold the scope's consolidation lock (without waiting) for the ``with`` block: every
+    writer of a user's records in the zone store takes it. Raises ScopeBusy when another worker
+    holds it."""
+    with held(client, keys.consolidate_lock(zone, user_id), ttl_s) as lock:
+        if not lock.acquired:
+            raise ScopeBusy(zone, user_id)
+        yield
 
 
 def derived_id(level: Level, zone: Zone, user_id: str, sources: Sequence[str]) -> str:
@@ -147,10 +161,7 @@ class ConsolidationService:
         """Consolidate the scope's pending episodes (or finish an interrupted run). Raises
         ScopeBusy when another worker holds the scope."""
         report = ConsolidationReport(zone=zone.value, user_id=user_id, strategy=self._strategy.name)
-        key = self._keys.consolidate_lock(zone, user_id)
-        with held(self._client, key, self._lock_ttl_s) as lock:
-            if not lock.acquired:
-                raise ScopeBusy(zone, user_id)
+        with scope_locked(self._client, self._keys, zone, user_id, self._lock_ttl_s):
             self._client.delete(self._keys.queued(zone, user_id))
             raw = self._take_plan(
                 keys=[self._keys.pending(zone, user_id), self._keys.plan(zone, user_id)]

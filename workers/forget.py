@@ -39,10 +39,9 @@ from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.keyring import ZoneKeyring
 from hivemem.security.pool_security import WORKER_SENDER
-from hivemem.workers.consolidation import ScopeBusy, publish_as_workers
+from hivemem.workers.consolidation import publish_as_workers, scope_locked
 from hivemem.workers.ingest import IngestService
 from hivemem.workers.keys import WorkerKeys
-from hivemem.workers.locks import held
 
 
 class ZoneReceipt(BaseModel):
@@ -144,10 +143,7 @@ class ForgetService:
         self, zone: Zone, user_id: str, on_due: Callable[[Zone, str], None]
     ) -> ZoneReceipt:
         receipt = ZoneReceipt()
-        lock_key = self._keys.consolidate_lock(zone, user_id)
-        with held(self._client, lock_key, self._lock_ttl_s) as lock:
-            if not lock.acquired:
-                raise ScopeBusy(zone, user_id)
+        with scope_locked(self._client, self._keys, zone, user_id, self._lock_ttl_s):
             owned = And(all=[Cond(field="scope.user_id", op="eq", value=user_id)])
             # Before the drain too: tombstones queued by an agent's own forget would otherwise
             # hide records that other agents still hold.

@@ -28,10 +28,9 @@ from hivemem.security.key_rotation import KeyRotation
 from hivemem.security.keyring import ACTIVE_TTL_S
 from hivemem.security.pool_security import WORKER_SENDER
 from hivemem.security.zone_store import SecureZoneStore
-from hivemem.workers.consolidation import ScopeBusy
+from hivemem.workers.consolidation import scope_locked
 from hivemem.workers.ingest import IngestService
 from hivemem.workers.keys import WorkerKeys
-from hivemem.workers.locks import held
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +74,7 @@ class ResealService:
         on the way, passed the consolidation threshold. Raises ScopeBusy while a
         consolidation of one of its users runs."""
         key = self._rotation.keyring.active(zone, fresh=True)  # not a cache older than a rotation
-        made = next(i for i in self._rotation.keyring.keys(zone) if i.key_id == key.key_id)
+        made = self._rotation.info(zone, key.key_id)
         wait_s = SETTLE_S - (datetime.now(UTC) - made.created_at).total_seconds()
         if wait_s > 0:
             time.sleep(wait_s)
@@ -83,10 +82,7 @@ class ResealService:
         users = self._users(zone)
         moved = 0
         for user in users:
-            lock_key = self._keys.consolidate_lock(zone, user)
-            with held(self._client, lock_key, self._lock_ttl_s) as lock:
-                if not lock.acquired:
-                    raise ScopeBusy(zone, user)
+            with scope_locked(self._client, self._keys, zone, user, self._lock_ttl_s):
                 owned = And(all=[Cond(field="scope.user_id", op="eq", value=user)])
                 moved += self._store.reseal(zone, owned)
         self._rotation.record_resealed(zone, WORKER_SENDER, key.key_id)

@@ -9,9 +9,10 @@ carries the task id (bound for every task by :func:`bind_task`), and the zone an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import structlog
@@ -29,6 +30,7 @@ from hivemem.workers.runtime import WorkerRuntime
 log = structlog.get_logger(__name__)
 _TRANSIENT = (StoreBusy, StoreUnavailable, redis.ConnectionError, redis.TimeoutError)
 _RETRIES = 50
+T = TypeVar("T")
 
 
 def bind_task(task_id: str | None = None, task: Task | None = None, **_: object) -> None:
@@ -40,6 +42,18 @@ def bind_task(task_id: str | None = None, task: Task | None = None, **_: object)
 def unbind_task(**_: object) -> None:
     """celery ``task_postrun``."""
     structlog.contextvars.clear_contextvars()
+
+
+def unless_busy(task: Task, runtime: WorkerRuntime, work: Callable[[], T]) -> T:
+    """``work()`` inside a store session; while another worker holds one of its scopes
+    (ScopeBusy), ``task`` is retried later instead."""
+    try:
+        with runtime.store.session():
+            return work()
+    except ScopeBusy as busy:
+        raise task.retry(
+            exc=busy, countdown=runtime.settings.workers.lock_retry_s, max_retries=_RETRIES
+        ) from None
 
 
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
@@ -78,13 +92,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
         chosen = checked_zone(zone)
         user = check_scope_id(user_id, field="user_id")
         structlog.contextvars.bind_contextvars(zone=chosen.value, user_id=user)
-        try:
-            with runtime.store.session():
-                report = runtime.consolidation.consolidate(chosen, user)
-        except ScopeBusy as busy:
-            raise self.retry(
-                exc=busy, countdown=settings.workers.lock_retry_s, max_retries=_RETRIES
-            ) from None
+        report = unless_busy(self, runtime, lambda: runtime.consolidation.consolidate(chosen, user))
         return asdict(report)
 
     @app.task(name="hivemem.consolidate_due", **options)
@@ -137,15 +145,13 @@ def _register_lifecycle_tasks(
         returns the receipt. Retried while a consolidation of the user runs."""
         user = check_scope_id(user_id, field="user_id")
         structlog.contextvars.bind_contextvars(user_id=user)
-        try:
-            with runtime.store.session():
-                receipt = runtime.forget.forget_user(
-                    user, list(Zone), on_due=lambda zone, due: consolidate.delay(zone.value, due)
-                )
-        except ScopeBusy as busy:
-            raise self.retry(
-                exc=busy, countdown=settings.workers.lock_retry_s, max_retries=_RETRIES
-            ) from None
+        receipt = unless_busy(
+            self,
+            runtime,
+            lambda: runtime.forget.forget_user(
+                user, list(Zone), on_due=lambda zone, due: consolidate.delay(zone.value, due)
+            ),
+        )
         result: dict[str, Any] = receipt.model_dump(mode="json")
         return result
 
@@ -154,15 +160,13 @@ def _register_lifecycle_tasks(
         """Re-seal a zone's store and archive under its active key (after a rotation);
         returns the receipt. Retried while a consolidation of one of its users runs."""
         chosen = checked_zone(zone)
-        try:
-            with runtime.store.session():
-                receipt = runtime.reseal.reseal(
-                    chosen, on_due=lambda due: consolidate.delay(chosen.value, due)
-                )
-        except ScopeBusy as busy:
-            raise self.retry(
-                exc=busy, countdown=settings.workers.lock_retry_s, max_retries=_RETRIES
-            ) from None
+        receipt = unless_busy(
+            self,
+            runtime,
+            lambda: runtime.reseal.reseal(
+                chosen, on_due=lambda due: consolidate.delay(chosen.value, due)
+            ),
+        )
         result: dict[str, Any] = receipt.model_dump(mode="json")
         return result
 
