@@ -101,8 +101,9 @@ def _keys(args: argparse.Namespace, settings: HivememSettings) -> int:
 
 
 def _rotate(args: argparse.Namespace, settings: HivememSettings) -> int:
-    """A new active key per zone; then (unless --no-wait) the workers re-seal the zone store
-    and its archive under it. Agents re-seal their local stores at their next heartbeat."""
+    """A new active key per zone; then the workers re-seal the zone store and its archive under
+    it (waited for unless --no-wait, which only queues it). Agents re-seal their local stores
+    at their next heartbeat."""
     from hivemem.cli.output import console, emit, open_pool
     from hivemem.workers.fleet import Fleet
 
@@ -111,10 +112,12 @@ def _rotate(args: argparse.Namespace, settings: HivememSettings) -> int:
     with open_pool(settings) as pool:
         for zone in zones:
             pool.rotate_key(zone)
-        if args.wait:
-            with Fleet(settings.model_copy(update={"redis_url": pool.redis_url})) as fleet:
-                for zone in zones:
+        with Fleet(settings.model_copy(update={"redis_url": pool.redis_url})) as fleet:
+            for zone in zones:
+                if args.wait:
                     resealed[zone.value] = fleet.reseal(zone, timeout_s=args.timeout).records
+                else:
+                    fleet.queue_reseal(zone)
         rows = _key_rows(pool, zones)
 
     def render() -> None:

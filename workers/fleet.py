@@ -50,6 +50,10 @@ class Fleet:
         done = self._call("hivemem.reseal", [zone.value], timeout_s)
         return ResealReceipt.model_validate(done)
 
+    def queue_reseal(self, zone: Zone) -> None:
+        """:meth:`reseal` without waiting: a worker picks it up when one runs."""
+        self._app.send_task("hivemem.reseal", args=[zone.value])
+
     def consolidate(self, zone: Zone, user_id: str, *, timeout_s: float = 120.0) -> dict[str, Any]:
         """Consolidate one scope now (whatever the threshold); returns the run's report."""
         user = check_scope_id(user_id, field="user_id")

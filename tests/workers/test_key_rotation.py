@@ -188,7 +188,8 @@ def test_the_command_line_rotates_reseals_and_retires_through_a_worker(
     capsys: pytest.CaptureFixture[str],
     restored_logging: None,
 ) -> None:
-    """`hivemem zones rotate-keys internal` rotates and waits for a real worker's re-seal;
+    """`hivemem zones rotate-keys internal` rotates and waits for a real worker's re-seal (with
+    --no-wait, only queues it);
     `zones keys` shows the old key with nobody behind once the agent re-sealed too; `zones
     retire-key` retires it (exit 0), retiring the active key exits 2, and the zone store and
     the agent still read every record."""
@@ -222,6 +223,17 @@ def test_the_command_line_rotates_reseals_and_retires_through_a_worker(
     }
     assert run("zones", "retire-key", "internal", old, "--json")[0] == 0
     assert run("zones", "retire-key", "internal", new)[0] == 2
+    # --no-wait returns at once; the re-seal it queued still reaches the worker.
+    code, out = run("zones", "rotate-keys", "internal", "--no-wait", "--json")
+    assert code == 0, out
+    queued = json.loads(out)
+    assert queued["zone_store_resealed"] == {}
+    newest = next(row["key_id"] for row in queued["keys"] if row["state"] == "active")
+    assert newest != new
+    assert wait_for(
+        lambda: pool.rotation.resealed_under(Zone.INTERNAL, WORKER_SENDER) == newest,
+        timeout_s=60,
+    )
     assert {i: writer.memory.get(i).content for i in written} == written
     stored = make_runtime().store.get(Zone.INTERNAL, sorted(written))
     assert {r.id: r.content for r in stored} == written
