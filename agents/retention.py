@@ -38,12 +38,8 @@ class LocalRetention:
     def run(self) -> int:
         """Expire what is due; returns how many records went. Failures are logged and tried
         again at the next call."""
-        now = self._clock()
         expired = 0
-        for zone in self._policies.kept():
-            cutoff = self._policies.expiry(zone, now)
-            if cutoff is None:
-                continue
+        for zone, cutoff in self._policies.cutoffs(self._clock()).items():
             try:
                 expired += self._memory.expire(zone, cutoff)
             except MemoryClosed:

@@ -79,15 +79,10 @@ class ZonePolicies:
                 field="level",
             )
 
-    def expiry(self, zone: Zone, now: datetime) -> datetime | None:
-        """Records of ``zone`` recorded before this are past their retention (None: kept)."""
-        days = self.of(zone).retention_days
-        return None if days is None else now - timedelta(days=days)
-
-    def kept(self) -> dict[Zone, float]:
-        """The zones with a retention, and their days."""
+    def cutoffs(self, now: datetime) -> dict[Zone, datetime]:
+        """For each zone with a retention, the time before which its records are past it."""
         return {
-            zone: policy.retention_days
+            zone: now - timedelta(days=policy.retention_days)
             for zone, policy in self._policies.items()
             if policy.retention_days is not None
         }
