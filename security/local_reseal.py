@@ -4,7 +4,8 @@
 the agent is cleared for whose active key it has not re-sealed under yet (as recorded in Redis
 by :class:`~hivemem.security.key_rotation.KeyRotation`), it re-seals the local records sealed
 under older keys (writes held off meanwhile), then records the zone's key as done — what lets
-the old key be retired. Nothing to do costs one look at the cached active key per zone.
+the old key be retired. Nothing to do costs one Redis read of the active key id per zone
+(fresh, not the keyring's 1 s cache: a re-seal must not record a key older than a rotation).
 """
 
 from __future__ import annotations
