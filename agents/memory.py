@@ -239,7 +239,8 @@ class HierarchicalMemory:
         bad item that work is dropped). The returned records carry their sparse terms but not
         their dense vectors (``get(id, with_vectors=True)`` has them): a batch of 100,000
         would otherwise hold ~1 GB of Python floats. A progress bar shows when ``progress`` is
-        true, or when it is None and the batch is longer than ``memory.progress_threshold``."""
+        true, or when it is None and the batch is longer than ``memory.progress_threshold``.
+        A batch of ``memory.compact_after`` records or more is followed by :meth:`compact`."""
         self._check_open()
         common = None
         if scope is not None or user_id is not None:
@@ -264,7 +265,21 @@ class HierarchicalMemory:
                         bar.advance(task, len(records[start:stop]))
         finally:
             embedding.cancel()
+        if 0 < self.settings.memory.compact_after <= len(stored):
+            self.compact()
         return stored
+
+    def compact(self) -> bool:
+        """Reorganise the index for faster searches: what was added since the last compaction
+        becomes an immutable segment, which answers filtered lookups faster (at 100k records a
+        filtered hybrid lookup took 1.3 ms against 1.9). True when anything changed. It takes
+        ~10 s per 100,000 records not yet compacted, during which this process waits (Qdrant
+        Edge holds the GIL). With ``memory.compact_after`` set, an ``add_many`` of that many
+        records or more runs it by itself. Once compacted, every delete, forget or received
+        tombstone rewrites the immutable segment that held the removed records (see
+        :meth:`EdgeIndex.purge`): up to the same ~10 s per 100,000 records."""
+        self._check_open()
+        return self._index.compact()
 
     def _validated(
         self,
@@ -388,6 +403,7 @@ class HierarchicalMemory:
         with self._write_lock:
             ids = [r.id for r in self._index.scan(And(all=[]))]
             self._index.remove(ids)
+            self._index.purge()
             self._sessions.forget()
 
     def end_session(self, *, user_id: str, session_id: str) -> list[MemoryRecord]:
@@ -453,6 +469,7 @@ class HierarchicalMemory:
                 self._tiers.enforce(added, self._clock())
             if tombstones:
                 self._index.put_tombstones(tombstones)
+                self._index.purge()
         return stored
 
     def _upsert_received(self, pairs: list[tuple[MemoryRecord, Vector | None]]) -> None:

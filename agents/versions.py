@@ -130,7 +130,7 @@ def chain(index: LocalIndex, record_id: str) -> list[MemoryRecord]:
 
 
 def tombstone(index: LocalIndex, records: Sequence[MemoryRecord], now: datetime) -> list[Tombstone]:
-    """Replace ``records`` by tombstones, in chunks; returns the tombstones."""
+    """Replace ``records`` by tombstones, in chunks, then purge; returns the tombstones."""
     made = []
     for start in range(0, len(records), _TOMBSTONE_CHUNK):
         batch = [
@@ -139,4 +139,5 @@ def tombstone(index: LocalIndex, records: Sequence[MemoryRecord], now: datetime)
         ]
         index.put_tombstones(batch)
         made.extend(batch)
+    index.purge()
     return made

@@ -107,7 +107,7 @@ class LocalIndex(Protocol):
         ...
 
     def put_tombstones(self, tombstones: Sequence[Tombstone]) -> None:
-        """Replace records by tombstones (the content and vectors are destroyed)."""
+        """Replace records by tombstones (the content and vectors are destroyed; see purge)."""
         ...
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[MemoryRecord]:
@@ -151,7 +151,17 @@ class LocalIndex(Protocol):
         ...
 
     def remove(self, ids: Sequence[str]) -> None:
-        """Physically remove records and tombstones (no trace is kept)."""
+        """Physically remove records and tombstones (no trace is kept once :meth:`purge`
+        returns)."""
+        ...
+
+    def purge(self) -> None:
+        """Erase from disk what earlier put_tombstones and remove calls destroyed, where the
+        store keeps it until then; callers that destroy data call it once they are done."""
+        ...
+
+    def compact(self) -> bool:
+        """Reorganise the store for faster lookups (and purge); True when anything changed."""
         ...
 
     def size_bytes(self) -> int:

@@ -70,6 +70,10 @@ class MemorySettings(BaseModel):
     search_preset: str = "balanced"
     #: Batches longer than this show a progress bar (when ``progress`` is not given).
     progress_threshold: int = Field(default=2_000, ge=1)
+    #: An ``add_many`` of at least this many records compacts the index when it is done (see
+    #: ``HierarchicalMemory.compact``); 0 (the default) never does: compacting 100,000 records
+    #: took ~10 s, which brought a 100k bulk add below 0.85 of the raw embedding rate.
+    compact_after: int = Field(default=0, ge=0)
     tiers: TierSettings = Field(default_factory=TierSettings)
 
 

@@ -97,6 +97,12 @@ class SealedIndex:
     def remove(self, ids: Sequence[str]) -> None:
         self.inner.remove(ids)
 
+    def purge(self) -> None:
+        self.inner.purge()
+
+    def compact(self) -> bool:
+        return self.inner.compact()
+
     def size_bytes(self) -> int:
         return self.inner.size_bytes()
 

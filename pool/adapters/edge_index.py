@@ -22,6 +22,7 @@ from qdrant_edge import (
     CountRequest,
     Distance,
     EdgeConfig,
+    EdgeOptimizersConfig,
     EdgeShard,
     EdgeSparseVectorParams,
     EdgeVectorParams,
@@ -29,6 +30,7 @@ from qdrant_edge import (
     FieldCondition,
     Filter,
     HasIdCondition,
+    HnswIndexConfig,
     IdfParams,
     MatchValue,
     Modifier,
@@ -76,6 +78,9 @@ _SCROLL_PAGE = 512
 _FILTER_CACHE = 256
 #: Payload keys that make up a record's RetentionFacts.
 _RETENTION = ["tier", "importance", "access_count", "last_accessed_at", "recorded_at"]
+#: A segment whose dense vectors pass this size (KB, ~650 records) is turned into an immutable
+#: one when the index is compacted (see EdgeIndex.compact).
+_COMPACT_KB = 1_000
 #: Payload keys that make up a record's Neighbourhood.
 _NEIGHBOURHOOD = ["session_id", "follows"]
 
@@ -89,15 +94,26 @@ class _Point(NamedTuple):
 
 
 def _config(dim: int) -> EdgeConfig:
-    """The shard's configuration, given at creation and at every load. One search thread: an
-    agent's shard is one segment (no optimizer runs on it), which a second thread cannot split,
-    and handing a query to a pool of several threads measured slower (at 100k records, dense +
-    sparse lookup p50 0.67-0.75 ms with one thread, 0.82-0.86 with the default pool, 0.97 with
-    two)."""
+    """The shard's configuration, given at creation and at every load.
+
+    One search thread: handing a query to a pool of several threads measured slower (at 100k
+    records, dense + sparse lookup p50 0.67-0.75 ms with one thread, 0.82-0.86 with the default
+    pool, 0.97 with two).
+
+    Compaction (:meth:`EdgeIndex.compact`, Edge's optimizers, which only run when called) turns
+    the appendable segment, once past ``_COMPACT_KB``, into an immutable one, and rewrites an
+    immutable segment as soon as it holds one removed point (a removed point's bytes stay in
+    an immutable segment until it is rewritten). No HNSW graph is ever built (``m=0``):
+    filtered lookups touch ~1,000 points per user, which a plain scan scores faster than a
+    graph is built (minutes at 100k on 2 cores)."""
     return EdgeConfig(
         vectors={DENSE: EdgeVectorParams(size=dim, distance=Distance.Cosine)},
         sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)},
         max_search_threads=1,
+        hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000, payload_m=0),
+        optimizers=EdgeOptimizersConfig(
+            indexing_threshold=_COMPACT_KB, deleted_threshold=1e-9, vacuum_min_vector_number=1
+        ),
     )
 
 
@@ -147,12 +163,16 @@ class EdgeIndex:
         # id(where) -> (where, its Edge filter). Holding `where` keeps its id from being reused
         # by another object while the entry lives, so identity is a safe key.
         self._filters: dict[int, tuple[And, Filter]] = {}
+        #: Points were removed from a compacted shard since its last optimisation (see purge).
+        self._unpurged = False
         if (path / "edge").exists():
             self._shard: EdgeShard | None = EdgeShard.load(str(path / "edge"), _config(dim))
         else:
             path.mkdir(parents=True, exist_ok=True)
             self._shard = EdgeShard.create(str(path / "edge"), _config(dim))
             create_payload_indexes(self._shard)
+        #: Whether the shard has immutable segments (Edge only compacts when asked to).
+        self._compacted = self._shard.info().segments_count > 1
 
     def _open(self) -> EdgeShard:
         if self._shard is None:
@@ -210,6 +230,7 @@ class EdgeIndex:
             self._scrub(shard, [check_record_id(t.id) for t in tombstones])
             # Upserting replaces the whole point: content and (scrubbed) vectors go with it.
             shard.update(UpdateOperation.upsert_points(points))
+            self._note_removal()
 
     def remove(self, ids: Sequence[str]) -> None:
         if not ids:
@@ -219,6 +240,38 @@ class EdgeIndex:
             shard = self._open()
             self._scrub(shard, checked)
             shard.update(UpdateOperation.delete_points(checked))
+            self._note_removal()
+
+    def _note_removal(self) -> None:
+        """After points were replaced or deleted: in a compacted shard their old copies stay in
+        an immutable segment until :meth:`purge` rewrites it."""
+        if self._compacted:
+            self._unpurged = True
+
+    def purge(self) -> None:
+        """Rewrite the immutable segments that still hold the bytes of replaced or deleted
+        points (a no-op unless the shard was compacted and points were removed since)."""
+        with self._lock:
+            if self._unpurged:
+                self._optimize()
+
+    def compact(self) -> bool:
+        """Turn a grown appendable segment into an immutable one and rewrite segments holding
+        removed points; True when anything changed. Filtered lookups on an immutable segment
+        measured 0.45 against 0.70 ms at 100k records. Blocks every call on this index (and,
+        as Edge holds the GIL, the process) while it runs: ~10 s per 100k records."""
+        with self._lock:
+            return self._optimize()
+
+    def _optimize(self) -> bool:
+        """Run Edge's optimizers (the caller holds the lock). The segments they replace leave
+        the disk only at the next flush, so it flushes at once."""
+        shard = self._open()
+        changed = bool(shard.optimize())
+        shard.flush()
+        self._unpurged = False
+        self._compacted = self._compacted or changed
+        return changed
 
     def _scrub(self, shard: EdgeShard, ids: list[int | UUID | str]) -> None:
         """Overwrite, in place, the vectors of the live records among ``ids`` (callers hold the
@@ -233,9 +286,7 @@ class EdgeIndex:
                 DENSE: self._scrub_vector,
                 SPARSE: EdgeSparse([], []),
             }
-            shard.update(
-                UpdateOperation.update_vectors([PointVectors(i, scrubbed) for i in live])
-            )
+            shard.update(UpdateOperation.update_vectors([PointVectors(i, scrubbed) for i in live]))
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -395,6 +446,7 @@ class EdgeIndex:
         return sum(f.stat().st_blocks * 512 for f in self.path.rglob("*") if f.is_file())
 
     def close(self) -> None:
+        self.purge()
         with self._lock:
             if self._shard is not None:
                 self._shard.close()
