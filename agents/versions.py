@@ -133,10 +133,7 @@ def tombstone(index: LocalIndex, records: Sequence[MemoryRecord], now: datetime)
     """Replace ``records`` by tombstones, in chunks, then purge; returns the tombstones."""
     made = []
     for start in range(0, len(records), _TOMBSTONE_CHUNK):
-        batch = [
-            Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone, deleted_at=now)
-            for r in records[start : start + _TOMBSTONE_CHUNK]
-        ]
+        batch = [Tombstone.of(r, now) for r in records[start : start + _TOMBSTONE_CHUNK]]
         index.put_tombstones(batch)
         made.extend(batch)
     index.purge()

@@ -224,3 +224,9 @@ class Tombstone(Model):
     level: Level
     zone: Zone
     deleted_at: UtcDatetime = Field(default_factory=utc_now)
+
+    @classmethod
+    def of(cls, record: MemoryRecord, deleted_at: datetime | None = None) -> Tombstone:
+        """The tombstone of ``record``, deleted at ``deleted_at`` (default: now)."""
+        when = {} if deleted_at is None else {"deleted_at": deleted_at}
+        return cls(id=record.id, scope=record.scope, level=record.level, zone=record.zone, **when)

@@ -395,9 +395,7 @@ class ConsolidationService:
                 continue
             updates[prior.id] = {"superseded_at": now, "superseded_by": successors.get(prior.id)}
             if prior.id not in successors:
-                retired.append(
-                    Tombstone(id=prior.id, scope=prior.scope, level=prior.level, zone=prior.zone)
-                )
+                retired.append(Tombstone.of(prior))
         if domain_record.supersedes is not None:
             updates[domain_record.supersedes] = {
                 "superseded_at": now,

@@ -156,10 +156,7 @@ class ForgetService:
             # Archived records are tombstoned too: agents hold copies of them, and the store
             # must refuse a late copy.
             kept = [r for r in self._store.archive_get(zone, archived) if r.id not in found]
-            tombstones = [
-                Tombstone(id=r.id, scope=r.scope, level=r.level, zone=r.zone)
-                for r in [*found.values(), *kept]
-            ]
+            tombstones = [Tombstone.of(r) for r in [*found.values(), *kept]]
             self._store.put_tombstones(zone, tombstones)
             self._store.archive_remove(zone, archived)
             receipt.live_records = len(found)

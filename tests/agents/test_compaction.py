@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.pool.settings import HivememSettings
+from tests.disk import vector_on_disk
 
 BATCH = 800  # past the ~650 records at which a segment is compacted
 
@@ -25,12 +24,6 @@ def batch(users: int) -> list[dict[str, object]]:
         {"content": f"note {i} about topic {i % 17}", "scope": {"user_id": f"user-{i % users}"}}
         for i in range(BATCH)
     ]
-
-
-def on_disk(path: Path, vector: list[float] | None) -> bool:
-    assert vector is not None
-    needle = np.asarray(vector, dtype="<f4").tobytes()
-    return any(needle in f.read_bytes() for f in path.rglob("*") if f.is_file())
 
 
 def test_a_batch_of_compact_after_records_compacts_the_index(
@@ -57,8 +50,8 @@ def test_forgetting_on_a_compacted_memory_erases_the_vectors(
     added = memory.add_many(batch(users=2))
     forgotten = [memory.get(r.id, with_vectors=True).vector for r in added[:6:2]]
     kept = memory.get(added[1].id, with_vectors=True).vector
-    assert all(on_disk(tmp_path / "agent", v) for v in forgotten)
+    assert all(vector_on_disk(tmp_path / "agent", v) for v in forgotten)
 
     assert memory.forget(user_id="user-0") == BATCH // 2
-    assert not any(on_disk(tmp_path / "agent", v) for v in forgotten)
-    assert on_disk(tmp_path / "agent", kept)
+    assert not any(vector_on_disk(tmp_path / "agent", v) for v in forgotten)
+    assert vector_on_disk(tmp_path / "agent", kept)

@@ -19,6 +19,7 @@ from hivemem.pool.enums import Category
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import NearestRequest
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
+from tests.disk import vector_on_disk
 
 DIM = 384
 COUNT = 900  # 900 x 1.5 KB of vectors: past the 1,000 KB at which a segment is compacted
@@ -91,18 +92,6 @@ def lookups(index: EdgeIndex, dense: np.ndarray) -> list[list[tuple[float, str]]
     return answers
 
 
-def tombstone(record: MemoryRecord) -> Tombstone:
-    return Tombstone(
-        id=record.id, scope=record.scope, level=record.level, zone=record.zone, deleted_at=T0
-    )
-
-
-def disk_holds(path: Path, vector: np.ndarray) -> bool:
-    """Whether any file under ``path`` holds ``vector`` as little-endian float32 bytes."""
-    needle = np.asarray(vector, dtype="<f4").tobytes()
-    return any(needle in f.read_bytes() for f in path.rglob("*") if f.is_file())
-
-
 def test_compaction_changes_no_answer(
     filled: tuple[EdgeIndex, list[MemoryRecord], np.ndarray],
 ) -> None:
@@ -128,7 +117,7 @@ def test_writes_after_compaction_are_read_back(
     index.update_fields({records[0].id: {"importance": 0.99, "access_count": 4}})
     extra, extra_dense = corpus(seed=9)
     index.upsert(extra[:5], extra_dense[:5])
-    index.put_tombstones([tombstone(r) for r in records[1:3]])
+    index.put_tombstones([Tombstone.of(r, T0) for r in records[1:3]])
     index.purge()
     index.close()
 
@@ -152,19 +141,19 @@ def test_purge_erases_removed_vectors_from_compacted_segments(
     index, records, dense = filled
     index.compact()
     path = tmp_path / "index"
-    assert disk_holds(path, dense[0])
-    assert disk_holds(path, dense[1])
+    assert vector_on_disk(path, dense[0])
+    assert vector_on_disk(path, dense[1])
 
     doomed = records[0]
-    index.put_tombstones([tombstone(doomed)])
+    index.put_tombstones([Tombstone.of(doomed, T0)])
     index.remove([records[1].id])
-    assert disk_holds(path, dense[0])
-    assert disk_holds(path, dense[1])
+    assert vector_on_disk(path, dense[0])
+    assert vector_on_disk(path, dense[1])
     index.purge()
-    assert not disk_holds(path, dense[0])
-    assert not disk_holds(path, dense[1])
-    assert disk_holds(path, dense[2])  # a record kept keeps its vector
+    assert not vector_on_disk(path, dense[0])
+    assert not vector_on_disk(path, dense[1])
+    assert vector_on_disk(path, dense[2])  # a record kept keeps its vector
 
     index.remove([records[2].id])
     index.close()
-    assert not disk_holds(path, dense[2])
+    assert not vector_on_disk(path, dense[2])

@@ -64,13 +64,7 @@ def typed(value: object) -> object:
 
 
 def tombstone_of(record: MemoryRecord, deleted_at: datetime) -> Tombstone:
-    return Tombstone(
-        id=record.id,
-        scope=record.scope,
-        level=record.level,
-        zone=record.zone,
-        deleted_at=deleted_at,
-    )
+    return Tombstone.of(record, deleted_at)
 
 
 def ids(records: Iterator[MemoryRecord] | list[MemoryRecord]) -> set[str]:

@@ -91,9 +91,7 @@ def make(content: str = "a memory", **fields: Any) -> MemoryRecord:
 
 
 def tombstone_of(record: MemoryRecord) -> Tombstone:
-    return Tombstone(
-        id=record.id, scope=record.scope, level=record.level, zone=record.zone, deleted_at=T0
-    )
+    return Tombstone.of(record, T0)
 
 
 def typed(value: object) -> object:
