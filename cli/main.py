@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 import structlog
+from pydantic import ValidationError
 
 from hivemem import __version__
 from hivemem.cli import agents, audit, forget, memory, stack, transfer, zones
@@ -60,10 +61,18 @@ def _logging(command: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        # Before the parser: the settings install the configured zones, its zone choices.
+        settings = HivememSettings()
+    except ValidationError as exc:  # never the inputs: a setting may hold a secret
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False)
+        )
+        print(f"hivemem: bad HIVEMEM_* settings: {problems}", file=sys.stderr)
+        return EXIT_USAGE
     args = _parser().parse_args(argv)
     _logging(args.command)
     try:
-        settings = HivememSettings()
         code: int = args.handler(args, settings)
     except (InvalidInput, AgentNotFound, MemoryNotFound) as exc:
         print(f"hivemem: {exc}", file=sys.stderr)

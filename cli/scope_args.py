@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hivemem.cli.output import open_pool
+from hivemem.pool.enums import Zone
 from hivemem.pool.errors import HivememError, StoreLocked
 from hivemem.pool.settings import HivememSettings
 
@@ -56,8 +57,8 @@ class WritesPending(HivememError):
         self.path = path
 
 
-def values(enum: type[StrEnum]) -> list[str]:
-    """The values of ``enum``, for argparse ``choices``."""
+def values(enum: type[StrEnum] | type[Zone]) -> list[str]:
+    """The values of ``enum`` (or the configured zones), for argparse ``choices``."""
     return [member.value for member in enum]
 
 
@@ -92,7 +93,7 @@ def add_flush_timeout(parser: argparse.ArgumentParser) -> None:
 def add_choice(
     parser: argparse.ArgumentParser,
     flag: str,
-    enum: type[StrEnum],
+    enum: type[StrEnum] | type[Zone],
     help_text: str,
     *,
     many: bool = False,

@@ -181,6 +181,12 @@ class SecurityMismatch(HivememError):
     applied; the workers stop at it (their ingest fails until the setting agrees)."""
 
 
+class ZoneLadderMismatch(HivememError):
+    """Raised when a process's zones (``HIVEMEM_ZONES``) differ from the ladder the pool's Redis
+    holds (set by the first process that connected): clearances compared on two ladders could
+    let a record reach an agent not cleared for it. Nothing was read or written."""
+
+
 class KeyUnavailable(HivememError):
     """Raised when a data key is asked for that does not exist, was retired, or belongs to a
     zone above the caller's clearance; ``zone`` and ``key_id`` say which."""

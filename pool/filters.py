@@ -48,7 +48,7 @@ class FieldKind(StrEnum):
     METADATA = "metadata"
 
 
-ENUM_FIELDS: dict[str, type[StrEnum]] = {
+ENUM_FIELDS: dict[str, type[StrEnum] | type[Zone]] = {
     "level": Level,
     "tier": Tier,
     "category": Category,

@@ -7,14 +7,31 @@ the package reads the environment at import time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from hivemem.pool.enums import Tier, Zone
+from hivemem.pool.enums import (
+    BUILTIN_ZONES,
+    Tier,
+    Zone,
+    check_zone_names,
+    configure_zones,
+    zone_names,
+)
+from hivemem.pool.errors import InvalidInput
 from hivemem.pool.zone_policy import ZonePolicy, check_policies
 from hivemem.security.classifier import SensitivityPolicy
 
@@ -203,12 +220,23 @@ class SecuritySettings(BaseModel):
 
 
 class HivememSettings(BaseSettings):
-    """Every setting of hivemem. Environment: ``HIVEMEM_<FIELD>``, nested ``HIVEMEM_<A>__<B>``."""
+    """Every setting of hivemem. Environment: ``HIVEMEM_<FIELD>``, nested ``HIVEMEM_<A>__<B>``.
+
+    Building the settings installs their ``zones`` as the process's zone ladder (see
+    :func:`hivemem.pool.enums.configure_zones`) before the other fields are read, so that zone
+    fields (policies, classifier floors, clearances) may name the configured zones. Settings
+    that fail to validate leave the ladder as it was.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="HIVEMEM_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
+    #: The trust zones, lowest first: ``'["public", "internal", "restricted", "confidential",
+    #: "secret", "top_secret"]'``. The four built-in zones must be there, in their order; names
+    #: are 1-32 of a-z, 0-9 and ``_``. Every process of a deployment must use the same ladder
+    #: (the pool refuses to connect to a Redis that holds another one).
+    zones: Annotated[tuple[str, ...], AfterValidator(check_zone_names)] = BUILTIN_ZONES
     #: Root of everything hivemem keeps on disk (agent stores, model directory).
     data_dir: Path = Path(".hivemem")
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
@@ -230,9 +258,27 @@ class HivememSettings(BaseSettings):
     #: ["domain"], "retention_days": 30, "min_write_clearance": "secret"}}'``. A zone not
     #: named allows every level to be shared, keeps records until deleted, and is written by
     #: anyone cleared for it.
-    zone_policies: Annotated[
-        dict[Zone, ZonePolicy], AfterValidator(check_policies)
-    ] = Field(default_factory=dict)
+    zone_policies: Annotated[dict[Zone, ZonePolicy], AfterValidator(check_policies)] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _install_zones(
+        cls, data: object, handler: ModelWrapValidatorHandler[HivememSettings]
+    ) -> HivememSettings:
+        """Install the ladder first (the other fields may name its zones); put the previous
+        one back when the settings fail."""
+        names = data.get("zones", BUILTIN_ZONES) if isinstance(data, dict) else BUILTIN_ZONES
+        previous = zone_names()
+        if isinstance(names, list | tuple):
+            with contextlib.suppress(InvalidInput):  # the zones field reports it, by name
+                configure_zones(names)
+        try:
+            return handler(data)
+        except Exception:
+            configure_zones(previous)
+            raise
 
     def environment(self) -> dict[str, str]:
         """The ``HIVEMEM_*`` variables that make ``HivememSettings()`` in a child process equal
@@ -242,7 +288,7 @@ class HivememSettings(BaseSettings):
             if value is None:
                 continue
             key = f"HIVEMEM_{name.upper()}"
-            if isinstance(value, BaseModel | dict):
+            if isinstance(value, BaseModel | dict | tuple):
                 env[key] = _json_with_secrets(value)
             elif isinstance(value, SecretStr):
                 env[key] = value.get_secret_value()
@@ -251,8 +297,8 @@ class HivememSettings(BaseSettings):
         return env
 
 
-def _json_with_secrets(model: BaseModel | dict[object, object]) -> str:
-    """A model (or a mapping of them) as JSON with its secrets in clear text (for a child
+def _json_with_secrets(model: BaseModel | dict[object, object] | tuple[object, ...]) -> str:
+    """A model (or a mapping or tuple of them) as JSON with its secrets in clear text (for a child
     process's environment)."""
 
     def plain(value: object) -> object:

@@ -19,11 +19,17 @@ from hivemem.agents.identity import Identity, SecureIdentity
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.retention import LocalRetention
 from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
-from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.adapters.redis_registry import AgentRegistry, check_zone_ladder
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone, checked_zone
 from hivemem.pool.envelope import PlainCodec
-from hivemem.pool.errors import AgentNotFound, ClearanceDenied, InvalidInput, PoolUnavailable
+from hivemem.pool.errors import (
+    AgentNotFound,
+    ClearanceDenied,
+    InvalidInput,
+    PoolUnavailable,
+    ZoneLadderMismatch,
+)
 from hivemem.pool.ids import check_agent_id
 from hivemem.pool.ports import Embedder, LocalIndex
 from hivemem.pool.records import MemoryRecord
@@ -99,7 +105,8 @@ class SharedMemoryPool:
         """Connect to ``settings.redis_url``; when it is None, to the Redis of the stack that
         ``hivemem up`` runs on ``data_dir``, else start a redis-server of our own (append-only,
         its files under ``<data_dir>/redis``). ``embedder`` replaces the default (fastembed) in
-        the agents' memories. Raises PoolUnavailable."""
+        the agents' memories. Raises PoolUnavailable, or ZoneLadderMismatch when the pool holds
+        other zones than ``settings.zones``."""
         settings = settings or HivememSettings()
         server = None
         url = settings.redis_url
@@ -111,10 +118,15 @@ class SharedMemoryPool:
         client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=10)
         try:
             client.ping()
+            check_zone_ladder(client, settings.pool.namespace)
         except (redis.ConnectionError, redis.TimeoutError) as error:
             if server is not None:
                 server.stop()
             raise PoolUnavailable(f"cannot reach Redis: {type(error).__name__}") from None
+        except ZoneLadderMismatch:
+            if server is not None:
+                server.stop()
+            raise
         log.info("pool_connected", embedded=server is not None)
         return cls(settings, client, server, redis_url=url, embedder=embedder)
 

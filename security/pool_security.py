@@ -93,7 +93,7 @@ class PoolSecurity:
         """What the workers open the ingest queues with and publish with: every zone, no age
         or replay check (a durable queue, read by position)."""
         return SecureCodec(
-            sealer=Sealer(self.keyring, clearance=Zone.SECRET),
+            sealer=Sealer(self.keyring, clearance=Zone.top()),
             signer=self.workers_key(),
             sender_id=WORKER_SENDER,
             check=self._check(_QueueGuard(self.options.max_message_age_s)),
@@ -107,7 +107,7 @@ class PoolSecurity:
             agent_id=WORKER_SENDER,
             display_name="hivemem workers",
             capabilities=["service"],
-            clearance=Zone.SECRET,
+            clearance=Zone.top(),
             public_key=self.workers_key().public_key,
         )
         return self.signed(info)

@@ -112,9 +112,9 @@ class Sealer:
     item that fails raises, and nothing is returned.
     """
 
-    def __init__(self, keyring: ZoneKeyring, *, clearance: Zone = Zone.SECRET) -> None:
+    def __init__(self, keyring: ZoneKeyring, *, clearance: Zone | None = None) -> None:
         self._keyring = keyring
-        self._clearance = checked_zone(clearance)
+        self._clearance = Zone.top() if clearance is None else checked_zone(clearance)
         self._content_key = functools.lru_cache(maxsize=_CONTENT_KEYS)(_derive)
 
     def seal(

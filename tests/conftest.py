@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hivemem.agents.embedding import FastEmbedder, shared_embedder
 from hivemem.agents.memory import HierarchicalMemory
+from hivemem.pool.enums import BUILTIN_ZONES, configure_zones
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import HivememSettings, PoolSettings, SecuritySettings
 from hivemem.pool.shared import SharedMemoryPool
@@ -45,6 +46,14 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def settings(data_dir: Path) -> HivememSettings:
     return HivememSettings(data_dir=data_dir)
+
+
+@pytest.fixture(autouse=True)
+def builtin_zones() -> Iterator[None]:
+    """Every test ends on the built-in zone ladder, whatever ladder its settings installed (the
+    ladder is process-wide)."""
+    yield
+    configure_zones(BUILTIN_ZONES)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from hivemem.agents.embedding import MINILM_DIM
 from hivemem.pool.adapters.edge_zone_store import EdgeZoneStore
 from hivemem.pool.adapters.qdrant_zone_store import QdrantZoneStore
 from hivemem.pool.adapters.redis_bus import RedisBus, ingest_topic
-from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.adapters.redis_registry import AgentRegistry, check_zone_ladder
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidInput, MessageRejected
@@ -106,7 +106,9 @@ class WorkerRuntime:
     def client(self) -> redis.Redis:
         if self.settings.redis_url is None:
             raise InvalidInput("the workers need HIVEMEM_REDIS_URL", field="redis_url")
-        return redis.Redis.from_url(self.settings.redis_url)
+        client = redis.Redis.from_url(self.settings.redis_url)
+        check_zone_ladder(client, self.settings.pool.namespace)  # ZoneLadderMismatch
+        return client
 
     @cached_property
     def keys(self) -> WorkerKeys:

@@ -17,7 +17,7 @@ from typing import Any
 from qdrant_edge import Point
 from qdrant_edge import SparseVector as EdgeSparse
 
-from hivemem.pool.enums import Category, Level, Tier, Zone
+from hivemem.pool.enums import Category, Level, Tier, checked_zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.ids import check_record_id
 from hivemem.pool.ports import RetentionFacts
@@ -67,7 +67,6 @@ FIELD_KEYS = {
 _LEVELS = {member.value: member for member in Level}
 _TIERS = {member.value: member for member in Tier}
 _CATEGORIES = {member.value: member for member in Category}
-_ZONES = {member.value: member for member in Zone}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -291,7 +290,7 @@ def decode_record(point_id: object, payload: dict[str, Any], vectors: Any) -> Me
         scope=_scope(payload),
         tier=_TIERS[payload["tier"]],
         category=_CATEGORIES[payload["category"]],
-        zone=_ZONES[payload["zone"]],
+        zone=checked_zone(payload["zone"]),
         importance=float(payload["importance"]),
         access_count=int(payload["access_count"]),
         last_accessed_at=_time(payload.get("last_accessed_at")),
@@ -327,6 +326,6 @@ def decode_tombstone(point_id: object, payload: dict[str, Any]) -> Tombstone:
         id=str(point_id),
         scope=_scope(payload),
         level=_LEVELS[payload["level"]],
-        zone=_ZONES[payload["zone"]],
+        zone=checked_zone(payload["zone"]),
         deleted_at=datetime.fromisoformat(payload["deleted_at"]),
     )

@@ -45,7 +45,7 @@ from hivemem.pool.adapters.edge_codec import (
 from hivemem.pool.adapters.payload_rules import check_vector_shapes
 from hivemem.pool.adapters.qdrant_filters import to_qdrant_filter
 from hivemem.pool.archive_codec import unpack
-from hivemem.pool.enums import Zone
+from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import (
     InvalidFilter,
     InvalidInput,
@@ -142,11 +142,7 @@ class QdrantZoneStore:
     def collection(self, zone: Zone, *, archive: bool = False) -> str:
         """The collection's name: ``<namespace>_<zone>`` (``_archive`` appended for archives).
         Raises InvalidInput for an unknown zone."""
-        try:
-            value = Zone(zone).value
-        except ValueError:
-            raise InvalidInput(f"unknown zone {str(zone)[:40]!r}", field="zone") from None
-        return f"{self.namespace}_{value}{'_archive' if archive else ''}"
+        return f"{self.namespace}_{checked_zone(zone).value}{'_archive' if archive else ''}"
 
     @contextmanager
     def session(self) -> Iterator[None]:

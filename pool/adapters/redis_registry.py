@@ -1,12 +1,14 @@
 """The agent registry in Redis: register, look up, heartbeat and deregister agents.
 
 Keys under the pool namespace ``ns``: ``ns:registry:agents`` (hash: agent id → AgentInfo JSON),
-``ns:registry:clearance`` (hash: agent id → zone; what a re-registration is checked against)
-and ``ns:agent:<id>:alive`` (the last heartbeat, expiring after the heartbeat TTL).
+``ns:registry:clearance`` (hash: agent id → zone; what a re-registration is checked against),
+``ns:registry:zones`` (the zone ladder, JSON, set once: see :func:`check_zone_ladder`) and
+``ns:agent:<id>:alive`` (the last heartbeat, expiring after the heartbeat TTL).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,11 +18,27 @@ from typing import cast
 import redis
 
 from hivemem.pool.agent_info import AgentInfo
-from hivemem.pool.enums import Zone
-from hivemem.pool.errors import AgentNotFound, RegistrationConflict
+from hivemem.pool.enums import Zone, zone_names
+from hivemem.pool.errors import AgentNotFound, RegistrationConflict, ZoneLadderMismatch
 from hivemem.pool.ids import check_agent_id
 
 _REGISTER = (Path(__file__).parent / "lua" / "register.lua").read_text()
+
+
+def check_zone_ladder(client: redis.Redis, namespace: str) -> None:
+    """Store this process's zone ladder in the pool, unless one is there already; raise
+    ZoneLadderMismatch when the stored one differs (every process of a pool must order the
+    same zones the same way)."""
+    key = f"{namespace}:registry:zones"
+    mine = list(zone_names())
+    client.set(key, json.dumps(mine), nx=True)
+    stored = cast("bytes | None", client.get(key))
+    held = json.loads(stored) if stored else mine
+    if held != mine:
+        raise ZoneLadderMismatch(
+            f"this process's zones ({' < '.join(mine)}) differ from the pool's "
+            f"({' < '.join(map(str, held))}); set HIVEMEM_ZONES to the pool's"
+        )
 
 
 class AgentRegistry:

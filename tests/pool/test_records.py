@@ -635,7 +635,7 @@ def test_zone_comparisons_agree_with_rank(a: Zone, b: Zone) -> None:
 
 
 def test_zone_equals_and_hashes_like_its_value() -> None:
-    """A zone equals its lower-case value and hashes like it (it is a StrEnum)."""
+    """A zone equals its lower-case name and hashes like it (it is a str)."""
     assert Zone.SECRET == "secret"
     assert {Zone.SECRET: 1}["secret"] == 1
 
