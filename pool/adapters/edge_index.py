@@ -76,6 +76,8 @@ _SCHEMA = {
 _SCROLL_PAGE = 512
 #: Translated vector-lookup filters kept per index (see EdgeIndex._vector_filter).
 _FILTER_CACHE = 256
+#: Result ids kept as text per index (see EdgeIndex._id_text): ~150 bytes each.
+_ID_TEXT_CACHE = 65_536
 #: Payload keys that make up a record's RetentionFacts.
 _RETENTION = ["tier", "importance", "access_count", "last_accessed_at", "recorded_at"]
 #: A segment whose dense vectors pass this size (KB, ~650 records) is turned into an immutable
@@ -163,6 +165,7 @@ class EdgeIndex:
         # id(where) -> (where, its Edge filter). Holding `where` keeps its id from being reused
         # by another object while the entry lives, so identity is a safe key.
         self._filters: dict[int, tuple[And, Filter]] = {}
+        self._id_texts: dict[int, str] = {}
         #: Points were removed from a compacted shard since its last optimisation (see purge).
         self._unpurged = False
         if (path / "edge").exists():
@@ -354,7 +357,20 @@ class EdgeIndex:
         batch = [self._query(r) for r in requests]
         with self._lock:
             results = self._open().query_batch(QueryBatchRequest(batch))
-        return [[ScoredId(str(p.id), p.score) for p in points] for points in results]
+        return [[ScoredId(self._id_text(p.id), p.score) for p in points] for points in results]
+
+    def _id_text(self, point_id: int | UUID | str) -> str:
+        """``str(point_id)``, kept for ids that come back again: Edge makes a new UUID for every
+        result, and formatting it cost ~1 µs, ~0.08 ms per hybrid search (80 candidates)."""
+        if not isinstance(point_id, UUID):  # hivemem writes UUIDs only
+            return str(point_id)
+        key = point_id.int
+        text = self._id_texts.get(key)
+        if text is None:
+            if len(self._id_texts) >= _ID_TEXT_CACHE:
+                self._id_texts.clear()
+            text = self._id_texts[key] = str(point_id)
+        return text
 
     def _vector_filter(self, where: And) -> Filter:
         """``where`` translated for a vector lookup. Searches usually pass the same (immutable)
