@@ -12,7 +12,7 @@ import threading
 import time
 
 from hivemem.pool.adapters.redis_registry import AgentRegistry
-from hivemem.pool.errors import AgentNotFound, InvalidIdentifier
+from hivemem.pool.errors import AgentNotFound, InvalidInput
 from hivemem.security.message_check import SenderFacts
 
 
@@ -26,7 +26,9 @@ class SenderDirectory:
         self._lock = threading.Lock()
 
     def __call__(self, agent_id: str) -> SenderFacts | None:
-        """The sender's facts, or None when it is not registered (deregistered, never was)."""
+        """The sender's facts, or None when it is not registered (deregistered, never was) or
+        its entry does not read here (say it names a zone this process's ladder lacks): its
+        messages are then rejected as from an unknown sender, and the receiver goes on."""
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(agent_id)
@@ -34,7 +36,7 @@ class SenderDirectory:
             return hit[1]
         try:
             info = self._registry.get(agent_id)
-        except (AgentNotFound, InvalidIdentifier):
+        except (AgentNotFound, InvalidInput):  # InvalidIdentifier is one too
             facts = None
         else:
             facts = SenderFacts(

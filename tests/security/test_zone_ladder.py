@@ -17,6 +17,8 @@ from pydantic import ValidationError
 from hivemem.agents.embedding import FastEmbedder
 from hivemem.pool.adapters.edge_zone_store import EdgeZoneStore
 from hivemem.pool.adapters.redis_bus import RedisBus, zone_topic
+from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import BUILTIN_ZONES, Level, Zone, configure_zones, zone_names
 from hivemem.pool.errors import ClearanceDenied, InvalidInput, ZoneLadderMismatch
 from hivemem.pool.records import MemoryRecord
@@ -24,6 +26,7 @@ from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import HivememSettings, PoolSettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.redis_acl import AgentAcl
+from hivemem.security.senders import SenderDirectory
 from hivemem.workers.runtime import WorkerRuntime
 from tests.conftest import shared_keys
 from tests.waiting import wait_for
@@ -150,8 +153,8 @@ def test_settings_that_fail_leave_the_ladder_as_it_was(tmp_path: Path) -> None:
 def test_processes_of_one_pool_must_agree_on_the_ladder(
     ladder_settings: Callable[..., HivememSettings], embedder: FastEmbedder
 ) -> None:
-    """The first process stores its ladder in the pool; one with other zones is refused
-    (ZoneLadderMismatch) before it reads or writes anything."""
+    """The first process stores its ladder in the pool; a pool or worker process with other
+    zones is refused (ZoneLadderMismatch) before it reads or writes anything."""
     first = SharedMemoryPool.connect(ladder_settings("p1"), embedder=embedder)
     try:
         other = ladder_settings("p2", zones=(*BUILTIN_ZONES, "top_secret"))
@@ -160,6 +163,26 @@ def test_processes_of_one_pool_must_agree_on_the_ladder(
         SharedMemoryPool.connect(ladder_settings("p3"), embedder=embedder).close()
     finally:
         first.close()
+    worker = WorkerRuntime(ladder_settings("worker", zones=BUILTIN_ZONES))
+    try:
+        with pytest.raises(ZoneLadderMismatch):
+            _ = worker.client
+    finally:
+        worker.close()
+
+
+def test_a_registry_entry_this_ladder_cannot_read_is_no_sender(
+    ladder_settings: Callable[..., HivememSettings], client: redis.Redis
+) -> None:
+    """An agent registered on the extended ladder, looked up by a process on the built-in
+    one, reads as an unknown sender (its messages are rejected) instead of failing the
+    receiver."""
+    ladder_settings("p")
+    registry = AgentRegistry(client, namespace="t", heartbeat_ttl_s=5)
+    registry.register(AgentInfo(agent_id="far", clearance=Zone("top_secret")))
+    assert SenderDirectory(registry)("far") is not None
+    configure_zones(BUILTIN_ZONES)
+    assert SenderDirectory(registry)("far") is None
 
 
 # -- clearance on the configured ladder ------------------------------------------------------
@@ -244,8 +267,8 @@ def test_the_zone_store_keeps_a_collection_per_configured_zone(
 def test_workers_ingest_and_consolidate_a_configured_zone(
     pools: Callable[[str], SharedMemoryPool], ladder_settings: Callable[..., HivememSettings]
 ) -> None:
-    """Episodes of a new zone reach the workers' store in that zone's collection, their
-    consolidation stays in it, and a worker on another ladder is refused."""
+    """Episodes of a new zone reach the workers' store in that zone's collection, and their
+    consolidation stays in it."""
     agent = pools("p1").register_agent("diary", clearance="top_secret")
     restricted = Zone("restricted")
     for text in ["Ada ran 10 km by the river", "Ada runs every morning before work"]:
@@ -264,9 +287,3 @@ def test_workers_ingest_and_consolidate_a_configured_zone(
         assert (worker_settings.data_dir / "zones" / "hivemem_restricted").is_dir()
     finally:
         runtime.close()
-    other = WorkerRuntime(ladder_settings("other", zones=BUILTIN_ZONES))
-    try:
-        with pytest.raises(ZoneLadderMismatch):
-            _ = other.client
-    finally:
-        other.close()
