@@ -5,16 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from hivemem.pool.enums import Zone
+from hivemem.pool.enums import Zone, zone_names
 from hivemem.pool.settings import HivememSettings
 
 if TYPE_CHECKING:
     from hivemem.pool.shared import SharedMemoryPool
-
-
-def _zone_names() -> list[str]:
-    """The configured zones (the settings, built before the parser, installed them)."""
-    return [zone.value for zone in Zone]
 
 
 def _list(args: argparse.Namespace, settings: HivememSettings) -> int:
@@ -173,9 +168,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("agent_id", metavar="AGENT")
-        action.add_argument(
-            "zone", metavar="ZONE", choices=_zone_names(), help=" < ".join(_zone_names())
-        )
+        # The zones are the configured ones: main() builds the settings before the parser.
+        choices = zone_names()
+        action.add_argument("zone", metavar="ZONE", choices=choices, help=" < ".join(choices))
         add_json_flag(action)
         action.set_defaults(handler=_change, grant=grant)
     _register_keys(actions)
@@ -184,9 +179,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 def _register_keys(actions: argparse._SubParsersAction[Any]) -> None:
     from hivemem.cli.output import add_json_flag
 
-    zone_help = "zones (default: all): " + " < ".join(_zone_names())
+    zone_help = "zones (default: all): " + " < ".join(zone_names())
     keys = actions.add_parser("keys", help="the zones' data keys and who has not re-sealed yet")
-    keys.add_argument("zones", nargs="*", metavar="ZONE", choices=_zone_names(), help=zone_help)
+    keys.add_argument("zones", nargs="*", metavar="ZONE", choices=zone_names(), help=zone_help)
     add_json_flag(keys)
     keys.set_defaults(handler=_keys)
     rotate = actions.add_parser(
@@ -194,7 +189,7 @@ def _register_keys(actions: argparse._SubParsersAction[Any]) -> None:
         help="new data keys for ZONEs (audited); the workers re-seal the zone store under them "
         "(needs a running worker unless --no-wait)",
     )
-    rotate.add_argument("zones", nargs="*", metavar="ZONE", choices=_zone_names(), help=zone_help)
+    rotate.add_argument("zones", nargs="*", metavar="ZONE", choices=zone_names(), help=zone_help)
     rotate.add_argument(
         "--no-wait", dest="wait", action="store_false",
         help="queue the workers' re-seal and return at once",
@@ -208,7 +203,7 @@ def _register_keys(actions: argparse._SubParsersAction[Any]) -> None:
         "retire-key",
         help="delete an old data key for good (audited); refused while someone has not re-sealed",
     )
-    retire.add_argument("zone", metavar="ZONE", choices=_zone_names())
+    retire.add_argument("zone", metavar="ZONE", choices=zone_names())
     retire.add_argument("key_id", metavar="KEY")
     retire.add_argument(
         "--force", action="store_true",

@@ -85,9 +85,7 @@ class Zone(str, metaclass=_Ladder):
     SECRET: ClassVar[Zone]
 
     def __new__(cls, value: object) -> Zone:
-        if isinstance(value, Zone):
-            return value
-        zone = _ladder.by_name.get(value) if isinstance(value, str) else None
+        zone = _named(value)
         if zone is None:
             raise ValueError(f"{str(value)[:40]!r} is not a configured zone")
         return zone
@@ -155,7 +153,7 @@ class Zone(str, metaclass=_Ladder):
         cls, source: object, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
         return core_schema.no_info_plain_validator_function(
-            _validated,
+            checked_zone,  # its InvalidInput is a ValueError: pydantic reports it
             json_schema_input_schema=core_schema.str_schema(),
             serialization=core_schema.plain_serializer_function_ser_schema(
                 str.__str__, when_used="json-unless-none"
@@ -185,8 +183,7 @@ class _ZoneLadder:
         self.ranks: dict[str, int] = {zone.value: i for i, zone in enumerate(zones)}
 
 
-_BUILTIN_LADDER = (Zone.PUBLIC, Zone.INTERNAL, Zone.CONFIDENTIAL, Zone.SECRET)
-_ladder = _ZoneLadder(_BUILTIN_LADDER)
+_ladder = _ZoneLadder((Zone.PUBLIC, Zone.INTERNAL, Zone.CONFIDENTIAL, Zone.SECRET))
 
 
 def check_zone_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -220,8 +217,8 @@ def configure_zones(names: Sequence[str]) -> tuple[Zone, ...]:
     ``zones`` when it is built, and every process of a deployment must use the same ladder
     (the pool checks it against the one stored in Redis)."""
     ladder = check_zone_names(names)
-    builtin = dict(zip(BUILTIN_ZONES, _BUILTIN_LADDER, strict=True))
-    zones = tuple(builtin.get(name) or Zone._make(name) for name in ladder)
+    # Every ladder holds the built-in zones: reuse their objects (Zone.PUBLIC is Zone("public")).
+    zones = tuple(_ladder.by_name.get(name) or Zone._make(name) for name in ladder)
     if zones != _ladder.zones:
         _ladder.install(zones)
     return zones
@@ -232,16 +229,16 @@ def zone_names() -> tuple[str, ...]:
     return tuple(zone.value for zone in _ladder.zones)
 
 
-def _validated(value: object) -> Zone:
-    """Zone validation for pydantic fields (a ValueError becomes a ValidationError)."""
-    return checked_zone(value)
+def _named(value: object) -> Zone | None:
+    """``value`` when it is a Zone, the zone it names when it is a zone's name, else None."""
+    if isinstance(value, Zone):
+        return value
+    return _ladder.by_name.get(value) if isinstance(value, str) else None
 
 
 def checked_zone(value: object) -> Zone:
     """``value`` as a Zone; raises InvalidInput (a ValueError) for anything that names none."""
-    if isinstance(value, Zone):
-        return value
-    zone = _ladder.by_name.get(value) if isinstance(value, str) else None
+    zone = _named(value)
     if zone is None:
         raise InvalidInput(f"unknown zone {str(value)[:40]!r}", field="zone")
     return zone

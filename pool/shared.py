@@ -19,6 +19,7 @@ from hivemem.agents.identity import Identity, SecureIdentity
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.retention import LocalRetention
 from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN, unavailable
 from hivemem.pool.adapters.redis_registry import AgentRegistry, check_zone_ladder
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone, checked_zone
@@ -27,7 +28,6 @@ from hivemem.pool.errors import (
     AgentNotFound,
     ClearanceDenied,
     InvalidInput,
-    PoolUnavailable,
     ZoneLadderMismatch,
 )
 from hivemem.pool.ids import check_agent_id
@@ -119,14 +119,12 @@ class SharedMemoryPool:
         try:
             client.ping()
             check_zone_ladder(client, settings.pool.namespace)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+        except (*REDIS_DOWN, ZoneLadderMismatch) as error:
             if server is not None:
                 server.stop()
-            raise PoolUnavailable(f"cannot reach Redis: {type(error).__name__}") from None
-        except ZoneLadderMismatch:
-            if server is not None:
-                server.stop()
-            raise
+            if isinstance(error, ZoneLadderMismatch):
+                raise
+            raise unavailable(error) from None
         log.info("pool_connected", embedded=server is not None)
         return cls(settings, client, server, redis_url=url, embedder=embedder)
 
