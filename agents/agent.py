@@ -59,6 +59,7 @@ class Agent:
             settings,
             lambda: self._beat(registry, upkeep),
             identity=self.identity,
+            relay=relay,
         )
         self._bus = bus
         self._own_bus = relay is not None and bus is not relay

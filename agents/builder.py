@@ -36,9 +36,10 @@ class RecordBuilder:
         sparse: SparseEncoder,
         settings: MemorySettings,
         classifier: Classifier | None = None,
-        gate: Callable[[Zone], None] | None = None,
+        gate: Callable[[Zone, Sequence[str]], None] | None = None,
     ) -> None:
-        """``gate(zone)`` raises for a zone the records may not be written in."""
+        """``gate(zone, compartments)`` raises for a zone (or compartments) the records may not
+        be written in."""
         self._embedder = embedder
         self._sparse = sparse
         self._settings = settings
@@ -70,7 +71,7 @@ class RecordBuilder:
                 )
             zone, metadata = self._classified(item)
             if self._gate is not None:
-                self._gate(zone)
+                self._gate(zone, item.compartments)
             records.append(
                 MemoryRecord.model_construct(
                     id=new_record_id(),
@@ -80,6 +81,7 @@ class RecordBuilder:
                     category=item.category,
                     tier=item.tier or initial_tier(item.importance, self._settings.tiers),
                     zone=zone,
+                    compartments=item.compartments,
                     importance=item.importance,
                     tags=item.tags,
                     entities=item.entities,

@@ -104,7 +104,12 @@ class SecureIdentity(Identity):
             info = self._registry.get(self.info.agent_id)
         except AgentNotFound:
             return  # deregistered: locked out for good
-        acl.provision(info.agent_id, info.clearance, password=self.redis_password)
+        acl.provision(
+            info.agent_id,
+            info.clearance,
+            compartments=info.compartments,
+            password=self.redis_password,
+        )
         log.warning("pool_agent_user_restored", agent_id=info.agent_id)
 
     def rejected(self, error: MessageRejected, topic: str, delivery: Delivery) -> None:

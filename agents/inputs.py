@@ -10,6 +10,7 @@ from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.records import (
+    Compartments,
     Content,
     Importance,
     Labels,
@@ -31,6 +32,7 @@ class MemoryInput(Model):
     category: Category = Category.FACT
     tier: Tier | None = None
     zone: Zone = Zone.PUBLIC
+    compartments: Compartments = Field(default_factory=list)
     importance: Importance = 0.5
     tags: Labels = Field(default_factory=list)
     entities: Labels = Field(default_factory=list)

@@ -26,6 +26,7 @@ from hivemem.agents.agent import Agent
 from hivemem.agents.inputs import MemoryInput
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.memory_block import BlockItem, extract, memory_prompt
+from hivemem.pool.compartments import union
 from hivemem.pool.enums import Level, Zone, checked_zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import MemoryFilter
@@ -79,18 +80,21 @@ def _text(content: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Turn:
-    """One call's messages as sent, the zone its stored memories get, and the injected texts."""
+    """One call's messages as sent, the zone and compartments its stored memories get, and the
+    injected texts."""
 
     messages: list[Any]
     zone: Zone
     injected: frozenset[str]
+    compartments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMemory:
     """What happens around one call: recall before it (:meth:`prepare`), storing after it
     (:meth:`absorb`). ``max_zone`` bounds what is sent to the model; ``zone`` is the lowest zone
-    of what is stored, raised to the highest zone injected in the same call (no write down)."""
+    of what is stored, raised to the highest zone injected in the same call, and it carries the
+    compartments of everything injected (no write down)."""
 
     memory: HierarchicalMemory
     scope: Scope
@@ -105,6 +109,7 @@ class ChatMemory:
         users = [m for m in messages if _field(m, "role") == "user"]
         query = _text(_field(users[-1], "content")) if users else ""
         text, zone, injected = "", self.zone, frozenset[str]()
+        compartments: tuple[str, ...] = ()
         if query.strip():
             readable = MemoryFilter(zones=[z for z in Zone if z <= self.max_zone])
             context = self.memory.build_context(
@@ -117,13 +122,14 @@ class ChatMemory:
             records = [h.record for h in context.hits]
             text = context.text
             zone = Zone.highest([self.zone, *(r.zone for r in records)])
+            compartments = union(r.compartments for r in records)
             injected = frozenset(_key(r.content) for r in records)
         at = 0
         while at < len(messages) and _field(messages[at], "role") in _LEADING_ROLES:
             at += 1
         sent = [*messages[:at], memory_prompt(text), *messages[at:]]
         log.debug("memories_injected", memories=len(injected), user_id=self.scope.user_id)
-        return _Turn(sent, zone, injected)
+        return _Turn(sent, zone, injected, compartments)
 
     def absorb(self, response: Any, turn: _Turn) -> list[MemoryRecord]:
         """Strip the blocks from every choice of ``response`` (in place) and store what they
@@ -150,6 +156,7 @@ class ChatMemory:
                 category=item.category,
                 importance=item.importance,
                 zone=turn.zone,
+                compartments=list(turn.compartments),
                 metadata={"source": SOURCE},
             )
             for item in items.values()

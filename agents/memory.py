@@ -116,11 +116,12 @@ class HierarchicalMemory:
         clock: Callable[[], datetime] = utc_now,
         owner: str | None = None,
         wrap_index: Callable[[LocalIndex], LocalIndex] | None = None,
-        write_gate: Callable[[Zone], None] | None = None,
+        write_gate: Callable[[Zone, Sequence[str]], None] | None = None,
     ) -> None:
         """``wrap_index`` wraps the index once it is open (the pool seals content with it:
-        :class:`hivemem.security.sealed_index.SealedIndex`). ``write_gate(zone)`` raises for a
-        zone this memory may not write in (the pool's zone policy and the agent's clearance);
+        :class:`hivemem.security.sealed_index.SealedIndex`). ``write_gate(zone, compartments)``
+        raises for a zone (or compartments) this memory may not write in (the pool's zone
+        policy, the agent's clearance and compartments);
         it is asked for every new record and version before anything is written."""
         self.settings = settings or HivememSettings()
         #: The agent this memory belongs to, when it is a pool agent's (see supersede).
@@ -332,6 +333,7 @@ class HierarchicalMemory:
                 "level": old.level,
                 "category": old.category,
                 "zone": old.zone,
+                "compartments": old.compartments,
                 "importance": old.importance,
                 "tags": old.tags,
                 "entities": old.entities,

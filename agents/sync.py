@@ -2,23 +2,26 @@
 
 **Sending.** :class:`ShareObserver` sees every write of the agent's memory before the write is
 acknowledged; the records and tombstones of a level in ``share_levels`` become envelopes (one per
-zone and write, at most ``send_batch`` records each) committed to the outbox, and so do all of
-them for the zone's ingest queue, which the workers drain into the zone store (``pool.ingest``).
-:class:`Sender`, a thread, moves them to Redis: at once when ``sync_interval`` is 0, else
-everything that accumulated once per interval, in one round trip per topic. A message leaves the
-outbox only after Redis acknowledged it; while Redis is unreachable the sender waits with
+zone, compartments, user and write, at most ``send_batch`` records each) committed to the outbox,
+and so do all of them for the zone's ingest queue, which the workers drain into the zone store
+(``pool.ingest``). :class:`Sender`, a thread, moves them to Redis: at once when ``sync_interval`` is
+0, else everything that accumulated once per interval, in one round trip per topic. A message leaves
+the outbox only after Redis acknowledged it; while Redis is unreachable the sender waits with
 exponential back-off (``retry_initial_s`` doubling to ``retry_max_s``) and tries again, never
 spinning.
 
-**Receiving.** :class:`Receiver`, a thread, subscribes to the channel of every zone at or below
-the agent's clearance and to its inbox, then reads each topic's stream from its cursor (catch-up),
-then applies live messages. Sequence numbers are contiguous per topic, so a live message beyond
-``cursor + 1`` means a gap, filled from the stream; a stream trimmed past the cursor, or a new
-epoch (Redis lost its data), makes it re-bootstrap from what the stream holds, with a warning in
-the logs. A message that does not decode, comes from the wrong zone or is above the clearance is
-logged (without content) and skipped, and the cursor moves past it; a lost connection is retried
-with back-off, then the receiver subscribes and catches up again. The cursor is stored after the
-records are applied, and applying is idempotent, so a crash in between costs a re-apply only.
+**Receiving.** :class:`Receiver`, a thread, subscribes to the channel of every zone at or below the
+agent's clearance, to its inbox and (one glob per zone) to the compartment topics it may read, then
+reads each topic's stream from its cursor (catch-up), then applies live messages. A compartment
+topic it has not seen before is followed from its first live message, or found in the pool's topic
+set when the receiver (re)connects. Sequence numbers are contiguous per topic, so a live message
+beyond ``cursor + 1`` means a gap, filled from the stream; a stream trimmed past the cursor, or a
+new epoch (Redis lost its data), makes it re-bootstrap from what the stream holds, with a warning in
+the logs. A message that does not decode, comes from the wrong zone or is above the clearance (or
+outside the compartments) is logged (without content) and skipped, and the cursor moves past it; a
+lost connection is retried with back-off, then the receiver subscribes and catches up again. The
+cursor is stored after the records are applied, and applying is idempotent, so a crash in between
+costs a re-apply only.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ from hivemem.agents.outbox import Outbox, Pending
 from hivemem.pool.adapters.redis_bus import (
     Delivery,
     RedisBus,
+    compartment_topics,
     inbox_topic,
     ingest_topic,
+    topic_compartments,
     zone_topic,
 )
 from hivemem.pool.agent_info import AgentInfo
@@ -55,6 +60,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+#: Pub/sub messages that carry a delivery: of a channel, and of a channel a glob matched.
+_MESSAGE_TYPES = ("message", "pmessage")
 _POLL_S = 0.2
 #: Stream entries read per catch-up round trip (each holds up to ``send_batch`` records).
 _READ_MESSAGES = 32
@@ -86,6 +93,20 @@ class Backoff:
 
     def succeeded(self) -> None:
         self.wait_s = 0.0
+
+
+#: How written items are grouped into envelopes: zone, compartments, user.
+_Group = tuple[Zone, tuple[str, ...], str]
+
+
+def _group(item: MemoryRecord | Tombstone) -> _Group:
+    return item.zone, tuple(item.compartments), item.scope.user_id
+
+
+def _ingest(zone: Zone, compartments: Sequence[str]) -> str:
+    """The zone's ingest queue (one per zone, whatever the compartments: the workers hold all)."""
+    del compartments
+    return ingest_topic(zone)
 
 
 class ShareObserver:
@@ -120,19 +141,14 @@ class ShareObserver:
             )
 
         shared = [pair for pair in pairs if self._shares(pair[0].zone, pair[0].level)]
-        self._send(
-            self._messages(pairs, shared, lambda pair: (pair[0].zone, pair[0].scope.user_id),
-                           envelope_of)
-        )  # fmt: skip
+        self._send(self._messages(pairs, shared, lambda pair: _group(pair[0]), envelope_of))
 
     def tombstones_written(self, tombstones: Sequence[Tombstone]) -> None:
         def envelope_of(part: list[Tombstone]) -> Envelope:
             return make_envelope(sender=self._info.agent_id, zone=part[0].zone, tombstones=part)
 
         shared = [t for t in tombstones if self._shares(t.zone, t.level)]
-        self._send(
-            self._messages(tombstones, shared, lambda t: (t.zone, t.scope.user_id), envelope_of)
-        )
+        self._send(self._messages(tombstones, shared, _group, envelope_of))
 
     def _shares(self, zone: Zone, level: Level) -> bool:
         """The agent shares the level, and the zone's policy lets it travel."""
@@ -142,38 +158,42 @@ class ShareObserver:
         self,
         written: Sequence[T],
         shared: Sequence[T],
-        group_of: Callable[[T], tuple[Zone, str]],
+        group_of: Callable[[T], _Group],
         envelope_of: Callable[[list[T]], Envelope],
     ) -> list[tuple[str, str, bytes]]:
-        """The shared items for the zones' sync topics and, with ingest, everything written for
-        the ingest queues; when everything is shared, the same envelopes serve both (encoded
-        once: message ids are deduplicated per topic)."""
+        """The shared items for the zones' sync topics (records that carry compartments: the
+        topic of their compartments) and, with ingest, everything written for the ingest
+        queues; when everything is shared, the same envelopes serve both (encoded once:
+        message ids are deduplicated per topic)."""
         if not self._ingest:
             return self._grouped(shared, group_of, envelope_of, [zone_topic])
         if len(shared) == len(written):
-            return self._grouped(written, group_of, envelope_of, [zone_topic, ingest_topic])
+            return self._grouped(written, group_of, envelope_of, [zone_topic, _ingest])
         return self._grouped(shared, group_of, envelope_of, [zone_topic]) + self._grouped(
-            written, group_of, envelope_of, [ingest_topic]
+            written, group_of, envelope_of, [_ingest]
         )
 
     def _grouped(
         self,
         items: Sequence[T],
-        group_of: Callable[[T], tuple[Zone, str]],
+        group_of: Callable[[T], _Group],
         envelope_of: Callable[[list[T]], Envelope],
-        topics: Sequence[Callable[[Zone], str]],
+        topics: Sequence[Callable[[Zone, Sequence[str]], str]],
     ) -> list[tuple[str, str, bytes]]:
-        """One envelope per (zone, user) and ``send_batch`` items — one user per envelope, so
-        that it can be sealed under that user's key — as a message to each of ``topics``."""
-        groups: dict[tuple[Zone, str], list[T]] = {}
+        """One envelope per (zone, compartments, user) and ``send_batch`` items — one user per
+        envelope, so that it can be sealed under that user's key — as a message to each of
+        ``topics``."""
+        groups: dict[_Group, list[T]] = {}
         for item in items:
             groups.setdefault(group_of(item), []).append(item)
         messages: list[tuple[str, str, bytes]] = []
-        for (zone, _user), chosen in groups.items():
+        for (zone, compartments, _user), chosen in groups.items():
             for start in range(0, len(chosen), self._batch):
                 envelope = envelope_of(chosen[start : start + self._batch])
                 body = self._identity.codec.encode(envelope)
-                messages.extend((topic(zone), envelope.message_id, body) for topic in topics)
+                messages.extend(
+                    (topic(zone, compartments), envelope.message_id, body) for topic in topics
+                )
         return messages
 
     def hand_over(self, to_agent: str, record: MemoryRecord) -> None:
@@ -216,6 +236,8 @@ class Sender(threading.Thread):
         self._halt = threading.Event()
         self._idle = threading.Condition()
         self._backoff = Backoff(settings, self._halt)
+        #: Compartment topics this sender has noted in the pool's topic set.
+        self._registered: set[str] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -272,6 +294,9 @@ class Sender(threading.Thread):
 
     def _publish(self, topic: str, chosen: list[Pending]) -> None:
         bus = self._relay if topic.startswith("agent:") else self._bus
+        if topic not in self._registered and topic_compartments(topic) is not None:
+            self._relay.register_topic(topic)  # before the first message: see RedisBus
+            self._registered.add(topic)
         try:
             bus.publish(topic, self._info.agent_id, [(m.message_id, m.body) for m in chosen])
         except redis.ResponseError as error:
@@ -308,11 +333,14 @@ class Receiver(threading.Thread):
         heartbeat: Callable[[], None],
         *,
         identity: Identity,
+        relay: RedisBus | None = None,
     ) -> None:
         super().__init__(name=f"hivemem-receive-{info.agent_id}", daemon=True)
         self._memory = memory
         self._outbox = outbox
         self._bus = bus
+        #: The pool's own connection: it reads which compartment topics exist.
+        self._relay = relay or bus
         self._settings = settings
         self._heartbeat = heartbeat
         self._identity = identity
@@ -323,11 +351,38 @@ class Receiver(threading.Thread):
         self._adopt(info)
 
     def _adopt(self, info: AgentInfo) -> None:
-        """Receive as ``info`` says: the channels of its clearance and its inbox."""
+        """Receive as ``info`` says: the channels of its clearance, its inbox and, when it
+        holds compartments, the compartment topics of its zones that it may use."""
         self._info = info
         zones = [zone for zone in Zone if zone <= info.clearance]
         self.topics = [zone_topic(zone) for zone in zones] + [inbox_topic(info.agent_id)]
+        self.patterns = [
+            glob for zone in zones if (glob := compartment_topics(zone, info.compartments))
+        ]
         self._cursors = {topic: _Cursor(*self._outbox.cursor(topic)) for topic in self.topics}
+
+    def _may_use(self, topic: str) -> bool:
+        """Whether ``topic`` is a compartment topic this agent may read."""
+        found = topic_compartments(topic)
+        return (
+            found is not None
+            and found[0] <= self._info.clearance
+            and set(found[1]) <= set(self._info.compartments)
+        )
+
+    def _follow(self, topic: str) -> None:
+        """Start reading a compartment topic (from the cursor this agent kept for it, if any)."""
+        self.topics.append(topic)
+        self._cursors[topic] = _Cursor(*self._outbox.cursor(topic))
+
+    def _discover(self) -> None:
+        """Follow the compartment topics written so far that this agent may read (called after
+        subscribing, so that a topic made later shows up live)."""
+        if not self.patterns:
+            return
+        for topic in sorted(self._relay.known_topics()):
+            if topic not in self._cursors and self._may_use(topic):
+                self._follow(topic)
 
     def stop(self) -> None:
         self._halt.set()
@@ -336,8 +391,9 @@ class Receiver(threading.Thread):
         while not self._halt.is_set():
             pubsub = None
             try:
-                pubsub = self._bus.subscribe(self.topics)
-                for topic in self.topics:
+                pubsub = self._bus.subscribe(self.topics, self.patterns)
+                self._discover()
+                for topic in list(self.topics):
                     self._catch_up(topic)
                 self._heartbeat()
                 self.connected.set()
@@ -377,7 +433,7 @@ class Receiver(threading.Thread):
         next_beat = 0.0
         while not self._halt.is_set():
             message = pubsub.get_message(timeout=_POLL_S)
-            if message is not None and message.get("type") == "message":
+            if message is not None and message.get("type") in _MESSAGE_TYPES:
                 self._on_live(message["channel"], message["data"])
             now = time.monotonic()
             if now >= next_beat:
@@ -392,7 +448,10 @@ class Receiver(threading.Thread):
             return
         cursor = self._cursors.get(delivery.topic)
         if cursor is None:
-            return
+            if not self._may_use(delivery.topic):
+                return
+            self._follow(delivery.topic)  # a compartment topic's first message
+            cursor = self._cursors[delivery.topic]
         if delivery.epoch != cursor.epoch or delivery.seq > cursor.seq + 1:
             self._catch_up(delivery.topic)  # a gap, a first message or a new epoch
         elif delivery.seq == cursor.seq + 1:
@@ -537,13 +596,15 @@ class Receiver(threading.Thread):
         expected = (
             inbox_topic(self._info.agent_id)
             if envelope.to is not None
-            else zone_topic(envelope.zone)
+            else zone_topic(envelope.zone, envelope.compartments)
         )
         reason = None
         if topic != expected:
             reason = "envelope does not belong on this topic"
         elif envelope.zone > self._info.clearance:
             reason = "above clearance"
+        elif not set(envelope.compartments) <= set(self._info.compartments):
+            reason = "outside compartments"
         if reason is not None:
             log.warning(
                 "pool_message_skipped",

@@ -11,7 +11,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from hivemem.cli.output import add_json_flag, emit, open_pool, table
-from hivemem.cli.scope_args import add_choice, warn
+from hivemem.cli.scope_args import add_choice, add_compartments, warn
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.settings import HivememSettings
@@ -44,6 +44,7 @@ def _register(args: argparse.Namespace, settings: HivememSettings) -> int:
         display_name=args.name or args.agent_id,
         capabilities=args.capability or [],
         clearance=args.clearance,
+        compartments=args.compartment or [],
         share_levels=args.share or [],
         sync_interval=args.sync_interval,
         **optional,
@@ -55,7 +56,9 @@ def _register(args: argparse.Namespace, settings: HivememSettings) -> int:
             args,
             _described(pool, info),
             lambda: print(
-                f"{verb} agent {info.agent_id}: clearance {info.clearance.value}, shares "
+                f"{verb} agent {info.agent_id}: clearance {info.clearance.value}"
+                + (f" + {','.join(info.compartments)}" if info.compartments else "")
+                + f", shares "
                 f"{_levels(info.share_levels)}, receives {_levels(info.receive_levels)}"
             ),
         )
@@ -147,6 +150,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     reg.add_argument("agent_id", metavar="AGENT_ID")
     add_choice(reg, "--clearance", Zone, "the highest zone it may read", default="public")
+    add_compartments(reg, "compartments it holds")
     add_choice(reg, "--share", Level, "levels it sends to other agents (default none)", many=True)
     add_choice(reg, "--receive", Level, "levels it applies from others (default all)", many=True)
     reg.add_argument("--name", default="", help="display name (default: the id)")

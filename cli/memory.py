@@ -20,6 +20,7 @@ from hivemem.cli.scope_args import (
     acting_as,
     add_agent,
     add_choice,
+    add_compartments,
     add_flush_timeout,
     add_scope,
     record_json,
@@ -87,6 +88,7 @@ def _add(args: argparse.Namespace, settings: HivememSettings) -> int:
         "level": args.level,
         "category": args.category,
         "zone": args.zone,
+        "compartments": args.compartment or [],
         "importance": args.importance,
         "tags": args.tag or [],
         "entities": args.entity or [],
@@ -244,6 +246,7 @@ def _register_writes(sub: argparse._SubParsersAction[Any]) -> None:
     add_choice(add, "--level", Level, "its level", default=Level.EPISODE.value)
     add_choice(add, "--category", Category, "what kind of knowledge", default=Category.FACT.value)
     add_choice(add, "--zone", Zone, "its trust zone", default=Zone.PUBLIC.value)
+    add_compartments(add, "compartments a reader must hold (the agent must hold them too)")
     add.add_argument("--importance", type=float, default=0.5, help="in [0, 1] (default 0.5)")
     add.add_argument("--tag", action="append", metavar="TAG", help="a label; repeat for several")
     add.add_argument(

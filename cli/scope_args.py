@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hivemem.cli.output import open_pool
+from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import HivememError, StoreLocked
 from hivemem.pool.settings import HivememSettings
@@ -87,6 +88,19 @@ def add_flush_timeout(parser: argparse.ArgumentParser) -> None:
         default=FLUSH_S,
         metavar="SECONDS",
         help=f"how long to wait for the pool to acknowledge the writes (default {FLUSH_S:g})",
+    )
+
+
+def add_compartments(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--compartment NAME``, repeatable, one of the configured compartments (main() builds
+    the settings before the parser)."""
+    names = compartment_names()
+    parser.add_argument(
+        "--compartment",
+        action="append",
+        choices=names,
+        metavar="COMPARTMENT",
+        help=f"{help_text} ({', '.join(names) or 'none configured'}); repeat for several",
     )
 
 

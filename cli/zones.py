@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone, zone_names
 from hivemem.pool.settings import HivememSettings
 
@@ -49,6 +50,25 @@ def _change(args: argparse.Namespace, settings: HivememSettings) -> int:
         lambda: console.print(
             f"{info.agent_id}: clearance {before.value} → {info.clearance.value}"
             + (" (unchanged)" if info.clearance == before else "")
+        ),
+    )
+    return 0
+
+
+def _compartments(args: argparse.Namespace, settings: HivememSettings) -> int:
+    """Give AGENT exactly the compartments named (none: take them all away)."""
+    from hivemem.cli.output import console, emit, open_pool
+
+    with open_pool(settings) as pool:
+        before = pool.get_agent(args.agent_id).compartments
+        info = pool.set_compartments(args.agent_id, args.compartments)
+    data = {"agent_id": info.agent_id, "compartments": info.compartments, "previous": before}
+    emit(
+        args,
+        data,
+        lambda: console.print(
+            f"{info.agent_id}: compartments {','.join(before) or '-'} → "
+            f"{','.join(info.compartments) or '-'}"
         ),
     )
     return 0
@@ -173,6 +193,18 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         action.add_argument("zone", metavar="ZONE", choices=choices, help=" < ".join(choices))
         add_json_flag(action)
         action.set_defaults(handler=_change, grant=grant)
+    held = actions.add_parser(
+        "compartments",
+        help="give AGENT exactly the compartments named, none to take all away (audited)",
+    )
+    held.add_argument("agent_id", metavar="AGENT")
+    names = compartment_names()
+    # No argparse choices: with nargs="*" it refuses the empty list. The pool checks the names.
+    held.add_argument(
+        "compartments", nargs="*", metavar="COMPARTMENT", help=", ".join(names) or "none configured"
+    )
+    add_json_flag(held)
+    held.set_defaults(handler=_compartments)
     _register_keys(actions)
 
 

@@ -27,7 +27,7 @@ from hivemem.pool.base import Model
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import HivememError, InvalidMessage, SecurityMismatch
 from hivemem.pool.ids import check_agent_id, check_scope_id
-from hivemem.pool.records import MemoryRecord, Tombstone, UtcDatetime, utc_now
+from hivemem.pool.records import Compartments, MemoryRecord, Tombstone, UtcDatetime, utc_now
 
 #: A dense vector as it is handed to the envelope: a float32 row, a list, or none.
 Row = Sequence[float] | np.ndarray | None
@@ -56,6 +56,8 @@ class Envelope(Model):
     tombstones: list[Tombstone] = Field(default_factory=list)
     #: The user every record and tombstone belongs to, when they share one.
     subject: str | None = None
+    #: The compartments of every record and tombstone inside (senders group envelopes by them).
+    compartments: Compartments = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> Envelope:
@@ -67,6 +69,11 @@ class Envelope(Model):
         zones = {r.zone for r in self.records} | {t.zone for t in self.tombstones}
         if zones - {self.zone}:
             raise InvalidMessage(f"an item of another zone in a {self.zone} envelope")
+        marks = {tuple(r.compartments) for r in self.records} | {
+            tuple(t.compartments) for t in self.tombstones
+        }
+        if marks - {tuple(self.compartments)}:
+            raise InvalidMessage("an item of other compartments than the envelope's")
         if self.subject is not None:
             check_scope_id(self.subject, field="subject")
             users = {r.scope.user_id for r in self.records} | {
@@ -144,7 +151,8 @@ def make_envelope(
     to: str | None = None,
 ) -> Envelope:
     """An envelope for ``records`` (vectors from ``dense`` rows, else from the records); its
-    ``subject`` is the user of every item when they share one and records are among them."""
+    ``subject`` is the user of every item when they share one and records are among them.
+    Every item must carry the same compartments (InvalidMessage otherwise)."""
     rows = dense if dense is not None else [r.vector for r in records]
     # Tombstones alone carry no content: no subject, so they stay readable after the user's
     # key is shredded (a late receiver can still delete its copies).
@@ -159,7 +167,14 @@ def make_envelope(
         records=[outgoing(r) for r in records],
         dense=[encode_dense(row) for row in rows],
         tombstones=list(tombstones),
+        compartments=_compartments_of(records, tombstones),
     )
+
+
+def _compartments_of(records: Sequence[MemoryRecord], tombstones: Sequence[Tombstone]) -> list[str]:
+    """The compartments of the first item that carries any (the envelope checks the rest)."""
+    marks = [r.compartments for r in records] + [t.compartments for t in tombstones]
+    return next((list(mark) for mark in marks if mark), [])
 
 
 def decode_envelope(data: bytes | str) -> Envelope:

@@ -8,6 +8,8 @@ fields), never the plaintext content of a memory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class HivememError(Exception):
     """Root of every error hivemem raises on purpose."""
@@ -119,6 +121,18 @@ class ClearanceDenied(HivememError):
         self.agent_id = agent_id
         self.zone = zone
         self.clearance = clearance
+
+
+class CompartmentDenied(ClearanceDenied):
+    """Raised when an operation would give an agent, or have it write, a record in a compartment
+    it does not hold. ``missing`` names those compartments; nothing was sent or changed."""
+
+    def __init__(self, agent_id: str, zone: str, clearance: str, missing: Sequence[str]) -> None:
+        super().__init__(agent_id, zone, clearance)
+        self.args = (
+            f"agent {agent_id} does not hold compartment(s) {', '.join(missing)} of the record",
+        )
+        self.missing = tuple(missing)
 
 
 class PolicyDenied(HivememError):

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from hivemem.pool.base import Model
+from hivemem.pool.compartments import checked_compartments
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import InvalidContent, InvalidInput
 from hivemem.pool.ids import (
@@ -101,6 +102,10 @@ def _vector(value: list[float] | None) -> list[float] | None:
     return value
 
 
+def _compartments(value: list[str]) -> list[str]:
+    return list(checked_compartments(value)) if value else value
+
+
 # Field types shared by records and the inputs they are built from (hivemem.agents.inputs).
 RecordId = Annotated[str, AfterValidator(_record_id)]
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
@@ -108,6 +113,8 @@ Content = Annotated[str, AfterValidator(_content)]
 Importance = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_finite)]
 Labels = Annotated[list[str], Field(max_length=64), AfterValidator(_labels)]
 Metadata = Annotated[dict[str, MetadataValue], Field(max_length=64), AfterValidator(_metadata)]
+#: Compartments (:mod:`hivemem.pool.compartments`): configured names, kept in configured order.
+Compartments = Annotated[list[str], Field(max_length=64), AfterValidator(_compartments)]
 
 
 class Scope(Model):
@@ -169,6 +176,8 @@ class MemoryRecord(Model):
     tier: Tier = Tier.WORKING
     category: Category = Category.FACT
     zone: Zone = Zone.PUBLIC
+    #: Need-to-know tags: a reader must hold every one of them as well as the zone's clearance.
+    compartments: Compartments = Field(default_factory=list)
     importance: Importance = 0.5
     access_count: int = Field(default=0, ge=0)
     last_accessed_at: UtcDatetime | None = None
@@ -223,10 +232,18 @@ class Tombstone(Model):
     scope: Scope
     level: Level
     zone: Zone
+    compartments: Compartments = Field(default_factory=list)
     deleted_at: UtcDatetime = Field(default_factory=utc_now)
 
     @classmethod
     def of(cls, record: MemoryRecord, deleted_at: datetime | None = None) -> Tombstone:
         """The tombstone of ``record``, deleted at ``deleted_at`` (default: now)."""
         when = {} if deleted_at is None else {"deleted_at": deleted_at}
-        return cls(id=record.id, scope=record.scope, level=record.level, zone=record.zone, **when)
+        return cls(
+            id=record.id,
+            scope=record.scope,
+            level=record.level,
+            zone=record.zone,
+            compartments=record.compartments,
+            **when,
+        )

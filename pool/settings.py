@@ -23,6 +23,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hivemem.pool.compartments import (
+    check_compartment_names,
+    compartment_names,
+    configure_compartments,
+)
 from hivemem.pool.enums import (
     BUILTIN_ZONES,
     Tier,
@@ -237,6 +242,10 @@ class HivememSettings(BaseSettings):
     #: are 1-32 of a-z, 0-9 and ``_``. Every process of a deployment must use the same ladder
     #: (the pool refuses to connect to a Redis that holds another one).
     zones: Annotated[tuple[str, ...], AfterValidator(check_zone_names)] = BUILTIN_ZONES
+    #: The compartments (need-to-know tags, see :mod:`hivemem.pool.compartments`), in a fixed
+    #: order: ``'["apollo", "hr"]'``. Up to 64 names of 1-32 of a-z, 0-9 and ``_``. Every
+    #: process of a deployment must configure the same list (the pool checks, as for zones).
+    compartments: Annotated[tuple[str, ...], AfterValidator(check_compartment_names)] = ()
     #: Root of everything hivemem keeps on disk (agent stores, model directory).
     data_dir: Path = Path(".hivemem")
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
@@ -267,17 +276,23 @@ class HivememSettings(BaseSettings):
     def _install_zones(
         cls, data: object, handler: ModelWrapValidatorHandler[HivememSettings]
     ) -> HivememSettings:
-        """Install the ladder first (the other fields may name its zones); put the previous
-        one back when the settings fail."""
-        names = data.get("zones", BUILTIN_ZONES) if isinstance(data, dict) else BUILTIN_ZONES
-        previous = zone_names()
-        if isinstance(names, list | tuple):
-            with contextlib.suppress(InvalidInput):  # the zones field reports it, by name
-                configure_zones(names)
+        """Install the zone ladder and the compartments first (the other fields may name
+        them); put the previous ones back when the settings fail."""
+        given = data if isinstance(data, dict) else {}
+        zones, compartments = given.get("zones", BUILTIN_ZONES), given.get("compartments", ())
+        previous = zone_names(), compartment_names()
+        # A bad value is left to its field, which reports it by name.
+        if isinstance(zones, list | tuple):
+            with contextlib.suppress(InvalidInput):
+                configure_zones(zones)
+        if isinstance(compartments, list | tuple):
+            with contextlib.suppress(InvalidInput):
+                configure_compartments(compartments)
         try:
             return handler(data)
         except Exception:
-            configure_zones(previous)
+            configure_zones(previous[0])
+            configure_compartments(previous[1])
             raise
 
     def environment(self) -> dict[str, str]:

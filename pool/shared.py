@@ -27,6 +27,7 @@ from hivemem.pool.envelope import PlainCodec
 from hivemem.pool.errors import (
     AgentNotFound,
     ClearanceDenied,
+    CompartmentDenied,
     InvalidInput,
     ZoneLadderMismatch,
 )
@@ -135,15 +136,18 @@ class SharedMemoryPool:
         agent_id: str,
         *,
         clearance: Zone | str = Zone.PUBLIC,
+        compartments: Sequence[str] = (),
         share_levels: Sequence[Level | str] = (),
         receive_levels: Sequence[Level | str] | None = None,
         display_name: str = "",
         capabilities: Sequence[str] = (),
         sync_interval: float = 0.0,
     ) -> Agent:
-        """Register the agent (or re-register it with the same clearance, e.g. after a restart)
-        and attach it here: its memory opens under ``<data_dir>/agents/<agent_id>``, its
-        outbox drains and it starts receiving. Raises InvalidInput (nothing registered),
+        """Register the agent (or re-register it with the same clearance and compartments, e.g.
+        after a restart) and attach it here: its memory opens under
+        ``<data_dir>/agents/<agent_id>``, its outbox drains and it starts receiving.
+        ``compartments`` are the configured compartments it holds (see
+        :mod:`hivemem.pool.compartments`). Raises InvalidInput (nothing registered),
         RegistrationConflict, StoreLocked when another process has it attached."""
         optional = {} if receive_levels is None else {"receive_levels": list(receive_levels)}
         info = AgentInfo(
@@ -151,6 +155,7 @@ class SharedMemoryPool:
             display_name=display_name or agent_id,
             capabilities=list(capabilities),
             clearance=clearance,
+            compartments=list(compartments),
             share_levels=list(share_levels),
             sync_interval=sync_interval,
             **optional,
@@ -167,7 +172,9 @@ class SharedMemoryPool:
         user is provisioned (attaching provisions it afresh). Raises RegistrationConflict."""
         info, created = self._record(info)
         if self.security is not None and self.security.acl is not None:
-            self.security.acl.provision(info.agent_id, info.clearance)
+            self.security.acl.provision(
+                info.agent_id, info.clearance, compartments=info.compartments
+            )
         return info, created
 
     def _record(self, info: AgentInfo) -> tuple[AgentInfo, bool]:
@@ -185,6 +192,7 @@ class SharedMemoryPool:
                 subject=info.agent_id,
                 zone=info.clearance.value,
                 share_levels=[level.value for level in info.share_levels],
+                **({"compartments": info.compartments} if info.compartments else {}),
             )
         log.info("agent_registered", agent_id=info.agent_id, clearance=info.clearance.value)
         return info, created
@@ -211,7 +219,7 @@ class SharedMemoryPool:
             embedder=self._embedder,
             owner=info.agent_id,
             wrap_index=None if seal is None else lambda index: _kept(sealed, index, seal),
-            write_gate=lambda zone: self.policies.check_write(zone, info.agent_id, info.clearance),
+            write_gate=lambda zone, compartments: self._check_write(info, zone, compartments),
         )
         try:
             identity, bus = self._secured(info)
@@ -235,6 +243,14 @@ class SharedMemoryPool:
         self._attached[info.agent_id] = agent
         return agent
 
+    def _check_write(self, info: AgentInfo, zone: Zone, compartments: Sequence[str]) -> None:
+        """Raise PolicyDenied, or CompartmentDenied, unless ``info``'s agent may write a record
+        of ``zone`` carrying ``compartments``."""
+        self.policies.check_write(zone, info.agent_id, info.clearance)
+        missing = [name for name in compartments if name not in info.compartments]
+        if missing:
+            raise CompartmentDenied(info.agent_id, zone.value, info.clearance.value, missing)
+
     def _secured(self, info: AgentInfo) -> tuple[Identity, RedisBus]:
         """The agent's identity (its key, issued here when this data directory has none) and
         its own bus: with ACLs, a connection as its own Redis user, provisioned afresh."""
@@ -254,7 +270,9 @@ class SharedMemoryPool:
                 security.keyring.active(zone)
         if security.acl is None:
             return identity, self.bus
-        credentials = security.acl.provision(info.agent_id, info.clearance)
+        credentials = security.acl.provision(
+            info.agent_id, info.clearance, compartments=info.compartments
+        )
         identity.redis_password = credentials.password
         client = redis.Redis.from_url(
             credentials.url(self.redis_url), socket_connect_timeout=5, health_check_interval=10
@@ -313,7 +331,7 @@ class SharedMemoryPool:
         if security is not None:
             security.senders.forget(agent_id)
             if security.acl is not None:
-                security.acl.restrict(agent_id, zone)
+                security.acl.restrict(agent_id, zone, compartments=info.compartments)
         if zone != prior:
             self.audit.record(
                 AuditEvent.GRANTED if zone > prior else AuditEvent.REVOKED,
@@ -323,6 +341,32 @@ class SharedMemoryPool:
                 previous=prior.value,
             )
         log.info("clearance_changed", agent_id=info.agent_id, clearance=zone.value)
+        return info
+
+    def set_compartments(self, agent_id: str, compartments: Sequence[str]) -> AgentInfo:
+        """Give a registered agent exactly ``compartments`` (configured names); what it gains
+        is audited ``granted``, what it loses ``revoked`` (with the compartments named). With
+        Redis ACLs the broker applies it at once, as for :meth:`set_clearance`. Records of a
+        compartment it lost that it already holds stay in its local memory (as with a lowered
+        clearance); nothing more reaches it. Raises AgentNotFound, InvalidInput (nothing
+        changed) for an unknown compartment."""
+        security = self.security
+        info, prior = self.registry.set_compartments(
+            agent_id, compartments, resign=None if security is None else security.signed
+        )
+        if security is not None:
+            security.senders.forget(agent_id)
+            if security.acl is not None:
+                security.acl.restrict(agent_id, info.clearance, compartments=info.compartments)
+        for event, names in (
+            (AuditEvent.GRANTED, [c for c in info.compartments if c not in prior]),
+            (AuditEvent.REVOKED, [c for c in prior if c not in info.compartments]),
+        ):
+            if names:
+                self.audit.record(
+                    event, actor=AUDIT_ACTOR, subject=info.agent_id, compartments=names
+                )
+        log.info("compartments_changed", agent_id=info.agent_id, compartments=info.compartments)
         return info
 
     # -- zone keys ------------------------------------------------------------------------------
@@ -369,14 +413,16 @@ class SharedMemoryPool:
         the levels either shares or receives. The copy ``to_agent`` stores has
         ``received_from=from_agent``. Raises AgentNotFound, MemoryNotFound, or ClearanceDenied
         when the record's zone is above ``to_agent``'s clearance (nothing is sent; the refusal
-        is audited as ``denied_read``), PolicyDenied when the zone's policy keeps the record's
-        level to each agent."""
+        is audited as ``denied_read``), CompartmentDenied (a ClearanceDenied, audited the same)
+        when the record carries a compartment ``to_agent`` does not hold, PolicyDenied when the
+        zone's policy keeps the record's level to each agent."""
         sender = self.agent(from_agent)
         receiver = self.registry.get(to_agent)
         record_id = record if isinstance(record, str) else record.id
         full = sender.memory.get(record_id, with_vectors=True)
         self.policies.check_share(full.zone, full.level)
-        if full.zone > receiver.clearance:
+        missing = [name for name in full.compartments if name not in receiver.compartments]
+        if full.zone > receiver.clearance or missing:
             self.audit.record(
                 AuditEvent.DENIED_READ,
                 actor=from_agent,
@@ -384,8 +430,13 @@ class SharedMemoryPool:
                 zone=full.zone.value,
                 record_id=full.id,
                 clearance=receiver.clearance.value,
+                **({"compartments": missing} if missing else {}),
             )
-            raise ClearanceDenied(to_agent, full.zone.value, receiver.clearance.value)
+            if full.zone > receiver.clearance:
+                raise ClearanceDenied(to_agent, full.zone.value, receiver.clearance.value)
+            raise CompartmentDenied(
+                to_agent, full.zone.value, receiver.clearance.value, missing
+            )
         sender.hand_over(to_agent, full)
         log.info("knowledge_shared", from_agent=from_agent, to_agent=to_agent, record_id=full.id)
         return full

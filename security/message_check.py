@@ -6,10 +6,11 @@ reason that applies, in this order:
 1. ``unsigned``: no signature.
 2. ``revoked``: the sender is not in the registry (never registered, or deregistered).
 3. ``forged``: the sender's registry entry lacks a valid admin signature over (agent id,
-   clearance, public key), or has no public key; or the message signature does not verify over
-   the signed bytes with that key.
+   clearance, compartments, public key), or has no public key; or the message signature does
+   not verify over the signed bytes with that key.
 4. ``stale``: sent more than ``max_age_s`` ago, or more than ``max_skew_s`` in the future.
-5. ``over_clearance``: the message's zone is above the sender's clearance.
+5. ``over_clearance``: the message's zone is above the sender's clearance, or it carries a
+   compartment the sender does not hold.
 6. ``replayed``: the sender already sent this message id within the guard's window.
 
 The replay guard is consulted last, once the signature verified, so forged copies cannot fill
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -105,6 +107,8 @@ class SenderFacts:
     clearance: Zone
     public_key: str | None
     registry_signature: str | None
+    #: The compartments the sender holds.
+    compartments: tuple[str, ...] = ()
 
 
 def _shown(message_id: str) -> str:
@@ -134,7 +138,9 @@ class MessageCheck:
         self.max_age_s = float(max_age_s)
         self.max_skew_s = float(max_skew_s)
         self.guard = guard
-        self._entries: dict[tuple[str, Zone, str | None, str | None], bool] = {}
+        self._entries: dict[
+            tuple[str, Zone, str | None, str | None, tuple[str, ...]], bool
+        ] = {}
 
     def check(
         self,
@@ -146,6 +152,7 @@ class MessageCheck:
         signed_bytes: bytes,
         signature: str | None,
         now: datetime,
+        compartments: Sequence[str] = (),
     ) -> None:
         """Return if the message may be applied; raise MessageRejected (``reason``) if not.
         InvalidInput if ``sent_at`` or ``now`` is not timezone-aware."""
@@ -168,15 +175,27 @@ class MessageCheck:
             raise MessageRejected(
                 "over_clearance", f"{who}: zone {zone} above clearance {sender.clearance}"
             )
+        if not set(compartments) <= set(sender.compartments):
+            raise MessageRejected(
+                "over_clearance", f"{who}: a compartment the sender does not hold"
+            )
         if not self.guard.check_and_remember(f"{sender.agent_id}/{message_id}", sent_at, now):
             raise MessageRejected("replayed", f"{who}: already received")
 
     def _entry_ok(self, sender: SenderFacts) -> bool:
         """Whether the sender's registry entry carries a valid admin signature (cached)."""
-        entry = (sender.agent_id, sender.clearance, sender.public_key, sender.registry_signature)
+        entry = (
+            sender.agent_id,
+            sender.clearance,
+            sender.public_key,
+            sender.registry_signature,
+            sender.compartments,
+        )
         ok = self._entries.get(entry)
         if ok is None:
-            ok = verify_entry(self.admin_public_key, *entry)
+            ok = verify_entry(
+                self.admin_public_key, *entry[:4], compartments=sender.compartments
+            )
             if len(self._entries) >= _ENTRY_CACHE_SIZE:
                 self._entries.clear()  # a registry this large churns; start over
             self._entries[entry] = ok

@@ -18,6 +18,7 @@ import redis
 
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone
 from hivemem.pool.settings import HivememSettings
 from hivemem.security.key_provider import key_provider
@@ -58,8 +59,11 @@ class PoolSecurity:
         self.acl = AgentAcl(client, namespace=namespace) if self.options.redis_acl else None
 
     def signed(self, info: AgentInfo) -> AgentInfo:
-        """``info`` with the administrator's signature over its id, clearance and key."""
-        signature = self.admin.sign_entry(info.agent_id, info.clearance, info.public_key)
+        """``info`` with the administrator's signature over its id, clearance, compartments and
+        key."""
+        signature = self.admin.sign_entry(
+            info.agent_id, info.clearance, info.public_key, compartments=info.compartments
+        )
         return info.model_copy(update={"registry_signature": signature})
 
     def agent_key(self, agent_dir: Path) -> SigningKey:
@@ -87,6 +91,7 @@ class PoolSecurity:
             sender_id=info.agent_id,
             check=self._check(ReplayGuard(window_s)),
             senders=self.senders,
+            compartments=info.compartments,
         )
 
     def workers_codec(self) -> SecureCodec:
@@ -108,6 +113,7 @@ class PoolSecurity:
             display_name="hivemem workers",
             capabilities=["service"],
             clearance=Zone.top(),
+            compartments=list(compartment_names()),
             public_key=self.workers_key().public_key,
         )
         return self.signed(info)

@@ -7,12 +7,18 @@ may use, for every zone ``y <= z``:
 
 - the channel ``ns:zone:<y>`` and the keys ``ns:zone:<y>:*`` (stream, seq, epoch, msg ids);
 - the keys ``ns:ingest:<y>:*`` (the zone's ingest queue; it has no channel);
+- when it holds compartments, the channels and keys of the zone's compartment topics whose mask
+  is a subset of what it holds: one glob each, ``ns:comp:<y>:<pattern>`` and
+  ``ns:comp:<y>:<pattern>:*`` (:func:`hivemem.pool.compartments.mask_pattern`);
 
 and, of its own: the channel ``ns:agent:<id>:inbox`` and the keys ``ns:agent:<id>:*`` (its inbox
 and its heartbeat ``ns:agent:<id>:alive``). Agent ids and namespaces hold no ``:`` and no glob
 character, so no pattern of one agent or zone covers another's keys. The commands are exactly
 :data:`AGENT_COMMANDS` (measured by running the bus with the restricted user); everything
-else, PSUBSCRIBE among it (a pattern could cover a higher zone), is refused with NOPERM.
+else is refused with NOPERM. An agent that holds compartments may also PSUBSCRIBE
+(:data:`COMPARTMENT_COMMANDS`): Redis checks a pattern a client subscribes to *literally*
+against the user's channel patterns, so it may subscribe to its own compartment globs and to no
+wider one.
 Registry reads, audit writes and hand-overs to other agents' inboxes go through the pool's
 admin connection.
 
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -43,7 +50,9 @@ import redis
 import structlog
 from pydantic import SecretStr
 
+from hivemem.pool.adapters.redis_bus import compartment_topics
 from hivemem.pool.adapters.redis_errors import redis_errors
+from hivemem.pool.compartments import checked_compartments
 from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import AgentNotFound, InvalidInput
 from hivemem.pool.ids import check_agent_id
@@ -67,6 +76,9 @@ AGENT_COMMANDS: tuple[str, ...] = (
     "xadd",  # publish.lua (stream)
     "publish",  # publish.lua (live fan-out); checked against the channel permissions
 )
+#: Added for an agent that holds compartments: its Receiver subscribes to their glob (checked
+#: literally, see above).
+COMPARTMENT_COMMANDS: tuple[str, ...] = ("psubscribe",)
 _PASSWORD_BYTES = 32
 _SCHEMES = ("redis", "rediss")
 #: Query parameters of a base URL that would carry other credentials.
@@ -112,25 +124,37 @@ def username_of(namespace: str, agent_id: str) -> str:
     return f"{check_namespace(namespace)}:agent:{check_agent_id(agent_id)}"
 
 
-def agent_rules(namespace: str, agent_id: str, clearance: Zone) -> list[str]:
-    """The ``ACL SETUSER`` rules of an agent cleared for ``clearance`` (no password: the caller
-    adds it). Starts with ``reset``, so applying them replaces whatever the user had. Raises
-    InvalidIdentifier for a bad namespace or agent id, InvalidInput for an unknown zone."""
+def agent_rules(
+    namespace: str, agent_id: str, clearance: Zone, compartments: Sequence[str] = ()
+) -> list[str]:
+    """The ``ACL SETUSER`` rules of an agent cleared for ``clearance`` and holding
+    ``compartments`` (no password: the caller adds it). Starts with ``reset``, so applying them
+    replaces whatever the user had. Raises InvalidIdentifier for a bad namespace or agent id,
+    InvalidInput for an unknown zone or compartment."""
     ns = check_namespace(namespace)
     agent = check_agent_id(agent_id)
     top = checked_zone(clearance)
-    zones = [zone.value for zone in Zone if zone <= top]
+    cleared = [zone for zone in Zone if zone <= top]
+    zones = [zone.value for zone in cleared]
+    globs = [
+        glob
+        for zone in cleared
+        if (glob := compartment_topics(zone, checked_compartments(compartments))) is not None
+    ]
     return [
         "reset",
         "on",
         "resetchannels",
         *(f"&{ns}:zone:{zone}" for zone in zones),
+        *(f"&{ns}:{glob}" for glob in globs),
         f"&{ns}:agent:{agent}:inbox",
         *(f"~{ns}:zone:{zone}:*" for zone in zones),
+        *(f"~{ns}:{glob}:*" for glob in globs),
         *(f"~{ns}:ingest:{zone}:*" for zone in zones),
         f"~{ns}:agent:{agent}:*",
         "-@all",
         *(f"+{command}" for command in AGENT_COMMANDS),
+        *(f"+{command}" for command in (COMPARTMENT_COMMANDS if globs else ())),
     ]
 
 
@@ -148,14 +172,19 @@ class AgentAcl:
         self.namespace = check_namespace(namespace)
 
     def provision(
-        self, agent_id: str, clearance: Zone, *, password: SecretStr | None = None
+        self,
+        agent_id: str,
+        clearance: Zone,
+        *,
+        compartments: Sequence[str] = (),
+        password: SecretStr | None = None,
     ) -> AgentCredentials:
         """Create or replace the agent's user with a fresh password (or ``password``: to
-        restore a user a restarted Redis lost, its clients keeping theirs) and ``clearance``'s
-        rules, then disconnect whatever was connected as it. Returns the credentials (the only
-        time the password is shown). Raises InvalidIdentifier/InvalidInput before any Redis
-        call."""
-        rules = agent_rules(self.namespace, agent_id, clearance)
+        restore a user a restarted Redis lost, its clients keeping theirs) and the rules of
+        ``clearance`` and ``compartments``, then disconnect whatever was connected as it.
+        Returns the credentials (the only time the password is shown). Raises
+        InvalidIdentifier/InvalidInput before any Redis call."""
+        rules = agent_rules(self.namespace, agent_id, clearance, compartments)
         name = username_of(self.namespace, agent_id)
         password_text = (
             secrets.token_urlsafe(_PASSWORD_BYTES)
@@ -171,15 +200,19 @@ class AgentAcl:
             agent_id=agent_id,
             username=name,
             clearance=Zone(clearance).value,
+            compartments=list(compartments),
             connections_killed=killed,
         )
         return AgentCredentials(name, password)
 
-    def restrict(self, agent_id: str, clearance: Zone) -> None:
-        """Give the agent's user ``clearance``'s permissions, keeping its password, and
-        disconnect its connections (they log in again under the new permissions). Raises
-        AgentNotFound when the agent has no user; InvalidIdentifier/InvalidInput as above."""
-        rules = agent_rules(self.namespace, agent_id, clearance)
+    def restrict(
+        self, agent_id: str, clearance: Zone, *, compartments: Sequence[str] = ()
+    ) -> None:
+        """Give the agent's user the permissions of ``clearance`` and ``compartments``, keeping
+        its password, and disconnect its connections (they log in again under the new
+        permissions). Raises AgentNotFound when the agent has no user;
+        InvalidIdentifier/InvalidInput as above."""
+        rules = agent_rules(self.namespace, agent_id, clearance, compartments)
         name = username_of(self.namespace, agent_id)
         if not self.exists(agent_id):
             raise AgentNotFound(agent_id)
@@ -191,6 +224,7 @@ class AgentAcl:
             agent_id=agent_id,
             username=name,
             clearance=Zone(clearance).value,
+            compartments=list(compartments),
             connections_killed=killed,
         )
 

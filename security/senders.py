@@ -44,6 +44,7 @@ class SenderDirectory:
                 clearance=info.clearance,
                 public_key=info.public_key,
                 registry_signature=info.registry_signature,
+                compartments=tuple(info.compartments),
             )
         with self._lock:
             if len(self._cache) > 10_000:

@@ -21,12 +21,14 @@ import base64
 import functools
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from hivemem.pool.compartments import checked_compartments
 from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.ids import check_agent_id
@@ -202,20 +204,26 @@ class SigningKey:
         return written
 
 
-def entry_bytes(agent_id: str, clearance: Zone, public_key: str | None) -> bytes:
+def entry_bytes(
+    agent_id: str, clearance: Zone, public_key: str | None, *, compartments: Sequence[str] = ()
+) -> bytes:
     """The canonical bytes of a registry entry, what the admin signs: compact JSON with sorted
-    keys of the agent id, clearance, public key (null if none) and the domain tag. Raises
-    InvalidInput for a malformed agent id, an unknown clearance or a malformed public key."""
+    keys of the agent id, clearance, public key (null if none), the domain tag and, when it
+    holds any, the agent's compartments (canonical order). Raises InvalidInput for a malformed
+    agent id, an unknown clearance or compartment, or a malformed public key."""
     agent_id = check_agent_id(agent_id, field="agent_id")
     zone = checked_zone(clearance)
     if public_key is not None and not is_public_key(public_key):
         raise InvalidInput("public_key is not base64 of a 32-byte key", field="public_key")
-    entry = {
+    entry: dict[str, object] = {
         "agent_id": agent_id,
         "clearance": zone.value,
         "domain": REGISTRY_DOMAIN,
         "public_key": public_key,
     }
+    held = checked_compartments(compartments)
+    if held:
+        entry["compartments"] = list(held)
     return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
@@ -225,11 +233,13 @@ def verify_entry(
     clearance: Zone,
     public_key: str | None,
     signature: str | None,
+    *,
+    compartments: Sequence[str] = (),
 ) -> bool:
     """Whether ``signature`` is the admin's signature of this registry entry. False, never an
     exception, for a malformed entry, key or signature."""
     try:
-        data = entry_bytes(agent_id, clearance, public_key)
+        data = entry_bytes(agent_id, clearance, public_key, compartments=compartments)
     except InvalidInput:
         return False
     return verify_signature(admin_public_key, signature, data)
@@ -252,15 +262,32 @@ class AdminSigner:
     def public_key(self) -> str:
         return self._key.public_key
 
-    def sign_entry(self, agent_id: str, clearance: Zone, public_key: str | None) -> str:
+    def sign_entry(
+        self,
+        agent_id: str,
+        clearance: Zone,
+        public_key: str | None,
+        *,
+        compartments: Sequence[str] = (),
+    ) -> str:
         """The admin signature of this entry; InvalidInput as :func:`entry_bytes` raises it."""
-        return self._key.sign(entry_bytes(agent_id, clearance, public_key))
+        data = entry_bytes(agent_id, clearance, public_key, compartments=compartments)
+        return self._key.sign(data)
 
     def verify_entry(
-        self, agent_id: str, clearance: Zone, public_key: str | None, signature: str | None
+        self,
+        agent_id: str,
+        clearance: Zone,
+        public_key: str | None,
+        signature: str | None,
+        *,
+        compartments: Sequence[str] = (),
     ) -> bool:
         """Whether ``signature`` is this admin's signature of the entry (never raises)."""
-        return verify_entry(self.public_key, agent_id, clearance, public_key, signature)
+        return verify_entry(
+            self.public_key, agent_id, clearance, public_key, signature,
+            compartments=compartments,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"AdminSigner(public_key={self.public_key!r})"

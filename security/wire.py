@@ -1,15 +1,16 @@
 """Sealed, signed pool messages: envelope version 2.
 
-On the wire a version-2 message is compact JSON of a :class:`SealedEnvelope`: the routing facts
-in clear (message id, sender, zone, sent_at, ``to``, ``subject``), the version-1 envelope sealed
-with AES-256-GCM under the zone's data key and the subject's secret (``key_id``, ``nonce``,
-``body``), and the sender's Ed25519 ``signature`` over all of it.
+On the wire a version-2 message is compact JSON of a :class:`SealedEnvelope`: the routing facts in
+clear (message id, sender, zone, sent_at, ``to``, ``subject``, ``compartments``), the version-1
+envelope sealed with AES-256-GCM under the zone's data key and the subject's secret (``key_id``,
+``nonce``, ``body``), and the sender's Ed25519 ``signature`` over all of it.
 
 The clear header is bound into the seal as associated data, so a header moved onto another body
 does not open; the signature covers header and ciphertext, so nothing can be changed without the
 sender's key. :class:`SecureCodec` decodes in the order that costs an attacker most and us
 least: parse the header, check the sender, the signature, the age and the zone (a
-:class:`~hivemem.security.message_check.MessageCheck`), and only then open the body and check
+:class:`~hivemem.security.message_check.MessageCheck`), that the decoder holds the message's
+compartments, and only then open the body and check
 that what is inside matches the header. Every refusal is a ``MessageRejected`` with its reason.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -34,13 +35,13 @@ from hivemem.pool.errors import (
     SealBroken,
 )
 from hivemem.pool.ids import check_agent_id, check_scope_id
-from hivemem.pool.records import UtcDatetime, utc_now
+from hivemem.pool.records import Compartments, UtcDatetime, utc_now
 from hivemem.security.message_check import MessageCheck, SenderFacts
 from hivemem.security.sealing import Sealed, Sealer
 from hivemem.security.signing import SigningKey
 
 #: Fields of the header bound into the seal (everything the sender states in clear).
-_HEADER = {"v", "message_id", "sender", "zone", "sent_at", "to", "subject"}
+_HEADER = {"v", "message_id", "sender", "zone", "sent_at", "to", "subject", "compartments"}
 
 
 class SealedEnvelope(Model):
@@ -55,6 +56,8 @@ class SealedEnvelope(Model):
     sent_at: UtcDatetime
     to: str | None = Field(default=None, max_length=64)
     subject: str | None = Field(default=None, max_length=128)
+    #: The envelope's compartments (None when it has none: such headers read as before).
+    compartments: Compartments | None = None
     key_id: str = Field(max_length=64)
     nonce: str = Field(max_length=64)
     body: str
@@ -95,7 +98,9 @@ class SecureCodec:
     ``signer`` is the sending agent's key (None: a receive-only codec); ``sealer`` is limited to
     the clearance of whoever decodes; ``senders`` looks up a sender in the registry (None when it
     is not registered). ``check_age`` off skips the age check entirely (durable queues, whose
-    entries are consumed once by position and may wait for hours)."""
+    entries are consumed once by position and may wait for hours). ``compartments``: those the
+    decoder holds; a message carrying another is refused (``outside_compartments``) before its
+    body is opened (None: it holds every one, as the workers do)."""
 
     def __init__(
         self,
@@ -107,6 +112,7 @@ class SecureCodec:
         senders: Callable[[str], SenderFacts | None],
         check_age: bool = True,
         clock: Callable[[], datetime] = utc_now,
+        compartments: Sequence[str] | None = None,
     ) -> None:
         self._sealer = sealer
         self._signer = signer
@@ -115,6 +121,8 @@ class SecureCodec:
         self._senders = senders
         self._check_age = check_age
         self._clock = clock
+        #: The compartments whoever decodes holds (None: every one, the workers).
+        self._held = None if compartments is None else frozenset(compartments)
 
     def encode(self, envelope: Envelope) -> bytes:
         """The envelope sealed and signed. Raises InvalidInput when this codec cannot send (no
@@ -152,6 +160,7 @@ class SecureCodec:
             sent_at=envelope.sent_at,
             to=envelope.to,
             subject=envelope.subject,
+            compartments=envelope.compartments or None,
             key_id="-",
             nonce="-",
             body="",
@@ -174,6 +183,7 @@ class SecureCodec:
         self._check.check(
             sender=self._senders(wire.sender),
             zone=wire.zone,
+            compartments=wire.compartments or (),
             message_id=wire.message_id,
             sent_at=wire.sent_at,
             signed_bytes=wire.signing_bytes(),
@@ -181,6 +191,11 @@ class SecureCodec:
             # Off the live path the age is not the question: judge it as of its sending.
             now=now if live and self._check_age else wire.sent_at,
         )
+        if self._held is not None and not self._held.issuperset(wire.compartments or ()):
+            raise MessageRejected(
+                "outside_compartments",
+                f"message {wire.message_id}: a compartment this receiver does not hold",
+            )
         sealed = Sealed(wire.key_id, _unb64(wire.nonce, "nonce"), _unb64(wire.body, "body"))
         try:
             plain = self._sealer.open(
@@ -193,7 +208,7 @@ class SecureCodec:
         envelope = decode_envelope(plain)
         inner = (envelope.message_id, envelope.sender, envelope.zone, envelope.to)
         if inner != (wire.message_id, wire.sender, wire.zone, wire.to) or (
-            envelope.subject != wire.subject
+            envelope.subject != wire.subject or envelope.compartments != (wire.compartments or [])
         ):
             raise MessageRejected("tampered", f"message {wire.message_id}: header and body differ")
         return envelope

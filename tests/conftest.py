@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hivemem.agents.embedding import FastEmbedder, shared_embedder
 from hivemem.agents.memory import HierarchicalMemory
+from hivemem.pool.compartments import configure_compartments
 from hivemem.pool.enums import BUILTIN_ZONES, configure_zones
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import HivememSettings, PoolSettings, SecuritySettings
@@ -50,10 +51,11 @@ def settings(data_dir: Path) -> HivememSettings:
 
 @pytest.fixture(autouse=True)
 def builtin_zones() -> Iterator[None]:
-    """Every test ends on the built-in zone ladder, whatever ladder its settings installed (the
-    ladder is process-wide)."""
+    """Every test ends on the built-in zone ladder and no compartments, whatever its settings
+    installed (both are process-wide)."""
     yield
     configure_zones(BUILTIN_ZONES)
+    configure_compartments(())
 
 
 @pytest.fixture

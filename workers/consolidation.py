@@ -18,12 +18,14 @@ What a run writes, in this order (each step idempotent):
    (a previous category with no successor is retired: ``superseded_at`` set in the zone store,
    and a tombstone to the agents, as its traces now belong to other categories); a new profile
    supersedes the previous one;
-4. the outputs go out through the pool on the zone's channel (sender ``hivemem-workers``), so the
-   agents cleared for the zone receive them;
+4. the outputs go out through the pool on the zone's channel, or their compartments' (sender
+   ``hivemem-workers``), so the agents cleared for them receive them;
 5. the plan is deleted.
 
-Every output carries the highest zone among its sources ("no write down"), the user-level scope
-(visible in all the user's sessions), tier LONG_TERM, the strategy's name in
+Every output carries the highest zone among its sources and the union of their compartments ("no
+write down"); traces and categories are drawn within one set of compartments at a time, so only
+the domain profile mixes them (an agent sees it only when it holds all). Outputs also carry the
+user-level scope (visible in all the user's sessions), tier LONG_TERM, the strategy's name in
 ``metadata.strategy``, ``valid_from`` of its earliest source, and a vector: the unit mean of its
 sources' vectors (so no model runs in the workers), plus BM25 terms of its own text.
 """
@@ -44,7 +46,8 @@ import redis
 import structlog
 
 from hivemem.agents.sparse import Bm25Encoder
-from hivemem.pool.adapters.redis_bus import RedisBus, zone_topic
+from hivemem.pool.adapters.redis_bus import RedisBus, topic_compartments, zone_topic
+from hivemem.pool.compartments import union
 from hivemem.pool.enums import Level, Tier, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec, make_envelope
 from hivemem.pool.errors import HivememError, StrategyFailed
@@ -232,7 +235,8 @@ class ConsolidationService:
             self._derive(
                 Level.TRACE, zone=zone, user_id=user_id, draft=draft, pool=episodes, now=now
             )
-            for draft in self._drafts("traces", episodes, lambda s, x: s.traces(x))
+            for group in _by_compartments(episodes)
+            for draft in self._drafts("traces", group, lambda s, x: s.traces(x))
         ]
         current = self._current(user_id, Level.TRACE)
         by_id = {r.id: r for r in self._store.scan(zone, current, with_vectors=True) if r.vector}
@@ -246,7 +250,8 @@ class ConsolidationService:
                 self._derive(
                     Level.CATEGORY, zone=zone, user_id=user_id, draft=draft, pool=traces, now=now
                 )
-                for draft in self._drafts("categories", traces, lambda s, x: s.categories(x))
+                for group in _by_compartments(traces)
+                for draft in self._drafts("categories", group, lambda s, x: s.categories(x))
             ],
             prior_categories,
         )
@@ -330,6 +335,7 @@ class ConsolidationService:
             tier=Tier.LONG_TERM,
             category=draft.category,
             zone=Zone.highest([s.zone for s in sources]),
+            compartments=list(union(s.compartments for s in sources)),
             importance=min(1.0, max(0.0, float(draft.importance))),
             tags=_labels(draft.tags),
             entities=_labels(draft.entities),
@@ -417,17 +423,21 @@ def publish_as_workers(
     batch: int,
     codec: EnvelopeCodec | None = None,
 ) -> None:
-    """Publish ``records`` and ``tombstones`` on the zone's channel as ``hivemem-workers``, one
-    user per envelope (sealed under that user's key with security on) and at most ``batch`` of
-    each, in one round trip."""
+    """Publish ``records`` and ``tombstones`` as ``hivemem-workers``: on the zone's channel, or
+    the channel of their compartments when they carry any; one user per envelope (sealed under
+    that user's key with security on) and at most ``batch`` of each, in one round trip per
+    topic."""
     codec = codec or PlainCodec()
-    by_user: dict[str, tuple[list[MemoryRecord], list[Tombstone]]] = {}
+    groups: dict[tuple[str, tuple[str, ...]], tuple[list[MemoryRecord], list[Tombstone]]] = {}
     for record in records:
-        by_user.setdefault(record.scope.user_id, ([], []))[0].append(record)
+        key = (record.scope.user_id, tuple(record.compartments))
+        groups.setdefault(key, ([], []))[0].append(record)
     for tombstone in tombstones:
-        by_user.setdefault(tombstone.scope.user_id, ([], []))[1].append(tombstone)
-    messages: list[tuple[str, bytes]] = []
-    for mine, gone in by_user.values():
+        key = (tombstone.scope.user_id, tuple(tombstone.compartments))
+        groups.setdefault(key, ([], []))[1].append(tombstone)
+    by_topic: dict[str, list[tuple[str, bytes]]] = {}
+    for (_user, compartments), (mine, gone) in groups.items():
+        messages = by_topic.setdefault(zone_topic(zone, compartments), [])
         for start in range(0, max(len(mine), len(gone)), batch):
             envelope = make_envelope(
                 sender=WORKER_SENDER,
@@ -436,8 +446,19 @@ def publish_as_workers(
                 tombstones=gone[start : start + batch],
             )
             messages.append((envelope.message_id, codec.encode(envelope)))
-    if messages:
-        bus.publish(zone_topic(zone), WORKER_SENDER, messages)
+    for topic, messages in by_topic.items():
+        if topic_compartments(topic) is not None:
+            bus.register_topic(topic)
+        bus.publish(topic, WORKER_SENDER, messages)
+
+
+def _by_compartments(records: Sequence[MemoryRecord]) -> list[list[MemoryRecord]]:
+    """``records`` grouped by the compartments they carry (order kept within each group), so
+    that traces and categories never mix compartments."""
+    groups: dict[tuple[str, ...], list[MemoryRecord]] = {}
+    for record in records:
+        groups.setdefault(tuple(record.compartments), []).append(record)
+    return [groups[key] for key in sorted(groups)]
 
 
 def _sources(records: Sequence[MemoryRecord]) -> Sources:

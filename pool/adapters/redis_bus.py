@@ -1,9 +1,11 @@
 """The pool's transport on Redis: per topic, a pub/sub channel for live fan-out and a Stream for
 completeness, written together by one Lua script (atomic: a message is in both or in neither).
 
-A *topic* is a zone (``zone:<zone>``), an agent's inbox for direct hand-overs
-(``agent:<id>:inbox``), or a zone's ingest queue (``ingest:<zone>``: every record agents write in
-the zone, for the workers). Per topic, under the pool's namespace ``ns``:
+A *topic* is a zone (``zone:<zone>``), a set of compartments in a zone (``comp:<zone>:<mask>``,
+see :mod:`hivemem.pool.compartments`: records that carry compartments travel there, never on
+the zone's topic), an agent's inbox for direct hand-overs (``agent:<id>:inbox``), or a zone's
+ingest queue (``ingest:<zone>``: every record agents write in the zone, for the workers). Per
+topic, under the pool's namespace ``ns``:
 
 - ``ns:<topic>`` — the pub/sub channel; a message is ``b"<epoch> <seq> <sender> <envelope>"``;
 - ``ns:<topic>:stream`` — the Stream; entry ``<seq>-0`` holds the envelope in field ``d`` and the
@@ -17,7 +19,11 @@ the zone, for the workers). Per topic, under the pool's namespace ``ns``:
   appends a message id once, so an outbox that resends after a lost acknowledgement
   duplicates nothing.
 
-Every key of a topic starts with ``ns:<topic>``, so one ACL pattern per zone covers them.
+Every key of a topic starts with ``ns:<topic>``, so one ACL pattern per zone covers them (and
+one per zone the compartment topics an agent may use). Compartment topics come into being as
+records are written there; whoever publishes to one first adds it to the set
+``ns:registry:topics`` (:meth:`RedisBus.register_topic`, through the pool's own connection), so
+that a receiver starting later knows which streams to catch up from.
 The stream is trimmed approximately to ``maxlen`` entries, except an ingest queue's: it has no
 pub/sub channel and keeps every entry until the workers have stored it (:meth:`trim_through`).
 """
@@ -28,9 +34,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import redis
 
+from hivemem.pool.compartments import from_mask, mask, mask_pattern
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidMessage
 from hivemem.pool.ids import check_agent_id
@@ -40,8 +48,36 @@ _DEDUPE_TTL_S = 24 * 3600
 _PUBLISH = (Path(__file__).parent / "lua" / "publish.lua").read_text()
 
 
-def zone_topic(zone: Zone) -> str:
+def zone_topic(zone: Zone, compartments: Sequence[str] = ()) -> str:
+    """The topic of records in ``zone`` that carry ``compartments`` (none: the zone's own)."""
+    if compartments:
+        return f"comp:{Zone(zone).value}:{mask(compartments)}"
     return f"zone:{Zone(zone).value}"
+
+
+def compartment_topics(zone: Zone, held: Sequence[str]) -> str | None:
+    """The glob of every compartment topic of ``zone`` an agent holding ``held`` may use
+    (None when it holds none)."""
+    if not held:
+        return None
+    return f"comp:{Zone(zone).value}:{mask_pattern(held)}"
+
+
+def topic_compartments(topic: str) -> tuple[Zone, tuple[str, ...]] | None:
+    """The zone and compartments of a compartment topic; None for any other topic (or one that
+    names an unknown zone or no mask of the configured compartments)."""
+    parts = topic.split(":")
+    if len(parts) != 3 or parts[0] != "comp" or (zone := _zone_named(parts[1])) is None:
+        return None
+    held = from_mask(parts[2])
+    return None if not held else (zone, held)
+
+
+def _zone_named(name: str) -> Zone | None:
+    try:
+        return Zone(name)
+    except ValueError:
+        return None
 
 
 def inbox_topic(agent_id: str) -> str:
@@ -90,12 +126,26 @@ class RedisBus:
         self.maxlen = maxlen
         self._publish = client.register_script(_PUBLISH)
 
-    def subscribe(self, topics: Sequence[str]) -> redis.client.PubSub:
-        """A new pub/sub connection subscribed to ``topics`` (confirmations skipped)."""
+    def subscribe(
+        self, topics: Sequence[str], patterns: Sequence[str] = ()
+    ) -> redis.client.PubSub:
+        """A new pub/sub connection subscribed to ``topics`` and to the topic globs
+        ``patterns`` (confirmations skipped)."""
         # redis-py's PubSub is untyped.
         pubsub: redis.client.PubSub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(*[self.channel(t) for t in topics])  # type: ignore[no-untyped-call]
+        if patterns:
+            pubsub.psubscribe(*[self.channel(p) for p in patterns])  # type: ignore[no-untyped-call]
         return pubsub
+
+    def register_topic(self, topic: str) -> None:
+        """Note a compartment topic in ``ns:registry:topics`` (idempotent)."""
+        self.client.sadd(f"{self.namespace}:registry:topics", topic)
+
+    def known_topics(self) -> set[str]:
+        """The compartment topics written so far (see :meth:`register_topic`)."""
+        raw = cast("set[bytes]", self.client.smembers(f"{self.namespace}:registry:topics"))
+        return {item.decode(errors="replace") for item in raw}
 
     def channel(self, topic: str) -> str:
         return f"{self.namespace}:{topic}"

@@ -1,16 +1,19 @@
 """The agent registry in Redis: register, look up, heartbeat and deregister agents.
 
 Keys under the pool namespace ``ns``: ``ns:registry:agents`` (hash: agent id → AgentInfo JSON),
-``ns:registry:clearance`` (hash: agent id → zone; what a re-registration is checked against),
-``ns:registry:zones`` (the zone ladder, JSON, set once: see :func:`check_zone_ladder`) and
-``ns:agent:<id>:alive`` (the last heartbeat, expiring after the heartbeat TTL).
+``ns:registry:clearance`` (hash: agent id → its access, the zone followed by ``+`` and its
+compartments when it holds any; what a re-registration is checked against),
+``ns:registry:zones`` and ``ns:registry:compartments`` (the zone ladder and the compartments,
+JSON, set once: see :func:`check_zone_ladder`), ``ns:registry:topics`` (a set: the compartment
+topics written so far, see :mod:`hivemem.pool.adapters.redis_bus`) and ``ns:agent:<id>:alive``
+(the last heartbeat, expiring after the heartbeat TTL).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -18,6 +21,7 @@ from typing import cast
 import redis
 
 from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone, zone_names
 from hivemem.pool.errors import AgentNotFound, RegistrationConflict, ZoneLadderMismatch
 from hivemem.pool.ids import check_agent_id
@@ -26,19 +30,30 @@ _REGISTER = (Path(__file__).parent / "lua" / "register.lua").read_text()
 
 
 def check_zone_ladder(client: redis.Redis, namespace: str) -> None:
-    """Store this process's zone ladder in the pool, unless one is there already; raise
-    ZoneLadderMismatch when the stored one differs (every process of a pool must order the
-    same zones the same way)."""
-    key = f"{namespace}:registry:zones"
-    mine = list(zone_names())
-    client.set(key, json.dumps(mine), nx=True)
-    stored = cast("bytes | None", client.get(key))
-    held = json.loads(stored) if stored else mine
-    if held != mine:
-        raise ZoneLadderMismatch(
-            f"this process's zones ({' < '.join(mine)}) differ from the pool's "
-            f"({' < '.join(map(str, held))}); set HIVEMEM_ZONES to the pool's"
-        )
+    """Store this process's zone ladder and compartments in the pool, unless they are there
+    already; raise ZoneLadderMismatch when the stored ones differ (every process of a pool must
+    order the same zones the same way, and know the same compartments in the same order)."""
+    for what, mine, joint in (
+        ("zones", list(zone_names()), " < "),
+        ("compartments", list(compartment_names()), ", "),
+    ):
+        key = f"{namespace}:registry:{what}"
+        client.set(key, json.dumps(mine), nx=True)
+        stored = cast("bytes | None", client.get(key))
+        held = json.loads(stored) if stored else mine
+        if held != mine:
+            raise ZoneLadderMismatch(
+                f"this process's {what} ({joint.join(mine) or 'none'}) differ from the pool's "
+                f"({joint.join(map(str, held)) or 'none'}); set HIVEMEM_{what.upper()} to the "
+                "pool's"
+            )
+
+
+def access_of(info: AgentInfo) -> str:
+    """What the clearance hash holds for an agent: its zone, then ``+`` and its compartments
+    (comma-separated) when it holds any."""
+    zone = info.clearance.value
+    return f"{zone}+{','.join(info.compartments)}" if info.compartments else zone
 
 
 class AgentRegistry:
@@ -66,7 +81,7 @@ class AgentRegistry:
         try:
             self._register(
                 keys=[self._agents, self._clearance],
-                args=[info.agent_id, info.clearance.value, info.model_dump_json()],
+                args=[info.agent_id, access_of(info), info.model_dump_json()],
             )
         except redis.ResponseError as error:
             if not str(error).startswith("CONFLICT"):
@@ -74,7 +89,8 @@ class AgentRegistry:
             held = str(error).split(" ", 1)[1]
             raise RegistrationConflict(
                 f"agent {info.agent_id} is registered with clearance {held}, not "
-                f"{info.clearance.value}; deregister it first to change its clearance"
+                f"{access_of(info)}; deregister it first to change its clearance (or use "
+                "set_clearance / set_compartments)"
             ) from None
         return info
 
@@ -88,6 +104,29 @@ class AgentRegistry:
         """Change a registered agent's clearance (an operator's grant or revocation); returns
         the new info and the clearance it held. ``resign`` re-signs the changed entry (in the
         same transaction). Raises AgentNotFound."""
+        info, prior = self._update(agent_id, {"clearance": zone}, resign)
+        return info, prior.clearance
+
+    def set_compartments(
+        self,
+        agent_id: str,
+        compartments: Sequence[str],
+        *,
+        resign: Callable[[AgentInfo], AgentInfo] | None = None,
+    ) -> tuple[AgentInfo, list[str]]:
+        """Change the compartments a registered agent holds; returns the new info and the
+        compartments it held. Raises AgentNotFound, InvalidInput for an unknown compartment."""
+        info, prior = self._update(agent_id, {"compartments": list(compartments)}, resign)
+        return info, prior.compartments
+
+    def _update(
+        self,
+        agent_id: str,
+        changes: dict[str, object],
+        resign: Callable[[AgentInfo], AgentInfo] | None,
+    ) -> tuple[AgentInfo, AgentInfo]:
+        """Apply ``changes`` (validated) to a registered entry in one transaction; returns the
+        new and the prior entry."""
         check_agent_id(agent_id)
         with self.client.pipeline(transaction=True) as pipe:
             while True:
@@ -97,16 +136,16 @@ class AgentRegistry:
                     if raw is None:
                         raise AgentNotFound(agent_id)
                     prior = AgentInfo.model_validate_json(raw)
-                    info = prior.model_copy(update={"clearance": zone})
+                    info = AgentInfo.model_validate({**prior.model_dump(), **changes})
                     if resign is not None:
                         info = resign(info)
                     pipe.multi()
-                    pipe.hset(self._clearance, agent_id, zone.value)
+                    pipe.hset(self._clearance, agent_id, access_of(info))
                     pipe.hset(self._agents, agent_id, info.model_dump_json())
                     pipe.execute()
                 except redis.WatchError:
                     continue
-                return info, prior.clearance
+                return info, prior
 
     def exists(self, agent_id: str) -> bool:
         return bool(self.client.hexists(self._agents, check_agent_id(agent_id)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import redis
 
 from hivemem.pool.redis_server import EmbeddedRedis
@@ -76,3 +77,39 @@ def test_audit_verify_passes_then_finds_the_edited_entry(
     assert broken.code == 1
     assert broken.json()["problem"]["position"] == 0
     assert broken.json()["problem"]["kind"] == "edited"
+
+
+def test_compartments_are_held_changed_and_written_through_the_cli(
+    hivemem: Run, agent_id: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``agents register --compartment``, ``zones compartments`` (exactly those named; none
+    takes all away; audited) and ``memory add --compartment``; an unknown compartment is a
+    usage error and changes nothing, a compartment the agent does not hold is refused."""
+    monkeypatch.setenv("HIVEMEM_COMPARTMENTS", '["apollo", "hr"]')
+    scout = agent_id("scout")
+    registered = hivemem("agents", "register", scout, "--compartment", "apollo", "--json")
+    assert registered.json()["compartments"] == ["apollo"]
+    changed = hivemem("zones", "compartments", scout, "hr", "apollo", "--json")
+    assert changed.json() == {
+        "agent_id": scout, "compartments": ["apollo", "hr"], "previous": ["apollo"]
+    }  # fmt: skip
+    assert hivemem("zones", "compartments", scout, "nuclear").code == 2
+    assert hivemem("agents", "register", agent_id("x"), "--compartment", "nuclear").code == 2
+    added = hivemem(
+        "memory", "add", "--agent", scout, "--user", "u1", "--compartment", "hr", "memo", "--json"
+    )
+    assert added.code == 0
+    assert added.json()["compartments"] == ["hr"]
+    emptied = hivemem("zones", "compartments", scout, "--json")
+    assert emptied.json()["compartments"] == []
+    refused = hivemem(
+        "memory", "add", "--agent", scout, "--user", "u1", "--compartment", "hr", "memo two"
+    )
+    assert refused.code == 1
+    assert "does not hold compartment(s) hr" in refused.err
+    mine = [
+        (e["kind"], e["details"].get("compartments"))
+        for e in hivemem("audit", "tail", "-n", "50", "--json").json()
+        if e["subject"] == scout and e["kind"] in ("granted", "revoked")
+    ]
+    assert mine == [("granted", ["hr"]), ("revoked", ["apollo", "hr"])]

@@ -282,10 +282,18 @@ def test_registry_signatures_are_verified_once_per_entry(
     calls: list[str] = []
 
     def counting(
-        admin_key: str, agent_id: str, clearance: Zone, key: str | None, signature: str | None
+        admin_key: str,
+        agent_id: str,
+        clearance: Zone,
+        key: str | None,
+        signature: str | None,
+        *,
+        compartments: tuple[str, ...] = (),
     ) -> bool:
         calls.append(agent_id)
-        return signing.verify_entry(admin_key, agent_id, clearance, key, signature)
+        return signing.verify_entry(
+            admin_key, agent_id, clearance, key, signature, compartments=compartments
+        )
 
     monkeypatch.setattr(message_check, "verify_entry", counting)
     for i in range(50):

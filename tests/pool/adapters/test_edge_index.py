@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from hivemem.pool.adapters.edge_index import EdgeIndex
+from hivemem.pool.compartments import configure_compartments
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import (
     InvalidFilter,
@@ -124,7 +125,9 @@ def scratch(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def full_record() -> MemoryRecord:
-    """A record with every field set to a non-default value, datetimes to the microsecond."""
+    """A record with every field set to a non-default value, datetimes to the microsecond
+    (it configures two compartments; the root conftest removes them after the test)."""
+    configure_compartments(("apollo", "hr"))
     other, another = new_record_id(), new_record_id()
     values: dict[str, Any] = {
         "id": new_record_id(),
@@ -136,6 +139,7 @@ def full_record() -> MemoryRecord:
         "tier": Tier.LONG_TERM,
         "category": Category.PREFERENCE,
         "zone": Zone.CONFIDENTIAL,
+        "compartments": ["apollo", "hr"],
         "importance": 0.8125,
         "access_count": 7,
         "last_accessed_at": T0 + timedelta(days=3, microseconds=1),
