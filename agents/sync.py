@@ -391,7 +391,10 @@ class Receiver(threading.Thread):
         while not self._halt.is_set():
             pubsub = None
             try:
-                pubsub = self._bus.subscribe(self.topics, self.patterns)
+                # Compartment topics come through the globs: subscribing to them as well would
+                # deliver each of their messages twice.
+                channels = [t for t in self.topics if topic_compartments(t) is None]
+                pubsub = self._bus.subscribe(channels, self.patterns)
                 self._discover()
                 for topic in list(self.topics):
                     self._catch_up(topic)

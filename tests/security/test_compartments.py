@@ -267,8 +267,14 @@ def test_an_agent_receiving_later_catches_up_on_its_compartment_topics(
     )
     sender.memory.add("legal memo", user_id="u1", zone=Zone.INTERNAL, compartments=["legal"])
     assert sender.flush()
-    late = pools("p2").register_agent("late", clearance=Zone.SECRET, compartments=["legal"])
+    late_pool = pools("p2")
+    late = late_pool.register_agent("late", clearance=Zone.SECRET, compartments=["legal"])
     assert wait_for(lambda: received(late) == {"legal memo"})
+    # Its connections drop (as when Redis restarts): it subscribes again, followed topics too.
+    late_pool.bus.client.client_kill_filter(user="hivemem:agent:late")
+    assert wait_for(late.wait_connected)
+    sender.memory.add("second memo", user_id="u1", zone=Zone.INTERNAL, compartments=["legal"])
+    assert wait_for(lambda: received(late) == {"legal memo", "second memo"})
 
 
 def test_handing_over_and_writing_outside_held_compartments_are_refused(
