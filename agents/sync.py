@@ -42,13 +42,14 @@ from hivemem.agents.outbox import Outbox, Pending
 from hivemem.pool.adapters.redis_bus import (
     Delivery,
     RedisBus,
-    compartment_topics,
+    compartment_glob,
     inbox_topic,
     ingest_topic,
     topic_compartments,
     zone_topic,
 )
 from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.compartments import missing
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import Envelope, Row, make_envelope
 from hivemem.pool.errors import InvalidMessage, MemoryClosed, MessageRejected, SecurityMismatch
@@ -236,8 +237,6 @@ class Sender(threading.Thread):
         self._halt = threading.Event()
         self._idle = threading.Condition()
         self._backoff = Backoff(settings, self._halt)
-        #: Compartment topics this sender has noted in the pool's topic set.
-        self._registered: set[str] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -294,9 +293,7 @@ class Sender(threading.Thread):
 
     def _publish(self, topic: str, chosen: list[Pending]) -> None:
         bus = self._relay if topic.startswith("agent:") else self._bus
-        if topic not in self._registered and topic_compartments(topic) is not None:
-            self._relay.register_topic(topic)  # before the first message: see RedisBus
-            self._registered.add(topic)
+        self._relay.register_topic(topic)  # a compartment topic, before its first message
         try:
             bus.publish(topic, self._info.agent_id, [(m.message_id, m.body) for m in chosen])
         except redis.ResponseError as error:
@@ -357,7 +354,7 @@ class Receiver(threading.Thread):
         zones = [zone for zone in Zone if zone <= info.clearance]
         self.topics = [zone_topic(zone) for zone in zones] + [inbox_topic(info.agent_id)]
         self.patterns = [
-            glob for zone in zones if (glob := compartment_topics(zone, info.compartments))
+            glob for zone in zones if (glob := compartment_glob(zone, info.compartments))
         ]
         self._cursors = {topic: _Cursor(*self._outbox.cursor(topic)) for topic in self.topics}
 
@@ -367,7 +364,7 @@ class Receiver(threading.Thread):
         return (
             found is not None
             and found[0] <= self._info.clearance
-            and set(found[1]) <= set(self._info.compartments)
+            and not missing(self._info.compartments, found[1])
         )
 
     def _follow(self, topic: str) -> None:
@@ -606,7 +603,7 @@ class Receiver(threading.Thread):
             reason = "envelope does not belong on this topic"
         elif envelope.zone > self._info.clearance:
             reason = "above clearance"
-        elif not set(envelope.compartments) <= set(self._info.compartments):
+        elif missing(self._info.compartments, envelope.compartments):
             reason = "outside compartments"
         if reason is not None:
             log.warning(

@@ -18,13 +18,11 @@ elsewhere): the subsets of ``A``. One glob per zone says it, in Redis ACL rules 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
 from hivemem.pool.errors import InvalidInput
+from hivemem.pool.ids import check_vocabulary_name
 
-#: A compartment name: it becomes part of ACL patterns and audit entries.
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 #: The most compartments a deployment may configure (one mask character each).
 MAX_COMPARTMENTS = 64
 
@@ -46,14 +44,9 @@ _configured = _Configured()
 def check_compartment_names(names: Sequence[str]) -> tuple[str, ...]:
     """``names`` as a deployment's compartments, or InvalidInput (field ``compartments``) for a
     malformed or repeated name, or more than :data:`MAX_COMPARTMENTS`."""
-    chosen = tuple(names)
-    for name in chosen:
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise InvalidInput(
-                f"compartment name {str(name)[:40]!r} must be 1-32 of a-z, 0-9 and _, starting "
-                "with a letter",
-                field="compartments",
-            )
+    chosen = tuple(
+        check_vocabulary_name(name, kind="compartment", field="compartments") for name in names
+    )
     if len(set(chosen)) != len(chosen):
         raise InvalidInput("a compartment is named twice", field="compartments")
     if len(chosen) > MAX_COMPARTMENTS:
@@ -100,9 +93,11 @@ def union(sets: Iterable[Iterable[str]]) -> tuple[str, ...]:
     return checked_compartments({name for chosen in sets for name in chosen})
 
 
-def holds(held: Iterable[str], needed: Iterable[str]) -> bool:
-    """Whether ``held`` holds every compartment of ``needed``."""
-    return set(needed) <= set(held)
+def missing(held: Iterable[str], needed: Iterable[str]) -> list[str]:
+    """The compartments of ``needed`` that ``held`` lacks, in ``needed``'s order: empty when
+    whoever holds ``held`` may read what carries ``needed``."""
+    have = set(held)
+    return [name for name in needed if name not in have]
 
 
 def mask(compartments: Iterable[str]) -> str:

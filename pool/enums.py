@@ -6,7 +6,6 @@ Values are lower-case strings: they are what lands in payloads, JSON and the CLI
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
 from typing import ClassVar
@@ -15,6 +14,7 @@ from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
 from hivemem.pool.errors import InvalidInput
+from hivemem.pool.ids import check_vocabulary_name
 
 
 class Level(StrEnum):
@@ -163,8 +163,6 @@ class Zone(str, metaclass=_Ladder):
 
 #: The built-in zones, lowest first; every ladder holds them in this order.
 BUILTIN_ZONES = ("public", "internal", "confidential", "secret")
-#: A zone name: it becomes part of Redis keys and channels, ACL patterns and collection names.
-_ZONE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 Zone.PUBLIC, Zone.INTERNAL, Zone.CONFIDENTIAL, Zone.SECRET = (
     Zone._make(name) for name in BUILTIN_ZONES
@@ -189,14 +187,7 @@ _ladder = _ZoneLadder((Zone.PUBLIC, Zone.INTERNAL, Zone.CONFIDENTIAL, Zone.SECRE
 def check_zone_names(names: Sequence[str]) -> tuple[str, ...]:
     """``names`` as a ladder, lowest first, or InvalidInput (field ``zones``) when a name is
     malformed or repeated, or when the built-in zones are missing or out of order."""
-    ladder = tuple(names)
-    for name in ladder:
-        if not isinstance(name, str) or not _ZONE_NAME.fullmatch(name):
-            raise InvalidInput(
-                f"zone name {str(name)[:40]!r} must be 1-32 of a-z, 0-9 and _, starting with a "
-                "letter",
-                field="zones",
-            )
+    ladder = tuple(check_vocabulary_name(name, kind="zone", field="zones") for name in names)
     if any(name.endswith("_archive") for name in ladder):  # a zone store's archive collection
         raise InvalidInput("a zone name may not end in _archive", field="zones")
     if len(set(ladder)) != len(ladder):

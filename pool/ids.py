@@ -18,6 +18,9 @@ AGENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 LABEL_PATTERN = re.compile(r"[\w][\w .:@/-]{0,63}")
 #: metadata keys: identifier-like, so that ``metadata.<key>`` is an unambiguous payload path.
 METADATA_KEY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+#: zone and compartment names: they become parts of Redis keys and channels, ACL patterns and
+#: collection names, so no separator and no glob character.
+VOCABULARY_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 def new_record_id() -> str:
@@ -74,6 +77,18 @@ def check_metadata_key(value: object, *, field: str = "metadata") -> str:
     if not isinstance(value, str) or not METADATA_KEY_PATTERN.fullmatch(value):
         raise InvalidIdentifier(
             f"{field} keys must match {METADATA_KEY_PATTERN.pattern}: {str(value)[:80]!r}",
+            field=field,
+        )
+    return value
+
+
+def check_vocabulary_name(value: object, *, kind: str, field: str) -> str:
+    """Return ``value`` if it is a valid name of a ``kind`` (zone, compartment), or raise
+    InvalidIdentifier."""
+    if not isinstance(value, str) or not VOCABULARY_NAME_PATTERN.fullmatch(value):
+        raise InvalidIdentifier(
+            f"{kind} name {str(value)[:40]!r} must be 1-32 of a-z, 0-9 and _, starting with a "
+            "letter",
             field=field,
         )
     return value

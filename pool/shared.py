@@ -22,6 +22,7 @@ from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
 from hivemem.pool.adapters.redis_errors import REDIS_DOWN, unavailable
 from hivemem.pool.adapters.redis_registry import AgentRegistry, check_zone_ladder
 from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.compartments import missing
 from hivemem.pool.enums import Level, Zone, checked_zone
 from hivemem.pool.envelope import PlainCodec
 from hivemem.pool.errors import (
@@ -247,9 +248,9 @@ class SharedMemoryPool:
         """Raise PolicyDenied, or CompartmentDenied, unless ``info``'s agent may write a record
         of ``zone`` carrying ``compartments``."""
         self.policies.check_write(zone, info.agent_id, info.clearance)
-        missing = [name for name in compartments if name not in info.compartments]
-        if missing:
-            raise CompartmentDenied(info.agent_id, zone.value, info.clearance.value, missing)
+        lacking = missing(info.compartments, compartments)
+        if lacking:
+            raise CompartmentDenied(info.agent_id, zone.value, info.clearance.value, lacking)
 
     def _secured(self, info: AgentInfo) -> tuple[Identity, RedisBus]:
         """The agent's identity (its key, issued here when this data directory has none) and
@@ -324,14 +325,8 @@ class SharedMemoryPool:
         Without them it applies when the agent next attaches. Raises AgentNotFound,
         InvalidInput."""
         zone = checked_zone(clearance)
-        security = self.security
-        info, prior = self.registry.set_clearance(
-            agent_id, zone, resign=None if security is None else security.signed
-        )
-        if security is not None:
-            security.senders.forget(agent_id)
-            if security.acl is not None:
-                security.acl.restrict(agent_id, zone, compartments=info.compartments)
+        info, prior = self.registry.set_clearance(agent_id, zone, resign=self._resign)
+        self._follow_entry(info)
         if zone != prior:
             self.audit.record(
                 AuditEvent.GRANTED if zone > prior else AuditEvent.REVOKED,
@@ -350,17 +345,11 @@ class SharedMemoryPool:
         compartment it lost that it already holds stay in its local memory (as with a lowered
         clearance); nothing more reaches it. Raises AgentNotFound, InvalidInput (nothing
         changed) for an unknown compartment."""
-        security = self.security
-        info, prior = self.registry.set_compartments(
-            agent_id, compartments, resign=None if security is None else security.signed
-        )
-        if security is not None:
-            security.senders.forget(agent_id)
-            if security.acl is not None:
-                security.acl.restrict(agent_id, info.clearance, compartments=info.compartments)
+        info, prior = self.registry.set_compartments(agent_id, compartments, resign=self._resign)
+        self._follow_entry(info)
         for event, names in (
-            (AuditEvent.GRANTED, [c for c in info.compartments if c not in prior]),
-            (AuditEvent.REVOKED, [c for c in prior if c not in info.compartments]),
+            (AuditEvent.GRANTED, missing(prior, info.compartments)),
+            (AuditEvent.REVOKED, missing(info.compartments, prior)),
         ):
             if names:
                 self.audit.record(
@@ -368,6 +357,22 @@ class SharedMemoryPool:
                 )
         log.info("compartments_changed", agent_id=info.agent_id, compartments=info.compartments)
         return info
+
+    @property
+    def _resign(self) -> Callable[[AgentInfo], AgentInfo] | None:
+        """How a changed registry entry is signed again (None with security off)."""
+        return None if self.security is None else self.security.signed
+
+    def _follow_entry(self, info: AgentInfo) -> None:
+        """After an operator changed ``info``'s entry: receivers here read it afresh and, with
+        Redis ACLs, the agent's user gets its rules (its connections close)."""
+        if self.security is None:
+            return
+        self.security.senders.forget(info.agent_id)
+        if self.security.acl is not None:
+            self.security.acl.restrict(
+                info.agent_id, info.clearance, compartments=info.compartments
+            )
 
     # -- zone keys ------------------------------------------------------------------------------
 
@@ -421,8 +426,8 @@ class SharedMemoryPool:
         record_id = record if isinstance(record, str) else record.id
         full = sender.memory.get(record_id, with_vectors=True)
         self.policies.check_share(full.zone, full.level)
-        missing = [name for name in full.compartments if name not in receiver.compartments]
-        if full.zone > receiver.clearance or missing:
+        lacking = missing(receiver.compartments, full.compartments)
+        if full.zone > receiver.clearance or lacking:
             self.audit.record(
                 AuditEvent.DENIED_READ,
                 actor=from_agent,
@@ -430,13 +435,11 @@ class SharedMemoryPool:
                 zone=full.zone.value,
                 record_id=full.id,
                 clearance=receiver.clearance.value,
-                **({"compartments": missing} if missing else {}),
+                **({"compartments": lacking} if lacking else {}),
             )
             if full.zone > receiver.clearance:
                 raise ClearanceDenied(to_agent, full.zone.value, receiver.clearance.value)
-            raise CompartmentDenied(
-                to_agent, full.zone.value, receiver.clearance.value, missing
-            )
+            raise CompartmentDenied(to_agent, full.zone.value, receiver.clearance.value, lacking)
         sender.hand_over(to_agent, full)
         log.info("knowledge_shared", from_agent=from_agent, to_agent=to_agent, record_id=full.id)
         return full

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from hivemem.pool.compartments import missing
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidInput, MessageRejected
 from hivemem.security.signing import is_public_key, verify_entry, verify_signature
@@ -175,7 +176,7 @@ class MessageCheck:
             raise MessageRejected(
                 "over_clearance", f"{who}: zone {zone} above clearance {sender.clearance}"
             )
-        if not set(compartments) <= set(sender.compartments):
+        if missing(sender.compartments, compartments):
             raise MessageRejected(
                 "over_clearance", f"{who}: a compartment the sender does not hold"
             )

@@ -50,7 +50,7 @@ import redis
 import structlog
 from pydantic import SecretStr
 
-from hivemem.pool.adapters.redis_bus import compartment_topics
+from hivemem.pool.adapters.redis_bus import compartment_glob
 from hivemem.pool.adapters.redis_errors import redis_errors
 from hivemem.pool.compartments import checked_compartments
 from hivemem.pool.enums import Zone, checked_zone
@@ -134,13 +134,10 @@ def agent_rules(
     ns = check_namespace(namespace)
     agent = check_agent_id(agent_id)
     top = checked_zone(clearance)
+    held = checked_compartments(compartments)
     cleared = [zone for zone in Zone if zone <= top]
     zones = [zone.value for zone in cleared]
-    globs = [
-        glob
-        for zone in cleared
-        if (glob := compartment_topics(zone, checked_compartments(compartments))) is not None
-    ]
+    globs = [glob for zone in cleared if (glob := compartment_glob(zone, held)) is not None]
     return [
         "reset",
         "on",

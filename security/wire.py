@@ -25,6 +25,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from hivemem.pool.base import Model
+from hivemem.pool.compartments import missing
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import MAX_MESSAGE_BYTES, Envelope, decode_envelope
 from hivemem.pool.errors import (
@@ -122,7 +123,7 @@ class SecureCodec:
         self._check_age = check_age
         self._clock = clock
         #: The compartments whoever decodes holds (None: every one, the workers).
-        self._held = None if compartments is None else frozenset(compartments)
+        self._held = None if compartments is None else tuple(compartments)
 
     def encode(self, envelope: Envelope) -> bytes:
         """The envelope sealed and signed. Raises InvalidInput when this codec cannot send (no
@@ -191,7 +192,7 @@ class SecureCodec:
             # Off the live path the age is not the question: judge it as of its sending.
             now=now if live and self._check_age else wire.sent_at,
         )
-        if self._held is not None and not self._held.issuperset(wire.compartments or ()):
+        if self._held is not None and missing(self._held, wire.compartments or ()):
             raise MessageRejected(
                 "outside_compartments",
                 f"message {wire.message_id}: a compartment this receiver does not hold",

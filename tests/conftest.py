@@ -117,12 +117,22 @@ def pool_settings(
     tmp_path: Path, redis_server: EmbeddedRedis, settings: HivememSettings
 ) -> Callable[..., HivememSettings]:
     """Settings for a pool process under this test's directory, on the test's Redis.
-    ``pool_settings(name, secure=True, **pool_fields)``; fast retries so fault tests recover
-    quickly; ``secure=False`` turns the security layer off (plain version-1 messages)."""
+    ``pool_settings(name, secure=True, zones=..., compartments=..., **pool_fields)``; fast
+    retries so fault tests recover quickly; ``secure=False`` turns the security layer off (plain
+    version-1 messages); ``zones`` and ``compartments`` default to the settings' defaults."""
 
-    def make(name: str = "pool", *, secure: bool = True, **pool_fields: Any) -> HivememSettings:
+    def make(
+        name: str = "pool",
+        *,
+        secure: bool = True,
+        zones: tuple[str, ...] = BUILTIN_ZONES,
+        compartments: tuple[str, ...] = (),
+        **pool_fields: Any,
+    ) -> HivememSettings:
         fields: dict[str, Any] = {"retry_initial_s": 0.02, "retry_max_s": 0.5, **pool_fields}
         return HivememSettings(
+            zones=zones,
+            compartments=compartments,
             data_dir=tmp_path / name,
             redis_url=redis_server.url,
             embedding=settings.embedding,
@@ -140,8 +150,9 @@ def make_pool(
     """Factory for pools (one per simulated process) on the test's Redis; closed at teardown."""
     opened: list[SharedMemoryPool] = []
 
-    def make(name: str = "pool", *, secure: bool = True, **pool_fields: Any) -> SharedMemoryPool:
-        settings = pool_settings(name, secure=secure, **pool_fields)
+    def make(name: str = "pool", **fields: Any) -> SharedMemoryPool:
+        """``fields``: those of ``pool_settings``."""
+        settings = pool_settings(name, **fields)
         pool = SharedMemoryPool.connect(settings, embedder=embedder)
         opened.append(pool)
         return pool

@@ -46,7 +46,7 @@ import redis
 import structlog
 
 from hivemem.agents.sparse import Bm25Encoder
-from hivemem.pool.adapters.redis_bus import RedisBus, topic_compartments, zone_topic
+from hivemem.pool.adapters.redis_bus import RedisBus, zone_topic
 from hivemem.pool.compartments import union
 from hivemem.pool.enums import Level, Tier, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec, make_envelope
@@ -447,8 +447,7 @@ def publish_as_workers(
             )
             messages.append((envelope.message_id, codec.encode(envelope)))
     for topic, messages in by_topic.items():
-        if topic_compartments(topic) is not None:
-            bus.register_topic(topic)
+        bus.register_topic(topic)
         bus.publish(topic, WORKER_SENDER, messages)
 
 

@@ -55,7 +55,7 @@ def zone_topic(zone: Zone, compartments: Sequence[str] = ()) -> str:
     return f"zone:{Zone(zone).value}"
 
 
-def compartment_topics(zone: Zone, held: Sequence[str]) -> str | None:
+def compartment_glob(zone: Zone, held: Sequence[str]) -> str | None:
     """The glob of every compartment topic of ``zone`` an agent holding ``held`` may use
     (None when it holds none)."""
     if not held:
@@ -125,6 +125,8 @@ class RedisBus:
         self.namespace = namespace
         self.maxlen = maxlen
         self._publish = client.register_script(_PUBLISH)
+        #: Compartment topics this bus has noted (see :meth:`register_topic`).
+        self._registered: set[str] = set()
 
     def subscribe(
         self, topics: Sequence[str], patterns: Sequence[str] = ()
@@ -139,8 +141,12 @@ class RedisBus:
         return pubsub
 
     def register_topic(self, topic: str) -> None:
-        """Note a compartment topic in ``ns:registry:topics`` (idempotent)."""
+        """Note a compartment topic in ``ns:registry:topics`` before its first message (once
+        per bus; other topics need no note). The bus must be the pool's own connection."""
+        if not topic.startswith("comp:") or topic in self._registered:
+            return
         self.client.sadd(f"{self.namespace}:registry:topics", topic)
+        self._registered.add(topic)
 
     def known_topics(self) -> set[str]:
         """The compartment topics written so far (see :meth:`register_topic`)."""

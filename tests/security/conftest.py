@@ -1,16 +1,19 @@
 """Fixtures of the security tests: a client of the test's real Redis, and an audit log on it
-with a JSONL copy under the test's directory."""
+with a JSONL copy under the test's directory; helpers for what agents received, what the
+broker answers and what receivers refused."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security import AuditEntry, AuditEvent, AuditLog
 from tests.conftest import Clock
 
@@ -26,6 +29,32 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for kind, count in sorted(ATTEMPTS.items()):
         terminalreporter.write_line(f"{count:5d}  {kind}")
     terminalreporter.write_line(f"{sum(ATTEMPTS.values()):5d}  in all")
+
+
+def received(agent: Any) -> set[str]:
+    """The contents of user u1's records that ``agent`` got from others."""
+    found = agent.memory.list_memories(user_id="u1", limit=1000)
+    return {r.content for r in found if r.received_from is not None}
+
+
+def subscribed(agent: redis.Redis, channel: str, *, glob: bool = False) -> Any:
+    """Subscribe (or, with ``glob``, psubscribe) on a fresh pub/sub connection and return
+    Redis's answer (or raise its error)."""
+    pubsub = agent.pubsub()  # type: ignore[no-untyped-call]
+    try:
+        (pubsub.psubscribe if glob else pubsub.subscribe)(channel)
+        return pubsub.get_message(timeout=1.0)  # type: ignore[no-untyped-call]
+    finally:
+        pubsub.close()  # type: ignore[no-untyped-call]
+
+
+def rejections(pool: SharedMemoryPool, actor: str) -> list[str]:
+    """The reasons of the audited rejections by ``actor``, oldest first."""
+    return [
+        str(e.details.get("reason"))
+        for e in pool.audit.entries()
+        if e.kind == AuditEvent.REJECTED_MESSAGE and e.actor == actor
+    ]
 
 
 #: The audit keys of the namespace ``t`` the fixtures use.

@@ -32,7 +32,7 @@ from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.pool_security import PoolSecurity
 from hivemem.security.signing import SigningKey
-from tests.security.conftest import ATTEMPTS
+from tests.security.conftest import ATTEMPTS, rejections
 from tests.waiting import wait_for
 
 Pools = Callable[..., SharedMemoryPool]
@@ -70,15 +70,6 @@ def inject(pool: SharedMemoryPool, topic: str, body: bytes, declared: str = "ali
 def held_by(agent: Agent) -> set[str]:
     found = agent.memory.list_memories(user_id="u1", limit=10_000, include_superseded=True)
     return {r.content for r in found}
-
-
-def rejections(pool: SharedMemoryPool, actor: str) -> list[str]:
-    """The reasons of the audited rejections by ``actor``, oldest first."""
-    return [
-        str(e.details.get("reason"))
-        for e in pool.audit.entries()
-        if e.kind == AuditEvent.REJECTED_MESSAGE and e.actor == actor
-    ]
 
 
 def settle(alice: Agent, bob: Agent, marker: str) -> None:

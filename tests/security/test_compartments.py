@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +38,13 @@ from hivemem.pool.errors import (
 )
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.redis_server import EmbeddedRedis
-from hivemem.pool.settings import HivememSettings, PoolSettings
+from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.redis_acl import AgentAcl, agent_rules
 from hivemem.security.signing import AdminSigner, SigningKey
 from hivemem.workers.runtime import WorkerRuntime
-from tests.conftest import shared_keys
-from tests.security.conftest import ATTEMPTS
+from tests.security.conftest import ATTEMPTS, received, rejections, subscribed
 from tests.waiting import wait_for
 
 COMPARTMENTS = ("apollo", "hr", "legal")
@@ -53,7 +52,7 @@ COMPARTMENTS = ("apollo", "hr", "legal")
 
 @pytest.fixture
 def comp_settings(
-    tmp_path: Path, redis_server: EmbeddedRedis, settings: HivememSettings
+    pool_settings: Callable[..., HivememSettings],
 ) -> Callable[..., HivememSettings]:
     """``comp_settings(name, compartments=COMPARTMENTS, secure=True)``: a pool process's
     settings on the test's Redis with those compartments (installed when they are built)."""
@@ -61,49 +60,17 @@ def comp_settings(
     def make(
         name: str, compartments: tuple[str, ...] = COMPARTMENTS, *, secure: bool = True
     ) -> HivememSettings:
-        security = shared_keys(tmp_path) if secure else shared_keys(tmp_path, enabled=False)
-        return HivememSettings(
-            compartments=compartments,
-            data_dir=tmp_path / name,
-            redis_url=redis_server.url,
-            embedding=settings.embedding,
-            pool=PoolSettings(retry_initial_s=0.02, retry_max_s=0.5),
-            security=security,
-        )
+        return pool_settings(name, secure=secure, compartments=compartments)
 
     return make
 
 
 @pytest.fixture
-def pools(
-    comp_settings: Callable[..., HivememSettings], embedder: FastEmbedder
-) -> Iterator[Callable[..., SharedMemoryPool]]:
-    opened: list[SharedMemoryPool] = []
-
+def pools(make_pool: Callable[..., SharedMemoryPool]) -> Callable[..., SharedMemoryPool]:
     def make(name: str, *, secure: bool = True) -> SharedMemoryPool:
-        pool = SharedMemoryPool.connect(comp_settings(name, secure=secure), embedder=embedder)
-        opened.append(pool)
-        return pool
+        return make_pool(name, secure=secure, compartments=COMPARTMENTS)
 
-    yield make
-    for pool in opened:
-        pool.close()
-
-
-def received(agent: Any) -> set[str]:
-    found = agent.memory.list_memories(user_id="u1", limit=1000)
-    return {r.content for r in found if r.received_from is not None}
-
-
-def subscribed(agent: redis.Redis, channel: str, *, glob: bool = False) -> Any:
-    """Subscribe (or, with ``glob``, psubscribe) on a fresh pub/sub connection and return
-    Redis's answer (or raise its error)."""
-    pubsub = agent.pubsub()  # type: ignore[no-untyped-call]
-    try:
-        (pubsub.psubscribe if glob else pubsub.subscribe)(channel)
-        return pubsub.get_message(timeout=1.0)  # type: ignore[no-untyped-call]
-    finally:
-        pubsub.close()  # type: ignore[no-untyped-call]
+    return make
 
 
 def record(content: str, **fields: Any) -> MemoryRecord:
@@ -459,15 +426,6 @@ def test_an_agent_entry_with_compartments_reads_back(
 
 
 # -- attacks --------------------------------------------------------------------------------
-
-
-def rejections(pool: SharedMemoryPool, actor: str) -> list[str]:
-    """The reasons of the audited rejections by ``actor``, oldest first."""
-    return [
-        str(e.details.get("reason"))
-        for e in pool.audit.entries()
-        if e.kind == AuditEvent.REJECTED_MESSAGE and e.actor == actor
-    ]
 
 
 def test_forged_compartments_and_misrouted_envelopes_are_refused_unopened(

@@ -6,9 +6,8 @@ agree on the ladder."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -23,12 +22,12 @@ from hivemem.pool.enums import BUILTIN_ZONES, Level, Zone, configure_zones, zone
 from hivemem.pool.errors import ClearanceDenied, InvalidInput, ZoneLadderMismatch
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.redis_server import EmbeddedRedis
-from hivemem.pool.settings import HivememSettings, PoolSettings
+from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.redis_acl import AgentAcl
 from hivemem.security.senders import SenderDirectory
 from hivemem.workers.runtime import WorkerRuntime
-from tests.conftest import shared_keys
+from tests.security.conftest import received, subscribed
 from tests.waiting import wait_for
 
 LADDER = ("public", "internal", "restricted", "confidential", "secret", "top_secret")
@@ -36,53 +35,20 @@ LADDER = ("public", "internal", "restricted", "confidential", "secret", "top_sec
 
 @pytest.fixture
 def ladder_settings(
-    tmp_path: Path, redis_server: EmbeddedRedis, settings: HivememSettings
+    pool_settings: Callable[..., HivememSettings],
 ) -> Callable[..., HivememSettings]:
     """``ladder_settings(name, zones=LADDER)``: a secure pool process's settings on the test's
     Redis with that zone ladder (installed when they are built)."""
 
     def make(name: str, zones: tuple[str, ...] = LADDER) -> HivememSettings:
-        return HivememSettings(
-            zones=zones,
-            data_dir=tmp_path / name,
-            redis_url=redis_server.url,
-            embedding=settings.embedding,
-            pool=PoolSettings(retry_initial_s=0.02, retry_max_s=0.5),
-            security=shared_keys(tmp_path),
-        )
+        return pool_settings(name, zones=zones)
 
     return make
 
 
 @pytest.fixture
-def pools(
-    ladder_settings: Callable[..., HivememSettings], embedder: FastEmbedder
-) -> Iterator[Callable[[str], SharedMemoryPool]]:
-    opened: list[SharedMemoryPool] = []
-
-    def make(name: str) -> SharedMemoryPool:
-        pool = SharedMemoryPool.connect(ladder_settings(name), embedder=embedder)
-        opened.append(pool)
-        return pool
-
-    yield make
-    for pool in opened:
-        pool.close()
-
-
-def received(agent: Any) -> set[str]:
-    found = agent.memory.list_memories(user_id="u1", limit=1000)
-    return {r.content for r in found if r.received_from is not None}
-
-
-def subscribe(agent: redis.Redis, channel: str) -> Any:
-    """Subscribe on a fresh pub/sub connection and return Redis's answer (or raise its error)."""
-    pubsub = agent.pubsub()  # type: ignore[no-untyped-call]
-    try:
-        pubsub.subscribe(channel)  # type: ignore[no-untyped-call]
-        return pubsub.get_message(timeout=1.0)  # type: ignore[no-untyped-call]
-    finally:
-        pubsub.close()  # type: ignore[no-untyped-call]
+def pools(make_pool: Callable[..., SharedMemoryPool]) -> Callable[[str], SharedMemoryPool]:
+    return lambda name: make_pool(name, zones=LADDER)
 
 
 # -- the ladder -----------------------------------------------------------------------------
@@ -232,13 +198,13 @@ def test_the_broker_keeps_an_agent_out_of_new_zones_above_it(
         RedisBus(client, namespace="t", maxlen=100).publish(
             zone_topic(Zone("top_secret")), "admin", [("m1", b"x")]
         )
-        assert subscribe(agent, "t:zone:restricted")["type"] == "subscribe"
+        assert subscribed(agent, "t:zone:restricted")["type"] == "subscribe"
         assert agent.xrange("t:zone:restricted:stream") == []
         refusals = 0
         for attempt in (
             lambda: agent.xrange("t:zone:top_secret:stream"),
             lambda: agent.xrange("t:zone:confidential:stream"),
-            lambda: subscribe(agent, "t:zone:top_secret"),
+            lambda: subscribed(agent, "t:zone:top_secret"),
         ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 attempt()
