@@ -15,7 +15,8 @@ verify as False. Keys are made and messages signed with ``cryptography`` (OpenSS
 are verified with libsodium (PyNaCl), the same Ed25519, because every message a receiver takes
 in is verified on the sync path and libsodium does it in about half the time (50 µs against
 90 µs on the benchmark machine; see docs/performance.md). libsodium is also the stricter of the
-two: it refuses small-order keys and non-canonical signatures.
+two: it refuses small-order keys (OpenSSL verifies a trivial signature under the identity key
+for any data) and non-canonical signatures; :func:`is_public_key` refuses such keys as well.
 
 A registry entry is signed over :func:`entry_bytes`, whose domain tag keeps it from being taken
 for any other signed content.
@@ -33,7 +34,7 @@ from pathlib import Path
 import nacl.bindings
 import nacl.exceptions
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hivemem.pool.compartments import checked_compartments
 from hivemem.pool.enums import Zone, checked_zone
@@ -73,14 +74,12 @@ def _encode(raw: bytes) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _public_key(text: str) -> bytes | None:
-    """The raw key that ``text`` encodes, if it loads as an Ed25519 public key, or None; cached,
-    since the same few keys verify often."""
+    """The raw key that ``text`` encodes, or None when it is not a point of Ed25519's
+    prime-order group (a small-order key, such as the identity, under which a trivial
+    signature verifies for any data with OpenSSL); cached, since the same few keys verify
+    often."""
     raw = _decode(text, KEY_BYTES)
-    if raw is None:
-        return None
-    try:
-        Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError:
+    if raw is None or not nacl.bindings.crypto_core_ed25519_is_valid_point(raw):
         return None
     return raw
 

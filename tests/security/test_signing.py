@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidIdentifier, InvalidInput
@@ -22,6 +23,7 @@ from hivemem.security.signing import (
     AdminSigner,
     SigningKey,
     entry_bytes,
+    is_public_key,
     verify_entry,
     verify_signature,
 )
@@ -66,6 +68,22 @@ def test_another_keys_signature_fails(key: SigningKey) -> None:
     other = SigningKey.generate()
     assert not verify_signature(key.public_key, other.sign(DATA), DATA)
     assert not verify_signature(other.public_key, key.sign(DATA), DATA)
+
+
+def test_a_small_order_key_verifies_nothing_and_is_no_public_key(key: SigningKey) -> None:
+    """The identity point as the key and (R = identity, S = 0) as the signature satisfy the
+    verification equation for any data; OpenSSL accepts it, this check does not, and such a
+    key is not a public key (a registry entry cannot carry it)."""
+    identity = b"\x01" + bytes(31)
+    forged_key = base64.b64encode(identity).decode()
+    trivial = base64.b64encode(identity + bytes(32)).decode()
+    opened = Ed25519PublicKey.from_public_bytes(identity)
+    opened.verify(base64.b64decode(trivial), DATA)  # OpenSSL: no exception, it "verifies"
+    assert not verify_signature(forged_key, trivial, DATA)
+    assert not is_public_key(forged_key)
+    with pytest.raises(InvalidInput):
+        entry_bytes("mallory", Zone.PUBLIC, forged_key)
+    assert is_public_key(key.public_key)
 
 
 def _non_canonical(text: str) -> str:
