@@ -5,7 +5,7 @@ broker answers and what receivers refused."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,16 @@ def subscribed(agent: redis.Redis, channel: str, *, glob: bool = False) -> Any:
         return pubsub.get_message(timeout=1.0)  # type: ignore[no-untyped-call]
     finally:
         pubsub.close()  # type: ignore[no-untyped-call]
+
+
+def refused_all(attempts: Iterable[Callable[[], object]]) -> int:
+    """Run each attempt, asserting that Redis answers it with NOPERM; how many were refused."""
+    refusals = 0
+    for attempt in attempts:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+        refusals += 1
+    return refusals
 
 
 def rejections(pool: SharedMemoryPool, actor: str) -> list[str]:
