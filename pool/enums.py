@@ -85,7 +85,7 @@ class Zone(str, metaclass=_Ladder):
     SECRET: ClassVar[Zone]
 
     def __new__(cls, value: object) -> Zone:
-        zone = _named(value)
+        zone = named_zone(value)
         if zone is None:
             raise ValueError(f"{str(value)[:40]!r} is not a configured zone")
         return zone
@@ -220,7 +220,7 @@ def zone_names() -> tuple[str, ...]:
     return tuple(zone.value for zone in _ladder.zones)
 
 
-def _named(value: object) -> Zone | None:
+def named_zone(value: object) -> Zone | None:
     """``value`` when it is a Zone, the zone it names when it is a zone's name, else None."""
     if isinstance(value, Zone):
         return value
@@ -229,7 +229,7 @@ def _named(value: object) -> Zone | None:
 
 def checked_zone(value: object) -> Zone:
     """``value`` as a Zone; raises InvalidInput (a ValueError) for anything that names none."""
-    zone = _named(value)
+    zone = named_zone(value)
     if zone is None:
         raise InvalidInput(f"unknown zone {str(value)[:40]!r}", field="zone")
     return zone

@@ -39,7 +39,7 @@ from typing import cast
 import redis
 
 from hivemem.pool.compartments import from_mask, mask, mask_pattern
-from hivemem.pool.enums import Zone
+from hivemem.pool.enums import Zone, named_zone
 from hivemem.pool.errors import InvalidMessage
 from hivemem.pool.ids import check_agent_id
 
@@ -67,17 +67,10 @@ def topic_compartments(topic: str) -> tuple[Zone, tuple[str, ...]] | None:
     """The zone and compartments of a compartment topic; None for any other topic (or one that
     names an unknown zone or no mask of the configured compartments)."""
     parts = topic.split(":")
-    if len(parts) != 3 or parts[0] != "comp" or (zone := _zone_named(parts[1])) is None:
+    if len(parts) != 3 or parts[0] != "comp" or (zone := named_zone(parts[1])) is None:
         return None
     held = from_mask(parts[2])
     return None if not held else (zone, held)
-
-
-def _zone_named(name: str) -> Zone | None:
-    try:
-        return Zone(name)
-    except ValueError:
-        return None
 
 
 def inbox_topic(agent_id: str) -> str:
