@@ -16,7 +16,7 @@ reason that applies, in this order:
 The replay guard is consulted last, once the signature verified, so forged copies cannot fill
 it with ids and get genuine messages rejected. It remembers ids per sender, so no agent can
 pre-empt another's ids. The signed bytes must cover the message id, sender, zone and
-``sent_at`` (the envelope's ``signing_bytes`` do). Rejection messages name ids, zone and reason,
+``sent_at`` (a version-2 frame's signed digest does). Rejection messages name ids, zone and reason,
 never content.
 """
 
@@ -151,7 +151,7 @@ class MessageCheck:
         message_id: str,
         sent_at: datetime,
         signed_bytes: bytes,
-        signature: str | None,
+        signature: str | bytes | None,
         now: datetime,
         compartments: Sequence[str] = (),
     ) -> None:

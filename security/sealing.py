@@ -124,10 +124,12 @@ class Sealer:
         *,
         context: bytes = b"",
         subject: str | None = None,
+        key_id: str | None = None,
     ) -> Sealed:
         """``plaintext`` sealed with the zone's active key (and ``subject``'s secret, made on
-        first use), bound to ``context``."""
-        return self.seal_many(zone, [(plaintext, context, subject)])[0]
+        first use), bound to ``context``. ``key_id``: seal with that key of the zone instead
+        (one :meth:`active_key_id` gave, for a context that names the key)."""
+        return self.seal_many(zone, [(plaintext, context, subject)], key_id=key_id)[0]
 
     def open(
         self,
@@ -142,8 +144,16 @@ class Sealer:
         or a shredded subject (why ``subject forgotten``)."""
         return self.open_many(zone, [(sealed, context, subject)])[0]
 
+    def active_key_id(self, zone: Zone | str) -> str:
+        """The id of the key :meth:`seal` uses for ``zone`` now."""
+        return self._keyring.active(self._zone(zone)).key_id
+
     def seal_many(
-        self, zone: Zone | str, items: Sequence[tuple[bytes, bytes, str | None]]
+        self,
+        zone: Zone | str,
+        items: Sequence[tuple[bytes, bytes, str | None]],
+        *,
+        key_id: str | None = None,
     ) -> list[Sealed]:
         """:meth:`seal` for (plaintext, context, subject) items, in order, under one key."""
         zone = self._zone(zone)
@@ -153,7 +163,7 @@ class Sealer:
         ]
         if not checked:
             return []
-        dek = self._keyring.active(zone)
+        dek = self._keyring.active(zone) if key_id is None else self._keyring.get(zone, key_id)
         aeads: dict[str | None, AESGCM] = {}
         out = []
         for plaintext, context, subject in checked:

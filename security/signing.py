@@ -89,11 +89,15 @@ def is_public_key(text: object) -> bool:
     return isinstance(text, str) and _public_key(text) is not None
 
 
-def verify_signature(public_key: str, signature: str | None, data: bytes) -> bool:
-    """Whether ``signature`` is ``public_key``'s signature of ``data``. False, never an
-    exception, for a malformed key or signature, None, or a signature that does not verify."""
+def verify_signature(public_key: str, signature: str | bytes | None, data: bytes) -> bool:
+    """Whether ``signature`` (base64 text, or its 64 raw bytes) is ``public_key``'s signature of
+    ``data``. False, never an exception, for a malformed key or signature, None, or a signature
+    that does not verify."""
     key = _public_key(public_key) if isinstance(public_key, str) else None
-    raw = _decode(signature, SIGNATURE_BYTES)
+    if isinstance(signature, bytes):
+        raw: bytes | None = signature if len(signature) == SIGNATURE_BYTES else None
+    else:
+        raw = _decode(signature, SIGNATURE_BYTES)
     if key is None or raw is None:
         return False
     try:
@@ -132,6 +136,10 @@ class SigningKey:
     def sign(self, data: bytes) -> str:
         """The signature of ``data``: base64 of 64 bytes."""
         return _encode(self._key.sign(data))
+
+    def sign_raw(self, data: bytes) -> bytes:
+        """The signature of ``data``: its 64 raw bytes (pool messages carry it so)."""
+        return self._key.sign(data)
 
     def __repr__(self) -> str:
         return f"SigningKey(public_key={self._public_key!r})"

@@ -1,24 +1,32 @@
 """Sealed, signed pool messages: envelope version 2.
 
-On the wire a version-2 message is compact JSON of a :class:`SealedEnvelope`: the routing facts in
-clear (message id, sender, zone, sent_at, ``to``, ``subject``, ``compartments``), the version-1
-envelope sealed with AES-256-GCM under the zone's data key and the subject's secret (``key_id``,
-``nonce``, ``body``), and the sender's Ed25519 ``signature`` over all of it.
+On the wire a version-2 message is one frame of bytes::
 
-The clear header is bound into the seal as associated data, so a header moved onto another body
-does not open; the signature covers header and ciphertext, so nothing can be changed without the
-sender's key. :class:`SecureCodec` decodes in the order that costs an attacker most and us
-least: parse the header, check the sender, the signature, the age and the zone (a
+    <header: compact JSON of a SealedHeader> "\n" <nonce: 12> <ciphertext> <signature: 64>
+
+The header holds the routing facts in clear (message id, sender, zone, sent_at, ``to``,
+``subject``, ``compartments``), the id of the data key and the ciphertext's length; the body is
+the version-1 envelope sealed with AES-256-GCM under the zone's data key and the subject's
+secret; the signature is the sender's Ed25519 signature of the SHA-256 digest of everything
+before it (under a domain tag). Compact JSON holds no raw newline, so the first one ends the
+header; the stated length lets the frame be cut out of any byte stream.
+
+The header bytes, exactly as sent, are the seal's associated data, so a header moved onto
+another body does not open; the signature covers header, nonce and ciphertext, so nothing can be
+changed without the sender's key. Nothing is base64-encoded or serialised twice: a receiver
+checks the bytes it got. :class:`SecureCodec` decodes in the order that costs an attacker most
+and us least: parse the header, check the sender, the signature, the age and the zone (a
 :class:`~hivemem.security.message_check.MessageCheck`), that the decoder holds the message's
-compartments, and only then open the body and check
-that what is inside matches the header. Every refusal is a ``MessageRejected`` with its reason.
+compartments, and only then open the body and check that what is inside matches the header.
+Every refusal is a ``MessageRejected`` with its reason; bytes that are no frame at all are an
+``InvalidMessage``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -39,14 +47,18 @@ from hivemem.pool.ids import check_agent_id, check_scope_id
 from hivemem.pool.records import Compartments, UtcDatetime, utc_now
 from hivemem.security.message_check import MessageCheck, SenderFacts
 from hivemem.security.sealing import Sealed, Sealer
-from hivemem.security.signing import SigningKey
+from hivemem.security.signing import SIGNATURE_BYTES, SigningKey
 
-#: Fields of the header bound into the seal (everything the sender states in clear).
-_HEADER = {"v", "message_id", "sender", "zone", "sent_at", "to", "subject", "compartments"}
+#: The signed message is this tag, then the SHA-256 digest of the frame before the signature.
+_SIGNED_DOMAIN = b"hivemem/message/v2|"
+NONCE_BYTES = 12
+_TAG_BYTES = 16
+#: A header is a few hundred bytes; a frame whose first newline comes later is malformed.
+_MAX_HEADER_BYTES = 4096
 
 
-class SealedEnvelope(Model):
-    """A version-2 message as it travels (see the module docstring)."""
+class SealedHeader(Model):
+    """The clear header of a version-2 message (see the module docstring)."""
 
     error = InvalidMessage
 
@@ -60,12 +72,11 @@ class SealedEnvelope(Model):
     #: The envelope's compartments (None when it has none: such headers read as before).
     compartments: Compartments | None = None
     key_id: str = Field(max_length=64)
-    nonce: str = Field(max_length=64)
-    body: str
-    signature: str | None = Field(default=None, max_length=128)
+    #: The ciphertext's length in bytes (its tag included).
+    size: int = Field(ge=_TAG_BYTES, le=MAX_MESSAGE_BYTES)
 
     @model_validator(mode="after")
-    def _check_ids(self) -> SealedEnvelope:
+    def _check_ids(self) -> SealedHeader:
         check_agent_id(self.sender, field="sender")
         if self.to is not None:
             check_agent_id(self.to, field="to")
@@ -73,24 +84,43 @@ class SealedEnvelope(Model):
             check_scope_id(self.subject, field="subject")
         return self
 
-    def header_bytes(self) -> bytes:
-        """What the seal binds: the clear routing facts."""
-        return self.model_dump_json(include=_HEADER, exclude_none=True).encode()
 
-    def signing_bytes(self) -> bytes:
-        """What the signature covers: everything but the signature."""
-        return self.model_dump_json(exclude={"signature"}, exclude_none=True).encode()
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A version-2 message taken apart: its header (parsed, and as sent), the sealed body and
+    the signature."""
+
+    header: SealedHeader
+    header_bytes: bytes
+    sealed: Sealed
+    signature: bytes
+
+    @classmethod
+    def parse(cls, data: bytes) -> Frame:
+        """Raises InvalidMessage for bytes that are not a version-2 frame, MessageRejected
+        (``unsigned``) for a version-1 message."""
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise InvalidMessage(f"message of {len(data)} bytes is too large")
+        if data.startswith(b'{"v":1,'):
+            raise MessageRejected("unsigned", "a version-1 (plain) message")
+        end = data.find(b"\n", 0, _MAX_HEADER_BYTES)
+        if end < 0:
+            raise InvalidMessage("malformed message: no header line")
+        header_bytes = data[:end]
+        try:
+            header = SealedHeader.model_validate_json(header_bytes)
+        except InvalidMessage as error:
+            raise InvalidMessage(f"malformed header: {str(error)[:200]}") from None
+        body = end + 1 + NONCE_BYTES
+        if len(data) != body + header.size + SIGNATURE_BYTES:
+            raise InvalidMessage(f"message {header.message_id}: length differs from its header")
+        sealed = Sealed(header.key_id, data[end + 1 : body], data[body:-SIGNATURE_BYTES])
+        return cls(header, header_bytes, sealed, data[-SIGNATURE_BYTES:])
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(text: str, field: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise MessageRejected("tampered", f"{field} is not base64") from None
+def _signed(frame: bytes | memoryview) -> bytes:
+    """What the signature of a frame whose bytes before the signature are ``frame`` signs."""
+    return _SIGNED_DOMAIN + hashlib.sha256(frame).digest()
 
 
 class SecureCodec:
@@ -131,30 +161,20 @@ class SecureCodec:
         if self._signer is None or envelope.sender != self._sender_id:
             raise InvalidMessage(f"this codec cannot send as {envelope.sender}")
         try:
-            header, sealed = self._sealed(envelope)
+            frame = self._sealed(envelope)
         except PoolUnavailable:
             if envelope.subject is None:
                 raise
             # The user's secret cannot be had (Redis away, first write for that user here):
             # seal under the zone key alone rather than fail the write.
-            header, sealed = self._sealed(envelope.model_copy(update={"subject": None}))
-        wire = header.model_copy(
-            update={
-                "key_id": sealed.key_id,
-                "nonce": _b64(sealed.nonce),
-                "body": _b64(sealed.ciphertext),
-            }
-        )
-        signature = self._signer.sign(wire.signing_bytes())
-        return (
-            wire.model_copy(update={"signature": signature})
-            .model_dump_json(exclude_none=True)
-            .encode()
-        )
+            frame = self._sealed(envelope.model_copy(update={"subject": None}))
+        return frame + self._signer.sign_raw(_signed(frame))
 
-    def _sealed(self, envelope: Envelope) -> tuple[SealedEnvelope, Sealed]:
-        """The clear header of ``envelope`` and its body sealed under that header."""
-        header = SealedEnvelope(
+    def _sealed(self, envelope: Envelope) -> bytes:
+        """The frame of ``envelope`` up to its signature: clear header, nonce, ciphertext."""
+        plain = envelope.encode()
+        key_id = self._sealer.active_key_id(envelope.zone)
+        clear = SealedHeader(
             message_id=envelope.message_id,
             sender=envelope.sender,
             zone=envelope.zone,
@@ -162,24 +182,22 @@ class SecureCodec:
             to=envelope.to,
             subject=envelope.subject,
             compartments=envelope.compartments or None,
-            key_id="-",
-            nonce="-",
-            body="",
+            key_id=key_id,
+            size=len(plain) + _TAG_BYTES,
         )
+        header = clear.model_dump_json(exclude_none=True).encode()
         sealed = self._sealer.seal(
-            envelope.zone,
-            envelope.encode(),
-            context=header.header_bytes(),
-            subject=envelope.subject,
+            envelope.zone, plain, context=header, subject=envelope.subject, key_id=key_id
         )
-        return header, sealed
+        return b"".join((header, b"\n", sealed.nonce, sealed.ciphertext))
 
     def decode(self, data: bytes, *, live: bool = False) -> Envelope:
         """The envelope inside a version-2 message. Raises InvalidMessage for what is not one,
         MessageRejected (with its reason) for what fails a check; stale applies to ``live``
         deliveries only: a message read from a stream later was checked for age when it was
         appended live, and re-applying it is idempotent."""
-        wire = self._header(data)
+        frame = Frame.parse(data)
+        wire = frame.header
         now = self._clock()
         self._check.check(
             sender=self._senders(wire.sender),
@@ -187,8 +205,8 @@ class SecureCodec:
             compartments=wire.compartments or (),
             message_id=wire.message_id,
             sent_at=wire.sent_at,
-            signed_bytes=wire.signing_bytes(),
-            signature=wire.signature,
+            signed_bytes=_signed(memoryview(data)[:-SIGNATURE_BYTES]),
+            signature=frame.signature,
             # Off the live path the age is not the question: judge it as of its sending.
             now=now if live and self._check_age else wire.sent_at,
         )
@@ -197,10 +215,9 @@ class SecureCodec:
                 "outside_compartments",
                 f"message {wire.message_id}: a compartment this receiver does not hold",
             )
-        sealed = Sealed(wire.key_id, _unb64(wire.nonce, "nonce"), _unb64(wire.body, "body"))
         try:
             plain = self._sealer.open(
-                wire.zone, sealed, context=wire.header_bytes(), subject=wire.subject
+                wire.zone, frame.sealed, context=frame.header_bytes, subject=wire.subject
             )
         except SealBroken:
             raise MessageRejected("tampered", f"message {wire.message_id} does not open") from None
@@ -213,14 +230,3 @@ class SecureCodec:
         ):
             raise MessageRejected("tampered", f"message {wire.message_id}: header and body differ")
         return envelope
-
-    @staticmethod
-    def _header(data: bytes) -> SealedEnvelope:
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise InvalidMessage(f"message of {len(data)} bytes is too large")
-        if data.startswith(b'{"v":1,'):
-            raise MessageRejected("unsigned", "a version-1 (plain) message")
-        try:
-            return SealedEnvelope.model_validate_json(data)
-        except InvalidMessage as error:
-            raise InvalidMessage(f"malformed envelope: {str(error)[:200]}") from None

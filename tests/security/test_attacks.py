@@ -9,7 +9,6 @@ or the broker's ACLs, not the client library. Every attempt is counted in
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import uuid
@@ -78,6 +77,23 @@ def settle(alice: Agent, bob: Agent, marker: str) -> None:
     assert wait_for(lambda: marker in held_by(bob))
 
 
+#: A version-2 message's parts: clear header, nonce, ciphertext, signature.
+Parts = tuple[dict[str, object], bytes, bytes, bytes]
+
+
+def parts(frame: bytes) -> Parts:
+    """A version-2 message taken apart: clear header, nonce, ciphertext, signature."""
+    head, _, rest = frame.partition(b"\n")
+    header: dict[str, object] = json.loads(head)
+    return header, rest[:12], rest[12:-64], rest[-64:]
+
+
+def framed(header: dict[str, object], nonce: bytes, body: bytes, signature: bytes) -> bytes:
+    """The message of these parts (the header as compact JSON, as a sender writes it)."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join((head, b"\n", nonce, body, signature))
+
+
 def no_plaintext(directory: Path, secret: str) -> bool:
     """No file under ``directory`` holds ``secret`` (UTF-8) anywhere in its bytes."""
     needle = secret.encode()
@@ -107,9 +123,8 @@ def test_forged_and_unsigned_messages_are_rejected_and_audited(
             sender="alice", zone=Zone.INTERNAL, records=[record("unsigned copy")], dense=[VECTOR]
         )
     )
-    unsigned = json.loads(genuine)
-    del unsigned["signature"]
-    inject(alice_pool, zone_topic(Zone.INTERNAL), json.dumps(unsigned).encode())
+    # Its signature zeroed: a frame always carries one, so it is there, and false.
+    inject(alice_pool, zone_topic(Zone.INTERNAL), genuine[:-64] + bytes(64))
     plain = make_envelope(
         sender="alice", zone=Zone.INTERNAL, records=[record("plain v1")], dense=[VECTOR]
     )
@@ -118,7 +133,7 @@ def test_forged_and_unsigned_messages_are_rejected_and_audited(
     ATTEMPTS["forged or unsigned sender"] += 4
     settle(alice, bob, "after the forgeries")
     assert not set(contents) & held_by(bob)
-    assert sorted(rejections(bob_pool, "bob")) == ["forged", "forged", "unsigned", "unsigned"]
+    assert sorted(rejections(bob_pool, "bob")) == ["forged", "forged", "forged", "unsigned"]
 
 
 def bob_pool_key(pool: SharedMemoryPool) -> SigningKey:
@@ -131,30 +146,28 @@ def test_tampered_messages_are_rejected(
     """A genuine message with its ciphertext, nonce, signature or clear header altered."""
     alice_pool, alice, bob_pool, bob = scene
 
-    def genuine(content: str) -> dict[str, object]:
+    def genuine(content: str) -> bytes:
         envelope = make_envelope(
             sender="alice", zone=Zone.INTERNAL, records=[record(content)], dense=[VECTOR]
         )
-        wire: dict[str, object] = json.loads(alice.identity.codec.encode(envelope))
-        return wire
+        return alice.identity.codec.encode(envelope)
 
-    def flipped(text: object) -> str:
-        raw = bytearray(base64.b64decode(str(text)))
-        raw[len(raw) // 2] ^= 0x01
-        return base64.b64encode(bytes(raw)).decode()
+    def flipped(raw: bytes) -> bytes:
+        changed = bytearray(raw)
+        changed[len(changed) // 2] ^= 0x01
+        return bytes(changed)
 
-    changes: list[Callable[[dict[str, object]], None]] = [
-        lambda w: w.update(body=flipped(w["body"])),
-        lambda w: w.update(nonce=flipped(w["nonce"])),
-        lambda w: w.update(signature=flipped(w["signature"])),
-        lambda w: w.update(subject="u2"),
-        lambda w: w.update(zone="public"),
+    changes: list[Callable[[Parts], Parts]] = [
+        lambda p: (p[0], p[1], flipped(p[2]), p[3]),  # the ciphertext
+        lambda p: (p[0], flipped(p[1]), p[2], p[3]),  # the nonce
+        lambda p: (p[0], p[1], p[2], flipped(p[3])),  # the signature
+        lambda p: ({**p[0], "subject": "u2"}, *p[1:]),
+        lambda p: ({**p[0], "zone": "public"}, *p[1:]),
     ]
     for number, change in enumerate(changes):
-        wire = genuine(f"tampered {number}")
-        change(wire)
-        topic = zone_topic(Zone(str(wire["zone"])))
-        inject(alice_pool, topic, json.dumps(wire).encode())
+        header, nonce, body, signature = change(parts(genuine(f"tampered {number}")))
+        topic = zone_topic(Zone(str(header["zone"])))
+        inject(alice_pool, topic, framed(header, nonce, body, signature))
     ATTEMPTS["tampered message"] += len(changes)
     settle(alice, bob, "after the tampering")
     assert not {f"tampered {n}" for n in range(len(changes))} & held_by(bob)
@@ -339,24 +352,29 @@ def test_oversized_and_malformed_envelopes_are_skipped(
     """Garbage, wrong shapes, huge fields and an oversized message: skipped (or refused before
     decoding), and the receiver goes on applying what follows."""
     alice_pool, alice, _bob_pool, bob = scene
-    wire = json.loads(
+    header, nonce, sealed, signature = parts(
         alice.identity.codec.encode(
             make_envelope(
                 sender="alice", zone=Zone.INTERNAL, records=[record("shape")], dense=[VECTOR]
             )
         )
     )
+    whole = framed(header, nonce, sealed, signature)
     bodies = [
         b"",
         b"{",
         b"[]",
         b'{"v": 2}',
-        json.dumps({**wire, "body": "!!! not base64 !!!"}).encode(),
-        json.dumps({**wire, "signature": "A" * 5000}).encode(),
-        json.dumps({**wire, "sender": "x" * 5000}).encode(),
-        json.dumps({**wire, "v": 3}).encode(),
+        b'{"v": 2}\n',
+        whole.replace(b"\n", b" ", 1),  # no header line
+        whole[:-1],  # one byte short of the length its header states
+        whole + b"\0",
+        framed({**header, "size": 4_000_000}, nonce, sealed, signature),
+        framed({**header, "size": -1}, nonce, sealed, signature),
+        framed({**header, "sender": "x" * 5000}, nonce, sealed, signature),
+        framed({**header, "v": 3}, nonce, sealed, signature),
         b"\xff\xfe" * 1000,
-        json.dumps({**wire, "body": "A" * 4_000_000}).encode(),
+        framed(header, nonce, b"A" * 4_000_000, signature),
     ]
     for body in bodies:
         inject(alice_pool, zone_topic(Zone.INTERNAL), body)

@@ -1,0 +1,109 @@
+"""The version-2 frame as docs/security.md describes it, checked byte by byte on real messages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+
+import pytest
+
+from hivemem.agents.agent import Agent
+from hivemem.pool.enums import Level, Zone
+from hivemem.pool.envelope import make_envelope
+from hivemem.pool.errors import InvalidMessage, MessageRejected
+from hivemem.pool.records import MemoryRecord, Scope
+from hivemem.pool.shared import SharedMemoryPool
+from hivemem.security.sealing import Sealed, Sealer
+from hivemem.security.signing import verify_signature
+from hivemem.security.wire import NONCE_BYTES, Frame
+
+Pools = Callable[..., SharedMemoryPool]
+
+
+@pytest.fixture
+def pool(make_pool: Pools) -> SharedMemoryPool:
+    return make_pool("p1")
+
+
+@pytest.fixture
+def alice(pool: SharedMemoryPool) -> Agent:
+    return pool.register_agent("alice", clearance=Zone.INTERNAL, share_levels=[Level.CATEGORY])
+
+
+def message(alice: Agent, content: str) -> bytes:
+    """alice's frame of one INTERNAL record of user u1."""
+    record = MemoryRecord(
+        content=content, scope=Scope(user_id="u1"), level=Level.CATEGORY, zone=Zone.INTERNAL
+    )
+    envelope = make_envelope(sender="alice", zone=Zone.INTERNAL, records=[record])
+    return alice.identity.codec.encode(envelope)
+
+
+def refused(alice: Agent, data: bytes) -> bool:
+    """Whether both the frame parser and alice's receiving codec call ``data`` no message."""
+    for parse in (Frame.parse, alice.identity.codec.decode):
+        try:
+            parse(data)
+        except InvalidMessage:
+            continue
+        return False
+    return True
+
+
+def test_a_frame_is_header_line_nonce_ciphertext_and_signature(
+    pool: SharedMemoryPool, alice: Agent
+) -> None:
+    frame = message(alice, "the layout")
+    head, newline, rest = frame.partition(b"\n")
+    header = json.loads(head)
+    assert newline == b"\n"
+    assert list(header)[:2] == ["v", "message_id"]  # a plain process knows it by its start
+    assert header["v"] == 2
+    assert header["sender"] == "alice"
+    assert header["subject"] == "u1"
+    assert len(rest) == NONCE_BYTES + header["size"] + 64
+    assert b"the layout" not in frame
+    signed = b"hivemem/message/v2|" + hashlib.sha256(frame[:-64]).digest()
+    public_key = alice.identity.info.public_key
+    assert public_key is not None
+    assert verify_signature(public_key, frame[-64:], signed)
+    assert not verify_signature(public_key, frame[-64:], frame[:-64])
+    sealed = Sealed(header["key_id"], rest[:NONCE_BYTES], rest[NONCE_BYTES:-64])
+    assert pool.security is not None
+    opened = Sealer(pool.security.keyring).open(Zone.INTERNAL, sealed, context=head, subject="u1")
+    assert json.loads(opened)["records"][0]["content"] == "the layout"
+
+
+def test_parse_gives_the_parts_as_sent(alice: Agent) -> None:
+    frame = message(alice, "parts")
+    parsed = Frame.parse(frame)
+    assert parsed.header_bytes == frame.partition(b"\n")[0]
+    assert parsed.header.zone == Zone.INTERNAL
+    assert parsed.signature == frame[-64:]
+    assert len(parsed.sealed.nonce) == NONCE_BYTES
+    assert len(parsed.sealed.ciphertext) == parsed.header.size
+
+
+def test_what_is_no_frame_is_an_invalid_message(alice: Agent) -> None:
+    frame = message(alice, "shapes")
+    head, _, rest = frame.partition(b"\n")
+    header = json.loads(head)
+    bad = {
+        "no header line": frame.replace(b"\n", b" ", 1),
+        "a byte short": frame[:-1],
+        "a byte over": frame + b"\0",
+        "header line too long": b" " * 5000 + frame,
+        "size above the frame": json.dumps({**header, "size": 10**6}).encode() + b"\n" + rest,
+        "size below a tag": json.dumps({**header, "size": 3}).encode() + b"\n" + rest,
+        "unknown version": json.dumps({**header, "v": 3}).encode() + b"\n" + rest,
+        "not JSON": b"\xff\xfe\n" + rest,
+    }
+    assert [name for name, data in bad.items() if not refused(alice, data)] == []
+
+
+def test_a_plain_message_is_refused_as_unsigned() -> None:
+    plain = make_envelope(sender="alice", zone=Zone.INTERNAL).encode()
+    with pytest.raises(MessageRejected) as refused:
+        Frame.parse(plain)
+    assert refused.value.reason == "unsigned"
