@@ -35,8 +35,8 @@ from hivemem.pool.ids import check_scope_id
 from hivemem.security.keyring import KEY_ID_PATTERN, DataKey, ZoneKeyring
 
 _VERSION = "v1"
-_NONCE_BYTES = 12
-_TAG_BYTES = 16
+NONCE_BYTES = 12
+TAG_BYTES = 16
 #: Content keys (one per zone, key id and subject) memoised per sealer at most.
 _CONTENT_KEYS = 4096
 
@@ -80,7 +80,7 @@ class Sealed:
             raise InvalidInput("sealed text has a malformed key id", field="sealed")
         nonce = _unb64(parts[2], "nonce")
         ciphertext = _unb64(parts[3], "ciphertext")
-        if len(nonce) != _NONCE_BYTES or len(ciphertext) < _TAG_BYTES:
+        if len(nonce) != NONCE_BYTES or len(ciphertext) < TAG_BYTES:
             raise InvalidInput("sealed text has a wrong nonce or ciphertext size", field="sealed")
         return cls(parts[1], nonce, ciphertext)
 
@@ -170,7 +170,7 @@ class Sealer:
             aead = aeads.get(subject)
             if aead is None:
                 aead = aeads[subject] = self._aead(dek, subject, create=True)
-            nonce = os.urandom(_NONCE_BYTES)
+            nonce = os.urandom(NONCE_BYTES)
             ciphertext = aead.encrypt(nonce, plaintext, _aad(zone, dek.key_id, subject, context))
             out.append(Sealed(dek.key_id, nonce, ciphertext))
         return out
@@ -242,8 +242,8 @@ def _sealed(value: object) -> Sealed:
         not isinstance(value, Sealed)
         or not isinstance(value.nonce, bytes)
         or not isinstance(value.ciphertext, bytes)
-        or len(value.nonce) != _NONCE_BYTES
-        or len(value.ciphertext) < _TAG_BYTES
+        or len(value.nonce) != NONCE_BYTES
+        or len(value.ciphertext) < TAG_BYTES
     ):
         raise InvalidInput("expected a well-formed Sealed value", field="sealed")
     return value

@@ -46,13 +46,11 @@ from hivemem.pool.errors import (
 from hivemem.pool.ids import check_agent_id, check_scope_id
 from hivemem.pool.records import Compartments, UtcDatetime, utc_now
 from hivemem.security.message_check import MessageCheck, SenderFacts
-from hivemem.security.sealing import Sealed, Sealer
+from hivemem.security.sealing import NONCE_BYTES, TAG_BYTES, Sealed, Sealer
 from hivemem.security.signing import SIGNATURE_BYTES, SigningKey
 
 #: The signed message is this tag, then the SHA-256 digest of the frame before the signature.
 _SIGNED_DOMAIN = b"hivemem/message/v2|"
-NONCE_BYTES = 12
-_TAG_BYTES = 16
 #: A header is a few hundred bytes; a frame whose first newline comes later is malformed.
 _MAX_HEADER_BYTES = 4096
 
@@ -73,7 +71,7 @@ class SealedHeader(Model):
     compartments: Compartments | None = None
     key_id: str = Field(max_length=64)
     #: The ciphertext's length in bytes (its tag included).
-    size: int = Field(ge=_TAG_BYTES, le=MAX_MESSAGE_BYTES)
+    size: int = Field(ge=TAG_BYTES, le=MAX_MESSAGE_BYTES)
 
     @model_validator(mode="after")
     def _check_ids(self) -> SealedHeader:
@@ -183,7 +181,7 @@ class SecureCodec:
             subject=envelope.subject,
             compartments=envelope.compartments or None,
             key_id=key_id,
-            size=len(plain) + _TAG_BYTES,
+            size=len(plain) + TAG_BYTES,
         )
         header = clear.model_dump_json(exclude_none=True).encode()
         sealed = self._sealer.seal(

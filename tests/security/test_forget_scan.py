@@ -48,8 +48,8 @@ from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.content_seal import SEALED_PREFIX, ZONE_ONLY_PREFIX
 from hivemem.security.key_provider import key_provider
 from hivemem.security.keyring import ZoneKeyring
-from hivemem.security.sealing import Sealed, Sealer
-from hivemem.security.wire import NONCE_BYTES, SealedHeader
+from hivemem.security.sealing import NONCE_BYTES, Sealed, Sealer
+from hivemem.security.wire import SealedHeader
 from hivemem.security.zone_store import SecureZoneStore
 from hivemem.workers.forget import ZoneReceipt
 from hivemem.workers.runtime import WorkerRuntime

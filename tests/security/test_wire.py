@@ -14,9 +14,9 @@ from hivemem.pool.envelope import make_envelope
 from hivemem.pool.errors import InvalidMessage, MessageRejected
 from hivemem.pool.records import MemoryRecord, Scope
 from hivemem.pool.shared import SharedMemoryPool
-from hivemem.security.sealing import Sealed, Sealer
+from hivemem.security.sealing import NONCE_BYTES, Sealed, Sealer
 from hivemem.security.signing import verify_signature
-from hivemem.security.wire import NONCE_BYTES, Frame
+from hivemem.security.wire import Frame
 
 Pools = Callable[..., SharedMemoryPool]
 
