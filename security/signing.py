@@ -40,7 +40,7 @@ from hivemem.pool.compartments import checked_compartments
 from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.ids import check_agent_id
-from hivemem.security.key_files import write_new
+from hivemem.pool.private_files import write_new
 
 log = structlog.get_logger(__name__)
 

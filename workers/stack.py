@@ -23,9 +23,15 @@ from pathlib import Path
 import structlog
 
 from hivemem.pool.errors import PoolUnavailable
-from hivemem.pool.redis_server import EmbeddedRedis, die_with_parent
+from hivemem.pool.redis_server import EmbeddedRedis, die_with_parent, hide_password
 from hivemem.pool.settings import HivememSettings
-from hivemem.pool.stack_file import StackInfo, remove_stack, running_stack, write_stack
+from hivemem.pool.stack_file import (
+    StackInfo,
+    remove_stack,
+    running_stack,
+    stack_path,
+    write_stack,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +129,7 @@ class EmbeddedStack:
         if other is not None:
             raise PoolUnavailable(
                 f"a stack already runs on {self._data_dir} (pid {other.owner_pid}, "
-                f"{other.redis_url})"
+                f"{hide_password(other.redis_url)})"
             )
         self.redis.start()
         try:
@@ -134,7 +140,7 @@ class EmbeddedStack:
             self.redis.stop()
             raise
         self._publish()
-        log.info("stack_started", redis_url=self.redis.url, worker_pid=self.worker.pid)
+        log.info("stack_started", redis_url=self.redis.shown_url, worker_pid=self.worker.pid)
         return self
 
     def _publish(self) -> None:
@@ -151,10 +157,11 @@ class EmbeddedStack:
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         if announce:
             print(  # noqa: T201 - the one thing `hivemem up` has to say
-                f"hivemem stack up: Redis {self.redis.url}, data in {self._data_dir}, "
+                f"hivemem stack up: Redis {self.redis.shown_url}, data in {self._data_dir}, "
                 f"worker log {self.worker.log_path}.\n"
                 f"Pools and hivemem commands with HIVEMEM_DATA_DIR={self._data_dir} use it "
-                f"(or set HIVEMEM_REDIS_URL={self.redis.url}). Ctrl-C stops it.",
+                f"(or set HIVEMEM_REDIS_URL to the redis_url in {stack_path(self._data_dir)}, "
+                f"which holds the password). Ctrl-C stops it.",
                 flush=True,
             )
         try:

@@ -1,5 +1,6 @@
 """The embedded redis-server: started on a free port, restartable without losing data when
-append-only, and never outliving the process that started it."""
+append-only, never outliving the process that started it, and closed to clients without its
+password."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.pool.redis_server import EmbeddedRedis, hide_password
 
 
 def test_an_append_only_server_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
@@ -27,11 +31,70 @@ def test_an_append_only_server_keeps_its_data_across_a_restart(tmp_path: Path) -
         client.close()
 
 
+#: Clients that give up at the first refusal (redis-py retries a failed login by default).
+_ONCE = Retry(NoBackoff(), 0)
+
+
 def _serving(port: int) -> bool:
+    """Whether a server answers on ``port`` (a refusal to log in is an answer)."""
     try:
-        return bool(redis.Redis(port=port, socket_connect_timeout=0.2).ping())
+        client = redis.Redis(port=port, socket_connect_timeout=0.2, retry=_ONCE)
+        return bool(client.ping())
+    except redis.AuthenticationError:
+        return True
     except redis.ConnectionError:
         return False
+
+
+def test_only_clients_with_the_password_get_in(tmp_path: Path) -> None:
+    """The default user needs the password the URL carries: without it, or with another, every
+    command is refused, so a local process that merely reaches the port reads nothing."""
+    with EmbeddedRedis(tmp_path / "r") as server:
+        with redis.Redis.from_url(server.url) as client:
+            client.set("k", "v")
+        with (
+            redis.Redis(port=server.port, retry=_ONCE) as anonymous,
+            pytest.raises(redis.AuthenticationError),
+        ):
+            anonymous.get("k")
+        with (
+            redis.Redis(port=server.port, password="guess", retry=_ONCE) as guessing,
+            pytest.raises(redis.AuthenticationError),
+        ):
+            guessing.get("k")
+
+
+def test_the_password_stays_private_and_the_same_across_restarts(tmp_path: Path) -> None:
+    """It is made once, kept in files only the owner can read, never put on the server's
+    command line (which every local user can read) and never shown in the server's repr."""
+    directory = tmp_path / "r"
+    with EmbeddedRedis(directory, appendonly=True) as server:
+        password = (directory / "password").read_text().strip()
+        assert len(password) >= 40
+        assert server.url == f"redis://:{password}@127.0.0.1:{server.port}/0"
+        for name in ("password", "redis.conf"):
+            assert (directory / name).stat().st_mode & 0o777 == 0o600
+        assert server.pid is not None
+        command_line = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert str(server.port).encode() in command_line
+        assert password.encode() not in command_line
+        assert password not in repr(server)
+        assert password not in server.shown_url
+        first_url = server.url
+    again = EmbeddedRedis(directory, port=server.port, appendonly=True)
+    assert again.url == first_url
+    with again, redis.Redis.from_url(again.url) as client:
+        assert client.ping()
+
+
+def test_shown_urls_hide_only_the_password() -> None:
+    """Logs and messages get the URL with ``***`` for the password, the rest as it was."""
+    assert hide_password("redis://:s3cret@127.0.0.1:6390/0") == "redis://:***@127.0.0.1:6390/0"
+    assert (
+        hide_password("rediss://agent:p%40ss@redis.example:6380/2?ssl_cert_reqs=none")
+        == "rediss://agent:***@redis.example:6380/2?ssl_cert_reqs=none"
+    )
+    assert hide_password("redis://127.0.0.1:6390/0") == "redis://127.0.0.1:6390/0"
 
 
 def test_the_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:

@@ -104,8 +104,9 @@ def test_a_stale_stack_file_is_ignored(tmp_path: Path) -> None:
 def test_hivemem_up_restarts_a_dead_worker_and_stops_on_interrupt(
     stack_settings: HivememSettings,
 ) -> None:
-    """`hivemem up` publishes stack.json; SIGKILLing its worker brings a new one; SIGINT
-    stops everything with exit code 0 and removes stack.json."""
+    """`hivemem up` publishes stack.json (readable by its owner only: its URL holds Redis's
+    password); SIGKILLing its worker brings a new one; SIGINT stops everything with exit code 0
+    and removes stack.json. The password is in neither its output nor the worker's log."""
     data_dir = stack_settings.data_dir.resolve()
     env = settings_env(stack_settings)
     env.pop("HIVEMEM_REDIS_URL", None)
@@ -122,6 +123,7 @@ def test_hivemem_up_restarts_a_dead_worker_and_stops_on_interrupt(
         first = running_stack(data_dir)
         assert first is not None
         assert answers(first.redis_url)
+        assert (data_dir / "stack.json").stat().st_mode & 0o777 == 0o600
         os.killpg(first.worker_pids[0], signal.SIGKILL)
 
         def restarted() -> bool:
@@ -137,5 +139,11 @@ def test_hivemem_up_restarts_a_dead_worker_and_stops_on_interrupt(
             up.wait()
     assert up.returncode == 0, output
     assert "hivemem stack up" in output
+    password = (data_dir / "redis" / "password").read_text().strip()
+    assert password in first.redis_url
+    assert password not in output
+    worker_log = (data_dir / "logs" / "worker.log").read_text()
+    assert "redis://" in worker_log
+    assert password not in worker_log
     assert not (data_dir / "stack.json").exists()
     assert not answers(first.redis_url)
