@@ -105,7 +105,7 @@ def _scenario(stack: EmbeddedStack, report: Report) -> None:
     console = report.console
     settings = stack.settings
     report.step("1. The stack")
-    report.check(True, f"Redis on {stack.redis_url}, worker with beat, embedded zone stores")
+    report.check(True, f"Redis on {stack.redis.shown_url}, worker with beat, embedded zone stores")
 
     report.step("2. Three agents, three processes, three clearances")
     specs = [

@@ -36,10 +36,13 @@ def test_an_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_demo_passes_every_check(tmp_path: Path) -> None:
-    """`hivemem demo` runs the scenario and exits 0 with every check passed."""
+    """`hivemem demo` runs the scenario and exits 0 with every check passed; the URL of its
+    Redis shows with the password hidden, and no URL with a password shows."""
     done = _hivemem("demo", data_dir=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     counted = re.search(r"(\d+)/(\d+) checks passed", done.stdout)
     assert counted is not None, done.stdout
     assert counted[1] == counted[2]
     assert int(counted[2]) >= 15
+    assert "redis://:***@127.0.0.1:" in done.stdout
+    assert not re.search(r"redis://[^@\s]*:(?!\*\*\*@)[^@\s]+@", done.stdout + done.stderr)
