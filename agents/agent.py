@@ -12,7 +12,8 @@ from collections.abc import Callable
 from hivemem.agents.identity import Identity
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.outbox import Outbox
-from hivemem.agents.sync import Receiver, Sender, ShareObserver
+from hivemem.agents.receiving import Receiver
+from hivemem.agents.sending import Sender, ShareObserver
 from hivemem.pool.adapters.redis_bus import RedisBus
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo

@@ -1,0 +1,354 @@
+"""What reaches an agent: the zones', compartments' and its inbox's messages, from Redis into
+its memory (see :mod:`hivemem.agents.sync`)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis
+import structlog
+
+from hivemem.agents.identity import Identity
+from hivemem.agents.memory import HierarchicalMemory
+from hivemem.agents.outbox import Outbox
+from hivemem.agents.sync import REDIS_DOWN, Backoff, is_denied
+from hivemem.pool.adapters.redis_bus import (
+    Delivery,
+    RedisBus,
+    compartment_glob,
+    inbox_topic,
+    topic_compartments,
+    zone_topic,
+)
+from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.compartments import missing
+from hivemem.pool.enums import Level, Zone
+from hivemem.pool.envelope import Envelope
+from hivemem.pool.errors import InvalidMessage, MemoryClosed, MessageRejected, SecurityMismatch
+from hivemem.pool.ports import Vector
+from hivemem.pool.records import MemoryRecord, Tombstone
+from hivemem.pool.settings import PoolSettings
+
+log = structlog.get_logger(__name__)
+
+#: Pub/sub messages that carry a delivery: of a channel, and of a channel a glob matched.
+_MESSAGE_TYPES = ("message", "pmessage")
+_POLL_S = 0.2
+#: Stream entries read per catch-up round trip (each holds up to ``send_batch`` records).
+_READ_MESSAGES = 32
+
+
+@dataclass
+class _Cursor:
+    epoch: str | None
+    seq: int
+
+
+class Receiver(threading.Thread):
+    """Applies what other agents share with this one (see the module docstring)."""
+
+    def __init__(  # noqa: PLR0917 - the parts of one agent, each needed
+        self,
+        info: AgentInfo,
+        memory: HierarchicalMemory,
+        outbox: Outbox,
+        bus: RedisBus,
+        settings: PoolSettings,
+        heartbeat: Callable[[], None],
+        *,
+        identity: Identity,
+        relay: RedisBus | None = None,
+    ) -> None:
+        super().__init__(name=f"hivemem-receive-{info.agent_id}", daemon=True)
+        self._memory = memory
+        self._outbox = outbox
+        self._bus = bus
+        #: The pool's own connection: it reads which compartment topics exist.
+        self._relay = relay or bus
+        self._settings = settings
+        self._heartbeat = heartbeat
+        self._identity = identity
+        self._halt = threading.Event()
+        self._backoff = Backoff(settings, self._halt)
+        self.listeners: list[Callable[[list[MemoryRecord]], None]] = []
+        self.connected = threading.Event()
+        self._adopt(info)
+
+    def _adopt(self, info: AgentInfo) -> None:
+        """Receive as ``info`` says: the channels of its clearance, its inbox and, when it
+        holds compartments, the compartment topics of its zones that it may use."""
+        self._info = info
+        zones = [zone for zone in Zone if zone <= info.clearance]
+        self.topics = [zone_topic(zone) for zone in zones] + [inbox_topic(info.agent_id)]
+        self.patterns = [
+            glob for zone in zones if (glob := compartment_glob(zone, info.compartments))
+        ]
+        self._cursors = {topic: _Cursor(*self._outbox.cursor(topic)) for topic in self.topics}
+
+    def _may_use(self, topic: str) -> bool:
+        """Whether ``topic`` is a compartment topic this agent may read."""
+        found = topic_compartments(topic)
+        return (
+            found is not None
+            and found[0] <= self._info.clearance
+            and not missing(self._info.compartments, found[1])
+        )
+
+    def _follow(self, topic: str) -> None:
+        """Start reading a compartment topic (from the cursor this agent kept for it, if any)."""
+        self.topics.append(topic)
+        self._cursors[topic] = _Cursor(*self._outbox.cursor(topic))
+
+    def _discover(self) -> None:
+        """Follow the compartment topics written so far that this agent may read (called after
+        subscribing, so that a topic made later shows up live)."""
+        if not self.patterns:
+            return
+        for topic in sorted(self._relay.known_topics()):
+            if topic not in self._cursors and self._may_use(topic):
+                self._follow(topic)
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            pubsub = None
+            try:
+                # Compartment topics come through the globs: subscribing to them as well would
+                # deliver each of their messages twice.
+                channels = [t for t in self.topics if topic_compartments(t) is None]
+                pubsub = self._bus.subscribe(channels, self.patterns)
+                self._discover()
+                for topic in list(self.topics):
+                    self._catch_up(topic)
+                self._heartbeat()
+                self.connected.set()
+                self._backoff.succeeded()
+                self._listen(pubsub)
+            except MemoryClosed:
+                return
+            except redis.AuthenticationError:
+                self.connected.clear()
+                with contextlib.suppress(*REDIS_DOWN):  # still down: back off, try again
+                    self._identity.reauthorize()
+                self._backoff.failed("pool_receive_unauthorized", agent_id=self._info.agent_id)
+            except REDIS_DOWN as error:
+                self.connected.clear()
+                self._backoff.failed(
+                    "pool_receive_disconnected",
+                    agent_id=self._info.agent_id,
+                    error=type(error).__name__,
+                )
+            except redis.ResponseError as error:
+                if not is_denied(error):
+                    raise
+                # The broker denied a topic: the clearance changed. Receive as now registered.
+                self.connected.clear()
+                self._adopt(self._identity.reload())
+                self._backoff.failed(
+                    "pool_receive_clearance_changed",
+                    agent_id=self._info.agent_id,
+                    clearance=self._info.clearance.value,
+                )
+            finally:
+                if pubsub is not None:
+                    pubsub.close()
+
+    def _listen(self, pubsub: redis.client.PubSub) -> None:
+        beat_every_s = self._settings.heartbeat_interval_s
+        next_beat = 0.0
+        while not self._halt.is_set():
+            message = pubsub.get_message(timeout=_POLL_S)
+            if message is not None and message.get("type") in _MESSAGE_TYPES:
+                self._on_live(message["channel"], message["data"])
+            now = time.monotonic()
+            if now >= next_beat:
+                self._heartbeat()
+                next_beat = now + beat_every_s
+
+    def _on_live(self, channel: bytes, data: bytes) -> None:
+        try:
+            delivery = self._bus.parse_live(channel, data)
+        except InvalidMessage as error:
+            log.warning("pool_message_skipped", agent_id=self._info.agent_id, reason=str(error))
+            return
+        cursor = self._cursors.get(delivery.topic)
+        if cursor is None:
+            if not self._may_use(delivery.topic):
+                return
+            self._follow(delivery.topic)  # a compartment topic's first message
+            cursor = self._cursors[delivery.topic]
+        if delivery.epoch != cursor.epoch or delivery.seq > cursor.seq + 1:
+            self._catch_up(delivery.topic)  # a gap, a first message or a new epoch
+        elif delivery.seq == cursor.seq + 1:
+            self._apply(delivery.topic, [delivery], live=True)
+
+    def _catch_up(self, topic: str) -> None:
+        """Apply what the topic's stream holds after the cursor."""
+        cursor = self._cursors[topic]
+        while not self._halt.is_set():
+            backlog = self._bus.read(topic, cursor.seq, limit=_READ_MESSAGES)
+            if backlog.epoch is None:
+                return
+            if backlog.epoch != cursor.epoch:
+                if cursor.epoch is not None:
+                    log.warning(
+                        "pool_rebootstrap",
+                        agent_id=self._info.agent_id,
+                        topic=topic,
+                        reason="new epoch: Redis lost its data",
+                        source="stream",
+                    )
+                cursor.epoch, cursor.seq = backlog.epoch, 0
+                continue
+            if backlog.trimmed:
+                log.warning(
+                    "pool_rebootstrap",
+                    agent_id=self._info.agent_id,
+                    topic=topic,
+                    reason="stream trimmed past the cursor",
+                    cursor=cursor.seq,
+                    first_available=backlog.deliveries[0].seq if backlog.deliveries else None,
+                    source="stream",
+                )
+            if not backlog.deliveries:
+                return
+            self._apply(topic, backlog.deliveries)
+            if cursor.seq >= backlog.last_seq:
+                return
+
+    def _apply(self, topic: str, deliveries: Sequence[Delivery], *, live: bool = False) -> None:
+        """Apply the deliveries in order, in chunks of about ``send_batch`` records (the
+        memory's write lock is released between chunks), then advance the cursor. ``live``:
+        they came by pub/sub (their age is checked)."""
+        records: list[MemoryRecord] = []
+        senders: list[str] = []
+        rows: list[Vector | None] = []
+        tombstones: list[Tombstone] = []
+        for delivery in deliveries:
+            envelope = self._accepted(topic, delivery, live=live)
+            if envelope is None:
+                continue
+            # A hand-over is applied whatever the levels; a zone message, for the levels asked.
+            wanted = list(Level) if envelope.to is not None else self._info.receive_levels
+            policies = self._identity.policies
+            for record, row in zip(envelope.records, envelope.vectors(), strict=True):
+                if record.level in wanted and policies.may_share(envelope.zone, record.level):
+                    records.append(record)
+                    senders.append(envelope.sender)
+                    rows.append(row)
+            tombstones.extend(t for t in envelope.tombstones if t.level in wanted)
+            if len(records) + len(tombstones) >= self._settings.send_batch:
+                self._store(records, senders, rows, tombstones)
+                records, senders, rows, tombstones = [], [], [], []
+        self._store(records, senders, rows, tombstones)
+        cursor = self._cursors[topic]
+        cursor.seq = deliveries[-1].seq
+        self._outbox.set_cursor(topic, cursor.epoch or deliveries[-1].epoch, cursor.seq)
+
+    def _store(
+        self,
+        records: list[MemoryRecord],
+        senders: list[str],
+        rows: list[Vector | None],
+        tombstones: list[Tombstone],
+    ) -> None:
+        if not records and not tombstones:
+            return
+        try:
+            stored = self._memory.receive(records, tombstones, senders=senders, dense=rows)
+        except MemoryClosed:
+            raise
+        except Exception:  # isolation point: a bad record must not stop the receiver
+            log.exception("pool_apply_failed", agent_id=self._info.agent_id, records=len(records))
+            stored = self._store_one_by_one(records, senders, rows, tombstones)
+        for listener in self.listeners if stored else []:
+            try:
+                listener(stored)
+            except Exception:  # isolation point: a caller's listener
+                log.exception("pool_listener_failed", agent_id=self._info.agent_id)
+
+    def _store_one_by_one(
+        self,
+        records: list[MemoryRecord],
+        senders: list[str],
+        rows: list[Vector | None],
+        tombstones: list[Tombstone],
+    ) -> list[MemoryRecord]:
+        """After a chunk failed: apply what can be applied, skip (and log) what cannot."""
+        stored: list[MemoryRecord] = []
+        items: list[tuple[list[MemoryRecord], list[str], list[Vector | None], list[Tombstone]]]
+        items = [([r], [s], [v], []) for r, s, v in zip(records, senders, rows, strict=True)]
+        items += [([], [], [], [t]) for t in tombstones]
+        for one in items:
+            try:
+                stored += self._memory.receive(one[0], one[3], senders=one[1], dense=one[2])
+            except MemoryClosed:
+                raise
+            except Exception as error:  # noqa: BLE001 - isolation point, as above
+                log.warning(
+                    "pool_record_skipped",
+                    agent_id=self._info.agent_id,
+                    record_id=(one[0] or one[3])[0].id,
+                    error=type(error).__name__,
+                )
+        return stored
+
+    def _accepted(self, topic: str, delivery: Delivery, *, live: bool) -> Envelope | None:
+        """The delivery's envelope, or None (logged; audited when a security check refused it)
+        when it must be skipped."""
+        if delivery.sender == self._info.agent_id:
+            return None  # our own write, already here: not even decoded
+        try:
+            envelope = self._identity.codec.decode(delivery.data, live=live)
+        except MessageRejected as error:
+            self._identity.rejected(error, topic, delivery)
+            return None
+        except SecurityMismatch as error:
+            log.error("pool_security_mismatch", agent_id=self._info.agent_id, topic=topic,  # noqa: TRY400 - the message says it all
+                      seq=delivery.seq, error=str(error))  # fmt: skip
+            return None
+        except InvalidMessage as error:
+            log.warning(
+                "pool_message_skipped",
+                agent_id=self._info.agent_id,
+                topic=topic,
+                seq=delivery.seq,
+                reason=str(error)[:200],
+            )
+            return None
+        if envelope.sender == self._info.agent_id:
+            return None  # our own write, already here
+        expected = (
+            inbox_topic(self._info.agent_id)
+            if envelope.to is not None
+            else zone_topic(envelope.zone, envelope.compartments)
+        )
+        reason = None
+        if topic != expected:
+            reason = "envelope does not belong on this topic"
+        elif envelope.zone > self._info.clearance:
+            reason = "above clearance"
+        elif missing(self._info.compartments, envelope.compartments):
+            reason = "outside compartments"
+        if reason is not None:
+            log.warning(
+                "pool_message_skipped",
+                agent_id=self._info.agent_id,
+                topic=topic,
+                seq=delivery.seq,
+                sender=envelope.sender,
+                zone=envelope.zone.value,
+                reason=reason,
+            )
+            return None
+        if envelope.records and not self._identity.sender_may_write(envelope.sender, envelope.zone):
+            refused = MessageRejected("write_clearance", "sender below the zone's write clearance")
+            self._identity.rejected(refused, topic, delivery)
+            return None
+        return envelope

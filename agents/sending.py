@@ -1,0 +1,240 @@
+"""What leaves an agent: its shared writes, through the outbox, to Redis (see
+:mod:`hivemem.agents.sync`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import redis
+import structlog
+
+from hivemem.agents.identity import Identity
+from hivemem.agents.outbox import Outbox, Pending
+from hivemem.agents.sync import REDIS_DOWN, Backoff, is_denied
+from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic, ingest_topic, zone_topic
+from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.enums import Level, Zone
+from hivemem.pool.envelope import Envelope, Row, make_envelope
+from hivemem.pool.ports import Vector
+from hivemem.pool.records import MemoryRecord, Tombstone
+from hivemem.pool.settings import PoolSettings
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+#: How written items are grouped into envelopes: zone, compartments, user.
+_Group = tuple[Zone, tuple[str, ...], str]
+
+
+def _group(item: MemoryRecord | Tombstone) -> _Group:
+    return item.zone, tuple(item.compartments), item.scope.user_id
+
+
+def _ingest(zone: Zone, compartments: Sequence[str]) -> str:
+    """The zone's ingest queue (one per zone, whatever the compartments: the workers hold all)."""
+    del compartments
+    return ingest_topic(zone)
+
+
+class ShareObserver:
+    """Puts each write in the outbox (a WriteObserver): the shared levels for the zone's sync
+    topic and, with ``ingest``, every record and tombstone for the zone's ingest queue."""
+
+    def __init__(
+        self,
+        info: AgentInfo,
+        outbox: Outbox,
+        wake: Callable[[], None],
+        settings: PoolSettings,
+        identity: Identity,
+    ):
+        self._info = info
+        self._outbox = outbox
+        self._wake = wake
+        self._batch = settings.send_batch
+        self._ingest = settings.ingest
+        self._identity = identity
+
+    def records_written(self, records: Sequence[MemoryRecord], dense: Vector | None) -> None:
+        rows: Sequence[Row] = list(dense) if dense is not None else [r.vector for r in records]
+        pairs = list(zip(records, rows, strict=True))
+
+        def envelope_of(part: list[tuple[MemoryRecord, Row]]) -> Envelope:
+            return make_envelope(
+                sender=self._info.agent_id,
+                zone=part[0][0].zone,
+                records=[record for record, _ in part],
+                dense=[row for _, row in part],
+            )
+
+        shared = [pair for pair in pairs if self._shares(pair[0].zone, pair[0].level)]
+        self._send(self._messages(pairs, shared, lambda pair: _group(pair[0]), envelope_of))
+
+    def tombstones_written(self, tombstones: Sequence[Tombstone]) -> None:
+        def envelope_of(part: list[Tombstone]) -> Envelope:
+            return make_envelope(sender=self._info.agent_id, zone=part[0].zone, tombstones=part)
+
+        shared = [t for t in tombstones if self._shares(t.zone, t.level)]
+        self._send(self._messages(tombstones, shared, _group, envelope_of))
+
+    def _shares(self, zone: Zone, level: Level) -> bool:
+        """The agent shares the level, and the zone's policy lets it travel."""
+        return level in self._info.share_levels and self._identity.policies.may_share(zone, level)
+
+    def _messages(
+        self,
+        written: Sequence[T],
+        shared: Sequence[T],
+        group_of: Callable[[T], _Group],
+        envelope_of: Callable[[list[T]], Envelope],
+    ) -> list[tuple[str, str, bytes]]:
+        """The shared items for the zones' sync topics (records that carry compartments: the
+        topic of their compartments) and, with ingest, everything written for the ingest
+        queues; when everything is shared, the same envelopes serve both (encoded once:
+        message ids are deduplicated per topic)."""
+        if not self._ingest:
+            return self._grouped(shared, group_of, envelope_of, [zone_topic])
+        if len(shared) == len(written):
+            return self._grouped(written, group_of, envelope_of, [zone_topic, _ingest])
+        return self._grouped(shared, group_of, envelope_of, [zone_topic]) + self._grouped(
+            written, group_of, envelope_of, [_ingest]
+        )
+
+    def _grouped(
+        self,
+        items: Sequence[T],
+        group_of: Callable[[T], _Group],
+        envelope_of: Callable[[list[T]], Envelope],
+        topics: Sequence[Callable[[Zone, Sequence[str]], str]],
+    ) -> list[tuple[str, str, bytes]]:
+        """One envelope per (zone, compartments, user) and ``send_batch`` items — one user per
+        envelope, so that it can be sealed under that user's key — as a message to each of
+        ``topics``."""
+        groups: dict[_Group, list[T]] = {}
+        for item in items:
+            groups.setdefault(group_of(item), []).append(item)
+        messages: list[tuple[str, str, bytes]] = []
+        for (zone, compartments, _user), chosen in groups.items():
+            for start in range(0, len(chosen), self._batch):
+                envelope = envelope_of(chosen[start : start + self._batch])
+                body = self._identity.codec.encode(envelope)
+                messages.extend(
+                    (topic(zone, compartments), envelope.message_id, body) for topic in topics
+                )
+        return messages
+
+    def hand_over(self, to_agent: str, record: MemoryRecord) -> None:
+        """Queue ``record`` (with its vector) for ``to_agent``'s inbox."""
+        envelope = make_envelope(
+            sender=self._info.agent_id, zone=record.zone, records=[record], to=to_agent
+        )
+        self._send(
+            [(inbox_topic(to_agent), envelope.message_id, self._identity.codec.encode(envelope))]
+        )
+
+    def _send(self, messages: list[tuple[str, str, bytes]]) -> None:
+        if messages:
+            self._outbox.put(messages)
+            self._wake()
+
+
+class Sender(threading.Thread):
+    """Drains the outbox to Redis (see the module docstring)."""
+
+    def __init__(  # noqa: PLR0917 - the parts of one agent, each needed
+        self,
+        info: AgentInfo,
+        outbox: Outbox,
+        bus: RedisBus,
+        settings: PoolSettings,
+        relay: RedisBus | None,
+        identity: Identity,
+    ) -> None:
+        super().__init__(name=f"hivemem-send-{info.agent_id}", daemon=True)
+        self._identity = identity
+        self._info = info
+        self._outbox = outbox
+        self._bus = bus
+        #: Hand-overs to other agents' inboxes go through the pool's own connection (the
+        #: agent's Redis user may touch no inbox but its own); None: ``bus`` for everything.
+        self._relay = relay or bus
+        self._settings = settings
+        self._wake = threading.Event()
+        self._halt = threading.Event()
+        self._idle = threading.Condition()
+        self._backoff = Backoff(settings, self._halt)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        interval_s = self._info.sync_interval
+        while not self._halt.is_set():
+            self._wake.wait(timeout=1.0)
+            if interval_s > 0:
+                self._halt.wait(interval_s)
+            self._wake.clear()
+            self._drain()
+
+    def _drain(self) -> None:
+        """Send until the outbox is empty (or Redis is down, then back off and retry)."""
+        while not self._halt.is_set():
+            pending = self._outbox.peek(self._settings.send_batch)
+            if not pending:
+                with self._idle:
+                    self._idle.notify_all()
+                return
+            by_topic: dict[str, list[Pending]] = {}
+            for message in pending:
+                by_topic.setdefault(message.topic, []).append(message)
+            try:
+                for topic, chosen in by_topic.items():
+                    self._publish(topic, chosen)
+                    self._outbox.remove([m.row for m in chosen])
+            except redis.AuthenticationError:
+                self._relogin()
+                continue
+            except REDIS_DOWN as error:
+                self._backoff.failed(
+                    "pool_send_failed",
+                    agent_id=self._info.agent_id,
+                    pending=len(self._outbox),
+                    error=type(error).__name__,
+                )
+                continue
+            self._backoff.succeeded()
+
+    def _relogin(self) -> None:
+        """Redis refused the agent's login: have its user restored, then retry after a wait."""
+        try:
+            self._identity.reauthorize()
+        except REDIS_DOWN as error:
+            log.warning("pool_relogin_failed", agent_id=self._info.agent_id,
+                        error=type(error).__name__)  # fmt: skip
+        self._backoff.failed("pool_send_unauthorized", agent_id=self._info.agent_id)
+
+    def _publish(self, topic: str, chosen: list[Pending]) -> None:
+        bus = self._relay if topic.startswith("agent:") else self._bus
+        self._relay.register_topic(topic)  # a compartment topic, before its first message
+        try:
+            bus.publish(topic, self._info.agent_id, [(m.message_id, m.body) for m in chosen])
+        except redis.ResponseError as error:
+            if not is_denied(error):
+                raise
+            # The broker refuses this agent the topic: its clearance was lowered since the
+            # write. The messages can never be sent; keeping them would block the outbox.
+            log.warning(
+                "pool_send_denied", agent_id=self._info.agent_id, topic=topic, dropped=len(chosen)
+            )
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until the outbox is empty; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: len(self._outbox) == 0, timeout=timeout_s)
