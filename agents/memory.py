@@ -17,9 +17,9 @@ subclass of :class:`~hivemem.pool.errors.InvalidInput` and leaves the memory as 
 from __future__ import annotations
 
 import threading
-from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from hivemem.agents.builder import RecordBuilder
 from hivemem.agents.context import BuiltContext, GroupBy, build_context, estimate_tokens
 from hivemem.agents.directory import StoreDirectory
 from hivemem.agents.embedding import shared_embedder
+from hivemem.agents.embedding_queue import EmbeddingQueue
 from hivemem.agents.inputs import MemoryInput, as_input
 from hivemem.agents.ranking import SearchHit
 from hivemem.agents.scoping import owned_by, resolve_scope
@@ -60,47 +61,6 @@ _CHUNK = 256
 _EMBED_CHUNK = 1024
 _LIST_LIMIT_MAX = 100_000
 FilterArg = MemoryFilter | dict[str, Any] | None
-
-
-class _EmbeddingQueue:
-    """Chunks embedded in order on the memory's embedding thread (onnxruntime releases the
-    GIL), so that validating and indexing here overlap the embedding of later chunks. At most
-    ``ahead`` chunks are submitted and unfinished at a time: another caller's embedding waits
-    behind no more than that."""
-
-    def __init__(
-        self,
-        pool: ThreadPoolExecutor,
-        work: Callable[[list[MemoryRecord]], tuple[list[MemoryRecord], Vector]],
-        ahead: int = 2,
-    ) -> None:
-        self._pool = pool
-        self._work = work
-        self._ahead = ahead
-        self._waiting: deque[list[MemoryRecord]] = deque()
-        self._submitted: deque[Future[tuple[list[MemoryRecord], Vector]]] = deque()
-
-    def put(self, chunk: list[MemoryRecord]) -> None:
-        self._waiting.append(chunk)
-        self._top_up()
-
-    def _top_up(self) -> None:
-        while self._waiting and sum(not f.done() for f in self._submitted) < self._ahead:
-            self._submitted.append(self._pool.submit(self._work, self._waiting.popleft()))
-
-    def results(self) -> Iterator[tuple[list[MemoryRecord], Vector]]:
-        """Each chunk with its sparse terms, and its dense vectors, in the order put."""
-        while self._submitted or self._waiting:
-            self._top_up()
-            done = self._submitted.popleft().result()
-            self._top_up()
-            yield done
-
-    def cancel(self) -> None:
-        """Drop what was not embedded yet (after an error)."""
-        self._waiting.clear()
-        for future in self._submitted:
-            future.cancel()
 
 
 class HierarchicalMemory:
@@ -248,7 +208,7 @@ class HierarchicalMemory:
         if scope is not None or user_id is not None:
             common = resolve_scope(scope, user_id, session_id, agent_id, run_id)
         now = self._clock()
-        embedding = _EmbeddingQueue(self._embedding_pool, self._builder.embed)
+        embedding = EmbeddingQueue(self._embedding_pool, self._builder.embed)
         try:
             for start in range(0, len(items), _EMBED_CHUNK):
                 embedding.put(self._validated(items, start, start + _EMBED_CHUNK, common, now))
@@ -261,9 +221,7 @@ class HierarchicalMemory:
             with Progress(disable=not show, transient=True) as bar:
                 task = bar.add_task("adding memories", total=len(items))
                 for records, dense in embedding.results():
-                    stored.extend(
-                        self._index_batch(records, dense, lambda n: bar.advance(task, n))
-                    )
+                    stored.extend(self._index_batch(records, dense, lambda n: bar.advance(task, n)))
         finally:
             embedding.cancel()
         if 0 < self.settings.memory.compact_after <= len(stored):
