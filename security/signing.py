@@ -135,7 +135,7 @@ class SigningKey:
 
     def sign(self, data: bytes) -> str:
         """The signature of ``data``: base64 of 64 bytes."""
-        return _encode(self._key.sign(data))
+        return _encode(self.sign_raw(data))
 
     def sign_raw(self, data: bytes) -> bytes:
         """The signature of ``data``: its 64 raw bytes (pool messages carry it so)."""
