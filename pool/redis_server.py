@@ -97,7 +97,8 @@ def hide_password(url: str) -> str:
 def server_password(directory: Path) -> str:
     """The default user's password of the server kept in ``directory`` (made on first use)."""
     path = directory / _PASSWORD_FILE
-    write_new(path, secrets.token_urlsafe(32).encode() + b"\n")  # no-op when it exists
+    if not path.exists():  # a racing process may make it first: write_new keeps the winner's
+        write_new(path, secrets.token_urlsafe(32).encode() + b"\n")
     password = path.read_text().strip()
     if not password:
         raise PoolUnavailable(f"{path} is empty: delete it to have a new password made")
