@@ -28,7 +28,13 @@ from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import missing
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import Envelope
-from hivemem.pool.errors import InvalidMessage, MemoryClosed, MessageRejected, SecurityMismatch
+from hivemem.pool.errors import (
+    InvalidMessage,
+    MemoryClosed,
+    MessageRejected,
+    PoolUnavailable,
+    SecurityMismatch,
+)
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.settings import PoolSettings
@@ -137,7 +143,7 @@ class Receiver(threading.Thread):
                 with contextlib.suppress(*REDIS_DOWN):  # still down: back off, try again
                     self._identity.reauthorize()
                 self._backoff.failed("pool_receive_unauthorized", agent_id=self._info.agent_id)
-            except REDIS_DOWN as error:
+            except (*REDIS_DOWN, PoolUnavailable) as error:  # the keyring raises the latter
                 self.connected.clear()
                 self._backoff.failed(
                     "pool_receive_disconnected",

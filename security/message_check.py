@@ -81,6 +81,12 @@ class ReplayGuard:
                 self._seen.popitem(last=False)
         return True
 
+    def forget(self, message_id: str) -> None:
+        """Forget ``message_id`` (a message that was checked but could not be applied: when it
+        comes again, it is no replay)."""
+        with self._lock:
+            self._seen.pop(message_id, None)
+
     def _prune(self, now_s: float) -> None:
         """Forget up to ``_PRUNE_PER_CALL`` expired ids from the oldest end (stops at the first
         id still in its window: one remembered with a later ``sent_at`` may hold expired ones
@@ -110,6 +116,11 @@ class SenderFacts:
     registry_signature: str | None
     #: The compartments the sender holds.
     compartments: tuple[str, ...] = ()
+
+
+def _guard_key(sender_id: str, message_id: str) -> str:
+    """What the replay guard remembers of a message: ids are unique per sender only."""
+    return f"{sender_id}/{message_id}"
 
 
 def _shown(message_id: str) -> str:
@@ -180,8 +191,13 @@ class MessageCheck:
             raise MessageRejected(
                 "over_clearance", f"{who}: a compartment the sender does not hold"
             )
-        if not self.guard.check_and_remember(f"{sender.agent_id}/{message_id}", sent_at, now):
+        if not self.guard.check_and_remember(_guard_key(sender.agent_id, message_id), sent_at, now):
             raise MessageRejected("replayed", f"{who}: already received")
+
+    def release(self, sender_id: str, message_id: str) -> None:
+        """Undo what a passed :meth:`check` remembered of a message the receiver then failed to
+        apply for a reason of its own (Redis away): read again, it must not pass for a replay."""
+        self.guard.forget(_guard_key(sender_id, message_id))
 
     def _entry_ok(self, sender: SenderFacts) -> bool:
         """Whether the sender's registry entry carries a valid admin signature (cached)."""

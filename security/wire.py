@@ -30,21 +30,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field
 
 from hivemem.pool.base import Model
 from hivemem.pool.compartments import missing
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import MAX_MESSAGE_BYTES, Envelope, decode_envelope
 from hivemem.pool.errors import (
+    InvalidInput,
     InvalidMessage,
     KeyUnavailable,
     MessageRejected,
     PoolUnavailable,
     SealBroken,
 )
-from hivemem.pool.ids import check_agent_id, check_scope_id
-from hivemem.pool.records import Compartments, UtcDatetime, utc_now
+from hivemem.pool.ids import AGENT_ID_PATTERN, SCOPE_ID_PATTERN
+from hivemem.pool.records import Compartments, utc_now
+from hivemem.security.keyring import KEY_ID_PATTERN
 from hivemem.security.message_check import MessageCheck, SenderFacts
 from hivemem.security.sealing import NONCE_BYTES, TAG_BYTES, Sealed, Sealer
 from hivemem.security.signing import SIGNATURE_BYTES, SigningKey
@@ -53,34 +55,32 @@ from hivemem.security.signing import SIGNATURE_BYTES, SigningKey
 _SIGNED_DOMAIN = b"hivemem/message/v2|"
 #: A header is a few hundred bytes; a frame whose first newline comes later is malformed.
 _MAX_HEADER_BYTES = 4096
+#: The id rules of :func:`~hivemem.pool.ids.check_agent_id` and ``check_scope_id`` as anchored
+#: patterns, for pydantic-core to check.
+_AGENT_ID = f"^{AGENT_ID_PATTERN.pattern}$"
+_SCOPE_ID = f"^{SCOPE_ID_PATTERN.pattern}$"
 
 
 class SealedHeader(Model):
-    """The clear header of a version-2 message (see the module docstring)."""
+    """The clear header of a version-2 message (see the module docstring). Every field is
+    checked inside pydantic-core, without a Python call: a receiver parses one header per
+    message before anything else."""
 
     error = InvalidMessage
 
     v: Literal[2] = 2
     message_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-    sender: str = Field(max_length=64)
+    sender: str = Field(pattern=_AGENT_ID)
     zone: Zone
-    sent_at: UtcDatetime
-    to: str | None = Field(default=None, max_length=64)
-    subject: str | None = Field(default=None, max_length=128)
+    #: Aware (the sender writes UTC); not converted, since only differences are taken.
+    sent_at: AwareDatetime
+    to: str | None = Field(default=None, pattern=_AGENT_ID)
+    subject: str | None = Field(default=None, pattern=_SCOPE_ID)
     #: The envelope's compartments (None when it has none: such headers read as before).
     compartments: Compartments | None = None
-    key_id: str = Field(max_length=64)
+    key_id: str = Field(pattern=f"^{KEY_ID_PATTERN.pattern}$")
     #: The ciphertext's length in bytes (its tag included).
     size: int = Field(ge=TAG_BYTES, le=MAX_MESSAGE_BYTES)
-
-    @model_validator(mode="after")
-    def _check_ids(self) -> SealedHeader:
-        check_agent_id(self.sender, field="sender")
-        if self.to is not None:
-            check_agent_id(self.to, field="to")
-        if self.subject is not None:
-            check_scope_id(self.subject, field="subject")
-        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +107,7 @@ class Frame:
         header_bytes = data[:end]
         try:
             header = SealedHeader.model_validate_json(header_bytes)
-        except InvalidMessage as error:
+        except InvalidInput as error:  # a field's own check (zone, compartments) raises its kind
             raise InvalidMessage(f"malformed header: {str(error)[:200]}") from None
         body = end + 1 + NONCE_BYTES
         if len(data) != body + header.size + SIGNATURE_BYTES:
@@ -221,6 +221,11 @@ class SecureCodec:
             raise MessageRejected("tampered", f"message {wire.message_id} does not open") from None
         except KeyUnavailable as error:
             raise MessageRejected("unknown_key", str(error)) from None
+        except BaseException:
+            # No verdict on the message (Redis away while its key was fetched): it is read
+            # again later, and must not then be refused as a replay.
+            self._check.release(wire.sender, wire.message_id)
+            raise
         envelope = decode_envelope(plain)
         inner = (envelope.message_id, envelope.sender, envelope.zone, envelope.to)
         if inner != (wire.message_id, wire.sender, wire.zone, wire.to) or (

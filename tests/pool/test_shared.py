@@ -13,6 +13,8 @@ import numpy.typing as npt
 import pytest
 import redis
 import structlog
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from hivemem.agents.agent import Agent
 from hivemem.agents.embedding import FastEmbedder
@@ -27,7 +29,7 @@ from hivemem.pool.errors import (
     RegistrationConflict,
 )
 from hivemem.pool.records import MemoryRecord, Scope
-from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.pool.redis_server import EmbeddedRedis, free_port
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 from tests.waiting import wait_for
@@ -306,6 +308,32 @@ def test_a_receiver_behind_a_trimmed_stream_rebootstraps_and_says_so(make_pool: 
     assert events
     assert events[0]["reason"] == "stream trimmed past the cursor"
     assert "written while away 299" in received(back)
+
+
+def test_a_receiver_that_cannot_fetch_a_key_backs_off_and_applies_the_message_later(
+    make_pool: Pools,
+) -> None:
+    """The keyring raises PoolUnavailable when Redis cannot give it a key it never fetched
+    (here the zone key and the secret of a user bob has not seen, both first needed to open a
+    message). The receiver backs off as for any lost connection and, once the keys can be had,
+    applies the message: nothing is lost. (Before, the error stopped the receiving thread.)"""
+    alice = make_pool("p1").register_agent(
+        "alice", clearance=Zone.INTERNAL, share_levels=[Level.CATEGORY]
+    )
+    bob_pool = make_pool("p2")
+    bob = bob_pool.register_agent("bob", clearance=Zone.INTERNAL)
+    assert alice.wait_connected()
+    assert bob.wait_connected()
+    assert bob_pool.security is not None
+    keyring = bob_pool.security.keyring
+    reachable = keyring._client  # cut the keyring's own connection only: nothing listens there
+    keyring._client = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+    with structlog.testing.capture_logs() as logs:
+        add(alice, "a first message for u1", Level.CATEGORY, Zone.INTERNAL)
+        assert wait_for(lambda: any(e["event"] == "pool_receive_disconnected" for e in logs))
+    assert "a first message for u1" not in received(bob)
+    keyring._client = reachable
+    assert wait_for(lambda: "a first message for u1" in received(bob))
 
 
 def test_registration_rules(make_pool: Pools) -> None:

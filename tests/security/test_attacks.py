@@ -373,6 +373,12 @@ def test_oversized_and_malformed_envelopes_are_skipped(
         framed({**header, "size": -1}, nonce, sealed, signature),
         framed({**header, "sender": "x" * 5000}, nonce, sealed, signature),
         framed({**header, "v": 3}, nonce, sealed, signature),
+        # Fields whose own checks raise (before, these escaped and stopped the receiver).
+        framed({**header, "sender": "alice:admin"}, nonce, sealed, signature),
+        framed({**header, "subject": "u1 *"}, nonce, sealed, signature),
+        framed({**header, "zone": "everyone"}, nonce, sealed, signature),
+        framed({**header, "compartments": ["no-such"]}, nonce, sealed, signature),
+        framed({**header, "key_id": "not a key id"}, nonce, sealed, signature),
         b"\xff\xfe" * 1000,
         framed(header, nonce, b"A" * 4_000_000, signature),
     ]

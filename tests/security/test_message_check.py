@@ -185,6 +185,18 @@ def test_replayed(check: MessageCheck, agent: Agent) -> None:
     assert _reason(check, agent.facts, message, T0 + timedelta(seconds=1)) == "replayed"
 
 
+def test_a_released_message_is_no_replay(check: MessageCheck, agent: Agent) -> None:
+    """A message checked but then not applied (the receiver could not fetch its key) is
+    released: read again, it passes; released or not, another sender's copy stays its own."""
+    message = agent.send()
+    assert _reason(check, agent.facts, message, T0) is None
+    check.release("someone-else", str(message["message_id"]))
+    assert _reason(check, agent.facts, message, T0) == "replayed"
+    check.release(agent.facts.agent_id, str(message["message_id"]))
+    assert _reason(check, agent.facts, message, T0 + timedelta(seconds=1)) is None
+    assert _reason(check, agent.facts, message, T0 + timedelta(seconds=2)) == "replayed"
+
+
 def test_the_order_of_the_reasons(check: MessageCheck, agent: Agent) -> None:
     """unsigned before revoked, revoked before forged, forged before stale, stale before
     over_clearance, over_clearance before replayed."""

@@ -99,6 +99,16 @@ def test_what_is_no_frame_is_an_invalid_message(alice: Agent) -> None:
         "unknown version": json.dumps({**header, "v": 3}).encode() + b"\n" + rest,
         "not JSON": b"\xff\xfe\n" + rest,
     }
+    fields = {
+        "sender not an agent id": {"sender": "alice:admin"},
+        "to not an agent id": {"to": "bob@x"},
+        "subject not a scope id": {"subject": "u1 *"},
+        "message id not hex": {"message_id": "Z" * 32},
+        "sent_at without a time zone": {"sent_at": "2026-11-22T05:12:32"},
+        "unknown zone": {"zone": "everyone"},
+        "unknown field": {"note": "hi"},
+    }
+    bad |= {name: json.dumps({**header, **f}).encode() + b"\n" + rest for name, f in fields.items()}
     assert [name for name, data in bad.items() if not refused(alice, data)] == []
 
 
