@@ -477,7 +477,9 @@ class HierarchicalMemory:
         if with_rows:
             matrix = np.stack([row for _, row in with_rows])
             self._index.upsert([r for r, _ in with_rows], matrix)
-        self._index.upsert([r for r, row in pairs if row is None])
+        without = [r for r, row in pairs if row is None]
+        if without:
+            self._index.upsert(without)
 
     # -- reads ----------------------------------------------------------------------------------
 
