@@ -132,7 +132,7 @@ class Receiver(threading.Thread):
                 self._discover()
                 for topic in list(self.topics):
                     self._catch_up(topic)
-                self._heartbeat()
+                self._beat()
                 self.connected.set()
                 self._backoff.succeeded()
                 self._listen(pubsub)
@@ -140,7 +140,7 @@ class Receiver(threading.Thread):
                 return
             except redis.AuthenticationError:
                 self.connected.clear()
-                with contextlib.suppress(*REDIS_DOWN):  # still down: back off, try again
+                with contextlib.suppress(*REDIS_DOWN, PoolUnavailable):  # still down: retry later
                     self._identity.reauthorize()
                 self._backoff.failed("pool_receive_unauthorized", agent_id=self._info.agent_id)
             except (*REDIS_DOWN, PoolUnavailable) as error:  # the keyring raises the latter
@@ -174,8 +174,20 @@ class Receiver(threading.Thread):
                 self._on_live(message["channel"], message["data"])
             now = time.monotonic()
             if now >= next_beat:
-                self._heartbeat()
+                self._beat()
                 next_beat = now + beat_every_s
+
+    def _beat(self) -> None:
+        """The agent's heartbeat (and upkeep). Redis refusing it for a reason other than a denial
+        (out of memory, a read-only replica) is logged: receiving goes on."""
+        try:
+            self._heartbeat()
+        except redis.ResponseError as error:
+            if is_denied(error):
+                raise
+            log.warning(
+                "pool_heartbeat_failed", agent_id=self._info.agent_id, error=str(error)[:200]
+            )
 
     def _on_live(self, channel: bytes, data: bytes) -> None:
         try:
@@ -198,7 +210,16 @@ class Receiver(threading.Thread):
         """Apply what the topic's stream holds after the cursor."""
         cursor = self._cursors[topic]
         while not self._halt.is_set():
-            backlog = self._bus.read(topic, cursor.seq, limit=_READ_MESSAGES)
+            try:
+                backlog = self._bus.read(topic, cursor.seq, limit=_READ_MESSAGES)
+            except redis.ResponseError as error:
+                if is_denied(error):
+                    raise
+                # Its keys were overwritten with other types (by a user allowed to write them):
+                # the other topics go on; this one is read again at the next catch-up.
+                log.warning("pool_topic_unreadable", agent_id=self._info.agent_id, topic=topic,
+                            error=str(error)[:200])  # fmt: skip
+                return
             if backlog.epoch is None:
                 return
             if backlog.epoch != cursor.epoch:
@@ -236,26 +257,48 @@ class Receiver(threading.Thread):
         senders: list[str] = []
         rows: list[Vector | None] = []
         tombstones: list[Tombstone] = []
-        for delivery in deliveries:
-            envelope = self._accepted(topic, delivery, live=live)
-            if envelope is None:
-                continue
-            # A hand-over is applied whatever the levels; a zone message, for the levels asked.
-            wanted = list(Level) if envelope.to is not None else self._info.receive_levels
-            policies = self._identity.policies
-            for record, row in zip(envelope.records, envelope.vectors(), strict=True):
-                if record.level in wanted and policies.may_share(envelope.zone, record.level):
-                    records.append(record)
-                    senders.append(envelope.sender)
-                    rows.append(row)
-            tombstones.extend(t for t in envelope.tombstones if t.level in wanted)
-            if len(records) + len(tombstones) >= self._settings.send_batch:
+        judged: Delivery | None = None  # the last delivery accepted or refused
+        refused = False
+        try:
+            for delivery in deliveries:
+                accepted = self._accepted(topic, delivery, live=live)
+                judged = delivery
+                if accepted is None:
+                    refused = delivery.sender != self._info.agent_id
+                    continue
+                envelope, vectors = accepted
+                # A hand-over is applied whatever the levels; a zone message, for the levels
+                # asked.
+                wanted = list(Level) if envelope.to is not None else self._info.receive_levels
+                policies = self._identity.policies
+                for record, row in zip(envelope.records, vectors, strict=True):
+                    if record.level in wanted and policies.may_share(envelope.zone, record.level):
+                        records.append(record)
+                        senders.append(envelope.sender)
+                        rows.append(row)
+                tombstones.extend(t for t in envelope.tombstones if t.level in wanted)
+                if len(records) + len(tombstones) >= self._settings.send_batch:
+                    self._store(records, senders, rows, tombstones)
+                    records, senders, rows, tombstones = [], [], [], []
+        except BaseException:
+            # A delivery could not be judged (Redis away): keep what was judged before it, whose
+            # ids the replay guard now holds, and read the rest again later.
+            if judged is not None:
                 self._store(records, senders, rows, tombstones)
-                records, senders, rows, tombstones = [], [], [], []
+                self._advance(topic, judged)
+            raise
+        if live and refused:
+            # A live message refused: its number is not taken as done (a forged one must not
+            # hide the genuine message of that number). The stream decides, at the next gap.
+            return
         self._store(records, senders, rows, tombstones)
+        self._advance(topic, deliveries[-1])
+
+    def _advance(self, topic: str, delivery: Delivery) -> None:
+        """Move the topic's cursor to ``delivery`` and keep it."""
         cursor = self._cursors[topic]
-        cursor.seq = deliveries[-1].seq
-        self._outbox.set_cursor(topic, cursor.epoch or deliveries[-1].epoch, cursor.seq)
+        cursor.seq = delivery.seq
+        self._outbox.set_cursor(topic, cursor.epoch or delivery.epoch, cursor.seq)
 
     def _store(
         self,
@@ -305,9 +348,11 @@ class Receiver(threading.Thread):
                 )
         return stored
 
-    def _accepted(self, topic: str, delivery: Delivery, *, live: bool) -> Envelope | None:
-        """The delivery's envelope, or None (logged; audited when a security check refused it)
-        when it must be skipped."""
+    def _accepted(
+        self, topic: str, delivery: Delivery, *, live: bool
+    ) -> tuple[Envelope, list[Vector | None]] | None:
+        """The delivery's envelope and its records' vectors, or None (logged; audited when a
+        security check refused it) when it must be skipped."""
         if delivery.sender == self._info.agent_id:
             return None  # our own write, already here: not even decoded
         try:
@@ -357,4 +402,9 @@ class Receiver(threading.Thread):
             refused = MessageRejected("write_clearance", "sender below the zone's write clearance")
             self._identity.rejected(refused, topic, delivery)
             return None
-        return envelope
+        try:
+            return envelope, envelope.vectors()
+        except InvalidMessage as error:
+            log.warning("pool_message_skipped", agent_id=self._info.agent_id, topic=topic,
+                        seq=delivery.seq, reason=str(error))  # fmt: skip
+            return None

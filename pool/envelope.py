@@ -84,11 +84,17 @@ class Envelope(Model):
         return self
 
     def vectors(self) -> list[np.ndarray | None]:
-        """The dense vectors of ``records``, decoded (float32 rows)."""
-        return [
-            None if text is None else np.frombuffer(base64.b64decode(text), "<f4")
-            for text in self.dense
-        ]
+        """The dense vectors of ``records``, decoded (float32 rows). Raises InvalidMessage for
+        an entry that is not the base64 of float32 values."""
+        try:
+            return [
+                None
+                if text is None
+                else np.frombuffer(base64.b64decode(text, validate=True), "<f4")
+                for text in self.dense
+            ]
+        except ValueError:  # binascii.Error is one too
+            raise InvalidMessage("dense holds an entry that is no float32 vector") from None
 
     def encode(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()

@@ -48,7 +48,10 @@ def _as_utc(value: datetime | None) -> datetime | None:
         return None
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. year 1 at +01:00: no such UTC time
+        raise ValueError("a datetime outside the range of UTC times") from None
 
 
 def _record_id(value: str) -> str:

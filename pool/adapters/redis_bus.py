@@ -48,6 +48,18 @@ _DEDUPE_TTL_S = 24 * 3600
 _PUBLISH = (Path(__file__).parent / "lua" / "publish.lua").read_text()
 
 
+#: Sequence numbers are below this (the cursor is kept in a SQLite integer).
+_MAX_SEQ_DIGITS = 18
+
+
+def _seq(raw: bytes | str) -> int | None:
+    """A sequence number as the pool's script writes it (ASCII digits, at most 18), or None."""
+    text = raw.encode() if isinstance(raw, str) else raw
+    if not text.isdigit() or len(text) > _MAX_SEQ_DIGITS:
+        return None
+    return int(text)
+
+
 def zone_topic(zone: Zone, compartments: Sequence[str] = ()) -> str:
     """The topic of records in ``zone`` that carry ``compartments`` (none: the zone's own)."""
     if compartments:
@@ -184,23 +196,28 @@ class RedisBus:
             pipe.get(self._key(topic, "seq"))
             pipe.xrange(self._key(topic, "stream"), min=f"{after + 1}-0", max="+", count=limit)
             epoch_raw, seq_raw, entries = pipe.execute()
-        epoch = epoch_raw.decode() if epoch_raw is not None else None
+        # Only the pool's script writes these keys, but an agent's user may write them too: what
+        # is not as the script writes it is read as no message (skipped), never raised.
+        epoch = epoch_raw.decode(errors="replace") if epoch_raw is not None else None
         deliveries = []
         for entry_id, fields in entries:
-            seq = int(entry_id.split(b"-")[0])
+            seq = _seq(entry_id.split(b"-")[0])
+            if seq is None:
+                continue  # an id the script never gives (beyond the cursor's range)
             sender = fields.get(b"s", b"").decode(errors="replace")
-            deliveries.append(Delivery(topic, epoch or "", seq, sender, fields[b"d"]))
-        last_seq = int(seq_raw or 0)
+            deliveries.append(Delivery(topic, epoch or "", seq, sender, fields.get(b"d", b"")))
+        last_seq = _seq(seq_raw or b"0") or 0
         first = deliveries[0].seq if deliveries else last_seq + 1
         return Backlog(epoch, last_seq, deliveries, trimmed=first > after + 1)
 
     def parse_live(self, channel: bytes | str, data: bytes) -> Delivery:
         """A pub/sub message as a Delivery; raises InvalidMessage when it is not one of ours."""
         parts = data.split(b" ", 3) if isinstance(data, bytes) else []
-        if len(parts) != 4 or not parts[1].isdigit():
+        seq = _seq(parts[1]) if len(parts) == 4 else None
+        if seq is None:
             raise InvalidMessage("pub/sub message without epoch, sequence number and sender")
-        epoch, seq, sender, body = parts
-        return Delivery(self.topic_of(channel), epoch.decode(errors="replace"), int(seq),
+        epoch, _, sender, body = parts
+        return Delivery(self.topic_of(channel), epoch.decode(errors="replace"), seq,
                         sender.decode(errors="replace"), body)  # fmt: skip
 
     def trim_through(self, topic: str, seq: int) -> None:
