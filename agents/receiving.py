@@ -258,13 +258,11 @@ class Receiver(threading.Thread):
         rows: list[Vector | None] = []
         tombstones: list[Tombstone] = []
         judged: Delivery | None = None  # the last delivery accepted or refused
-        refused = False
         try:
             for delivery in deliveries:
                 accepted = self._accepted(topic, delivery, live=live)
                 judged = delivery
                 if accepted is None:
-                    refused = delivery.sender != self._info.agent_id
                     continue
                 envelope, vectors = accepted
                 # A hand-over is applied whatever the levels; a zone message, for the levels
@@ -287,10 +285,6 @@ class Receiver(threading.Thread):
                 self._store(records, senders, rows, tombstones)
                 self._advance(topic, judged)
             raise
-        if live and refused:
-            # A live message refused: its number is not taken as done (a forged one must not
-            # hide the genuine message of that number). The stream decides, at the next gap.
-            return
         self._store(records, senders, rows, tombstones)
         self._advance(topic, deliveries[-1])
 
