@@ -201,7 +201,9 @@ class Sender(threading.Thread):
             except redis.AuthenticationError:
                 self._relogin()
                 continue
-            except REDIS_DOWN as error:
+            except (*REDIS_DOWN, redis.ResponseError) as error:
+                # Down, or refusing the write (out of memory, a read-only replica): the messages
+                # stay in the outbox and go once Redis takes them.
                 self._backoff.failed(
                     "pool_send_failed",
                     agent_id=self._info.agent_id,

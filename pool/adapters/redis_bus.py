@@ -14,7 +14,9 @@ topic, under the pool's namespace ``ns``:
 - ``ns:<topic>:seq`` — the last sequence number: sequence numbers are contiguous (1, 2, 3...), so
   a receiver that applied up to ``n`` and hears ``n + 2`` knows exactly what it missed;
 - ``ns:<topic>:epoch`` — a random id made when the topic's first message is written. A Redis
-  that lost its data starts a new epoch, which tells receivers to start over from 0;
+  that lost its data starts a new epoch, which tells receivers to start over from 0; so does
+  the script when it finds the topic's keys damaged (see publish.lua: an agent's user may
+  write them), after deleting the stream and counter;
 - ``ns:<topic>:msg:<message id>`` — the sequence number a message id got (24 h): the script
   appends a message id once, so an outbox that resends after a lost acknowledgement
   duplicates nothing.

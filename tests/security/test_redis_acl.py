@@ -103,7 +103,8 @@ def test_rules_of_an_internal_agent() -> None:
         "~hivemem:agent:a1:*",
         "-@all",
         "+subscribe", "+ping", "+select", "+multi", "+exec", "+get", "+xrange",
-        "+evalsha", "+script|load", "+set", "+incr", "+xadd", "+publish",
+        "+evalsha", "+script|load", "+set", "+incr", "+xadd", "+publish", "+xrevrange",
+        "+del",
     ]  # fmt: skip
 
 
@@ -217,13 +218,27 @@ def test_everything_above_the_clearance_is_refused(
         "acl setuser": lambda: agent.execute_command("ACL SETUSER", "t:agent:a1", "+@all"),
         "eval": lambda: agent.eval("return redis.call('GET', 't:zone:secret:seq')", 0),
         "client kill": lambda: agent.client_kill_filter(user="default"),
-        "del own zone": lambda: agent.delete("t:zone:public:stream"),
+        "del secret": lambda: agent.delete("t:zone:secret:stream"),
+        "del other inbox": lambda: agent.delete("t:agent:b2:inbox:stream"),
     }
     outcomes = {name: refused(attempt) for name, attempt in attempts.items()}
     assert [name for name, denied in outcomes.items() if not denied] == []
-    assert sum(outcomes.values()) == len(attempts) == 25
+    assert sum(outcomes.values()) == len(attempts) == 26
     assert client.dbsize() == 12  # three topics' stream, seq, epoch and message id
     assert client.xlen("t:zone:secret:stream") == 1
+
+
+def test_del_of_its_own_zones_keys_gives_an_agent_no_new_power(
+    acl: AgentAcl, client: redis.Redis, connect: Callable[..., redis.Redis]
+) -> None:
+    """DEL is granted for publish.lua's repair of a damaged topic. On its own zones' keys it
+    adds nothing: XADD's MAXLEN, which publishing needs, already empties a stream."""
+    RedisBus(client, namespace=NS, maxlen=100).publish(
+        zone_topic(Zone.INTERNAL), "admin", [("m1", b"one"), ("m2", b"two")]
+    )
+    agent = connect(acl.provision("a1", Zone.INTERNAL))
+    agent.xadd("t:zone:internal:stream", {"d": "x"}, id="9-0", maxlen=0, approximate=False)
+    assert client.xlen("t:zone:internal:stream") == 0
 
 
 def test_bus_works_on_own_zones_and_queues_and_is_refused_above(
@@ -284,6 +299,9 @@ def test_granted_commands_are_exactly_what_the_connection_runs(
     bus.publish(zone_topic(Zone.INTERNAL), "a1", [("m1", b"x")])
     bus.publish(ingest_topic(Zone.INTERNAL), "a1", [("m1", b"x")])
     got = messages(pubsub, 1)
+    # A damaged counter: the script starts the queue over in a new epoch (DEL).
+    agent.set(f"{NS}:{ingest_topic(Zone.INTERNAL)}:seq", "damaged")
+    bus.publish(ingest_topic(Zone.INTERNAL), "a1", [("m2", b"y")])
     time.sleep(1.1)  # past the health check interval: the next calls PING first
     messages(pubsub, 1, timeout_s=0.3)
     assert bus.read(zone_topic(Zone.INTERNAL), 0, limit=10).last_seq == 1

@@ -4,7 +4,36 @@
 -- A message id already appended within the ttl is not appended again; its seq is returned.
 -- A maxlen of 0 keeps every entry (a queue the workers trim as they consume); an empty channel
 -- publishes nothing.
+-- Keys that are not as this script writes them (an agent's Redis user may write its topics'
+-- keys too: an epoch that is not a plain token, a counter that is no number, a stream of another
+-- type or with entries beyond the counter) would make every later call fail, or receivers
+-- misread the topic. The topic then starts over in a new epoch, as after a Redis that lost its
+-- data: receivers see the new epoch and read it from the start.
+local function damaged(epoch)
+  if epoch and not string.match(epoch, '^[%w%-]+$') then
+    return true
+  end
+  -- At most 13 digits: Lua writes larger numbers in exponent form, which is no stream id.
+  local seq = redis.call('GET', KEYS[2]) or '0'
+  if not string.match(seq, '^%d+$') or #seq > 13 then
+    return true
+  end
+  local last = redis.pcall('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if last.err then
+    return true
+  end
+  if #last == 0 then
+    return false
+  end
+  local top = string.match(last[1][1], '^(%d+)-')
+  return #top > #seq or (#top == #seq and top > seq)
+end
+
 local epoch = redis.call('GET', KEYS[3])
+if damaged(epoch) then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  epoch = nil
+end
 if not epoch then
   epoch = ARGV[3]
   redis.call('SET', KEYS[3], epoch)
