@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import redis
 import structlog
 
+from hivemem.agents.admission import admitted
 from hivemem.agents.identity import Identity
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.outbox import Outbox
@@ -27,13 +28,10 @@ from hivemem.pool.adapters.redis_bus import (
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import missing
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.envelope import Envelope
 from hivemem.pool.errors import (
     InvalidMessage,
     MemoryClosed,
-    MessageRejected,
     PoolUnavailable,
-    SecurityMismatch,
 )
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import MemoryRecord, Tombstone
@@ -260,7 +258,9 @@ class Receiver(threading.Thread):
         judged: Delivery | None = None  # the last delivery accepted or refused
         try:
             for delivery in deliveries:
-                accepted = self._accepted(topic, delivery, live=live)
+                accepted = admitted(
+                    topic, delivery, info=self._info, identity=self._identity, live=live
+                )
                 judged = delivery
                 if accepted is None:
                     continue
@@ -341,64 +341,3 @@ class Receiver(threading.Thread):
                     error=type(error).__name__,
                 )
         return stored
-
-    def _accepted(
-        self, topic: str, delivery: Delivery, *, live: bool
-    ) -> tuple[Envelope, list[Vector | None]] | None:
-        """The delivery's envelope and its records' vectors, or None (logged; audited when a
-        security check refused it) when it must be skipped."""
-        if delivery.sender == self._info.agent_id:
-            return None  # our own write, already here: not even decoded
-        try:
-            envelope = self._identity.codec.decode(delivery.data, live=live)
-        except MessageRejected as error:
-            self._identity.rejected(error, topic, delivery)
-            return None
-        except SecurityMismatch as error:
-            log.error("pool_security_mismatch", agent_id=self._info.agent_id, topic=topic,  # noqa: TRY400 - the message says it all
-                      seq=delivery.seq, error=str(error))  # fmt: skip
-            return None
-        except InvalidMessage as error:
-            log.warning(
-                "pool_message_skipped",
-                agent_id=self._info.agent_id,
-                topic=topic,
-                seq=delivery.seq,
-                reason=str(error)[:200],
-            )
-            return None
-        if envelope.sender == self._info.agent_id:
-            return None  # our own write, already here
-        expected = (
-            inbox_topic(self._info.agent_id)
-            if envelope.to is not None
-            else zone_topic(envelope.zone, envelope.compartments)
-        )
-        reason = None
-        if topic != expected:
-            reason = "envelope does not belong on this topic"
-        elif envelope.zone > self._info.clearance:
-            reason = "above clearance"
-        elif missing(self._info.compartments, envelope.compartments):
-            reason = "outside compartments"
-        if reason is not None:
-            log.warning(
-                "pool_message_skipped",
-                agent_id=self._info.agent_id,
-                topic=topic,
-                seq=delivery.seq,
-                sender=envelope.sender,
-                zone=envelope.zone.value,
-                reason=reason,
-            )
-            return None
-        if envelope.records and not self._identity.sender_may_write(envelope.sender, envelope.zone):
-            refused = MessageRejected("write_clearance", "sender below the zone's write clearance")
-            self._identity.rejected(refused, topic, delivery)
-            return None
-        try:
-            return envelope, envelope.vectors()
-        except InvalidMessage as error:
-            log.warning("pool_message_skipped", agent_id=self._info.agent_id, topic=topic,
-                        seq=delivery.seq, reason=str(error))  # fmt: skip
-            return None

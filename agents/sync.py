@@ -21,8 +21,10 @@ contiguous per topic, so a live message beyond ``cursor + 1`` means a gap, fille
 stream trimmed past the cursor, or a new epoch (Redis lost its data), makes it re-bootstrap from
 what the stream holds, with a warning in the logs. A message that does not decode, comes from the
 wrong zone or is above the clearance (or outside the compartments) is logged (without content) and
-skipped, and the cursor moves past it; a lost connection is retried with back-off, then the receiver
-subscribes and catches up again. The cursor is stored after the records are applied, and applying is
+skipped, and the cursor moves past it (:func:`~hivemem.agents.admission.admitted` judges each); a
+lost connection, or a key the keyring cannot fetch, is retried with back-off, then the receiver
+subscribes and catches up again. Redis refusing a write (out of memory) is logged; neither thread
+stops for it. The cursor is stored after the records are applied, and applying is
 idempotent, so a crash in between costs a re-apply only.
 """
 
