@@ -149,11 +149,18 @@ class Receiver(threading.Thread):
                     error=type(error).__name__,
                 )
             except redis.ResponseError as error:
-                if not is_denied(error):
-                    raise
-                # The broker denied a topic: the clearance changed. Receive as now registered.
                 self.connected.clear()
-                self._adopt(self._identity.reload())
+                if not is_denied(error):  # a refusal the steps above do not expect: retry later
+                    self._backoff.failed("pool_receive_refused", agent_id=self._info.agent_id,
+                                         error=str(error)[:200])  # fmt: skip
+                    continue
+                # The broker denied a topic: the clearance changed. Receive as now registered.
+                try:
+                    self._adopt(self._identity.reload())
+                except (*REDIS_DOWN, PoolUnavailable) as down:
+                    self._backoff.failed("pool_receive_disconnected", agent_id=self._info.agent_id,
+                                         error=type(down).__name__)  # fmt: skip
+                    continue
                 self._backoff.failed(
                     "pool_receive_clearance_changed",
                     agent_id=self._info.agent_id,

@@ -211,3 +211,24 @@ def test_a_batch_cut_by_a_key_fetch_loses_no_message(make_pool: Pools) -> None:
         keyring._client = reachable
         assert wait_for(lambda: {"batched m1", "batched m2"} <= received(bob))
     assert not [e for e in logs if e["event"] == "pool_message_rejected"]
+
+
+def test_a_clearance_change_while_the_registry_is_unreachable_is_followed_later(
+    make_pool: Pools,
+) -> None:
+    """bob's clearance is lowered (the broker then denies his INTERNAL channel) while his
+    process cannot read the registry: he backs off, and once it can, receives as now cleared."""
+    alice_pool, alice, bob_pool, bob = scene(make_pool)
+    registry = bob_pool.registry
+    reachable = registry.client  # the registry's own connection only: nothing listens there
+    registry.client = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+    with structlog.testing.capture_logs() as logs:
+        alice_pool.set_clearance("bob", Zone.PUBLIC)
+        # Once for the connection the broker closed, then for each reload that failed.
+        lost = lambda: sum(e["event"] == "pool_receive_disconnected" for e in logs)  # noqa: E731
+        assert wait_for(lambda: lost() >= 3)
+    registry.client = reachable
+    alice.memory.add("public news", user_id="u1", level=Level.CATEGORY, zone=Zone.PUBLIC)
+    send(alice, "internal news")
+    assert wait_for(lambda: "public news" in received(bob))
+    assert "internal news" not in received(bob)
