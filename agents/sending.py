@@ -17,6 +17,7 @@ from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic, ingest_topic,
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import Envelope, Row, make_envelope
+from hivemem.pool.errors import PoolUnavailable
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.settings import PoolSettings
@@ -217,7 +218,7 @@ class Sender(threading.Thread):
         """Redis refused the agent's login: have its user restored, then retry after a wait."""
         try:
             self._identity.reauthorize()
-        except REDIS_DOWN as error:
+        except (*REDIS_DOWN, PoolUnavailable) as error:  # the ACL's admin connection raises the latter
             log.warning("pool_relogin_failed", agent_id=self._info.agent_id,
                         error=type(error).__name__)  # fmt: skip
         self._backoff.failed("pool_send_unauthorized", agent_id=self._info.agent_id)

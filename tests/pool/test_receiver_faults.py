@@ -25,6 +25,7 @@ from hivemem.pool.envelope import make_envelope
 from hivemem.pool.records import MemoryRecord, Scope
 from hivemem.pool.redis_server import free_port
 from hivemem.pool.shared import SharedMemoryPool
+from hivemem.security.redis_acl import username_of
 from tests.waiting import wait_for
 
 Pools = Callable[..., SharedMemoryPool]
@@ -232,3 +233,30 @@ def test_a_clearance_change_while_the_registry_is_unreachable_is_followed_later(
     send(alice, "internal news")
     assert wait_for(lambda: "public news" in received(bob))
     assert "internal news" not in received(bob)
+
+
+def test_a_lost_acl_user_restored_late_stops_neither_thread(make_pool: Pools) -> None:
+    """Redis lost bob's ACL user (as a restart without an ACL file does) while his pool's admin
+    connection is down: his receiver and sender cannot restore it and back off; once the admin
+    connection is back, the user is restored and bob receives and sends again."""
+    alice = make_pool("p1").register_agent(
+        "alice", clearance=Zone.INTERNAL, share_levels=[Level.CATEGORY]
+    )
+    bob_pool = make_pool("p2")
+    bob = bob_pool.register_agent("bob", clearance=Zone.INTERNAL, share_levels=[Level.CATEGORY])
+    assert alice.wait_connected()
+    assert bob.wait_connected()
+    assert bob_pool.security is not None
+    acl = bob_pool.security.acl
+    assert acl is not None
+    admin = acl.admin
+    acl.admin = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))  # nothing listens
+    with structlog.testing.capture_logs() as logs:
+        admin.acl_deluser(username_of(bob_pool.settings.pool.namespace, "bob"))  # and his links
+        bob.memory.add("from bob", user_id="u1", level=Level.CATEGORY, zone=Zone.INTERNAL)
+        events = lambda: {e["event"] for e in logs}  # noqa: E731
+        assert wait_for(lambda: {"pool_receive_unauthorized", "pool_send_unauthorized"} <= events())
+    acl.admin = admin
+    send(alice, "to bob, after")
+    assert wait_for(lambda: "to bob, after" in received(bob))
+    assert wait_for(lambda: "from bob" in received(alice))
