@@ -218,7 +218,7 @@ class Sender(threading.Thread):
         """Redis refused the agent's login: have its user restored, then retry after a wait."""
         try:
             self._identity.reauthorize()
-        except (*REDIS_DOWN, PoolUnavailable) as error:  # the ACL's admin connection raises the latter
+        except (*REDIS_DOWN, PoolUnavailable) as error:  # the latter: its admin link is down
             log.warning("pool_relogin_failed", agent_id=self._info.agent_id,
                         error=type(error).__name__)  # fmt: skip
         self._backoff.failed("pool_send_unauthorized", agent_id=self._info.agent_id)
