@@ -1,13 +1,16 @@
 """The Redis keys the workers keep, under the pool's namespace ``ns``:
 
-- ``ns:ingest:<zone>:cursor`` — ``"<epoch> <seq>"``: the last ingest message stored;
+- ``ns:cursor:ingest:<zone>`` — ``"<epoch> <seq>"``: the last ingest message stored (outside
+  ``ns:ingest:<zone>:*``, which every agent cleared for the zone may write);
 - ``ns:consolidate:<zone>:users`` — the users of the zone with episodes waiting;
 - ``ns:consolidate:<zone>:<user>:pending`` — ids of the user's episodes not yet consolidated;
 - ``ns:consolidate:<zone>:<user>:plan`` — the run in progress (JSON; see consolidation.py);
 - ``ns:consolidate:<zone>:<user>:queued`` — set while a consolidation task is queued (dedupe);
 - ``ns:lock:ingest:<zone>`` and ``ns:lock:consolidate:<zone>:<user>`` — the locks.
 
-User ids are validated scope ids (no spaces, no wildcards), so they are safe inside keys.
+User ids are validated scope ids (no spaces, no wildcards), so they are safe inside keys. None
+of these keys falls under an agent's ACL patterns (``ns:zone:<zone>:*``, ``ns:ingest:<zone>:*``,
+``ns:agent:<id>:*``): agents cannot move the workers' place or take their locks.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ class WorkerKeys:
     namespace: str
 
     def ingest_cursor(self, zone: Zone) -> str:
-        return f"{self.namespace}:ingest:{zone.value}:cursor"
+        return f"{self.namespace}:cursor:ingest:{zone.value}"
 
     def ingest_lock(self, zone: Zone) -> str:
         return f"{self.namespace}:lock:ingest:{zone.value}"

@@ -26,6 +26,7 @@ from hivemem.security.redis_acl import (
     agent_rules,
     username_of,
 )
+from hivemem.workers.keys import WorkerKeys
 
 NS = "t"
 Attempt = Callable[[], object]
@@ -239,6 +240,23 @@ def test_del_of_its_own_zones_keys_gives_an_agent_no_new_power(
     agent = connect(acl.provision("a1", Zone.INTERNAL))
     agent.xadd("t:zone:internal:stream", {"d": "x"}, id="9-0", maxlen=0, approximate=False)
     assert client.xlen("t:zone:internal:stream") == 0
+
+
+def test_no_agent_can_write_the_workers_keys(
+    acl: AgentAcl, connect: Callable[..., redis.Redis]
+) -> None:
+    """The workers' ingest cursor, consolidation state and locks lie outside every agent's key
+    patterns, even for its own zones: an agent cannot move the workers' place in an ingest
+    queue (making them skip or stall), nor take their locks. (The ingest cursor used to sit
+    under ``ns:ingest:<zone>:*``, which the agents of the zone may write.)"""
+    agent = connect(acl.provision("a1", Zone.INTERNAL))
+    keys = WorkerKeys(NS)
+    names = [keys.ingest_cursor(Zone.INTERNAL), keys.ingest_lock(Zone.INTERNAL)]
+    names += [keys.users(Zone.INTERNAL), keys.pending(Zone.INTERNAL, "u1")]
+    names += [keys.plan(Zone.INTERNAL, "u1"), keys.queued(Zone.INTERNAL, "u1")]
+    names += [keys.consolidate_lock(Zone.INTERNAL, "u1")]
+    attempts: list[Attempt] = [lambda name=name: agent.set(name, "0 999999") for name in names]
+    assert sum(refused(attempt) for attempt in attempts) == len(attempts) == 7
 
 
 def test_bus_works_on_own_zones_and_queues_and_is_refused_above(
