@@ -262,6 +262,9 @@ class Receiver(threading.Thread):
         senders: list[str] = []
         rows: list[Vector | None] = []
         tombstones: list[Tombstone] = []
+        # Stored and passed by the cursor at the end: every delivery judged, or, when one could
+        # not be judged (Redis away), those before it, whose ids the replay guard now holds; the
+        # rest is read again later.
         judged: Delivery | None = None  # the last delivery accepted or refused
         try:
             for delivery in deliveries:
@@ -285,15 +288,10 @@ class Receiver(threading.Thread):
                 if len(records) + len(tombstones) >= self._settings.send_batch:
                     self._store(records, senders, rows, tombstones)
                     records, senders, rows, tombstones = [], [], [], []
-        except BaseException:
-            # A delivery could not be judged (Redis away): keep what was judged before it, whose
-            # ids the replay guard now holds, and read the rest again later.
+        finally:
             if judged is not None:
                 self._store(records, senders, rows, tombstones)
                 self._advance(topic, judged)
-            raise
-        self._store(records, senders, rows, tombstones)
-        self._advance(topic, deliveries[-1])
 
     def _advance(self, topic: str, delivery: Delivery) -> None:
         """Move the topic's cursor to ``delivery`` and keep it."""

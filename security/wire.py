@@ -55,10 +55,11 @@ from hivemem.security.signing import SIGNATURE_BYTES, SigningKey
 _SIGNED_DOMAIN = b"hivemem/message/v2|"
 #: A header is a few hundred bytes; a frame whose first newline comes later is malformed.
 _MAX_HEADER_BYTES = 4096
-#: The id rules of :func:`~hivemem.pool.ids.check_agent_id` and ``check_scope_id`` as anchored
-#: patterns, for pydantic-core to check.
+#: The id rules of :func:`~hivemem.pool.ids.check_agent_id`, ``check_scope_id`` and the keyring's
+#: key ids as anchored patterns, for pydantic-core to check.
 _AGENT_ID = f"^{AGENT_ID_PATTERN.pattern}$"
 _SCOPE_ID = f"^{SCOPE_ID_PATTERN.pattern}$"
+_KEY_ID = f"^{KEY_ID_PATTERN.pattern}$"
 
 
 class SealedHeader(Model):
@@ -78,7 +79,7 @@ class SealedHeader(Model):
     subject: str | None = Field(default=None, pattern=_SCOPE_ID)
     #: The envelope's compartments (None when it has none: such headers read as before).
     compartments: Compartments | None = None
-    key_id: str = Field(pattern=f"^{KEY_ID_PATTERN.pattern}$")
+    key_id: str = Field(pattern=_KEY_ID)
     #: The ciphertext's length in bytes (its tag included).
     size: int = Field(ge=TAG_BYTES, le=MAX_MESSAGE_BYTES)
 
