@@ -50,6 +50,16 @@ _READ_MESSAGES = 32
 class _Cursor:
     epoch: str | None
     seq: int
+    #: The bytes of the message at ``seq``, once this process judged it (None after a restart).
+    data: bytes | None = None
+
+
+def _contested(cursor: _Cursor, delivery: Delivery) -> bool:
+    """Whether a live message claims the number of the one the cursor stands on with other
+    bytes. Only the pool's script numbers messages, but an agent's Redis user may also PUBLISH
+    on its zones' channels: one of the two bypassed the script. Both are judged, so that a
+    message sent with a forged number cannot hide the genuine message of that number."""
+    return delivery.seq == cursor.seq and cursor.data not in (None, delivery.data)
 
 
 class Receiver(threading.Thread):
@@ -208,7 +218,7 @@ class Receiver(threading.Thread):
             cursor = self._cursors[delivery.topic]
         if delivery.epoch != cursor.epoch or delivery.seq > cursor.seq + 1:
             self._catch_up(delivery.topic)  # a gap, a first message or a new epoch
-        elif delivery.seq == cursor.seq + 1:
+        elif delivery.seq == cursor.seq + 1 or _contested(cursor, delivery):
             self._apply(delivery.topic, [delivery], live=True)
 
     def _catch_up(self, topic: str) -> None:
@@ -236,7 +246,7 @@ class Receiver(threading.Thread):
                         reason="new epoch: Redis lost its data",
                         source="stream",
                     )
-                cursor.epoch, cursor.seq = backlog.epoch, 0
+                cursor.epoch, cursor.seq, cursor.data = backlog.epoch, 0, None
                 continue
             if backlog.trimmed:
                 log.warning(
@@ -296,7 +306,7 @@ class Receiver(threading.Thread):
     def _advance(self, topic: str, delivery: Delivery) -> None:
         """Move the topic's cursor to ``delivery`` and keep it."""
         cursor = self._cursors[topic]
-        cursor.seq = delivery.seq
+        cursor.seq, cursor.data = delivery.seq, delivery.data
         self._outbox.set_cursor(topic, cursor.epoch or delivery.epoch, cursor.seq)
 
     def _store(

@@ -161,6 +161,30 @@ def test_what_an_agent_writes_does_not_stop_another_agents_receiver(
     assert "hostile" not in received(bob)
 
 
+@pytest.mark.parametrize("valid", [False, True], ids=["junk", "own_valid_message"])
+def test_a_live_message_with_a_forged_number_hides_no_genuine_message(
+    make_pool: Pools, valid: bool
+) -> None:
+    """alice's own Redis user PUBLISHes, bypassing the pool's script, a message numbered as the
+    topic's next one: junk (refused), or a valid message of her own (applied). The genuine
+    message the script then gives that number must still be applied."""
+    alice_pool, alice, _bob_pool, bob = scene(make_pool)
+    own = alice._bus.client
+    epoch = own.get(key(alice_pool, "epoch"))
+    after = int(own.get(key(alice_pool, "seq"))) + 1
+    body = signed(alice, message_id=uuid.uuid4().hex) if valid else b"junk"
+    with structlog.testing.capture_logs() as logs:
+        own.publish(alice_pool.bus.channel(TOPIC), b"%s %d alice %s" % (epoch, after, body))
+        time.sleep(0.3)  # bob has judged it
+        send(alice, "genuine after")
+        assert wait_for(lambda: "genuine after" in received(bob))
+    assert int(own.get(key(alice_pool, "seq"))) == after  # the genuine message got that number
+    assert ("hostile" in received(bob)) is valid
+    assert not [e for e in logs if e["event"] == "pool_message_rejected"]
+    skipped = [e for e in logs if e["event"] == "pool_message_skipped" and e.get("seq") == after]
+    assert len(skipped) == (0 if valid else 1)  # junk: no frame
+
+
 def test_redis_out_of_memory_stops_neither_receiver_nor_sender(make_pool: Pools) -> None:
     """At maxmemory (noeviction) Redis refuses the heartbeat's write and the sender's: logged,
     and once Redis has room again what was written meanwhile arrives."""
