@@ -17,9 +17,10 @@ topic, under the pool's namespace ``ns``:
   that lost its data starts a new epoch, which tells receivers to start over from 0; so does
   the script when it finds the topic's keys damaged (see publish.lua: an agent's user may
   write them), after deleting the stream and counter;
-- ``ns:<topic>:msg:<message id>`` — the sequence number a message id got (24 h): the script
-  appends a message id once, so an outbox that resends after a lost acknowledgement
-  duplicates nothing.
+- ``ns:<topic>:msg:<message id>`` — ``<epoch>:<seq>``, where a message id was appended (24 h):
+  the script appends a message id once per epoch, so an outbox that resends after a lost
+  acknowledgement duplicates nothing, and one that resends after the topic started over
+  appends it to the new stream.
 
 Every key of a topic starts with ``ns:<topic>``, so one ACL pattern per zone covers them (and
 one per zone the compartment topics an agent may use). Compartment topics come into being as
@@ -172,8 +173,9 @@ class RedisBus:
 
     def publish(self, topic: str, sender: str, messages: Sequence[tuple[str, bytes]]) -> list[int]:
         """Append ``sender``'s ``(message_id, body)`` pairs to the topic's stream and publish
-        each, in one atomic script; returns their sequence numbers. A message id seen in the
-        last 24 h is not appended again (its first sequence number is returned)."""
+        each, in one atomic script; returns their sequence numbers. A message id appended in
+        the last 24 h, in the topic's current epoch, is not appended again (its first sequence
+        number is returned)."""
         if not messages:
             return []
         queue = is_queue(topic)

@@ -1,7 +1,10 @@
 -- Append messages to a topic's stream and publish each on its channel, atomically.
 -- KEYS: stream, seq counter, epoch. ARGV: channel, maxlen, epoch candidate, dedupe key prefix,
 -- dedupe ttl (s), sender, then (message id, body) pairs. Returns {epoch, {seq of each message}}.
--- A message id already appended within the ttl is not appended again; its seq is returned.
+-- A message id already appended within the ttl, in this epoch, is not appended again; its seq
+-- is returned. The dedupe key holds '<epoch>:<seq>': after the topic started over, the number
+-- would name nothing, so the message is appended again. (A bare number, as written before
+-- epochs were kept there, counts as this epoch's.)
 -- A maxlen of 0 keeps every entry (a queue the workers trim as they consume); an empty channel
 -- publishes nothing.
 -- Keys that are not as this script writes them (an agent's Redis user may write its topics'
@@ -38,10 +41,25 @@ if not epoch then
   epoch = ARGV[3]
   redis.call('SET', KEYS[3], epoch)
 end
+-- The seq a message id got in this epoch, or nil.
+local function appended(prior)
+  if not prior then
+    return nil
+  end
+  if string.match(prior, '^%d+$') then
+    return prior
+  end
+  local mark = epoch .. ':'
+  if string.sub(prior, 1, #mark) == mark then
+    return string.match(string.sub(prior, #mark + 1), '^%d+$')
+  end
+  return nil
+end
+
 local seqs = {}
 for i = 7, #ARGV, 2 do
   local dedupe = ARGV[4] .. ARGV[i]
-  local prior = redis.call('GET', dedupe)
+  local prior = appended(redis.call('GET', dedupe))
   if prior then
     table.insert(seqs, tonumber(prior))
   else
@@ -51,7 +69,7 @@ for i = 7, #ARGV, 2 do
     else
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', ARGV[i + 1], 's', ARGV[6])
     end
-    redis.call('SET', dedupe, seq, 'EX', ARGV[5])
+    redis.call('SET', dedupe, epoch .. ':' .. seq, 'EX', ARGV[5])
     if ARGV[1] ~= '' then
       redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. seq .. ' ' .. ARGV[6] .. ' ' .. ARGV[i + 1])
     end

@@ -45,6 +45,33 @@ def test_a_resent_message_id_is_appended_once(bus: RedisBus) -> None:
     assert [d.data for d in bus.read(TOPIC, 0, limit=10).deliveries] == [b"one", b"two"]
 
 
+def test_a_message_resent_after_its_topic_started_over_is_appended_again(
+    bus: RedisBus, client: redis.Redis
+) -> None:
+    """The topic's keys were damaged (a counter that is no number): the script started it over
+    and deleted its stream. A message appended before must land in the new stream when its
+    sender resends it, instead of being taken for a duplicate of a number that names nothing."""
+    assert bus.publish(TOPIC, "w", [("a" * 32, b"one")]) == [1]
+    client.set("t:zone:internal:seq", "junk")
+    assert bus.publish(TOPIC, "w", [("b" * 32, b"two")]) == [1]  # a new epoch
+    assert bus.publish(TOPIC, "w", [("a" * 32, b"one")]) == [2]
+    assert bus.publish(TOPIC, "w", [("a" * 32, b"one")]) == [2]  # and once only, again
+    assert [d.data for d in bus.read(TOPIC, 0, limit=10).deliveries] == [b"two", b"one"]
+
+
+@pytest.mark.parametrize("prior", [b"7", b"not:a number", b"other-epoch:1"])
+def test_the_dedupe_mark_is_read_as_written_or_ignored(
+    bus: RedisBus, client: redis.Redis, prior: bytes
+) -> None:
+    """A bare number (as written before marks named their epoch) still counts as a prior
+    append; a mark of another epoch, or one that is no mark (an agent's user may write the
+    topic's keys), does not."""
+    assert bus.publish(TOPIC, "w", [("b" * 32, b"first")]) == [1]
+    client.set(f"t:zone:internal:msg:{'a' * 32}", prior)
+    expected = [7] if prior == b"7" else [2]
+    assert bus.publish(TOPIC, "w", [("a" * 32, b"one")]) == expected
+
+
 def test_publish_fans_out_the_same_entry_live(bus: RedisBus) -> None:
     """Subscribers hear every appended message with its epoch and sequence number."""
     pubsub = bus.subscribe([TOPIC])
