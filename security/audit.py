@@ -16,7 +16,7 @@ through a structlog logger of its own (the global structlog configuration does n
 Writers sharing the file hold an exclusive ``flock`` on it from the append to the write, so the
 file is in seq order and :func:`verify_file` accepts it. It is a complete copy of the log only
 if every writer of the log writes to it; Redis is the authority (an entry appended just before a
-crash may be missing from the file).
+crash may be missing from the file, and so may one the file could not take: that is logged).
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ from hivemem.security.audit_entry import (
     canonical_json,
     check_anchor,
 )
+
+log = structlog.get_logger(__name__)
 
 _APPEND = (Path(__file__).parent / "lua" / "audit_append.lua").read_text()
 #: The pattern of ``PoolSettings.namespace``, checked again here: the namespace builds keys.
@@ -95,10 +97,20 @@ class _JsonlSink:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
 
     def write(self, entry: AuditEntry) -> None:
-        self._log.msg(**entry.record())
+        """Write ``entry``'s line. A file that cannot take it (disk full, say) is logged, not
+        raised: the entry is in Redis, the authority, and a caller retrying the record would
+        append it there twice. The file then lacks that seq, which verify_file reports."""
+        try:
+            self._log.msg(**entry.record())
+        except OSError as error:
+            log.error("audit_file_write_failed", path=self._file.name, seq=entry.seq,
+                      error=str(error)[:200])  # fmt: skip
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as error:  # what a failed write left in the buffer
+            log.error("audit_file_write_failed", path=self._file.name, error=str(error)[:200])
 
 
 def _render(event_dict: Any, **_: Any) -> str:

@@ -70,6 +70,22 @@ def test_the_jsonl_file_holds_the_same_lines_as_the_stream(
     assert report.head == filled[-1].anchor
 
 
+def test_a_file_that_cannot_take_the_line_costs_no_entry_and_duplicates_none(
+    client: redis.Redis,
+) -> None:
+    """The JSONL copy on a full disk (/dev/full: every write fails with ENOSPC): record()
+    returns the entry, which is in Redis once; the failure is logged, so that a caller has no
+    reason to record again."""
+    with structlog.testing.capture_logs() as logs:
+        with AuditLog(client, namespace="t", jsonl_path=Path("/dev/full")) as audit_log:
+            entry = audit_log.record("registered", actor="admin", subject="a1")
+            audit_log.record("registered", actor="admin", subject="a2")
+    assert [e.seq for e in audit_log.entries()] == [entry.seq, entry.seq + 1]
+    assert audit_log.verify().ok
+    failed = [e for e in logs if e["event"] == "audit_file_write_failed"]
+    assert {e.get("seq") for e in failed} >= {1, 2}
+
+
 def test_the_jsonl_sink_ignores_the_global_structlog_configuration(
     client: redis.Redis, jsonl: Path
 ) -> None:
