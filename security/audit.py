@@ -102,15 +102,14 @@ class _JsonlSink:
         append it there twice. The file then lacks that seq, which verify_file reports."""
         try:
             self._log.msg(**entry.record())
-        except OSError as error:
-            log.error("audit_file_write_failed", path=self._file.name, seq=entry.seq,
-                      error=str(error)[:200])  # fmt: skip
+        except OSError:
+            log.exception("audit_file_write_failed", path=self._file.name, seq=entry.seq)
 
     def close(self) -> None:
         try:
             self._file.close()
-        except OSError as error:  # what a failed write left in the buffer
-            log.error("audit_file_write_failed", path=self._file.name, error=str(error)[:200])
+        except OSError:  # what a failed write left in the buffer
+            log.exception("audit_file_write_failed", path=self._file.name)
 
 
 def _render(event_dict: Any, **_: Any) -> str:
