@@ -76,10 +76,12 @@ def test_a_file_that_cannot_take_the_line_costs_no_entry_and_duplicates_none(
     """The JSONL copy on a full disk (/dev/full: every write fails with ENOSPC): record()
     returns the entry, which is in Redis once; the failure is logged, so that a caller has no
     reason to record again."""
-    with structlog.testing.capture_logs() as logs:
-        with AuditLog(client, namespace="t", jsonl_path=Path("/dev/full")) as audit_log:
-            entry = audit_log.record("registered", actor="admin", subject="a1")
-            audit_log.record("registered", actor="admin", subject="a2")
+    full = Path("/dev/full")
+    with structlog.testing.capture_logs() as logs, AuditLog(
+        client, namespace="t", jsonl_path=full
+    ) as audit_log:
+        entry = audit_log.record("registered", actor="admin", subject="a1")
+        audit_log.record("registered", actor="admin", subject="a2")
     assert [e.seq for e in audit_log.entries()] == [entry.seq, entry.seq + 1]
     assert audit_log.verify().ok
     failed = [e for e in logs if e["event"] == "audit_file_write_failed"]
