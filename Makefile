@@ -28,6 +28,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(MAKE) typecheck
 
 # mypy resolves `hivemem.*` through a symlink named after the package (the repository folder

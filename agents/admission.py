@@ -25,7 +25,7 @@ log = structlog.get_logger(__name__)
 
 
 def admitted(
-topic: str, delivery: Delivery, *, info: AgentInfo, identity: Identity, live: bool
+    topic: str, delivery: Delivery, *, info: AgentInfo, identity: Identity, live: bool
 ) -> tuple[Envelope, list[Vector | None]] | None:
     """The delivery's envelope and its records' vectors, or None (logged; audited when a
     security check refused it) when it must be skipped."""

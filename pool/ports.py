@@ -267,4 +267,3 @@ class ZoneStore(Protocol):
     def close(self) -> None:
         """Release the store; further calls raise MemoryClosed."""
         ...
-

@@ -150,9 +150,7 @@ class MessageCheck:
         self.max_age_s = float(max_age_s)
         self.max_skew_s = float(max_skew_s)
         self.guard = guard
-        self._entries: dict[
-            tuple[str, Zone, str | None, str | None, tuple[str, ...]], bool
-        ] = {}
+        self._entries: dict[tuple[str, Zone, str | None, str | None, tuple[str, ...]], bool] = {}
 
     def check(
         self,
@@ -210,9 +208,7 @@ class MessageCheck:
         )
         ok = self._entries.get(entry)
         if ok is None:
-            ok = verify_entry(
-                self.admin_public_key, *entry[:4], compartments=sender.compartments
-            )
+            ok = verify_entry(self.admin_public_key, *entry[:4], compartments=sender.compartments)
             if len(self._entries) >= _ENTRY_CACHE_SIZE:
                 self._entries.clear()  # a registry this large churns; start over
             self._entries[entry] = ok

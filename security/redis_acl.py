@@ -206,9 +206,7 @@ class AgentAcl:
         )
         return AgentCredentials(name, password)
 
-    def restrict(
-        self, agent_id: str, clearance: Zone, *, compartments: Sequence[str] = ()
-    ) -> None:
+    def restrict(self, agent_id: str, clearance: Zone, *, compartments: Sequence[str] = ()) -> None:
         """Give the agent's user the permissions of ``clearance`` and ``compartments``, keeping
         its password, and disconnect its connections (they log in again under the new
         permissions). Raises AgentNotFound when the agent has no user;

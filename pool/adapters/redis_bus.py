@@ -136,9 +136,7 @@ class RedisBus:
         #: Compartment topics this bus has noted (see :meth:`register_topic`).
         self._registered: set[str] = set()
 
-    def subscribe(
-        self, topics: Sequence[str], patterns: Sequence[str] = ()
-    ) -> redis.client.PubSub:
+    def subscribe(self, topics: Sequence[str], patterns: Sequence[str] = ()) -> redis.client.PubSub:
         """A new pub/sub connection subscribed to ``topics`` and to the topic globs
         ``patterns`` (confirmations skipped)."""
         # redis-py's PubSub is untyped.

@@ -77,9 +77,10 @@ def test_a_file_that_cannot_take_the_line_costs_no_entry_and_duplicates_none(
     returns the entry, which is in Redis once; the failure is logged, so that a caller has no
     reason to record again."""
     full = Path("/dev/full")
-    with structlog.testing.capture_logs() as logs, AuditLog(
-        client, namespace="t", jsonl_path=full
-    ) as audit_log:
+    with (
+        structlog.testing.capture_logs() as logs,
+        AuditLog(client, namespace="t", jsonl_path=full) as audit_log,
+    ):
         entry = audit_log.record("registered", actor="admin", subject="a1")
         audit_log.record("registered", actor="admin", subject="a2")
     assert [e.seq for e in audit_log.entries()] == [entry.seq, entry.seq + 1]

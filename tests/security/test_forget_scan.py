@@ -534,8 +534,6 @@ def on_disk(directory: Path, needle: bytes) -> bool:
     return any(needle in data for _, _, data in files(directory))
 
 
-
-
 def test_a_record_archived_in_the_zone_store_leaves_the_agents_too(
     alice: Agent, runtime: WorkerRuntime
 ) -> None:
