@@ -255,6 +255,11 @@ class ZoneStore(Protocol):
         """The ids of the archived records matching ``where``, in id order."""
         ...
 
+    def archive_facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
+        """Count of archived records matching ``where`` per value of a keyword field (the
+        archive keeps the indexed fields beside each compressed record)."""
+        ...
+
     def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None:
         """Delete archived records (unknown ids are ignored)."""
         ...

@@ -155,6 +155,9 @@ class SecureZoneStore:
     def archive_ids(self, zone: Zone, where: And) -> list[str]:
         return self.inner.archive_ids(zone, where)
 
+    def archive_facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
+        return self.inner.archive_facet(zone, field, where)
+
     def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None:
         self.inner.archive_remove(zone, ids)
 

@@ -25,7 +25,7 @@ from qdrant_edge import (
 
 from hivemem.pool.adapters.edge_codec import INDEXED_FIELDS, record_payload
 from hivemem.pool.adapters.edge_filters import to_edge_filter
-from hivemem.pool.adapters.edge_index import create_payload_indexes, scroll_points
+from hivemem.pool.adapters.edge_index import create_payload_indexes, facet_counts, scroll_points
 from hivemem.pool.archive_codec import pack, unpack
 from hivemem.pool.errors import MemoryClosed
 from hivemem.pool.filters import And
@@ -78,6 +78,9 @@ class EdgeArchive:
             self._open, self._lock, to_edge_filter(where), with_payload=["kind"], with_vector=False
         )
         return [str(p.id) for p in points]
+
+    def facet(self, field: str, where: And) -> dict[str, int]:
+        return facet_counts(self._open, self._lock, field, where)
 
     def remove(self, ids: Sequence[str]) -> None:
         checked: list[int | UUID | str] = [check_record_id(i) for i in ids]

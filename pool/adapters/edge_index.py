@@ -125,6 +125,20 @@ def create_payload_indexes(shard: EdgeShard) -> None:
         shard.update(UpdateOperation.create_field_index(key, _SCHEMA[kind]))
 
 
+def facet_counts(
+    shard: Callable[[], EdgeShard], lock: threading.Lock, field: str, where: And
+) -> dict[str, int]:
+    """How many points of ``shard()`` matching ``where`` hold each value of the keyword field
+    ``field``. Raises InvalidFilter for a field that is not one."""
+    key = FIELD_KEYS.get(field, field)
+    if INDEXED_FIELDS.get(key) != "keyword":
+        raise InvalidFilter(f"cannot count by {field[:80]!r}", field="field")
+    edge_filter: Filter = to_edge_filter(where)
+    with lock:
+        response = shard().facet(FacetRequest(key, limit=1_000_000, exact=True, filter=edge_filter))
+    return {str(hit.value): int(hit.count) for hit in response.hits}
+
+
 def scroll_points(
     shard: Callable[[], EdgeShard],
     lock: threading.Lock,
@@ -448,15 +462,7 @@ class EdgeIndex:
             return int(self._open().count(CountRequest(filter=edge_filter, exact=True)))
 
     def facet(self, field: str, where: And) -> dict[str, int]:
-        key = FIELD_KEYS.get(field, field)
-        if INDEXED_FIELDS.get(key) != "keyword":
-            raise InvalidFilter(f"cannot count by {field[:80]!r}", field="field")
-        edge_filter: Filter = to_edge_filter(where)
-        with self._lock:
-            response = self._open().facet(
-                FacetRequest(key, limit=1_000_000, exact=True, filter=edge_filter)
-            )
-        return {str(hit.value): int(hit.count) for hit in response.hits}
+        return facet_counts(self._open, self._lock, field, where)
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_blocks * 512 for f in self.path.rglob("*") if f.is_file())

@@ -236,6 +236,10 @@ class EdgeZoneStore:
         with self._lock:
             return self._archived(zone).ids(where)
 
+    def archive_facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
+        with self._lock:
+            return self._archived(zone).facet(field, where)
+
     def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None:
         if ids:
             with self._lock:

@@ -313,10 +313,13 @@ class QdrantZoneStore:
 
     def facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
         """Raises InvalidFilter for a field that is not a keyword field."""
+        return self._facet(self._live(zone), field, where)
+
+    def _facet(self, name: str, field: str, where: And) -> dict[str, int]:
         key = FIELD_KEYS.get(field, field)
         if INDEXED_FIELDS.get(key) != "keyword":
             raise InvalidFilter(f"cannot count by {field[:80]!r}", field="field")
-        name, qdrant_filter = self._live(zone), to_qdrant_filter(where)
+        qdrant_filter = to_qdrant_filter(where)
         response = self._call(
             self._client.facet, name, key, qdrant_filter, limit=_FACET_LIMIT, exact=True
         )
@@ -368,6 +371,10 @@ class QdrantZoneStore:
     def archive_ids(self, zone: Zone, where: And) -> list[str]:
         points = self._scroll(self._archive(zone), to_qdrant_filter(where), False, False)
         return [str(p.id) for p in points]
+
+    def archive_facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
+        """Raises InvalidFilter for a field that is not a keyword field."""
+        return self._facet(self._archive(zone), field, where)
 
     def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None:
         checked = _checked(ids)

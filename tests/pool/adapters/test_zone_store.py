@@ -513,6 +513,21 @@ def test_archive_ids_apply_filters(corpus: tuple[Adapter, list[MemoryRecord]]) -
         assert store.archive_ids(PUBLIC, as_where(expr)) == wanted
 
 
+def test_archive_facet_counts_archived_records_by_their_indexed_fields(
+    corpus: tuple[Adapter, list[MemoryRecord]],
+) -> None:
+    """archive_facet counts archived records per value of a keyword field, filtered like
+    archive_ids; a field that is not a keyword field is refused."""
+    store, live = corpus
+    users = Counter(r.scope.user_id for r in live)
+    assert store.archive_facet(PUBLIC, "scope.user_id", EVERYTHING) == dict(users)
+    u2 = And(all=[c("scope.user_id", "eq", "u2")])
+    levels = Counter(r.level.value for r in live if r.scope.user_id == "u2")
+    assert store.archive_facet(PUBLIC, "level", u2) == dict(levels)
+    with pytest.raises(InvalidFilter):
+        store.archive_facet(PUBLIC, "content", EVERYTHING)
+
+
 def test_archive_remove_deletes_archived_records(store: Adapter) -> None:
     """archive_remove deletes archived records, ignores unknown ids, and leaves live ones."""
     archived, kept = make("archived"), make("kept")
