@@ -28,7 +28,7 @@ import numpy as np
 import redis
 import structlog
 
-from hivemem.pool.adapters.redis_bus import RedisBus, ingest_topic
+from hivemem.pool.adapters.redis_bus import Delivery, RedisBus, ingest_topic
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidMessage, MessageRejected
@@ -58,9 +58,18 @@ class IngestReport:
 
 @dataclass
 class _Round:
+    """What one or more messages of a round hold (``seqs``: theirs)."""
+
+    seqs: list[int] = field(default_factory=list)
     records: list[MemoryRecord] = field(default_factory=list)
     rows: list[Vector | None] = field(default_factory=list)
     tombstones: list[Tombstone] = field(default_factory=list)
+
+    def extend(self, other: _Round) -> None:
+        self.seqs += other.seqs
+        self.records += other.records
+        self.rows += other.rows
+        self.tombstones += other.tombstones
 
 
 class IngestService:
@@ -129,38 +138,14 @@ class IngestService:
             log.error("ingest_gap", zone=zone.value, cursor=seq)
         if not backlog.deliveries:
             return False
+        parts = [p for d in backlog.deliveries if (p := self._opened(zone, d, report)) is not None]
         batch = _Round()
-        for delivery in backlog.deliveries:
-            try:
-                envelope = self._codec.decode(delivery.data)
-            except MessageRejected as error:
-                log.warning(
-                    "ingest_message_rejected", zone=zone.value, seq=delivery.seq,
-                    reason=error.reason,
-                )  # fmt: skip
-                if self._on_rejected is not None:
-                    self._on_rejected(error, zone, delivery.seq)
-                report.skipped += 1
-                continue
-            except InvalidMessage as error:
-                log.warning(
-                    "ingest_message_skipped", zone=zone.value, seq=delivery.seq, reason=str(error)
-                )
-                report.skipped += 1
-                continue
-            if envelope.zone != zone or envelope.to is not None:
-                log.warning(
-                    "ingest_message_skipped",
-                    zone=zone.value,
-                    seq=delivery.seq,
-                    reason="envelope does not belong in this zone's queue",
-                )
-                report.skipped += 1
-                continue
-            batch.records.extend(envelope.records)
-            batch.rows.extend(envelope.vectors())
-            batch.tombstones.extend(envelope.tombstones)
-        queued = self._store_round(zone, batch)
+        for part in parts:
+            batch.extend(part)
+        try:
+            queued = self._store_round(zone, batch)
+        except ValueError:  # a message the store cannot take (InvalidInput is one)
+            batch, queued = self._store_one_by_one(zone, parts, report)
         last = backlog.deliveries[-1].seq
         due = self._commit(zone, queued, batch.tombstones, epoch, last)
         self._bus.trim_through(topic, last)
@@ -169,6 +154,54 @@ class IngestService:
         report.tombstones += len(batch.tombstones)
         report.due.extend(u for u in due if u not in report.due)
         return True
+
+    def _opened(self, zone: Zone, delivery: Delivery, report: IngestReport) -> _Round | None:
+        """The message's records (with their vectors) and tombstones, or None when it is
+        skipped (logged; audited through ``on_rejected`` when a security check refused it)."""
+        try:
+            envelope = self._codec.decode(delivery.data)
+            rows = envelope.vectors()
+        except MessageRejected as error:
+            log.warning(
+                "ingest_message_rejected", zone=zone.value, seq=delivery.seq, reason=error.reason
+            )
+            if self._on_rejected is not None:
+                self._on_rejected(error, zone, delivery.seq)
+            report.skipped += 1
+            return None
+        except InvalidMessage as error:
+            self._skipped(zone, delivery.seq, str(error), report)
+            return None
+        if envelope.zone != zone or envelope.to is not None:
+            self._skipped(
+                zone, delivery.seq, "envelope does not belong in this zone's queue", report
+            )
+            return None
+        return _Round([delivery.seq], list(envelope.records), rows, list(envelope.tombstones))
+
+    @staticmethod
+    def _skipped(zone: Zone, seq: int, reason: str, report: IngestReport) -> None:
+        log.warning("ingest_message_skipped", zone=zone.value, seq=seq, reason=reason[:200])
+        report.skipped += 1
+
+    def _store_one_by_one(
+        self, zone: Zone, parts: list[_Round], report: IngestReport
+    ) -> tuple[_Round, list[MemoryRecord]]:
+        """After a round failed to store: store it message by message, skipping (and logging)
+        those the store refuses. Returns what was stored and the episodes to queue (none that
+        a stored message deleted or replaced: the round's rules, over what was stored)."""
+        stored = _Round()
+        queued: list[MemoryRecord] = []
+        for part in parts:
+            try:
+                queued += self._store_round(zone, part)
+            except ValueError as error:
+                self._skipped(zone, part.seqs[0], f"the store refused it: {error}", report)
+                continue
+            stored.extend(part)
+        gone = {t.id for t in stored.tombstones}
+        gone |= {r.supersedes for r in stored.records if r.supersedes is not None}
+        return stored, [r for r in queued if r.id not in gone]
 
     def _store_round(self, zone: Zone, batch: _Round) -> list[MemoryRecord]:
         """Write the round to the store; returns the episodes to queue for consolidation."""

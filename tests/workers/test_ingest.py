@@ -20,7 +20,7 @@ from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import make_envelope
 from hivemem.pool.errors import SecurityMismatch
 from hivemem.pool.filters import And
-from hivemem.pool.records import MemoryRecord, Scope, Tombstone
+from hivemem.pool.records import MemoryRecord, Scope, SparseVector, Tombstone
 from hivemem.pool.settings import HivememSettings, SecuritySettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.workers.ingest import IngestReport, IngestService
@@ -341,6 +341,51 @@ def test_bad_messages_are_skipped_logged_and_do_not_stop_the_rest(
     assert all(e["log_level"] == "warning" and e["reason"] for e in skipped)
     assert sorted(r.id for r in stored(runtime)) == sorted([before, after])
     assert runtime.store.presence(Zone.INTERNAL, [misplaced.id]) == {}
+    assert pending(runtime) == {before, after}
+    assert_consumed(runtime)
+
+
+def hostile(content: str, **fields: object) -> MemoryRecord:
+    record = MemoryRecord(content=content, scope=Scope(user_id="u1"), zone=ZONE)
+    return record.model_copy(update=fields)  # not validated again: what a hostile sender writes
+
+
+def test_signed_messages_the_store_cannot_take_are_skipped_and_do_not_block_the_queue(
+    agent: Agent, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """Well-formed, sealed and signed by a registered agent, but not storable: a dense entry
+    that is no float32 vector, a vector of another dimension, a record whose own vector is of
+    another dimension, a sparse vector with mismatched indices and values. Each is skipped
+    and logged; the records around them are stored and the queue is consumed (before, one such
+    message failed every drain of the zone)."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    [before] = write(agent, 1)
+    signed = agent.identity.codec.encode
+    one = MemoryRecord(content="fits", scope=Scope(user_id="u1"), zone=ZONE)
+    bad = [
+        make_envelope(sender="writer", zone=ZONE, records=[one]).model_copy(
+            update={"dense": ["abc"]}
+        ),
+        make_envelope(sender="writer", zone=ZONE, records=[hostile("short")], dense=[[0.1] * 10]),
+        make_envelope(sender="writer", zone=ZONE, records=[hostile("own", vector=[0.1] * 10)]),
+        make_envelope(
+            sender="writer",
+            zone=ZONE,
+            records=[
+                hostile("sparse", sparse=SparseVector.model_construct(indices=[1, 2], values=[0.5]))
+            ],
+            dense=[[0.1] * 384],
+        ),
+    ]
+    bad_seqs = runtime.bus.publish(TOPIC, "writer", [(e.message_id, signed(e)) for e in bad])
+    [after] = write(agent, 1)
+
+    with structlog.testing.capture_logs() as logs:
+        report, _ = drain(runtime)
+    assert report.skipped == len(bad)
+    skipped = [e for e in logs if e["event"] == "ingest_message_skipped"]
+    assert sorted(e["seq"] for e in skipped) == bad_seqs
+    assert sorted(r.id for r in stored(runtime)) == sorted([before, after])
     assert pending(runtime) == {before, after}
     assert_consumed(runtime)
 
