@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import cast
 
 import redis
+import structlog
 
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone, zone_names
 from hivemem.pool.errors import AgentNotFound, RegistrationConflict, ZoneLadderMismatch
 from hivemem.pool.ids import check_agent_id
+
+log = structlog.get_logger(__name__)
 
 _REGISTER = (Path(__file__).parent / "lua" / "register.lua").read_text()
 
@@ -169,11 +172,19 @@ class AgentRegistry:
         )
 
     def last_seen(self, agent_id: str) -> datetime | None:
-        """When the agent last sent a heartbeat, if within the TTL."""
-        raw = cast("bytes | None", self.client.get(self._alive_key(agent_id)))
-        if raw is None:
-            return None
-        return datetime.fromtimestamp(float(raw), tz=UTC)
+        """When the agent last sent a heartbeat, if within the TTL. The key is the agent's
+        own (its Redis user may write it): what is no heartbeat there (not a time, a key of
+        another type) reads as none, and is logged."""
+        key = self._alive_key(agent_id)
+        try:
+            raw = cast("bytes | None", self.client.get(key))
+            return None if raw is None else datetime.fromtimestamp(float(raw), tz=UTC)
+        except redis.ResponseError as error:  # WRONGTYPE
+            reason = str(error)
+        except (ValueError, OverflowError, OSError) as error:  # not a time, or out of range
+            reason = type(error).__name__
+        log.warning("agent_heartbeat_unreadable", agent_id=agent_id, reason=reason[:200])
+        return None
 
     def is_alive(self, agent_id: str) -> bool:
         return self.last_seen(agent_id) is not None

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import redis
+import structlog
 
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
@@ -70,6 +71,27 @@ def test_heartbeats_expire(registry: AgentRegistry) -> None:
     assert seen.tzinfo is not None
     time.sleep(0.7)
     assert not registry.is_alive("support")
+
+
+@pytest.mark.parametrize("written", [b"junk", b"nan", b"1e308", b"-1e300", "hash"])
+def test_a_heartbeat_key_that_holds_no_time_reads_as_no_heartbeat(
+    registry: AgentRegistry, written: bytes | str
+) -> None:
+    """An agent's Redis user may write its own heartbeat key: whatever it put there, the
+    operator's listing goes on (the agent is not seen alive; it is logged), and the agent's
+    next heartbeat counts again."""
+    registry.register(_info())
+    key = "t:agent:support:alive"
+    if written == "hash":
+        registry.client.hset(key, "x", "y")
+    else:
+        registry.client.set(key, written)
+    with structlog.testing.capture_logs() as logs:
+        assert registry.last_seen("support") is None
+        assert not registry.is_alive("support")
+    assert [e["agent_id"] for e in logs if e["event"] == "agent_heartbeat_unreadable"]
+    registry.heartbeat("support")
+    assert registry.is_alive("support")
 
 
 def test_deregistering_removes_the_agent_and_frees_its_id(registry: AgentRegistry) -> None:
