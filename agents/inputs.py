@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, Self
 
 from pydantic import Field, model_validator
@@ -18,6 +20,7 @@ from hivemem.pool.records import (
     RecordId,
     Scope,
     UtcDatetime,
+    as_utc,
 )
 
 
@@ -55,3 +58,30 @@ def as_input(item: MemoryInput | dict[str, Any] | str) -> MemoryInput:
     if isinstance(item, str):
         return MemoryInput(content=item)
     return MemoryInput.model_validate(item)
+
+
+def batch_of(items: object) -> list[Any]:
+    """The items of a batch as a list: any iterable of items but a string, bytes or a mapping
+    (a string would be taken character by character). Raises InvalidInput otherwise."""
+    if isinstance(items, str | bytes | bytearray | Mapping) or not isinstance(items, Iterable):
+        raise InvalidInput(
+            f"items must be a list of items, not {type(items).__name__}", field="items"
+        )
+    return list(items)
+
+
+def check_count(value: object, *, field: str, low: int, high: int) -> int:
+    """``value`` if it is an int (not a bool) in ``low..high``, else InvalidInput."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{field} must be an integer in {low}..{high}", field=field)
+    return value
+
+
+def check_time(value: object, *, field: str) -> datetime | None:
+    """``value`` (None, or a datetime: naive ones are taken as UTC) in UTC, else InvalidInput."""
+    if value is not None and not isinstance(value, datetime):
+        raise InvalidInput(f"{field} must be a datetime", field=field)
+    try:
+        return as_utc(value)
+    except ValueError as error:
+        raise InvalidInput(f"{field}: {error}", field=field) from None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -34,9 +34,9 @@ from hivemem.agents.context import BuiltContext, GroupBy, build_context, estimat
 from hivemem.agents.directory import StoreDirectory
 from hivemem.agents.embedding import shared_embedder
 from hivemem.agents.embedding_queue import EmbeddingQueue
-from hivemem.agents.inputs import MemoryInput, as_input
+from hivemem.agents.inputs import MemoryInput, as_input, batch_of, check_count, check_time
 from hivemem.agents.ranking import SearchHit
-from hivemem.agents.scoping import owned_by, resolve_scope
+from hivemem.agents.scoping import optional_scope, owned_by, resolve_scope
 from hivemem.agents.search import Searcher, visible
 from hivemem.agents.search_config import SearchConfig, preset
 from hivemem.agents.sessions import NeighbourhoodCache, SessionChains, bubble_up
@@ -44,12 +44,12 @@ from hivemem.agents.sparse import Bm25Encoder
 from hivemem.agents.stats import MemoryStats, compute_stats
 from hivemem.agents.tiers import TierManager, received_tier
 from hivemem.pool.adapters.edge_index import EdgeIndex
-from hivemem.pool.enums import Tier, Zone
-from hivemem.pool.errors import HivememError, InvalidInput, MemoryClosed
+from hivemem.pool.enums import Tier, Zone, checked_zone
+from hivemem.pool.errors import HivememError, InvalidInput, InvalidSearchConfig, MemoryClosed
 from hivemem.pool.filters import And, Cond, MemoryFilter, parse_filter
 from hivemem.pool.ids import check_record_id
 from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder, Vector, WriteObserver
-from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
+from hivemem.pool.records import MemoryRecord, Scope, Tombstone, check_text, utc_now
 from hivemem.pool.settings import HivememSettings
 from hivemem.security.classifier import Classifier
 
@@ -61,6 +61,14 @@ _CHUNK = 256
 _EMBED_CHUNK = 1024
 _LIST_LIMIT_MAX = 100_000
 FilterArg = MemoryFilter | dict[str, Any] | None
+
+
+def _input(item: MemoryInput | dict[str, Any] | str, position: int) -> MemoryInput:
+    """:func:`as_input`, its error naming the item's place in the batch."""
+    try:
+        return as_input(item)
+    except InvalidInput as error:
+        raise type(error)(f"item {position}: {error}", field=error.field) from None
 
 
 class HierarchicalMemory:
@@ -187,7 +195,7 @@ class HierarchicalMemory:
 
     def add_many(
         self,
-        items: Sequence[MemoryInput | dict[str, Any] | str],
+        items: Iterable[MemoryInput | dict[str, Any] | str],
         *,
         scope: Scope | dict[str, Any] | None = None,
         user_id: str | None = None,
@@ -204,9 +212,8 @@ class HierarchicalMemory:
         true, or when it is None and the batch is longer than ``memory.progress_threshold``.
         A batch of ``memory.compact_after`` records or more is followed by :meth:`compact`."""
         self._check_open()
-        common = None
-        if scope is not None or user_id is not None:
-            common = resolve_scope(scope, user_id, session_id, agent_id, run_id)
+        items = batch_of(items)
+        common = optional_scope(scope, user_id, session_id, agent_id, run_id)
         now = self._clock()
         embedding = EmbeddingQueue(self._embedding_pool, self._builder.embed)
         try:
@@ -253,7 +260,8 @@ class HierarchicalMemory:
         comes before every record and items are named by their place in the batch."""
         part = items[start:stop]
         try:
-            return self._builder.validate([as_input(item) for item in part], common, now)
+            inputs = [_input(item, position) for position, item in enumerate(part, start)]
+            return self._builder.validate(inputs, common, now)
         except HivememError:
             if start == 0 and stop >= len(items):
                 raise
@@ -387,7 +395,7 @@ class HierarchicalMemory:
         self._check_open()
         where = And(
             all=[
-                Cond(field="zone", op="eq", value=zone.value),
+                Cond(field="zone", op="eq", value=checked_zone(zone).value),
                 Cond(field="recorded_at", op="lt", value=recorded_before),
             ]
         )
@@ -513,14 +521,13 @@ class HierarchicalMemory:
     ) -> list[MemoryRecord]:
         """Records visible from a scope, newest first (by ``recorded_at``), at most ``limit``."""
         self._check_open()
-        if not 1 <= limit <= _LIST_LIMIT_MAX:
-            raise InvalidInput(f"limit must be in 1..{_LIST_LIMIT_MAX}", field="limit")
+        check_count(limit, field="limit", low=1, high=_LIST_LIMIT_MAX)
         target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
         where = visible(
             target,
             parse_filter(filter),
             exact=exact_scope,
-            as_of=as_of,
+            as_of=check_time(as_of, field="as_of"),
             include_superseded=include_superseded,
         )
         found = sorted(self._index.scan(where), key=lambda r: (r.recorded_at, r.id), reverse=True)
@@ -550,11 +557,13 @@ class HierarchicalMemory:
         self._check_open()
         if not isinstance(query, str) or not query.strip():
             raise InvalidInput("query must be non-empty text", field="query")
+        check_text(query, field="query", error=InvalidInput)
         target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
         chosen = self._config(config, overrides)
         flt = parse_filter(filter)
+        when = check_time(as_of, field="as_of")
         now = self._clock()
-        hits = self._searcher.search(query, target, chosen, flt, as_of=as_of, now=now)
+        hits = self._searcher.search(query, target, chosen, flt, as_of=when, now=now)
         if chosen.track_access and hits:
             self._access.touch([h.record.id for h in hits], now)
         return hits
@@ -570,10 +579,11 @@ class HierarchicalMemory:
     ) -> BuiltContext:
         """The memories relevant to ``query`` as a prompt section within ``token_budget``
         tokens, grouped by level or by scope. ``search_args`` are those of :meth:`search`."""
-        if token_budget < 1:
-            raise InvalidInput("token_budget must be positive", field="token_budget")
+        check_count(token_budget, field="token_budget", low=1, high=10**9)
         if group_by not in ("level", "scope"):
             raise InvalidInput("group_by is 'level' or 'scope'", field="group_by")
+        if count_tokens is not None and not callable(count_tokens):
+            raise InvalidInput("count_tokens must be a function of text", field="count_tokens")
         search_args.setdefault("top_k", 50)
         hits = self.search(query, **search_args)
         return build_context(
@@ -595,13 +605,15 @@ class HierarchicalMemory:
         """Counts by level, tier, category, zone and scope (of one scope, or of everything when
         no scope is given) and the disk size of the whole memory."""
         self._check_open()
-        conditions = []
-        if scope is not None or user_id is not None:
-            conditions = owned_by(resolve_scope(scope, user_id, session_id, agent_id, run_id))
-        return compute_stats(self._index, conditions)
+        target = optional_scope(scope, user_id, session_id, agent_id, run_id)
+        return compute_stats(self._index, [] if target is None else owned_by(target))
 
     def _config(self, config: SearchConfig | str | None, overrides: dict[str, Any]) -> SearchConfig:
         if config is None:
             config = self.settings.memory.search_preset
+        if isinstance(config, Mapping):
+            config = SearchConfig.model_validate(config)
+        if not isinstance(config, str | SearchConfig):
+            raise InvalidSearchConfig("config is a SearchConfig, its fields or a preset's name")
         base = preset(config) if isinstance(config, str) else config
         return base.with_(**overrides) if overrides else base

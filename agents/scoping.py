@@ -54,6 +54,20 @@ def owned_by(scope: Scope) -> list[Expr]:
     return conditions
 
 
+def optional_scope(
+    scope: Scope | dict[str, Any] | None,
+    user_id: str | None,
+    session_id: str | None = None,
+    agent_id: str | None = None,
+    run_id: str | None = None,
+) -> Scope | None:
+    """:func:`resolve_scope` when a scope or any id is given, else None. Ids that narrow a
+    scope given without its user raise InvalidInput (they would otherwise be ignored)."""
+    if scope is None and all(v is None for v in (user_id, session_id, agent_id, run_id)):
+        return None
+    return resolve_scope(scope, user_id, session_id, agent_id, run_id)
+
+
 def resolve_scope(
     scope: Scope | dict[str, Any] | None,
     user_id: str | None,

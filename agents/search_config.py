@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from hivemem.pool.base import Model
 from hivemem.pool.errors import InvalidSearchConfig
@@ -25,6 +25,7 @@ from hivemem.pool.errors import InvalidSearchConfig
 class SearchConfig(Model):
     """How a search retrieves, fuses and ranks candidates."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     error = InvalidSearchConfig
 
     #: dense (embedding similarity), sparse (BM25 keywords) or hybrid (both, fused).

@@ -21,9 +21,9 @@ The adapters translate the validated tree into their store's filter language.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, cast
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
@@ -31,7 +31,7 @@ from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import InvalidFilter
 from hivemem.pool.ids import check_label, check_metadata_key, check_scope_id
-from hivemem.pool.records import Labels
+from hivemem.pool.records import INT64, Labels, as_utc, check_text
 
 Op = Literal["eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "contains"]
 ORDER_OPS = frozenset({"gt", "gte", "lt", "lte"})
@@ -102,17 +102,24 @@ def _as_utc(value: object) -> datetime:
             ) from None
     if not isinstance(value, datetime):
         raise InvalidFilter("time fields take datetimes", field="where.value")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return cast("datetime", as_utc(value))
+    except ValueError as error:
+        raise InvalidFilter(str(error), field="where.value") from None
 
 
 def _check_scalar(value: object, *, number_only: bool) -> object:
     if isinstance(value, bool) or value is None or isinstance(value, str):
         if number_only:
             raise InvalidFilter("this operator takes a number", field="where.value")
+        if isinstance(value, str):
+            check_text(value, field="where.value", error=InvalidFilter)
         return value
     if isinstance(value, int | float):
         if not math.isfinite(value):
             raise InvalidFilter("filter numbers must be finite", field="where.value")
+        if isinstance(value, int) and value not in INT64:
+            raise InvalidFilter("filter integers must fit in 64 bits", field="where.value")
         return value
     raise InvalidFilter(
         f"unsupported filter value of type {type(value).__name__}", field="where.value"

@@ -42,8 +42,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _as_utc(value: datetime | None) -> datetime | None:
-    """Naive datetimes are taken as UTC; aware ones are converted to UTC."""
+def as_utc(value: datetime | None) -> datetime | None:
+    """Naive datetimes are taken as UTC; aware ones are converted to UTC. ValueError for an
+    aware one that has no UTC time."""
     if value is None:
         return None
     if value.tzinfo is None:
@@ -54,11 +55,25 @@ def _as_utc(value: datetime | None) -> datetime | None:
         raise ValueError("a datetime outside the range of UTC times") from None
 
 
+def check_text(value: str, *, field: str, error: type[InvalidInput] = InvalidContent) -> str:
+    """``value`` if it is Unicode text that UTF-8 can hold, else ``error``: a lone surrogate
+    (``"\ud800"``, which Python strings may carry) can be neither stored, embedded nor sent."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise error(
+                f"{field} holds a lone surrogate: not valid Unicode text", field=field
+            ) from None
+    return value
+
+
 def _record_id(value: str) -> str:
     return check_record_id(value)
 
 
 def _content(value: str) -> str:
+    check_text(value, field="content")
     if not value.strip():
         raise InvalidContent("content must not be empty or blank", field="content")
     if len(value) > MAX_CONTENT_CHARS_HARD:
@@ -81,13 +96,16 @@ def _labels(value: list[str], info: ValidationInfo) -> list[str]:
     return [check_label(v, field=info.field_name or "labels") for v in value]
 
 
-_INT64 = range(-(2**63), 2**63)
+#: What a 64-bit signed integer holds (metadata numbers are stored as such).
+INT64 = range(-(2**63), 2**63)
 
 
 def _metadata_scalar(key: str, item: object) -> None:
+    if isinstance(item, str):
+        check_text(item, field=f"metadata.{key}")
     if isinstance(item, float) and not math.isfinite(item):
         raise ValueError(f"metadata.{key} must be finite")
-    if isinstance(item, int) and not isinstance(item, bool) and item not in _INT64:
+    if isinstance(item, int) and not isinstance(item, bool) and item not in INT64:
         raise ValueError(f"metadata.{key} must fit in 64 bits")
 
 
@@ -111,7 +129,7 @@ def _compartments(value: list[str]) -> list[str]:
 
 # Field types shared by records and the inputs they are built from (hivemem.agents.inputs).
 RecordId = Annotated[str, AfterValidator(_record_id)]
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 Content = Annotated[str, AfterValidator(_content)]
 Importance = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_finite)]
 Labels = Annotated[list[str], Field(max_length=64), AfterValidator(_labels)]
