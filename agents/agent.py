@@ -63,6 +63,7 @@ class Agent:
             relay=relay,
         )
         self._bus = bus
+        self._registry = registry
         self._own_bus = relay is not None and bus is not relay
         self._closed = False
         self._sender.start()
@@ -97,9 +98,18 @@ class Agent:
         self._sender.wake()
         return self._sender.wait_idle(timeout_s)
 
-    def hand_over(self, to_agent: str, record: MemoryRecord) -> None:
-        """Queue ``record`` (with its vector) for ``to_agent``; the pool checks clearance."""
-        self._sharing.hand_over(to_agent, record)
+    def hand_over(self, to_agent: str, record: MemoryRecord | str) -> MemoryRecord:
+        """Queue this agent's stored copy of ``record`` (a record or its id), vectors included,
+        for ``to_agent``'s inbox and return that copy. Raises AgentNotFound when ``to_agent``
+        is not registered, MemoryNotFound when this agent's memory does not hold the record.
+        Use :meth:`SharedMemoryPool.share_knowledge`, which also checks that ``to_agent`` is
+        cleared for the record and the zone's policy (and audits a refusal): this is its last
+        step (a receiver still refuses what is above its clearance)."""
+        self._registry.get(to_agent)
+        record_id = record if isinstance(record, str) else record.id
+        stored = self.memory.get(record_id, with_vectors=True)
+        self._sharing.hand_over(to_agent, stored)
+        return stored
 
     def close(self) -> None:
         """Send what is queued (briefly), stop the threads, close the memory. What could not

@@ -440,7 +440,7 @@ class SharedMemoryPool:
             if full.zone > receiver.clearance:
                 raise ClearanceDenied(to_agent, full.zone.value, receiver.clearance.value)
             raise CompartmentDenied(to_agent, full.zone.value, receiver.clearance.value, lacking)
-        sender.hand_over(to_agent, full)
+        sender.hand_over(to_agent, full.id)
         log.info("knowledge_shared", from_agent=from_agent, to_agent=to_agent, record_id=full.id)
         return full
 

@@ -26,6 +26,7 @@ from hivemem.pool.errors import (
     ClearanceDenied,
     InvalidIdentifier,
     InvalidInput,
+    MemoryNotFound,
     RegistrationConflict,
 )
 from hivemem.pool.records import MemoryRecord, Scope
@@ -194,6 +195,29 @@ def test_share_knowledge_hands_a_record_over_with_provenance(make_pool: Pools) -
     assert received(tech)["reset the router twice"].received_from == "support"
     time.sleep(0.2)
     assert received(other) == {}
+
+
+def test_an_agents_hand_over_sends_its_stored_copy_with_vectors(make_pool: Pools) -> None:
+    """Agent.hand_over sends the record as the sender's memory holds it, vectors included,
+    whatever copy it was given (here one read without vectors): the receiver's copy is found
+    by search. A record the sender does not hold, or a receiver nobody registered, raises and
+    sends nothing."""
+    pool = make_pool("p1")
+    support = pool.register_agent("support", clearance=Zone.INTERNAL)
+    tech = make_pool("p2").register_agent("tech", clearance=Zone.INTERNAL, receive_levels=[])
+    assert tech.wait_connected()
+    record = add(support, "the harbour opens at six", Level.EPISODE, Zone.INTERNAL)
+    assert support.flush()
+    support.hand_over("tech", support.memory.get(record.id))  # read without vectors
+    assert wait_for(lambda: "the harbour opens at six" in received(tech))
+    hits = tech.memory.search("harbour", user_id="u1", config="semantic")
+    assert [h.record.id for h in hits] == [record.id]
+    never = MemoryRecord(content="never stored", scope=Scope(user_id="u1"), zone=Zone.INTERNAL)
+    with pytest.raises(MemoryNotFound):
+        support.hand_over("tech", never)
+    with pytest.raises(AgentNotFound):
+        support.hand_over("nobody", record.id)
+    assert support.pending == 0
 
 
 def test_share_knowledge_refuses_records_above_the_receivers_clearance(make_pool: Pools) -> None:
