@@ -85,9 +85,10 @@ class Envelope(Model):
 
     def vectors(self) -> list[np.ndarray | None]:
         """The dense vectors of ``records``, decoded (float32 rows). Raises InvalidMessage for
-        an entry that is not the base64 of float32 values."""
+        an entry that is not the base64 of float32 values, or holds one that is not finite
+        (stored, it would fail every later computation on it: consolidation, search)."""
         try:
-            return [
+            rows = [
                 None
                 if text is None
                 else np.frombuffer(base64.b64decode(text, validate=True), "<f4")
@@ -95,6 +96,9 @@ class Envelope(Model):
             ]
         except ValueError:  # binascii.Error is one too
             raise InvalidMessage("dense holds an entry that is no float32 vector") from None
+        if any(row is not None and not np.isfinite(row).all() for row in rows):
+            raise InvalidMessage("dense holds a vector that is not finite")
+        return rows
 
     def encode(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()

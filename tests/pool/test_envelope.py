@@ -38,6 +38,17 @@ def test_records_round_trip_with_their_vectors() -> None:
     assert decoded.message_id == envelope.message_id
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_vector_that_is_not_finite_is_an_invalid_message(bad: float) -> None:
+    """Such a row decodes as float32, but stored it would fail every later computation on it
+    (a user's consolidation, for one): the message is refused."""
+    row = np.full(384, 0.1, dtype=np.float32)
+    row[7] = bad
+    envelope = make_envelope(sender="ops", zone=Zone.INTERNAL, records=[_record()], dense=[row])
+    with pytest.raises(InvalidMessage, match="not finite"):
+        decode_envelope(envelope.encode()).vectors()
+
+
 def test_local_bookkeeping_is_not_sent() -> None:
     """Access counts, supersession back-links and received_from stay with the sender."""
     record = _record(access_count=7, superseded_by="00000000-0000-4000-8000-000000000001")
