@@ -117,10 +117,12 @@ class IngestService:
         return report
 
     def _cursor(self, zone: Zone) -> tuple[str | None, int]:
+        """The epoch and seq the workers stored last (``<epoch> <seq>``; epochs are tokens:
+        :meth:`RedisBus.read` gives no other)."""
         raw = cast("bytes | None", self._client.get(self._keys.ingest_cursor(zone)))
         if raw is None:
             return None, 0
-        epoch, seq = raw.decode().split(" ")
+        epoch, seq = raw.decode().rsplit(" ", 1)
         return epoch, int(seq)
 
     def _round(self, zone: Zone, topic: str, report: IngestReport) -> bool:

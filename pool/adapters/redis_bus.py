@@ -33,6 +33,7 @@ pub/sub channel and keeps every entry until the workers have stored it (:meth:`t
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ _PUBLISH = (Path(__file__).parent / "lua" / "publish.lua").read_text()
 
 #: Sequence numbers are below this (the cursor is kept in a SQLite integer).
 _MAX_SEQ_DIGITS = 18
+#: An epoch as the pool's script writes it (it checks the same: see publish.lua).
+_EPOCH = re.compile(rb"[A-Za-z0-9-]{1,64}")
 
 
 def _seq(raw: bytes | str) -> int | None:
@@ -61,6 +64,14 @@ def _seq(raw: bytes | str) -> int | None:
     if not text.isdigit() or len(text) > _MAX_SEQ_DIGITS:
         return None
     return int(text)
+
+
+def _epoch(raw: bytes | None) -> str | None:
+    """An epoch as the pool's script writes it (a token of letters, digits and dashes), or
+    None."""
+    if raw is None or not _EPOCH.fullmatch(raw):
+        return None
+    return raw.decode()
 
 
 def zone_topic(zone: Zone, compartments: Sequence[str] = ()) -> str:
@@ -199,16 +210,18 @@ class RedisBus:
             pipe.xrange(self._key(topic, "stream"), min=f"{after + 1}-0", max="+", count=limit)
             epoch_raw, seq_raw, entries = pipe.execute()
         # Only the pool's script writes these keys, but an agent's user may write them too: what
-        # is not as the script writes it is read as no message (skipped), never raised.
-        epoch = epoch_raw.decode(errors="replace") if epoch_raw is not None else None
-        deliveries = []
-        for entry_id, fields in entries:
-            seq = _seq(entry_id.split(b"-")[0])
-            if seq is None:
-                continue  # an id the script never gives (beyond the cursor's range)
-            sender = fields.get(b"s", b"").decode(errors="replace")
-            deliveries.append(Delivery(topic, epoch or "", seq, sender, fields.get(b"d", b"")))
+        # is not as the script writes it is read as no message (skipped), never raised. An epoch
+        # that is no token reads as none (nothing to read until the script starts the topic
+        # over); an entry numbered beyond the counter was not written by the script.
+        epoch = _epoch(epoch_raw)
         last_seq = _seq(seq_raw or b"0") or 0
+        deliveries = []
+        for entry_id, fields in entries if epoch is not None else ():
+            seq = _seq(entry_id.split(b"-")[0])
+            if seq is None or seq > last_seq:
+                continue
+            sender = fields.get(b"s", b"").decode(errors="replace")
+            deliveries.append(Delivery(topic, epoch, seq, sender, fields.get(b"d", b"")))
         first = deliveries[0].seq if deliveries else last_seq + 1
         return Backlog(epoch, last_seq, deliveries, trimmed=first > after + 1)
 

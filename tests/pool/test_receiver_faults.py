@@ -133,7 +133,22 @@ def epoch_with_a_space(pool: SharedMemoryPool, alice: Agent, own: redis.Redis) -
     own.set(key(pool, "epoch"), "a b")
 
 
+def ids_beyond_the_counter_trimmed_away(
+    pool: SharedMemoryPool, alice: Agent, own: redis.Redis
+) -> None:
+    """An empty stream whose last id is far beyond the counter: the script's XADD would fail."""
+    own.xadd(
+        key(pool, "stream"),
+        {"d": "junk", "s": "alice"},
+        id="999999999-0",
+        maxlen=0,
+        approximate=False,
+    )
+    poke(own, pool)
+
+
 ATTACKS = [
+    ids_beyond_the_counter_trimmed_away,
     epoch_with_a_space,
     far_date,
     bad_vector,

@@ -390,6 +390,31 @@ def test_signed_messages_the_store_cannot_take_are_skipped_and_do_not_block_the_
     assert_consumed(runtime)
 
 
+@pytest.mark.parametrize("damage", ["epoch_with_a_space", "id_beyond_the_counter"])
+def test_queue_keys_an_agent_damaged_do_not_block_the_zones_ingest(
+    agent: Agent, make_runtime: Callable[..., WorkerRuntime], damage: str
+) -> None:
+    """An agent's Redis user may write its zones' queue keys. An epoch with a space (kept in
+    the workers' cursor, ``<epoch> <seq>``, it could not be parsed back) or an entry numbered
+    far beyond the counter (the workers would move past it and trim: every later append would
+    then fail; here the entry is trimmed away at once, so that only the stream's last id shows
+    it) must not stop the zone's ingest: drains go on, and what is written next is
+    stored."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    [first] = write(agent, 1)
+    assert drain(runtime)[0].records == 1
+    keys = f"{runtime.bus.namespace}:{TOPIC}"
+    if damage == "epoch_with_a_space":
+        runtime.client.set(f"{keys}:epoch", "a b")
+    junk = {"d": "junk", "s": "writer"}
+    runtime.client.xadd(f"{keys}:stream", junk, id="999999999-0", maxlen=0, approximate=False)
+    drain(runtime)
+    [second] = write(agent, 1)  # the script starts the damaged queue over
+    drain(runtime)
+    assert sorted(r.id for r in stored(runtime)) == sorted([first, second])
+    assert_consumed(runtime)
+
+
 # -- concurrency --------------------------------------------------------------------------------
 
 

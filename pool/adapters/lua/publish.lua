@@ -8,12 +8,13 @@
 -- A maxlen of 0 keeps every entry (a queue the workers trim as they consume); an empty channel
 -- publishes nothing.
 -- Keys that are not as this script writes them (an agent's Redis user may write its topics'
--- keys too: an epoch that is not a plain token, a counter that is no number, a stream of another
--- type or with entries beyond the counter) would make every later call fail, or receivers
--- misread the topic. The topic then starts over in a new epoch, as after a Redis that lost its
--- data: receivers see the new epoch and read it from the start.
+-- keys too: an epoch that is not a plain token of at most 64 characters, a counter that is no
+-- number, a stream of another type or whose ids went beyond the counter, even if the entries
+-- were trimmed away since) would make every later call fail, or receivers misread the topic.
+-- The topic then starts over in a new epoch, as after a Redis that lost its data: receivers
+-- see the new epoch and read it from the start.
 local function damaged(epoch)
-  if epoch and not string.match(epoch, '^[%w%-]+$') then
+  if epoch and (#epoch > 64 or not string.match(epoch, '^[%w%-]+$')) then
     return true
   end
   -- At most 13 digits: Lua writes larger numbers in exponent form, which is no stream id.
@@ -21,14 +22,19 @@ local function damaged(epoch)
   if not string.match(seq, '^%d+$') or #seq > 13 then
     return true
   end
-  local last = redis.pcall('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  if last.err then
+  local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
+  if info.err then
+    return not string.find(info.err, 'no such key', 1, true)  -- else: of another type
+  end
+  local top
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      top = string.match(info[i + 1], '^(%d+)-')
+    end
+  end
+  if not top then
     return true
   end
-  if #last == 0 then
-    return false
-  end
-  local top = string.match(last[1][1], '^(%d+)-')
   return #top > #seq or (#top == #seq and top > seq)
 end
 

@@ -134,6 +134,48 @@ def test_a_redis_that_lost_its_data_starts_a_new_epoch(bus: RedisBus, client: re
     assert before != after
 
 
+def test_an_entry_numbered_beyond_the_counter_is_not_read(
+    bus: RedisBus, client: redis.Redis
+) -> None:
+    """Only the script numbers entries: one an agent's user added with a higher id is no
+    message, so a reader neither applies it nor moves past it."""
+    assert bus.publish(TOPIC, "w", [("a" * 32, b"one")]) == [1]
+    client.xadd("t:zone:internal:stream", {"d": "junk", "s": "w"}, id="999999999-0")
+    backlog = bus.read(TOPIC, 0, limit=10)
+    assert [(d.seq, d.data) for d in backlog.deliveries] == [(1, b"one")]
+    assert backlog.last_seq == 1
+
+
+@pytest.mark.parametrize("epoch", [b"a b", b"x" * 65, b"\xff"])
+def test_an_epoch_the_script_never_writes_reads_as_none(
+    bus: RedisBus, client: redis.Redis, epoch: bytes
+) -> None:
+    """Nothing is read under it (a reader keeping ``<epoch> <seq>`` could not parse it back);
+    the next publish starts the topic over, and it is read from there."""
+    bus.publish(TOPIC, "w", [("a" * 32, b"one")])
+    client.set("t:zone:internal:epoch", epoch)
+    assert bus.read(TOPIC, 0, limit=10).epoch is None
+    assert bus.publish(TOPIC, "w", [("b" * 32, b"two")]) == [1]
+    backlog = bus.read(TOPIC, 0, limit=10)
+    assert backlog.epoch is not None
+    assert [d.data for d in backlog.deliveries] == [b"two"]
+
+
+def test_ids_beyond_the_counter_start_the_topic_over_even_once_trimmed(
+    bus: RedisBus, client: redis.Redis
+) -> None:
+    """XADD with MAXLEN 0 leaves an empty stream whose last id is beyond the counter: every
+    later XADD of the script would fail. The script sees the stream's last id and starts over."""
+    bus.publish(TOPIC, "w", [("a" * 32, b"one")])
+    before = bus.read(TOPIC, 0, limit=1).epoch
+    client.xadd("t:zone:internal:stream", {"d": "x"}, id="999999999-0", maxlen=0, approximate=False)
+    assert client.xlen("t:zone:internal:stream") == 0
+    assert bus.publish(TOPIC, "w", [("b" * 32, b"two")]) == [1]
+    backlog = bus.read(TOPIC, 0, limit=10)
+    assert backlog.epoch != before
+    assert [d.data for d in backlog.deliveries] == [b"two"]
+
+
 def test_topics_are_separate(bus: RedisBus) -> None:
     """Each zone and inbox counts its own sequence numbers."""
     bus.publish(TOPIC, "w", [("a" * 32, b"one")])
