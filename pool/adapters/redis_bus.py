@@ -215,8 +215,10 @@ class RedisBus:
         # over); an entry numbered beyond the counter was not written by the script.
         epoch = _epoch(epoch_raw)
         last_seq = _seq(seq_raw or b"0") or 0
+        if epoch is None:
+            return Backlog(None, last_seq, [], trimmed=False)
         deliveries = []
-        for entry_id, fields in entries if epoch is not None else ():
+        for entry_id, fields in entries:
             seq = _seq(entry_id.split(b"-")[0])
             if seq is None or seq > last_seq:
                 continue
