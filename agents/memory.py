@@ -475,8 +475,9 @@ class HierarchicalMemory:
                 for record in stored:
                     added.setdefault(record.scope.user_id, Counter())[record.tier] += 1
                 self._tiers.enforce(added, self._clock())
-            if tombstones:
-                self._index.put_tombstones(tombstones)
+            rightful = versions.rightful(self._index, tombstones)
+            if rightful:
+                self._index.put_tombstones(rightful)
                 self._index.purge()
         return stored
 

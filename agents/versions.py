@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+import structlog
+
 from hivemem.pool.errors import MemoryNotFound, SupersessionConflict
 from hivemem.pool.ports import LocalIndex, Vector
-from hivemem.pool.records import MemoryRecord, Tombstone
+from hivemem.pool.records import MemoryRecord, Tombstone, acts_on
+
+log = structlog.get_logger(__name__)
 
 #: Guard against a corrupted (cyclic) chain.
 _MAX_CHAIN = 10_000
@@ -99,8 +103,8 @@ def merge(index: LocalIndex, new: MemoryRecord) -> None:
     if new.supersedes is None:
         return
     found = index.get([new.supersedes])
-    if not found:
-        return
+    if not found or not acts_on(new, found[0]):
+        return  # not here, or another user's (zone's, compartments') record: a chain of its own
     cursor = _walk(index, found[0], "supersedes")[-1]
     while cursor.superseded_by is not None and cursor.superseded_by != new.id:
         following = index.get([cursor.superseded_by])
@@ -115,6 +119,24 @@ def merge(index: LocalIndex, new: MemoryRecord) -> None:
         updates[new.id] = _relinked(new, None, successor[0])
     updates[cursor.id] = _relinked(cursor, successor[0] if successor else None, new)
     index.update_fields(updates)
+
+
+def rightful(index: LocalIndex, tombstones: Sequence[Tombstone]) -> list[Tombstone]:
+    """The received ``tombstones`` that may delete what they name here: those of records
+    not here (they keep a late copy out), and those of the same user, zone and compartments as
+    the record (:func:`~hivemem.pool.records.acts_on`). The others are logged and dropped."""
+    if not tombstones:
+        return []
+    stored = {r.id: r for r in index.get([t.id for t in tombstones])}
+    kept = []
+    for tombstone in tombstones:
+        target = stored.get(tombstone.id)
+        if target is None or acts_on(tombstone, target):
+            kept.append(tombstone)
+        else:
+            log.warning("tombstone_refused", record_id=tombstone.id,
+                        reason="another user's, zone's or compartments' record")  # fmt: skip
+    return kept
 
 
 def chain(index: LocalIndex, record_id: str) -> list[MemoryRecord]:

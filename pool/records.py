@@ -268,3 +268,16 @@ class Tombstone(Model):
             compartments=record.compartments,
             **when,
         )
+
+
+def acts_on(item: MemoryRecord | Tombstone, stored: MemoryRecord) -> bool:
+    """Whether ``item`` may act on ``stored``: a tombstone delete it, a new version supersede
+    it. They must belong to the same user, zone and compartments. A message names records by
+    id only, and any agent that may write a zone may send one: without this, a version or a
+    tombstone of one user (or without a compartment) could end another user's record (or one
+    the sender has no need-to-know for)."""
+    return (
+        item.scope.user_id == stored.scope.user_id
+        and item.zone == stored.zone
+        and list(item.compartments) == list(stored.compartments)
+    )

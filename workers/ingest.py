@@ -33,7 +33,7 @@ from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidMessage, MessageRejected
 from hivemem.pool.ports import Vector, ZoneStore
-from hivemem.pool.records import MemoryRecord, Tombstone
+from hivemem.pool.records import MemoryRecord, Tombstone, acts_on
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.locks import held
 
@@ -207,11 +207,15 @@ class IngestService:
 
     def _store_round(self, zone: Zone, batch: _Round) -> list[MemoryRecord]:
         """Write the round to the store; returns the episodes to queue for consolidation."""
+        batch.tombstones = self._rightful(zone, batch.tombstones)
         unique: dict[str, tuple[MemoryRecord, Vector | None]] = {}
         for record, row in zip(batch.records, batch.rows, strict=True):
             unique.setdefault(record.id, (record, row))
         presence = self._store.presence(zone, list(unique))
-        new = [pair for record_id, pair in unique.items() if record_id not in presence]
+        unseen = [record_id for record_id in unique if record_id not in presence]
+        # An id already archived is stored too: a copy sent again must not replace it.
+        archived = {r.id for r in self._store.archive_get(zone, unseen)} if unseen else set()
+        new = [unique[record_id] for record_id in unseen if record_id not in archived]
         self._upsert(zone, new)
         self._link_versions(zone, [record for record, _ in new])
         if batch.tombstones:
@@ -240,6 +244,26 @@ class IngestService:
             ]
         return queued
 
+    def _rightful(self, zone: Zone, tombstones: list[Tombstone]) -> list[Tombstone]:
+        """The tombstones that may delete what they name: of records not stored (they keep a
+        late copy out), or of the same user and compartments as the stored (or archived)
+        record. The others are logged and dropped."""
+        if not tombstones:
+            return tombstones
+        ids = [t.id for t in tombstones]
+        stored = {r.id: r for r in self._store.get(zone, ids)}
+        unseen = [i for i in ids if i not in stored]
+        stored |= {r.id: r for r in self._store.archive_get(zone, unseen)} if unseen else {}
+        kept = []
+        for tombstone in tombstones:
+            target = stored.get(tombstone.id)
+            if target is None or acts_on(tombstone, target):
+                kept.append(tombstone)
+            else:
+                log.warning("ingest_tombstone_refused", zone=zone.value, record_id=tombstone.id,
+                            reason="it names another user's or compartments' record")  # fmt: skip
+        return kept
+
     def _upsert(self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, Vector | None]]) -> None:
         with_rows = [(r, row) for r, row in pairs if row is not None]
         if with_rows:
@@ -256,6 +280,10 @@ class IngestService:
         marked: list[MemoryRecord] = []
         for previous in self._store.get(zone, list(successors)):
             successor = successors[previous.id]
+            if not acts_on(successor, previous):
+                log.warning("ingest_version_refused", zone=zone.value, record_id=successor.id,
+                            reason="it names another user's or compartments' record")  # fmt: skip
+                continue
             if previous.superseded_by is None:
                 updates[previous.id] = {
                     "superseded_at": successor.recorded_at,

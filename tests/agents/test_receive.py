@@ -91,3 +91,30 @@ def test_received_records_say_who_sent_them_and_land_in_short_term(make_memory: 
         "lead",
         "long_term",
     )
+
+
+def test_a_version_or_tombstone_of_another_user_leaves_the_record_alone(
+    make_memory: Memories,
+) -> None:
+    """Any agent that may write the zone can name any record id: a version for user u2 that
+    claims to supersede u1's record, and u2's tombstone carrying u1's record id, are refused.
+    u1's record stays, current; the version is kept as a chain of its own (it is u2's)."""
+    base, _ = _versions(make_memory("origin"))
+    memory = make_memory("replica")
+    memory.receive([base], senders=["a"])
+    hijack = MemoryRecord(
+        content="u2's version",
+        vector=base.vector,
+        scope=Scope(user_id="u2"),
+        level=Level.CATEGORY,
+        supersedes=base.id,
+    )
+    erase = Tombstone(id=base.id, scope=Scope(user_id="u2"), level=Level.CATEGORY, zone=base.zone)
+    memory.receive([hijack], [erase], senders=["mallory"])
+    kept = memory.get(base.id)
+    assert kept.is_current
+    assert [r.id for r in memory.get_history(base.id)] == [base.id]
+    assert memory.get(hijack.id).supersedes == base.id  # stored, but linked to nothing here
+    same_user = Tombstone.of(base)
+    memory.receive([], [same_user], senders=[])
+    assert memory.list_memories(user_id="u1") == []

@@ -415,6 +415,55 @@ def test_queue_keys_an_agent_damaged_do_not_block_the_zones_ingest(
     assert_consumed(runtime)
 
 
+def test_a_version_or_tombstone_of_another_user_leaves_the_record_alone(
+    agent: Agent, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """Any agent that may write the zone can name any record id. A new version for user u2
+    that claims to supersede u1's record, and u2's tombstone carrying the id of another u1
+    record, are refused (logged): u1's records stay current and stored, and pending."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    first, second = write(agent, 2)
+    drain(runtime)
+    signed = agent.identity.codec.encode
+    hijack = MemoryRecord(content="u2's version", scope=Scope(user_id="u2"), zone=ZONE)
+    hijack = hijack.model_copy(update={"supersedes": first})
+    erase = Tombstone(id=second, scope=Scope(user_id="u2"), level=Level.EPISODE, zone=ZONE)
+    bad = [
+        make_envelope(sender="writer", zone=ZONE, records=[hijack], dense=[[0.1] * 384]),
+        make_envelope(sender="writer", zone=ZONE, tombstones=[erase]),
+    ]
+    runtime.bus.publish(TOPIC, "writer", [(e.message_id, signed(e)) for e in bad])
+    with structlog.testing.capture_logs() as logs:
+        drain(runtime)
+    events = {e["event"] for e in logs}
+    assert {"ingest_version_refused", "ingest_tombstone_refused"} <= events
+    kept = {r.id: r for r in runtime.store.get(ZONE, [first, second])}
+    assert set(kept) == {first, second}
+    assert kept[first].superseded_by is None
+    assert pending(runtime) == {first, second}
+
+
+def test_a_record_sent_again_with_an_archived_id_leaves_the_archive_alone(
+    agent: Agent, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """A record whose id is archived counts as stored: a copy under that id (sent again, or
+    forged) neither comes back live nor replaces the archived one at the next archival."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    [archived] = write(agent, 1)
+    drain(runtime)
+    runtime.archive.archive(ZONE, [archived])
+    original = runtime.store.archive_get(ZONE, [archived])[0]
+    forged = MemoryRecord(content="forged", scope=Scope(user_id="u1"), zone=ZONE)
+    forged = forged.model_copy(update={"id": archived, "importance": 0.0})
+    envelope = make_envelope(sender="writer", zone=ZONE, records=[forged], dense=[[0.1] * 384])
+    runtime.bus.publish(
+        TOPIC, "writer", [(envelope.message_id, agent.identity.codec.encode(envelope))]
+    )
+    drain(runtime)
+    assert runtime.store.get(ZONE, [archived]) == []
+    assert runtime.store.archive_get(ZONE, [archived])[0].content == original.content
+
+
 # -- concurrency --------------------------------------------------------------------------------
 
 
