@@ -16,7 +16,7 @@ from hivemem.pool.enums import Tier, Zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import And
 from hivemem.pool.ports import ZoneStore
-from hivemem.pool.records import utc_now
+from hivemem.pool.records import Tombstone, utc_now
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +98,12 @@ class ArchiveService:
         return restored
 
     def purge(self, zone: Zone, ids: Sequence[str]) -> None:
-        """Delete the archived records among ``ids`` for good; other ids are ignored."""
+        """Delete the archived records among ``ids`` for good; other ids are ignored. Each
+        leaves a tombstone in the zone's live collection, so that a copy of its message sent
+        to the ingest queue again finds it deleted."""
+        now = utc_now()
         for chunk in batches(ids, self._batch * 8):
+            doomed = self._store.archive_get(zone, chunk)
+            self._store.put_tombstones(zone, [Tombstone.of(r, now) for r in doomed])
             self._store.archive_remove(zone, chunk)
         log.info("archive_purged", zone=str(zone), count=len(ids))

@@ -23,6 +23,7 @@ from hivemem.pool.base import Model
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidInput, MemoryNotFound
 from hivemem.pool.ports import ZoneStore
+from hivemem.pool.records import Tombstone
 from hivemem.workers.archive import ArchiveService, batches
 from hivemem.workers.policies import Action, Policy, PolicySet, Store
 
@@ -146,7 +147,10 @@ class LifecycleService:
             change = {"tier": policy.target_tier()}
         for chunk in batches(ids, self._batch):
             if action is Action.DELETE:
-                self._store.remove(zone, chunk)
+                # Tombstones, not a removal: a copy of a record's message sent to the ingest
+                # queue again must find it deleted, not store it anew.
+                doomed = self._store.get(zone, chunk)
+                self._store.put_tombstones(zone, [Tombstone.of(r, now) for r in doomed])
             else:
                 self._update(zone, chunk, change)
 

@@ -122,6 +122,9 @@ def test_delete_old_archives(store: EdgeZoneStore, service: LifecycleService) ->
     archived = store.archive_ids(ZONE, EVERYTHING)
     assert records["young_archived"].id in archived
     assert records["ancient_archived"].id not in archived
+    # A tombstone stays: the ingest finds it deleted if its message is sent again.
+    ancient = records["ancient_archived"].id
+    assert store.presence(ZONE, [ancient]) == {ancient: True}
 
 
 def test_refresh_important(store: EdgeZoneStore, service: LifecycleService) -> None:
@@ -194,6 +197,9 @@ def test_delete_live_records(store: EdgeZoneStore, service: LifecycleService) ->
     report = service.run([ZONE], [policy], now=NOW)
     assert names(records, report.ids("drop", ZONE)) == {"old"}
     assert store.ids(ZONE, EVERYTHING) == [records["new"].id]
+    # A tombstone stays: the ingest finds it deleted if its message is sent again.
+    old = records["old"].id
+    assert store.presence(ZONE, [old]) == {old: True}
 
 
 # -- the pass -----------------------------------------------------------------------------------
