@@ -75,7 +75,6 @@ AGENT_COMMANDS: tuple[str, ...] = (
     "incr",  # publish.lua (seq)
     "xadd",  # publish.lua (stream)
     "publish",  # publish.lua (live fan-out); checked against the channel permissions
-    "xinfo|stream",  # publish.lua (the stream's last id: are the topic's keys damaged?)
     # publish.lua (a damaged topic starts a new epoch). No new power: XADD's MAXLEN, granted
     # above, can empty a stream anyway.
     "del",

@@ -104,7 +104,7 @@ def test_rules_of_an_internal_agent() -> None:
         "~hivemem:agent:a1:*",
         "-@all",
         "+subscribe", "+ping", "+select", "+multi", "+exec", "+get", "+xrange",
-        "+evalsha", "+script|load", "+set", "+incr", "+xadd", "+publish", "+xinfo|stream",
+        "+evalsha", "+script|load", "+set", "+incr", "+xadd", "+publish",
         "+del",
     ]  # fmt: skip
 

@@ -8,45 +8,38 @@
 -- A maxlen of 0 keeps every entry (a queue the workers trim as they consume); an empty channel
 -- publishes nothing.
 -- Keys that are not as this script writes them (an agent's Redis user may write its topics'
--- keys too: an epoch that is not a plain token of at most 64 characters, a counter that is no
--- number, a stream of another type or whose ids went beyond the counter, even if the entries
--- were trimmed away since) would make every later call fail, or receivers misread the topic.
--- The topic then starts over in a new epoch, as after a Redis that lost its data: receivers
--- see the new epoch and read it from the start.
+-- keys too) would make every later call fail, or receivers misread the topic: an epoch that is
+-- not a plain token of at most 64 characters, a counter that is no number (both checked first),
+-- a stream of another type or whose ids went beyond the counter, even if those entries were
+-- trimmed away since (both found when the call's first append fails for that reason: no
+-- command is spent on them while the stream is sound). The topic then starts over in a new
+-- epoch, as after a Redis that lost its data: receivers see the new epoch and read it from the
+-- start.
 local function damaged(epoch)
   if epoch and (#epoch > 64 or not string.match(epoch, '^[%w%-]+$')) then
     return true
   end
   -- At most 13 digits: Lua writes larger numbers in exponent form, which is no stream id.
   local seq = redis.call('GET', KEYS[2]) or '0'
-  if not string.match(seq, '^%d+$') or #seq > 13 then
-    return true
-  end
-  local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
-  if info.err then
-    return not string.find(info.err, 'no such key', 1, true)  -- else: of another type
-  end
-  local top
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then
-      top = string.match(info[i + 1], '^(%d+)-')
-    end
-  end
-  if not top then
-    return true
-  end
-  return #top > #seq or (#top == #seq and top > seq)
+  return not string.match(seq, '^%d+$') or #seq > 13
+end
+
+-- Whether an append failed because the stream is not as this script leaves it.
+local function unsound(reply)
+  return string.find(reply.err, 'WRONGTYPE', 1, true)
+    or string.find(reply.err, 'smaller than the target stream top item', 1, true)
 end
 
 local epoch = redis.call('GET', KEYS[3])
-if damaged(epoch) then
+local function start_over()
   redis.call('DEL', KEYS[1], KEYS[2])
-  epoch = nil
-end
-if not epoch then
   epoch = ARGV[3]
   redis.call('SET', KEYS[3], epoch)
 end
+if damaged(epoch) or not epoch then
+  start_over()
+end
+
 -- The seq a message id got in this epoch, or nil.
 local function appended(prior)
   if not prior then
@@ -62,24 +55,49 @@ local function appended(prior)
   return nil
 end
 
-local seqs = {}
-for i = 7, #ARGV, 2 do
-  local dedupe = ARGV[4] .. ARGV[i]
-  local prior = appended(redis.call('GET', dedupe))
-  if prior then
-    table.insert(seqs, tonumber(prior))
-  else
-    local seq = redis.call('INCR', KEYS[2])
-    if ARGV[2] == '0' then
-      redis.call('XADD', KEYS[1], seq .. '-0', 'd', ARGV[i + 1], 's', ARGV[6])
-    else
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', ARGV[i + 1], 's', ARGV[6])
-    end
-    redis.call('SET', dedupe, epoch .. ':' .. seq, 'EX', ARGV[5])
-    if ARGV[1] ~= '' then
-      redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. seq .. ' ' .. ARGV[6] .. ' ' .. ARGV[i + 1])
-    end
-    table.insert(seqs, seq)
+local function append(seq, body)
+  if ARGV[2] == '0' then
+    return redis.pcall('XADD', KEYS[1], seq .. '-0', 'd', body, 's', ARGV[6])
   end
+  return redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', body, 's', ARGV[6])
+end
+
+-- Append and publish every message; nil (nothing of this call appended) when the stream is
+-- unsound, else the seqs.
+local function append_all()
+  local seqs = {}
+  local added = 0
+  for i = 7, #ARGV, 2 do
+    local dedupe = ARGV[4] .. ARGV[i]
+    local prior = appended(redis.call('GET', dedupe))
+    if prior then
+      table.insert(seqs, tonumber(prior))
+    else
+      local seq = redis.call('INCR', KEYS[2])
+      local reply = append(seq, ARGV[i + 1])
+      if reply.err then
+        if added == 0 and unsound(reply) then
+          return nil
+        end
+        return redis.error_reply(reply.err)  -- the counter keeps a gap: readers skip it
+      end
+      added = added + 1
+      redis.call('SET', dedupe, epoch .. ':' .. seq, 'EX', ARGV[5])
+      if ARGV[1] ~= '' then
+        redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. seq .. ' ' .. ARGV[6] .. ' ' .. ARGV[i + 1])
+      end
+      table.insert(seqs, seq)
+    end
+  end
+  return seqs
+end
+
+local seqs = append_all()
+if seqs == nil then
+  start_over()
+  seqs = append_all() or redis.error_reply('the stream is unsound after starting over')
+end
+if seqs.err then
+  return seqs
 end
 return {epoch, seqs}
