@@ -47,7 +47,7 @@ from hivemem.pool.adapters.edge_index import EdgeIndex
 from hivemem.pool.enums import Tier, Zone, checked_zone
 from hivemem.pool.errors import HivememError, InvalidInput, InvalidSearchConfig, MemoryClosed
 from hivemem.pool.filters import And, Cond, MemoryFilter, parse_filter
-from hivemem.pool.ids import check_record_id
+from hivemem.pool.ids import check_record_id, check_scope_id
 from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder, Vector, WriteObserver
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone, check_text, utc_now
 from hivemem.pool.settings import HivememSettings
@@ -444,8 +444,14 @@ class HierarchicalMemory:
         :func:`hivemem.agents.tiers.received_tier`). Idempotent: a record already here, or
         deleted here, is skipped; a tombstone replaces its record. New versions are placed in
         their chains (:func:`hivemem.agents.versions.merge`). Returns the records newly stored.
-        Observers are not told: received writes are not sent on."""
+        Observers are not told: received writes are not sent on. InvalidInput (nothing
+        stored) when ``senders`` or ``dense`` do not hold one entry per record, or a sender is
+        no id (the scope ids' rule: an import may name a record's writer by its scope's agent)."""
         self._check_open()
+        if len(senders) != len(records) or (dense is not None and len(dense) != len(records)):
+            raise InvalidInput("senders and dense need one entry per record", field="senders")
+        for sender in set(senders):  # kept in received_from, which filters take as a scope id
+            check_scope_id(sender, field="senders")
         with self._write_lock:
             self._check_open()
             present = self._index.presence([r.id for r in records])

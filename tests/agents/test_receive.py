@@ -7,8 +7,11 @@ import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.pool.enums import Level
+from hivemem.pool.errors import InvalidInput
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone
 
 Memories = Callable[..., HierarchicalMemory]
@@ -117,4 +120,19 @@ def test_a_version_or_tombstone_of_another_user_leaves_the_record_alone(
     assert memory.get(hijack.id).supersedes == base.id  # stored, but linked to nothing here
     same_user = Tombstone.of(base)
     memory.receive([], [same_user], senders=[])
+    assert memory.list_memories(user_id="u1") == []
+
+
+def test_bad_arguments_to_receive_store_nothing(make_memory: Memories) -> None:
+    """One sender per record, one dense row per record when rows are given, and senders that
+    are agent ids: else InvalidInput, and nothing is stored."""
+    base, _ = _versions(make_memory("origin"))
+    memory = make_memory("replica")
+    for call in (
+        lambda: memory.receive([base], senders=[]),
+        lambda: memory.receive([base], senders=["a"], dense=[None, None]),
+        lambda: memory.receive([base], senders=["bad id; *"]),
+    ):
+        with pytest.raises(InvalidInput):
+            call()
     assert memory.list_memories(user_id="u1") == []
