@@ -14,7 +14,7 @@ import structlog
 
 from hivemem.pool.errors import MemoryNotFound, SupersessionConflict
 from hivemem.pool.ports import LocalIndex, Vector
-from hivemem.pool.records import MemoryRecord, Tombstone, acts_on
+from hivemem.pool.records import MemoryRecord, Tombstone, acts_on, split_tombstones
 
 log = structlog.get_logger(__name__)
 
@@ -122,20 +122,15 @@ def merge(index: LocalIndex, new: MemoryRecord) -> None:
 
 
 def rightful(index: LocalIndex, tombstones: Sequence[Tombstone]) -> list[Tombstone]:
-    """The received ``tombstones`` that may delete what they name here: those of records
-    not here (they keep a late copy out), and those of the same user, zone and compartments as
-    the record (:func:`~hivemem.pool.records.acts_on`). The others are logged and dropped."""
+    """The received ``tombstones`` that may delete what they name here
+    (:func:`~hivemem.pool.records.split_tombstones`); the others are logged and dropped."""
     if not tombstones:
         return []
     stored = {r.id: r for r in index.get([t.id for t in tombstones])}
-    kept = []
-    for tombstone in tombstones:
-        target = stored.get(tombstone.id)
-        if target is None or acts_on(tombstone, target):
-            kept.append(tombstone)
-        else:
-            log.warning("tombstone_refused", record_id=tombstone.id,
-                        reason="another user's, zone's or compartments' record")  # fmt: skip
+    kept, refused = split_tombstones(tombstones, stored)
+    for tombstone in refused:
+        log.warning("tombstone_refused", record_id=tombstone.id,
+                    reason="another user's, zone's or compartments' record")  # fmt: skip
     return kept
 
 

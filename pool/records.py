@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -281,3 +282,17 @@ def acts_on(item: MemoryRecord | Tombstone, stored: MemoryRecord) -> bool:
         and item.zone == stored.zone
         and list(item.compartments) == list(stored.compartments)
     )
+
+
+def split_tombstones(
+    tombstones: Sequence[Tombstone], stored: Mapping[str, MemoryRecord]
+) -> tuple[list[Tombstone], list[Tombstone]]:
+    """``tombstones`` split into those that may delete what they name and the others: a
+    tombstone of a record not in ``stored`` (id → the record held) may (it keeps a late copy
+    out), one of a stored record only as :func:`acts_on` allows."""
+    kept: list[Tombstone] = []
+    refused: list[Tombstone] = []
+    for tombstone in tombstones:
+        target = stored.get(tombstone.id)
+        (kept if target is None or acts_on(tombstone, target) else refused).append(tombstone)
+    return kept, refused

@@ -33,7 +33,7 @@ from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidMessage, MessageRejected
 from hivemem.pool.ports import Vector, ZoneStore
-from hivemem.pool.records import MemoryRecord, Tombstone, acts_on
+from hivemem.pool.records import MemoryRecord, Tombstone, acts_on, split_tombstones
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.locks import held
 
@@ -254,14 +254,10 @@ class IngestService:
         stored = {r.id: r for r in self._store.get(zone, ids)}
         unseen = [i for i in ids if i not in stored]
         stored |= {r.id: r for r in self._store.archive_get(zone, unseen)} if unseen else {}
-        kept = []
-        for tombstone in tombstones:
-            target = stored.get(tombstone.id)
-            if target is None or acts_on(tombstone, target):
-                kept.append(tombstone)
-            else:
-                log.warning("ingest_tombstone_refused", zone=zone.value, record_id=tombstone.id,
-                            reason="it names another user's or compartments' record")  # fmt: skip
+        kept, refused = split_tombstones(tombstones, stored)
+        for tombstone in refused:
+            log.warning("ingest_tombstone_refused", zone=zone.value, record_id=tombstone.id,
+                        reason="it names another user's or compartments' record")  # fmt: skip
         return kept
 
     def _upsert(self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, Vector | None]]) -> None:
