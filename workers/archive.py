@@ -99,11 +99,11 @@ class ArchiveService:
 
     def purge(self, zone: Zone, ids: Sequence[str]) -> None:
         """Delete the archived records among ``ids`` for good; other ids are ignored. Each
-        leaves a tombstone in the zone's live collection, so that a copy of its message sent
-        to the ingest queue again finds it deleted."""
+        becomes a tombstone in the zone's live collection (which also removes it from the
+        archive), so that a copy of its message sent to the ingest queue again finds it
+        deleted."""
         now = utc_now()
         for chunk in batches(ids, self._batch * 8):
             doomed = self._store.archive_get(zone, chunk)
             self._store.put_tombstones(zone, [Tombstone.of(r, now) for r in doomed])
-            self._store.archive_remove(zone, chunk)
         log.info("archive_purged", zone=str(zone), count=len(ids))
