@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Self
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from hivemem.pool.base import Model
@@ -85,3 +86,19 @@ def check_time(value: object, *, field: str) -> datetime | None:
         return as_utc(value)
     except ValueError as error:
         raise InvalidInput(f"{field}: {error}", field=field) from None
+
+
+def check_rows(
+    records: list[Any], rows: list[Any] | tuple[Any, ...], *, dim: int, field: str
+) -> None:
+    """InvalidInput unless every record's dense vector (its row in ``rows`` when that is not
+    None, else its own ``vector``) has ``dim`` values and, for a row, is finite floats: a row
+    that is not would be stored and fail every later search and consolidation on it."""
+    for position, (record, row) in enumerate(zip(records, rows, strict=True)):
+        if row is None:
+            if record.vector is not None and len(record.vector) != dim:
+                raise InvalidInput(f"item {position}: the vector needs {dim} values", field=field)
+            continue
+        array = np.asarray(row)
+        if array.shape != (dim,) or array.dtype.kind != "f" or not np.isfinite(array).all():
+            raise InvalidInput(f"item {position}: a dense row is {dim} finite floats", field=field)

@@ -19,13 +19,9 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-from rich.progress import Progress
 
 from hivemem.agents import versions
 from hivemem.agents.access import AccessTracker
@@ -33,19 +29,18 @@ from hivemem.agents.builder import RecordBuilder
 from hivemem.agents.context import BuiltContext, GroupBy, build_context, estimate_tokens
 from hivemem.agents.directory import StoreDirectory
 from hivemem.agents.embedding import shared_embedder
-from hivemem.agents.embedding_queue import EmbeddingQueue
-from hivemem.agents.inputs import MemoryInput, as_input, batch_of, check_count, check_time
+from hivemem.agents.inputs import MemoryInput, batch_of, check_count, check_rows, check_time
 from hivemem.agents.ranking import SearchHit
 from hivemem.agents.scoping import optional_scope, owned_by, resolve_scope
 from hivemem.agents.search import Searcher, visible
 from hivemem.agents.search_config import SearchConfig, preset
-from hivemem.agents.sessions import NeighbourhoodCache, SessionChains, bubble_up
+from hivemem.agents.sessions import bubble_up
 from hivemem.agents.sparse import Bm25Encoder
 from hivemem.agents.stats import MemoryStats, compute_stats
-from hivemem.agents.tiers import TierManager, received_tier
+from hivemem.agents.write_path import WritePath
 from hivemem.pool.adapters.edge_index import EdgeIndex
-from hivemem.pool.enums import Tier, Zone, checked_zone
-from hivemem.pool.errors import HivememError, InvalidInput, InvalidSearchConfig, MemoryClosed
+from hivemem.pool.enums import Zone, checked_zone
+from hivemem.pool.errors import InvalidInput, InvalidSearchConfig, MemoryClosed
 from hivemem.pool.filters import And, Cond, MemoryFilter, parse_filter
 from hivemem.pool.ids import check_record_id, check_scope_id
 from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder, Vector, WriteObserver
@@ -53,22 +48,8 @@ from hivemem.pool.records import MemoryRecord, Scope, Tombstone, check_text, utc
 from hivemem.pool.settings import HivememSettings
 from hivemem.security.classifier import Classifier
 
-#: Records indexed per hold of the write lock in a bulk add (the observers are told once per
-#: embedding batch, with its last chunk: see HierarchicalMemory._index_chunk).
-_CHUNK = 256
-#: Texts per embedding call in a bulk add: longer calls pad less (texts are sorted by length
-#: within a call), measured 3-8 % faster bulk adds than 256 on the latency benchmark's texts.
-_EMBED_CHUNK = 1024
 _LIST_LIMIT_MAX = 100_000
 FilterArg = MemoryFilter | dict[str, Any] | None
-
-
-def _input(item: MemoryInput | dict[str, Any] | str, position: int) -> MemoryInput:
-    """:func:`as_input`, its error naming the item's place in the batch."""
-    try:
-        return as_input(item)
-    except InvalidInput as error:
-        raise type(error)(f"item {position}: {error}", field=error.field) from None
 
 
 class HierarchicalMemory:
@@ -111,7 +92,6 @@ class HierarchicalMemory:
             self._directory.release()
             raise
         self._clock = clock
-        self._write_lock = threading.RLock()
         self._closed = False
         sensitivity = self.settings.security.sensitivity
         self._builder = RecordBuilder(
@@ -121,31 +101,22 @@ class HierarchicalMemory:
             Classifier(sensitivity) if sensitivity.enabled else None,
             write_gate,
         )
-        self._neighbourhoods = NeighbourhoodCache(self._index)
-        self._searcher = Searcher(self._index, self._embedder, self._sparse, self._neighbourhoods)
-        self._tiers = TierManager(self._index, self.settings.memory.tiers)
-        self._access = AccessTracker(self._index, self._tiers)
-        self._sessions = SessionChains(self._index)
-        self._embedding_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hivemem-embed")
-        self._observers: list[WriteObserver] = []
+        self._writes = WritePath(
+            self._index, self._builder, self.settings.memory, clock, self._check_open
+        )
+        self._searcher = Searcher(
+            self._index, self._embedder, self._sparse, self._writes.neighbourhoods
+        )
+        self._access = AccessTracker(self._index, self._writes.tiers)
 
     def observe(self, observer: WriteObserver) -> None:
         """Tell ``observer`` of every later write, before the write is acknowledged."""
-        with self._write_lock:
-            self._observers.append(observer)
+        self._writes.observe(observer)
 
     def hold_writes(self) -> threading.RLock:
         """The lock every write holds: take it to change the index underneath without racing
         a write (re-sealing content after a key rotation)."""
-        return self._write_lock
-
-    def _wrote(self, records: Sequence[MemoryRecord], dense: Vector | None = None) -> None:
-        for observer in self._observers:
-            observer.records_written(records, dense)
-
-    def _deleted(self, tombstones: Sequence[Tombstone]) -> None:
-        for observer in self._observers:
-            observer.tombstones_written(tombstones)
+        return self._writes.lock
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -166,11 +137,11 @@ class HierarchicalMemory:
 
     def close(self) -> None:
         """Flush and release the directory; idempotent."""
-        with self._write_lock:
+        with self._writes.lock:
             if self._closed:
                 return
             self._access.close()
-            self._embedding_pool.shutdown(wait=True)
+            self._writes.close()
             self._closed = True
             self._index.close()
             self._directory.release()
@@ -214,23 +185,7 @@ class HierarchicalMemory:
         self._check_open()
         items = batch_of(items)
         common = optional_scope(scope, user_id, session_id, agent_id, run_id)
-        now = self._clock()
-        embedding = EmbeddingQueue(self._embedding_pool, self._builder.embed)
-        try:
-            for start in range(0, len(items), _EMBED_CHUNK):
-                embedding.put(self._validated(items, start, start + _EMBED_CHUNK, common, now))
-            show = (
-                progress
-                if progress is not None
-                else len(items) > self.settings.memory.progress_threshold
-            )
-            stored: list[MemoryRecord] = []
-            with Progress(disable=not show, transient=True) as bar:
-                task = bar.add_task("adding memories", total=len(items))
-                for records, dense in embedding.results():
-                    stored.extend(self._index_batch(records, dense, lambda n: bar.advance(task, n)))
-        finally:
-            embedding.cancel()
+        stored = self._writes.add(items, common, progress)
         if 0 < self.settings.memory.compact_after <= len(stored):
             self.compact()
         return stored
@@ -246,80 +201,6 @@ class HierarchicalMemory:
         :meth:`EdgeIndex.purge`): up to the same ~10 s per 100,000 records."""
         self._check_open()
         return self._index.compact()
-
-    def _validated(
-        self,
-        items: Sequence[MemoryInput | dict[str, Any] | str],
-        start: int,
-        stop: int,
-        common: Scope | None,
-        now: datetime,
-    ) -> list[MemoryRecord]:
-        """Records of ``items[start:stop]`` (every item as an input first, then the records). A
-        bad item raises the error the whole batch gives: validated again as one, every input
-        comes before every record and items are named by their place in the batch."""
-        part = items[start:stop]
-        try:
-            inputs = [_input(item, position) for position, item in enumerate(part, start)]
-            return self._builder.validate(inputs, common, now)
-        except HivememError:
-            if start == 0 and stop >= len(items):
-                raise
-            self._validated(items, 0, len(items), common, now)
-            raise
-
-    def _index_batch(
-        self, records: list[MemoryRecord], dense: Vector, advance: Callable[[int], None]
-    ) -> list[MemoryRecord]:
-        """Index an embedding batch chunk by chunk; the observers hear of the whole batch at
-        once, with its last chunk (see :meth:`_index_chunk`) or, when a chunk fails, of the
-        chunks indexed before it (what is in the index is always shared)."""
-        indexed: list[MemoryRecord] = []
-        announced = False
-        try:
-            for start in range(0, len(records), _CHUNK):
-                stop = min(start + _CHUNK, len(records))
-                last = stop == len(records)
-                chunk = self._index_chunk(
-                    records[start:stop],
-                    dense[start:stop],
-                    announce=(indexed, dense[:stop]) if last else None,
-                )
-                announced = last
-                indexed.extend(chunk)
-                advance(len(chunk))
-        except BaseException:
-            if indexed and not announced:
-                with self._write_lock:
-                    self._wrote(indexed, dense[: len(indexed)])
-            raise
-        return indexed
-
-    def _index_chunk(
-        self,
-        chunk: list[MemoryRecord],
-        dense: Vector,
-        *,
-        announce: tuple[list[MemoryRecord], Vector] | None,
-    ) -> list[MemoryRecord]:
-        """Index one chunk under the write lock. ``announce``: the chunks of this embedding
-        batch indexed before (not yet told to the observers) and the batch's dense rows up to
-        this chunk's end; the observers are then told of them and this chunk in one call, before
-        the lock is released (one call per batch: the pool makes one message per zone and user
-        of each call, so fewer, fuller messages). None: this chunk is not told yet."""
-        added: dict[str, Counter[Tier]] = {}
-        for record in chunk:
-            added.setdefault(record.scope.user_id, Counter())[record.tier] += 1
-        with self._write_lock:
-            self._check_open()
-            chunk = self._sessions.link(chunk)
-            self._index.upsert(chunk, dense)
-            self._neighbourhoods.remember(chunk)
-            self._tiers.enforce(added, self._clock(), chunk)
-            if announce is not None:
-                earlier, rows = announce
-                self._wrote([*earlier, *chunk], rows)
-        return chunk
 
     def supersede(self, record_id: str, content: str, **changes: Any) -> MemoryRecord:
         """Replace a current record by a new version (new id, new content, re-embedded) and
@@ -352,13 +233,13 @@ class HierarchicalMemory:
         update = {"supersedes": old.id, "follows": old.follows}
         embedded, dense = self._builder.embed([draft.model_copy(update=update)])
         new = embedded[0]
-        with self._write_lock:
+        with self._writes.lock:
             self._check_open()
             old = versions.require(self._index, record_id)
             versions.check_current(self._index, old)
             versions.link(self._index, old, new, now, dense)
-            self._tiers.enforce({new.scope.user_id: Counter([new.tier])}, now)
-            self._wrote([new], dense)
+            self._writes.tiers.enforce({new.scope.user_id: Counter([new.tier])}, now)
+            self._writes.wrote([new], dense)
         return new
 
     def delete(self, record_id: str) -> list[str]:
@@ -366,9 +247,9 @@ class HierarchicalMemory:
         destroyed). Returns the ids deleted; raises MemoryNotFound."""
         self._check_open()
         check_record_id(record_id, field="record_id")
-        with self._write_lock:
+        with self._writes.lock:
             chain = versions.chain(self._index, record_id)
-            self._deleted(versions.tombstone(self._index, chain, self._clock()))
+            self._writes.deleted(versions.tombstone(self._index, chain, self._clock()))
         return [r.id for r in chain]
 
     def forget(
@@ -384,9 +265,9 @@ class HierarchicalMemory:
         tombstone. Returns how many records were deleted."""
         self._check_open()
         target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
-        with self._write_lock:
+        with self._writes.lock:
             doomed = list(self._index.scan(And(all=owned_by(target))))
-            self._deleted(versions.tombstone(self._index, doomed, self._clock()))
+            self._writes.deleted(versions.tombstone(self._index, doomed, self._clock()))
         return len(doomed)
 
     def expire(self, zone: Zone, recorded_before: datetime) -> int:
@@ -399,20 +280,20 @@ class HierarchicalMemory:
                 Cond(field="recorded_at", op="lt", value=recorded_before),
             ]
         )
-        with self._write_lock:
+        with self._writes.lock:
             doomed = list(self._index.scan(where))
-            self._deleted(versions.tombstone(self._index, doomed, self._clock()))
+            self._writes.deleted(versions.tombstone(self._index, doomed, self._clock()))
         return len(doomed)
 
     def clear(self) -> None:
         """Remove every record and tombstone of this memory (here only: unlike delete and
         forget, clearing is not sent to other agents)."""
         self._check_open()
-        with self._write_lock:
+        with self._writes.lock:
             ids = [r.id for r in self._index.scan(And(all=[]))]
             self._index.remove(ids)
             self._index.purge()
-            self._sessions.forget()
+            self._writes.sessions.forget()
 
     def end_session(self, *, user_id: str, session_id: str) -> list[MemoryRecord]:
         """Close a session: its current memories with importance ≥ ``bubble_importance`` are
@@ -421,12 +302,12 @@ class HierarchicalMemory:
         self._check_open()
         target = resolve_scope(None, user_id, session_id)
         flt = MemoryFilter(importance_min=self.settings.memory.tiers.bubble_importance)
-        with self._write_lock:
+        with self._writes.lock:
             where = visible(target, flt, exact=False, as_of=None, include_superseded=False)
             now = self._clock()
             promoted = bubble_up(self._index, where, session_id, now)
-            self._tiers.enforce({user_id: Counter(r.tier for r in promoted)}, now)
-            self._wrote(promoted)
+            self._writes.tiers.enforce({user_id: Counter(r.tier for r in promoted)}, now)
+            self._writes.wrote(promoted)
         return promoted
 
     def receive(
@@ -445,56 +326,17 @@ class HierarchicalMemory:
         deleted here, is skipped; a tombstone replaces its record. New versions are placed in
         their chains (:func:`hivemem.agents.versions.merge`). Returns the records newly stored.
         Observers are not told: received writes are not sent on. InvalidInput (nothing
-        stored) when ``senders`` or ``dense`` do not hold one entry per record, or a sender is
-        no id (the scope ids' rule: an import may name a record's writer by its scope's agent)."""
+        stored) when ``senders`` or ``dense`` do not hold one entry per record, a sender is no
+        id (the scope ids' rule: an import may name a record's writer by its scope's agent), or
+        a vector has not the embedder's dimension (a dense row: or is not finite floats)."""
         self._check_open()
         if len(senders) != len(records) or (dense is not None and len(dense) != len(records)):
             raise InvalidInput("senders and dense need one entry per record", field="senders")
         for sender in set(senders):  # kept in received_from, which filters take as a scope id
             check_scope_id(sender, field="senders")
-        with self._write_lock:
-            self._check_open()
-            present = self._index.presence([r.id for r in records])
-            rows = dense if dense is not None else [None] * len(records)
-            tiers = self.settings.memory.tiers
-            fresh = {
-                r.id: (
-                    r.model_copy(
-                        update={
-                            "received_from": sender,
-                            "tier": received_tier(r.importance, tiers),
-                        }
-                    ),
-                    row,
-                )
-                for r, sender, row in zip(records, senders, rows, strict=True)
-                if r.id not in present
-            }
-            stored = [r for r, _ in fresh.values()]
-            if stored:
-                self._upsert_received(list(fresh.values()))
-                self._neighbourhoods.remember(stored)
-                for record in stored:
-                    if record.supersedes is not None:
-                        versions.merge(self._index, record)
-                added: dict[str, Counter[Tier]] = {}
-                for record in stored:
-                    added.setdefault(record.scope.user_id, Counter())[record.tier] += 1
-                self._tiers.enforce(added, self._clock())
-            rightful = versions.rightful(self._index, tombstones)
-            if rightful:
-                self._index.put_tombstones(rightful)
-                self._index.purge()
-        return stored
-
-    def _upsert_received(self, pairs: list[tuple[MemoryRecord, Vector | None]]) -> None:
-        with_rows = [(r, row) for r, row in pairs if row is not None]
-        if with_rows:
-            matrix = np.stack([row for _, row in with_rows])
-            self._index.upsert([r for r, _ in with_rows], matrix)
-        without = [r for r, row in pairs if row is None]
-        if without:
-            self._index.upsert(without)
+        rows = dense if dense is not None else [None] * len(records)
+        check_rows(list(records), list(rows), dim=self._embedder.dim, field="dense")
+        return self._writes.receive(records, tombstones, senders, rows)
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 
 from hivemem.agents.memory import HierarchicalMemory
@@ -124,14 +125,24 @@ def test_a_version_or_tombstone_of_another_user_leaves_the_record_alone(
 
 
 def test_bad_arguments_to_receive_store_nothing(make_memory: Memories) -> None:
-    """One sender per record, one dense row per record when rows are given, and senders that
-    are agent ids: else InvalidInput, and nothing is stored."""
+    """One sender per record, one dense row per record when rows are given, senders that are
+    agent ids, and vectors of the embedder's dimension (rows: finite floats): else InvalidInput,
+    and nothing is stored."""
     base, _ = _versions(make_memory("origin"))
     memory = make_memory("replica")
+    assert base.vector is not None
+    dim = len(base.vector)
+    short = base.model_copy(update={"vector": base.vector[:-1]})
     for call in (
         lambda: memory.receive([base], senders=[]),
         lambda: memory.receive([base], senders=["a"], dense=[None, None]),
         lambda: memory.receive([base], senders=["bad id; *"]),
+        lambda: memory.receive([base], senders=["a"], dense=[np.full(dim, np.nan, "<f4")]),
+        lambda: memory.receive([base], senders=["a"], dense=[np.full(dim, np.inf, "<f4")]),
+        lambda: memory.receive([base], senders=["a"], dense=[np.zeros(dim + 1, "<f4")]),
+        lambda: memory.receive([base], senders=["a"], dense=[np.zeros((1, dim), "<f4")]),
+        lambda: memory.receive([base], senders=["a"], dense=[np.zeros(dim, "<i4")]),
+        lambda: memory.receive([short], senders=["a"]),
     ):
         with pytest.raises(InvalidInput):
             call()
