@@ -23,9 +23,10 @@ from hivemem.pool.errors import InvalidSearchConfig
 
 
 class SearchConfig(Model):
-    """How a search retrieves, fuses and ranks candidates."""
+    """How a search retrieves, fuses and ranks candidates. Strict: a field given as text (or a
+    number given as a bool) is refused, not converted."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
     error = InvalidSearchConfig
 
     #: dense (embedding similarity), sparse (BM25 keywords) or hybrid (both, fused).

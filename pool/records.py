@@ -16,7 +16,15 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    Strict,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hivemem.pool.base import Model
 from hivemem.pool.compartments import checked_compartments
@@ -85,6 +93,14 @@ def _content(value: str) -> str:
     return value
 
 
+def _number(value: object) -> object:
+    """A number stays as given (lax: numpy's floats pass); text and bools are refused rather
+    than read as numbers (``"0.5"``, ``True``)."""
+    if isinstance(value, str | bytes | bytearray | bool):
+        raise ValueError("must be a number")
+    return value
+
+
 def _finite(value: float) -> float:
     if not math.isfinite(value):
         raise ValueError("must be a finite number")
@@ -131,8 +147,10 @@ def _compartments(value: list[str]) -> list[str]:
 # Field types shared by records and the inputs they are built from (hivemem.agents.inputs).
 RecordId = Annotated[str, AfterValidator(_record_id)]
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
-Content = Annotated[str, AfterValidator(_content)]
-Importance = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_finite)]
+Content = Annotated[str, Strict(), AfterValidator(_content)]
+Importance = Annotated[
+    float, BeforeValidator(_number), Field(ge=0.0, le=1.0), AfterValidator(_finite)
+]
 Labels = Annotated[list[str], Field(max_length=64), AfterValidator(_labels)]
 Metadata = Annotated[dict[str, MetadataValue], Field(max_length=64), AfterValidator(_metadata)]
 #: Compartments (:mod:`hivemem.pool.compartments`): configured names, kept in configured order.

@@ -34,6 +34,20 @@ CALLS: dict[str, tuple[Call, type[InvalidInput]]] = {
         lambda m: m.add("fine", user_id="u", metadata={"a": ["x", SURROGATE]}),
         InvalidContent,
     ),
+    "content given as bytes": (lambda m: m.add(b"abc", user_id="u"), InvalidInput),
+    "an importance given as a bool": (
+        lambda m: m.add("fine", user_id="u", importance=True),
+        InvalidInput,
+    ),
+    "an importance given as text": (
+        lambda m: m.add("fine", user_id="u", importance="0.9"),
+        InvalidInput,
+    ),
+    "a top_k given as text": (lambda m: m.search("q", user_id="u", top_k="5"), InvalidSearchConfig),
+    "a search flag given as text": (
+        lambda m: m.search("q", user_id="u", include_superseded="no"),
+        InvalidSearchConfig,
+    ),
     "a batch given as one string": (lambda m: m.add_many("abc", user_id="u"), InvalidInput),
     "a batch given as a dict": (lambda m: m.add_many({"content": "x"}, user_id="u"), InvalidInput),
     "a batch given as None": (lambda m: m.add_many(None, user_id="u"), InvalidInput),
