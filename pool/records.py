@@ -97,7 +97,7 @@ def _number(value: object) -> object:
     """A number stays as given (lax: numpy's floats pass); text and bools are refused rather
     than read as numbers (``"0.5"``, ``True``)."""
     if isinstance(value, str | bytes | bytearray | bool):
-        raise ValueError("must be a number")
+        raise ValueError("must be a number")  # noqa: TRY004 (pydantic wants ValueError)
     return value
 
 
