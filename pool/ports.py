@@ -199,6 +199,11 @@ class ZoneStore(Protocol):
     in the index (they come back with them on restore); archive filters take the same fields.
     """
 
+    @property
+    def dim(self) -> int:
+        """The dimension of the dense vectors it keeps."""
+        ...
+
     def upsert(
         self, zone: Zone, records: Sequence[MemoryRecord], dense: Vector | None = None
     ) -> None:

@@ -52,6 +52,10 @@ class SecureZoneStore:
         self._content = ContentSeal(Sealer(keyring))
         self._transforms: dict[tuple[Zone, int], VectorTransform] = {}
 
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
     # -- the transformation -----------------------------------------------------------------
 
     def _transform(self, zone: Zone, dim: int) -> VectorTransform:

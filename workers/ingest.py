@@ -72,6 +72,18 @@ class _Round:
         self.tombstones += other.tombstones
 
 
+def _wrong_dimension(
+    records: Sequence[MemoryRecord], rows: Sequence[Vector | None], dim: int
+) -> bool:
+    """Whether a record's dense vector (its row, else its own) has not ``dim`` values: the
+    store would refuse the whole round (found here, whatever the store's error for it)."""
+    for record, row in zip(records, rows, strict=True):
+        vector = row if row is not None else record.vector
+        if vector is not None and len(vector) != dim:
+            return True
+    return False
+
+
 class IngestService:
     """Drains ingest queues into the zone store (see the module docstring)."""
 
@@ -178,6 +190,9 @@ class IngestService:
             self._skipped(
                 zone, delivery.seq, "envelope does not belong in this zone's queue", report
             )
+            return None
+        if _wrong_dimension(envelope.records, rows, self._store.dim):
+            self._skipped(zone, delivery.seq, f"a vector is not {self._store.dim}-d", report)
             return None
         return _Round([delivery.seq], list(envelope.records), rows, list(envelope.tombstones))
 
