@@ -16,6 +16,7 @@ from datetime import datetime
 import structlog
 
 from hivemem.agents.tiers import TierManager
+from hivemem.pool.failures import described
 from hivemem.pool.ports import LocalIndex
 
 log = structlog.get_logger(__name__)
@@ -64,8 +65,8 @@ class AccessTracker:
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:  # isolation point: a failed write must not kill the flusher
-                log.exception("access_flush_failed")
+            except Exception as error:  # noqa: BLE001 - isolation point: the flusher goes on
+                log.error("access_flush_failed", **described(error))
 
     def flush(self) -> None:
         """Write buffered accesses (and the promotions they earn) to the index."""

@@ -37,8 +37,13 @@ def admitted(
         identity.rejected(error, topic, delivery)
         return None
     except SecurityMismatch as error:
-        log.error("pool_security_mismatch", agent_id=info.agent_id, topic=topic,  # noqa: TRY400 - the message says it all
-                  seq=delivery.seq, error=str(error))  # fmt: skip
+        log.error(
+            "pool_security_mismatch",
+            agent_id=info.agent_id,
+            topic=topic,
+            seq=delivery.seq,
+            error=str(error),
+        )
         return None
     except InvalidMessage as error:
         log.warning(

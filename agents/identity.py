@@ -17,6 +17,7 @@ from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import EnvelopeCodec
 from hivemem.pool.errors import AgentNotFound, HivememError, InvalidIdentifier, MessageRejected
+from hivemem.pool.failures import described
 from hivemem.pool.ids import check_agent_id
 from hivemem.pool.zone_policy import ZonePolicies
 from hivemem.security.audit import AuditLog
@@ -127,5 +128,7 @@ class SecureIdentity(Identity):
                 topic=topic,
                 seq=delivery.seq,
             )
-        except HivememError:  # the refusal is logged above; the receiver must go on
-            log.exception("pool_rejection_not_audited", agent_id=self.info.agent_id)
+        except HivememError as failure:  # the refusal is logged above; the receiver must go on
+            log.error(
+                "pool_rejection_not_audited", agent_id=self.info.agent_id, **described(failure)
+            )

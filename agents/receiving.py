@@ -33,6 +33,7 @@ from hivemem.pool.errors import (
     MemoryClosed,
     PoolUnavailable,
 )
+from hivemem.pool.failures import described
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.settings import PoolSettings
@@ -322,14 +323,19 @@ class Receiver(threading.Thread):
             stored = self._memory.receive(records, tombstones, senders=senders, dense=rows)
         except MemoryClosed:
             raise
-        except Exception:  # isolation point: a bad record must not stop the receiver
-            log.exception("pool_apply_failed", agent_id=self._info.agent_id, records=len(records))
+        except Exception as error:  # noqa: BLE001 - isolation point: a bad record must not stop it
+            log.error(
+                "pool_apply_failed",
+                agent_id=self._info.agent_id,
+                records=len(records),
+                **described(error),
+            )
             stored = self._store_one_by_one(records, senders, rows, tombstones)
         for listener in self.listeners if stored else []:
             try:
                 listener(stored)
-            except Exception:  # isolation point: a caller's listener
-                log.exception("pool_listener_failed", agent_id=self._info.agent_id)
+            except Exception as error:  # noqa: BLE001 - isolation point: a caller's listener
+                log.error("pool_listener_failed", agent_id=self._info.agent_id, **described(error))
 
     def _store_one_by_one(
         self,

@@ -54,9 +54,15 @@ def _logging(command: str) -> None:
     """Logs go to standard error, so that standard output holds only what a command prints
     (``--json`` documents, ids for ``$(...)``)."""
     level = logging.INFO if command in _SERVICES else logging.WARNING
+    processors = structlog.get_config()["processors"][:-1]
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # A traceback, if anything logs one, without the frames' variables (plaintext).
+        processors=[
+            *processors,
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+        ],
     )
 
 

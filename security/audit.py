@@ -42,6 +42,7 @@ from hivemem.pool.errors import (
     InvalidIdentifier,
     InvalidInput,
 )
+from hivemem.pool.failures import described
 from hivemem.security.audit_chain import VerifyReport, verify
 from hivemem.security.audit_entry import (
     GENESIS,
@@ -102,14 +103,16 @@ class _JsonlSink:
         append it there twice. The file then lacks that seq, which verify_file reports."""
         try:
             self._log.msg(**entry.record())
-        except OSError:
-            log.exception("audit_file_write_failed", path=self._file.name, seq=entry.seq)
+        except OSError as error:
+            log.error(
+                "audit_file_write_failed", path=self._file.name, seq=entry.seq, **described(error)
+            )
 
     def close(self) -> None:
         try:
             self._file.close()
-        except OSError:  # what a failed write left in the buffer
-            log.exception("audit_file_write_failed", path=self._file.name)
+        except OSError as error:  # what a failed write left in the buffer
+            log.error("audit_file_write_failed", path=self._file.name, **described(error))
 
 
 def _render(event_dict: Any, **_: Any) -> str:
