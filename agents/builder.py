@@ -19,7 +19,7 @@ from hivemem.pool.ids import new_record_id
 from hivemem.pool.ports import Embedder, SparseEncoder, Vector
 from hivemem.pool.records import MemoryRecord, MetadataValue, Scope
 from hivemem.pool.settings import MemorySettings
-from hivemem.security.classifier import Classifier
+from hivemem.security.classifier import Classifier, record_text
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +108,9 @@ class RecordBuilder:
     def _classified(self, item: MemoryInput) -> tuple[Zone, dict[str, MetadataValue]]:
         if self._classifier is None:
             return item.zone, item.metadata
-        found = self._classifier.assess(item.content, item.zone)
+        metadata = {k: v for k, v in item.metadata.items() if k != SENSITIVE_KEY}
+        text = record_text(item.content, item.tags, item.entities, metadata)
+        found = self._classifier.assess(text, item.zone)
         if not found.detectors:
             return item.zone, item.metadata
         if found.lifted:

@@ -25,7 +25,7 @@ engine then skips ahead to candidates), and none can backtrack more than linearl
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -135,10 +135,13 @@ def _private_key(scan: _Text) -> bool:
 
 
 # --- api_token: known formats, then `key word [:=] value` assignments ---------------------------
-def _token_format(prefix: str, rest: str) -> re.Pattern[str]:
-    """``prefix`` then ``rest``, the prefix not continuing a word. The pattern starts with the
-    literal prefix, which the engine finds fastest."""
-    return re.compile(f"{re.escape(prefix)}(?<![A-Za-z0-9]{'.' * len(prefix)}){rest}", _A)
+def _token_format(prefix: str, rest: str, word: str = "A-Za-z0-9") -> re.Pattern[str]:
+    """``prefix`` then ``rest``, the prefix not continuing a word (of ``word``'s characters).
+    The pattern starts with the literal prefix, which the engine finds fastest. A format whose
+    ``rest`` may run over ``-`` or ``_`` counts them as word characters: else each repetition
+    of the prefix within one long run (``xoxb-xoxb-…``) would start a match that scans the rest
+    of the run, quadratic time (60 s for 100 kB)."""
+    return re.compile(f"{re.escape(prefix)}(?<![{word}]{'.' * len(prefix)}){rest}", _A)
 
 
 #: (cue, pattern): ``cue`` is a character of the prefix that is rare in prose, tested first.
@@ -147,11 +150,11 @@ _TOKEN_FORMATS = (
     ("S", _token_format("ASIA", r"[A-Z0-9]{16}(?![A-Za-z0-9])")),  # AWS temporary key id
     ("_", _token_format("gh", r"[pousr]_[A-Za-z0-9]{36,}")),  # GitHub
     ("_", _token_format("github_pat_", r"[A-Za-z0-9_]{22,}")),
-    ("x", _token_format("xox", r"[abprs]-(?:[A-Za-z0-9]+-)+[A-Za-z0-9]{8,}")),  # Slack
+    ("x", _token_format("xox", r"[abprs]-(?:[A-Za-z0-9]+-){1,8}[A-Za-z0-9]{8,}", r"\w-")),
     ("_", _token_format("sk_live_", r"[A-Za-z0-9]{10,}")),  # Stripe
     ("_", _token_format("rk_live_", r"[A-Za-z0-9]{10,}")),
     ("z", _token_format("AIza", r"[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])")),  # Google API key
-    ("J", _token_format("eyJ", r"[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]+")),  # JWT
+    ("J", _token_format("eyJ", r"[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]+", r"\w-")),  # JWT
 )
 #: OpenAI-style (``sk-``, ``sk-proj-``…): the body must mix upper case, lower case and digits,
 #: as keys do and prose such as "sk-learn-compatible-pipelines" does not.
@@ -303,6 +306,19 @@ class SensitivityPolicy(BaseModel):
                 field="min_zone",
             )
         return value
+
+
+def record_text(
+    content: str, tags: Sequence[str], entities: Sequence[str], metadata: Mapping[str, object]
+) -> str:
+    """What the detectors read of a record: its content, and its tags, entities and metadata
+    values (numbers too: a card number may be given as one), each on a line of its own. They
+    travel and are stored with the record, and only the content is sealed."""
+    values: list[str] = [content, *tags, *entities]
+    for value in metadata.values():
+        items = value if isinstance(value, list) else [value]
+        values.extend(str(item) for item in items if not isinstance(item, bool | None))
+    return "\n".join(values)
 
 
 @dataclass(frozen=True, slots=True)

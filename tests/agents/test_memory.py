@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hivemem.agents.memory import HierarchicalMemory
-from hivemem.pool.enums import Category, Level, Tier
+from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import (
     InvalidContent,
     InvalidIdentifier,
@@ -330,3 +330,22 @@ def test_a_long_batch_keeps_its_order_and_session_chain(memory: HierarchicalMemo
     stored = memory.get(records[417].id, with_vectors=True)
     assert stored.follows == records[416].id
     assert stored.vector is not None
+
+
+@pytest.mark.parametrize(
+    ("fields", "detector"),
+    [
+        ({"metadata": {"card": "4111 1111 1111 1111"}}, "payment_card"),
+        ({"metadata": {"card": 4111111111111111}}, "payment_card"),
+        ({"metadata": {"ids": ["x", "SSN 536-22-1234"]}}, "ssn"),
+        ({"entities": ["jane.doe@example.com"]}, "email"),
+    ],
+)
+def test_sensitive_text_outside_the_content_lifts_the_record(
+    memory: HierarchicalMemory, fields: dict[str, object], detector: str
+) -> None:
+    """Labels and metadata travel and are stored beside the sealed content, in clear: the
+    classifier reads them too, and the record is lifted as if the content held them."""
+    record = memory.add("see the attached", user_id="u1", **fields)
+    assert record.zone > Zone.PUBLIC
+    assert record.metadata["sensitive"] == [detector]
