@@ -68,7 +68,9 @@ class SecureZoneStore:
     def _outgoing(
         self, zone: Zone, records: Sequence[MemoryRecord], dense: Vector | None
     ) -> tuple[list[MemoryRecord], Vector | None]:
-        """``records`` as stored: content sealed, vectors transformed."""
+        """``records`` as stored: content sealed, vectors transformed. The rows are ``dense``'s,
+        else the records' own vectors when every record has one; else each record keeps its own
+        (transformed) vector, and those without one stay without."""
         rows = None if dense is None else np.asarray(dense, dtype=np.float32)
         if rows is None and records and all(r.vector is not None for r in records):
             rows = np.asarray([r.vector for r in records], dtype=np.float32)
@@ -77,6 +79,9 @@ class SecureZoneStore:
         stored = []
         for record, text in zip(records, self._content.seal_many(records), strict=True):
             update: dict[str, object] = {"content": text, "vector": None}
+            if rows is None and record.vector is not None:
+                own = np.asarray(record.vector, dtype=np.float32)
+                update["vector"] = self._transform(zone, len(own)).forward_dense(own).tolist()
             if record.sparse is not None and record.sparse.indices:
                 terms = self._transform(zone, _SPARSE_ONLY)
                 ids, values = terms.forward_sparse(record.sparse.indices, record.sparse.values)

@@ -3,6 +3,7 @@ idempotence and crash recovery."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,9 @@ from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
+from hivemem.security.zone_store import SecureZoneStore
 from hivemem.workers.archive import ArchiveService
+from hivemem.workers.runtime import WorkerRuntime
 
 DIM = 8
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -207,3 +210,25 @@ def test_batch_must_be_positive(store: EdgeZoneStore) -> None:
     """A batch size below 1 raises InvalidInput."""
     with pytest.raises(InvalidInput):
         ArchiveService(store, batch=0)
+
+
+def test_the_sealed_store_keeps_each_records_own_vector(
+    make_runtime: Callable[..., WorkerRuntime],
+) -> None:
+    """In a batch where one record has no vector, the others keep theirs, live and archived
+    (the sealed store used to drop every vector of such a batch, so a restored record came
+    back unsearchable)."""
+    store = make_runtime().store
+    assert isinstance(store, SecureZoneStore)
+    row = _rng.standard_normal(store.dim).astype(np.float32)
+    row /= np.linalg.norm(row)
+    kept = make("has a vector", vector=[float(v) for v in row])
+    bare = make("has none", vector=None)
+    store.upsert(ZONE, [kept, bare])
+    live = {r.id: r.vector for r in store.get(ZONE, [kept.id, bare.id], with_vectors=True)}
+    store.archive_put(ZONE, [kept, bare])
+    archived = {r.id: r.vector for r in store.archive_get(ZONE, [kept.id, bare.id])}
+    for found in (live, archived):
+        assert found[bare.id] is None
+        assert found[kept.id] is not None
+        assert np.allclose(found[kept.id], row, atol=1e-5)
