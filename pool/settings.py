@@ -140,6 +140,9 @@ class LlmSettings(BaseModel):
     #: The highest zone whose plaintext may be sent to the endpoint; groups holding a record
     #: above it are consolidated offline, with no request.
     max_zone: Zone = Zone.PUBLIC
+    #: The compartments whose records may be sent to the endpoint (none by default); groups
+    #: holding a record of any other compartment are consolidated offline, with no request.
+    compartments: list[str] = Field(default_factory=list)
 
 
 class ConsolidationSettings(BaseModel):

@@ -325,6 +325,14 @@ class ConsolidationService:
         sources = [by_id[i] for i in draft.sources]
         row = centre(np.asarray([s.vector for s in sources], dtype=np.float32))
         content = draft.content.strip()[:_MAX_CONTENT_CHARS]
+        zone = Zone.highest([s.zone for s in sources])
+        tags, entities = _labels(draft.tags), _labels(draft.entities)
+        if zone > Zone.PUBLIC:
+            # Labels are stored in clear beside the sealed content: words the strategy drew
+            # from the sources' sealed content must not become labels; their own labels may.
+            carried = {label for s in sources for label in (*s.tags, *s.entities)}
+            tags = [t for t in tags if t in carried]
+            entities = [e for e in entities if e in carried]
         return MemoryRecord(
             id=derived_id(level, zone, user_id, draft.sources),
             content=content,
@@ -334,11 +342,11 @@ class ConsolidationService:
             scope=Scope(user_id=user_id),
             tier=Tier.LONG_TERM,
             category=draft.category,
-            zone=Zone.highest([s.zone for s in sources]),
+            zone=zone,
             compartments=list(union(s.compartments for s in sources)),
             importance=min(1.0, max(0.0, float(draft.importance))),
-            tags=_labels(draft.tags),
-            entities=_labels(draft.entities),
+            tags=tags,
+            entities=entities,
             metadata={"strategy": self._strategy.name},
             sources=sorted(draft.sources),
             valid_from=min(s.valid_from for s in sources),

@@ -24,6 +24,7 @@ import httpx
 import structlog
 from pydantic import ValidationError
 
+from hivemem.pool.compartments import missing
 from hivemem.pool.errors import StrategyFailed
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.settings import LlmSettings
@@ -123,6 +124,11 @@ class LlmStrategy:
         sources = _sources_of(draft, inputs)
         if any(r.zone > self._settings.max_zone for r in sources):
             log.warning("consolidation_llm_fallback", level=level, reason="zone", attempts=0)
+            return draft
+        if any(missing(self._settings.compartments, r.compartments) for r in sources):
+            log.warning(
+                "consolidation_llm_fallback", level=level, reason="compartments", attempts=0
+            )
             return draft
         messages = prompt([r.content for r in sources])
         attempts = 0

@@ -217,3 +217,30 @@ def test_a_strategy_that_breaks_the_contract_falls_back_to_offline(
     assert sorted(s for t in traces for s in t.sources) == sorted(topic_of)
     [category] = runtime.store.get(Zone.PUBLIC, report.categories)
     assert category.content == "everything"  # the custom strategy's own step, kept
+
+
+def test_labels_above_public_are_only_those_the_sources_carry(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """Labels are stored in clear beside the sealed content. Above PUBLIC, a derived record's
+    tags and entities are only labels its sources already carry (the strategy's keyphrases and
+    names drawn from sealed content would put that content's words in clear); in PUBLIC the
+    strategy's labels are kept."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    agent = pool.register_agent("writer", clearance=Zone.SECRET)
+    cooking = [(c, "cooking") for c in TOPICS["cooking"]]
+    write(agent, cooking, Zone.INTERNAL, tags=["kitchen"])
+    write(agent, cooking, Zone.PUBLIC)
+    for zone in (Zone.INTERNAL, Zone.PUBLIC):
+        ingest(runtime, zone)
+        runtime.consolidation.consolidate(zone, "u1")
+    levels = (Level.TRACE, Level.CATEGORY, Level.DOMAIN)
+    derived = {
+        zone: [r for level in levels for r in level_records(runtime, zone, level)]
+        for zone in (Zone.INTERNAL, Zone.PUBLIC)
+    }
+    assert derived[Zone.INTERNAL]
+    assert all(set(r.tags) <= {"kitchen"} for r in derived[Zone.INTERNAL])
+    assert all(r.entities == [] for r in derived[Zone.INTERNAL])
+    public_words = {t for r in derived[Zone.PUBLIC] for t in (*r.tags, *r.entities)}
+    assert "sourdough" in public_words or "flour" in public_words or "pasta" in public_words

@@ -389,3 +389,22 @@ def test_groups_above_the_endpoints_zone_never_leave_the_process(server: ChatSer
     [draft] = strategy(server, max_zone=Zone.INTERNAL).traces(internal)
     assert draft.content == "Alice prefers invoices by email."
     assert len(server.requests) == 1
+
+
+def test_groups_with_compartments_not_allowed_never_leave_the_process(server: ChatServer) -> None:
+    """A group holding a record of a compartment the settings do not name keeps the fallback's
+    draft and sends nothing (its zone may be allowed); naming the compartment lets it go."""
+    server.script(chat(GOOD))
+    episodes = sources("alice likes email", "alice hates paper")
+    need_to_know = Sources(
+        [episodes.records[0], episodes.records[1].model_copy(update={"compartments": ["hr"]})],
+        episodes.vectors,
+    )
+    with structlog.testing.capture_logs() as logs:
+        [draft] = strategy(server).traces(need_to_know)
+    assert draft.content == "fallback trace 0"
+    assert server.requests == []
+    assert [e["reason"] for e in fallbacks(logs)] == ["compartments"]
+    [draft] = strategy(server, compartments=["hr"]).traces(need_to_know)
+    assert draft.content == "Alice prefers invoices by email."
+    assert len(server.requests) == 1
