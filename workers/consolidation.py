@@ -22,6 +22,10 @@ What a run writes, in this order (each step idempotent):
    ``hivemem-workers``), so the agents cleared for them receive them;
 5. the plan is deleted.
 
+An output whose id the store already holds is not written again: a live one keeps its content
+and time (the same sources; a resumed run, or a later run over the same group), and one deleted
+since (a tombstone: its user deleted it) stays deleted.
+
 Every output carries the highest zone among its sources and the union of their compartments ("no
 write down"); traces and categories are drawn within one set of compartments at a time, so only
 the domain profile mixes them (an agent sees it only when it holds all). Outputs also carry the
@@ -261,9 +265,12 @@ class ConsolidationService:
         )
         if plan.prior_domain is not None and plan.prior_domain != domain.id:
             domain = domain.model_copy(update={"supersedes": plan.prior_domain})
+        outputs = [*new_traces, *categories, domain]
+        held = self._store.presence(zone, [r.id for r in outputs])
         retired = self._write(
             zone,
             prior_categories,
+            fresh=[r for r in outputs if r.id not in held],
             traces=new_traces,
             categories=categories,
             domain_record=domain,
@@ -273,7 +280,7 @@ class ConsolidationService:
         publish_as_workers(
             self._bus,
             zone,
-            [*new_traces, *categories, domain],
+            self._as_stored(zone, outputs, held),
             retired,
             batch=self._send_batch,
             codec=self._codec,
@@ -378,20 +385,34 @@ class ConsolidationService:
             result.append(record)
         return result
 
+    def _as_stored(
+        self, zone: Zone, outputs: Sequence[MemoryRecord], held: dict[str, bool]
+    ) -> list[MemoryRecord]:
+        """The outputs as the store holds them, for the agents: an output the store already
+        held keeps its stored copy (the same sources, so the same record; a resumed run, or a
+        later run over the same group), and one deleted since (a tombstone) is not sent."""
+        live = [i for i, tombstone in held.items() if not tombstone]
+        stored = {r.id: r for r in self._store.get(zone, live, with_vectors=True)} if live else {}
+        return [stored.get(r.id, r) for r in outputs if not held.get(r.id, False)]
+
     def _write(
         self,
         zone: Zone,
         prior_categories: Sequence[MemoryRecord],
         *,
+        fresh: Sequence[MemoryRecord],
         traces: Sequence[MemoryRecord],
         categories: Sequence[MemoryRecord],
         domain_record: MemoryRecord,
         episodes: Sequence[MemoryRecord],
         now: datetime,
     ) -> list[Tombstone]:
-        """Store the outputs and the links (each step idempotent); returns the tombstones of
-        retired categories, for the agents."""
-        self._store.upsert(zone, [*traces, *categories, domain_record])
+        """Store the ``fresh`` outputs (those the store does not hold yet: one it holds, live
+        or deleted, is never written again, so that a deleted output does not come back and a
+        stored one keeps its content and time) and the links (each step idempotent); returns
+        the tombstones of retired categories, for the agents."""
+        if fresh:
+            self._store.upsert(zone, fresh)
         updates: dict[str, dict[str, object]] = {}
         into_trace = {s: t.id for t in traces for s in t.sources}
         for episode in episodes:

@@ -12,6 +12,7 @@ import structlog
 
 from hivemem.agents.agent import Agent
 from hivemem.pool.enums import Category, Level, Tier, Zone
+from hivemem.pool.errors import MemoryNotFound
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.shared import SharedMemoryPool
@@ -244,3 +245,42 @@ def test_labels_above_public_are_only_those_the_sources_carry(
     assert all(r.entities == [] for r in derived[Zone.INTERNAL])
     public_words = {t for r in derived[Zone.PUBLIC] for t in (*r.tags, *r.entities)}
     assert "sourdough" in public_words or "flour" in public_words or "pasta" in public_words
+
+
+def holds(agent: Agent, record_id: str) -> bool:
+    try:
+        agent.memory.get(record_id)
+    except MemoryNotFound:
+        return False
+    return True
+
+
+def test_a_deleted_output_stays_deleted_and_a_kept_one_unchanged(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """A category deleted by its user (at an agent; the tombstone reaches the store) is not
+    made again by a later run over the same traces (it came back live before); and a category
+    the later run makes again is not rewritten (its content and time are kept)."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    writer = pool.register_agent("writer", clearance=Zone.SECRET)
+    write(writer, [(c, t) for t in ("cooking", "travel") for c in TOPICS[t]], Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+    first = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert len(first.categories) >= 2
+    victim, *others = first.categories
+    assert wait_for(lambda: holds(writer, victim))
+    before = {r.id: r for r in runtime.store.get(Zone.PUBLIC, others)}
+    writer.memory.delete(victim)
+    assert writer.flush()
+    ingest(runtime, Zone.PUBLIC)
+    assert runtime.store.presence(Zone.PUBLIC, [victim]) == {victim: True}
+
+    write(writer, [(c, "programming") for c in TOPICS["programming"]], Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+    second = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert victim in second.categories  # the same traces: the same id
+    assert runtime.store.presence(Zone.PUBLIC, [victim]) == {victim: True}
+    after = {r.id: r for r in runtime.store.get(Zone.PUBLIC, others)}
+    for kept in set(others) & set(second.categories):
+        assert after[kept].content == before[kept].content
+        assert after[kept].recorded_at == before[kept].recorded_at
