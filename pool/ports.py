@@ -189,6 +189,14 @@ class WriteObserver(Protocol):
 # may widen them.
 
 
+def tombstones_in(store: ZoneStore, zone: Zone, where: And) -> list[Tombstone]:
+    """:meth:`ZoneStore.tombstones` of a store that keeps content as given (the adapters)."""
+    found = {r.id: Tombstone.of(r) for r in store.scan(zone, where)}
+    archived = [i for i in store.archive_ids(zone, where) if i not in found]
+    found |= {r.id: Tombstone.of(r) for r in store.archive_get(zone, archived)}
+    return list(found.values())
+
+
 class ZoneStore(Protocol):
     """The shared store the workers keep: per zone, a live collection and an archive collection
     (Qdrant collections ``<namespace>_<zone>`` and ``<namespace>_<zone>_archive``).
@@ -267,6 +275,12 @@ class ZoneStore(Protocol):
 
     def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None:
         """Delete archived records (unknown ids are ignored)."""
+        ...
+
+    def tombstones(self, zone: Zone, where: And) -> list[Tombstone]:
+        """A tombstone for each record, live or archived, matching ``where`` (one per id),
+        made without reading content: a record whose content cannot be opened any more (its
+        key retired) gets one too. What a forget writes."""
         ...
 
     def session(self) -> AbstractContextManager[None]:

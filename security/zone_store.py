@@ -170,6 +170,9 @@ class SecureZoneStore:
     def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None:
         self.inner.archive_remove(zone, ids)
 
+    def tombstones(self, zone: Zone, where: And) -> list[Tombstone]:
+        return self.inner.tombstones(zone, where)  # no content is read: none is opened
+
     def session(self) -> AbstractContextManager[None]:
         return self.inner.session()
 

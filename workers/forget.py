@@ -34,7 +34,7 @@ from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import EnvelopeCodec
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import ZoneStore
-from hivemem.pool.records import Tombstone, UtcDatetime, utc_now
+from hivemem.pool.records import UtcDatetime, utc_now
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.keyring import ZoneKeyring
@@ -147,19 +147,18 @@ class ForgetService:
             owned = And(all=[Cond(field="scope.user_id", op="eq", value=user_id)])
             # Before the drain too: tombstones queued by an agent's own forget would otherwise
             # hide records that other agents still hold.
-            found = {r.id: r for r in self._store.scan(zone, owned)}
+            # Archived records are tombstoned too: agents hold copies of them, and the store
+            # must refuse a late copy. Records whose key is retired too: made without content.
+            found = {t.id: t for t in self._store.tombstones(zone, owned)}
             self._ingest.drain(
                 zone, on_due=lambda due: None if due == user_id else on_due(zone, due)
             )
-            found |= {r.id: r for r in self._store.scan(zone, owned)}
+            found |= {t.id: t for t in self._store.tombstones(zone, owned)}
             archived = self._store.archive_ids(zone, owned)
-            # Archived records are tombstoned too: agents hold copies of them, and the store
-            # must refuse a late copy.
-            kept = [r for r in self._store.archive_get(zone, archived) if r.id not in found]
-            tombstones = [Tombstone.of(r) for r in [*found.values(), *kept]]
+            tombstones = list(found.values())
             self._store.put_tombstones(zone, tombstones)
             self._store.archive_remove(zone, archived)
-            receipt.live_records = len(found)
+            receipt.live_records = len(found.keys() - set(archived))
             receipt.archived_records = len(archived)
             receipt.redis_keys_deleted = cast(
                 "int",

@@ -32,7 +32,7 @@ from hivemem.pool.adapters.edge_index import EdgeIndex
 from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import MemoryClosed, StoreBusy
 from hivemem.pool.filters import And
-from hivemem.pool.ports import Vector
+from hivemem.pool.ports import Vector, tombstones_in
 from hivemem.pool.records import MemoryRecord, Tombstone
 
 log = structlog.get_logger(__name__)
@@ -239,6 +239,9 @@ class EdgeZoneStore:
     def archive_facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
         with self._lock:
             return self._archived(zone).facet(field, where)
+
+    def tombstones(self, zone: Zone, where: And) -> list[Tombstone]:
+        return tombstones_in(self, zone, where)
 
     def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None:
         if ids:

@@ -56,7 +56,7 @@ from hivemem.pool.errors import (
 )
 from hivemem.pool.filters import And
 from hivemem.pool.ids import check_record_id
-from hivemem.pool.ports import Vector
+from hivemem.pool.ports import Vector, tombstones_in
 from hivemem.pool.records import MemoryRecord, Tombstone
 
 log = structlog.get_logger(__name__)
@@ -375,6 +375,9 @@ class QdrantZoneStore:
     def archive_facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
         """Raises InvalidFilter for a field that is not a keyword field."""
         return self._facet(self._archive(zone), field, where)
+
+    def tombstones(self, zone: Zone, where: And) -> list[Tombstone]:
+        return tombstones_in(self, zone, where)
 
     def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None:
         checked = _checked(ids)

@@ -16,7 +16,7 @@ from hivemem.agents.agent import Agent
 from hivemem.cli.main import main
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.errors import InvalidIdentifier, InvalidInput, KeyStillInUse, KeyUnavailable
-from hivemem.pool.filters import And
+from hivemem.pool.filters import And, Cond
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.pool_security import WORKER_SENDER
@@ -155,6 +155,13 @@ def test_a_forced_retirement_loses_what_a_holder_kept_under_the_key(
     assert {i: writer.memory.get(i).content for i in written} == written
     retired = next(e for e in reversed(pool.audit.tail(10)) if e.kind == "key_retired")
     assert retired.details == {"forced": True, "behind": [WORKER_SENDER]}
+
+    # Unreadable, yet forgotten all the same: tombstones need no content.
+    receipt = runtime.forget.forget_user("dave", [Zone.CONFIDENTIAL], on_due=lambda *_: None)
+    assert receipt.zones[Zone.CONFIDENTIAL.value].live_records == len(written)
+    dave = And(all=[Cond(field="scope.user_id", op="eq", value="dave")])
+    assert runtime.store.ids(Zone.CONFIDENTIAL, dave) == []
+    assert all(runtime.store.presence(Zone.CONFIDENTIAL, sorted(written)).values())
 
 
 def test_bad_rotation_requests_change_nothing(

@@ -489,6 +489,20 @@ def test_archive_round_trips_records_exactly(store: Adapter) -> None:
     assert store.count(PUBLIC, EVERYTHING) == 0
 
 
+def test_tombstones_cover_live_and_archived_records_once(store: Adapter) -> None:
+    """tombstones: one per matching record, live or archived (a record in both counts once),
+    with the record's identity and scope; other users' records are left out."""
+    live, both, archived = make("live"), make("both"), make("archived")
+    other = make("other user", scope=Scope(user_id="u2"))
+    store.upsert(PUBLIC, [live, both, other])
+    store.archive_put(PUBLIC, [both, archived])
+    where = And(all=[Cond(field="scope.user_id", op="eq", value="u1")])
+    found = {t.id: t for t in store.tombstones(PUBLIC, where)}
+    assert sorted(found) == sorted(r.id for r in (live, both, archived))
+    assert len(store.tombstones(PUBLIC, where)) == 3
+    assert all(t.scope.user_id == "u1" and t.zone == PUBLIC for t in found.values())
+
+
 def test_archive_put_is_idempotent(store: Adapter) -> None:
     """Archiving a record twice keeps one copy, the one written last."""
     record = make("old")
