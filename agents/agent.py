@@ -38,15 +38,17 @@ class Agent:
         identity: Identity | None = None,
         relay: RedisBus | None = None,
         upkeep: Callable[[], object] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         """``bus`` is the agent's own connection (its Redis user, with ACLs); ``relay`` the
         pool's, for hand-overs to other agents' inboxes; ``identity`` how messages are sealed,
         signed and checked (plain when None); ``upkeep`` runs at each heartbeat, on the
-        receiving thread (the pool re-seals the local store after key rotations with it)."""
+        receiving thread (the pool re-seals the local store after key rotations with it);
+        ``outbox`` the one of ``memory``'s directory, when the caller opened it already."""
         self.info = info
         self.memory = memory
         self.identity = identity or Identity(info, PlainCodec())
-        self._outbox = Outbox(memory.path)
+        self._outbox = outbox or Outbox(memory.path)
         self._sender = Sender(info, self._outbox, bus, settings, relay, self.identity)
         self._sharing = ShareObserver(
             info, self._outbox, self._sender.wake, settings, self.identity

@@ -17,6 +17,7 @@ import structlog
 from hivemem.agents.agent import Agent
 from hivemem.agents.identity import Identity, SecureIdentity
 from hivemem.agents.memory import HierarchicalMemory
+from hivemem.agents.outbox import Outbox
 from hivemem.agents.retention import LocalRetention
 from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
 from hivemem.pool.adapters.redis_errors import REDIS_DOWN, unavailable
@@ -222,6 +223,7 @@ class SharedMemoryPool:
             wrap_index=None if seal is None else lambda index: _kept(sealed, index, seal),
             write_gate=lambda zone, compartments: self._check_write(info, zone, compartments),
         )
+        outbox = Outbox(memory.path)
         try:
             identity, bus = self._secured(info)
             chores: list[Callable[[], int]] = [LocalRetention(memory, self.policies).run]
@@ -229,17 +231,19 @@ class SharedMemoryPool:
                 zones = [zone for zone in Zone if zone <= info.clearance]
                 chores.append(
                     LocalReseal(
-                        info.agent_id, zones, sealed[0], memory.hold_writes(), self.rotation
+                        info.agent_id, zones, sealed[0], memory.hold_writes(), self.rotation,
+                        waiting=lambda: (p.body for p in outbox.peek(len(outbox))),
                     ).run
-                )
+                )  # fmt: skip
             for chore in chores:  # what passed or was rotated while the agent was away
                 chore()
         except BaseException:
+            outbox.close()
             memory.close()
             raise
         agent = Agent(
             info, memory, bus, self.registry, self.settings.pool, identity=identity,
-            relay=self.bus, upkeep=lambda: [chore() for chore in chores],
+            relay=self.bus, upkeep=lambda: [chore() for chore in chores], outbox=outbox,
         )  # fmt: skip
         self._attached[info.agent_id] = agent
         return agent

@@ -7,6 +7,7 @@ everything stays readable throughout; bad requests change nothing."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -108,6 +109,38 @@ def test_rotate_reseal_retire_keeps_everything_readable(
     assert kinds["key_rotated"].details["previous"] == old
     assert kinds["key_retired"].subject == old
     assert kinds["key_retired"].details["forced"] is False
+
+
+def test_a_message_waiting_in_an_outbox_under_the_old_key_holds_its_retirement(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """An agent whose outbox still holds a message sealed under the old key (it sends every
+    few seconds) has not re-sealed, for the retirement: retired, the key would leave that
+    acknowledged write unreadable to every receiver. Once it is sent, the agent re-seals at
+    its next heartbeat, the key can go, and the write is in the zone store. (A message sent
+    under the old key but not yet read by a receiver is not covered: see docs/security.md.)"""
+    runtime = make_runtime()
+    slow = pool.register_agent(
+        "slow", clearance=Zone.INTERNAL, share_levels=[Level.EPISODE], sync_interval=6.0
+    )
+    old = active_key(pool, Zone.INTERNAL)
+    record = slow.memory.add("a note still in the outbox", user_id="carol", zone=Zone.INTERNAL)
+    new = pool.rotate_key(Zone.INTERNAL)
+    assert pool.rotation is not None
+    runtime.reseal.reseal(Zone.INTERNAL, on_due=ignore)
+    time.sleep(1.0)  # five heartbeats of the agent
+    assert slow.pending > 0  # its zone topic's message and its ingest queue's
+    assert pool.rotation.resealed_under(Zone.INTERNAL, "slow") != new.key_id
+    with pytest.raises(KeyStillInUse) as refused:
+        pool.retire_key(Zone.INTERNAL, old)
+    assert "slow" in refused.value.holders
+
+    assert slow.flush(timeout_s=20.0)
+    runtime.ingest.drain(Zone.INTERNAL, on_due=ignore)  # what the workers do within seconds
+    assert wait_for(lambda: pool.rotation.resealed_under(Zone.INTERNAL, "slow") == new.key_id)
+    assert pool.retire_key(Zone.INTERNAL, old) == []
+    [stored] = runtime.store.get(Zone.INTERNAL, [record.id])
+    assert stored.content == "a note still in the outbox"
 
 
 def test_an_agent_attaching_after_a_rotation_reseals_at_attach(
