@@ -507,15 +507,33 @@ def _labels(values: Sequence[str]) -> list[str]:
     return kept[:64]
 
 
+def _check_fields(draft: Draft) -> None:
+    """StrategyFailed unless the draft's content, category, importance and labels make a valid
+    record (as _derive makes it): found here, a bad one falls back to offline; found in
+    _derive, it would fail the run, and every later run resumes the same plan."""
+    try:
+        MemoryRecord(
+            content=draft.content.strip()[:_MAX_CONTENT_CHARS],
+            scope=Scope(user_id="check"),
+            category=draft.category,
+            importance=min(1.0, max(0.0, float(draft.importance))),
+            tags=_labels(draft.tags),
+            entities=_labels(draft.entities),
+        )
+    except (HivememError, ValueError, TypeError) as error:
+        raise StrategyFailed(f"a draft that makes no valid record: {error}"[:300]) from None
+
+
 def _check(drafts: Sequence[Draft], sources: Sources) -> None:
     """The strategy contract (see hivemem.workers.strategy); raises StrategyFailed."""
     known = {r.id for r in sources.records}
     seen: set[str] = set()
     for draft in drafts:
-        if not draft.sources:
+        if not isinstance(draft, Draft) or not draft.sources:
             raise StrategyFailed("a draft without sources")
-        if not draft.content.strip():
+        if not isinstance(draft.content, str) or not draft.content.strip():
             raise StrategyFailed("a draft without content")
+        _check_fields(draft)
         for source in draft.sources:
             if source not in known:
                 raise StrategyFailed("a draft names a source that is not an input")

@@ -199,21 +199,34 @@ class BrokenStrategy:
         return Draft(content=f"{user_id}", sources=ids, category=Category.INSIGHT)
 
 
+class BadFieldsStrategy(BrokenStrategy):
+    """Covers every episode, but with a category that is none: no valid record."""
+
+    name = "bad-fields"
+
+    def traces(self, episodes: Sources) -> list[Draft]:
+        everything = tuple(r.id for r in episodes.records)
+        return [Draft(content="all", sources=everything, category="nonsense")]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "name"), [("BrokenStrategy", "broken"), ("BadFieldsStrategy", "bad-fields")]
+)
 def test_a_strategy_that_breaks_the_contract_falls_back_to_offline(
-    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime], strategy: str, name: str
 ) -> None:
-    """A custom strategy named module:Class is used; when it leaves an input out, the offline
-    strategy does that step instead (logged), and no episode is lost."""
-    runtime = make_runtime(
-        consolidation={"threshold": 1000, "strategy": f"{__name__}:BrokenStrategy"}
-    )
+    """A custom strategy named module:Class is used; when it leaves an input out, or drafts
+    what makes no valid record (before, that failed the run and every later run resumed the
+    same plan: the user's consolidation was stuck), the offline strategy does that step
+    instead (logged), and no episode is lost."""
+    runtime = make_runtime(consolidation={"threshold": 1000, "strategy": f"{__name__}:{strategy}"})
     agent = pool.register_agent("writer", clearance=Zone.SECRET)
     topic_of = write(agent, [(c, "programming") for c in TOPICS["programming"]], Zone.PUBLIC)
     ingest(runtime, Zone.PUBLIC)
     with structlog.testing.capture_logs() as logs:
         report = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
     failed = [e for e in logs if e["event"] == "consolidation_strategy_failed"]
-    assert [(e["strategy"], e["step"]) for e in failed] == [("broken", "traces")]
+    assert [(e["strategy"], e["step"]) for e in failed] == [(name, "traces")]
     traces = runtime.store.get(Zone.PUBLIC, report.traces)
     assert sorted(s for t in traces for s in t.sources) == sorted(topic_of)
     [category] = runtime.store.get(Zone.PUBLIC, report.categories)
