@@ -33,7 +33,7 @@ def _forget(args: argparse.Namespace, settings: HivememSettings) -> int:
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
-    from hivemem.cli.output import add_json_flag
+    from hivemem.cli.output import add_json_flag, seconds
 
     forget = commands.add_parser(
         "forget",
@@ -42,7 +42,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     forget.add_argument("user_id", metavar="USER")
     forget.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait for the worker (default 60)"
+        "--timeout",
+        type=seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the worker (default 60)",
     )
     add_json_flag(forget)
     forget.set_defaults(handler=_forget)

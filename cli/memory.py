@@ -26,7 +26,7 @@ from hivemem.cli.scope_args import (
     record_json,
 )
 from hivemem.pool.enums import Category, Level, Tier, Zone
-from hivemem.pool.errors import InvalidInput
+from hivemem.pool.errors import InvalidContent, InvalidInput
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.settings import HivememSettings
 
@@ -34,8 +34,20 @@ _SHOWN_CHARS = 240
 
 
 def _text(value: str) -> str:
-    """The TEXT argument; ``-`` reads it from standard input (without its final newlines)."""
-    return sys.stdin.read().rstrip("\n") if value == "-" else value
+    """The TEXT argument; ``-`` reads it from standard input as UTF-8 (without its final
+    newlines), whatever the locale's encoding. Raises InvalidContent (nothing is written) when
+    standard input is not valid UTF-8: content is text, never bytes smuggled in as escapes."""
+    if value != "-":
+        return value
+    raw = sys.stdin.buffer.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidContent(
+            f"standard input is not UTF-8 text (invalid byte at offset {error.start})",
+            field="content",
+        ) from None
+    return text.rstrip("\n")
 
 
 def _when(record: MemoryRecord) -> str:
@@ -255,7 +267,9 @@ def _register_writes(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="ENTITY",
         help="an entity it is about; repeat for several",
     )
-    add.add_argument("text", metavar="TEXT", help="the memory's content; - reads standard input")
+    add.add_argument(
+        "text", metavar="TEXT", help="the memory's content; - reads standard input (UTF-8)"
+    )
     add_flush_timeout(add)
     add_json_flag(add)
     add.set_defaults(handler=_add)
@@ -264,7 +278,9 @@ def _register_writes(sub: argparse._SubParsersAction[Any]) -> None:
         sub, "update", "replace a current memory by a new version (prints the new id)"
     )
     update.add_argument("id", metavar="ID")
-    update.add_argument("text", metavar="TEXT", help="the new content; - reads standard input")
+    update.add_argument(
+        "text", metavar="TEXT", help="the new content; - reads standard input (UTF-8)"
+    )
     update.add_argument("--importance", type=float, help="a new importance (default: kept)")
     add_choice(update, "--category", Category, "a new category (default: kept)")
     add_flush_timeout(update)

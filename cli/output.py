@@ -1,9 +1,11 @@
-"""What every command shares: ``--json`` output, rich tables, and the pool connection."""
+"""What every command shares: ``--json`` output, rich tables, checked numeric arguments, and
+the pool connection."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,36 @@ if TYPE_CHECKING:
     from hivemem.pool.shared import SharedMemoryPool
 
 console = Console()
+
+#: The longest wait a command accepts, in seconds: a day, as long as the workers keep a task's
+#: result (longer waits could never be answered; far longer ones overflow the OS's timed waits).
+MAX_WAIT_S = 24 * 3600.0
+
+
+def seconds(text: str) -> float:
+    """argparse type of a wait in seconds: a finite number above 0, at most MAX_WAIT_S. Raises
+    ArgumentTypeError (argparse then exits 2 before the command does anything) for anything
+    else: ``nan`` and ``inf`` would wait forever, 0 or less would give up before trying."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_WAIT_S):
+        raise argparse.ArgumentTypeError(
+            f"seconds must be a number above 0 and at most {MAX_WAIT_S:g}, not {text!r}"
+        )
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count of at least 1. Raises ArgumentTypeError (exit 2) otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text!r}")
+    return value
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

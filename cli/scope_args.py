@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hivemem.cli.output import open_pool
+from hivemem.cli.output import open_pool, seconds
 from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import HivememError, StoreLocked
@@ -84,7 +84,7 @@ def add_scope(parser: argparse.ArgumentParser, *, user_required: bool = True) ->
 def add_flush_timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flush-timeout",
-        type=float,
+        type=seconds,
         default=FLUSH_S,
         metavar="SECONDS",
         help=f"how long to wait for the pool to acknowledge the writes (default {FLUSH_S:g})",

@@ -5,7 +5,22 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hivemem.cli.output import positive_int
 from hivemem.pool.settings import HivememSettings
+
+#: The log levels Celery accepts (any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")
+
+
+def _add_loglevel(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loglevel",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        metavar="LEVEL",
+        help=f"Celery log level: {', '.join(LOG_LEVELS)} (default INFO)",
+    )
 
 
 def _demo(args: argparse.Namespace, settings: HivememSettings) -> int:
@@ -68,7 +83,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="run the embedded stack (Redis, a worker, beat) on HIVEMEM_DATA_DIR until "
         "interrupted; other hivemem commands and pools on this data directory use it",
     )
-    up.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
+    up.add_argument(
+        "--concurrency", type=positive_int, default=1, help="worker processes (default 1)"
+    )
     up.add_argument("--quiet", action="store_true", help="do not print the connection details")
     up.set_defaults(handler=_up)
 
@@ -77,7 +94,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="run a Celery worker of the fleet (ingest, consolidation, lifecycle) on "
         "HIVEMEM_REDIS_URL; run more of them to scale",
     )
-    worker.add_argument("--concurrency", type=int, default=1, help="pool processes (default 1)")
+    worker.add_argument(
+        "--concurrency", type=positive_int, default=1, help="pool processes (default 1)"
+    )
     worker.add_argument(
         "--queues",
         default="",
@@ -91,9 +110,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     worker.add_argument(
         "--events", action="store_true", help="send task events (what Flower's task pages show)"
     )
-    worker.add_argument("--loglevel", default="INFO", help="Celery log level")
+    _add_loglevel(worker)
     worker.set_defaults(handler=_worker)
 
     beat = commands.add_parser("beat", help="run the schedule of periodic work (one per fleet)")
-    beat.add_argument("--loglevel", default="INFO", help="Celery log level")
+    _add_loglevel(beat)
     beat.set_defaults(handler=_beat)

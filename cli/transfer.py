@@ -1,8 +1,12 @@
 """``hivemem export`` and ``hivemem import``: an agent's memories as JSON Lines.
 
 A file holds one :class:`~hivemem.pool.records.MemoryRecord` per line (``model_dump_json()``),
-oldest first, without vectors. Import checks every line before storing anything, keeps the
-records' ids, and stores them the way the agent stores what other agents send it
+oldest first, without vectors. Export writes a new file readable by its owner only (mode 0600:
+it holds plaintext of every zone the agent is cleared for), and replaces an existing one only
+when asked to. Import checks every line before storing anything (the agent may read it and
+would have been allowed to write it: zone, compartments, sensitive content; its version links
+make no loop), keeps the records' ids, and stores them the way the agent stores what other
+agents send it
 (:meth:`~hivemem.agents.memory.HierarchicalMemory.receive`): vectors are computed again with the
 memory's model, ``received_from`` says where a record came from, a record already here (or
 deleted here) is skipped, so importing a file twice stores it once. Imported records are not
@@ -13,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import Progress
 
+from hivemem.cli.import_checks import loops, refusal
 from hivemem.cli.output import add_json_flag
 from hivemem.cli.scope_args import acting_as, add_agent
 from hivemem.pool.errors import HivememError, InvalidInput
@@ -40,6 +47,10 @@ _PAGE = 100_000
 _CHUNK = 256
 #: Bad lines listed one by one before the rest are only counted.
 _SHOWN_ERRORS = 20
+#: Lines of a loop of version links named in each of its lines' error.
+_SHOWN_LOOP_LINES = 8
+#: What ``link`` fails with on a file system that has no hard links.
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 class ExportIncomplete(HivememError):
@@ -50,6 +61,15 @@ class ExportIncomplete(HivememError):
 class OutputFailed(HivememError):
     """Raised when an export cannot be written (no such directory, disk full, standard output
     closed by its reader); no partial file is left."""
+
+
+class OutputExists(InvalidInput):
+    """Raised when the export's target exists (a file, a symbolic link) and ``--force`` was not
+    given, before the export starts or when the file appeared meanwhile; nothing was written."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(f"{target} exists; nothing was written (--force replaces it)", field="out")
+        self.target = target
 
 
 class InvalidFile(InvalidInput):
@@ -117,11 +137,46 @@ def _user_records(
     return sorted(found.values(), key=lambda r: (r.recorded_at, r.id))
 
 
+def _target(out: str, *, force: bool) -> Path | None:
+    """Where the export goes: None for standard output (``-``), else the file ``out``. Raises
+    InvalidInput when ``out`` names no file (empty, ``.``, ``..``, ending in ``/``, a
+    directory), OutputExists when something is there and not ``force``."""
+    if out == "-":
+        return None
+    path = Path(out)
+    if out.rsplit("/", 1)[-1] in ("", ".", "..") or path.is_dir():
+        raise InvalidInput(f"{out!r} names no file to write the export to", field="out")
+    if not force and os.path.lexists(path):
+        raise OutputExists(out)
+    return path
+
+
+def _publish(temp: str, path: Path, *, force: bool) -> None:
+    """Give the written ``temp`` the name ``path``: replacing what is there when ``force`` (a
+    symbolic link is replaced, never followed), else only if nothing is (raises
+    OutputExists). OSErrors propagate."""
+    if force:
+        os.replace(temp, path)
+        return
+    try:
+        os.link(temp, path)  # fails when the name exists, whatever it is
+    except FileExistsError:
+        raise OutputExists(str(path)) from None
+    except OSError as error:
+        if error.errno not in _NO_HARD_LINKS:
+            raise
+        # A file system without hard links (FAT): look, then rename (a narrow race).
+        if os.path.lexists(path):
+            raise OutputExists(str(path)) from None
+        os.replace(temp, path)
+
+
 @contextlib.contextmanager
-def _sink(target: str) -> Iterator[IO[str]]:
-    """Standard output for ``-``; else a temporary file beside ``target``, renamed onto it
-    when the body succeeds (a failed export leaves no partial file). Raises OutputFailed."""
-    if target == "-":
+def _sink(path: Path | None, *, force: bool) -> Iterator[IO[str]]:
+    """Standard output for None; else a new temporary file beside ``path`` (an unpredictable
+    name, created exclusively, mode 0600), given the name ``path`` when the body succeeds (a
+    failed export leaves no partial file). Raises OutputFailed, OutputExists."""
+    if path is None:
         try:
             yield sys.stdout
             sys.stdout.flush()
@@ -130,26 +185,34 @@ def _sink(target: str) -> Iterator[IO[str]]:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise OutputFailed("standard output was closed before the export ended") from None
         return
-    path = Path(target)
-    partial = path.with_name(f".{path.name}.partial")
+    temp = None
     try:
-        with partial.open("w", encoding="utf-8") as stream:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            os.fchmod(fd, 0o600)  # mkstemp's mode less the umask: exactly 0600 whatever it is
             yield stream
-        partial.replace(path)
+            stream.flush()
+            os.fsync(stream.fileno())
+        _publish(temp, path, force=force)
     except OSError as error:
-        raise OutputFailed(f"cannot write {target}: {error.strerror or error}") from None
+        raise OutputFailed(f"cannot write {path}: {error.strerror or error}") from None
     finally:
-        partial.unlink(missing_ok=True)
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)
 
 
 def _export(args: argparse.Namespace, settings: HivememSettings) -> int:
+    path = _target(args.out, force=args.force)
     written = 0
     with acting_as(settings, args.agent, catch_up=True) as agent:
         memory = agent.memory
         stats = memory.stats(user_id=args.user) if args.user else memory.stats()
         users = [args.user] if args.user else sorted(stats.by_user)
         total = stats.total if args.include_history else stats.current
-        with _sink(args.out) as stream, _progress(args, total, "exporting") as advance:
+        with (
+            _sink(path, force=args.force) as stream,
+            _progress(args, total, "exporting") as advance,
+        ):
             for user_id in users:
                 for record in _user_records(memory, user_id, args.include_history):
                     stream.write(record.model_dump_json() + "\n")
@@ -184,12 +247,16 @@ def _lines(source: str) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(stream, 1)
 
 
-def _parse(source: str, agent: Agent, max_chars: int) -> list[MemoryRecord]:
+def _parse(source: str, agent: Agent, settings: HivememSettings) -> list[MemoryRecord]:
     """Every record of ``source``, each checked as a MemoryRecord, against the memory's content
-    limit, the agent's clearance and the ids of earlier lines. Raises InvalidFile listing every
-    bad line (blank lines are skipped)."""
+    limit, what the agent may read (clearance, compartments), the sensitivity classifier (when
+    on), the ids of earlier lines, and for loops of version links. Raises InvalidFile listing
+    every bad line (blank lines are skipped)."""
+    from hivemem.security.classifier import Classifier
 
-    clearance = agent.info.clearance
+    sensitivity = settings.security.sensitivity
+    classifier = Classifier(sensitivity) if sensitivity.enabled else None
+    max_chars = settings.memory.max_content_chars
     records: list[MemoryRecord] = []
     first_line: dict[str, int] = {}
     errors: list[tuple[int, str]] = []
@@ -201,16 +268,21 @@ def _parse(source: str, agent: Agent, max_chars: int) -> list[MemoryRecord]:
         except InvalidInput as error:
             errors.append((number, str(error)))
             continue
-        if record.zone > clearance:
-            denied = f"zone {record.zone.value} is above the clearance of agent"
-            errors.append((number, f"{denied} {agent.agent_id} ({clearance.value})"))
-        elif len(record.content) > max_chars:
-            errors.append((number, f"content longer than {max_chars} characters"))
+        refused = refusal(record, agent, max_chars, classifier)
+        if refused is not None:
+            errors.append((number, refused))
         elif record.id in first_line:
             errors.append((number, f"id {record.id} already on line {first_line[record.id]}"))
         else:
             first_line[record.id] = number
             records.append(record)
+    for loop in loops(records):
+        lines = sorted(first_line[record_id] for record_id in loop)
+        shown = ", ".join(map(str, lines[:_SHOWN_LOOP_LINES]))
+        if len(lines) > _SHOWN_LOOP_LINES:
+            shown += f" and {len(lines) - _SHOWN_LOOP_LINES} more"
+        errors.extend((line, f"its version links make a loop (lines {shown})") for line in lines)
+    errors.sort()
     if errors:
         raise InvalidFile("standard input" if source == "-" else source, errors)
     return records
@@ -246,7 +318,7 @@ def _store(
 
 def _import(args: argparse.Namespace, settings: HivememSettings) -> int:
     with acting_as(settings, args.agent) as agent:
-        records = _parse(args.file, agent, settings.memory.max_content_chars)
+        records = _parse(args.file, agent, settings)
         with _progress(args, len(records), "importing") as advance:
             stored = _store(agent, records, settings, advance)
     skipped = len(records) - stored
@@ -266,14 +338,22 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="write an agent's memories to a JSON Lines file (one record per line)",
         description="Write an agent's memories to a JSON Lines file: one MemoryRecord per "
         "line, oldest first, without vectors. The file appears only when the export is "
-        "complete.",
+        "complete, readable by its owner only (mode 0600: it holds the memories in clear); an "
+        "existing file is replaced only with --force.",
     )
     add_agent(export)
     export.add_argument("--user", metavar="USER_ID", help="only this user's memories")
     export.add_argument(
         "--include-history", action="store_true", help="also the superseded versions"
     )
-    export.add_argument("out", metavar="OUT.jsonl", help="where to write; - for standard output")
+    export.add_argument(
+        "out",
+        metavar="OUT.jsonl",
+        help="the file to write (created with mode 0600); - for standard output",
+    )
+    export.add_argument(
+        "--force", action="store_true", help="replace OUT.jsonl if it exists (default: refuse)"
+    )
     add_json_flag(export)
     export.set_defaults(handler=_export)
 
@@ -282,7 +362,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="store the records of a JSON Lines file in an agent's memory, keeping their ids",
         description="Check every line of a JSON Lines file (one MemoryRecord per line, as "
         "export writes it), then store its records in the agent's memory with their ids "
-        "(vectors are computed again). A bad line imports nothing: "
+        "(vectors are computed again). Each line must be one the agent may read (clearance, "
+        "compartments) and could have written (sensitive content in a high enough zone), "
+        "and version links must not loop. A bad line imports nothing: "
         "exit 2 and each bad line's number. Records already there are skipped, so importing "
         "twice is harmless. Imported records stay with this agent (they are not sent on).",
     )

@@ -7,10 +7,24 @@ from typing import TYPE_CHECKING, Any
 
 from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone, zone_names
+from hivemem.pool.errors import InvalidInput, KeyUnavailable
 from hivemem.pool.settings import HivememSettings
 
 if TYPE_CHECKING:
     from hivemem.pool.shared import SharedMemoryPool
+
+
+class UnknownKey(InvalidInput):
+    """Raised when ``zones retire-key`` names a well-formed key id that the zone never had:
+    a usage error, like naming an unknown agent (exit 2); nothing changed."""
+
+    def __init__(self, zone: str, key_id: str) -> None:
+        super().__init__(
+            f"zone {zone} has no key {key_id} (`hivemem zones keys {zone}` lists them)",
+            field="key_id",
+        )
+        self.zone = zone
+        self.key_id = key_id
 
 
 def _list(args: argparse.Namespace, settings: HivememSettings) -> int:
@@ -156,7 +170,14 @@ def _retire(args: argparse.Namespace, settings: HivememSettings) -> int:
 
     zone = Zone(args.zone)
     with open_pool(settings) as pool:
-        behind = pool.retire_key(zone, args.key_id, force=args.force)
+        try:
+            behind = pool.retire_key(zone, args.key_id, force=args.force)
+        except KeyUnavailable as error:
+            # KeyUnavailable names the key asked for when the zone does not have it; of another
+            # key (the active one, broken), it is a failure of the pool, not of the command line.
+            if error.key_id != args.key_id:
+                raise
+            raise UnknownKey(zone.value, args.key_id) from None
     data = {"zone": zone.value, "key_id": args.key_id, "retired": True, "behind": behind}
     emit(
         args,
@@ -209,7 +230,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def _register_keys(actions: argparse._SubParsersAction[Any]) -> None:
-    from hivemem.cli.output import add_json_flag
+    from hivemem.cli.output import add_json_flag, seconds
 
     zone_help = "zones (default: all): " + " < ".join(zone_names())
     keys = actions.add_parser("keys", help="the zones' data keys and who has not re-sealed yet")
@@ -227,7 +248,11 @@ def _register_keys(actions: argparse._SubParsersAction[Any]) -> None:
         help="queue the workers' re-seal and return at once",
     )  # fmt: skip
     rotate.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait per zone (default 300)"
+        "--timeout",
+        type=seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long to wait per zone (default 300)",
     )
     add_json_flag(rotate)
     rotate.set_defaults(handler=_rotate)

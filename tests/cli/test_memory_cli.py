@@ -190,13 +190,50 @@ def test_delete_removes_every_version(hivemem: Run, alice: str) -> None:
     assert f"no memory with id {old}" in gone.err
 
 
+def stdin(monkeypatch: pytest.MonkeyPatch, data: bytes, encoding: str = "utf-8") -> None:
+    """Standard input holding ``data``, decoded strictly as ``encoding`` by its text layer."""
+    stream = io.TextIOWrapper(io.BytesIO(data), encoding=encoding, errors="strict")
+    monkeypatch.setattr("sys.stdin", stream)
+
+
 def test_text_from_standard_input(
     hivemem: Run, alice: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """TEXT - reads the content from standard input, without its final newline."""
-    monkeypatch.setattr("sys.stdin", io.StringIO("Alice keeps a diary\n"))
+    """TEXT - reads the content from standard input as UTF-8, whatever its text layer's
+    encoding, without its final newline."""
+    stdin(monkeypatch, b"Alice keeps a diary\n")
     record = hivemem("memory", "add", "--agent", alice, "--user", "u1", "-", "--json").json()
     assert record["content"] == "Alice keeps a diary"
+    stdin(monkeypatch, "Alice's café opens at 8\n".encode(), encoding="ascii")
+    record = hivemem("memory", "add", "--agent", alice, "--user", "u1", "-", "--json").json()
+    assert record["content"] == "Alice's café opens at 8"
+
+
+def test_standard_input_that_is_not_utf8_is_a_usage_error(
+    hivemem: Run, alice: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes that are no UTF-8 on standard input exit 2 with the offset of the first bad one
+    (no traceback, whatever the locale's encoding), and nothing is written."""
+    for command in (["add", "--user", "u1"], ["update", "0b7d4a2c-4f7e-4b3a-9a43-7a4f4e2d9c11"]):
+        stdin(monkeypatch, b"caf\xe9 au lait\n")
+        done = hivemem("memory", command[0], "--agent", alice, *command[1:], "-")
+        assert done.code == 2, command
+        assert "standard input is not UTF-8 text (invalid byte at offset 3)" in done.err
+    assert hivemem("memory", "stats", "--agent", alice, "--json").json()["total"] == 0
+
+
+def test_a_flush_timeout_must_be_a_finite_number_of_seconds(hivemem: Run, alice: str) -> None:
+    """--flush-timeout of -1, 0, nan, inf, more than a day or no number exits 2 before
+    anything is written (a negative one used to write, then exit 1; nan waited forever)."""
+    for value in ("-1", "0", "nan", "inf", "-inf", "86401", "1e300", "soon"):
+        done = hivemem(
+            "memory", "add", "--agent", alice, "--user", "u1", "--flush-timeout", value, "x"
+        )
+        assert done.code == 2, value
+        assert "argument --flush-timeout" in done.err, (value, done.err)
+    assert hivemem("memory", "stats", "--agent", alice, "--json").json()["total"] == 0
+    done = hivemem("memory", "add", "--agent", alice, "--user", "u1", "--flush-timeout", "2.5", "x")
+    assert done.code == 0, done.err
 
 
 def test_bad_input_is_a_usage_error(

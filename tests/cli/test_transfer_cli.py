@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,3 +190,204 @@ def test_both_commands_have_help(offline: Run) -> None:
         done = offline(command, "--help")
         assert done.code == 0, command
         assert "MemoryRecord" in done.out, command
+
+
+# -- what import refuses ------------------------------------------------------------------------
+
+
+def exported_line(hivemem: Run, agent: str, tmp_path: Path, text: str) -> dict[str, Any]:
+    """A record ``agent`` wrote, as the JSON object of its export line."""
+    add(hivemem, agent, text, "--user", "u1")
+    out = tmp_path / f"{uuid.uuid4().hex}.jsonl"
+    assert hivemem("export", "--agent", agent, str(out)).code == 0
+    return dict(json.loads(out.read_text().splitlines()[-1]))
+
+
+def write_lines(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_import_refuses_compartments_the_agent_does_not_hold(
+    hivemem: Run, agent_id: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line in a compartment the importing agent does not hold is a bad line, named like a
+    zone above its clearance: nothing is imported, so a search finds nothing; an agent holding
+    the compartment imports the file."""
+    monkeypatch.setenv("HIVEMEM_COMPARTMENTS", '["apollo", "hr"]')
+    lead, clerk, hr = agent_id("lead"), agent_id("clerk"), agent_id("hr")
+    registered = [
+        hivemem("agents", "register", lead, "--compartment", "apollo", "--compartment", "hr"),
+        hivemem("agents", "register", clerk, "--compartment", "apollo"),
+        hivemem("agents", "register", hr, "--compartment", "hr"),
+    ]
+    assert [done.code for done in registered] == [0, 0, 0]
+    add(hivemem, lead, "Dana's salary review is due", "--user", "u1", "--compartment", "hr")
+    add(hivemem, lead, "the canteen opens at noon", "--user", "u1")
+    out = tmp_path / "lead.jsonl"
+    assert hivemem("export", "--agent", lead, str(out)).code == 0
+
+    refused = hivemem("import", "--agent", clerk, str(out))
+    assert refused.code == 2
+    assert "1 bad line(s)" in refused.err
+    assert f"{out}:1: agent {clerk} does not hold compartment(s) hr" in refused.err
+    assert hivemem("memory", "stats", "--agent", clerk, "--json").json()["total"] == 0
+    found = hivemem("memory", "search", "--agent", clerk, "--user", "u1", "salary", "--json")
+    assert found.json() == []
+
+    accepted = hivemem("import", "--agent", hr, str(out), "--json")
+    assert accepted.code == 0, accepted.err
+    assert accepted.json()["imported"] == 2
+
+
+def test_import_refuses_sensitive_content_in_a_lower_zone(
+    hivemem: Run, agents: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line whose content or labels the sensitivity classifier puts above the line's zone is
+    a bad line naming the detectors (never the text), as `memory add` of it is refused; a line
+    in a high enough zone imports; with the classifier off, the zone is the line's."""
+    alice, bob = agents
+    line = exported_line(hivemem, alice, tmp_path, "the weather is fine")
+    ssn = line | {"id": str(uuid.uuid4()), "content": "Dana's SSN is 536-22-1234"}
+    email = line | {"id": str(uuid.uuid4()), "tags": ["dana@example.com"]}
+    path = write_lines(tmp_path / "sensitive.jsonl", [line, ssn, email])
+    assert hivemem("memory", "add", "--agent", bob, "--user", "u1", ssn["content"]).code == 1
+
+    refused = hivemem("import", "--agent", bob, str(path))
+    assert refused.code == 2
+    assert "2 bad line(s)" in refused.err
+    assert f"{path}:2: sensitive content (ssn) belongs in zone confidential" in refused.err
+    assert f"{path}:3: sensitive content (email) belongs in zone internal" in refused.err
+    assert "536-22-1234" not in refused.err
+    assert "dana@example.com" not in refused.err
+    assert hivemem("memory", "stats", "--agent", bob, "--json").json()["total"] == 0
+
+    internal = write_lines(tmp_path / "internal.jsonl", [email | {"zone": "internal"}])
+    assert hivemem("import", "--agent", alice, str(internal), "--json").json()["imported"] == 1
+
+    monkeypatch.setenv("HIVEMEM_SECURITY__SENSITIVITY__ENABLED", "false")
+    unchecked = hivemem("import", "--agent", bob, str(path), "--json")
+    assert unchecked.code == 0, unchecked.err
+    assert unchecked.json()["imported"] == 3
+
+
+def test_import_refuses_version_links_that_loop(
+    hivemem: Run, agents: tuple[str, str], tmp_path: Path
+) -> None:
+    """A line that supersedes itself or is superseded by itself, and lines whose version links
+    lead back to where they start (through supersedes or superseded_by), are bad lines; a link
+    to a record outside the file is not one."""
+    alice, bob = agents
+    line = exported_line(hivemem, alice, tmp_path, "version one")
+    a, b, c, d, e, f, g, h = (str(uuid.uuid4()) for _ in range(8))
+    lines = [
+        line | {"id": a, "supersedes": a},
+        line | {"id": b, "superseded_by": b},
+        line | {"id": c, "supersedes": d},
+        line | {"id": d, "supersedes": c},
+        line | {"id": e, "superseded_by": f},
+        line | {"id": f, "superseded_by": g},
+        line | {"id": g, "superseded_by": e},
+        line | {"id": h, "supersedes": line["id"]},  # its predecessor is not in the file: fine
+    ]
+    path = write_lines(tmp_path / "loops.jsonl", lines)
+
+    done = hivemem("import", "--agent", bob, str(path))
+    assert done.code == 2
+    assert "7 bad line(s)" in done.err
+    itself = "a version link (supersedes, superseded_by) names the record itself"
+    for number in (1, 2):
+        assert f"{path}:{number}: {itself}" in done.err
+    for number in (3, 4):
+        assert f"{path}:{number}: its version links make a loop (lines 3, 4)" in done.err
+    for number in (5, 6, 7):
+        assert f"{path}:{number}: its version links make a loop (lines 5, 6, 7)" in done.err
+    assert f"{path}:8:" not in done.err
+    assert hivemem("memory", "stats", "--agent", bob, "--json").json()["total"] == 0
+
+
+# -- where export writes ------------------------------------------------------------------------
+
+
+def test_export_refuses_an_existing_file_unless_forced(
+    hivemem: Run, agents: tuple[str, str], tmp_path: Path
+) -> None:
+    """An existing target (even for an export of no records) exits 2 and is left as it was;
+    --force replaces it."""
+    alice, bob = agents
+    add(hivemem, alice, "Alice prefers green tea", "--user", "u1")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    out = folder / "kept.jsonl"
+    out.write_text("precious\n")
+    for agent in (alice, bob):  # bob has no memories: an export of 0 records
+        done = hivemem("export", "--agent", agent, str(out))
+        assert done.code == 2, agent
+        assert f"{out} exists; nothing was written (--force replaces it)" in done.err
+        assert out.read_text() == "precious\n"
+    forced = hivemem("export", "--agent", alice, str(out), "--force")
+    assert forced.code == 0, forced.err
+    assert [r.content for r in records(out)] == ["Alice prefers green tea"]
+    assert [p.name for p in folder.iterdir()] == ["kept.jsonl"]  # no temporary file left
+
+
+def test_the_export_file_is_private(hivemem: Run, agents: tuple[str, str], tmp_path: Path) -> None:
+    """The file is created with mode 0600 whatever the umask, and stays 0600 when it replaces a
+    world-readable file."""
+    alice, _ = agents
+    add(hivemem, alice, "Alice's door code is 4711", "--user", "u1")
+    out = tmp_path / "private.jsonl"
+    old_umask = os.umask(0o022)
+    try:
+        assert hivemem("export", "--agent", alice, str(out)).code == 0
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        out.chmod(0o644)
+        assert hivemem("export", "--agent", alice, str(out), "--force").code == 0
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    finally:
+        os.umask(old_umask)
+
+
+def test_export_never_writes_through_a_planted_link(
+    hivemem: Run, agents: tuple[str, str], tmp_path: Path
+) -> None:
+    """A symbolic link planted where the export's temporary file used to be (a predictable
+    name), or at the target, never gets its target overwritten: the export writes a new file of
+    an unpredictable name, refuses an existing target, and --force replaces the link itself."""
+    alice, _ = agents
+    add(hivemem, alice, "Alice prefers green tea", "--user", "u1")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    out = tmp_path / "out.jsonl"
+    (tmp_path / ".out.jsonl.partial").symlink_to(victim)
+    assert hivemem("export", "--agent", alice, str(out)).code == 0
+    assert victim.read_text() == "untouched\n"
+    assert not out.is_symlink()
+    assert len(records(out)) == 1
+
+    linked = tmp_path / "linked.jsonl"
+    linked.symlink_to(victim)
+    refused = hivemem("export", "--agent", alice, str(linked))
+    assert refused.code == 2
+    assert "exists" in refused.err
+    assert hivemem("export", "--agent", alice, str(linked), "--force").code == 0
+    assert victim.read_text() == "untouched\n"
+    assert not linked.is_symlink()
+    assert len(records(linked)) == 1
+
+
+def test_export_to_a_name_of_no_file_is_a_usage_error(
+    hivemem: Run, agents: tuple[str, str], tmp_path: Path
+) -> None:
+    """An empty target, `.`, `..`, `/`, a directory or a name ending in `/` exits 2, even with
+    --force, and writes nothing."""
+    alice, _ = agents
+    add(hivemem, alice, "Alice prefers green tea", "--user", "u1")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for target in ("", ".", "..", "/", str(folder), f"{folder}/new/", f"{folder}/.."):
+        for force in ([], ["--force"]):
+            done = hivemem("export", "--agent", alice, target, *force)
+            assert done.code == 2, (target, force)
+            assert "names no file to write the export to" in done.err, (target, done.err)
+    assert list(folder.iterdir()) == []
