@@ -277,7 +277,13 @@ def _parse(raw: bytes | str) -> AuditEntry:
 
 def verify_file(path: Path, *, anchor: Anchor | tuple[int, str] | None = None) -> VerifyReport:
     """Verify a JSONL copy of the log (one entry per line, from seq 1) against the chain and
-    ``anchor``; a problem's position is its line number minus one."""
+    ``anchor``; a problem's position is its line number minus one. Raises InvalidInput for a
+    malformed anchor or a file that cannot be read (missing, a directory, no permission, an I/O
+    error while reading): nothing is said about the log then."""
     anchors = [] if anchor is None else [check_anchor(anchor)]
-    with path.open("rb") as file:
-        return verify((line.removesuffix(b"\n") for line in file), anchors=anchors)
+    try:
+        with path.open("rb") as file:
+            return verify((line.removesuffix(b"\n") for line in file), anchors=anchors)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise InvalidInput(f"cannot read the audit file {path}: {reason}", field="file") from None

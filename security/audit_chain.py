@@ -3,7 +3,13 @@
 Each entry (:mod:`hivemem.security.audit_entry`) holds the SHA-256 of the entry before it
 (``prev``; all zeros for the first) and its own ``hash``, the SHA-256 of the canonical JSON of
 every other field (sorted keys, no whitespace, ASCII). :func:`verify` recomputes both, so it
-detects any entry that was edited, removed, reordered or spliced in, and says where.
+detects any entry that was edited, removed, reordered or spliced in, and says where. It also
+requires each stored entry to be exactly that canonical JSON (its ``hash`` included): text that
+parses to a sound entry but is spelled otherwise, a duplicate key above all (``"actor":
+"mallory","actor":"admin"``: a parser keeping the last one hashes ``admin``, a grep or a parser
+keeping the first one reads ``mallory``), is EDITED. An entry that cannot be parsed at all (not
+JSON, not UTF-8, nested too deep for the parser) is MALFORMED; verification never raises on
+what the log holds.
 
 What the chain does not resist on its own: whoever can write the log can rewrite its whole tail
 (or all of it) and recompute every hash, and can cut entries off its end. The defence is an
@@ -27,6 +33,7 @@ from hivemem.security.audit_entry import (
     AuditEntry,
     check_anchor,
     entry_hash,
+    is_canonical,
     load_record,
 )
 
@@ -35,7 +42,8 @@ class ProblemKind(StrEnum):
     """Why a log failed verification (the first problem found, in reading order)."""
 
     MALFORMED = "malformed"  # not parseable as an entry of this format
-    EDITED = "edited"  # the entry's hash does not match its content
+    EDITED = "edited"  # the entry's hash does not match its content, or its stored text is
+    # not the canonical JSON of its content (a duplicate key that readers may take differently)
     REMOVED = "removed"  # seqs are missing before this entry and appear nowhere later
     REORDERED = "reordered"  # the entry comes before a lower seq, or after a higher or equal one
     BROKEN_LINK = "broken_link"  # prev is not the hash of the entry before: one was replaced
@@ -87,7 +95,7 @@ def verify(
     stream = iter(entries)
     for position, item in enumerate(stream):
         record = _peek(item)
-        problem = _check(record, position, head, stream, expected)
+        problem = _check(item, record, position, head, rest=stream, anchors=expected)
         if problem is not None:
             return VerifyReport(count, head, problem)
         assert record is not None  # _check found it sound
@@ -100,22 +108,35 @@ def verify(
 
 
 def _check(
+    item: str | bytes | AuditEntry,
     record: dict[str, Any] | None,
     position: int,
     head: Anchor,
+    *,
     rest: Iterator[str | bytes | AuditEntry],
     anchors: Mapping[int, str],
 ) -> Problem | None:
-    """The problem with the entry at ``position`` after ``head``, or None when it is sound."""
+    """The problem with the entry at ``position`` after ``head`` (``item`` as stored,
+    ``record`` parsed from it), or None when it is sound."""
     if record is None or not isinstance(record.get("hash"), str):
         return Problem(ProblemKind.MALFORMED, position, None, "not a JSON object with a hash")
     claimed = record.get("seq") if isinstance(record.get("seq"), int) else None
     try:
         intact = entry_hash(record) == record["hash"]
+        canonical = isinstance(item, AuditEntry) or is_canonical(item, record)
     except ValueError:  # NaN or an infinity: JSON text can hold them, an entry cannot
         return Problem(ProblemKind.MALFORMED, position, claimed, "holds a non-finite number")
+    except RecursionError:  # parsed, but too deep to encode again
+        return Problem(ProblemKind.MALFORMED, position, claimed, "nests too deep to encode")
     if not intact:
         return Problem(ProblemKind.EDITED, position, claimed, "its hash does not match its content")
+    if not canonical:
+        message = (
+            "its stored text is not the canonical JSON of its content (a duplicate key, "
+            "extra whitespace, key order or number spelling): another reader could see "
+            "other facts"
+        )
+        return Problem(ProblemKind.EDITED, position, claimed, message)
     try:
         entry = AuditEntry.from_record(record)
     except InvalidInput as error:

@@ -30,6 +30,8 @@ MAX_ID_CHARS = 256
 MAX_ZONE_CHARS = 64
 #: Longest ``details``, as canonical JSON characters.
 MAX_DETAILS_CHARS = 4096
+#: Deepest ``details``: containers (lists, dicts) nested below ``details`` itself.
+MAX_DETAILS_DEPTH = 32
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 _FIELDS = frozenset(
@@ -71,16 +73,19 @@ def entry_hash(fields: Mapping[str, object]) -> str:
     return hashlib.sha256(canonical_json(content).encode("ascii")).hexdigest()
 
 
-def _plain(value: object, path: str) -> JsonValue:
-    """``value`` as plain JSON data (tuples become lists), or InvalidInput naming the path."""
+def _plain(value: object, path: str, depth: int = 0) -> JsonValue:
+    """``value`` as plain JSON data (tuples become lists), or InvalidInput naming the path
+    (for a container nested more than MAX_DETAILS_DEPTH levels deep too: a cycle included)."""
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
+    if isinstance(value, list | tuple | dict) and depth > MAX_DETAILS_DEPTH:
+        raise InvalidInput(f"details nest deeper than {MAX_DETAILS_DEPTH} levels", field="details")
     if isinstance(value, list | tuple):
-        return [_plain(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [_plain(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
     if isinstance(value, dict) and all(isinstance(key, str) for key in value):
-        return {key: _plain(item, f"{path}.{key}") for key, item in value.items()}
+        return {key: _plain(item, f"{path}.{key}", depth + 1) for key, item in value.items()}
     raise InvalidInput(f"{path} is not plain JSON data: {type(value).__name__}", field=path)
 
 
@@ -121,7 +126,7 @@ class AuditEntry:
         """The entry that follows ``head``, hashed. Raises InvalidInput for an unknown kind, a
         naive ``ts``, an empty or overlong actor, subject or zone, or details that are not plain
         JSON data (str keys; None, bool, int, finite float, str, lists, dicts) of at most
-        MAX_DETAILS_CHARS characters."""
+        MAX_DETAILS_CHARS characters, nested at most MAX_DETAILS_DEPTH levels."""
         try:
             kind = AuditEvent(kind)
         except ValueError:
@@ -215,12 +220,24 @@ class AuditEntry:
 
 
 def load_record(item: str | bytes) -> dict[str, Any] | None:
-    """The JSON object in ``item``, or None when it is not one."""
+    """The JSON object in ``item``, or None when it is not one (not JSON, not UTF-8, or nested
+    too deep for the parser: RecursionError)."""
     try:
         record = json.loads(item)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def is_canonical(item: str | bytes, record: Mapping[str, object]) -> bool:
+    """True when ``item``, the stored text ``record`` was parsed from, is exactly the canonical
+    JSON of ``record``: no duplicate key, whitespace, key order or number spelling that a
+    reader other than :func:`load_record` could take differently. Raises ValueError or
+    RecursionError when ``record`` cannot be encoded (see :func:`canonical_json`)."""
+    canonical = canonical_json(record)
+    if isinstance(item, bytes):
+        return item == canonical.encode("ascii")
+    return item == canonical
 
 
 def check_anchor(anchor: Anchor | tuple[int, str]) -> Anchor:

@@ -5,11 +5,14 @@ tampered entry makes verify exit 1 and say where."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis
 
 from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.security import GENESIS, Anchor, AuditEntry
 from tests.cli.conftest import Run
 
 
@@ -79,6 +82,38 @@ def test_audit_verify_passes_then_finds_the_edited_entry(
     assert broken.json()["problem"]["kind"] == "edited"
 
 
+def test_audit_verify_of_a_file_that_cannot_be_read_is_a_usage_error(
+    offline: Run, tmp_path: Path
+) -> None:
+    """``verify --file`` on a directory exits 2 (not 1, which means tampered) and says why."""
+    done = offline("audit", "verify", "--file", str(tmp_path))
+    assert done.code == 2
+    assert "cannot read the audit file" in done.err
+    assert done.out == ""
+
+
+def test_audit_verify_reports_a_line_too_deep_to_parse_as_malformed(
+    offline: Run, tmp_path: Path
+) -> None:
+    """A line of the file nested too deep for the parser is MALFORMED at its line: exit 1."""
+    first = AuditEntry.create(
+        Anchor(0, GENESIS),
+        "registered",
+        ts=datetime(2026, 1, 1, tzinfo=UTC),
+        actor="admin",
+        subject="scout",
+        zone=None,
+        details={},
+    )
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(first.to_json().encode() + b"\n" + b"[" * 200_000 + b"]" * 200_000 + b"\n")
+    done = offline("audit", "verify", "--file", str(path), "--json")
+    assert done.code == 1
+    assert done.json()["problem"]["kind"] == "malformed"
+    assert done.json()["problem"]["position"] == 1
+    assert done.json()["count"] == 1
+
+
 def test_compartments_are_held_changed_and_written_through_the_cli(
     hivemem: Run, agent_id: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -113,3 +148,35 @@ def test_compartments_are_held_changed_and_written_through_the_cli(
         if e["subject"] == scout and e["kind"] in ("granted", "revoked")
     ]
     assert mine == [("granted", ["hr"]), ("revoked", ["apollo", "hr"])]
+
+
+def zone_keys(hivemem: Run, zone: str) -> list[dict[str, object]]:
+    done = hivemem("zones", "keys", zone, "--json")
+    assert done.code == 0, done.err
+    return list(done.json())
+
+
+def test_retiring_an_unknown_key_is_a_usage_error(hivemem: Run) -> None:
+    """retire-key with a well-formed id the zone never had exits 2 and names it, as a malformed
+    id does; the zone's keys stay as they were."""
+    assert hivemem("zones", "rotate-keys", "internal", "--no-wait").code == 0
+    keys = zone_keys(hivemem, "internal")
+    assert keys
+    unknown = hivemem("zones", "retire-key", "internal", "0a1b2c3d4e5f")
+    assert unknown.code == 2
+    assert "zone internal has no key 0a1b2c3d4e5f" in unknown.err
+    malformed = hivemem("zones", "retire-key", "internal", "zzz")
+    assert malformed.code == 2
+    assert "key id must match" in malformed.err
+    assert zone_keys(hivemem, "internal") == keys
+
+
+def test_a_rotation_timeout_must_be_a_finite_number_of_seconds(hivemem: Run) -> None:
+    """rotate-keys --timeout of -1, 0, nan, inf, more than a day or no number exits 2 before
+    any key is made or re-seal queued (a negative one used to rotate, then exit 1)."""
+    keys = zone_keys(hivemem, "internal")
+    for value in ("-1", "0", "nan", "inf", "86401", "1e300", "soon"):
+        done = hivemem("zones", "rotate-keys", "internal", "--timeout", value)
+        assert done.code == 2, value
+        assert "argument --timeout" in done.err, (value, done.err)
+    assert zone_keys(hivemem, "internal") == keys
