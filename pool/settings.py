@@ -167,30 +167,45 @@ class ConsolidationSettings(BaseModel):
     llm: LlmSettings = Field(default_factory=LlmSettings)
 
 
+#: The longest time any worker setting may name, in seconds (a week). Every worker time setting
+#: is also finite: an infinite or astronomically long one passed validation but then overflowed
+#: what Redis (lock TTLs), Celery (retry countdowns, the beat schedule) or Python take.
+MAX_WORKER_S = 7 * 24 * 3600.0
+#: The shortest lock TTL, in seconds: Redis takes a lock's TTL in whole milliseconds (shorter
+#: ones fail at every lock), and its holder renews it every third of it.
+MIN_LOCK_TTL_S = 1.0
+#: A worker time setting: finite seconds, above 0 and at most MAX_WORKER_S.
+WorkerSeconds = Annotated[float, Field(gt=0.0, le=MAX_WORKER_S, allow_inf_nan=False)]
+#: A lock TTL: finite seconds from MIN_LOCK_TTL_S to MAX_WORKER_S.
+LockSeconds = Annotated[float, Field(ge=MIN_LOCK_TTL_S, le=MAX_WORKER_S, allow_inf_nan=False)]
+
+
 class WorkerSettings(BaseModel):
-    """The Celery worker fleet: timeouts, batch sizes, schedules."""
+    """The Celery worker fleet: timeouts, batch sizes, schedules. Every time (``*_s``) is a
+    finite number of seconds, at most :data:`MAX_WORKER_S` (a week)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     #: Seconds a task may stay unacknowledged before Redis hands it to another worker. Must be
     #: longer than the longest task, or that task runs twice at once.
-    visibility_timeout_s: float = Field(default=3600.0, gt=0.0)
+    visibility_timeout_s: WorkerSeconds = 3600.0
     #: Seconds between the broker's sweeps that restore tasks of a dead worker.
-    unacked_restore_interval_s: float = Field(default=60.0, gt=0.0)
+    unacked_restore_interval_s: WorkerSeconds = 60.0
     #: Ingest messages (each up to ``pool.send_batch`` records) read per round trip.
     ingest_batch: int = Field(default=64, ge=1, le=10_000)
-    #: A (zone, scope) lock expires this long after its holder stopped renewing it (seconds).
-    lock_ttl_s: float = Field(default=30.0, gt=0.0)
+    #: A (zone, scope) lock expires this long after its holder stopped renewing it (seconds; at
+    #: least MIN_LOCK_TTL_S, 1 s).
+    lock_ttl_s: LockSeconds = 30.0
     #: Seconds a task waits before retrying when another worker holds its scope.
-    lock_retry_s: float = Field(default=1.0, gt=0.0)
+    lock_retry_s: WorkerSeconds = 1.0
     #: Embedded zone store: seconds an idle worker process keeps it open (others wait for it).
-    store_idle_close_s: float = Field(default=2.0, ge=0.0)
+    store_idle_close_s: Annotated[float, Field(ge=0.0, le=MAX_WORKER_S, allow_inf_nan=False)] = 2.0
     #: Embedded zone store: seconds a worker waits to open it before the task is retried.
-    store_open_timeout_s: float = Field(default=120.0, gt=0.0)
+    store_open_timeout_s: WorkerSeconds = 120.0
     #: Beat schedule (seconds): ingest sweep, due consolidations, lifecycle pass.
-    ingest_interval_s: float = Field(default=1.0, gt=0.0)
-    consolidate_interval_s: float = Field(default=300.0, gt=0.0)
-    lifecycle_interval_s: float = Field(default=3600.0, gt=0.0)
+    ingest_interval_s: WorkerSeconds = 1.0
+    consolidate_interval_s: WorkerSeconds = 300.0
+    lifecycle_interval_s: WorkerSeconds = 3600.0
     #: A YAML or TOML file of lifecycle policies; ``None``: the default policies.
     policies_file: Path | None = None
     consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)

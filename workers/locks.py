@@ -18,13 +18,33 @@ import redis
 import structlog
 from redis.exceptions import LockError
 
+from hivemem.pool.errors import InvalidInput
+from hivemem.pool.settings import MAX_WORKER_S, MIN_LOCK_TTL_S
+
 log = structlog.get_logger(__name__)
 
 
+def check_ttl(ttl_s: object) -> float:
+    """``ttl_s`` if it is a finite number of seconds from MIN_LOCK_TTL_S (1 s) to MAX_WORKER_S,
+    else InvalidInput: Redis takes a TTL in whole milliseconds and refuses 0 and huge ones."""
+    if (
+        isinstance(ttl_s, bool)
+        or not isinstance(ttl_s, int | float)
+        or not MIN_LOCK_TTL_S <= ttl_s <= MAX_WORKER_S  # False for NaN
+    ):
+        raise InvalidInput(
+            f"a lock TTL is {MIN_LOCK_TTL_S:g} to {MAX_WORKER_S:g} seconds: {repr(ttl_s)[:40]}",
+            field="lock_ttl_s",
+        )
+    return float(ttl_s)
+
+
 class HeldLock:
-    """A lock this process holds (or tried to: :attr:`acquired`)."""
+    """A lock this process holds (or tried to: :attr:`acquired`). Raises InvalidInput (Redis
+    untouched) for a ``ttl_s`` :func:`check_ttl` refuses."""
 
     def __init__(self, client: redis.Redis, key: str, ttl_s: float) -> None:
+        ttl_s = check_ttl(ttl_s)
         self.key = key
         self._lock = client.lock(key, timeout=ttl_s, blocking=False, thread_local=False)
         self._ttl_s = ttl_s

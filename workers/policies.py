@@ -36,6 +36,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
+import structlog
 import yaml
 from pydantic import Field, field_validator, model_validator
 
@@ -45,6 +46,8 @@ from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import And, Cond, Expr, Or
 from hivemem.pool.settings import WorkerSettings
 from hivemem.pool.zone_policy import ZonePolicy
+
+log = structlog.get_logger(__name__)
 
 #: The most days a condition may name (~274 years: ``now`` minus it stays a valid datetime).
 MAX_DAYS = 100_000
@@ -323,14 +326,52 @@ def retention_policies(zones: Mapping[Zone, ZonePolicy]) -> list[Policy]:
 
 
 def configured_policies(
-    settings: WorkerSettings, zones: Mapping[Zone, ZonePolicy] | None = None
+    settings: WorkerSettings,
+    zones: Mapping[Zone, ZonePolicy] | None = None,
+    *,
+    strict: bool = False,
 ) -> PolicySet:
     """The policies the workers run: the zones' retention first (``zones``: the settings'
     ``zone_policies``), then ``settings.policies_file``, else :data:`DEFAULT_POLICIES`.
-    Raises InvalidPolicy when a file's policy takes a retention policy's name."""
-    path = settings.policies_file
-    chosen = DEFAULT_POLICIES if path is None else load_policies(path)
+
+    A file that cannot be used (unreadable, not YAML or TOML, an invalid policy, a policy
+    taking a retention policy's name) never switches the zones' retention off: with ``strict``
+    it raises InvalidPolicyFile naming the file and the field (the workers check so at start);
+    otherwise the error is logged (``lifecycle_policies_file_invalid``) and the retention
+    policies run alone, without the file's policies or the defaults."""
     retention = retention_policies(zones or {})
+    path = settings.policies_file
+    if path is None:
+        chosen = DEFAULT_POLICIES
+    else:
+        try:
+            chosen = _file_policies(path, retention)
+        except InvalidPolicyFile as error:
+            if strict:
+                raise
+            log.error(
+                "lifecycle_policies_file_invalid",
+                path=str(error.path),
+                field=error.field,
+                error=str(error),
+                running=[p.name for p in retention],
+            )
+            return PolicySet(policies=retention)
     if not retention:
         return chosen
     return PolicySet(policies=[*retention, *chosen.policies])
+
+
+def _file_policies(path: Path, retention: list[Policy]) -> PolicySet:
+    """The policies of the file at ``path``, checked against the ``retention`` policies that
+    run before them. Raises InvalidPolicyFile."""
+    chosen = load_policies(path)
+    taken = {p.name for p in retention}
+    for i, policy in enumerate(chosen.policies):
+        if policy.name in taken:
+            raise InvalidPolicyFile(
+                path,
+                f"policies.{i}: policy name {policy.name} is a zone retention policy's",
+                field=f"policies.{i}.name",
+            )
+    return chosen

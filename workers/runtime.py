@@ -2,7 +2,8 @@
 
 Celery's prefork pool forks its children from the worker's main process: nothing here is built
 in the parent (a Redis connection or an open Edge shard must not cross a fork), and
-:meth:`WorkerRuntime.reset` drops anything that did.
+:meth:`WorkerRuntime.reset` drops anything that did. Building a runtime checks the settings that
+would otherwise fail only at a task (:meth:`WorkerRuntime.check`), keeping nothing it built.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.lifecycle import LifecycleService
 from hivemem.workers.llm import LlmStrategy
 from hivemem.workers.offline import OfflineStrategy
+from hivemem.workers.policies import configured_policies
 from hivemem.workers.reseal import ResealService
 from hivemem.workers.strategy import ConsolidationStrategy
 
@@ -57,33 +59,103 @@ def open_zone_store(settings: HivememSettings) -> ZoneStore:
     )
 
 
+_STRATEGY_FIELD = "workers.consolidation.strategy"
+#: What a strategy must have (see :class:`~hivemem.workers.strategy.ConsolidationStrategy`).
+_STRATEGY_METHODS = ("traces", "categories", "domain")
+
+
 def make_strategy(settings: ConsolidationSettings) -> ConsolidationStrategy:
     """The strategy the settings name: "offline", "llm", or ``module:Class`` (built with the
-    settings). Raises InvalidInput for a name that does not resolve."""
+    settings). Raises InvalidInput (``field`` ``workers.consolidation.strategy``) for a name
+    that does not import, a factory that is not callable or raises, or a result that is not a
+    strategy: no non-empty str ``name`` or no callable ``traces``, ``categories``, ``domain``."""
     offline = OfflineStrategy(settings)
     if settings.strategy == "offline":
         return offline
     if settings.strategy == "llm":
         return LlmStrategy(settings.llm, offline)
+    shown = repr(settings.strategy[:120])
     module_name, _, class_name = settings.strategy.partition(":")
+    if not module_name or not class_name:
+        raise InvalidInput(
+            f"consolidation strategy {shown} is not offline, llm, or module:Class",
+            field=_STRATEGY_FIELD,
+        )
+    # Isolation point: the module and its factory are user code, which may raise anything.
     try:
         factory = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError):
+    except Exception as error:
         raise InvalidInput(
-            f"consolidation strategy {settings.strategy[:120]!r} is not offline, llm, "
-            "or an importable module:Class",
-            field="workers.consolidation.strategy",
-        ) from None
-    strategy: ConsolidationStrategy = factory(settings)
-    return strategy
+            f"consolidation strategy {shown} is not offline, llm, or an importable "
+            f"module:Class ({_described(error)})",
+            field=_STRATEGY_FIELD,
+        ) from error
+    if not callable(factory):
+        raise InvalidInput(
+            f"consolidation strategy {shown} names a non-callable {type(factory).__name__}, "
+            "not a class",
+            field=_STRATEGY_FIELD,
+        )
+    try:
+        strategy = factory(settings)
+    except Exception as error:
+        raise InvalidInput(
+            f"consolidation strategy {shown} could not be built with the consolidation "
+            f"settings ({_described(error)})",
+            field=_STRATEGY_FIELD,
+        ) from error
+    _check_strategy(strategy, shown)
+    checked: ConsolidationStrategy = strategy
+    return checked
+
+
+def _check_strategy(strategy: object, shown: str) -> None:
+    """Raise InvalidInput unless ``strategy`` has a non-empty str ``name`` and the methods."""
+    try:
+        name = getattr(strategy, "name", None)
+        missing = [m for m in _STRATEGY_METHODS if not callable(getattr(strategy, m, None))]
+    except Exception as error:  # isolation point: a property of user code
+        raise InvalidInput(
+            f"consolidation strategy {shown} built an object whose attributes fail "
+            f"({_described(error)})",
+            field=_STRATEGY_FIELD,
+        ) from error
+    if not (isinstance(name, str) and name):
+        missing.insert(0, "name (a non-empty str)")
+    if missing:
+        raise InvalidInput(
+            f"consolidation strategy {shown} built a {type(strategy).__name__}, which is not "
+            f"a ConsolidationStrategy: it lacks {', '.join(missing)}",
+            field=_STRATEGY_FIELD,
+        )
+
+
+def _described(error: BaseException) -> str:
+    """``Type: message`` of ``error``, cut to 200 characters. Only for errors of building a
+    strategy from the settings: no memory content can be in their message."""
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= 200 else f"{text[:199]}…"
 
 
 class WorkerRuntime:
     """The services of one worker process (see the module docstring)."""
 
     def __init__(self, settings: HivememSettings) -> None:
+        """Check the settings that would otherwise fail only at the first task that uses them
+        (see :meth:`check`): a worker with a bad one fails at start."""
         self.settings = settings
         self._lock = threading.Lock()
+        self.check()
+
+    def check(self) -> None:
+        """Build the consolidation strategy and the lifecycle policies once, without keeping
+        them (nothing here may cross a fork). Raises InvalidInput for a strategy that does not
+        build (see :func:`make_strategy`), InvalidPolicyFile (naming the file and the field)
+        for a policies file the lifecycle pass could not use."""
+        strategy = make_strategy(self.settings.workers.consolidation)
+        if isinstance(strategy, LlmStrategy):
+            strategy.close()
+        configured_policies(self.settings.workers, self.settings.zone_policies, strict=True)
 
     def reset(self) -> None:
         """Forget everything built so far (in a freshly forked child), without closing it:

@@ -11,10 +11,13 @@ from pydantic import ValidationError
 
 from hivemem.pool.enums import Tier
 from hivemem.pool.settings import (
+    MAX_WORKER_S,
+    MIN_LOCK_TTL_S,
     EmbeddingSettings,
     HivememSettings,
     MemorySettings,
     TierSettings,
+    WorkerSettings,
 )
 
 
@@ -172,3 +175,38 @@ def test_nested_models_refuse_unknown_fields_directly() -> None:
     for model in (EmbeddingSettings, MemorySettings, TierSettings):
         with pytest.raises(ValidationError):
             model(bogus=1)  # type: ignore[call-arg]
+
+
+WORKER_TIMES = [
+    "visibility_timeout_s",
+    "unacked_restore_interval_s",
+    "lock_ttl_s",
+    "lock_retry_s",
+    "store_idle_close_s",
+    "store_open_timeout_s",
+    "ingest_interval_s",
+    "consolidate_interval_s",
+    "lifecycle_interval_s",
+]
+
+
+@pytest.mark.parametrize("field", WORKER_TIMES)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e300", "604801"])
+def test_worker_times_are_finite_and_at_most_a_week(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    """Every worker time setting refuses infinity, NaN and more than a week (values that
+    passed, then overflowed Redis, Celery or timedelta at use), naming the setting."""
+    monkeypatch.setenv(f"HIVEMEM_WORKERS__{field.upper()}", value)
+    with pytest.raises(ValidationError, match=rf"workers\.{field}"):
+        HivememSettings()
+
+
+@pytest.mark.parametrize("value", [0.0004, 0.999, 0.0, -1.0])
+def test_a_lock_ttl_under_one_second_is_refused(value: float) -> None:
+    """lock_ttl_s below 1 s (0.0004 s made every lock fail with Redis's "invalid expire time")
+    is refused, naming the setting; 1 s and a week are accepted."""
+    with pytest.raises(ValidationError, match="lock_ttl_s"):
+        WorkerSettings(lock_ttl_s=value)
+    assert WorkerSettings(lock_ttl_s=MIN_LOCK_TTL_S).lock_ttl_s == 1.0
+    assert WorkerSettings(lock_ttl_s=MAX_WORKER_S).lock_ttl_s == MAX_WORKER_S

@@ -8,12 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from hivemem.pool.adapters.edge_zone_store import EdgeZoneStore
 from hivemem.pool.enums import Level, Tier, Zone
 from hivemem.pool.errors import InvalidInput
+from hivemem.pool.filters import And
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.settings import WorkerSettings
+from hivemem.pool.zone_policy import ZonePolicy
+from hivemem.workers.archive import ArchiveService
+from hivemem.workers.lifecycle import LifecycleService
 from hivemem.workers.policies import (
     DEFAULT_POLICIES,
     Action,
@@ -326,3 +331,74 @@ def test_configured_policies(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_text(TOML_FILE)
     assert configured_policies(WorkerSettings(policies_file=path)) == EXPECTED
+
+
+# -- a bad file and the zones' retention --------------------------------------------------------
+
+RETENTION = {Zone.PUBLIC: ZonePolicy(retention_days=30)}
+TYPO = YAML_FILE.replace("older_than_days: 365", "older_than_day: 365")
+
+
+def test_a_bad_file_leaves_the_zones_retention_on(tmp_path: Path, store: EdgeZoneStore) -> None:
+    """A typo in the policy file (``older_than_day``) no longer switches retention off: the
+    pass runs the zones' retention policies alone, and logs the file's error with the file
+    and the field."""
+    path = tmp_path / "p.yaml"
+    path.write_text(TYPO)
+    with structlog.testing.capture_logs() as logs:
+        chosen = configured_policies(WorkerSettings(policies_file=path), RETENTION)
+
+    assert [p.name for p in chosen.policies] == [
+        "retention.public.live",
+        "retention.public.archive",
+    ]
+    [event] = [e for e in logs if e["event"] == "lifecycle_policies_file_invalid"]
+    assert event["log_level"] == "error"
+    assert event["path"] == str(path)
+    assert event["field"] == "policies.1.when.older_than_day"
+    old, young = make("old", recorded_at=days_ago(40)), make("young", recorded_at=days_ago(1))
+    store.upsert(ZONE, [old, young])
+    report = LifecycleService(store, ArchiveService(store)).run([ZONE], chosen, now=NOW)
+    assert report.ids("retention.public.live", ZONE) == [old.id]
+    assert store.ids(ZONE, And(all=[])) == [young.id]
+
+
+def test_a_bad_file_without_retention_runs_nothing_and_logs(tmp_path: Path) -> None:
+    """With no zone retention, a bad file leaves an empty pass (not the defaults), logged."""
+    path = tmp_path / "p.yaml"
+    path.write_text(TYPO)
+    with structlog.testing.capture_logs() as logs:
+        chosen = configured_policies(WorkerSettings(policies_file=path))
+    assert chosen.policies == []
+    assert [e["event"] for e in logs] == ["lifecycle_policies_file_invalid"]
+
+
+def test_strict_raises_for_a_bad_file_naming_the_file_and_the_field(tmp_path: Path) -> None:
+    """``strict`` (the workers' check at start) raises InvalidPolicyFile naming both."""
+    path = tmp_path / "p.yaml"
+    path.write_text(TYPO)
+    with pytest.raises(InvalidPolicyFile) as caught:
+        configured_policies(WorkerSettings(policies_file=path), RETENTION, strict=True)
+    assert caught.value.path == path
+    assert caught.value.field == "policies.1.when.older_than_day"
+    assert str(path) in str(caught.value)
+    assert "older_than_day" in str(caught.value)
+
+
+def test_a_file_policy_taking_a_retention_name_is_a_bad_file(tmp_path: Path) -> None:
+    """A file's policy named like a zone's retention policy makes the file invalid: strict
+    raises InvalidPolicyFile naming the field; otherwise the retention runs alone."""
+    path = tmp_path / "p.yaml"
+    path.write_text(YAML_FILE.replace("name: purge_old", "name: retention.public.archive"))
+    settings = WorkerSettings(policies_file=path)
+    with pytest.raises(InvalidPolicyFile, match="retention") as caught:
+        configured_policies(settings, RETENTION, strict=True)
+    assert caught.value.field == "policies.1.name"
+    assert caught.value.path == path
+    chosen = configured_policies(settings, RETENTION)
+    assert [p.name for p in chosen.policies] == [
+        "retention.public.live",
+        "retention.public.archive",
+    ]
+    alone = configured_policies(settings, strict=True)  # no zone retention: no clash
+    assert [p.name for p in alone.policies] == ["archive_cold", "retention.public.archive"]
