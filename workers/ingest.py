@@ -34,6 +34,8 @@ from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidMessage, MessageRejected
 from hivemem.pool.ports import Vector, ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone, acts_on, split_tombstones
+from hivemem.workers.consolidation import publish_as_workers
+from hivemem.workers.derived import derived_from
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.locks import held
 
@@ -234,6 +236,7 @@ class IngestService:
         self._upsert(zone, new)
         self._link_versions(zone, [record for record, _ in new])
         if batch.tombstones:
+            self._delete_derived(zone, batch.tombstones)
             self._store.put_tombstones(zone, batch.tombstones)
         deleted = {t.id for t in batch.tombstones}
         # A version and its successor in one round: the old one was sent while still current.
@@ -258,6 +261,31 @@ class IngestService:
                 and r.id not in deleted
             ]
         return queued
+
+    def _delete_derived(self, zone: Zone, tombstones: Sequence[Tombstone]) -> None:
+        """Delete what consolidation derived from the records ``tombstones`` delete (see
+        :mod:`hivemem.workers.derived`), before those: the remaining episodes are queued again
+        first, then the agents are sent the derived records' tombstones, then the store loses
+        them. A worker dying midway leaves the deleted records live, so the next drain does
+        it all again (each step is idempotent)."""
+        doomed, remaining = derived_from(self._store, zone, [t.id for t in tombstones])
+        if not doomed:
+            return
+        episodes = [r for r in remaining if r.level is Level.EPISODE and r.is_current]
+        by_user: dict[str, list[str]] = {}
+        for record in episodes:
+            by_user.setdefault(record.scope.user_id, []).append(record.id)
+        with self._client.pipeline(transaction=True) as pipe:
+            for user_id, ids in by_user.items():
+                pipe.sadd(self._keys.pending(zone, user_id), *ids)
+                pipe.sadd(self._keys.users(zone), user_id)
+            pipe.execute()
+        gone = [Tombstone.of(r) for r in doomed]
+        publish_as_workers(self._bus, zone, [], gone, batch=self._batch, codec=self._codec)
+        self._store.update_fields(zone, {r.id: {"consolidated_into": []} for r in remaining})
+        self._store.put_tombstones(zone, gone)
+        log.info("ingest_derived_deleted", zone=zone.value, records=len(doomed),
+                 requeued=len(episodes))  # fmt: skip
 
     def _rightful(self, zone: Zone, tombstones: list[Tombstone]) -> list[Tombstone]:
         """The tombstones that may delete what they name: of records not stored (they keep a

@@ -297,3 +297,50 @@ def test_a_deleted_output_stays_deleted_and_a_kept_one_unchanged(
     for kept in set(others) & set(second.categories):
         assert after[kept].content == before[kept].content
         assert after[kept].recorded_at == before[kept].recorded_at
+
+
+def test_deleting_an_episode_deletes_its_words_from_what_was_derived(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """A trace states its episodes' facts word for word, and the category and profile above it
+    summarise them. Deleting an episode deletes those derived records too (in the store and at
+    the agents), and the next run consolidates what remains again, without the deleted text."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    writer = pool.register_agent("writer", clearance=Zone.SECRET, share_levels=[Level.EPISODE])
+    reader = pool.register_agent("reader", clearance=Zone.SECRET)
+    assert reader.wait_connected()
+    secret = "My bank PIN for the sourdough bakery account is 4417 please remember"
+    items = [(c, "cooking") for c in [secret, *TOPICS["cooking"]]]
+    ids = list(write(writer, items, Zone.PUBLIC))
+    ingest(runtime, Zone.PUBLIC)
+    first = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert first.domain is not None
+    levels = (Level.TRACE, Level.CATEGORY, Level.DOMAIN)
+
+    def derived_text() -> str:
+        return " ".join(
+            r.content for level in levels for r in level_records(runtime, Zone.PUBLIC, level)
+        )
+
+    def reader_text() -> str:
+        return " ".join(r.content for r in reader.memory.list_memories(user_id="u1", limit=1000))
+
+    assert "4417" in derived_text()
+    assert wait_for(lambda: holds(reader, first.domain or "") and "4417" in reader_text())
+
+    writer.memory.delete(ids[0])
+    assert writer.flush()
+    ingest(runtime, Zone.PUBLIC)
+
+    assert "4417" not in derived_text()
+    assert wait_for(lambda: "4417" not in reader_text())
+    assert runtime.store.presence(Zone.PUBLIC, [first.domain]) == {first.domain: True}
+    second = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert second.episodes > 0  # the deleted one's trace-mates, consolidated again
+    assert second.domain is not None
+    traces = {t.id for t in level_records(runtime, Zone.PUBLIC, Level.TRACE)}
+    rest = runtime.store.get(Zone.PUBLIC, ids[1:])
+    assert len(rest) == len(TOPICS["cooking"])
+    assert all(len(e.consolidated_into) == 1 and e.consolidated_into[0] in traces for e in rest)
+    assert "4417" not in derived_text()
+    assert "sourdough" in derived_text().lower()
