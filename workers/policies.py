@@ -259,7 +259,11 @@ DEFAULT_POLICIES = PolicySet(
     policies=[
         Policy(
             name="archive_unaccessed",
-            when=When(unaccessed_days=30, importance_below=0.3),
+            # Not categories and profiles: a run supersedes or retires the live ones only, so
+            # an archived one would stay current beside its successor at the agents.
+            when=When(
+                unaccessed_days=30, importance_below=0.3, levels=[Level.EPISODE, Level.TRACE]
+            ),
             action=Action.ARCHIVE,
         ),
         Policy(

@@ -69,6 +69,13 @@ def mixed(store: EdgeZoneStore) -> dict[str, MemoryRecord]:
     """Records that each default policy (and cleanup_old_episodes(90)) acts on, and some not."""
     records = {
         "cold_unimportant": make(importance=0.1, recorded_at=days_ago(60)),
+        "cold_unimportant_trace": make(importance=0.1, recorded_at=days_ago(60), level=Level.TRACE),
+        "cold_unimportant_category": make(
+            importance=0.1, recorded_at=days_ago(60), level=Level.CATEGORY
+        ),
+        "cold_unimportant_profile": make(
+            importance=0.1, recorded_at=days_ago(60), level=Level.DOMAIN
+        ),
         "cold_accessed_long_ago": make(
             importance=0.2, recorded_at=days_ago(80), last_accessed_at=days_ago(31)
         ),
@@ -104,11 +111,17 @@ ALL = PolicySet(policies=[*DEFAULT_POLICIES.policies, cleanup_old_episodes(90)])
 
 
 def test_archive_unaccessed(store: EdgeZoneStore, service: LifecycleService) -> None:
-    """Default 1: records unread for 30 days with importance below 0.3 move to the archive."""
+    """Default 1: episodes and traces unread for 30 days with importance below 0.3 move to the
+    archive; categories and profiles stay (a consolidation run supersedes or retires only live
+    ones: an archived one stayed current beside its successor at the agents)."""
     records = mixed(store)
     report = service.run([ZONE], DEFAULT_POLICIES, now=NOW)
     moved = report.ids("archive_unaccessed", ZONE)
-    assert names(records, moved) == {"cold_unimportant", "cold_accessed_long_ago"}
+    assert names(records, moved) == {
+        "cold_unimportant",
+        "cold_accessed_long_ago",
+        "cold_unimportant_trace",
+    }
     assert set(moved) <= set(store.archive_ids(ZONE, EVERYTHING))
     assert store.get(ZONE, moved) == []
     assert {r.tier for r in store.archive_get(ZONE, moved)} == {Tier.ARCHIVE}
@@ -246,7 +259,7 @@ def test_dry_run_equals_real_run(store: EdgeZoneStore, service: LifecycleService
     assert snapshot(store) == before
     real = service.run([ZONE], ALL, now=NOW)
     assert dry == real
-    assert real.count() == 5
+    assert real.count() == 6
     live, archived = snapshot(store)
     live_ids = {r.id for r in live}
     archived_ids = {r.id for r in archived}

@@ -178,7 +178,7 @@ def test_default_policies() -> None:
     archive, purge, refresh = DEFAULT_POLICIES.policies
     assert (archive.action, archive.when) == (
         Action.ARCHIVE,
-        When(unaccessed_days=30, importance_below=0.3),
+        When(unaccessed_days=30, importance_below=0.3, levels=[Level.EPISODE, Level.TRACE]),
     )
     assert (purge.action, purge.when) == (
         Action.DELETE,
