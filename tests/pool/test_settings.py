@@ -210,3 +210,33 @@ def test_a_lock_ttl_under_one_second_is_refused(value: float) -> None:
         WorkerSettings(lock_ttl_s=value)
     assert WorkerSettings(lock_ttl_s=MIN_LOCK_TTL_S).lock_ttl_s == 1.0
     assert WorkerSettings(lock_ttl_s=MAX_WORKER_S).lock_ttl_s == MAX_WORKER_S
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "http://127.0.0.1:6379",
+        "redis://admin:s3cret-pw@127.0.0.1:notaport/0",
+        "redis://:s3cret-pw@[::1",
+        "redis://:s3cret-pw@host:99999/0",
+        "redis:///0",
+        "redis://host/not-a-db",
+        "unix://",
+    ],
+)
+def test_a_redis_url_redis_cannot_use_is_refused_without_quoting_it(url: str) -> None:
+    """A URL redis-py could not connect with is a settings error (it was a ValueError from
+    deep in the pool at connect), and the error never quotes it: it may hold a password."""
+    with pytest.raises(ValidationError) as caught:
+        HivememSettings(redis_url=url)
+    assert "redis_url" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6379/0", "rediss://user:pw@cache.example:6380", "unix:///run/r.sock?db=2"],
+)
+def test_redis_urls_redis_can_use_are_kept(url: str) -> None:
+    assert HivememSettings(redis_url=url).redis_url == url
