@@ -243,6 +243,13 @@ class SecuritySettings(BaseModel):
     sensitivity: SensitivityPolicy = Field(default_factory=SensitivityPolicy)
 
 
+def _data_dir(path: Path) -> Path:
+    """``path`` unless something that is no directory is there (a file, ``/dev/null``)."""
+    if path.exists() and not path.is_dir():
+        raise ValueError("must be a directory (or not exist yet: it is made on first use)")
+    return path
+
+
 def _redis_url(url: str | None) -> str | None:
     """``url`` if redis-py can connect with it, else ValueError (which never quotes it: it may
     hold a password)."""
@@ -298,7 +305,7 @@ class HivememSettings(BaseSettings):
     #: process of a deployment must configure the same list (the pool checks, as for zones).
     compartments: Annotated[tuple[str, ...], AfterValidator(check_compartment_names)] = ()
     #: Root of everything hivemem keeps on disk (agent stores, model directory).
-    data_dir: Path = Path(".hivemem")
+    data_dir: Annotated[Path, AfterValidator(_data_dir)] = Path(".hivemem")
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     #: Redis of the pool (``redis://host:port/db`` or ``unix:///path``). ``None``: the pool

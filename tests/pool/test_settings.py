@@ -240,3 +240,15 @@ def test_a_redis_url_redis_cannot_use_is_refused_without_quoting_it(url: str) ->
 )
 def test_redis_urls_redis_can_use_are_kept(url: str) -> None:
     assert HivememSettings(redis_url=url).redis_url == url
+
+
+def test_a_data_dir_that_is_no_directory_is_refused(tmp_path: Path) -> None:
+    """A file (or /dev/null) where the data directory should be is a settings error, not a
+    NotADirectoryError at first use; a directory not made yet is fine."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for path in (afile, Path("/dev/null")):
+        with pytest.raises(ValidationError) as caught:
+            HivememSettings(data_dir=path)
+        assert "data_dir" in str(caught.value)
+    assert HivememSettings(data_dir=tmp_path / "later").data_dir == tmp_path / "later"
