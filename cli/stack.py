@@ -58,7 +58,9 @@ def _worker(args: argparse.Namespace, settings: HivememSettings) -> int:
     if args.beat:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
-    make_app(settings).worker_main(argv)
+    app = make_app(settings)
+    app.hivemem_runtime.check()  # a bad strategy or policies file fails here, not at a task
+    app.worker_main(argv)
     return 0
 
 
@@ -67,7 +69,9 @@ def _beat(args: argparse.Namespace, settings: HivememSettings) -> int:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     schedule = settings.data_dir / "celerybeat-schedule"
-    make_app(settings).start(["beat", f"--loglevel={args.loglevel}", f"--schedule={schedule}"])
+    app = make_app(settings)
+    app.hivemem_runtime.check()
+    app.start(["beat", f"--loglevel={args.loglevel}", f"--schedule={schedule}"])
     return 0
 
 

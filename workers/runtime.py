@@ -2,8 +2,9 @@
 
 Celery's prefork pool forks its children from the worker's main process: nothing here is built
 in the parent (a Redis connection or an open Edge shard must not cross a fork), and
-:meth:`WorkerRuntime.reset` drops anything that did. Building a runtime checks the settings that
-would otherwise fail only at a task (:meth:`WorkerRuntime.check`), keeping nothing it built.
+:meth:`WorkerRuntime.reset` drops anything that did. A worker checks at start the settings that
+would otherwise fail only at a task (:meth:`WorkerRuntime.check`); a client (``Fleet``) does
+not, so that a strategy plugin installed on the workers' machines only is no error there.
 """
 
 from __future__ import annotations
@@ -141,11 +142,8 @@ class WorkerRuntime:
     """The services of one worker process (see the module docstring)."""
 
     def __init__(self, settings: HivememSettings) -> None:
-        """Check the settings that would otherwise fail only at the first task that uses them
-        (see :meth:`check`): a worker with a bad one fails at start."""
         self.settings = settings
         self._lock = threading.Lock()
-        self.check()
 
     def check(self) -> None:
         """Build the consolidation strategy and the lifecycle policies once, without keeping

@@ -32,6 +32,7 @@ from hivemem.pool.stack_file import (
     stack_path,
     write_stack,
 )
+from hivemem.workers.runtime import WorkerRuntime
 
 log = structlog.get_logger(__name__)
 
@@ -131,6 +132,8 @@ class EmbeddedStack:
                 f"a stack already runs on {self._data_dir} (pid {other.owner_pid}, "
                 f"{hide_password(other.redis_url)})"
             )
+        # The worker child would exit at once on a bad setting, restarted for ever: fail here.
+        WorkerRuntime(self.settings).check()
         self.redis.start()
         try:
             self.worker.start()

@@ -147,3 +147,16 @@ def test_hivemem_up_restarts_a_dead_worker_and_stops_on_interrupt(
     assert password not in worker_log
     assert not (data_dir / "stack.json").exists()
     assert not answers(first.redis_url)
+
+
+def test_a_bad_worker_setting_fails_before_anything_starts(
+    tmp_path: Path, worker_settings: Callable[..., HivememSettings]
+) -> None:
+    """`hivemem up` with a consolidation strategy that is none fails at once with the typed
+    error, before Redis or the worker starts (the worker child would exit at start and be
+    restarted for ever, and up would only time out)."""
+    bad = worker_settings(consolidation={"strategy": "collections:OrderedDict"})
+    settings = bad.model_copy(update={"redis_url": None, "data_dir": tmp_path / "up"})
+    with pytest.raises(InvalidInput, match="not a ConsolidationStrategy"):
+        EmbeddedStack(settings).start()
+    assert running_stack(settings.data_dir) is None

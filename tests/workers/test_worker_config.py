@@ -118,13 +118,13 @@ def test_a_good_custom_strategy_is_built_with_the_settings() -> None:
 def test_a_worker_runtime_refuses_a_bad_strategy_when_built(
     worker_settings: Callable[..., HivememSettings], redis_server: EmbeddedRedis
 ) -> None:
-    """The runtime (and so the app a worker starts) builds the strategy at once: a bad one
-    raises InvalidInput before anything touches Redis."""
+    """The runtime's check (what a worker runs at start) builds the strategy: a bad one raises
+    InvalidInput before anything touches Redis. A client's app (Fleet's) is built all the
+    same: the strategy may be installed on the workers' machines only."""
     settings = worker_settings(consolidation={"strategy": f"{HERE}:Nameless"})
     with pytest.raises(InvalidInput, match="lacks name"):
-        WorkerRuntime(settings)
-    with pytest.raises(InvalidInput, match="lacks name"):
-        make_app(settings)
+        WorkerRuntime(settings).check()
+    make_app(settings).hivemem_runtime.close()
     with redis.Redis.from_url(redis_server.url) as client:
         assert client.dbsize() == 0
 
@@ -137,7 +137,7 @@ def test_a_worker_runtime_refuses_a_bad_policy_file_when_built(
     path = tmp_path / "policies.yaml"
     path.write_text("policies:\n  - name: old\n    when: {older_than_day: 9}\n    action: delete\n")
     with pytest.raises(InvalidPolicyFile) as raised:
-        WorkerRuntime(worker_settings(policies_file=path))
+        WorkerRuntime(worker_settings(policies_file=path)).check()
     assert raised.value.path == path
     assert raised.value.field == "policies.0.when.older_than_day"
 
@@ -150,6 +150,7 @@ def test_a_good_configuration_builds_a_runtime(
     path.write_text('[[policies]]\nname = "old"\naction = "delete"\nwhen = {older_than_days = 9}\n')
     settings = worker_settings(consolidation={"strategy": f"{HERE}:Good"}, policies_file=path)
     runtime = WorkerRuntime(settings)
+    runtime.check()
     runtime.close()
 
 
