@@ -159,6 +159,10 @@ class ConsolidationSettings(BaseModel):
     traces_per_category: int = Field(default=16, ge=2)
     #: Most categories a scope keeps (the closest categories merge beyond it).
     max_categories: int = Field(default=32, ge=1)
+    #: Most pending episodes one run takes (the lowest ids); the rest wait for the next run,
+    #: which the worker queues at once. Bounds a run's time and memory (a run over 50,000
+    #: episodes took 275 s and 2.5 GB).
+    max_plan_episodes: int = Field(default=5_000, ge=1, le=1_000_000)
     #: Cosine similarity to a cluster's centre above which an episode joins it (offline strategy).
     trace_similarity: float = Field(default=0.35, ge=-1.0, le=1.0)
     #: The same for traces joining a category.

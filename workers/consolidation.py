@@ -115,6 +115,8 @@ class ConsolidationReport:
     domain: str | None = None
     retired: list[str] = field(default_factory=list)
     resumed: bool = False
+    #: Episodes still pending after the run (beyond the plan's cap, or queued meanwhile).
+    remaining: int = 0
 
 
 @dataclass
@@ -143,8 +145,11 @@ class ConsolidationService:
         lock_ttl_s: float,
         send_batch: int,
         codec: EnvelopeCodec | None = None,
+        max_plan: int = 5_000,
     ) -> None:
+        """``max_plan``: the most pending episodes one run takes."""
         self._client = client
+        self._max_plan = max_plan
         self._bus = bus
         self._codec = codec or PlainCodec()
         self._store = store
@@ -171,7 +176,8 @@ class ConsolidationService:
         with scope_locked(self._client, self._keys, zone, user_id, self._lock_ttl_s):
             self._client.delete(self._keys.queued(zone, user_id))
             raw = self._take_plan(
-                keys=[self._keys.pending(zone, user_id), self._keys.plan(zone, user_id)]
+                keys=[self._keys.pending(zone, user_id), self._keys.plan(zone, user_id)],
+                args=[self._max_plan],
             )
             if raw:
                 plan = _Plan(**json.loads(raw))
@@ -183,6 +189,7 @@ class ConsolidationService:
             self._forget_user(
                 keys=[self._keys.pending(zone, user_id), self._keys.users(zone)], args=[user_id]
             )
+            report.remaining = cast("int", self._client.scard(self._keys.pending(zone, user_id)))
         log.info(
             "consolidation_done",
             zone=zone.value,
@@ -191,6 +198,7 @@ class ConsolidationService:
             traces=len(report.traces),
             categories=len(report.categories),
             resumed=report.resumed,
+            remaining=report.remaining,
         )
         return report
 

@@ -253,6 +253,7 @@ class WorkerRuntime:
             lock_ttl_s=self.settings.workers.lock_ttl_s,
             send_batch=self.settings.pool.send_batch,
             codec=self.codec,
+            max_plan=settings.max_plan_episodes,
         )
 
     @cached_property

@@ -93,6 +93,8 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
         user = check_scope_id(user_id, field="user_id")
         structlog.contextvars.bind_contextvars(zone=chosen.value, user_id=user)
         report = unless_busy(self, runtime, lambda: runtime.consolidation.consolidate(chosen, user))
+        if report.remaining:  # more than one plan's worth was pending: go on at once
+            consolidate.delay(chosen.value, user)
         return asdict(report)
 
     @app.task(name="hivemem.consolidate_due", **options)

@@ -25,6 +25,7 @@ from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.workers.app import QUEUES, ROUTES, make_app
 from hivemem.workers.runtime import WorkerRuntime
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 EVERYTHING = And(all=[])
@@ -290,3 +291,25 @@ def test_a_task_given_an_unknown_zone_fails_clearly(worker_app: Celery) -> None:
     with pytest.raises(InvalidInput, match="unknown zone 'nowhere'"):
         result.get(timeout=TIMEOUT_S)
     assert result.state == "FAILURE"
+
+
+def test_a_consolidation_beyond_one_plan_queues_the_rest_at_once(
+    worker_settings: Callable[..., HivememSettings], make_pool: Callable[..., SharedMemoryPool]
+) -> None:
+    """hivemem.consolidate with more pending episodes than one plan takes does one plan's
+    worth and queues itself again for the rest: every episode ends consolidated, without
+    waiting for the schedule's sweep."""
+    app = make_app(worker_settings(consolidation={"threshold": 1000, "max_plan_episodes": 2}))
+    agent = make_pool("agents").register_agent("writer")
+    ids = [agent.memory.add(f"trip note {i} about Lisbon", user_id="u1").id for i in range(5)]
+    assert agent.flush()
+    store = runtime_of(app).store
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+        run(app, "hivemem.ingest", ZONE.value)
+        first = run(app, "hivemem.consolidate", ZONE.value, "u1")
+        assert (first["episodes"], first["remaining"]) == (2, 3)
+        assert wait_for(
+            lambda: all(e.consolidated_into for e in store.get(ZONE, ids)), timeout_s=60.0
+        )
+    runtime_of(app).close()
+    app.close()

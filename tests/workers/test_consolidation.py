@@ -344,3 +344,23 @@ def test_deleting_an_episode_deletes_its_words_from_what_was_derived(
     assert all(len(e.consolidated_into) == 1 and e.consolidated_into[0] in traces for e in rest)
     assert "4417" not in derived_text()
     assert "sourdough" in derived_text().lower()
+
+
+def test_a_run_takes_at_most_a_plans_worth_and_leaves_the_rest_pending(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """With more pending episodes than ``max_plan_episodes``, a run takes that many (its time
+    and memory are bounded) and reports the rest, which stay pending and due; the next run
+    takes them."""
+    runtime = make_runtime(consolidation={"threshold": 1000, "max_plan_episodes": 4})
+    agent = pool.register_agent("writer", clearance=Zone.SECRET)
+    written = write(agent, [(c, "travel") for c in TOPICS["travel"]], Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+    first = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert (first.episodes, first.remaining) == (4, 2)
+    assert runtime.consolidation.due(Zone.PUBLIC) == ["u1"]
+    second = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert (second.episodes, second.remaining) == (2, 0)
+    assert runtime.consolidation.due(Zone.PUBLIC) == []
+    episodes = runtime.store.get(Zone.PUBLIC, list(written))
+    assert all(len(e.consolidated_into) == 1 for e in episodes)

@@ -1,6 +1,8 @@
--- Start (or resume) a consolidation run for one (zone, user): the pending episode ids become
--- the run's plan, atomically, so an id is in exactly one of the two.
--- KEYS: pending set, plan. Returns the plan (JSON text), or false when there is nothing to do.
+-- Start (or resume) a consolidation run for one (zone, user): up to ARGV[1] of the pending
+-- episode ids (the lowest, in byte order) become the run's plan, atomically, so an id is in
+-- exactly one of the two; the rest stay pending for the next run.
+-- KEYS: pending set, plan. ARGV: the most episodes a plan takes.
+-- Returns the plan (JSON text), or false when there is nothing to do.
 local plan = redis.call('GET', KEYS[2])
 if plan then
   return plan
@@ -10,7 +12,19 @@ if #ids == 0 then
   return false
 end
 table.sort(ids)
+local most = tonumber(ARGV[1])
+if #ids > most then
+  local taken = {}
+  for i = 1, most do
+    taken[i] = ids[i]
+  end
+  ids = taken
+  for start = 1, #ids, 1000 do
+    redis.call('SREM', KEYS[1], unpack(ids, start, math.min(start + 999, #ids)))
+  end
+else
+  redis.call('DEL', KEYS[1])
+end
 plan = cjson.encode({episodes = ids, finalized = false})
 redis.call('SET', KEYS[2], plan)
-redis.call('DEL', KEYS[1])
 return plan
