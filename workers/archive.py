@@ -7,16 +7,16 @@ three operations are idempotent and work in batches of ``batch`` records.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import structlog
 
-from hivemem.pool.enums import Tier, Zone
+from hivemem.pool.enums import Level, Tier, Zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import And
 from hivemem.pool.ports import ZoneStore
-from hivemem.pool.records import Tombstone, utc_now
+from hivemem.pool.records import MemoryRecord, Tombstone, utc_now
 
 log = structlog.get_logger(__name__)
 
@@ -30,11 +30,20 @@ def batches(ids: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 class ArchiveService:
     """Archives, restores and purges the records of a :class:`ZoneStore`."""
 
-    def __init__(self, store: ZoneStore, *, batch: int = 256) -> None:
+    def __init__(
+        self,
+        store: ZoneStore,
+        *,
+        batch: int = 256,
+        requeue: Callable[[Zone, Sequence[MemoryRecord]], None] | None = None,
+    ) -> None:
+        """``requeue(zone, episodes)``: queue restored episodes for consolidation (the
+        workers' pending sets), told of every current, unconsolidated episode restored."""
         if batch < 1:
             raise InvalidInput("batch must be at least 1", field="batch")
         self._store = store
         self._batch = batch
+        self._requeue = requeue
 
     def archive(self, zone: Zone, ids: Sequence[str]) -> list[str]:
         """Move the live records among ``ids`` to the zone's archive, vectors included, with
@@ -91,6 +100,15 @@ class ArchiveService:
                 for r in records
                 if r.id not in deleted
             ]
+            # Archived while waiting for consolidation, an episode was skipped by the run: it
+            # waits again (first: an id queued but not restored is skipped by the next run).
+            waiting = [
+                r
+                for r in live
+                if r.level is Level.EPISODE and r.is_current and not r.consolidated_into
+            ]
+            if waiting and self._requeue is not None:
+                self._requeue(zone, waiting)
             self._store.upsert(zone, live)
             self._store.archive_remove(zone, [r.id for r in records])
             restored.extend(r.id for r in live)

@@ -36,7 +36,7 @@ from hivemem.pool.ports import Vector, ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone, acts_on, split_tombstones
 from hivemem.workers.consolidation import publish_as_workers
 from hivemem.workers.derived import derived_from
-from hivemem.workers.keys import WorkerKeys
+from hivemem.workers.keys import WorkerKeys, add_pending
 from hivemem.workers.locks import held
 
 log = structlog.get_logger(__name__)
@@ -272,13 +272,8 @@ class IngestService:
         if not doomed:
             return
         episodes = [r for r in remaining if r.level is Level.EPISODE and r.is_current]
-        by_user: dict[str, list[str]] = {}
-        for record in episodes:
-            by_user.setdefault(record.scope.user_id, []).append(record.id)
         with self._client.pipeline(transaction=True) as pipe:
-            for user_id, ids in by_user.items():
-                pipe.sadd(self._keys.pending(zone, user_id), *ids)
-                pipe.sadd(self._keys.users(zone), user_id)
+            add_pending(pipe, self._keys, zone, episodes)
             pipe.execute()
         gone = [Tombstone.of(r) for r in doomed]
         publish_as_workers(self._bus, zone, [], gone, batch=self._batch, codec=self._codec)
@@ -317,19 +312,28 @@ class IngestService:
             return
         updates: dict[str, dict[str, object]] = {}
         marked: list[MemoryRecord] = []
-        for previous in self._store.get(zone, list(successors)):
+        live = self._store.get(zone, list(successors))
+        unseen = [i for i in successors if i not in {r.id for r in live}]
+        # An archived version is marked too, in the archive: restored, it must not come back
+        # as a second current version.
+        archived = self._store.archive_get(zone, unseen) if unseen else []
+        rearchived: list[MemoryRecord] = []
+        for previous in [*live, *archived]:
             successor = successors[previous.id]
             if not acts_on(successor, previous):
                 log.warning("ingest_version_refused", zone=zone.value, record_id=successor.id,
                             reason="it names another user's or compartments' record")  # fmt: skip
                 continue
             if previous.superseded_by is None:
-                updates[previous.id] = {
-                    "superseded_at": successor.recorded_at,
-                    "superseded_by": successor.id,
-                }
+                change = {"superseded_at": successor.recorded_at, "superseded_by": successor.id}
+                if previous in archived:
+                    rearchived.append(previous.model_copy(update=change))
+                else:
+                    updates[previous.id] = change
                 marked.append(previous)
         self._store.update_fields(zone, updates)
+        if rearchived:
+            self._store.archive_put(zone, rearchived)
         self._drop_pending(zone, marked)
 
     def _drop_pending(self, zone: Zone, records: Sequence[MemoryRecord | Tombstone]) -> None:
@@ -348,13 +352,8 @@ class IngestService:
         last_seq: int,
     ) -> list[str]:
         """Queue the episodes and move the cursor, in one transaction; returns the due users."""
-        by_user: dict[str, list[str]] = {}
-        for record in queued:
-            by_user.setdefault(record.scope.user_id, []).append(record.id)
         with self._client.pipeline(transaction=True) as pipe:
-            for user_id, ids in by_user.items():
-                pipe.sadd(self._keys.pending(zone, user_id), *ids)
-                pipe.sadd(self._keys.users(zone), user_id)
+            by_user = add_pending(pipe, self._keys, zone, queued)
             for tombstone in tombstones:
                 pipe.srem(self._keys.pending(zone, tombstone.scope.user_id), tombstone.id)
             pipe.set(self._keys.ingest_cursor(zone), f"{epoch} {last_seq}")

@@ -15,10 +15,13 @@ of these keys falls under an agent's ACL patterns (``ns:zone:<zone>:*``, ``ns:in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hivemem.pool.enums import Zone
 from hivemem.pool.ids import check_scope_id
+from hivemem.pool.records import MemoryRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +53,17 @@ class WorkerKeys:
     def consolidate_lock(self, zone: Zone, user_id: str) -> str:
         user = check_scope_id(user_id, field="user_id")
         return f"{self.namespace}:lock:consolidate:{zone.value}:{user}"
+
+
+def add_pending(
+    pipe: Any, keys: WorkerKeys, zone: Zone, episodes: Sequence[MemoryRecord]
+) -> list[str]:
+    """Queue ``episodes`` for consolidation on the pipeline ``pipe`` (their users' pending
+    sets, and the zone's users); returns the users, in order of first appearance."""
+    by_user: dict[str, list[str]] = {}
+    for record in episodes:
+        by_user.setdefault(record.scope.user_id, []).append(record.id)
+    for user_id, ids in by_user.items():
+        pipe.sadd(keys.pending(zone, user_id), *ids)
+        pipe.sadd(keys.users(zone), user_id)
+    return list(by_user)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Sequence
 from functools import cached_property
 
 import redis
@@ -24,6 +25,7 @@ from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidInput, MessageRejected
 from hivemem.pool.ports import ZoneStore
+from hivemem.pool.records import MemoryRecord
 from hivemem.pool.settings import ConsolidationSettings, HivememSettings
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
@@ -34,7 +36,7 @@ from hivemem.workers.archive import ArchiveService
 from hivemem.workers.consolidation import ConsolidationService
 from hivemem.workers.forget import ForgetService
 from hivemem.workers.ingest import IngestService
-from hivemem.workers.keys import WorkerKeys
+from hivemem.workers.keys import WorkerKeys, add_pending
 from hivemem.workers.lifecycle import LifecycleService
 from hivemem.workers.llm import LlmStrategy
 from hivemem.workers.offline import OfflineStrategy
@@ -294,7 +296,13 @@ class WorkerRuntime:
 
     @cached_property
     def archive(self) -> ArchiveService:
-        return ArchiveService(self.store)
+        return ArchiveService(self.store, requeue=self._requeue)
+
+    def _requeue(self, zone: Zone, episodes: Sequence[MemoryRecord]) -> None:
+        """Queue ``episodes`` for consolidation (restored ones: see ArchiveService)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            add_pending(pipe, self.keys, zone, episodes)
+            pipe.execute()
 
     @cached_property
     def lifecycle(self) -> LifecycleService:

@@ -522,3 +522,41 @@ def test_a_worker_with_security_off_stops_at_sealed_messages_and_loses_nothing(
     drain(secure)
 
     assert sorted(r.id for r in stored(secure)) == sorted(ids)
+
+
+def test_a_version_of_an_archived_record_marks_the_archived_copy(
+    agent: Agent, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """A new version whose predecessor is archived marks the archived copy superseded: once
+    restored, the old version is history, not a second current version beside the new one."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    old = agent.memory.add("Ada lives in Lisbon", user_id="u1", zone=ZONE)
+    assert agent.flush()
+    drain(runtime)
+    runtime.archive.archive(ZONE, [old.id])
+    new = agent.memory.supersede(old.id, "Ada lives in Berlin")
+    assert agent.flush()
+    drain(runtime)
+    assert runtime.archive.restore(ZONE, [old.id]) == [old.id]
+    [restored, current] = runtime.store.get(ZONE, [old.id, new.id])
+    assert (restored.superseded_by, restored.is_current) == (new.id, False)
+    assert current.is_current
+
+
+def test_an_episode_archived_while_pending_waits_again_once_restored(
+    agent: Agent, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """An episode archived before its consolidation ran is skipped by the run; restored, it is
+    queued again (it stayed unconsolidated for good before)."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    ids = write(agent, 4)
+    drain(runtime)
+    runtime.archive.archive(ZONE, ids[:1])
+    assert runtime.consolidation.consolidate(ZONE, "u1").episodes == 3
+    assert pending(runtime) == set()
+    runtime.archive.restore(ZONE, ids[:1])
+    assert pending(runtime) == {ids[0]}
+    assert runtime.consolidation.due(ZONE) == ["u1"]
+    assert runtime.consolidation.consolidate(ZONE, "u1").episodes == 1
+    [episode] = runtime.store.get(ZONE, ids[:1])
+    assert episode.consolidated_into
