@@ -50,19 +50,19 @@ import redis
 import structlog
 
 from hivemem.agents.sparse import Bm25Encoder
-from hivemem.pool.adapters.redis_bus import RedisBus, zone_topic
+from hivemem.pool.adapters.redis_bus import RedisBus
 from hivemem.pool.compartments import union
 from hivemem.pool.enums import Level, Tier, Zone
-from hivemem.pool.envelope import EnvelopeCodec, PlainCodec, make_envelope
-from hivemem.pool.errors import HivememError, StrategyFailed
+from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
+from hivemem.pool.errors import HivememError
 from hivemem.pool.filters import And, Cond
-from hivemem.pool.ids import check_label
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
-from hivemem.security.pool_security import WORKER_SENDER
 from hivemem.workers.clustering import centre
+from hivemem.workers.contract import MAX_CONTENT_CHARS, check_drafts, labels
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.locks import held
+from hivemem.workers.publishing import publish_as_workers
 from hivemem.workers.strategy import ConsolidationStrategy, Draft, Sources
 
 log = structlog.get_logger(__name__)
@@ -70,7 +70,6 @@ log = structlog.get_logger(__name__)
 #: The sender id of everything the workers publish.
 #: Derived ids are UUID5 in this namespace, over "level|zone|user|sorted source ids".
 _ID_NAMESPACE = uuid.UUID("5f0c8f6e-2b1d-4c1e-9a57-6d1f0e3b7a21")
-_MAX_CONTENT_CHARS = 8_000
 _LUA = Path(__file__).parent / "lua"
 
 
@@ -94,6 +93,10 @@ def scope_locked(
         if not lock.acquired:
             raise ScopeBusy(zone, user_id)
         yield
+
+
+#: New ids tried for a derived record whose id names superseded versions (see _not_past).
+_MAX_GENERATIONS = 16
 
 
 def derived_id(level: Level, zone: Zone, user_id: str, sources: Sequence[str]) -> str:
@@ -258,18 +261,38 @@ class ConsolidationService:
             return
         prior_categories = self._store.get(zone, plan.prior_categories)
         categories = self._with_versions(
-            [
-                self._derive(
-                    Level.CATEGORY, zone=zone, user_id=user_id, draft=draft, pool=traces, now=now
-                )
-                for group in _by_compartments(traces)
-                for draft in self._drafts("categories", group, lambda s, x: s.categories(x))
-            ],
+            self._not_past(
+                zone,
+                user_id,
+                [
+                    self._derive(
+                        Level.CATEGORY,
+                        zone=zone,
+                        user_id=user_id,
+                        draft=draft,
+                        pool=traces,
+                        now=now,
+                    )
+                    for group in _by_compartments(traces)
+                    for draft in self._drafts("categories", group, lambda s, x: s.categories(x))
+                ],
+            ),
             prior_categories,
         )
         [domain_draft] = self._drafts("domain", categories, lambda s, x: [s.domain(user_id, x)])
-        domain = self._derive(
-            Level.DOMAIN, zone=zone, user_id=user_id, draft=domain_draft, pool=categories, now=now
+        [domain] = self._not_past(
+            zone,
+            user_id,
+            [
+                self._derive(
+                    Level.DOMAIN,
+                    zone=zone,
+                    user_id=user_id,
+                    draft=domain_draft,
+                    pool=categories,
+                    now=now,
+                )
+            ],
         )
         if plan.prior_domain is not None and plan.prior_domain != domain.id:
             domain = domain.model_copy(update={"supersedes": plan.prior_domain})
@@ -311,7 +334,7 @@ class ConsolidationService:
         sources = _sources(records)
         try:
             drafts = make(self._strategy, sources)
-            _check(drafts, sources)
+            check_drafts(drafts, sources)
         except Exception as error:  # isolation point: a strategy is user code
             if self._strategy is self._fallback:
                 raise
@@ -322,7 +345,7 @@ class ConsolidationService:
                 error=type(error).__name__,
             )
             drafts = make(self._fallback, sources)
-            _check(drafts, sources)
+            check_drafts(drafts, sources)
         return drafts
 
     def _derive(
@@ -339,9 +362,9 @@ class ConsolidationService:
         by_id = {r.id: r for r in pool}
         sources = [by_id[i] for i in draft.sources]
         row = centre(np.asarray([s.vector for s in sources], dtype=np.float32))
-        content = draft.content.strip()[:_MAX_CONTENT_CHARS]
+        content = draft.content.strip()[:MAX_CONTENT_CHARS]
         zone = Zone.highest([s.zone for s in sources])
-        tags, entities = _labels(draft.tags), _labels(draft.entities)
+        tags, entities = labels(draft.tags), labels(draft.entities)
         if zone > Zone.PUBLIC:
             # Labels are stored in clear beside the sealed content: words the strategy drew
             # from the sources' sealed content must not become labels; their own labels may.
@@ -391,6 +414,27 @@ class ConsolidationService:
                     taken.add(best)
                     record = record.model_copy(update={"supersedes": best})
             result.append(record)
+        return result
+
+    def _not_past(
+        self, zone: Zone, user_id: str, records: list[MemoryRecord]
+    ) -> list[MemoryRecord]:
+        """``records``, each whose derived id names a version already superseded given an id
+        of its own: the same sources again (a trace archived, then restored) must make a new
+        version, not bring the old one back as the successor of its successor (a cycle). The
+        same store gives the same ids: a resumed run writes what the run before it did."""
+        result = []
+        for record in records:
+            chosen = record
+            for _ in range(_MAX_GENERATIONS):
+                held = self._store.get(zone, [chosen.id])
+                if not held or held[0].is_current:
+                    break
+                after = [*record.sources, f"after:{chosen.id}"]
+                chosen = chosen.model_copy(
+                    update={"id": derived_id(record.level, zone, user_id, after)}
+                )
+            result.append(chosen)
         return result
 
     def _as_stored(
@@ -451,43 +495,6 @@ class ConsolidationService:
         return retired
 
 
-def publish_as_workers(
-    bus: RedisBus,
-    zone: Zone,
-    records: Sequence[MemoryRecord],
-    tombstones: Sequence[Tombstone],
-    *,
-    batch: int,
-    codec: EnvelopeCodec | None = None,
-) -> None:
-    """Publish ``records`` and ``tombstones`` as ``hivemem-workers``: on the zone's channel, or
-    the channel of their compartments when they carry any; one user per envelope (sealed under
-    that user's key with security on) and at most ``batch`` of each, in one round trip per
-    topic."""
-    codec = codec or PlainCodec()
-    groups: dict[tuple[str, tuple[str, ...]], tuple[list[MemoryRecord], list[Tombstone]]] = {}
-    for record in records:
-        key = (record.scope.user_id, tuple(record.compartments))
-        groups.setdefault(key, ([], []))[0].append(record)
-    for tombstone in tombstones:
-        key = (tombstone.scope.user_id, tuple(tombstone.compartments))
-        groups.setdefault(key, ([], []))[1].append(tombstone)
-    by_topic: dict[str, list[tuple[str, bytes]]] = {}
-    for (_user, compartments), (mine, gone) in groups.items():
-        messages = by_topic.setdefault(zone_topic(zone, compartments), [])
-        for start in range(0, max(len(mine), len(gone)), batch):
-            envelope = make_envelope(
-                sender=WORKER_SENDER,
-                zone=zone,
-                records=mine[start : start + batch],
-                tombstones=gone[start : start + batch],
-            )
-            messages.append((envelope.message_id, codec.encode(envelope)))
-    for topic, messages in by_topic.items():
-        bus.register_topic(topic)
-        bus.publish(topic, WORKER_SENDER, messages)
-
-
 def _by_compartments(records: Sequence[MemoryRecord]) -> list[list[MemoryRecord]]:
     """``records`` grouped by the compartments they carry (order kept within each group), so
     that traces and categories never mix compartments."""
@@ -500,53 +507,3 @@ def _by_compartments(records: Sequence[MemoryRecord]) -> list[list[MemoryRecord]
 def _sources(records: Sequence[MemoryRecord]) -> Sources:
     vectors = np.asarray([r.vector for r in records], dtype=np.float32)
     return Sources([r.model_copy(update={"vector": None}) for r in records], vectors)
-
-
-def _labels(values: Sequence[str]) -> list[str]:
-    """The valid labels among ``values`` (a strategy's words may not all be labels), deduped."""
-    kept: list[str] = []
-    for value in values:
-        try:
-            label = check_label(value, field="label")
-        except ValueError:
-            continue
-        if label not in kept:
-            kept.append(label)
-    return kept[:64]
-
-
-def _check_fields(draft: Draft) -> None:
-    """StrategyFailed unless the draft's content, category, importance and labels make a valid
-    record (as _derive makes it): found here, a bad one falls back to offline; found in
-    _derive, it would fail the run, and every later run resumes the same plan."""
-    try:
-        MemoryRecord(
-            content=draft.content.strip()[:_MAX_CONTENT_CHARS],
-            scope=Scope(user_id="check"),
-            category=draft.category,
-            importance=min(1.0, max(0.0, float(draft.importance))),
-            tags=_labels(draft.tags),
-            entities=_labels(draft.entities),
-        )
-    except (HivememError, ValueError, TypeError) as error:
-        raise StrategyFailed(f"a draft that makes no valid record: {error}"[:300]) from None
-
-
-def _check(drafts: Sequence[Draft], sources: Sources) -> None:
-    """The strategy contract (see hivemem.workers.strategy); raises StrategyFailed."""
-    known = {r.id for r in sources.records}
-    seen: set[str] = set()
-    for draft in drafts:
-        if not isinstance(draft, Draft) or not draft.sources:
-            raise StrategyFailed("a draft without sources")
-        if not isinstance(draft.content, str) or not draft.content.strip():
-            raise StrategyFailed("a draft without content")
-        _check_fields(draft)
-        for source in draft.sources:
-            if source not in known:
-                raise StrategyFailed("a draft names a source that is not an input")
-            if source in seen:
-                raise StrategyFailed("an input is the source of two drafts")
-            seen.add(source)
-    if seen != known:
-        raise StrategyFailed(f"{len(known - seen)} inputs were left out")

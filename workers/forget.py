@@ -39,9 +39,10 @@ from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.keyring import ZoneKeyring
 from hivemem.security.pool_security import WORKER_SENDER
-from hivemem.workers.consolidation import publish_as_workers, scope_locked
+from hivemem.workers.consolidation import scope_locked
 from hivemem.workers.ingest import IngestService
 from hivemem.workers.keys import WorkerKeys
+from hivemem.workers.publishing import publish_as_workers
 
 
 class ZoneReceipt(BaseModel):

@@ -34,10 +34,10 @@ from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidMessage, MessageRejected
 from hivemem.pool.ports import Vector, ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone, acts_on, split_tombstones
-from hivemem.workers.consolidation import publish_as_workers
 from hivemem.workers.derived import derived_from
 from hivemem.workers.keys import WorkerKeys, add_pending
 from hivemem.workers.locks import held
+from hivemem.workers.publishing import publish_as_workers
 
 log = structlog.get_logger(__name__)
 #: A consolidation queued for a user is not queued again for this long (seconds), unless it

@@ -364,3 +364,44 @@ def test_a_run_takes_at_most_a_plans_worth_and_leaves_the_rest_pending(
     assert runtime.consolidation.due(Zone.PUBLIC) == []
     episodes = runtime.store.get(Zone.PUBLIC, list(written))
     assert all(len(e.consolidated_into) == 1 for e in episodes)
+
+
+def test_a_group_made_again_after_a_restore_is_a_new_version_not_a_cycle(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """A trace archived (its category gets a new version without it), then restored (the next
+    run groups the same traces as the first version): the category made then is a new version
+    with an id of its own. Before, it took the first version's id: rewritten, that version
+    superseded its own successor (a cycle, the review found); kept as stored, it stayed
+    superseded and the restored trace was in no current category."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    agent = pool.register_agent("writer", clearance=Zone.SECRET)
+    write(agent, [(c, "cooking") for c in TOPICS["cooking"]], Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+    first = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    [category] = runtime.store.get(Zone.PUBLIC, first.categories[:1])
+    trace = category.sources[0]
+    runtime.archive.archive(Zone.PUBLIC, [trace])
+    for step, topic in enumerate(("travel", "programming")):
+        if step == 1:
+            runtime.archive.restore(Zone.PUBLIC, [trace])
+        write(agent, [(c, topic) for c in TOPICS[topic]], Zone.PUBLIC)
+        ingest(runtime, Zone.PUBLIC)
+        runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+
+    every = list(
+        runtime.store.scan(
+            Zone.PUBLIC, And(all=[Cond(field="level", op="eq", value=Level.CATEGORY)])
+        )
+    )
+    by_id = {r.id: r for r in every}
+    for record in every:  # follow each chain back: it ends, without meeting itself
+        seen = {record.id}
+        step = record
+        while step.supersedes is not None and step.supersedes in by_id:
+            step = by_id[step.supersedes]
+            assert step.id not in seen, "a version chain loops"
+            seen.add(step.id)
+    assert not by_id[category.id].is_current  # the first version stays history
+    current = [r for r in every if r.is_current]
+    assert trace in {s for r in current for s in r.sources}
