@@ -127,11 +127,13 @@ def _card(scan: _Text) -> bool:
 
 
 # --- private_key --------------------------------------------------------------------------------
-_PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+_PRIVATE_KEY = re.compile(r"-----BEGIN {1,2}(?:[A-Z0-9]+ {1,2})*PRIVATE KEY(?: BLOCK)?-----")
+_PUTTY_KEY = "PuTTY-User-Key-File-"
 
 
 def _private_key(scan: _Text) -> bool:
-    return "-----" in scan.text and _PRIVATE_KEY.search(scan.text) is not None
+    text = scan.text
+    return ("-----" in text and _PRIVATE_KEY.search(text) is not None) or _PUTTY_KEY in text
 
 
 # --- api_token: known formats, then `key word [:=] value` assignments ---------------------------
@@ -153,6 +155,11 @@ _TOKEN_FORMATS = (
     ("x", _token_format("xox", r"[abprs]-(?:[A-Za-z0-9]+-){1,8}[A-Za-z0-9]{8,}", r"\w-")),
     ("_", _token_format("sk_live_", r"[A-Za-z0-9]{10,}")),  # Stripe
     ("_", _token_format("rk_live_", r"[A-Za-z0-9]{10,}")),
+    ("_", _token_format("sk_test_", r"[A-Za-z0-9]{10,}")),
+    ("_", _token_format("rk_test_", r"[A-Za-z0-9]{10,}")),
+    ("-", _token_format("glpat-", r"[A-Za-z0-9_-]{20,}")),  # GitLab
+    ("_", _token_format("hf_", r"[A-Za-z]{34,}(?![A-Za-z0-9])")),  # Hugging Face
+    ("_", _token_format("npm_", r"[A-Za-z0-9]{36}(?![A-Za-z0-9])")),  # npm
     ("z", _token_format("AIza", r"[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])")),  # Google API key
     ("J", _token_format("eyJ", r"[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]+", r"\w-")),  # JWT
 )
