@@ -110,6 +110,14 @@ def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
+def _text(value: bytes | str) -> str:
+    """A stored field as text; SealBroken for bytes hivemem never writes (not UTF-8)."""
+    try:
+        return _bytes(value).decode()
+    except UnicodeDecodeError:
+        raise SealBroken("a stored key entry is malformed") from None
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -164,7 +172,7 @@ class ZoneKeyring:
             if cached is not None:  # Redis is down: keep the key we were using
                 return self.get(zone, cached[0])
             raise unavailable(error) from None
-        key = self.get(zone, _bytes(current).decode()) if current else self._create_first(zone)
+        key = self.get(zone, _text(current)) if current else self._create_first(zone)
         with self._lock:
             self._active[zone] = (key.key_id, time.monotonic())
         return key
@@ -233,8 +241,8 @@ class ZoneKeyring:
             fields = cast(
                 "dict[bytes | str, bytes | str]", self._client.hgetall(self._zone_key(zone))
             )
-        plain = {_bytes(k).decode(): _bytes(v) for k, v in fields.items()}
-        active = plain.get("active", b"").decode()
+        plain = {_text(k): _bytes(v) for k, v in fields.items()}
+        active = _text(plain.get("active", b""))
         infos = []
         for name, value in plain.items():
             kind, _, key_id = name.partition(":")
@@ -334,7 +342,7 @@ class ZoneKeyring:
             nonlocal winner
             current = cast("bytes | str | None", pipe.hget(zone_key, "active"))
             if current:
-                winner = _bytes(current).decode()
+                winner = _text(current)
                 return
             winner = key_id
             pipe.multi()
@@ -401,7 +409,7 @@ class ZoneKeyring:
             if isinstance(created_at, str):
                 datetime.fromisoformat(created_at)
                 return cast("dict[str, str]", entry)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep
             pass
         raise SealBroken("a stored key entry is malformed")
 

@@ -202,6 +202,23 @@ def test_a_wrapped_key_copied_to_another_slot_does_not_unwrap(
         keyring.get(Zone.SECRET, "0123456789ab")
 
 
+def test_entries_hivemem_never_writes_raise_seal_broken(
+    keyring: ZoneKeyring, client: redis.Redis
+) -> None:
+    """A stored entry nested too deep to parse, or an active id or field name that is not
+    UTF-8, raises SealBroken (it was RecursionError or UnicodeDecodeError)."""
+    client.hset("t:keys:zone:public", "dek:0123456789ab", "[" * 100_000)
+    with pytest.raises(SealBroken):
+        keyring.get(Zone.PUBLIC, "0123456789ab")
+    with pytest.raises(SealBroken):
+        keyring.keys(Zone.PUBLIC)
+    client.hset("t:keys:zone:secret", "active", b"\xff\xfe")
+    with pytest.raises(SealBroken):
+        keyring.active(Zone.SECRET, fresh=True)
+    with pytest.raises(SealBroken):
+        keyring.keys(Zone.SECRET)
+
+
 def test_vector_key_is_per_zone_stable_and_not_rotated(
     redis_server: EmbeddedRedis, provider: LocalKeyProvider
 ) -> None:
