@@ -260,40 +260,17 @@ class ConsolidationService:
         if not traces:
             return
         prior_categories = self._store.get(zone, plan.prior_categories)
+        drafts = [
+            draft
+            for group in _by_compartments(traces)
+            for draft in self._drafts("categories", group, lambda s, x: s.categories(x))
+        ]
         categories = self._with_versions(
-            self._not_past(
-                zone,
-                user_id,
-                [
-                    self._derive(
-                        Level.CATEGORY,
-                        zone=zone,
-                        user_id=user_id,
-                        draft=draft,
-                        pool=traces,
-                        now=now,
-                    )
-                    for group in _by_compartments(traces)
-                    for draft in self._drafts("categories", group, lambda s, x: s.categories(x))
-                ],
-            ),
+            self._derive_new(Level.CATEGORY, zone, user_id, drafts, traces, now),
             prior_categories,
         )
         [domain_draft] = self._drafts("domain", categories, lambda s, x: [s.domain(user_id, x)])
-        [domain] = self._not_past(
-            zone,
-            user_id,
-            [
-                self._derive(
-                    Level.DOMAIN,
-                    zone=zone,
-                    user_id=user_id,
-                    draft=domain_draft,
-                    pool=categories,
-                    now=now,
-                )
-            ],
-        )
+        [domain] = self._derive_new(Level.DOMAIN, zone, user_id, [domain_draft], categories, now)
         if plan.prior_domain is not None and plan.prior_domain != domain.id:
             domain = domain.model_copy(update={"supersedes": plan.prior_domain})
         outputs = [*new_traces, *categories, domain]
@@ -416,24 +393,34 @@ class ConsolidationService:
             result.append(record)
         return result
 
-    def _not_past(
-        self, zone: Zone, user_id: str, records: list[MemoryRecord]
+    def _derive_new(  # noqa: PLR0917 - the parts _derive takes, each needed
+        self,
+        level: Level,
+        zone: Zone,
+        user_id: str,
+        drafts: Sequence[Draft],
+        pool: Sequence[MemoryRecord],
+        now: datetime,
     ) -> list[MemoryRecord]:
-        """``records``, each whose derived id names a version already superseded given an id
-        of its own: the same sources again (a trace archived, then restored) must make a new
-        version, not bring the old one back as the successor of its successor (a cycle). The
-        same store gives the same ids: a resumed run writes what the run before it did."""
+        """The records ``drafts`` become, each whose derived id names a version already
+        superseded given an id of its own: the same sources again (a trace archived, then
+        restored) must make a new version, not bring the old one back as the successor of its
+        successor (a cycle). The same store gives the same ids: a resumed run writes what the
+        run before it did."""
+        derived = [
+            self._derive(level, zone=zone, user_id=user_id, draft=d, pool=pool, now=now)
+            for d in drafts
+        ]
+        past = {r.id for r in self._store.get(zone, [r.id for r in derived]) if not r.is_current}
         result = []
-        for record in records:
+        for record in derived:
             chosen = record
             for _ in range(_MAX_GENERATIONS):
-                held = self._store.get(zone, [chosen.id])
-                if not held or held[0].is_current:
+                if chosen.id not in past:
                     break
                 after = [*record.sources, f"after:{chosen.id}"]
-                chosen = chosen.model_copy(
-                    update={"id": derived_id(record.level, zone, user_id, after)}
-                )
+                chosen = chosen.model_copy(update={"id": derived_id(level, zone, user_id, after)})
+                past |= {r.id for r in self._store.get(zone, [chosen.id]) if not r.is_current}
             result.append(chosen)
         return result
 
