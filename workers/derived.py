@@ -19,25 +19,24 @@ _MAX_STEPS = 64
 
 
 def derived_from(
-    store: ZoneStore, zone: Zone, deleted: Sequence[str]
+    store: ZoneStore, zone: Zone, deleted: Sequence[MemoryRecord]
 ) -> tuple[list[MemoryRecord], list[MemoryRecord]]:
     """For the stored records ``deleted`` (about to be tombstoned): the records derived from
     them, directly or not (``consolidated_into``, upwards), with the versions those superseded;
-    and the remaining sources of those, which lose their consolidation link. Both empty when
-    no deleted record was consolidated (the common case: one read)."""
-    gone = set(deleted)
+    and the remaining sources of those, which lose their consolidation link. Both empty, with
+    no read, when no deleted record was consolidated (the common case)."""
+    gone = {r.id for r in deleted}
     doomed: dict[str, MemoryRecord] = {}
-    seen = set(gone)
-    frontier = sorted(gone)
+    frontier = sorted({i for r in deleted for i in r.consolidated_into} - gone)
+    seen = gone | set(frontier)
     for _ in range(_MAX_STEPS):
         if not frontier:
             break
         above: set[str] = set()
         for record in store.get(zone, frontier):
-            if record.id not in gone:
-                doomed[record.id] = record
-                if record.supersedes is not None:
-                    above.add(record.supersedes)
+            doomed[record.id] = record
+            if record.supersedes is not None:
+                above.add(record.supersedes)
             above.update(record.consolidated_into)
         frontier = sorted(above - seen)
         seen |= above

@@ -224,7 +224,7 @@ class IngestService:
 
     def _store_round(self, zone: Zone, batch: _Round) -> list[MemoryRecord]:
         """Write the round to the store; returns the episodes to queue for consolidation."""
-        batch.tombstones = self._rightful(zone, batch.tombstones)
+        batch.tombstones, targets = self._rightful(zone, batch.tombstones)
         unique: dict[str, tuple[MemoryRecord, Vector | None]] = {}
         for record, row in zip(batch.records, batch.rows, strict=True):
             unique.setdefault(record.id, (record, row))
@@ -236,7 +236,7 @@ class IngestService:
         self._upsert(zone, new)
         self._link_versions(zone, [record for record, _ in new])
         if batch.tombstones:
-            self._delete_derived(zone, batch.tombstones)
+            self._delete_derived(zone, [targets[t.id] for t in batch.tombstones if t.id in targets])
             self._store.put_tombstones(zone, batch.tombstones)
         deleted = {t.id for t in batch.tombstones}
         # A version and its successor in one round: the old one was sent while still current.
@@ -262,13 +262,13 @@ class IngestService:
             ]
         return queued
 
-    def _delete_derived(self, zone: Zone, tombstones: Sequence[Tombstone]) -> None:
-        """Delete what consolidation derived from the records ``tombstones`` delete (see
+    def _delete_derived(self, zone: Zone, deleted: Sequence[MemoryRecord]) -> None:
+        """Delete what consolidation derived from the stored records ``deleted`` (see
         :mod:`hivemem.workers.derived`), before those: the remaining episodes are queued again
         first, then the agents are sent the derived records' tombstones, then the store loses
         them. A worker dying midway leaves the deleted records live, so the next drain does
         it all again (each step is idempotent)."""
-        doomed, remaining = derived_from(self._store, zone, [t.id for t in tombstones])
+        doomed, remaining = derived_from(self._store, zone, deleted)
         if not doomed:
             return
         episodes = [r for r in remaining if r.level is Level.EPISODE and r.is_current]
@@ -282,12 +282,15 @@ class IngestService:
         log.info("ingest_derived_deleted", zone=zone.value, records=len(doomed),
                  requeued=len(episodes))  # fmt: skip
 
-    def _rightful(self, zone: Zone, tombstones: list[Tombstone]) -> list[Tombstone]:
+    def _rightful(
+        self, zone: Zone, tombstones: list[Tombstone]
+    ) -> tuple[list[Tombstone], dict[str, MemoryRecord]]:
         """The tombstones that may delete what they name: of records not stored (they keep a
         late copy out), or of the same user and compartments as the stored (or archived)
-        record. The others are logged and dropped."""
+        record. The others are logged and dropped. Also returns the stored records named,
+        by id."""
         if not tombstones:
-            return tombstones
+            return tombstones, {}
         ids = [t.id for t in tombstones]
         stored = {r.id: r for r in self._store.get(zone, ids)}
         unseen = [i for i in ids if i not in stored]
@@ -296,7 +299,7 @@ class IngestService:
         for tombstone in refused:
             log.warning("ingest_tombstone_refused", zone=zone.value, record_id=tombstone.id,
                         reason="it names another user's or compartments' record")  # fmt: skip
-        return kept
+        return kept, stored
 
     def _upsert(self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, Vector | None]]) -> None:
         with_rows = [(r, row) for r, row in pairs if row is not None]
@@ -313,7 +316,8 @@ class IngestService:
         updates: dict[str, dict[str, object]] = {}
         marked: list[MemoryRecord] = []
         live = self._store.get(zone, list(successors))
-        unseen = [i for i in successors if i not in {r.id for r in live}]
+        seen = {r.id for r in live}
+        unseen = [i for i in successors if i not in seen]
         # An archived version is marked too, in the archive: restored, it must not come back
         # as a second current version.
         archived = self._store.archive_get(zone, unseen) if unseen else []
@@ -326,7 +330,7 @@ class IngestService:
                 continue
             if previous.superseded_by is None:
                 change = {"superseded_at": successor.recorded_at, "superseded_by": successor.id}
-                if previous in archived:
+                if previous.id not in seen:  # archived
                     rearchived.append(previous.model_copy(update=change))
                 else:
                     updates[previous.id] = change
