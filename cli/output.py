@@ -14,16 +14,16 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
-from hivemem.pool.settings import HivememSettings
+from hivemem.pool.settings import RESULT_TTL_S, HivememSettings
 
 if TYPE_CHECKING:
     from hivemem.pool.shared import SharedMemoryPool
 
 console = Console()
 
-#: The longest wait a command accepts, in seconds: a day, as long as the workers keep a task's
-#: result (longer waits could never be answered; far longer ones overflow the OS's timed waits).
-MAX_WAIT_S = 24 * 3600.0
+#: The longest wait a command accepts, in seconds: as long as the workers keep a task's result
+#: (longer waits could never be answered; far longer ones overflow the OS's timed waits).
+MAX_WAIT_S = RESULT_TTL_S
 
 
 def seconds(text: str) -> float:

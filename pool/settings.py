@@ -172,6 +172,9 @@ class ConsolidationSettings(BaseModel):
     llm: LlmSettings = Field(default_factory=LlmSettings)
 
 
+#: How long the workers keep a task's result, in seconds (a day): also the longest a caller
+#: (Fleet, the CLI) may wait for one, since a longer wait could never be answered.
+RESULT_TTL_S = 24 * 3600.0
 #: The longest time any worker setting may name, in seconds (a week). Every worker time setting
 #: is also finite: an infinite or astronomically long one passed validation but then overflowed
 #: what Redis (lock TTLs), Celery (retry countdowns, the beat schedule) or Python take.

@@ -24,7 +24,7 @@ from kombu.entity import Exchange, Queue
 
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidInput
-from hivemem.pool.settings import HivememSettings
+from hivemem.pool.settings import RESULT_TTL_S, HivememSettings
 from hivemem.workers.runtime import WorkerRuntime
 from hivemem.workers.tasks import bind_task, register_tasks, unbind_task
 
@@ -58,7 +58,7 @@ def make_app(settings: HivememSettings) -> Celery:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        result_expires=24 * 3600,
+        result_expires=RESULT_TTL_S,
         task_queues=[
             Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
             for name in QUEUES

@@ -15,13 +15,13 @@ import celery.exceptions
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidInput, PoolUnavailable
 from hivemem.pool.ids import check_scope_id
-from hivemem.pool.settings import HivememSettings
+from hivemem.pool.settings import RESULT_TTL_S, HivememSettings
 from hivemem.workers.app import make_app
 from hivemem.workers.forget import ForgetReceipt
 from hivemem.workers.reseal import ResealReceipt
 
-#: The longest a caller may wait for a task, in seconds: a day, as long as the results are kept.
-MAX_WAIT_S = 24 * 3600.0
+#: The longest a caller may wait for a task, in seconds: as long as the results are kept.
+MAX_WAIT_S = RESULT_TTL_S
 
 
 def check_timeout(timeout_s: object) -> float:
