@@ -39,7 +39,7 @@ import redis
 
 from hivemem.agents.agent import Agent
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.errors import InvalidInput, KeyUnavailable, MemoryNotFound, SealBroken
+from hivemem.pool.errors import InvalidInput, KeyUnavailable, SealBroken
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.redis_server import EmbeddedRedis
@@ -53,7 +53,7 @@ from hivemem.security.wire import SealedHeader
 from hivemem.security.zone_store import SecureZoneStore
 from hivemem.workers.forget import ZoneReceipt
 from hivemem.workers.runtime import WorkerRuntime
-from tests.waiting import wait_for
+from tests.waiting import holds, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -507,15 +507,6 @@ def assert_only_victor_is_left(scene: Scene) -> None:
     for sender, receiver in [(scene.alice, scene.bob), (scene.bob, scene.alice)]:
         (new,) = write(sender, KEPT, scene.control, [Zone.PUBLIC])
         assert wait_for(lambda r=receiver, i=new.id: holds(r, i))
-
-
-def holds(agent: Agent, record_id: str) -> bool:
-    """True when ``agent`` reads the record ``record_id``."""
-    try:
-        agent.memory.get(record_id)
-    except MemoryNotFound:
-        return False
-    return True
 
 
 # -- what the forget leaves behind (known bugs) -------------------------------------------------

@@ -12,14 +12,13 @@ import structlog
 
 from hivemem.agents.agent import Agent
 from hivemem.pool.enums import Category, Level, Tier, Zone
-from hivemem.pool.errors import MemoryNotFound
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.workers.consolidation import derived_id
 from hivemem.workers.runtime import WorkerRuntime
 from hivemem.workers.strategy import Draft, Sources
-from tests.waiting import wait_for
+from tests.waiting import holds, wait_for
 
 TOPICS = {
     "cooking": [
@@ -258,14 +257,6 @@ def test_labels_above_public_are_only_those_the_sources_carry(
     assert all(r.entities == [] for r in derived[Zone.INTERNAL])
     public_words = {t for r in derived[Zone.PUBLIC] for t in (*r.tags, *r.entities)}
     assert "sourdough" in public_words or "flour" in public_words or "pasta" in public_words
-
-
-def holds(agent: Agent, record_id: str) -> bool:
-    try:
-        agent.memory.get(record_id)
-    except MemoryNotFound:
-        return False
-    return True
 
 
 def test_a_deleted_output_stays_deleted_and_a_kept_one_unchanged(

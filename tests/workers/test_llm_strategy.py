@@ -372,39 +372,30 @@ def test_prompts_are_bounded() -> None:
     assert len(messages[0]["content"]) < 2_000
 
 
-def test_groups_above_the_endpoints_zone_never_leave_the_process(server: ChatServer) -> None:
-    """A group holding a record above ``max_zone`` (PUBLIC by default) keeps the fallback's
-    draft and sends nothing; raising ``max_zone`` lets it go."""
+@pytest.mark.parametrize(
+    ("held_back", "reason", "allowed"),
+    [
+        ({"zone": Zone.INTERNAL}, "zone", {"max_zone": Zone.INTERNAL}),
+        ({"compartments": ["hr"]}, "compartments", {"compartments": ["hr"]}),
+    ],
+)
+def test_groups_the_endpoint_may_not_read_never_leave_the_process(
+    server: ChatServer, held_back: dict[str, object], reason: str, allowed: dict[str, object]
+) -> None:
+    """A group holding a record above ``max_zone`` (PUBLIC by default), or of a compartment
+    the settings do not name, keeps the fallback's draft and sends nothing; allowing the zone
+    or the compartment lets it go."""
     server.script(chat(GOOD))
     episodes = sources("alice likes email", "alice hates paper")
-    internal = Sources(
-        [episodes.records[0], episodes.records[1].model_copy(update={"zone": Zone.INTERNAL})],
+    held = Sources(
+        [episodes.records[0], episodes.records[1].model_copy(update=held_back)],
         episodes.vectors,
     )
     with structlog.testing.capture_logs() as logs:
-        [draft] = strategy(server).traces(internal)
+        [draft] = strategy(server).traces(held)
     assert draft.content == "fallback trace 0"
     assert server.requests == []
-    assert [e["reason"] for e in fallbacks(logs)] == ["zone"]
-    [draft] = strategy(server, max_zone=Zone.INTERNAL).traces(internal)
-    assert draft.content == "Alice prefers invoices by email."
-    assert len(server.requests) == 1
-
-
-def test_groups_with_compartments_not_allowed_never_leave_the_process(server: ChatServer) -> None:
-    """A group holding a record of a compartment the settings do not name keeps the fallback's
-    draft and sends nothing (its zone may be allowed); naming the compartment lets it go."""
-    server.script(chat(GOOD))
-    episodes = sources("alice likes email", "alice hates paper")
-    need_to_know = Sources(
-        [episodes.records[0], episodes.records[1].model_copy(update={"compartments": ["hr"]})],
-        episodes.vectors,
-    )
-    with structlog.testing.capture_logs() as logs:
-        [draft] = strategy(server).traces(need_to_know)
-    assert draft.content == "fallback trace 0"
-    assert server.requests == []
-    assert [e["reason"] for e in fallbacks(logs)] == ["compartments"]
-    [draft] = strategy(server, compartments=["hr"]).traces(need_to_know)
+    assert [e["reason"] for e in fallbacks(logs)] == [reason]
+    [draft] = strategy(server, **allowed).traces(held)
     assert draft.content == "Alice prefers invoices by email."
     assert len(server.requests) == 1
