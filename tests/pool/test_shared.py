@@ -247,9 +247,14 @@ def test_sync_interval_batches_writes(make_pool: Pools) -> None:
     tech = make_pool("p3").register_agent("tech")
     assert tech.wait_connected()
     assert batched.wait_connected()
-    time.sleep(0.1)
     arrivals: dict[str, float] = {}
     tech.on_receive(lambda rs: arrivals.update({r.content: time.monotonic() for r in rs}))
+    # The sender sends every 1.5 s: a write just before its turn would go out at once. Writing
+    # right after a batch arrived starts a full interval (the test's timing no longer depends
+    # on how long the set-up above took).
+    add(batched, "warm-up note", Level.CATEGORY, Zone.PUBLIC)
+    assert wait_for(lambda: "warm-up note" in arrivals)
+    arrivals.clear()
     start = time.monotonic()
     for i in range(3):
         add(batched, f"batched note {i}", Level.CATEGORY, Zone.PUBLIC)
