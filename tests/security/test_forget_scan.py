@@ -47,7 +47,7 @@ from hivemem.pool.settings import HivememSettings, WorkerSettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.content_seal import SEALED_PREFIX, ZONE_ONLY_PREFIX
 from hivemem.security.key_provider import key_provider
-from hivemem.security.keyring import ZoneKeyring
+from hivemem.security.keyring import ACTIVE_TTL_S, ZoneKeyring
 from hivemem.security.sealing import NONCE_BYTES, Sealed, Sealer
 from hivemem.security.wire import SealedHeader
 from hivemem.security.zone_store import SecureZoneStore
@@ -486,10 +486,17 @@ def counts(receipt: ZoneReceipt) -> tuple[int, int, int, int]:
 
 def assert_only_victor_is_left(scene: Scene) -> None:
     """Nothing of ursula's reads anywhere; victor's records read back at both agents (each his
-    clearance allows) and in the zone store and its archive, and his new writes still travel."""
+    clearance allows) and in the zone store and its archive, and his new writes still travel.
+    Agents learn of the forget by the workers' tombstones, and carol (whose copy the workers
+    never had) by the shred, which her process's keyring sees within ``ACTIVE_TTL_S``: each
+    gets that long, and not more, to stop reading ursula's records."""
     store = scene.runtime.store
     for agent in (scene.alice, scene.bob, scene.carol):
-        assert agent.memory.list_memories(user_id=FORGOTTEN, include_superseded=True) == []
+        assert wait_for(
+            lambda a=agent: a.memory.list_memories(user_id=FORGOTTEN, include_superseded=True)
+            == [],
+            timeout_s=ACTIVE_TTL_S + 2.0,
+        )
     for zone in Zone:
         assert store.ids(zone, owned(FORGOTTEN)) == []
         assert store.archive_ids(zone, owned(FORGOTTEN)) == []
