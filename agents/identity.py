@@ -22,6 +22,7 @@ from hivemem.pool.ids import check_agent_id
 from hivemem.pool.zone_policy import ZonePolicies
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
+from hivemem.security.ingest_seal import IngestSealer
 from hivemem.security.pool_security import PoolSecurity
 from hivemem.security.signing import SigningKey
 
@@ -48,6 +49,10 @@ class Identity:
     def reload(self) -> AgentInfo:
         """The agent's current registry entry (the codec follows it)."""
         return self.info
+
+    def for_ingest(self, body: bytes) -> bytes:
+        """``body`` as it goes to an ingest queue (plain: unchanged)."""
+        return body
 
     def reauthorize(self) -> None:
         """Called when Redis refused the agent's login (a restarted Redis lost its ACL users):
@@ -84,11 +89,18 @@ class SecureIdentity(Identity):
         self._audit = audit
         #: The agent's Redis user's password, when it connects as its own user.
         self.redis_password: SecretStr | None = None
+        self._ingest = IngestSealer(security.keyring)
 
     def reload(self) -> AgentInfo:
         self.info = self._registry.get(self.info.agent_id)
         self.codec = self._security.agent_codec(self.info, self._key)
         return self.info
+
+    def for_ingest(self, body: bytes) -> bytes:
+        """``body`` sealed to the workers (:mod:`hivemem.security.ingest_seal`): the zone's
+        other agents may read its ingest queue. PoolUnavailable while the workers' key cannot
+        be read."""
+        return self._ingest.seal(body)
 
     def sender_may_write(self, sender: str, zone: Zone) -> bool:
         floor = self.policies.write_floor(zone)

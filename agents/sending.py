@@ -13,11 +13,17 @@ import structlog
 from hivemem.agents.identity import Identity
 from hivemem.agents.outbox import Outbox, Pending
 from hivemem.agents.sync import REDIS_DOWN, Backoff, is_denied
-from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic, ingest_topic, zone_topic
+from hivemem.pool.adapters.redis_bus import (
+    RedisBus,
+    inbox_topic,
+    ingest_topic,
+    is_queue,
+    zone_topic,
+)
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import Envelope, Row, make_envelope
-from hivemem.pool.errors import PoolUnavailable
+from hivemem.pool.errors import PoolUnavailable, SealBroken
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.settings import PoolSettings
@@ -202,9 +208,10 @@ class Sender(threading.Thread):
             except redis.AuthenticationError:
                 self._relogin()
                 continue
-            except (*REDIS_DOWN, redis.ResponseError) as error:
-                # Down, or refusing the write (out of memory, a read-only replica): the messages
-                # stay in the outbox and go once Redis takes them.
+            except (*REDIS_DOWN, redis.ResponseError, PoolUnavailable, SealBroken) as error:
+                # Down, or refusing the write (out of memory, a read-only replica), or the
+                # workers' ingest key cannot be had: the messages stay in the outbox and go
+                # once Redis takes them.
                 self._backoff.failed(
                     "pool_send_failed",
                     agent_id=self._info.agent_id,
@@ -226,8 +233,10 @@ class Sender(threading.Thread):
     def _publish(self, topic: str, chosen: list[Pending]) -> None:
         bus = self._relay if topic.startswith("agent:") else self._bus
         self._relay.register_topic(topic)  # a compartment topic, before its first message
+        wrap = self._identity.for_ingest if is_queue(topic) else None
+        messages = [(m.message_id, wrap(m.body) if wrap else m.body) for m in chosen]
         try:
-            bus.publish(topic, self._info.agent_id, [(m.message_id, m.body) for m in chosen])
+            bus.publish(topic, self._info.agent_id, messages)
         except redis.ResponseError as error:
             if not is_denied(error):
                 raise

@@ -7,13 +7,16 @@ Redis layout, every key under ``<namespace>:keys:``:
   ``dek:<key_id>`` → a wrapped DEK; ``retired:<key_id>`` → ``{"created_at", "retired_at"}`` of
   a retired DEK, whose ``dek:`` field was deleted.
 - ``<ns>:keys:vector:<zone>``, a string: the zone's wrapped vector key.
+- ``<ns>:keys:ingest``, a string: the workers' wrapped ingest key (agents seal what they queue
+  for the workers to its public half).
 - ``<ns>:keys:subjects``, a hash: subject (a user id, checked like every scope id: no
   whitespace, no ``|``, the AAD separator) → its wrapped secret.
 
 A wrapped entry is JSON ``{"provider_id", "wrapped" (base64), "created_at" (ISO 8601, UTC)}``.
-Its wrap context is ``hivemem/key|<ns>|<kind>|<zone>|<key id>`` (kind ``dek``, ``vector`` or
-``subject``; a subject's zone is empty and its key id is the subject), so an entry copied to
-another slot does not unwrap (SealBroken). Only wrapped material reaches Redis; no key is logged.
+Its wrap context is ``hivemem/key|<ns>|<kind>|<zone>|<key id>`` (kind ``dek``, ``vector``,
+``ingest`` or ``subject``; a subject's zone is empty and its key id is the subject; the ingest
+key's zone is empty), so an entry copied to another slot does not unwrap (SealBroken). Only
+wrapped material reaches Redis; no key is logged.
 
 Creation is atomic across processes: the first DEK of a zone under WATCH/MULTI, vector keys with
 ``SET NX``, subject secrets with ``HSETNX``; the loser of a race uses the winner's key.
@@ -63,7 +66,8 @@ KEY_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
 KEY_BYTES = 32
 #: Unwrapped DEKs and subject secrets kept per keyring at most (least recently used go first).
 _CACHE_SIZE = 10_000
-_VECTOR_ID = "vector"
+#: The key id bound into the wrap of each secret made once (vector keys, the ingest key).
+_FIXED_ID = {"vector": "vector", "ingest": "ingest"}
 #: How long (seconds) a keyring uses the active key id it read before asking Redis again, by
 #: default: a rotation reaches every process within it.
 ACTIVE_TTL_S = 1.0
@@ -147,7 +151,7 @@ class ZoneKeyring:
         self._cache: OrderedDict[tuple[str, ...], _Cached] = OrderedDict()
         self._forgotten = 0  # bumped by every _forget: a fetch older than it is not cached
         self._active: dict[Zone, tuple[str, float]] = {}
-        self._vectors: dict[Zone, bytes] = {}
+        self._fixed: dict[str, bytes] = {}  # Redis key -> secret made once
 
     # -- data keys ---------------------------------------------------------------------------
 
@@ -263,23 +267,32 @@ class ZoneKeyring:
         """The 32-byte vector key of ``zone``, made once (atomically) and never rotated:
         rotating it would change every derived vector, i.e. need a re-index of the zone."""
         zone = checked_zone(zone)
+        return self._made_once("vector", str(zone), f"{self._prefix}vector:{zone}")
+
+    def ingest_secret(self) -> bytes:
+        """The 32-byte secret of the workers' ingest key (an X25519 private key: see
+        :mod:`hivemem.security.ingest_seal`), made once (atomically) and never rotated."""
+        return self._made_once("ingest", "", f"{self._prefix}ingest")
+
+    def _made_once(self, kind: str, zone: str, name: str) -> bytes:
+        """The secret of ``kind`` stored at ``name``: made with ``SET NX`` by the first keyring
+        to ask (the loser of a race reads the winner's), then kept in this process."""
         with self._lock:
-            known = self._vectors.get(zone)
+            known = self._fixed.get(name)
         if known is not None:
             return known
-        name = f"{self._prefix}vector:{zone}"
         with redis_errors():
             raw = cast("bytes | str | None", self._client.get(name))
             if raw is None:
-                _, secret, entry = self._new_entry("vector", zone, _VECTOR_ID)
+                _, secret, entry = self._new_entry(kind, zone, _FIXED_ID[kind])
                 if self._client.set(name, entry, nx=True):
-                    log.info("vector_key_created", zone=str(zone))
+                    log.info("secret_created", kind=kind, zone=zone)
                 else:  # another keyring made it first
                     raw = cast("bytes | str | None", self._client.get(name))
         if raw is not None:
-            secret = self._unwrap(_bytes(raw), self._context("vector", zone, _VECTOR_ID))
+            secret = self._unwrap(_bytes(raw), self._context(kind, zone, _FIXED_ID[kind]))
         with self._lock:
-            self._vectors[zone] = secret
+            self._fixed[name] = secret
         return secret
 
     # -- subjects ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone
 from hivemem.pool.settings import HivememSettings
+from hivemem.security.ingest_seal import IngestCodec, IngestOpener
 from hivemem.security.key_provider import key_provider
 from hivemem.security.keyring import ZoneKeyring
 from hivemem.security.message_check import MessageCheck, ReplayGuard
@@ -105,6 +106,11 @@ class PoolSecurity:
             senders=self.senders,
             check_age=False,
         )
+
+    def workers_ingest_codec(self, codec: SecureCodec) -> IngestCodec:
+        """What the workers open their ingest queues with: the wrap to the workers' ingest key
+        (:mod:`hivemem.security.ingest_seal`), then ``codec`` (a :meth:`workers_codec`)."""
+        return IngestCodec(codec, IngestOpener(self.keyring))
 
     def workers_info(self) -> AgentInfo:
         """The workers' registry entry (a service identity cleared for every zone), signed."""

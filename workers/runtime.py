@@ -209,7 +209,7 @@ class WorkerRuntime:
             batch=workers.ingest_batch,
             threshold=workers.consolidation.threshold,
             lock_ttl_s=workers.lock_ttl_s,
-            codec=self.codec,
+            codec=self.ingest_codec,
             on_rejected=self._ingest_rejected,
         )
 
@@ -231,6 +231,14 @@ class WorkerRuntime:
     def codec(self) -> EnvelopeCodec:
         """How the workers open the ingest queues and seal and sign what they publish."""
         return PlainCodec() if self.security is None else self.security.workers_codec()
+
+    @cached_property
+    def ingest_codec(self) -> EnvelopeCodec:
+        """How the workers open their ingest queues: agents seal what they queue to the
+        workers' ingest key (:mod:`hivemem.security.ingest_seal`)."""
+        if self.security is None:
+            return self.codec
+        return self.security.workers_ingest_codec(self.security.workers_codec())
 
     def _ingest_rejected(self, error: MessageRejected, zone: Zone, seq: int) -> None:
         self.audit.record(

@@ -446,8 +446,8 @@ def test_every_write_goes_to_its_zones_ingest_queue(make_pool: Pools) -> None:
 
     def queued(zone: Zone) -> tuple[list[str], list[str]]:
         deliveries = pool.bus.read(ingest_topic(zone), 0, limit=100).deliveries
-        assert pool.security is not None
-        opener = pool.security.workers_codec()  # what the workers open the queues with
+        assert pool.security is not None  # what the workers open the queues with:
+        opener = pool.security.workers_ingest_codec(pool.security.workers_codec())
         envelopes = [opener.decode(d.data) for d in deliveries]
         return (
             [r.id for e in envelopes for r in e.records],

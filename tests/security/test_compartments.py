@@ -33,6 +33,7 @@ from hivemem.pool.errors import (
     CompartmentDenied,
     InvalidInput,
     InvalidMessage,
+    MessageRejected,
     RegistrationConflict,
     ZoneLadderMismatch,
 )
@@ -468,3 +469,40 @@ def test_forged_compartments_and_misrouted_envelopes_are_refused_unopened(
     assert wait_for(lambda: "genuine memo" in received(reader))
     assert received(reader) == {"genuine memo"}
     assert received(outsider) == set()
+
+
+def test_the_ingest_queue_opens_for_the_workers_alone(
+    pools: Callable[..., SharedMemoryPool], redis_server: EmbeddedRedis
+) -> None:
+    """Every write goes to the zone's ingest queue, unshared levels and every compartment set
+    alike, and any agent of the zone may read that stream. Read with such an agent's Redis
+    user, nothing there opens with an agent's keys, not even the writer's own (it holds the
+    zone's key and every compartment): only the workers' ingest key opens it."""
+    pool = pools("p1")
+    lead = pool.register_agent("lead", clearance=Zone.SECRET, compartments=COMPARTMENTS)
+    engineer = pool.register_agent("engineer", clearance=Zone.SECRET, compartments=["apollo"])
+    assert lead.wait_connected()
+    assert engineer.wait_connected()
+    salary = "Ada's salary review: 120k from March"
+    lead.memory.add(salary, user_id="u1", zone=Zone.SECRET, compartments=["hr"])
+    lead.memory.add("launch slips a week", user_id="u1", zone=Zone.SECRET)  # unshared level
+    assert lead.flush()
+    assert pool.security is not None
+    assert pool.security.acl is not None
+    eve = pool.security.acl.provision("eve", Zone.SECRET, compartments=["apollo"])
+    stream = f"{pool.settings.pool.namespace}:ingest:secret:stream"
+    queued = [
+        fields[b"d"] for _, fields in redis.Redis.from_url(eve.url(redis_server.url)).xrange(stream)
+    ]
+    assert len(queued) == 2
+    for body in queued:
+        assert salary.encode() not in body
+        for agent in (engineer, lead):
+            with pytest.raises((InvalidMessage, MessageRejected)):
+                agent.identity.codec.decode(body)
+    ATTEMPTS["ingest queue read with a zone agent's keys"] += 2 * len(queued)
+    workers = pool.security.workers_ingest_codec(pool.security.workers_codec())
+    opened = [workers.decode(body) for body in queued]
+    assert sorted(r.content for e in opened for r in e.records) == sorted(
+        [salary, "launch slips a week"]
+    )

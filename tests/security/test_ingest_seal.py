@@ -1,0 +1,106 @@
+"""Ingest messages sealed to the workers, on a real Redis: what opens them, what does not, and
+the workers' key as the keyring keeps it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from hivemem.pool.errors import InvalidMessage, MessageRejected, PoolUnavailable, SealBroken
+from hivemem.pool.redis_server import free_port
+from hivemem.security.ingest_seal import MAGIC, IngestOpener, IngestSealer, workers_public_key
+from hivemem.security.key_provider import LocalKeyProvider
+from hivemem.security.keyring import ZoneKeyring
+
+FRAME = b'{"v":2,"message_id":"00"}\n' + bytes(range(200))
+
+
+@pytest.fixture
+def keyring(client: redis.Redis) -> ZoneKeyring:
+    return ZoneKeyring(client, LocalKeyProvider(bytes(range(32))), namespace="t")
+
+
+def test_only_the_workers_key_opens_what_agents_seal(
+    keyring: ZoneKeyring, client: redis.Redis
+) -> None:
+    """Two agents' sealers (each its own ephemeral key) both reach the workers; the bytes hold
+    nothing of the frame; an opener under another master key's workers' key cannot open
+    them."""
+    first, second = IngestSealer(keyring), IngestSealer(keyring)
+    sealed = [first.seal(FRAME), first.seal(FRAME), second.seal(FRAME)]
+    assert all(s.startswith(MAGIC) for s in sealed)
+    assert len(set(sealed)) == 3  # fresh nonces, and another sender key
+    assert all(FRAME[:20] not in s and FRAME[-40:] not in s for s in sealed)
+    opener = IngestOpener(keyring)
+    assert [opener.open(s) for s in sealed] == [FRAME] * 3
+    elsewhere = ZoneKeyring(client, LocalKeyProvider(bytes(32)), namespace="other")
+    with pytest.raises(MessageRejected) as refused:
+        IngestOpener(elsewhere).open(sealed[0])
+    assert refused.value.reason == "tampered"
+
+
+@pytest.mark.parametrize("where", [0, 4, 20, 36, 40, 60, -1])
+def test_a_changed_byte_does_not_open(keyring: ZoneKeyring, where: int) -> None:
+    """Magic, sender key, nonce, ciphertext, tag: any byte changed is refused as tampered (or,
+    for the magic, the bytes are not an ingest wrap and go to the frame checks as they are)."""
+    sealed = bytearray(IngestSealer(keyring).seal(FRAME))
+    sealed[where] ^= 0x01
+    opener = IngestOpener(keyring)
+    if where == 0:
+        assert opener.open(bytes(sealed)) == bytes(sealed)  # then Frame.parse refuses it
+        return
+    with pytest.raises(MessageRejected) as refused:
+        opener.open(bytes(sealed))
+    assert refused.value.reason == "tampered"
+
+
+def test_malformed_wraps_are_refused(keyring: ZoneKeyring) -> None:
+    """Too short to hold a wrap: InvalidMessage; a sender key that is a low-order point (the
+    agreed secret would be all zeros): tampered."""
+    opener = IngestOpener(keyring)
+    with pytest.raises(InvalidMessage, match="too short"):
+        opener.open(MAGIC + bytes(40))
+    with pytest.raises(MessageRejected) as refused:
+        opener.open(MAGIC + bytes(32) + bytes(12) + bytes(64))
+    assert refused.value.reason == "tampered"
+
+
+def test_a_frame_queued_before_sealing_passes_unchanged(keyring: ZoneKeyring) -> None:
+    """Messages an older version queued (no wrap) still reach the frame checks: nothing
+    acknowledged before an upgrade is lost."""
+    assert IngestOpener(keyring).open(FRAME) == FRAME
+
+
+def test_the_workers_key_is_made_once_and_kept_wrapped(
+    keyring: ZoneKeyring, client: redis.Redis
+) -> None:
+    """Keyrings agree on one key; Redis holds it only wrapped (the public half derives from
+    nothing stored in clear); an entry moved from another slot does not unwrap."""
+    other = ZoneKeyring(client, LocalKeyProvider(bytes(range(32))), namespace="t")
+    assert workers_public_key(keyring).public_bytes_raw() == (
+        workers_public_key(other).public_bytes_raw()
+    )
+    stored = json.loads(client.get("t:keys:ingest"))
+    assert set(stored) == {"provider_id", "wrapped", "created_at"}
+    assert keyring.ingest_secret().hex() not in json.dumps(stored)
+    moved = ZoneKeyring(client, LocalKeyProvider(bytes(range(32))), namespace="t2")
+    moved.vector_key("public")
+    client.set("t2:keys:ingest", client.get("t2:keys:vector:public"))
+    with pytest.raises(SealBroken):
+        moved.ingest_secret()
+
+
+def test_a_sealer_without_redis_says_so(keyring: ZoneKeyring) -> None:
+    """Before the workers' key was read, a sealer with Redis away raises PoolUnavailable (the
+    sender keeps the message and retries)."""
+    down = ZoneKeyring(
+        redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)),
+        LocalKeyProvider(bytes(32)),
+        namespace="t",
+    )
+    with pytest.raises(PoolUnavailable):
+        IngestSealer(down).seal(FRAME)
