@@ -283,7 +283,13 @@ class SharedMemoryPool:
             credentials.url(self.redis_url), socket_connect_timeout=5, health_check_interval=10
         )
         pool = self.settings.pool
-        return identity, RedisBus(client, namespace=pool.namespace, maxlen=pool.stream_maxlen)
+        bus = RedisBus(
+            client,
+            namespace=pool.namespace,
+            maxlen=pool.stream_maxlen,
+            script_loader=self.bus.client,
+        )
+        return identity, bus
 
     def agent_dir(self, agent_id: str) -> Path:
         return self.settings.data_dir / "agents" / check_agent_id(agent_id)

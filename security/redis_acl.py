@@ -69,8 +69,9 @@ AGENT_COMMANDS: tuple[str, ...] = (
     "exec",
     "get",  # RedisBus.read, and publish.lua (epoch, dedupe ids)
     "xrange",  # RedisBus.read
-    "evalsha",  # redis-py Script: EVALSHA first...
-    "script|load",  # ...then SCRIPT LOAD and EVALSHA again after NOSCRIPT
+    # publish.lua, by its digest. Not EVAL nor SCRIPT LOAD: an agent runs only the scripts
+    # the pool loaded (RedisBus's script_loader), so it cannot run one that never ends.
+    "evalsha",
     "set",  # publish.lua (epoch, dedupe ids); checked per command inside the script
     "incr",  # publish.lua (seq)
     "xadd",  # publish.lua (stream)

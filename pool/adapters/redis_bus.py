@@ -139,11 +139,22 @@ class Backlog:
 class RedisBus:
     """Publish to and read from topics on one Redis. Thread-safe (redis-py pools connections)."""
 
-    def __init__(self, client: redis.Redis, *, namespace: str, maxlen: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str,
+        maxlen: int,
+        script_loader: redis.Redis | None = None,
+    ) -> None:
+        """``script_loader``: the connection that loads the publishing script into Redis when
+        Redis lacks it (NOSCRIPT; by default ``client``). An agent's own Redis user may only
+        run scripts already loaded, so its bus loads them through the pool's connection."""
         self.client = client
         self.namespace = namespace
         self.maxlen = maxlen
         self._publish = client.register_script(_PUBLISH)
+        self._loader = script_loader or client
         #: Compartment topics this bus has noted (see :meth:`register_topic`).
         self._registered: set[str] = set()
 
@@ -199,8 +210,19 @@ class RedisBus:
         for message_id, body in messages:
             args.extend((message_id, body))
         keys = [self._key(topic, "stream"), self._key(topic, "seq"), self._key(topic, "epoch")]
-        _epoch, seqs = self._publish(keys=keys, args=args)
+        try:
+            _epoch, seqs = self._run_publish(keys, args)
+        except redis.exceptions.NoScriptError:  # Redis restarted, or its scripts were flushed
+            self._loader.script_load(_PUBLISH)
+            _epoch, seqs = self._run_publish(keys, args)
         return [int(s) for s in seqs]
+
+    def _run_publish(
+        self, keys: list[str], args: list[str | bytes | int]
+    ) -> tuple[bytes, list[bytes]]:
+        """The publishing script by its digest (never loading it: see ``script_loader``)."""
+        found = self.client.evalsha(self._publish.sha, len(keys), *keys, *args)
+        return cast("tuple[bytes, list[bytes]]", found)
 
     def read(self, topic: str, after: int, *, limit: int) -> Backlog:
         """Entries of the topic with seq > ``after``, oldest first, at most ``limit``."""

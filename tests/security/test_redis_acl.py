@@ -27,6 +27,7 @@ from hivemem.security.redis_acl import (
     username_of,
 )
 from hivemem.workers.keys import WorkerKeys
+from tests.security.conftest import ATTEMPTS
 
 NS = "t"
 Attempt = Callable[[], object]
@@ -104,7 +105,7 @@ def test_rules_of_an_internal_agent() -> None:
         "~hivemem:agent:a1:*",
         "-@all",
         "+subscribe", "+ping", "+select", "+multi", "+exec", "+get", "+xrange",
-        "+evalsha", "+script|load", "+set", "+incr", "+xadd", "+publish",
+        "+evalsha", "+set", "+incr", "+xadd", "+publish",
         "+del",
     ]  # fmt: skip
 
@@ -117,7 +118,8 @@ def test_rules_name_exactly_the_zones_up_to_the_clearance(clearance: Zone) -> No
     assert {r.split(":")[2] for r in rules if r.startswith(f"&{NS}:zone:")} == allowed
     assert {r.split(":")[2] for r in rules if r.startswith(f"~{NS}:zone:")} == allowed
     assert {r.split(":")[2] for r in rules if r.startswith(f"~{NS}:ingest:")} == allowed
-    assert not {"+@all", "+keys", "+scan", "+psubscribe", "+eval", "allkeys"} & set(rules)
+    never = {"+@all", "+keys", "+scan", "+psubscribe", "+eval", "+script", "+script|load"}
+    assert not (never | {"allkeys"}) & set(rules)
 
 
 def test_credentials_url_keeps_the_server_and_encodes_the_login() -> None:
@@ -264,7 +266,9 @@ def test_bus_works_on_own_zones_and_queues_and_is_refused_above(
 ) -> None:
     """RedisBus on the agent's own connection publishes and reads its zones and ingest queues;
     on higher zones publish and read fail with NOPERM and write nothing."""
-    bus = RedisBus(connect(acl.provision("a1", Zone.INTERNAL)), namespace=NS, maxlen=100)
+    bus = RedisBus(
+        connect(acl.provision("a1", Zone.INTERNAL)), namespace=NS, maxlen=100, script_loader=client
+    )
     own = [zone_topic(Zone.PUBLIC), zone_topic(Zone.INTERNAL)]
     own += [ingest_topic(Zone.PUBLIC), ingest_topic(Zone.INTERNAL)]
     for topic in own:
@@ -289,14 +293,17 @@ def test_script_cannot_publish_on_a_higher_channel(
 ) -> None:
     """publish.lua with the agent's own keys but a higher zone's channel: Redis checks the
     PUBLISH inside the script and refuses it; no subscriber of that channel hears anything."""
-    bus = RedisBus(connect(acl.provision("a1", Zone.PUBLIC)), namespace=NS, maxlen=100)
+    bus = RedisBus(
+        connect(acl.provision("a1", Zone.PUBLIC)), namespace=NS, maxlen=100, script_loader=client
+    )
     listener = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     listener.subscribe("t:zone:secret")  # type: ignore[no-untyped-call]
     assert messages(listener, 1, timeout_s=0.3) == []
     keys = ["t:zone:public:stream", "t:zone:public:seq", "t:zone:public:epoch"]
     args = ["t:zone:secret", 100, "e", "t:zone:public:msg:", 60, "a1", "m1", b"forged"]
+    client.script_load(bus._publish.script)  # as the pool's loader does
     with pytest.raises(redis.ResponseError, match="can't publish to the channel"):
-        bus._publish(keys=keys, args=args)
+        bus._run_publish(keys, args)
     assert messages(listener, 1, timeout_s=0.5) == []
     listener.close()  # type: ignore[no-untyped-call]
 
@@ -304,12 +311,13 @@ def test_script_cannot_publish_on_a_higher_channel(
 def test_granted_commands_are_exactly_what_the_connection_runs(
     acl: AgentAcl, client: redis.Redis, connect: Callable[..., redis.Redis]
 ) -> None:
-    """Subscribe, catch up, publish (NOSCRIPT, SCRIPT LOAD, EVALSHA) and a get_message loop
-    with health checks on db 1, as the agent: every granted command runs, none is denied
-    (except the optional CLIENT SETINFO of redis-py, which it ignores)."""
+    """Subscribe, catch up, publish (NOSCRIPT, the pool's SCRIPT LOAD, EVALSHA) and a
+    get_message loop with health checks on db 1, as the agent: every granted command runs,
+    none is denied (except the optional CLIENT SETINFO of redis-py, which it ignores)."""
     agent = connect(acl.provision("a1", Zone.INTERNAL), db=1, health_check_interval=1)
+    client.script_flush()
     client.config_resetstat()
-    bus = RedisBus(agent, namespace=NS, maxlen=100)
+    bus = RedisBus(agent, namespace=NS, maxlen=100, script_loader=client)
     topics = [zone_topic(Zone.PUBLIC), zone_topic(Zone.INTERNAL), inbox_topic("a1")]
     pubsub = bus.subscribe(topics)
     for topic in topics:
@@ -327,8 +335,8 @@ def test_granted_commands_are_exactly_what_the_connection_runs(
     stats = client.info("commandstats")
     ran = {name.removeprefix("cmdstat_").split("|")[0] for name, s in stats.items() if s["calls"]}
     assert [m["data"].split(b" ", 3)[3] for m in got] == [b"x"]
-    # AUTH needs no permission; CONFIG and INFO are the admin's, here.
-    assert ran - {"auth", "config", "info"} == {c.split("|")[0] for c in AGENT_COMMANDS}
+    # AUTH needs no permission; CONFIG, INFO and SCRIPT (LOAD) are the admin's, here.
+    assert ran - {"auth", "config", "info", "script"} == {c.split("|")[0] for c in AGENT_COMMANDS}
     denied = {e["object"] for e in client.acl_log() if e["username"] == "t:agent:a1"}
     assert denied <= {"client", "client|setinfo"}
 
@@ -448,3 +456,29 @@ def test_passwords_never_reach_the_logs(acl: AgentAcl) -> None:
         "acl_user_provisioned", "acl_user_restricted", "acl_user_removed"
     ]  # fmt: skip
     assert all(secret not in repr(value) for entry in logs for value in entry.values())
+
+
+def test_an_agent_runs_no_script_of_its_own(
+    acl: AgentAcl, client: redis.Redis, connect: Callable[..., redis.Redis]
+) -> None:
+    """An agent's user may not load or send a script (one that never ends would block Redis for
+    everyone): EVAL, SCRIPT LOAD and SCRIPT FLUSH are refused, the broker logs each, and nothing
+    ran. It runs only what the pool loaded, by digest."""
+    agent = connect(acl.provision("a1", Zone.INTERNAL))
+    endless = "while true do end"
+    attempts: list[Callable[[], object]] = [
+        lambda: agent.eval(endless, 0),
+        lambda: agent.script_load(endless),
+        lambda: agent.execute_command("SCRIPT", "FLUSH"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+    ATTEMPTS["direct Redis with agent credentials"] += len(attempts)
+    assert client.script_exists(hashlib.sha1(endless.encode()).hexdigest()) == [False]
+    denied = [e for e in client.acl_log() if e["username"] == "t:agent:a1"]
+    assert len(denied) >= len(attempts)
+    RedisBus(agent, namespace=NS, maxlen=10, script_loader=client).publish(
+        zone_topic(Zone.INTERNAL), "a1", [("m1", b"x")]
+    )
+    assert client.xlen(f"{NS}:{zone_topic(Zone.INTERNAL)}:stream") == 1
