@@ -493,8 +493,9 @@ def assert_only_victor_is_left(scene: Scene) -> None:
     store = scene.runtime.store
     for agent in (scene.alice, scene.bob, scene.carol):
         assert wait_for(
-            lambda a=agent: a.memory.list_memories(user_id=FORGOTTEN, include_superseded=True)
-            == [],
+            lambda a=agent: (
+                a.memory.list_memories(user_id=FORGOTTEN, include_superseded=True) == []
+            ),
             timeout_s=ACTIVE_TTL_S + 2.0,
         )
     for zone in Zone:
