@@ -41,11 +41,15 @@ from hivemem.pool.errors import InvalidInput
 from hivemem.pool.zone_policy import ZonePolicy, check_policies
 from hivemem.security.classifier import SensitivityPolicy
 
+#: Every section of the settings: frozen, no unknown field, and no infinite or NaN number (an
+#: interval or timeout of infinity hung the threads and timers it reached).
+_SECTION = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
 
 class EmbeddingSettings(BaseModel):
     """The local embedder: fastembed on offline model files."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SECTION
 
     #: fastembed model name; its files must be on disk (see ``model_dir``).
     model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -61,7 +65,7 @@ class EmbeddingSettings(BaseModel):
 class TierSettings(BaseModel):
     """Tier capacities (per user) and the rules that move records between tiers."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SECTION
 
     capacity: dict[Tier, Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: {
@@ -85,7 +89,7 @@ class TierSettings(BaseModel):
 class MemorySettings(BaseModel):
     """Limits and defaults of the local hierarchical memory."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SECTION
 
     #: Longest content accepted, in characters.
     max_content_chars: int = Field(default=16_000, ge=1, le=100_000)
@@ -103,7 +107,7 @@ class MemorySettings(BaseModel):
 class PoolSettings(BaseModel):
     """The shared memory pool: Redis keys, stream bounds, liveness, retries."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SECTION
 
     #: Prefix of every Redis key and channel the pool uses (several pools can share a server).
     namespace: str = Field(default="hivemem", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -128,7 +132,7 @@ class PoolSettings(BaseModel):
 class LlmSettings(BaseModel):
     """An OpenAI-compatible chat endpoint for the LLM consolidation strategy."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SECTION
 
     #: Base URL of the API (``.../v1``); ``None``: no endpoint, the strategy falls back at once.
     base_url: str | None = None
@@ -149,7 +153,7 @@ class LlmSettings(BaseModel):
 class ConsolidationSettings(BaseModel):
     """When and how a scope's episodes become traces, categories and a domain profile."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SECTION
 
     #: Unconsolidated episodes of a scope (zone, user) that trigger a consolidation at ingest.
     threshold: int = Field(default=50, ge=1)
@@ -192,7 +196,7 @@ class WorkerSettings(BaseModel):
     """The Celery worker fleet: timeouts, batch sizes, schedules. Every time (``*_s``) is a
     finite number of seconds, at most :data:`MAX_WORKER_S` (a week)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SECTION
 
     #: Seconds a task may stay unacknowledged before Redis hands it to another worker. Must be
     #: longer than the longest task, or that task runs twice at once.
@@ -222,7 +226,7 @@ class WorkerSettings(BaseModel):
 class SecuritySettings(BaseModel):
     """Encryption, signatures and broker ACLs of the pool (see docs/security.md)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _SECTION
 
     #: Seal pool content (AES-256-GCM under per-zone data keys), sign every pool message
     #: (Ed25519) and verify what arrives. Off only to measure its cost (bench/security.py).
@@ -300,6 +304,7 @@ class HivememSettings(BaseSettings):
         extra="forbid",
         frozen=True,
         hide_input_in_errors=True,
+        allow_inf_nan=False,
     )
 
     #: The trust zones, lowest first: ``'["public", "internal", "restricted", "confidential",

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hivemem.pool.enums import Tier
 from hivemem.pool.settings import (
@@ -252,3 +252,30 @@ def test_a_data_dir_that_is_no_directory_is_refused(tmp_path: Path) -> None:
             HivememSettings(data_dir=path)
         assert "data_dir" in str(caught.value)
     assert HivememSettings(data_dir=tmp_path / "later").data_dir == tmp_path / "later"
+
+
+def _float_settings(model: type[BaseModel], prefix: str) -> list[str]:
+    """The dotted path of every float setting under ``model``."""
+    found = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += _float_settings(field.annotation, f"{prefix}{name}.")
+        elif field.annotation is float:
+            found.append(f"{prefix}{name}")
+    return found
+
+
+FLOAT_SETTINGS = _float_settings(HivememSettings, "")
+
+
+@pytest.mark.parametrize("path", FLOAT_SETTINGS)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_no_number_setting_takes_infinity_or_nan(
+    monkeypatch: pytest.MonkeyPatch, path: str, value: str
+) -> None:
+    """Every float setting, in every section, refuses infinity and NaN, naming the setting (an
+    LLM timeout or heartbeat interval of infinity hung what waited on it)."""
+    assert len(FLOAT_SETTINGS) >= 20  # the walk found the sections' settings
+    monkeypatch.setenv("HIVEMEM_" + path.upper().replace(".", "__"), value)
+    with pytest.raises(ValidationError, match=path.replace(".", r"\.")):
+        HivememSettings()
