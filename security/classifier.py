@@ -4,10 +4,11 @@ record must therefore have at least.
 Six detectors (:data:`DETECTORS`), each precompiled regexes plus a check of what they matched:
 ``ssn`` (US social security numbers), ``payment_card`` (Luhn-valid numbers of a known issuer),
 ``private_key`` (PEM, OpenSSH and PGP private key headers), ``api_token`` (well-known token
-formats and ``api_key = …``-style assignments), ``email`` and ``phone`` (E.164 and North
-American forms). They favour precision over recall: a false positive silently lifts a record's
-zone, so shapes that are often something else (dates, times, versions, IP addresses, plain
-integers, placeholders such as ``password: ${DB_PASSWORD}``) are left alone. Digits are ASCII.
+formats, ``api_key = …``-style assignments and passwords in URLs), ``email`` and ``phone``
+(E.164 and North American forms). They favour precision over recall: a false positive silently
+lifts a record's zone, so shapes that are often something else (dates, times, versions, IP
+addresses, plain integers, placeholders such as ``password: ${DB_PASSWORD}``, the example
+passwords of documentation URLs) are left alone. Digits are ASCII.
 
 A :class:`SensitivityPolicy` says which detectors run and the minimum zone each one imposes; a
 :class:`Classifier` applies it. :meth:`Classifier.assess` returns an :class:`Assessment`: the
@@ -177,6 +178,22 @@ _KEY_WORDS = ("key", "password", "passwd", "pwd", "secret", "token")
 _PLACEHOLDER = re.compile(r"[$<{%\[(*]|[A-Za-z_][\w.]*[(\[]|https?://|(.)\1+$", _A)
 
 
+#: A URL that carries a password: ``postgres://app:Xk29vLq7@db:5432/app``. The user part is
+#: bounded, so a long run after ``://`` costs one pass.
+_URL_PASSWORD = re.compile(r"[A-Za-z][\w+.-]{0,20}://([^\s/:@]{0,64}):([^\s/@]{8,200})@", _A)
+#: Passwords that documentation puts in example URLs.
+_EXAMPLE_PASSWORDS = frozenset({"password", "passwd", "changeme", "example", "yourpassword"})
+
+
+def _url_password(text: str) -> bool:
+    for match in _URL_PASSWORD.finditer(text):
+        user, password = match.groups()
+        example = password == user or password.lower() in _EXAMPLE_PASSWORDS
+        if not example and not _PLACEHOLDER.match(password):
+            return True
+    return False
+
+
 def _first_assignment(lower: str) -> int:
     """Pre-check of :data:`_ASSIGNMENT`: where the first key word followed by a ``:`` or ``=``
     is in ``lower``, or -1. Plain string searches: far cheaper than the case-insensitive regex,
@@ -202,6 +219,8 @@ def _api_token(scan: _Text) -> bool:
     if any(cue in text and pattern.search(text) for cue, pattern in _TOKEN_FORMATS):
         return True
     if "sk-" in text and any(_mixed(m.group(1)) for m in _SK.finditer(text)):
+        return True
+    if "://" in text and "@" in text and _url_password(text):
         return True
     if "=" not in text and ":" not in text:
         return False

@@ -259,6 +259,13 @@ TOKEN_NEGATIVES = [
     "Key takeaways: latency matters more than throughput",
     "tokens: 123456789012345",
     "monkey: abcdefghijklmnop",
+    "postgres://user:password@localhost:5432/app",  # the documentation's example
+    "postgres://postgres:postgres@localhost/db",
+    "redis://:***@127.0.0.1:6379/0",  # a URL as hivemem shows it
+    "postgres://app:${DB_PASSWORD}@db/app",
+    "https://github.com/org/repo@v1.2.3",
+    "ssh://git@example.com:22/repo.git",
+    "mysql://app:short@db/app",
 ]
 
 
@@ -515,3 +522,25 @@ def test_long_runs_of_a_prefix_take_linear_time(unit: str) -> None:
     start = time.perf_counter()
     Classifier().assess(text, Zone.PUBLIC)
     assert time.perf_counter() - start < 3.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "connect to postgres://app:Xk29vLq7w@db.internal:5432/app",
+        "REDIS_URL=redis://:q8Fz1LmN3pRt@cache:6379/0",
+        "amqp://guest:Guest-2026-secret@mq/vhost",
+    ],
+)
+def test_a_password_in_a_url_fires(text: str) -> None:
+    """Credentials in a URL are a secret like a token (the host after the "@" may also read as
+    an address)."""
+    assert "api_token" in detect(text)
+
+
+def test_url_scan_is_linear() -> None:
+    """Long runs after "://" (with or without a ":" or "@") take milliseconds, not seconds."""
+    for text in ("a://" + "x" * 100_000, "a://:" + "x" * 100_000, "a://" * 30_000 + "@"):
+        started = time.perf_counter()
+        detect(text)
+        assert time.perf_counter() - started < 1.0
