@@ -253,6 +253,12 @@ class MemoryRecord(Model):
     def _check_validity(self) -> MemoryRecord:
         if self.valid_until is not None and self.valid_until < self.valid_from:
             raise InvalidInput("valid_until precedes valid_from", field="valid_until")
+        for name in ("follows", "supersedes", "superseded_by"):
+            if getattr(self, name) == self.id:
+                raise InvalidInput(f"a record cannot name itself in {name}", field=name)
+        for name in ("sources", "consolidated_into"):
+            if self.id in getattr(self, name):
+                raise InvalidInput(f"a record cannot name itself in {name}", field=name)
         return self
 
     @property

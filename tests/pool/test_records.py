@@ -657,3 +657,22 @@ def test_level_rank_follows_hierarchy() -> None:
         2,
         3,
     ]
+
+
+@pytest.mark.parametrize("name", ["follows", "supersedes", "superseded_by"])
+def test_a_record_naming_itself_is_refused(name: str) -> None:
+    """A link from a record to itself (a version of itself, a turn after itself) is refused,
+    naming the field: histories and neighbourhoods built from it never ended."""
+    own = make().id
+    with pytest.raises(InvalidInput, match=name) as refused:
+        make(id=own, **{name: own})
+    assert refused.value.field == name
+    assert getattr(make(id=own, **{name: make().id}), name) != own
+
+
+@pytest.mark.parametrize("name", ["sources", "consolidated_into"])
+def test_a_record_cannot_be_its_own_source(name: str) -> None:
+    own, other = make().id, make().id
+    with pytest.raises(InvalidInput, match=name):
+        make(id=own, **{name: [other, own]})
+    assert getattr(make(id=own, **{name: [other]}), name) == [other]
