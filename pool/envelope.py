@@ -104,6 +104,10 @@ class Envelope(Model):
         return self.model_dump_json(exclude_none=True).encode()
 
 
+#: How a message sealed to the workers begins (:mod:`hivemem.security.ingest_seal`).
+INGEST_SEAL_MAGIC = b"HMI1"
+
+
 class EnvelopeCodec(Protocol):
     """How envelopes travel as bytes. ``live`` says the message came straight from pub/sub
     (rather than from a stream read later), which decides whether its age is checked."""
@@ -120,9 +124,10 @@ class PlainCodec:
         return envelope.encode()
 
     def decode(self, data: bytes, *, live: bool = False) -> Envelope:
-        """Raises InvalidMessage, or SecurityMismatch for a sealed (version-2) message."""
+        """Raises InvalidMessage, or SecurityMismatch for a sealed message (version 2, or sealed
+        to the workers)."""
         del live  # nothing depends on it without signatures
-        if data.startswith(b'{"v":2,'):
+        if data.startswith((b'{"v":2,', INGEST_SEAL_MAGIC)):
             raise SecurityMismatch(
                 "a sealed, signed message reached a process with security off: every process "
                 "of the pool needs the same HIVEMEM_SECURITY__ENABLED"

@@ -35,12 +35,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from hivemem.pool.envelope import Envelope, EnvelopeCodec
+from hivemem.pool.envelope import INGEST_SEAL_MAGIC, Envelope, EnvelopeCodec
 from hivemem.pool.errors import InvalidMessage, MessageRejected
 from hivemem.security.keyring import ZoneKeyring
 from hivemem.security.sealing import NONCE_BYTES, TAG_BYTES
 
-MAGIC = b"HMI1"
+MAGIC = INGEST_SEAL_MAGIC
 _PUBLIC_BYTES = 32
 _HEAD = len(MAGIC) + _PUBLIC_BYTES
 _KDF_INFO = b"hivemem/ingest/v1|"

@@ -262,7 +262,7 @@ def test_a_worker_dying_before_its_commit_loses_and_duplicates_nothing(
         threshold=1000,
         lock_ttl_s=3.0,
         crash_on=crash_on,
-        codec=runtime.codec,
+        codec=runtime.ingest_codec,
     )
     with pytest.raises(WorkerDied):
         crashing.drain(ZONE, on_due=lambda _: None)
