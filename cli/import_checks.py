@@ -17,8 +17,9 @@ def refusal(
     record: MemoryRecord, agent: Agent, max_chars: int, classifier: Classifier | None
 ) -> str | None:
     """Why ``agent`` may not import ``record`` (None: it may): a zone above its clearance, a
-    compartment it does not hold, content over the limit, a version link to itself, or
-    sensitive content in a lower zone than the classifier asks (named by detector only)."""
+    compartment it does not hold, content over the limit, or sensitive content in a lower zone
+    than the classifier asks (named by detector only). A link to itself the record's own
+    validation refuses."""
     from hivemem.security.classifier import record_text
 
     info = agent.info
@@ -32,8 +33,6 @@ def refusal(
         return f"agent {agent.agent_id} does not hold compartment(s) {', '.join(lacking)}"
     if len(record.content) > max_chars:
         return f"content longer than {max_chars} characters"
-    if record.id in (record.supersedes, record.superseded_by):
-        return "a version link (supersedes, superseded_by) names the record itself"
     if classifier is None:
         return None
     text = record_text(record.content, record.tags, record.entities, record.metadata)
