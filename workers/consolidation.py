@@ -60,6 +60,7 @@ from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
 from hivemem.workers.clustering import centre
 from hivemem.workers.contract import MAX_CONTENT_CHARS, check_drafts, labels
+from hivemem.workers.derived import delete_derived
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.locks import held
 from hivemem.workers.publishing import publish_as_workers
@@ -285,10 +286,11 @@ class ConsolidationService:
             episodes=episodes,
             now=now,
         )
+        undone = self._undo_deleted(zone, episodes, new_traces)
         publish_as_workers(
             self._bus,
             zone,
-            self._as_stored(zone, outputs, held),
+            [r for r in self._as_stored(zone, outputs, held) if r.id not in undone],
             retired,
             batch=self._send_batch,
             codec=self._codec,
@@ -480,6 +482,30 @@ class ConsolidationService:
             zone, {k: v for k, v in updates.items() if present.get(k) is False}
         )
         return retired
+
+    def _undo_deleted(
+        self, zone: Zone, episodes: Sequence[MemoryRecord], traces: Sequence[MemoryRecord]
+    ) -> set[str]:
+        """Episodes deleted while the run read them (the ingest takes no scope lock): delete
+        what this run derived from them, as the ingest does, and queue their trace-mates again.
+        Checked after the outputs and links were written, so a delete the ingest applies later
+        finds the links and deletes the outputs itself (a delete read before the links and
+        applied after this check still escapes both: a window of one ingest round, not of a
+        run). Returns the ids deleted."""
+        alive = self._store.presence(zone, [e.id for e in episodes])
+        gone = {e.id for e in episodes if alive.get(e.id) is True}
+        if not gone:
+            return set()
+        into = {s: t.id for t in traces for s in t.sources}
+        deleted = [e.model_copy(update={"consolidated_into": [into[e.id]]}) for e in episodes
+                   if e.id in gone and e.id in into]  # fmt: skip
+        doomed, queued = delete_derived(
+            self._store, zone, deleted, client=self._client, keys=self._keys, bus=self._bus,
+            codec=self._codec, batch=self._send_batch,
+        )  # fmt: skip
+        log.warning("consolidation_source_deleted", zone=zone.value, episodes=len(gone),
+                    deleted=len(doomed), requeued=len(queued))  # fmt: skip
+        return {r.id for r in doomed}
 
 
 def _by_compartments(records: Sequence[MemoryRecord]) -> list[list[MemoryRecord]]:

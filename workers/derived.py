@@ -1,4 +1,5 @@
-"""What consolidation derived from a deleted record: :func:`derived_from`.
+"""What consolidation derived from a deleted record: :func:`derived_from`, and
+:func:`delete_derived`, which deletes it.
 
 A trace states its episodes' facts word for word; a category and the domain profile summarise
 what lies below them. So a record's text lives on in every derived record above it, and in
@@ -10,9 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hivemem.pool.enums import Zone
+import redis
+
+from hivemem.pool.adapters.redis_bus import RedisBus
+from hivemem.pool.enums import Level, Zone
+from hivemem.pool.envelope import EnvelopeCodec
 from hivemem.pool.ports import ZoneStore
-from hivemem.pool.records import MemoryRecord
+from hivemem.pool.records import MemoryRecord, Tombstone
+from hivemem.workers.keys import WorkerKeys, add_pending
+from hivemem.workers.publishing import publish_as_workers
 
 #: Levels of derivation followed at most (episode, trace, category, domain, with versions).
 _MAX_STEPS = 64
@@ -45,3 +52,33 @@ def derived_from(
     sources = {s for record in doomed.values() for s in record.sources} - gone - doomed.keys()
     remaining = store.get(zone, sorted(sources)) if sources else []
     return list(doomed.values()), remaining
+
+
+def delete_derived(
+    store: ZoneStore,
+    zone: Zone,
+    deleted: Sequence[MemoryRecord],
+    *,
+    client: redis.Redis,
+    keys: WorkerKeys,
+    bus: RedisBus,
+    codec: EnvelopeCodec,
+    batch: int,
+) -> tuple[list[MemoryRecord], list[MemoryRecord]]:
+    """Delete what consolidation derived from the records ``deleted`` (as they were stored,
+    with their ``consolidated_into``): the remaining episodes are queued again first, then the
+    agents are sent the derived records' tombstones, then the store loses them. Each step is
+    idempotent, so a worker dying midway is made good by doing it all again. Returns the
+    records deleted and the episodes queued again."""
+    doomed, remaining = derived_from(store, zone, deleted)
+    if not doomed:
+        return [], []
+    episodes = [r for r in remaining if r.level is Level.EPISODE and r.is_current]
+    with client.pipeline(transaction=True) as pipe:
+        add_pending(pipe, keys, zone, episodes)
+        pipe.execute()
+    gone = [Tombstone.of(r) for r in doomed]
+    publish_as_workers(bus, zone, [], gone, batch=batch, codec=codec)
+    store.update_fields(zone, {r.id: {"consolidated_into": []} for r in remaining})
+    store.put_tombstones(zone, gone)
+    return doomed, episodes

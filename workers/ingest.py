@@ -34,10 +34,9 @@ from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidMessage, MessageRejected
 from hivemem.pool.ports import Vector, ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone, acts_on, split_tombstones
-from hivemem.workers.derived import derived_from
+from hivemem.workers.derived import delete_derived
 from hivemem.workers.keys import WorkerKeys, add_pending
 from hivemem.workers.locks import held
-from hivemem.workers.publishing import publish_as_workers
 
 log = structlog.get_logger(__name__)
 #: A consolidation queued for a user is not queued again for this long (seconds), unless it
@@ -263,24 +262,16 @@ class IngestService:
         return queued
 
     def _delete_derived(self, zone: Zone, deleted: Sequence[MemoryRecord]) -> None:
-        """Delete what consolidation derived from the stored records ``deleted`` (see
-        :mod:`hivemem.workers.derived`), before those: the remaining episodes are queued again
-        first, then the agents are sent the derived records' tombstones, then the store loses
-        them. A worker dying midway leaves the deleted records live, so the next drain does
-        it all again (each step is idempotent)."""
-        doomed, remaining = derived_from(self._store, zone, deleted)
-        if not doomed:
-            return
-        episodes = [r for r in remaining if r.level is Level.EPISODE and r.is_current]
-        with self._client.pipeline(transaction=True) as pipe:
-            add_pending(pipe, self._keys, zone, episodes)
-            pipe.execute()
-        gone = [Tombstone.of(r) for r in doomed]
-        publish_as_workers(self._bus, zone, [], gone, batch=self._batch, codec=self._codec)
-        self._store.update_fields(zone, {r.id: {"consolidated_into": []} for r in remaining})
-        self._store.put_tombstones(zone, gone)
-        log.info("ingest_derived_deleted", zone=zone.value, records=len(doomed),
-                 requeued=len(episodes))  # fmt: skip
+        """Delete what consolidation derived from the stored records ``deleted``, before those
+        (see :func:`~hivemem.workers.derived.delete_derived`): a worker dying midway leaves the
+        deleted records live, so the next drain does it all again."""
+        doomed, episodes = delete_derived(
+            self._store, zone, deleted, client=self._client, keys=self._keys, bus=self._bus,
+            codec=self._codec, batch=self._batch,
+        )  # fmt: skip
+        if doomed:
+            log.info("ingest_derived_deleted", zone=zone.value, records=len(doomed),
+                     requeued=len(episodes))  # fmt: skip
 
     def _rightful(
         self, zone: Zone, tombstones: list[Tombstone]

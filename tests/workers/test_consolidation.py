@@ -16,6 +16,7 @@ from hivemem.pool.filters import And, Cond
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.workers.consolidation import derived_id
+from hivemem.workers.offline import OfflineStrategy
 from hivemem.workers.runtime import WorkerRuntime
 from hivemem.workers.strategy import Draft, Sources
 from tests.waiting import holds, wait_for
@@ -335,6 +336,79 @@ def test_deleting_an_episode_deletes_its_words_from_what_was_derived(
     assert all(len(e.consolidated_into) == 1 and e.consolidated_into[0] in traces for e in rest)
     assert "4417" not in derived_text()
     assert "sourdough" in derived_text().lower()
+
+
+#: What :class:`DeletingMidRun` does while the run reads its episodes (set by the test).
+MID_RUN: list[Callable[[], None]] = []
+
+
+class DeletingMidRun(OfflineStrategy):
+    """The offline strategy, with whatever the test set in :data:`MID_RUN` done before the
+    traces are made: an episode deleted (and ingested) while the run holds it."""
+
+    name = "deleting-mid-run"
+
+    def traces(self, episodes: Sources) -> list[Draft]:
+        while MID_RUN:
+            MID_RUN.pop()()
+        return super().traces(episodes)
+
+
+def test_an_episode_deleted_during_a_run_leaves_nothing_derived_from_it(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """The ingest takes no scope lock, so a delete can land while a run holds the episode: the
+    run's trace (and what it derived from it) would have kept the deleted words. The run finds
+    the episode deleted once it has written, deletes what it derived from it (store and agents)
+    and queues the trace-mates again."""
+    runtime = make_runtime(
+        consolidation={"threshold": 1000, "strategy": f"{__name__}:DeletingMidRun"}
+    )
+    writer = pool.register_agent("writer", clearance=Zone.SECRET, share_levels=[Level.EPISODE])
+    reader = pool.register_agent("reader", clearance=Zone.SECRET)
+    assert reader.wait_connected()
+    secret = "My bank PIN for the sourdough bakery account is 4417 please remember"
+    ids = list(write(writer, [(c, "cooking") for c in [secret, *TOPICS["cooking"]]], Zone.PUBLIC))
+    ingest(runtime, Zone.PUBLIC)
+
+    def delete_the_pin() -> None:
+        writer.memory.delete(ids[0])
+        assert writer.flush()
+        ingest(runtime, Zone.PUBLIC)
+
+    MID_RUN.append(delete_the_pin)
+    with structlog.testing.capture_logs() as logs:
+        report = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert not MID_RUN  # the delete happened inside the run
+    levels = (Level.TRACE, Level.CATEGORY, Level.DOMAIN)
+    derived = [r for level in levels for r in level_records(runtime, Zone.PUBLIC, level)]
+    assert all("4417" not in r.content for r in derived)
+    assert [e["event"] for e in logs].count("consolidation_source_deleted") == 1
+    assert report.domain is not None
+    assert runtime.store.presence(Zone.PUBLIC, [report.domain]) == {report.domain: True}
+    members = runtime.client.smembers(runtime.keys.pending(Zone.PUBLIC, "u1"))
+    pending = {m.decode() for m in members}
+    assert pending  # the PIN's trace-mates, queued again
+    assert pending <= set(ids[1:])
+    again = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert again.domain is not None
+    traces = {t.id for t in level_records(runtime, Zone.PUBLIC, Level.TRACE)}
+    rest = runtime.store.get(Zone.PUBLIC, ids[1:])
+    assert len(rest) == len(TOPICS["cooking"])
+    assert all(len(e.consolidated_into) == 1 and e.consolidated_into[0] in traces for e in rest)
+    assert (
+        "sourdough"
+        in " ".join(r.content for r in level_records(runtime, Zone.PUBLIC, Level.TRACE)).lower()
+    )
+    assert all(
+        "4417" not in r.content
+        for level in levels
+        for r in level_records(runtime, Zone.PUBLIC, level)
+    )
+    assert wait_for(lambda: holds(reader, again.domain or ""))
+    assert all(
+        "4417" not in r.content for r in reader.memory.list_memories(user_id="u1", limit=1000)
+    )
 
 
 def test_a_run_takes_at_most_a_plans_worth_and_leaves_the_rest_pending(
