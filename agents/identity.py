@@ -50,8 +50,9 @@ class Identity:
         """The agent's current registry entry (the codec follows it)."""
         return self.info
 
-    def for_ingest(self, body: bytes) -> bytes:
-        """``body`` as it goes to an ingest queue (plain: unchanged)."""
+    def outgoing(self, body: bytes, *, ingest: bool) -> bytes:
+        """``body`` as it goes to Redis, ``ingest``: to an ingest queue (plain: unchanged)."""
+        del ingest
         return body
 
     def reauthorize(self) -> None:
@@ -82,7 +83,8 @@ class SecureIdentity(Identity):
         *,
         policies: ZonePolicies | None = None,
     ) -> None:
-        super().__init__(info, security.agent_codec(info, key), policies)
+        self.secure_codec = security.agent_codec(info, key)
+        super().__init__(info, self.secure_codec, policies)
         self._key = key
         self._security = security
         self._registry = registry
@@ -93,14 +95,17 @@ class SecureIdentity(Identity):
 
     def reload(self) -> AgentInfo:
         self.info = self._registry.get(self.info.agent_id)
-        self.codec = self._security.agent_codec(self.info, self._key)
+        self.secure_codec = self._security.agent_codec(self.info, self._key)
+        self.codec = self.secure_codec
         return self.info
 
-    def for_ingest(self, body: bytes) -> bytes:
-        """``body`` sealed to the workers (:mod:`hivemem.security.ingest_seal`): the zone's
-        other agents may read its ingest queue. PoolUnavailable while the workers' key cannot
-        be read."""
-        return self._ingest.seal(body)
+    def outgoing(self, body: bytes, *, ingest: bool) -> bytes:
+        """``body`` sealed under its user's secret if Redis was away when it was sealed
+        (:meth:`SecureCodec.with_subject`) and, for an ingest queue, sealed to the workers
+        (:mod:`hivemem.security.ingest_seal`: the zone's other agents may read that queue).
+        PoolUnavailable while a key it takes cannot be read."""
+        body = self.secure_codec.with_subject(body)
+        return self._ingest.seal(body) if ingest else body
 
     def sender_may_write(self, sender: str, zone: Zone) -> bool:
         floor = self.policies.write_floor(zone)

@@ -233,8 +233,8 @@ class Sender(threading.Thread):
     def _publish(self, topic: str, chosen: list[Pending]) -> None:
         bus = self._relay if topic.startswith("agent:") else self._bus
         self._relay.register_topic(topic)  # a compartment topic, before its first message
-        wrap = self._identity.for_ingest if is_queue(topic) else None
-        messages = [(m.message_id, wrap(m.body) if wrap else m.body) for m in chosen]
+        ingest = is_queue(topic)
+        messages = [(m.message_id, self._identity.outgoing(m.body, ingest=ingest)) for m in chosen]
         try:
             bus.publish(topic, self._info.agent_id, messages)
         except redis.ResponseError as error:

@@ -190,6 +190,32 @@ class SecureCodec:
         )
         return b"".join((header, b"\n", sealed.nonce, sealed.ciphertext))
 
+    def with_subject(self, data: bytes) -> bytes:
+        """``data``, a message this codec sent, sealed again under its user's secret when it
+        was sealed under the zone key alone (:meth:`encode` does so while Redis is away at a
+        user's first write): otherwise a forget, which shreds that secret, would leave it
+        readable to every holder of the zone key. Unchanged when it needs nothing (it has its
+        subject, or carries no records: tombstones alone stay readable after a forget on
+        purpose) or cannot be read any more (its key retired). Raises PoolUnavailable while
+        the user's secret cannot be had: the caller keeps the message and tries again."""
+        end = data.find(b"\n", 0, _MAX_HEADER_BYTES)
+        if self._signer is None or end < 0 or b',"subject":' in data[:end]:
+            return data
+        try:
+            frame = Frame.parse(data)
+            wire = frame.header
+            if wire.sender != self._sender_id:
+                return data
+            plain = self._sealer.open(wire.zone, frame.sealed, context=frame.header_bytes)
+            envelope = decode_envelope(plain)
+        except (InvalidInput, MessageRejected, SealBroken, KeyUnavailable):
+            return data
+        users = {r.scope.user_id for r in envelope.records}
+        if len(users) != 1 or envelope.tombstones:
+            return data
+        sealed = self._sealed(envelope.model_copy(update={"subject": users.pop()}))
+        return sealed + self._signer.sign_raw(_signed(sealed))
+
     def decode(self, data: bytes, *, live: bool = False) -> Envelope:
         """The envelope inside a version-2 message. Raises InvalidMessage for what is not one,
         MessageRejected (with its reason) for what fails a check; stale applies to ``live``

@@ -7,13 +7,16 @@ import json
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from hivemem.agents.agent import Agent
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import make_envelope
-from hivemem.pool.errors import InvalidMessage, MessageRejected
+from hivemem.pool.errors import InvalidMessage, KeyUnavailable, MessageRejected, SealBroken
 from hivemem.pool.records import MemoryRecord, Scope
+from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.shared import SharedMemoryPool
+from hivemem.security.ingest_seal import IngestOpener
 from hivemem.security.sealing import NONCE_BYTES, Sealed, Sealer
 from hivemem.security.signing import verify_signature
 from hivemem.security.wire import Frame
@@ -117,3 +120,38 @@ def test_a_plain_message_is_refused_as_unsigned() -> None:
     with pytest.raises(MessageRejected) as refused:
         Frame.parse(plain)
     assert refused.value.reason == "unsigned"
+
+
+def test_a_message_sealed_while_redis_was_away_goes_under_its_users_secret(
+    make_pool: Pools, redis_server: EmbeddedRedis
+) -> None:
+    """A user's first write while Redis is away is sealed under the zone key alone (the write
+    must not fail). By the time it can be sent, Redis is back: the sender seals it again under
+    the user's secret, on the zone topic and in the ingest queue, so the forget's shred covers
+    it. Before, it stayed readable to every holder of the zone key."""
+    pool = make_pool("p1")
+    writer = pool.register_agent("writer", clearance=Zone.INTERNAL, share_levels=[Level.EPISODE])
+    assert writer.wait_connected()
+    redis_server.stop()
+    writer.memory.add("the vault code is 7731", user_id="newcomer", zone=Zone.INTERNAL)
+    assert writer.pending == 2  # the zone topic and the ingest queue
+    redis_server.start()
+    assert writer.flush(timeout_s=30.0)
+    assert pool.security is not None
+    raw = redis.Redis.from_url(redis_server.url)
+    topic = [f[b"d"] for _, f in raw.xrange("hivemem:zone:internal:stream")]
+    ingest = pool.security.workers_ingest_codec(pool.security.workers_codec())
+    queued = [f[b"d"] for _, f in raw.xrange("hivemem:ingest:internal:stream")]
+    opener = IngestOpener(pool.security.keyring)
+    frames = [Frame.parse(data) for data in [*topic, *(opener.open(q) for q in queued)]]
+    assert [f.header.subject for f in frames] == ["newcomer", "newcomer"]
+    assert ingest.decode(queued[0]).records[0].content == "the vault code is 7731"
+    pool.security.keyring.shred("newcomer")
+    zone_key_holder = Sealer(pool.security.keyring, clearance=Zone.SECRET)
+    for frame in frames:
+        with pytest.raises(KeyUnavailable, match="subject forgotten"):
+            zone_key_holder.open(
+                Zone.INTERNAL, frame.sealed, context=frame.header_bytes, subject="newcomer"
+            )
+        with pytest.raises(SealBroken):  # nor without the subject: it was sealed with it
+            zone_key_holder.open(Zone.INTERNAL, frame.sealed, context=frame.header_bytes)
