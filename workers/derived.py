@@ -18,7 +18,7 @@ from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import EnvelopeCodec
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone
-from hivemem.workers.keys import WorkerKeys, add_pending
+from hivemem.workers.keys import WorkerKeys, add_pending, add_rebuild
 from hivemem.workers.publishing import publish_as_workers
 
 #: Levels of derivation followed at most (episode, trace, category, domain, with versions).
@@ -67,15 +67,20 @@ def delete_derived(
 ) -> tuple[list[MemoryRecord], list[MemoryRecord]]:
     """Delete what consolidation derived from the records ``deleted`` (as they were stored,
     with their ``consolidated_into``): the remaining episodes are queued again first, then the
-    agents are sent the derived records' tombstones, then the store loses them. Each step is
+    agents are sent the derived records' tombstones, then the store loses them (a user left
+    with no episode to queue gets a run over what is left: :func:`add_rebuild`). Each step is
     idempotent, so a worker dying midway is made good by doing it all again. Returns the
     records deleted and the episodes queued again."""
     doomed, remaining = derived_from(store, zone, deleted)
     if not doomed:
         return [], []
     episodes = [r for r in remaining if r.level is Level.EPISODE and r.is_current]
+    # Left without what summarised them (a trace or category deleted directly): their users
+    # get a run over what is left even though no episode waits.
+    unlinked = {r.scope.user_id for r in remaining if r.level is not Level.EPISODE}
     with client.pipeline(transaction=True) as pipe:
-        add_pending(pipe, keys, zone, episodes)
+        requeued = add_pending(pipe, keys, zone, episodes)
+        add_rebuild(pipe, keys, zone, sorted(unlinked - set(requeued)))
         pipe.execute()
     gone = [Tombstone.of(r) for r in doomed]
     publish_as_workers(bus, zone, [], gone, batch=batch, codec=codec)

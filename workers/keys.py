@@ -2,7 +2,8 @@
 
 - ``ns:cursor:ingest:<zone>`` — ``"<epoch> <seq>"``: the last ingest message stored (outside
   ``ns:ingest:<zone>:*``, which every agent cleared for the zone may write);
-- ``ns:consolidate:<zone>:users`` — the users of the zone with episodes waiting;
+- ``ns:consolidate:<zone>:users`` — the users of the zone with episodes waiting (or a run over
+  what is left, after a derived record was deleted);
 - ``ns:consolidate:<zone>:<user>:pending`` — ids of the user's episodes not yet consolidated;
 - ``ns:consolidate:<zone>:<user>:plan`` — the run in progress (JSON; see consolidation.py);
 - ``ns:consolidate:<zone>:<user>:queued`` — set while a consolidation task is queued (dedupe);
@@ -15,6 +16,7 @@ of these keys falls under an agent's ACL patterns (``ns:zone:<zone>:*``, ``ns:in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,3 +69,14 @@ def add_pending(
         pipe.sadd(keys.pending(zone, user_id), *ids)
         pipe.sadd(keys.users(zone), user_id)
     return list(by_user)
+
+
+def add_rebuild(pipe: Any, keys: WorkerKeys, zone: Zone, user_ids: Sequence[str]) -> None:
+    """Have the next consolidation of each user (on the pipeline ``pipe``) run with no new
+    episode: it makes the levels above the traces again from what is left. An empty plan, in
+    the form take_plan.lua writes, unless a plan is already waiting; the user is due."""
+    for user_id in user_ids:
+        pipe.set(
+            keys.plan(zone, user_id), json.dumps({"episodes": [], "finalized": False}), nx=True
+        )
+        pipe.sadd(keys.users(zone), user_id)

@@ -411,6 +411,41 @@ def test_an_episode_deleted_during_a_run_leaves_nothing_derived_from_it(
     )
 
 
+def test_a_trace_deleted_directly_has_the_levels_above_it_made_again(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """Deleting a trace (not its episodes) deletes the category and profile that summarised
+    it; no episode is queued again, yet the user is due, and the next run makes categories
+    and a profile from the traces left. The deleted trace stays deleted."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    writer = pool.register_agent("writer", clearance=Zone.SECRET)
+    items = [(c, topic) for topic in ("cooking", "travel") for c in TOPICS[topic]]
+    write(writer, items, Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+    first = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert first.domain is not None
+    assert len(first.traces) >= 2
+    doomed = first.traces[0]
+    assert wait_for(lambda: holds(writer, doomed))
+    writer.memory.delete(doomed)
+    assert writer.flush()
+    ingest(runtime, Zone.PUBLIC)
+    assert runtime.store.presence(Zone.PUBLIC, [first.domain]) == {first.domain: True}
+    assert runtime.consolidation.due(Zone.PUBLIC) == ["u1"]
+
+    second = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert second.episodes == 0
+    assert second.domain is not None
+    assert second.domain != first.domain
+    left = {t.id for t in level_records(runtime, Zone.PUBLIC, Level.TRACE)}
+    assert doomed not in left
+    assert left == set(first.traces) - {doomed}
+    categories = level_records(runtime, Zone.PUBLIC, Level.CATEGORY)
+    assert categories
+    assert {s for c in categories for s in c.sources} == left
+    assert runtime.consolidation.due(Zone.PUBLIC) == []
+
+
 def test_a_run_takes_at_most_a_plans_worth_and_leaves_the_rest_pending(
     pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
 ) -> None:
