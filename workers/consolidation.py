@@ -37,40 +37,32 @@ sources' vectors (so no model runs in the workers), plus BM25 terms of its own t
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import cast
 
-import numpy as np
 import redis
 import structlog
 
-from hivemem.agents.sparse import Bm25Encoder
 from hivemem.pool.adapters.redis_bus import RedisBus
-from hivemem.pool.compartments import union
 from hivemem.pool.enums import Level, Tier, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import HivememError
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import ZoneStore
-from hivemem.pool.records import MemoryRecord, Scope, Tombstone, utc_now
-from hivemem.workers.clustering import centre
-from hivemem.workers.contract import MAX_CONTENT_CHARS, check_drafts, labels
+from hivemem.pool.records import MemoryRecord, Tombstone, utc_now
 from hivemem.workers.derived import delete_derived
+from hivemem.workers.drafting import Drafting, by_compartments
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.locks import held
 from hivemem.workers.publishing import publish_as_workers
-from hivemem.workers.strategy import ConsolidationStrategy, Draft, Sources
+from hivemem.workers.strategy import ConsolidationStrategy
 
 log = structlog.get_logger(__name__)
 
-#: The sender id of everything the workers publish.
-#: Derived ids are UUID5 in this namespace, over "level|zone|user|sorted source ids".
-_ID_NAMESPACE = uuid.UUID("5f0c8f6e-2b1d-4c1e-9a57-6d1f0e3b7a21")
 _LUA = Path(__file__).parent / "lua"
 
 
@@ -97,15 +89,6 @@ def scope_locked(
 
 
 #: New ids tried for a derived record whose id names superseded versions (see _not_past).
-_MAX_GENERATIONS = 16
-
-
-def derived_id(level: Level, zone: Zone, user_id: str, sources: Sequence[str]) -> str:
-    """The id of a consolidated record: the same sources always give the same id."""
-    name = "|".join([level.value, zone.value, user_id, *sorted(sources)])
-    return str(uuid.uuid5(_ID_NAMESPACE, name))
-
-
 @dataclass
 class ConsolidationReport:
     """What one run did (ids of what it wrote)."""
@@ -159,10 +142,9 @@ class ConsolidationService:
         self._store = store
         self._keys = keys
         self._strategy = strategy
-        self._fallback = fallback
         self._lock_ttl_s = lock_ttl_s
         self._send_batch = send_batch
-        self._sparse = Bm25Encoder()
+        self._drafting = Drafting(store, strategy, fallback)
         self._take_plan = client.register_script((_LUA / "take_plan.lua").read_text())
         self._forget_user = client.register_script((_LUA / "forget_user.lua").read_text())
 
@@ -248,11 +230,11 @@ class ConsolidationService:
         episodes = [r for r in episodes if r.vector is not None]
         report.episodes = len(episodes)
         new_traces = [
-            self._derive(
+            self._drafting.derive(
                 Level.TRACE, zone=zone, user_id=user_id, draft=draft, pool=episodes, now=now
             )
-            for group in _by_compartments(episodes)
-            for draft in self._drafts("traces", group, lambda s, x: s.traces(x))
+            for group in by_compartments(episodes)
+            for draft in self._drafting.drafts("traces", group, lambda s, x: s.traces(x))
         ]
         current = self._current(user_id, Level.TRACE)
         by_id = {r.id: r for r in self._store.scan(zone, current, with_vectors=True) if r.vector}
@@ -263,15 +245,19 @@ class ConsolidationService:
         prior_categories = self._store.get(zone, plan.prior_categories)
         drafts = [
             draft
-            for group in _by_compartments(traces)
-            for draft in self._drafts("categories", group, lambda s, x: s.categories(x))
+            for group in by_compartments(traces)
+            for draft in self._drafting.drafts("categories", group, lambda s, x: s.categories(x))
         ]
-        categories = self._with_versions(
-            self._derive_new(Level.CATEGORY, zone, user_id, drafts, traces, now),
+        categories = self._drafting.with_versions(
+            self._drafting.derive_new(Level.CATEGORY, zone, user_id, drafts, traces, now),
             prior_categories,
         )
-        [domain_draft] = self._drafts("domain", categories, lambda s, x: [s.domain(user_id, x)])
-        [domain] = self._derive_new(Level.DOMAIN, zone, user_id, [domain_draft], categories, now)
+        [domain_draft] = self._drafting.drafts(
+            "domain", categories, lambda s, x: [s.domain(user_id, x)]
+        )
+        [domain] = self._drafting.derive_new(
+            Level.DOMAIN, zone, user_id, [domain_draft], categories, now
+        )
         if plan.prior_domain is not None and plan.prior_domain != domain.id:
             domain = domain.model_copy(update={"supersedes": plan.prior_domain})
         outputs = [*new_traces, *categories, domain]
@@ -299,132 +285,6 @@ class ConsolidationService:
         report.categories = [r.id for r in categories]
         report.domain = domain.id
         report.retired = [t.id for t in retired]
-
-    def _drafts(
-        self,
-        step: str,
-        records: Sequence[MemoryRecord],
-        make: Callable[[ConsolidationStrategy, Sources], list[Draft]],
-    ) -> list[Draft]:
-        """The strategy's drafts for ``step``, checked against the contract; the offline
-        fallback's when another strategy fails or breaks the contract."""
-        if not records:
-            return []
-        sources = _sources(records)
-        try:
-            drafts = make(self._strategy, sources)
-            check_drafts(drafts, sources)
-        except Exception as error:  # isolation point: a strategy is user code
-            if self._strategy is self._fallback:
-                raise
-            log.warning(
-                "consolidation_strategy_failed",
-                strategy=self._strategy.name,
-                step=step,
-                error=type(error).__name__,
-            )
-            drafts = make(self._fallback, sources)
-            check_drafts(drafts, sources)
-        return drafts
-
-    def _derive(
-        self,
-        level: Level,
-        *,
-        zone: Zone,
-        user_id: str,
-        draft: Draft,
-        pool: Sequence[MemoryRecord],
-        now: datetime,
-    ) -> MemoryRecord:
-        """The record a draft becomes (with its vector: the unit mean of its sources')."""
-        by_id = {r.id: r for r in pool}
-        sources = [by_id[i] for i in draft.sources]
-        row = centre(np.asarray([s.vector for s in sources], dtype=np.float32))
-        content = draft.content.strip()[:MAX_CONTENT_CHARS]
-        zone = Zone.highest([s.zone for s in sources])
-        tags, entities = labels(draft.tags), labels(draft.entities)
-        if zone > Zone.PUBLIC:
-            # Labels are stored in clear beside the sealed content: words the strategy drew
-            # from the sources' sealed content must not become labels; their own labels may.
-            carried = {label for s in sources for label in (*s.tags, *s.entities)}
-            tags = [t for t in tags if t in carried]
-            entities = [e for e in entities if e in carried]
-        return MemoryRecord(
-            id=derived_id(level, zone, user_id, draft.sources),
-            content=content,
-            vector=row.tolist(),
-            sparse=self._sparse.encode_documents([content])[0],
-            level=level,
-            scope=Scope(user_id=user_id),
-            tier=Tier.LONG_TERM,
-            category=draft.category,
-            zone=zone,
-            compartments=list(union(s.compartments for s in sources)),
-            importance=min(1.0, max(0.0, float(draft.importance))),
-            tags=tags,
-            entities=entities,
-            metadata={"strategy": self._strategy.name},
-            sources=sorted(draft.sources),
-            valid_from=min(s.valid_from for s in sources),
-            recorded_at=now,
-        )
-
-    @staticmethod
-    def _with_versions(
-        new: list[MemoryRecord], prior_categories: Sequence[MemoryRecord]
-    ) -> list[MemoryRecord]:
-        """Give each changed category the previous one it supersedes (most shared traces, then
-        lowest id), each previous category at most once."""
-        prior = {r.id: set(r.sources) for r in prior_categories}
-        taken = {r.id for r in new} & set(prior)
-        result = []
-        for candidate in new:
-            record = candidate
-            if record.id not in prior:
-                mine = set(record.sources)
-                overlap = [
-                    (len(sources & mine), pid)
-                    for pid, sources in prior.items()
-                    if pid not in taken and sources & mine
-                ]
-                if overlap:
-                    best = min(overlap, key=lambda item: (-item[0], item[1]))[1]
-                    taken.add(best)
-                    record = record.model_copy(update={"supersedes": best})
-            result.append(record)
-        return result
-
-    def _derive_new(  # noqa: PLR0917 - the parts _derive takes, each needed
-        self,
-        level: Level,
-        zone: Zone,
-        user_id: str,
-        drafts: Sequence[Draft],
-        pool: Sequence[MemoryRecord],
-        now: datetime,
-    ) -> list[MemoryRecord]:
-        """The records ``drafts`` become, each whose derived id names a version already
-        superseded given an id of its own: the same sources again (a trace archived, then
-        restored) must make a new version, not bring the old one back as the successor of its
-        successor (a cycle). The same store gives the same ids: a resumed run writes what the
-        run before it did."""
-        derived = [
-            self._derive(level, zone=zone, user_id=user_id, draft=d, pool=pool, now=now)
-            for d in drafts
-        ]
-        past = {r.id for r in self._store.get(zone, [r.id for r in derived]) if not r.is_current}
-        result = []
-        for record in derived:
-            chosen = record
-            for _ in range(_MAX_GENERATIONS):
-                if chosen.id not in past:
-                    break
-                after = [*record.sources, f"after:{chosen.id}"]
-                chosen = chosen.model_copy(update={"id": derived_id(level, zone, user_id, after)})
-                past |= {r.id for r in self._store.get(zone, [chosen.id]) if not r.is_current}
-            result.append(chosen)
-        return result
 
     def _as_stored(
         self, zone: Zone, outputs: Sequence[MemoryRecord], held: dict[str, bool]
@@ -506,17 +366,3 @@ class ConsolidationService:
         log.warning("consolidation_source_deleted", zone=zone.value, episodes=len(gone),
                     deleted=len(doomed), requeued=len(queued))  # fmt: skip
         return {r.id for r in doomed}
-
-
-def _by_compartments(records: Sequence[MemoryRecord]) -> list[list[MemoryRecord]]:
-    """``records`` grouped by the compartments they carry (order kept within each group), so
-    that traces and categories never mix compartments."""
-    groups: dict[tuple[str, ...], list[MemoryRecord]] = {}
-    for record in records:
-        groups.setdefault(tuple(record.compartments), []).append(record)
-    return [groups[key] for key in sorted(groups)]
-
-
-def _sources(records: Sequence[MemoryRecord]) -> Sources:
-    vectors = np.asarray([r.vector for r in records], dtype=np.float32)
-    return Sources([r.model_copy(update={"vector": None}) for r in records], vectors)

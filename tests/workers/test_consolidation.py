@@ -15,7 +15,7 @@ from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.shared import SharedMemoryPool
-from hivemem.workers.consolidation import derived_id
+from hivemem.workers.drafting import derived_id
 from hivemem.workers.offline import OfflineStrategy
 from hivemem.workers.runtime import WorkerRuntime
 from hivemem.workers.strategy import Draft, Sources
