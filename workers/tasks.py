@@ -24,7 +24,7 @@ from hivemem.pool.filters import parse_filter
 from hivemem.pool.ids import check_record_id, check_scope_id
 from hivemem.pool.records import utc_now
 from hivemem.workers.consolidation import ScopeBusy
-from hivemem.workers.policies import configured_policies
+from hivemem.workers.policies import InvalidPolicy, InvalidPolicyFile, configured_policies
 from hivemem.workers.runtime import WorkerRuntime
 
 log = structlog.get_logger(__name__)
@@ -120,15 +120,25 @@ def _register_lifecycle_tasks(
     def lifecycle(
         dry_run: bool = False, now: str | None = None, zones: list[str] | None = None
     ) -> dict[str, Any]:
-        """One pass of the configured policies over the zones (all by default)."""
+        """One pass of the configured policies over the zones (all by default). When the
+        policies file has gone bad since the worker started, the zones' retention still runs
+        and then the task fails with InvalidPolicy naming the file, so that monitoring sees
+        it."""
         at = datetime.fromisoformat(now) if now is not None else utc_now()
         chosen = [checked_zone(z) for z in zones] if zones else list(Zone)
+        broken: InvalidPolicyFile | None = None
+        try:
+            policies = configured_policies(settings.workers, settings.zone_policies, strict=True)
+        except InvalidPolicyFile as error:
+            broken = error
+            policies = configured_policies(settings.workers, settings.zone_policies)  # logged
         with runtime.store.session():
-            report = runtime.lifecycle.run(
-                chosen,
-                configured_policies(settings.workers, settings.zone_policies),
-                now=at,
-                dry_run=dry_run,
+            report = runtime.lifecycle.run(chosen, policies, now=at, dry_run=dry_run)
+        if broken is not None:
+            # InvalidPolicy (message, field): what Celery rebuilds for the caller as it was.
+            raise InvalidPolicy(
+                f"{broken} (ran the zones' retention alone: {report.count()} records)",
+                field=broken.field,
             )
         result: dict[str, Any] = report.model_dump(mode="json")
         return result

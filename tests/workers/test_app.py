@@ -23,9 +23,12 @@ from hivemem.pool.filters import And
 from hivemem.pool.records import MemoryRecord, utc_now
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
+from hivemem.pool.zone_policy import ZonePolicy
 from hivemem.workers.app import QUEUES, ROUTES, make_app
+from hivemem.workers.policies import InvalidPolicy
 from hivemem.workers.runtime import WorkerRuntime
 from tests.waiting import wait_for
+from tests.workers.test_policies import TYPO, YAML_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 EVERYTHING = And(all=[])
@@ -313,3 +316,37 @@ def test_a_consolidation_beyond_one_plan_queues_the_rest_at_once(
         )
     runtime_of(app).close()
     app.close()
+
+
+def test_a_policies_file_gone_bad_fails_the_lifecycle_task_after_the_retention(
+    worker_settings: Callable[..., HivememSettings], tmp_path: Path
+) -> None:
+    """The worker started with a good policies file that then went bad (a typo): the lifecycle
+    task still runs the zones' retention, then fails with InvalidPolicy naming the file, so
+    the fleet's monitoring sees a failure instead of a log line."""
+    path = tmp_path / "policies.yaml"
+    path.write_text(YAML_FILE)
+    settings = worker_settings(consolidation={"threshold": 1000}, policies_file=path)
+    settings = settings.model_copy(update={"zone_policies": {ZONE: ZonePolicy(retention_days=30)}})
+    app = make_app(settings)
+    now = utc_now()
+    old, young = (
+        aged(now, "old", days=40, importance=0.9),
+        aged(now, "young", days=1, importance=0.9),
+    )
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+            runtime = runtime_of(app)
+            with runtime.store.session():
+                runtime.store.upsert(ZONE, [old, young])
+            path.write_text(TYPO)
+            result = app.tasks["hivemem.lifecycle"].delay(now=now.isoformat(), zones=[ZONE.value])
+            with pytest.raises(InvalidPolicy, match="older_than_day") as failed:
+                result.get(timeout=TIMEOUT_S)
+            assert str(path) in str(failed.value)
+            assert result.state == "FAILURE"
+            with runtime.store.session():
+                assert runtime.store.ids(ZONE, EVERYTHING) == [young.id]
+    finally:
+        runtime_of(app).close()
+        app.close()
