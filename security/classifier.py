@@ -265,11 +265,26 @@ _NANP = re.compile(
 _DATE = re.compile(r"(?<!\d)(?:\d{4}-\d\d-\d\d|\d\d-\d\d-\d{4})(?!\d)", _A)
 
 
+#: North American digits in three groups split by single spaces ("415 555 0123"): as often a
+#: run of numbers ("256 512 1024"), so a phone only after a word that says so.
+_NANP_SPACED = re.compile(r"(?<![\w.+-])[2-9]\d\d [2-9]\d\d \d{4}(?![\w-])(?![.,:]\d)", _A)
+_PHONE_CUE = re.compile(r"(?i)(?<![a-z])(?:call|phone|tel|mobile|fax|sms|whatsapp)", _A)
+#: Characters before a spaced number in which its cue must be.
+_CUE_REACH = 24
+
+
 def _phone(scan: _Text) -> bool:
     text = scan.text
     if "+" in text and any(not _DATE.search(m.group()) for m in _E164.finditer(text)):
         return True  # but "+1 2024-01-15" is a date
-    return scan.has_digit and _NANP.search(text) is not None
+    if not scan.has_digit:
+        return False
+    if _NANP.search(text) is not None:
+        return True
+    return any(
+        _PHONE_CUE.search(text, max(0, m.start() - _CUE_REACH), m.start())
+        for m in _NANP_SPACED.finditer(text)
+    )
 
 
 # --- the detectors ------------------------------------------------------------------------------

@@ -154,6 +154,9 @@ POSITIVES = [
     ("phone", "tel:+14155550123"),
     ("phone", "+44 20 7946 0958"),
     ("phone", "+49-30-901820."),
+    ("phone", "call me at 415 555 0123"),
+    ("phone", "Mobile: 212 555 0187"),
+    ("phone", "tel 650 253 0000, ask for Sam"),
 ]
 
 
@@ -335,6 +338,8 @@ TRAPS = [
     "12,345,678",
     "3.14159265358979323",
     "The team agreed to move the weekly planning meeting to Thursday.",
+    "buffer sizes 256 512 1024 and 2048",  # spaced digits with no word saying phone
+    "we called it done; the sizes were 256 512 1024",  # the cue too far before
     "",
 ]
 
