@@ -173,9 +173,12 @@ _ASSIGNMENT = re.compile(
     _A,
 )
 _KEY_WORDS = ("key", "password", "passwd", "pwd", "secret", "token")
-#: An assigned value that is a reference or a mask, not a secret: ``${X}``, ``<redacted>``,
-#: ``os.environ["X"]``, ``get_password()``, ``********``, a URL.
-_PLACEHOLDER = re.compile(r"[$<{%\[(*]|[A-Za-z_][\w.]*[(\[]|https?://|(.)\1+$", _A)
+#: An assigned value that is a reference or a mask, not a secret: ``${X}``, ``$DB_PASSWORD``,
+#: ``$(cmd)``, ``<redacted>``, ``os.environ["X"]``, ``get_password()``, ``********``, a URL. A
+#: value that merely starts with ``$`` (``$ecretPass99``) is no reference.
+_PLACEHOLDER = re.compile(
+    r"[<{%\[(*]|\$(?:[{(\d]|[A-Z_][A-Z0-9_]*$)|[A-Za-z_][\w.]*[(\[]|https?://|(.)\1+$", _A
+)
 
 
 #: A URL that carries a password: ``postgres://app:Xk29vLq7@db:5432/app``. The user part is

@@ -139,6 +139,8 @@ POSITIVES = [
     ("api_token", "token: 9f8e7d6c5b4a3210"),
     ("api_token", '{"client_secret": "0a1b2c3d4e5f6a7b"}'),
     ("api_token", "DB_PASSWORD='hunter2hunter2'"),
+    ("api_token", "password=$ecretPass99x"),
+    ("api_token", "secret: $Tr0ub4dor&3x"),
     ("api_token", "İ" * 30 + " token: abcdefghijklmn"),  # lower() lengthens İ
     ("email", "write to jane.doe@example.com today"),
     ("email", "a+tag@sub.example.co.uk"),
@@ -252,6 +254,8 @@ TOKEN_NEGATIVES = [
     "task-" + alnum(30),
     "password: hunter2",  # shorter than 12
     "password: ${DB_PASSWORD}",
+    "password: $DB_PASSWORD_PROD",
+    "token=$(cat_the_ci_token_file)",
     "api_key = os.environ['API_KEY']",
     "token = get_token_from_vault()",
     "password: ********************",
