@@ -97,3 +97,23 @@ def loops(records: list[MemoryRecord]) -> list[list[str]]:
         if len(group) > 1:
             groups.append(group)
     return groups
+
+
+def stored_versions(records: list[MemoryRecord], agent: Agent) -> list[MemoryRecord]:
+    """The versions the agent already holds of the chains ``records`` link to outside
+    themselves (``supersedes``, ``superseded_by``), for :func:`loops` to follow: a loop may
+    run through records already stored. Reads only (no access is counted)."""
+    from hivemem.pool.errors import MemoryNotFound
+
+    ids = {r.id for r in records}
+    targets = {t for r in records for t in (r.supersedes, r.superseded_by) if t and t not in ids}
+    found: dict[str, MemoryRecord] = {}
+    for target in sorted(targets):
+        if target in found:
+            continue
+        try:
+            chain = agent.memory.get_history(target)
+        except MemoryNotFound:
+            continue
+        found.update((version.id, version) for version in chain if version.id not in ids)
+    return list(found.values())

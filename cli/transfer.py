@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import Progress
 
-from hivemem.cli.import_checks import loops, refusal
+from hivemem.cli.import_checks import loops, refusal, stored_versions
 from hivemem.cli.output import add_json_flag
 from hivemem.cli.scope_args import acting_as, add_agent
 from hivemem.pool.errors import HivememError, InvalidInput
@@ -250,7 +250,8 @@ def _lines(source: str) -> Iterator[tuple[int, bytes]]:
 def _parse(source: str, agent: Agent, settings: HivememSettings) -> list[MemoryRecord]:
     """Every record of ``source``, each checked as a MemoryRecord, against the memory's content
     limit, what the agent may read (clearance, compartments), the sensitivity classifier (when
-    on), the ids of earlier lines, and for loops of version links. Raises InvalidFile listing
+    on), the ids of earlier lines, and for loops of version links (through the agent's stored
+    records too). Raises InvalidFile listing
     every bad line (blank lines are skipped)."""
     from hivemem.security.classifier import Classifier
 
@@ -276,11 +277,14 @@ def _parse(source: str, agent: Agent, settings: HivememSettings) -> list[MemoryR
         else:
             first_line[record.id] = number
             records.append(record)
-    for loop in loops(records):
-        lines = sorted(first_line[record_id] for record_id in loop)
+    for loop in loops(records + stored_versions(records, agent)):
+        lines = sorted(first_line[record_id] for record_id in loop if record_id in first_line)
         shown = ", ".join(map(str, lines[:_SHOWN_LOOP_LINES]))
         if len(lines) > _SHOWN_LOOP_LINES:
             shown += f" and {len(lines) - _SHOWN_LOOP_LINES} more"
+        held = len(loop) - len(lines)
+        if held:
+            shown += f" and {held} stored record{'s' if held > 1 else ''}"
         errors.extend((line, f"its version links make a loop (lines {shown})") for line in lines)
     errors.sort()
     if errors:

@@ -305,6 +305,25 @@ def test_import_refuses_version_links_that_loop(
     assert hivemem("memory", "stats", "--agent", bob, "--json").json()["total"] == 0
 
 
+def test_import_refuses_a_loop_through_records_already_stored(
+    hivemem: Run, agents: tuple[str, str], tmp_path: Path
+) -> None:
+    """A file whose version links close a loop with records the agent already holds is
+    refused like a loop within the file, naming the stored records it runs through; nothing
+    is imported."""
+    alice, bob = agents
+    line = exported_line(hivemem, alice, tmp_path, "version one")
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    earlier = write_lines(tmp_path / "earlier.jsonl", [line | {"id": first, "supersedes": second}])
+    assert hivemem("import", "--agent", bob, str(earlier)).code == 0
+    closing = write_lines(tmp_path / "closing.jsonl", [line | {"id": second, "supersedes": first}])
+
+    done = hivemem("import", "--agent", bob, str(closing))
+    assert done.code == 2
+    assert f"{closing}:1: its version links make a loop (lines 1 and 1 stored record)" in done.err
+    assert hivemem("memory", "stats", "--agent", bob, "--json").json()["total"] == 1
+
+
 # -- where export writes ------------------------------------------------------------------------
 
 
