@@ -348,10 +348,10 @@ class ConsolidationService:
     ) -> set[str]:
         """Episodes deleted while the run read them (the ingest takes no scope lock): delete
         what this run derived from them, as the ingest does, and queue their trace-mates again.
-        Checked after the outputs and links were written, so a delete the ingest applies later
-        finds the links and deletes the outputs itself (a delete read before the links and
-        applied after this check still escapes both: a window of one ingest round, not of a
-        run). Returns the ids deleted."""
+        Checked after the outputs were written: a tombstone stored after this look is followed
+        by the ingest's own look for traces naming the episode
+        (:func:`~hivemem.workers.derived.derived_from`, ``unlinked``). Returns the ids
+        deleted."""
         alive = self._store.presence(zone, [e.id for e in episodes])
         gone = {e.id for e in episodes if alive.get(e.id) is True}
         if not gone:

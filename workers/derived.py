@@ -16,6 +16,7 @@ import redis
 from hivemem.pool.adapters.redis_bus import RedisBus
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import EnvelopeCodec
+from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.workers.keys import WorkerKeys, add_pending, add_rebuild
@@ -25,16 +26,39 @@ from hivemem.workers.publishing import publish_as_workers
 _MAX_STEPS = 64
 
 
+def _naming(store: ZoneStore, zone: Zone, episodes: Sequence[MemoryRecord]) -> set[str]:
+    """The live traces of the episodes' users that name one of them as a source, linked or
+    not: a run may have written one after the episode was read."""
+    by_user: dict[str, set[str]] = {}
+    for episode in episodes:
+        by_user.setdefault(episode.scope.user_id, set()).add(episode.id)
+    found: set[str] = set()
+    for user_id, ids in sorted(by_user.items()):
+        where = And(
+            all=[
+                Cond(field="scope.user_id", op="eq", value=user_id),
+                Cond(field="level", op="eq", value=Level.TRACE),
+            ]
+        )
+        found |= {r.id for r in store.scan(zone, where) if ids & set(r.sources)}
+    return found
+
+
 def derived_from(
-    store: ZoneStore, zone: Zone, deleted: Sequence[MemoryRecord]
+    store: ZoneStore, zone: Zone, deleted: Sequence[MemoryRecord], *, unlinked: bool = False
 ) -> tuple[list[MemoryRecord], list[MemoryRecord]]:
     """For the stored records ``deleted`` (about to be tombstoned): the records derived from
     them, directly or not (``consolidated_into``, upwards), with the versions those superseded;
     and the remaining sources of those, which lose their consolidation link. Both empty, with
-    no read, when no deleted record was consolidated (the common case)."""
+    no read, when no deleted record was consolidated (the common case). ``unlinked``: also the
+    traces that name a deleted episode as a source without the episode linking to them (one
+    read of the user's traces)."""
     gone = {r.id for r in deleted}
     doomed: dict[str, MemoryRecord] = {}
-    frontier = sorted({i for r in deleted for i in r.consolidated_into} - gone)
+    linked = {i for r in deleted for i in r.consolidated_into}
+    if unlinked:
+        linked |= _naming(store, zone, [r for r in deleted if r.level is Level.EPISODE])
+    frontier = sorted(linked - gone)
     seen = gone | set(frontier)
     for _ in range(_MAX_STEPS):
         if not frontier:
@@ -64,23 +88,24 @@ def delete_derived(
     bus: RedisBus,
     codec: EnvelopeCodec,
     batch: int,
+    unlinked: bool = False,
 ) -> tuple[list[MemoryRecord], list[MemoryRecord]]:
     """Delete what consolidation derived from the records ``deleted`` (as they were stored,
     with their ``consolidated_into``): the remaining episodes are queued again first, then the
     agents are sent the derived records' tombstones, then the store loses them (a user left
     with no episode to queue gets a run over what is left: :func:`add_rebuild`). Each step is
     idempotent, so a worker dying midway is made good by doing it all again. Returns the
-    records deleted and the episodes queued again."""
-    doomed, remaining = derived_from(store, zone, deleted)
+    records deleted and the episodes queued again. ``unlinked``: see :func:`derived_from`."""
+    doomed, remaining = derived_from(store, zone, deleted, unlinked=unlinked)
     if not doomed:
         return [], []
     episodes = [r for r in remaining if r.level is Level.EPISODE and r.is_current]
     # Left without what summarised them (a trace or category deleted directly): their users
     # get a run over what is left even though no episode waits.
-    unlinked = {r.scope.user_id for r in remaining if r.level is not Level.EPISODE}
+    bereft = {r.scope.user_id for r in remaining if r.level is not Level.EPISODE}
     with client.pipeline(transaction=True) as pipe:
         requeued = add_pending(pipe, keys, zone, episodes)
-        add_rebuild(pipe, keys, zone, sorted(unlinked - set(requeued)))
+        add_rebuild(pipe, keys, zone, sorted(bereft - set(requeued)))
         pipe.execute()
     gone = [Tombstone.of(r) for r in doomed]
     publish_as_workers(bus, zone, [], gone, batch=batch, codec=codec)

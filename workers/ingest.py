@@ -235,8 +235,12 @@ class IngestService:
         self._upsert(zone, new)
         self._link_versions(zone, [record for record, _ in new])
         if batch.tombstones:
-            self._delete_derived(zone, [targets[t.id] for t in batch.tombstones if t.id in targets])
+            named = [targets[t.id] for t in batch.tombstones if t.id in targets]
+            self._delete_derived(zone, named)
             self._store.put_tombstones(zone, batch.tombstones)
+            # A run may have derived from a deleted episode after ``targets`` were read, and
+            # looked for deletes before the tombstone above was stored: find its outputs now.
+            self._delete_derived(zone, named, unlinked=True)
         deleted = {t.id for t in batch.tombstones}
         # A version and its successor in one round: the old one was sent while still current.
         replaced = {r.supersedes for r, _ in unique.values() if r.supersedes is not None}
@@ -261,13 +265,15 @@ class IngestService:
             ]
         return queued
 
-    def _delete_derived(self, zone: Zone, deleted: Sequence[MemoryRecord]) -> None:
+    def _delete_derived(
+        self, zone: Zone, deleted: Sequence[MemoryRecord], *, unlinked: bool = False
+    ) -> None:
         """Delete what consolidation derived from the stored records ``deleted``, before those
         (see :func:`~hivemem.workers.derived.delete_derived`): a worker dying midway leaves the
         deleted records live, so the next drain does it all again."""
         doomed, episodes = delete_derived(
             self._store, zone, deleted, client=self._client, keys=self._keys, bus=self._bus,
-            codec=self._codec, batch=self._batch,
+            codec=self._codec, batch=self._batch, unlinked=unlinked,
         )  # fmt: skip
         if doomed:
             log.info("ingest_derived_deleted", zone=zone.value, records=len(doomed),

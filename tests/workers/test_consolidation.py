@@ -411,6 +411,38 @@ def test_an_episode_deleted_during_a_run_leaves_nothing_derived_from_it(
     )
 
 
+def test_a_delete_finds_a_trace_written_before_its_episode_was_linked(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """The window a run's own look cannot close: a run has written its trace but not yet
+    linked the episode to it when the ingest reads the deleted episode. Once the tombstone is
+    stored, the ingest looks for the user's traces that name the episode, linked or not, and
+    deletes them."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    writer = pool.register_agent("writer", clearance=Zone.SECRET)
+    secret = "My bank PIN for the sourdough bakery account is 4417 please remember"
+    [episode_id] = write(writer, [(secret, "cooking")], Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+    [episode] = runtime.store.get(Zone.PUBLIC, [episode_id], with_vectors=True)
+    trace = MemoryRecord(
+        id=derived_id(Level.TRACE, Zone.PUBLIC, "u1", [episode_id]),
+        content=secret,
+        level=Level.TRACE,
+        scope={"user_id": "u1"},
+        sources=[episode_id],
+        vector=episode.vector,
+    )
+    runtime.store.upsert(Zone.PUBLIC, [trace])  # written, the episode not linked to it yet
+    assert episode.consolidated_into == []
+
+    writer.memory.delete(episode_id)
+    assert writer.flush()
+    ingest(runtime, Zone.PUBLIC)
+
+    assert runtime.store.presence(Zone.PUBLIC, [trace.id]) == {trace.id: True}
+    assert level_records(runtime, Zone.PUBLIC, Level.TRACE) == []
+
+
 def test_a_trace_deleted_directly_has_the_levels_above_it_made_again(
     pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
 ) -> None:
