@@ -123,7 +123,7 @@ def _register_lifecycle_tasks(
         """One pass of the configured policies over the zones (all by default). When the
         policies file has gone bad since the worker started, the zones' retention still runs
         and then the task fails with InvalidPolicy naming the file, so that monitoring sees
-        it."""
+        it (a dry run returns its report: what retention alone would do)."""
         at = datetime.fromisoformat(now) if now is not None else utc_now()
         chosen = [checked_zone(z) for z in zones] if zones else list(Zone)
         broken: InvalidPolicyFile | None = None
@@ -134,7 +134,7 @@ def _register_lifecycle_tasks(
             policies = configured_policies(settings.workers, settings.zone_policies)  # logged
         with runtime.store.session():
             report = runtime.lifecycle.run(chosen, policies, now=at, dry_run=dry_run)
-        if broken is not None:
+        if broken is not None and not dry_run:  # a dry run reports what retention would do
             # InvalidPolicy (message, field): what Celery rebuilds for the caller as it was.
             raise InvalidPolicy(
                 f"{broken} (ran the zones' retention alone: {report.count()} records)",
