@@ -162,7 +162,11 @@ class ConsolidationService:
         with scope_locked(self._client, self._keys, zone, user_id, self._lock_ttl_s):
             self._client.delete(self._keys.queued(zone, user_id))
             raw = self._take_plan(
-                keys=[self._keys.pending(zone, user_id), self._keys.plan(zone, user_id)],
+                keys=[
+                    self._keys.pending(zone, user_id),
+                    self._keys.plan(zone, user_id),
+                    self._keys.rebuild(zone, user_id),
+                ],
                 args=[self._max_plan],
             )
             if raw:
@@ -173,7 +177,12 @@ class ConsolidationService:
                 self._run(zone, user_id, plan, report)
                 self._client.delete(self._keys.plan(zone, user_id))
             self._forget_user(
-                keys=[self._keys.pending(zone, user_id), self._keys.users(zone)], args=[user_id]
+                keys=[
+                    self._keys.pending(zone, user_id),
+                    self._keys.users(zone),
+                    self._keys.rebuild(zone, user_id),
+                ],
+                args=[user_id],
             )
             report.remaining = cast("int", self._client.scard(self._keys.pending(zone, user_id)))
         log.info(
@@ -238,7 +247,7 @@ class ConsolidationService:
         ]
         current = self._current(user_id, Level.TRACE)
         by_id = {r.id: r for r in self._store.scan(zone, current, with_vectors=True) if r.vector}
-        by_id.update((r.id, r) for r in new_traces)
+        by_id.update((r.id, r) for r in self._live(zone, new_traces))
         traces = sorted(by_id.values(), key=lambda r: r.id)
         if not traces:
             return
@@ -248,19 +257,15 @@ class ConsolidationService:
             for group in by_compartments(traces)
             for draft in self._drafting.drafts("categories", group, lambda s, x: s.categories(x))
         ]
-        categories = self._drafting.with_versions(
-            self._drafting.derive_new(Level.CATEGORY, zone, user_id, drafts, traces, now),
-            prior_categories,
+        spent = self._spent(zone, user_id)
+        made = self._drafting.derive_new(
+            Level.CATEGORY, zone, user_id, drafts, traces, now, spent=spent
         )
-        [domain_draft] = self._drafting.drafts(
-            "domain", categories, lambda s, x: [s.domain(user_id, x)]
+        categories = self._live(zone, self._drafting.with_versions(made, prior_categories))
+        domain = (
+            self._domain(zone, user_id, categories, plan, now, spent=spent) if categories else None
         )
-        [domain] = self._drafting.derive_new(
-            Level.DOMAIN, zone, user_id, [domain_draft], categories, now
-        )
-        if plan.prior_domain is not None and plan.prior_domain != domain.id:
-            domain = domain.model_copy(update={"supersedes": plan.prior_domain})
-        outputs = [*new_traces, *categories, domain]
+        outputs = [*new_traces, *categories, *([domain] if domain else [])]
         held = self._store.presence(zone, [r.id for r in outputs])
         retired = self._write(
             zone,
@@ -272,7 +277,7 @@ class ConsolidationService:
             episodes=episodes,
             now=now,
         )
-        undone = self._undo_deleted(zone, episodes, new_traces)
+        undone = self._undo_deleted(zone, [*episodes, *traces], [*new_traces, *categories])
         publish_as_workers(
             self._bus,
             zone,
@@ -283,8 +288,40 @@ class ConsolidationService:
         )
         report.traces = [r.id for r in new_traces]
         report.categories = [r.id for r in categories]
-        report.domain = domain.id
+        report.domain = domain.id if domain else None
         report.retired = [t.id for t in retired]
+
+    def _spent(self, zone: Zone, user_id: str) -> frozenset[str]:
+        """The ids of the user's derived records that deletes of their sources took."""
+        members = cast("set[bytes]", self._client.smembers(self._keys.spent(zone, user_id)))
+        return frozenset(m.decode() for m in members)
+
+    def _live(self, zone: Zone, outputs: list[MemoryRecord]) -> list[MemoryRecord]:
+        """``outputs`` but those whose id the store holds as a tombstone: deleted since an
+        earlier run made them, they stay deleted, and none of their words go up a level."""
+        held = self._store.presence(zone, [r.id for r in outputs])
+        return [r for r in outputs if held.get(r.id) is not True]
+
+    def _domain(
+        self,
+        zone: Zone,
+        user_id: str,
+        categories: Sequence[MemoryRecord],
+        plan: _Plan,
+        now: datetime,
+        *,
+        spent: frozenset[str],
+    ) -> MemoryRecord:
+        """The user's profile over ``categories`` (a new version of the plan's, if it
+        changed)."""
+        drafting = self._drafting
+        [draft] = drafting.drafts("domain", categories, lambda s, x: [s.domain(user_id, x)])
+        [domain] = drafting.derive_new(
+            Level.DOMAIN, zone, user_id, [draft], categories, now, spent=spent
+        )
+        if plan.prior_domain is not None and plan.prior_domain != domain.id:
+            domain = domain.model_copy(update={"supersedes": plan.prior_domain})
+        return domain
 
     def _as_stored(
         self, zone: Zone, outputs: Sequence[MemoryRecord], held: dict[str, bool]
@@ -304,7 +341,7 @@ class ConsolidationService:
         fresh: Sequence[MemoryRecord],
         traces: Sequence[MemoryRecord],
         categories: Sequence[MemoryRecord],
-        domain_record: MemoryRecord,
+        domain_record: MemoryRecord | None,
         episodes: Sequence[MemoryRecord],
         now: datetime,
     ) -> list[Tombstone]:
@@ -322,7 +359,8 @@ class ConsolidationService:
         for category in categories:
             for trace_id in category.sources:
                 updates[trace_id] = {"consolidated_into": [category.id]}
-            updates[category.id] = {"consolidated_into": [domain_record.id]}
+            if domain_record is not None:
+                updates[category.id] = {"consolidated_into": [domain_record.id]}
         successors = {r.supersedes: r.id for r in categories if r.supersedes}
         current = {r.id for r in categories}
         retired: list[Tombstone] = []
@@ -332,7 +370,7 @@ class ConsolidationService:
             updates[prior.id] = {"superseded_at": now, "superseded_by": successors.get(prior.id)}
             if prior.id not in successors:
                 retired.append(Tombstone.of(prior))
-        if domain_record.supersedes is not None:
+        if domain_record is not None and domain_record.supersedes is not None:
             updates[domain_record.supersedes] = {
                 "superseded_at": now,
                 "superseded_by": domain_record.id,
@@ -344,25 +382,29 @@ class ConsolidationService:
         return retired
 
     def _undo_deleted(
-        self, zone: Zone, episodes: Sequence[MemoryRecord], traces: Sequence[MemoryRecord]
+        self, zone: Zone, sources: Sequence[MemoryRecord], outputs: Sequence[MemoryRecord]
     ) -> set[str]:
-        """Episodes deleted while the run read them (the ingest takes no scope lock): delete
-        what this run derived from them, as the ingest does, and queue their trace-mates again.
-        Checked after the outputs were written: a tombstone stored after this look is followed
-        by the ingest's own look for traces naming the episode
-        (:func:`~hivemem.workers.derived.derived_from`, ``unlinked``). Returns the ids
-        deleted."""
-        alive = self._store.presence(zone, [e.id for e in episodes])
-        gone = {e.id for e in episodes if alive.get(e.id) is True}
+        """Sources deleted while the run read them (the episodes, or the traces its categories
+        were made from; the ingest takes no scope lock): delete what this run derived from
+        them, as the ingest does, and queue what remains (an episode's trace-mates; a user left
+        without categories is made due for a rebuild). Checked after the outputs were written:
+        a tombstone stored after this look is followed by the ingest's own look for traces
+        naming the episode (:func:`~hivemem.workers.derived.derived_from`, ``unlinked``).
+        Returns the ids deleted."""
+        alive = self._store.presence(zone, [s.id for s in sources])
+        gone = {s.id for s in sources if alive.get(s.id) is True}
         if not gone:
             return set()
-        into = {s: t.id for t in traces for s in t.sources}
-        deleted = [e.model_copy(update={"consolidated_into": [into[e.id]]}) for e in episodes
-                   if e.id in gone and e.id in into]  # fmt: skip
+        into: dict[str, list[str]] = {}
+        for output in outputs:
+            for source_id in output.sources:
+                into.setdefault(source_id, []).append(output.id)
+        deleted = [s.model_copy(update={"consolidated_into": into[s.id]}) for s in sources
+                   if s.id in gone and s.id in into]  # fmt: skip
         doomed, queued = delete_derived(
             self._store, zone, deleted, client=self._client, keys=self._keys, bus=self._bus,
             codec=self._codec, batch=self._send_batch,
         )  # fmt: skip
-        log.warning("consolidation_source_deleted", zone=zone.value, episodes=len(gone),
+        log.warning("consolidation_source_deleted", zone=zone.value, sources=len(gone),
                     deleted=len(doomed), requeued=len(queued))  # fmt: skip
         return {r.id for r in doomed}

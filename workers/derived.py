@@ -106,6 +106,8 @@ def delete_derived(
     with client.pipeline(transaction=True) as pipe:
         requeued = add_pending(pipe, keys, zone, episodes)
         add_rebuild(pipe, keys, zone, sorted(bereft - set(requeued)))
+        for record in doomed:  # made again from the same sources, it takes a new id
+            pipe.sadd(keys.spent(zone, record.scope.user_id), record.id)
         pipe.execute()
     gone = [Tombstone.of(r) for r in doomed]
     publish_as_workers(bus, zone, [], gone, batch=batch, codec=codec)

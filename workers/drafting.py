@@ -151,17 +151,22 @@ class Drafting:
         drafts: Sequence[Draft],
         pool: Sequence[MemoryRecord],
         now: datetime,
+        *,
+        spent: frozenset[str] = frozenset(),
     ) -> list[MemoryRecord]:
         """The records ``drafts`` become, each whose derived id names a version already
-        superseded given an id of its own: the same sources again (a trace archived, then
-        restored) must make a new version, not bring the old one back as the successor of its
-        successor (a cycle). The same store gives the same ids: a resumed run writes what the
-        run before it did."""
+        superseded, or one of ``spent`` (ids a delete of what they were derived from took),
+        given an id of its own: the same sources again (a trace archived, then restored; a
+        category made again after its successor was deleted) must make a new record, not bring
+        the old one back (as the successor of its successor, a cycle; or as a deleted one,
+        left out). The same store gives the same ids: a resumed run writes what the run before
+        it did."""
         derived = [
             self.derive(level, zone=zone, user_id=user_id, draft=d, pool=pool, now=now)
             for d in drafts
         ]
         past = {r.id for r in self._store.get(zone, [r.id for r in derived]) if not r.is_current}
+        past |= spent
         result = []
         for record in derived:
             chosen = record

@@ -167,6 +167,8 @@ class ForgetService:
                     self._keys.pending(zone, user_id),
                     self._keys.plan(zone, user_id),
                     self._keys.queued(zone, user_id),
+                    self._keys.rebuild(zone, user_id),
+                    self._keys.spent(zone, user_id),
                 ),
             )
             self._client.srem(self._keys.users(zone), user_id)

@@ -2,11 +2,14 @@
 
 - ``ns:cursor:ingest:<zone>`` — ``"<epoch> <seq>"``: the last ingest message stored (outside
   ``ns:ingest:<zone>:*``, which every agent cleared for the zone may write);
-- ``ns:consolidate:<zone>:users`` — the users of the zone with episodes waiting (or a run over
-  what is left, after a derived record was deleted);
+- ``ns:consolidate:<zone>:users`` — the users of the zone with episodes waiting (or a rebuild);
 - ``ns:consolidate:<zone>:<user>:pending`` — ids of the user's episodes not yet consolidated;
 - ``ns:consolidate:<zone>:<user>:plan`` — the run in progress (JSON; see consolidation.py);
 - ``ns:consolidate:<zone>:<user>:queued`` — set while a consolidation task is queued (dedupe);
+- ``ns:consolidate:<zone>:<user>:rebuild`` — set when a derived record was deleted: the next run
+  makes the levels above the traces again, even with no episode waiting;
+- ``ns:consolidate:<zone>:<user>:spent`` — ids of derived records a delete of their sources took
+  with it (a run that makes the same sources again gives the record a new id);
 - ``ns:lock:ingest:<zone>`` and ``ns:lock:consolidate:<zone>:<user>`` — the locks.
 
 User ids are validated scope ids (no spaces, no wildcards), so they are safe inside keys. None
@@ -16,7 +19,6 @@ of these keys falls under an agent's ACL patterns (``ns:zone:<zone>:*``, ``ns:in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +54,12 @@ class WorkerKeys:
     def queued(self, zone: Zone, user_id: str) -> str:
         return f"{self._scope(zone, user_id)}:queued"
 
+    def rebuild(self, zone: Zone, user_id: str) -> str:
+        return f"{self._scope(zone, user_id)}:rebuild"
+
+    def spent(self, zone: Zone, user_id: str) -> str:
+        return f"{self._scope(zone, user_id)}:spent"
+
     def consolidate_lock(self, zone: Zone, user_id: str) -> str:
         user = check_scope_id(user_id, field="user_id")
         return f"{self.namespace}:lock:consolidate:{zone.value}:{user}"
@@ -72,11 +80,10 @@ def add_pending(
 
 
 def add_rebuild(pipe: Any, keys: WorkerKeys, zone: Zone, user_ids: Sequence[str]) -> None:
-    """Have the next consolidation of each user (on the pipeline ``pipe``) run with no new
-    episode: it makes the levels above the traces again from what is left. An empty plan, in
-    the form take_plan.lua writes, unless a plan is already waiting; the user is due."""
+    """Have each user (on the pipeline ``pipe``) consolidated again even with no episode
+    waiting: the next run makes the levels above the traces again from what is left. A marker
+    take_plan.lua turns into an empty plan, and forget_user.lua keeps the user due while it is
+    set (a run in progress leaves it for the run after)."""
     for user_id in user_ids:
-        pipe.set(
-            keys.plan(zone, user_id), json.dumps({"episodes": [], "finalized": False}), nx=True
-        )
+        pipe.set(keys.rebuild(zone, user_id), 1)
         pipe.sadd(keys.users(zone), user_id)

@@ -283,7 +283,7 @@ def test_a_deleted_output_stays_deleted_and_a_kept_one_unchanged(
     write(writer, [(c, "programming") for c in TOPICS["programming"]], Zone.PUBLIC)
     ingest(runtime, Zone.PUBLIC)
     second = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
-    assert victim in second.categories  # the same traces: the same id
+    assert victim not in second.categories  # the same traces, the same id: left out
     assert runtime.store.presence(Zone.PUBLIC, [victim]) == {victim: True}
     after = {r.id: r for r in runtime.store.get(Zone.PUBLIC, others)}
     for kept in set(others) & set(second.categories):
@@ -338,20 +338,25 @@ def test_deleting_an_episode_deletes_its_words_from_what_was_derived(
     assert "sourdough" in derived_text().lower()
 
 
-#: What :class:`DeletingMidRun` does while the run reads its episodes (set by the test).
-MID_RUN: list[Callable[[], None]] = []
+#: What :class:`DeletingMidRun` does while a run holds its sources, per step (set by tests).
+MID_RUN: dict[str, list[Callable[[], None]]] = {"traces": [], "categories": []}
 
 
 class DeletingMidRun(OfflineStrategy):
     """The offline strategy, with whatever the test set in :data:`MID_RUN` done before the
-    traces are made: an episode deleted (and ingested) while the run holds it."""
+    step's drafts are made: a record deleted (and ingested) while the run holds it."""
 
     name = "deleting-mid-run"
 
     def traces(self, episodes: Sources) -> list[Draft]:
-        while MID_RUN:
-            MID_RUN.pop()()
+        while MID_RUN["traces"]:
+            MID_RUN["traces"].pop()()
         return super().traces(episodes)
+
+    def categories(self, traces: Sources) -> list[Draft]:
+        while MID_RUN["categories"]:
+            MID_RUN["categories"].pop()()
+        return super().categories(traces)
 
 
 def test_an_episode_deleted_during_a_run_leaves_nothing_derived_from_it(
@@ -376,10 +381,10 @@ def test_an_episode_deleted_during_a_run_leaves_nothing_derived_from_it(
         assert writer.flush()
         ingest(runtime, Zone.PUBLIC)
 
-    MID_RUN.append(delete_the_pin)
+    MID_RUN["traces"].append(delete_the_pin)
     with structlog.testing.capture_logs() as logs:
         report = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
-    assert not MID_RUN  # the delete happened inside the run
+    assert not MID_RUN["traces"]  # the delete happened inside the run
     levels = (Level.TRACE, Level.CATEGORY, Level.DOMAIN)
     derived = [r for level in levels for r in level_records(runtime, Zone.PUBLIC, level)]
     assert all("4417" not in r.content for r in derived)
@@ -409,6 +414,96 @@ def test_an_episode_deleted_during_a_run_leaves_nothing_derived_from_it(
     assert all(
         "4417" not in r.content for r in reader.memory.list_memories(user_id="u1", limit=1000)
     )
+
+
+def test_a_lone_episode_deleted_during_a_run_leaves_the_user_due_for_a_rebuild(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """The run's only episode is deleted while the run holds it: the run deletes its trace and
+    the categories and profile above, with nothing to queue again. The user stays due (the
+    run's own plan must not swallow the rebuild), and the next run makes categories and a
+    profile from the traces left."""
+    runtime = make_runtime(
+        consolidation={"threshold": 1000, "strategy": f"{__name__}:DeletingMidRun"}
+    )
+    writer = pool.register_agent("writer", clearance=Zone.SECRET)
+    items = [(c, topic) for topic in ("cooking", "travel") for c in TOPICS[topic]]
+    write(writer, items, Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+    assert runtime.consolidation.consolidate(Zone.PUBLIC, "u1").domain is not None
+    [lone] = write(writer, [("My bank PIN is 4417", "other")], Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+
+    def delete_it() -> None:
+        writer.memory.delete(lone)
+        assert writer.flush()
+        ingest(runtime, Zone.PUBLIC)
+
+    MID_RUN["traces"].append(delete_it)
+    runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert not MID_RUN["traces"]
+    assert runtime.consolidation.due(Zone.PUBLIC) == ["u1"]
+    rebuilt = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert rebuilt.episodes == 0
+    assert rebuilt.domain is not None
+    assert runtime.store.presence(Zone.PUBLIC, [rebuilt.domain]) == {rebuilt.domain: False}
+    categories = level_records(runtime, Zone.PUBLIC, Level.CATEGORY)
+    assert {s for c in categories for s in c.sources} == {
+        t.id for t in level_records(runtime, Zone.PUBLIC, Level.TRACE)
+    }
+    assert all("4417" not in r.content for r in categories)
+    assert runtime.consolidation.due(Zone.PUBLIC) == []
+
+
+def test_a_trace_deleted_during_a_run_takes_the_runs_categories_and_is_rebuilt_without(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """A trace of an earlier run, deleted directly while a run makes categories from it: none
+    of its words stay in a live category or profile (the run deletes what it made from it, or
+    leaves out a category the delete took), and the user stays due; the next run (no episode
+    waiting) makes categories and a profile again from the traces left."""
+    runtime = make_runtime(
+        consolidation={"threshold": 1000, "strategy": f"{__name__}:DeletingMidRun"}
+    )
+    writer = pool.register_agent("writer", clearance=Zone.SECRET)
+    secret = "My bank PIN for the sourdough bakery account is 4417 please remember"
+    items = [(c, "cooking") for c in [secret, *TOPICS["cooking"]]]
+    write(writer, [*items, *[(c, "travel") for c in TOPICS["travel"]]], Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+    first = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert first.domain is not None
+    [pin_trace] = [
+        t for t in level_records(runtime, Zone.PUBLIC, Level.TRACE) if "4417" in t.content
+    ]
+    assert wait_for(lambda: holds(writer, pin_trace.id))
+    write(writer, [("I booked a table for dinner in Lisbon on Friday", "travel")], Zone.PUBLIC)
+    ingest(runtime, Zone.PUBLIC)
+
+    def delete_the_trace() -> None:
+        writer.memory.delete(pin_trace.id)
+        assert writer.flush()
+        ingest(runtime, Zone.PUBLIC)
+
+    MID_RUN["categories"].append(delete_the_trace)
+    runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert not MID_RUN["categories"]  # the delete happened inside the run
+    above = [
+        r
+        for level in (Level.CATEGORY, Level.DOMAIN)
+        for r in level_records(runtime, Zone.PUBLIC, level)
+    ]
+    assert all(pin_trace.id not in r.sources for r in above)
+    assert all("PIN" not in r.content and "4417" not in r.content for r in above)
+    assert runtime.consolidation.due(Zone.PUBLIC) == ["u1"]  # a rebuild is asked for
+
+    third = runtime.consolidation.consolidate(Zone.PUBLIC, "u1")
+    assert third.episodes == 0
+    assert third.domain is not None
+    categories = level_records(runtime, Zone.PUBLIC, Level.CATEGORY)
+    live_traces = {t.id for t in level_records(runtime, Zone.PUBLIC, Level.TRACE)}
+    assert pin_trace.id not in live_traces
+    assert {s for c in categories for s in c.sources} == live_traces
+    assert runtime.consolidation.due(Zone.PUBLIC) == []
 
 
 def test_a_delete_finds_a_trace_written_before_its_episode_was_linked(
