@@ -11,7 +11,8 @@ key only the workers open::
     b"HMI1" <ephemeral public key: 32> <nonce: 12> <AES-256-GCM ciphertext of the frame>
 
 The workers' ingest key is an X25519 key pair; its private half is made once per pool namespace
-and kept in Redis wrapped by the master key (:meth:`ZoneKeyring.ingest_secret`). An
+and kept in Redis wrapped by the master key (:meth:`ZoneKeyring.ingest_secret`), its public half
+in clear beside it (:meth:`ZoneKeyring.ingest_public`): a sealer reads only that. An
 :class:`IngestSealer` (one per agent) makes an ephemeral X25519 key once, agrees a secret with
 the workers' public key, and derives its AES key with HKDF-SHA256 (info: the tag, then both
 public keys); the magic and its public key are the associated data. So each message costs one
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hivemem.pool.envelope import INGEST_SEAL_MAGIC, Envelope, EnvelopeCodec
-from hivemem.pool.errors import InvalidMessage, MessageRejected
+from hivemem.pool.errors import InvalidMessage, MessageRejected, SealBroken
 from hivemem.security.keyring import ZoneKeyring
 from hivemem.security.sealing import NONCE_BYTES, TAG_BYTES
 
@@ -58,10 +59,10 @@ def _raw(key: X25519PublicKey) -> bytes:
 
 
 def workers_public_key(keyring: ZoneKeyring) -> X25519PublicKey:
-    """The public half of the workers' ingest key (made on first use, by whoever asks first).
-    Raises PoolUnavailable when Redis is down and SealBroken for a stored key that does not
-    unwrap."""
-    return X25519PrivateKey.from_private_bytes(keyring.ingest_secret()).public_key()
+    """The public half of the workers' ingest key, as stored beside it (made on first use,
+    by whoever asks first). Raises PoolUnavailable when Redis is down and SealBroken for a
+    malformed stored key."""
+    return X25519PublicKey.from_public_bytes(keyring.ingest_public())
 
 
 class IngestSealer:
@@ -121,10 +122,7 @@ class IngestOpener:
             if known is not None:
                 self._senders.move_to_end(sender_public)
                 return known
-        private = self._private or X25519PrivateKey.from_private_bytes(
-            self._keyring.ingest_secret()
-        )
-        self._private = private
+        private = self._private or self._load()
         shared = private.exchange(X25519PublicKey.from_public_bytes(sender_public))
         aead = _derived(shared, sender_public, _raw(private.public_key()))
         with self._lock:
@@ -132,6 +130,15 @@ class IngestOpener:
             while len(self._senders) > _OPENER_CACHE:
                 self._senders.popitem(last=False)
         return aead
+
+    def _load(self) -> X25519PrivateKey:
+        """The workers' private key, checked against the public half agents seal to: a
+        public half replaced in Redis would have every agent seal to a key nobody holds."""
+        private = X25519PrivateKey.from_private_bytes(self._keyring.ingest_secret())
+        if private.public_key().public_bytes_raw() != self._keyring.ingest_public():
+            raise SealBroken("the stored public ingest key is not the workers' key's")
+        self._private = private
+        return private
 
 
 class IngestCodec:

@@ -7,8 +7,8 @@ Redis layout, every key under ``<namespace>:keys:``:
   ``dek:<key_id>`` → a wrapped DEK; ``retired:<key_id>`` → ``{"created_at", "retired_at"}`` of
   a retired DEK, whose ``dek:`` field was deleted.
 - ``<ns>:keys:vector:<zone>``, a string: the zone's wrapped vector key.
-- ``<ns>:keys:ingest``, a string: the workers' wrapped ingest key (agents seal what they queue
-  for the workers to its public half).
+- ``<ns>:keys:ingest``, a string: the workers' wrapped ingest key, and ``<ns>:keys:ingest:public``
+  its public half in clear (base64), to which agents seal what they queue for the workers.
 - ``<ns>:keys:subjects``, a hash: subject (a user id, checked like every scope id: no
   whitespace, no ``|``, the AAD separator) → its wrapped secret.
 
@@ -45,6 +45,7 @@ from typing import cast
 
 import redis
 import structlog
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from hivemem.pool.adapters.redis_errors import REDIS_DOWN, redis_errors, unavailable
 from hivemem.pool.enums import Zone, checked_zone
@@ -273,6 +274,33 @@ class ZoneKeyring:
         """The 32-byte secret of the workers' ingest key (an X25519 private key: see
         :mod:`hivemem.security.ingest_seal`), made once (atomically) and never rotated."""
         return self._made_once("ingest", "", f"{self._prefix}ingest")
+
+    def ingest_public(self) -> bytes:
+        """The public half of the workers' ingest key (32 bytes), kept in clear beside it
+        (``<ns>:keys:ingest:public``), so that a sealer never unwraps the private half once
+        the pair exists. The first keyring to ask makes both. Raises SealBroken for a stored
+        value that is not 32 bytes of base64."""
+        name = f"{self._prefix}ingest:public"
+        with self._lock:
+            known = self._fixed.get(name)
+        if known is not None:
+            return known
+        with redis_errors():
+            raw = cast("bytes | str | None", self._client.get(name))
+            if raw is None:
+                private = X25519PrivateKey.from_private_bytes(self.ingest_secret())
+                made = base64.b64encode(private.public_key().public_bytes_raw())
+                self._client.set(name, made, nx=True)
+                raw = cast("bytes | str | None", self._client.get(name))
+        try:
+            public = base64.b64decode(_bytes(raw or b""), validate=True)
+        except (binascii.Error, ValueError):
+            public = b""
+        if len(public) != KEY_BYTES:
+            raise SealBroken("the stored public ingest key is malformed")
+        with self._lock:
+            self._fixed[name] = public
+        return public
 
     def _made_once(self, kind: str, zone: str, name: str) -> bytes:
         """The secret of ``kind`` stored at ``name``: made with ``SET NX`` by the first keyring

@@ -3,10 +3,12 @@ the workers' key as the keyring keeps it."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
 import redis
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -104,3 +106,31 @@ def test_a_sealer_without_redis_says_so(keyring: ZoneKeyring) -> None:
     )
     with pytest.raises(PoolUnavailable):
         IngestSealer(down).seal(FRAME)
+
+
+def test_sealing_needs_only_the_public_half(keyring: ZoneKeyring, client: redis.Redis) -> None:
+    """Once the pair exists, a sealer reads only its public half, kept in clear beside the
+    wrapped private one: a keyring that cannot unwrap the private half (another master key)
+    still seals, and the workers open what it sealed."""
+    workers_public_key(keyring)  # the pair is made
+    stored = client.get("t:keys:ingest:public")
+    assert stored is not None
+    assert base64.b64decode(stored) == workers_public_key(keyring).public_bytes_raw()
+    outsider = ZoneKeyring(client, LocalKeyProvider(bytes(32)), namespace="t")
+    with pytest.raises(SealBroken):
+        outsider.ingest_secret()
+    assert IngestOpener(keyring).open(IngestSealer(outsider).seal(FRAME)) == FRAME
+
+
+def test_a_replaced_public_half_stops_the_workers(
+    keyring: ZoneKeyring, client: redis.Redis
+) -> None:
+    """A public half replaced in Redis (every agent would seal to a key nobody holds) makes
+    the workers refuse to open anything (SealBroken: their drain fails and is retried) rather
+    than reject each message as tampered and move past it."""
+    sealed = IngestSealer(keyring).seal(FRAME)
+    other = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    client.set("t:keys:ingest:public", base64.b64encode(other))
+    fresh = ZoneKeyring(client, LocalKeyProvider(bytes(range(32))), namespace="t")
+    with pytest.raises(SealBroken, match="public ingest key"):
+        IngestOpener(fresh).open(sealed)
