@@ -67,12 +67,15 @@ class HierarchicalMemory:
         owner: str | None = None,
         wrap_index: Callable[[LocalIndex], LocalIndex] | None = None,
         write_gate: Callable[[Zone, Sequence[str]], None] | None = None,
+        read_gate: Callable[[Zone, Sequence[str]], None] | None = None,
     ) -> None:
         """``wrap_index`` wraps the index once it is open (the pool seals content with it:
         :class:`hivemem.security.sealed_index.SealedIndex`). ``write_gate(zone, compartments)``
         raises for a zone (or compartments) this memory may not write in (the pool's zone
         policy, the agent's clearance and compartments);
-        it is asked for every new record and version before anything is written."""
+        it is asked for every new record and version before anything is written.
+        ``read_gate(zone, compartments)`` raises for a record this memory may not hold (the
+        agent's clearance and compartments); :meth:`receive` asks it for every record."""
         self.settings = settings or HivememSettings()
         #: The agent this memory belongs to, when it is a pool agent's (see supersede).
         self.owner = owner
@@ -93,6 +96,7 @@ class HierarchicalMemory:
             raise
         self._clock = clock
         self._closed = False
+        self._read_gate = read_gate
         sensitivity = self.settings.security.sensitivity
         self._builder = RecordBuilder(
             self._embedder,
@@ -328,10 +332,15 @@ class HierarchicalMemory:
         Observers are not told: received writes are not sent on. InvalidInput (nothing
         stored) when ``senders`` or ``dense`` do not hold one entry per record, a sender is no
         id (the scope ids' rule: an import may name a record's writer by its scope's agent), or
-        a vector has not the embedder's dimension (a dense row: or is not finite floats)."""
+        a vector has not the embedder's dimension (a dense row: or is not finite floats);
+        ClearanceDenied or CompartmentDenied (nothing stored) for a record this memory may
+        not hold (its ``read_gate``)."""
         self._check_open()
         if len(senders) != len(records) or (dense is not None and len(dense) != len(records)):
             raise InvalidInput("senders and dense need one entry per record", field="senders")
+        if self._read_gate is not None:
+            for record in records:
+                self._read_gate(record.zone, record.compartments)
         for sender in set(senders):  # kept in received_from, which filters take as a scope id
             check_scope_id(sender, field="senders")
         rows = dense if dense is not None else [None] * len(records)

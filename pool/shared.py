@@ -56,6 +56,16 @@ log = structlog.get_logger(__name__)
 AUDIT_ACTOR = "pool"
 
 
+def _check_read(info: AgentInfo, zone: Zone, compartments: Sequence[str]) -> None:
+    """Raise ClearanceDenied, or CompartmentDenied, unless ``info``'s agent may hold a record
+    of ``zone`` carrying ``compartments``."""
+    if zone > info.clearance:
+        raise ClearanceDenied(info.agent_id, zone.value, info.clearance.value)
+    lacking = missing(info.compartments, compartments)
+    if lacking:
+        raise CompartmentDenied(info.agent_id, zone.value, info.clearance.value, lacking)
+
+
 def _kept(sealed: list[SealedIndex], index: LocalIndex, seal: ContentSeal) -> SealedIndex:
     """``index`` sealed with ``seal``, also put in ``sealed``."""
     sealed.append(SealedIndex(index, seal))
@@ -215,6 +225,7 @@ class SharedMemoryPool:
             else ContentSeal(Sealer(security.keyring, clearance=info.clearance))
         )
         sealed: list[SealedIndex] = []  # the memory's sealed index, once it is open
+        identities: list[Identity] = []  # the agent's, once made: its entry follows grants
         memory = HierarchicalMemory(
             self.agent_dir(info.agent_id),
             settings=self.settings,
@@ -222,10 +233,14 @@ class SharedMemoryPool:
             owner=info.agent_id,
             wrap_index=None if seal is None else lambda index: _kept(sealed, index, seal),
             write_gate=lambda zone, compartments: self._check_write(info, zone, compartments),
+            read_gate=lambda zone, compartments: _check_read(
+                identities[0].info if identities else info, zone, compartments
+            ),
         )
         outbox = Outbox(memory.path)
         try:
             identity, bus = self._secured(info)
+            identities.append(identity)
             chores: list[Callable[[], int]] = [LocalRetention(memory, self.policies).run]
             if self.rotation is not None and sealed:
                 zones = [zone for zone in Zone if zone <= info.clearance]

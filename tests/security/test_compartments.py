@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from hivemem.agents.embedding import FastEmbedder
+from hivemem.agents.embedding import MINILM_DIM, FastEmbedder
 from hivemem.pool.adapters.redis_bus import RedisBus, topic_compartments, zone_topic
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
@@ -30,6 +30,7 @@ from hivemem.pool.compartments import (
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import make_envelope
 from hivemem.pool.errors import (
+    ClearanceDenied,
     CompartmentDenied,
     InvalidInput,
     InvalidMessage,
@@ -506,3 +507,23 @@ def test_the_ingest_queue_opens_for_the_workers_alone(
     assert sorted(r.content for e in opened for r in e.records) == sorted(
         [salary, "launch slips a week"]
     )
+
+
+def test_receive_refuses_what_the_agent_may_not_hold(
+    pools: Callable[..., SharedMemoryPool],
+) -> None:
+    """``memory.receive`` called directly (an integration bypassing the pool's receiver) holds
+    the same line as the receiver: a record above the agent's clearance or in a compartment it
+    lacks is refused (ClearanceDenied, CompartmentDenied) and nothing of the batch is stored."""
+    engineer = pools("p1").register_agent(
+        "engineer", clearance=Zone.INTERNAL, compartments=["apollo"]
+    )
+    unit = [1.0] + [0.0] * (MINILM_DIM - 1)
+    fine = record("launch window", compartments=["apollo"], zone=Zone.INTERNAL, vector=unit)
+    above = record("the merger", zone=Zone.CONFIDENTIAL, vector=unit)
+    outside = record("salary review", compartments=["hr"], vector=unit)
+    for bad, refused in ((above, ClearanceDenied), (outside, CompartmentDenied)):
+        with pytest.raises(refused):
+            engineer.memory.receive([fine, bad], senders=["lead", "lead"])
+        assert engineer.memory.list_memories(user_id="u1") == []
+    assert [r.id for r in engineer.memory.receive([fine], senders=["lead"])] == [fine.id]
