@@ -17,7 +17,11 @@ files, as an operator's processes of one pool do. The sensitivity classifier run
   (sealed again) in its memory. One-way latency = t1 - t0 on CLOCK_MONOTONIC (system-wide on
   Linux). One record at a time; blocks of ``--block`` alternate between the modes (the order
   flips every block) so that both see the same machine conditions. ``add_*_ms`` is how long
-  ``add()`` itself took (the sender's sealing and signing happen inside it).
+  ``add()`` itself took (the sender's sealing and signing happen inside it). Its two legs, per
+  mode: ``sync_reach_p50_us``, from t0 until the pub/sub message reached the peer's receiver
+  thread (sending, Redis, delivery), and ``sync_receive_p50_us``, from there to t1 (the
+  receiver's checks, opening and storing); the peer stamps the arrival by wrapping
+  ``Receiver._on_live`` (measurement only: the message is handled exactly as before).
 - **Bulk add** (``add_bulk_per_s_{plain,secure}``): a fresh agent in a fresh pool (namespace and
   data directory of its own; shares CATEGORY) adds ``--bulk`` INTERNAL CATEGORY records over
   ``--users`` users with one ``add_many``; rate = records / (time until ``flush()`` returned,
@@ -62,6 +66,7 @@ from sync import CachedEmbedder, Events, machine_facts, quiet_logs, text_of
 
 from hivemem.agents.agent import Agent
 from hivemem.agents.embedding import shared_embedder
+from hivemem.agents.receiving import Receiver
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.redis_server import EmbeddedRedis
@@ -103,11 +108,27 @@ def mode_settings(mode: str, root: Path, url: str, name: str, namespace: str) ->
 # -- the peer process: agent "b" of both pools ----------------------------------------------------
 
 
+def stamp_arrivals() -> dict[int, int]:
+    """Measurement only: have each receiver thread note when a pub/sub message reached it
+    (CLOCK_MONOTONIC ns, by thread id) before it handles the message exactly as before."""
+    arrived: dict[int, int] = {}
+    handle = Receiver._on_live
+
+    def stamped(receiver: Receiver, channel: bytes, data: bytes) -> None:
+        arrived[threading.get_ident()] = time.monotonic_ns()
+        handle(receiver, channel, data)
+
+    Receiver._on_live = stamped  # type: ignore[method-assign]
+    return arrived
+
+
 def peer_main(root_dir: str, url: str, commands: Connection, events: Connection) -> None:
-    """Agent "b" in each pool; reports ("sync", mode, probe, t1_ns) for every probe received."""
+    """Agent "b" in each pool; reports ("sync", mode, probe, t1_ns, arrived_ns) for every probe
+    received (``arrived_ns``: when its message reached the receiver thread)."""
     quiet_logs()
     root = Path(root_dir)
     send_lock = threading.Lock()
+    arrived = stamp_arrivals()
 
     def emit(*message: Any) -> None:
         with send_lock:
@@ -119,7 +140,7 @@ def peer_main(root_dir: str, url: str, commands: Connection, events: Connection)
             for record in stored:
                 probe = record.metadata.get("probe")
                 if isinstance(probe, int):
-                    emit("sync", mode, probe, received)
+                    emit("sync", mode, probe, received, arrived.get(threading.get_ident(), 0))
 
         return on_records
 
@@ -181,8 +202,14 @@ def measure_sync(
         if record.zone != Zone.INTERNAL:
             raise RuntimeError(f"probe {n} was lifted to {record.zone}")
         event = events.wait(lambda e: e[0] == "sync" and e[1] == mode and e[2] == n)
-        return None if event is None else ((event[3] - acked) / 1e6, (acked - called) / 1e6)
+        if event is None:
+            return None
+        # The two legs of the sync time: to the peer's receiver thread, then within it.
+        legs[mode]["reach"].append((event[4] - acked) / 1e3)
+        legs[mode]["receive"].append((event[3] - event[4]) / 1e3)
+        return (event[3] - acked) / 1e6, (acked - called) / 1e6
 
+    legs: dict[str, dict[str, list[float]]] = {m: {"reach": [], "receive": []} for m in MODES}
     note(f"sync warm-up: {args.warmup} probes per mode")
     for mode in MODES:
         for n in range(args.warmup):
@@ -203,6 +230,9 @@ def measure_sync(
                     samples[mode]["add"].append(measured[1])
     medians = (f"{m} {statistics.median(samples[m]['sync']):.2f} ms" for m in MODES)
     note("  sync p50: " + ", ".join(medians))
+    for mode in MODES:  # the measured probes' legs, after the warm-up
+        samples[mode]["reach_us"] = legs[mode]["reach"][args.warmup :]
+        samples[mode]["receive_us"] = legs[mode]["receive"][args.warmup :]
     return samples
 
 
@@ -280,6 +310,10 @@ def summarize(
     return {
         "sync_p50_ms_plain": p(samples["plain"]["sync"], 0.5),
         "sync_p50_ms_secure": p(samples["secure"]["sync"], 0.5),
+        "sync_reach_p50_us": {m: round(percentile(samples[m]["reach_us"], 0.5), 1) for m in MODES},
+        "sync_receive_p50_us": {
+            m: round(percentile(samples[m]["receive_us"], 0.5), 1) for m in MODES
+        },
         "sync_p99_ms_plain": p(samples["plain"]["sync"], 0.99),
         "sync_p99_ms_secure": p(samples["secure"]["sync"], 0.99),
         "add_p50_ms_plain": p(samples["plain"]["add"], 0.5),
