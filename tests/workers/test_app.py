@@ -306,15 +306,24 @@ def test_a_consolidation_beyond_one_plan_queues_the_rest_at_once(
     agent = make_pool("agents").register_agent("writer")
     ids = [agent.memory.add(f"trip note {i} about Lisbon", user_id="u1").id for i in range(5)]
     assert agent.flush()
-    store = runtime_of(app).store
+    runtime = runtime_of(app)
+    keys = runtime.keys
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
         run(app, "hivemem.ingest", ZONE.value)
         first = run(app, "hivemem.consolidate", ZONE.value, "u1")
         assert (first["episodes"], first["remaining"]) == (2, 3)
+        # Watched in Redis, not in the zone store, which the worker's tasks are using.
         assert wait_for(
-            lambda: all(e.consolidated_into for e in store.get(ZONE, ids)), timeout_s=60.0
+            lambda: (
+                runtime.client.scard(keys.pending(ZONE, "u1")) == 0
+                and not runtime.client.exists(keys.plan(ZONE, "u1"))
+                and runtime.consolidation.due(ZONE) == []
+            ),
+            timeout_s=60.0,
         )
-    runtime_of(app).close()
+    with runtime.store.session():
+        assert all(e.consolidated_into for e in runtime.store.get(ZONE, ids))
+    runtime.close()
     app.close()
 
 
