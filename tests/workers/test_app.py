@@ -308,23 +308,25 @@ def test_a_consolidation_beyond_one_plan_queues_the_rest_at_once(
     assert agent.flush()
     runtime = runtime_of(app)
     keys = runtime.keys
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
-        run(app, "hivemem.ingest", ZONE.value)
-        first = run(app, "hivemem.consolidate", ZONE.value, "u1")
-        assert (first["episodes"], first["remaining"]) == (2, 3)
-        # Watched in Redis, not in the zone store, which the worker's tasks are using.
-        assert wait_for(
-            lambda: (
-                runtime.client.scard(keys.pending(ZONE, "u1")) == 0
-                and not runtime.client.exists(keys.plan(ZONE, "u1"))
-                and runtime.consolidation.due(ZONE) == []
-            ),
-            timeout_s=60.0,
-        )
-    with runtime.store.session():
-        assert all(e.consolidated_into for e in runtime.store.get(ZONE, ids))
-    runtime.close()
-    app.close()
+    try:  # closed even when an assertion fails: a leftover app's result backend keeps retrying
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+            run(app, "hivemem.ingest", ZONE.value)
+            first = run(app, "hivemem.consolidate", ZONE.value, "u1")
+            assert (first["episodes"], first["remaining"]) == (2, 3)
+            # Watched in Redis, not in the zone store, which the worker's tasks are using.
+            assert wait_for(
+                lambda: (
+                    runtime.client.scard(keys.pending(ZONE, "u1")) == 0
+                    and not runtime.client.exists(keys.plan(ZONE, "u1"))
+                    and runtime.consolidation.due(ZONE) == []
+                ),
+                timeout_s=60.0,
+            )
+        with runtime.store.session():
+            assert all(e.consolidated_into for e in runtime.store.get(ZONE, ids))
+    finally:
+        runtime.close()
+        app.close()
 
 
 def test_a_policies_file_gone_bad_fails_the_lifecycle_task_after_the_retention(
