@@ -39,6 +39,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import cast
@@ -121,6 +122,17 @@ def _text(value: bytes | str) -> str:
         return _bytes(value).decode()
     except UnicodeDecodeError:
         raise SealBroken("a stored key entry is malformed") from None
+
+
+def _public_key(raw: bytes) -> bytes:
+    """The 32 raw bytes of a public key stored as base64; SealBroken for anything else."""
+    try:
+        public = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        public = b""
+    if len(public) != KEY_BYTES:
+        raise SealBroken("the stored public ingest key is malformed")
+    return public
 
 
 def _now() -> str:
@@ -280,31 +292,28 @@ class ZoneKeyring:
         (``<ns>:keys:ingest:public``), so that a sealer never unwraps the private half once
         the pair exists. The first keyring to ask makes both. Raises SealBroken for a stored
         value that is not 32 bytes of base64."""
-        name = f"{self._prefix}ingest:public"
-        with self._lock:
-            known = self._fixed.get(name)
-        if known is not None:
-            return known
-        with redis_errors():
-            raw = cast("bytes | str | None", self._client.get(name))
-            if raw is None:
-                private = X25519PrivateKey.from_private_bytes(self.ingest_secret())
-                made = base64.b64encode(private.public_key().public_bytes_raw())
-                self._client.set(name, made, nx=True)
-                raw = cast("bytes | str | None", self._client.get(name))
-        try:
-            public = base64.b64decode(_bytes(raw or b""), validate=True)
-        except (binascii.Error, ValueError):
-            public = b""
-        if len(public) != KEY_BYTES:
-            raise SealBroken("the stored public ingest key is malformed")
-        with self._lock:
-            self._fixed[name] = public
-        return public
+
+        def made() -> bytes:
+            private = X25519PrivateKey.from_private_bytes(self.ingest_secret())
+            return base64.b64encode(private.public_key().public_bytes_raw())
+
+        return self._stored_once(f"{self._prefix}ingest:public", made, _public_key)
 
     def _made_once(self, kind: str, zone: str, name: str) -> bytes:
-        """The secret of ``kind`` stored at ``name``: made with ``SET NX`` by the first keyring
-        to ask (the loser of a race reads the winner's), then kept in this process."""
+        """The secret of ``kind`` stored (wrapped) at ``name``, made once, never rotated."""
+        context = self._context(kind, zone, _FIXED_ID[kind])
+
+        def made() -> bytes:
+            return self._new_entry(kind, zone, _FIXED_ID[kind])[2].encode()
+
+        return self._stored_once(name, made, lambda raw: self._unwrap(raw, context))
+
+    def _stored_once(
+        self, name: str, made: Callable[[], bytes], read: Callable[[bytes], bytes]
+    ) -> bytes:
+        """What ``read`` makes of the value at ``name``: the first keyring to ask stores
+        ``made()`` there with ``SET NX`` (the loser of a race reads the winner's); then kept in
+        this process."""
         with self._lock:
             known = self._fixed.get(name)
         if known is not None:
@@ -312,16 +321,13 @@ class ZoneKeyring:
         with redis_errors():
             raw = cast("bytes | str | None", self._client.get(name))
             if raw is None:
-                _, secret, entry = self._new_entry(kind, zone, _FIXED_ID[kind])
-                if self._client.set(name, entry, nx=True):
-                    log.info("secret_created", kind=kind, zone=zone)
-                else:  # another keyring made it first
-                    raw = cast("bytes | str | None", self._client.get(name))
-        if raw is not None:
-            secret = self._unwrap(_bytes(raw), self._context(kind, zone, _FIXED_ID[kind]))
+                if self._client.set(name, made(), nx=True):
+                    log.info("key_material_created", key=name)
+                raw = cast("bytes | str | None", self._client.get(name))
+        value = read(_bytes(raw or b""))
         with self._lock:
-            self._fixed[name] = secret
-        return secret
+            self._fixed[name] = value
+        return value
 
     # -- subjects ----------------------------------------------------------------------------
 
