@@ -50,15 +50,16 @@ def derived_from(
     """For the stored records ``deleted`` (about to be tombstoned): the records derived from
     them, directly or not (``consolidated_into``, upwards), with the versions those superseded;
     and the remaining sources of those, which lose their consolidation link. Both empty, with
-    no read, when no deleted record was consolidated (the common case). ``unlinked``: also the
-    traces that name a deleted episode as a source without the episode linking to them (one
-    read of the user's traces)."""
+    no read, when no deleted record was consolidated (the common case). ``unlinked``: start
+    instead from the live traces that name a deleted episode as a source, whether the episode
+    links to them or not (one read of the user's traces; its links were followed before)."""
     gone = {r.id for r in deleted}
     doomed: dict[str, MemoryRecord] = {}
-    linked = {i for r in deleted for i in r.consolidated_into}
     if unlinked:
-        linked |= _naming(store, zone, [r for r in deleted if r.level is Level.EPISODE])
-    frontier = sorted(linked - gone)
+        first = _naming(store, zone, [r for r in deleted if r.level is Level.EPISODE])
+    else:
+        first = {i for r in deleted for i in r.consolidated_into}
+    frontier = sorted(first - gone)
     seen = gone | set(frontier)
     for _ in range(_MAX_STEPS):
         if not frontier:
