@@ -88,7 +88,6 @@ def scope_locked(
         yield
 
 
-#: New ids tried for a derived record whose id names superseded versions (see _not_past).
 @dataclass
 class ConsolidationReport:
     """What one run did (ids of what it wrote)."""
@@ -266,6 +265,7 @@ class ConsolidationService:
             self._domain(zone, user_id, categories, plan, now, spent=spent) if categories else None
         )
         outputs = [*new_traces, *categories, *([domain] if domain else [])]
+        # Read again, not taken from _live: a delete may have landed while the strategy ran.
         held = self._store.presence(zone, [r.id for r in outputs])
         retired = self._write(
             zone,
