@@ -8,6 +8,8 @@ check refused (``rejected_message``: who refused what from whom and why, never c
 
 from __future__ import annotations
 
+from typing import cast
+
 import structlog
 from pydantic import SecretStr
 
@@ -25,6 +27,7 @@ from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.ingest_seal import IngestSealer
 from hivemem.security.pool_security import PoolSecurity
 from hivemem.security.signing import SigningKey
+from hivemem.security.wire import SecureCodec
 
 log = structlog.get_logger(__name__)
 
@@ -83,8 +86,7 @@ class SecureIdentity(Identity):
         *,
         policies: ZonePolicies | None = None,
     ) -> None:
-        self.secure_codec = security.agent_codec(info, key)
-        super().__init__(info, self.secure_codec, policies)
+        super().__init__(info, security.agent_codec(info, key), policies)
         self._key = key
         self._security = security
         self._registry = registry
@@ -95,8 +97,7 @@ class SecureIdentity(Identity):
 
     def reload(self) -> AgentInfo:
         self.info = self._registry.get(self.info.agent_id)
-        self.secure_codec = self._security.agent_codec(self.info, self._key)
-        self.codec = self.secure_codec
+        self.codec = self._security.agent_codec(self.info, self._key)
         return self.info
 
     def outgoing(self, body: bytes, *, ingest: bool) -> bytes:
@@ -104,7 +105,7 @@ class SecureIdentity(Identity):
         (:meth:`SecureCodec.with_subject`) and, for an ingest queue, sealed to the workers
         (:mod:`hivemem.security.ingest_seal`: the zone's other agents may read that queue).
         PoolUnavailable while a key it takes cannot be read."""
-        body = self.secure_codec.with_subject(body)
+        body = cast("SecureCodec", self.codec).with_subject(body)  # always one here
         return self._ingest.seal(body) if ingest else body
 
     def sender_may_write(self, sender: str, zone: Zone) -> bool:
