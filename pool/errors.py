@@ -211,16 +211,23 @@ class KeyUnavailable(HivememError):
         self.key_id = key_id
 
 
+#: How a retirement names the zone's ingest queue among the holders it waits for (agent ids
+#: hold no space, so no agent has this name).
+INGEST_QUEUE = "ingest queue"
+
+
 class KeyStillInUse(HivememError):
-    """Raised when a zone's data key is to be retired while ``holders`` (agents, the workers)
-    may still keep content sealed under it: they have not re-sealed since it stopped being
-    active. Nothing changed."""
+    """Raised when a zone's data key is to be retired while ``holders`` (agents, the workers,
+    :data:`INGEST_QUEUE`) may still keep content sealed under it: they have not re-sealed since
+    it stopped being active, or the workers have not stored the writes queued under it. Nothing
+    changed."""
 
     def __init__(self, zone: str, key_id: str, holders: list[str]) -> None:
         shown = ", ".join(holders[:10]) + (" ..." if len(holders) > 10 else "")
+        wait = " (the ingest queue: let the workers store it)" if INGEST_QUEUE in holders else ""
         super().__init__(
-            f"key {key_id} of zone {zone} may still seal content of {shown}: re-seal first, "
-            "or force the retirement"
+            f"key {key_id} of zone {zone} may still seal content of {shown}: re-seal first"
+            f"{wait}, or force the retirement"
         )
         self.zone = zone
         self.key_id = key_id

@@ -9,6 +9,7 @@ Redis. See :mod:`hivemem.agents.sync` for how records travel.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -43,6 +44,8 @@ from hivemem.pool.zone_policy import ZonePolicies
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.content_seal import ContentSeal
+from hivemem.security.in_flight import ingest_queued_under
+from hivemem.security.ingest_seal import IngestOpener
 from hivemem.security.key_rotation import KeyRotation
 from hivemem.security.keyring import KeyInfo
 from hivemem.security.local_reseal import LocalReseal
@@ -104,7 +107,12 @@ class SharedMemoryPool:
             None
             if self.security is None
             else KeyRotation(
-                self.security.keyring, client, namespace=pool.namespace, audit=self.audit
+                self.security.keyring,
+                client,
+                namespace=pool.namespace,
+                audit=self.audit,
+                # The writes in a zone's ingest queue under a key hold its retirement.
+                queued=partial(ingest_queued_under, self.bus, IngestOpener(self.security.keyring)),
             )
         )
         #: The zones' rules (``settings.zone_policies``).
@@ -426,8 +434,10 @@ class SharedMemoryPool:
     def retire_key(self, zone: Zone | str, key_id: str, *, force: bool = False) -> list[str]:
         """Delete an old data key of ``zone`` for good (audited ``key_retired``). Raises
         KeyStillInUse (nothing changes) while an agent cleared for the zone, or the workers,
-        have not re-sealed since the key stopped being active — unless ``force``, which makes
-        what they still keep under it unreadable; returns those holders (empty unless forced).
+        have not re-sealed since the key stopped being active, or the zone's ingest queue holds
+        writes under it that the workers have not stored yet (the holder ``"ingest queue"``) —
+        unless ``force``, which makes what they still keep under it unreadable; returns those
+        holders (empty unless forced).
         Raises InvalidInput for the active key, KeyUnavailable for an unknown one."""
         rotation = self._rotation()
         return rotation.retire(

@@ -11,8 +11,10 @@ The steps, each audited or recorded:
    ``hivemem.reseal``).
 3. :meth:`KeyRotation.retire` deletes the old key's material (audited ``key_retired``). It
    refuses (KeyStillInUse, nothing changes) while a holder has not re-sealed since that key
-   stopped being active, unless forced: a forced retirement makes what that holder still has
-   under the old key unreadable, for good.
+   stopped being active, or while the zone's ingest queue still holds messages sealed under
+   it (:mod:`hivemem.security.in_flight`: the workers have not stored those writes yet),
+   unless forced: a forced retirement makes what that holder still has under the old key
+   unreadable, for good, and the queued writes with it.
 
 Redis layout: ``<ns>:keys:resealed:<zone>``, a hash: holder (an agent id, or
 ``hivemem-workers``) → the id of the key it last re-sealed everything of the zone under.
@@ -22,7 +24,7 @@ Pool messages sealed under a retired key that a receiver has not read yet are re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import redis
@@ -30,7 +32,7 @@ import structlog
 
 from hivemem.pool.adapters.redis_errors import redis_errors
 from hivemem.pool.enums import Zone, checked_zone
-from hivemem.pool.errors import InvalidInput, KeyStillInUse, KeyUnavailable
+from hivemem.pool.errors import INGEST_QUEUE, InvalidInput, KeyStillInUse, KeyUnavailable
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.keyring import KeyInfo, ZoneKeyring, check_key_id
@@ -42,12 +44,21 @@ class KeyRotation:
     """Rotation, re-seal bookkeeping and retirement of one pool's zone keys."""
 
     def __init__(
-        self, keyring: ZoneKeyring, client: redis.Redis, *, namespace: str, audit: AuditLog
+        self,
+        keyring: ZoneKeyring,
+        client: redis.Redis,
+        *,
+        namespace: str,
+        audit: AuditLog,
+        queued: Callable[[Zone, str], int] | None = None,
     ) -> None:
+        """``queued(zone, key_id)``: how many messages of the zone's ingest queue are sealed
+        under the key (None: not looked at, for a process that only re-seals)."""
         self.keyring = keyring
         self._client = client
         self._prefix = f"{namespace}:keys:resealed:"
         self._audit = audit
+        self._queued = queued
 
     def rotate(self, zone: Zone | str, *, actor: str) -> KeyInfo:
         """Make a new active key for ``zone``; older keys stay readable. Audited
@@ -74,7 +85,9 @@ class KeyRotation:
 
     def behind(self, zone: Zone | str, key_id: str, holders: Iterable[str]) -> list[str]:
         """The ``holders`` that may still keep content of ``zone`` under ``key_id``: they have
-        not re-sealed under a key made after it. Raises KeyUnavailable for an unknown key."""
+        not re-sealed under a key made after it; then :data:`INGEST_QUEUE` if the zone's ingest
+        queue holds writes under it that the workers have not stored. Raises KeyUnavailable
+        for an unknown key."""
         zone = checked_zone(zone)
         made = {info.key_id: info.created_at for info in self.keyring.keys(zone)}
         if check_key_id(key_id) not in made:
@@ -89,6 +102,8 @@ class KeyRotation:
             under = None if raw is None else made.get(raw.decode())
             if under is None or under <= made[key_id]:
                 late.append(name)
+        if self._queued is not None and self._queued(zone, key_id):
+            late.append(INGEST_QUEUE)
         return late
 
     def retire(
@@ -96,7 +111,8 @@ class KeyRotation:
         force: bool = False,
     ) -> list[str]:  # fmt: skip
         """Delete ``key_id``'s material. Raises KeyStillInUse (nothing changes) while one of
-        ``holders`` is :meth:`behind`, unless ``force``; InvalidInput for the active key;
+        ``holders`` is :meth:`behind` or the zone's ingest queue holds messages under the key
+        (named :data:`INGEST_QUEUE`), unless ``force``; InvalidInput for the active key;
         KeyUnavailable for an unknown key. Returns the holders that were behind (empty unless
         forced). Audited ``key_retired``."""
         zone = checked_zone(zone)

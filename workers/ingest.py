@@ -28,7 +28,7 @@ import numpy as np
 import redis
 import structlog
 
-from hivemem.pool.adapters.redis_bus import Delivery, RedisBus, ingest_topic
+from hivemem.pool.adapters.redis_bus import Delivery, RedisBus, ingest_cursor, ingest_topic
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidMessage, MessageRejected
@@ -132,11 +132,7 @@ class IngestService:
     def _cursor(self, zone: Zone) -> tuple[str | None, int]:
         """The epoch and seq the workers stored last (``<epoch> <seq>``; epochs are tokens:
         :meth:`RedisBus.read` gives no other)."""
-        raw = cast("bytes | None", self._client.get(self._keys.ingest_cursor(zone)))
-        if raw is None:
-            return None, 0
-        epoch, seq = raw.decode().rsplit(" ", 1)
-        return epoch, int(seq)
+        return ingest_cursor(cast("bytes | None", self._client.get(self._keys.ingest_cursor(zone))))
 
     def _round(self, zone: Zone, topic: str, report: IngestReport) -> bool:
         """One read-store-commit round; False when the queue had nothing after the cursor."""

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hivemem.pool.adapters.redis_bus import ingest_cursor_key
 from hivemem.pool.enums import Zone
 from hivemem.pool.ids import check_scope_id
 from hivemem.pool.records import MemoryRecord
@@ -33,7 +34,7 @@ class WorkerKeys:
     namespace: str
 
     def ingest_cursor(self, zone: Zone) -> str:
-        return f"{self.namespace}:cursor:ingest:{zone.value}"
+        return ingest_cursor_key(self.namespace, zone)
 
     def ingest_lock(self, zone: Zone) -> str:
         return f"{self.namespace}:lock:ingest:{zone.value}"

@@ -107,6 +107,20 @@ def ingest_topic(zone: Zone) -> str:
     return f"ingest:{Zone(zone).value}"
 
 
+def ingest_cursor_key(namespace: str, zone: Zone) -> str:
+    """Where the workers keep their place in ``zone``'s ingest queue: ``"<epoch> <seq>"`` of
+    the last message they stored (outside ``<ns>:ingest:*``, which agents may write)."""
+    return f"{namespace}:cursor:ingest:{Zone(zone).value}"
+
+
+def ingest_cursor(raw: bytes | None) -> tuple[str | None, int]:
+    """The epoch and seq an ingest cursor's value holds ((None, 0): none kept yet)."""
+    if raw is None:
+        return None, 0
+    epoch, seq = raw.decode().rsplit(" ", 1)
+    return epoch, int(seq)
+
+
 def is_queue(topic: str) -> bool:
     """True for an ingest queue (never trimmed by writers, never published live)."""
     return topic.startswith("ingest:")

@@ -16,7 +16,13 @@ import structlog
 from hivemem.agents.agent import Agent
 from hivemem.cli.main import main
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.errors import InvalidIdentifier, InvalidInput, KeyStillInUse, KeyUnavailable
+from hivemem.pool.errors import (
+    INGEST_QUEUE,
+    InvalidIdentifier,
+    InvalidInput,
+    KeyStillInUse,
+    KeyUnavailable,
+)
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
@@ -117,8 +123,10 @@ def test_a_message_waiting_in_an_outbox_under_the_old_key_holds_its_retirement(
     """An agent whose outbox still holds a message sealed under the old key (it sends every
     few seconds) has not re-sealed, for the retirement: retired, the key would leave that
     acknowledged write unreadable to every receiver. Once it is sent, the agent re-seals at
-    its next heartbeat, the key can go, and the write is in the zone store. (A message sent
-    under the old key but not yet read by a receiver is not covered: see docs/security.md.)"""
+    its next heartbeat; the write then waits in the zone's ingest queue, which holds the
+    retirement until the workers stored it. Then the key can go, and the write is in the zone
+    store. (A message sent under the old key but not yet read by an agent is not covered: see
+    docs/security.md.)"""
     runtime = make_runtime()
     slow = pool.register_agent(
         "slow", clearance=Zone.INTERNAL, share_levels=[Level.EPISODE], sync_interval=6.0
@@ -136,8 +144,13 @@ def test_a_message_waiting_in_an_outbox_under_the_old_key_holds_its_retirement(
     assert "slow" in refused.value.holders
 
     assert slow.flush(timeout_s=20.0)
-    runtime.ingest.drain(Zone.INTERNAL, on_due=ignore)  # what the workers do within seconds
     assert wait_for(lambda: pool.rotation.resealed_under(Zone.INTERNAL, "slow") == new.key_id)
+    with pytest.raises(KeyStillInUse) as queued:
+        pool.retire_key(Zone.INTERNAL, old)
+    assert queued.value.holders == [INGEST_QUEUE]
+    assert "let the workers store it" in str(queued.value)
+
+    runtime.ingest.drain(Zone.INTERNAL, on_due=ignore)  # what the workers do within seconds
     assert pool.retire_key(Zone.INTERNAL, old) == []
     [stored] = runtime.store.get(Zone.INTERNAL, [record.id])
     assert stored.content == "a note still in the outbox"
@@ -195,6 +208,38 @@ def test_a_forced_retirement_loses_what_a_holder_kept_under_the_key(
     dave = And(all=[Cond(field="scope.user_id", op="eq", value="dave")])
     assert runtime.store.ids(Zone.CONFIDENTIAL, dave) == []
     assert all(runtime.store.presence(Zone.CONFIDENTIAL, sorted(written)).values())
+
+
+def test_a_forced_retirement_names_the_writes_it_leaves_in_the_ingest_queue(
+    pool: SharedMemoryPool, writer: Agent, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """Writes the workers have not stored yet wait in the zone's ingest queue, sealed under the
+    key they were written under. Every holder re-sealed, the queue alone holds the retirement;
+    forced, the retirement names it and is audited so, and the workers can no longer open
+    those writes: they never reach the zone store (what the refusal prevents)."""
+    runtime = make_runtime()
+    old = active_key(pool, Zone.INTERNAL)
+    written = write(writer, "erin", Zone.INTERNAL, 2)  # in the ingest queue, not stored yet
+    new = pool.rotate_key(Zone.INTERNAL)
+    assert pool.rotation is not None
+    assert wait_for(lambda: pool.rotation.resealed_under(Zone.INTERNAL, "writer") == new.key_id)
+    # As after the workers re-sealed a zone store that had nothing of the zone yet.
+    pool.rotation.record_resealed(Zone.INTERNAL, WORKER_SENDER, new.key_id)
+    assert pool.rotation.behind(Zone.INTERNAL, old, pool.key_holders(Zone.INTERNAL)) == [
+        INGEST_QUEUE
+    ]
+    with pytest.raises(KeyStillInUse) as refused:
+        pool.retire_key(Zone.INTERNAL, old)
+    assert refused.value.holders == [INGEST_QUEUE]
+    assert not next(i for i in pool.zone_keys(Zone.INTERNAL) if i.key_id == old).retired
+
+    assert pool.retire_key(Zone.INTERNAL, old, force=True) == [INGEST_QUEUE]
+
+    retired = next(e for e in reversed(pool.audit.tail(10)) if e.kind == "key_retired")
+    assert retired.details == {"forced": True, "behind": [INGEST_QUEUE]}
+    report = runtime.ingest.drain(Zone.INTERNAL, on_due=ignore)
+    assert (report.messages, report.records, report.skipped) == (2, 0, 2)  # one per write
+    assert runtime.store.get(Zone.INTERNAL, sorted(written)) == []
 
 
 def test_bad_rotation_requests_change_nothing(

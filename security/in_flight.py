@@ -1,0 +1,63 @@
+"""Messages still on their way under a data key: what a key's retirement waits for.
+
+Every record an agent writes goes to its zone's ingest queue, where it waits until the workers
+store it in the zone store and move their cursor past it. A message there under a retired key
+could never be opened: the workers would reject it (``unknown_key``) and the write, acknowledged
+to the agent long ago, would never reach the zone store. :func:`ingest_queued_under` counts such
+messages, for :meth:`~hivemem.security.key_rotation.KeyRotation.retire` to refuse meanwhile.
+
+Reading a message's key id takes opening its wrap to the workers (the frame's header names the
+key in clear inside it, see :mod:`hivemem.security.wire`), so only a process holding the
+workers' ingest key (one with the master key: the operator's) can count. Nothing of the content
+is opened. Entries that do not open or are no version-2 frame name no key and are not counted:
+the workers reject them anyway.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from hivemem.pool.adapters.redis_bus import (
+    RedisBus,
+    ingest_cursor,
+    ingest_cursor_key,
+    ingest_topic,
+)
+from hivemem.pool.adapters.redis_errors import redis_errors
+from hivemem.pool.enums import Zone
+from hivemem.pool.errors import InvalidInput
+from hivemem.security.ingest_seal import IngestOpener
+from hivemem.security.wire import Frame
+
+#: Queue entries read per round trip.
+_PAGE = 256
+
+
+def _key_id(opener: IngestOpener, data: bytes) -> str | None:
+    """The data key the queued message's content is sealed under (None: it names none)."""
+    try:
+        return Frame.parse(opener.open(data)).header.key_id
+    except InvalidInput:  # InvalidMessage and MessageRejected are ones
+        return None
+
+
+def ingest_queued_under(bus: RedisBus, opener: IngestOpener, zone: Zone, key_id: str) -> int:
+    """How many messages of ``zone``'s ingest queue that the workers have not stored yet are
+    sealed under ``key_id`` (those they stored may linger until the queue is trimmed). Raises
+    PoolUnavailable when Redis cannot be reached, SealBroken when the workers' ingest key
+    cannot be read."""
+    with redis_errors():
+        raw = cast("bytes | None", bus.client.get(ingest_cursor_key(bus.namespace, zone)))
+    stored_epoch, after = ingest_cursor(raw)
+    count = 0
+    while True:
+        with redis_errors():
+            backlog = bus.read(ingest_topic(zone), after, limit=_PAGE)
+        if stored_epoch not in (None, backlog.epoch):
+            # The queue started over (Redis lost its data): the workers will read all of it.
+            stored_epoch, after = None, 0
+            continue
+        if not backlog.deliveries:
+            return count
+        count += sum(1 for d in backlog.deliveries if _key_id(opener, d.data) == key_id)
+        after = backlog.deliveries[-1].seq

@@ -1,0 +1,72 @@
+"""Counting the writes a zone's ingest queue holds under a data key, on a real Redis: what a
+key's retirement waits for (the pool's refusal itself: tests/workers/test_key_rotation.py)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from hivemem.pool.adapters.redis_bus import RedisBus, ingest_cursor_key, ingest_topic
+from hivemem.pool.enums import Zone
+from hivemem.pool.errors import PoolUnavailable
+from hivemem.security.in_flight import ingest_queued_under
+from hivemem.security.ingest_seal import IngestOpener, IngestSealer
+from hivemem.security.key_provider import LocalKeyProvider
+from hivemem.security.keyring import ZoneKeyring
+
+OLD, NEW = "0123456789ab", "ba9876543210"
+
+
+def frame(key_id: str) -> bytes:
+    """A version-2 frame's bytes (its header well formed; nothing here checks the signature)."""
+    header = (
+        f'{{"v":2,"message_id":"{uuid.uuid4().hex}","sender":"writer","zone":"internal",'
+        f'"sent_at":"2026-11-22T10:00:00Z","key_id":"{key_id}","size":40}}'
+    )
+    return header.encode() + b"\n" + bytes(12) + bytes(40) + bytes(64)
+
+
+@pytest.fixture
+def keyring(client: redis.Redis) -> ZoneKeyring:
+    return ZoneKeyring(client, LocalKeyProvider(bytes(range(32))), namespace="t")
+
+
+def test_only_the_messages_under_the_key_count(client: redis.Redis, keyring: ZoneKeyring) -> None:
+    """Wrapped to the workers or queued before wrapping existed, a message under the key
+    counts, over more than one page of the queue; a message under another key, one whose wrap
+    does not open, a version-1 one and bytes that are no frame do not; nor another zone's."""
+    bus = RedisBus(client, namespace="t", maxlen=100)
+    sealer = IngestSealer(keyring)
+    under_old = [sealer.seal(frame(OLD)) for _ in range(300)] + [frame(OLD)]
+    broken = bytearray(sealer.seal(frame(OLD)))
+    broken[-1] ^= 1
+    others = [sealer.seal(frame(NEW)), bytes(broken), b'{"v":1,"records":[]}', b"junk"]
+    bodies = under_old + others
+    bus.publish(ingest_topic(Zone.INTERNAL), "writer",
+                [(uuid.uuid4().hex, body) for body in bodies])  # fmt: skip
+    bus.publish(ingest_topic(Zone.PUBLIC), "writer", [(uuid.uuid4().hex, sealer.seal(frame(OLD)))])
+    opener = IngestOpener(keyring)
+
+    assert ingest_queued_under(bus, opener, Zone.INTERNAL, OLD) == len(under_old)
+    assert ingest_queued_under(bus, opener, Zone.INTERNAL, NEW) == 1
+    assert ingest_queued_under(bus, opener, Zone.CONFIDENTIAL, OLD) == 0
+
+    # The workers stored the first 250 (their cursor; the queue is trimmed approximately).
+    epoch = bus.read(ingest_topic(Zone.INTERNAL), 0, limit=1).epoch
+    client.set(ingest_cursor_key("t", Zone.INTERNAL), f"{epoch} 250")
+    bus.trim_through(ingest_topic(Zone.INTERNAL), 250)
+    assert ingest_queued_under(bus, opener, Zone.INTERNAL, OLD) == len(under_old) - 250
+    # A cursor of an older epoch (Redis lost its data since): the workers read it all again.
+    client.set(ingest_cursor_key("t", Zone.INTERNAL), "older-epoch 250")
+    assert ingest_queued_under(bus, opener, Zone.INTERNAL, NEW) == 1
+
+
+def test_without_redis_the_count_says_so(keyring: ZoneKeyring) -> None:
+    """Redis away: PoolUnavailable (a retirement then changes nothing)."""
+    gone = redis.Redis(port=1, socket_connect_timeout=0.2)
+    with pytest.raises(PoolUnavailable):
+        ingest_queued_under(
+            RedisBus(gone, namespace="t", maxlen=10), IngestOpener(keyring), Zone.PUBLIC, OLD
+        )
