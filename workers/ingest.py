@@ -6,7 +6,8 @@ messages after its cursor and:
 
 1. stores the records it has not stored before (records are immutable: a record already in the
    store keeps the workers' bookkeeping, such as consolidation links and tier), links each new
-   version to the version it supersedes, and writes tombstones (a deleted record's content is
+   version to the version it supersedes, whichever came first (version_links.py), and writes
+   tombstones (a deleted record's content is
    destroyed; a late copy is never stored again);
 2. in one Redis transaction, queues the new current episodes for consolidation (the user's
    *pending* set) and moves the cursor past the round;
@@ -33,10 +34,11 @@ from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidMessage, MessageRejected
 from hivemem.pool.ports import Vector, ZoneStore
-from hivemem.pool.records import MemoryRecord, Tombstone, acts_on, split_tombstones
+from hivemem.pool.records import MemoryRecord, Tombstone, split_tombstones
 from hivemem.workers.derived import delete_derived
 from hivemem.workers.keys import WorkerKeys, add_pending
 from hivemem.workers.locks import held
+from hivemem.workers.version_links import VersionLinks
 
 log = structlog.get_logger(__name__)
 #: A consolidation queued for a user is not queued again for this long (seconds), unless it
@@ -110,6 +112,7 @@ class IngestService:
         self._batch = batch
         self._threshold = threshold
         self._lock_ttl_s = lock_ttl_s
+        self._versions = VersionLinks(store, client, keys)
 
     def drain(
         self, zone: Zone, *, max_messages: int | None = None, on_due: Callable[[str], None]
@@ -228,8 +231,9 @@ class IngestService:
         # An id already archived is stored too: a copy sent again must not replace it.
         archived = {r.id for r in self._store.archive_get(zone, unseen)} if unseen else set()
         new = [unique[record_id] for record_id in unseen if record_id not in archived]
+        new = self._versions.settle(zone, new)
         self._upsert(zone, new)
-        self._link_versions(zone, [record for record, _ in new])
+        self._drop_pending(zone, self._versions.link(zone, [record for record, _ in new]))
         if batch.tombstones:
             named = [targets[t.id] for t in batch.tombstones if t.id in targets]
             self._delete_derived(zone, named)
@@ -300,38 +304,6 @@ class IngestService:
             dense = np.stack([row for _, row in with_rows]).astype(np.float32, copy=False)
             self._store.upsert(zone, [r for r, _ in with_rows], dense)
         self._store.upsert(zone, [r for r, row in pairs if row is None])
-
-    def _link_versions(self, zone: Zone, records: Sequence[MemoryRecord]) -> None:
-        """Mark the versions the new records supersede (when stored and still current)."""
-        successors = {r.supersedes: r for r in records if r.supersedes is not None}
-        if not successors:
-            return
-        updates: dict[str, dict[str, object]] = {}
-        marked: list[MemoryRecord] = []
-        live = self._store.get(zone, list(successors))
-        seen = {r.id for r in live}
-        unseen = [i for i in successors if i not in seen]
-        # An archived version is marked too, in the archive: restored, it must not come back
-        # as a second current version.
-        archived = self._store.archive_get(zone, unseen) if unseen else []
-        rearchived: list[MemoryRecord] = []
-        for previous in [*live, *archived]:
-            successor = successors[previous.id]
-            if not acts_on(successor, previous):
-                log.warning("ingest_version_refused", zone=zone.value, record_id=successor.id,
-                            reason="it names another user's or compartments' record")  # fmt: skip
-                continue
-            if previous.superseded_by is None:
-                change = {"superseded_at": successor.recorded_at, "superseded_by": successor.id}
-                if previous.id not in seen:  # archived
-                    rearchived.append(previous.model_copy(update=change))
-                else:
-                    updates[previous.id] = change
-                marked.append(previous)
-        self._store.update_fields(zone, updates)
-        if rearchived:
-            self._store.archive_put(zone, rearchived)
-        self._drop_pending(zone, marked)
 
     def _drop_pending(self, zone: Zone, records: Sequence[MemoryRecord | Tombstone]) -> None:
         if records:

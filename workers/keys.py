@@ -10,6 +10,8 @@
   makes the levels above the traces again, even with no episode waiting;
 - ``ns:consolidate:<zone>:<user>:spent`` — ids of derived records a delete of their sources took
   with it (a run that makes the same sources again gives the record a new id);
+- ``ns:versions:<zone>:awaiting`` — a hash: id of a record not stored yet → id of the stored
+  version that replaced it (see version_links.py);
 - ``ns:lock:ingest:<zone>`` and ``ns:lock:consolidate:<zone>:<user>`` — the locks.
 
 User ids are validated scope ids (no spaces, no wildcards), so they are safe inside keys. None
@@ -38,6 +40,9 @@ class WorkerKeys:
 
     def ingest_lock(self, zone: Zone) -> str:
         return f"{self.namespace}:lock:ingest:{zone.value}"
+
+    def awaiting(self, zone: Zone) -> str:
+        return f"{self.namespace}:versions:{zone.value}:awaiting"
 
     def users(self, zone: Zone) -> str:
         return f"{self.namespace}:consolidate:{zone.value}:users"
