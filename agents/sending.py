@@ -40,10 +40,13 @@ def _group(item: MemoryRecord | Tombstone) -> _Group:
     return item.zone, tuple(item.compartments), item.scope.user_id
 
 
-def _ingest(zone: Zone, compartments: Sequence[str]) -> str:
-    """The zone's ingest queue (one per zone, whatever the compartments: the workers hold all)."""
-    del compartments
-    return ingest_topic(zone)
+def _own_queue(topic: str, agent_id: str) -> str:
+    """``topic``; for a zone's shared ingest queue (a message put in the outbox before each
+    agent had a queue of its own, which its Redis user alone may write), the agent's own."""
+    zone = topic.removeprefix("ingest:")
+    if zone != topic and ":" not in zone:
+        return ingest_topic(Zone(zone), agent_id)
+    return topic
 
 
 class ShareObserver:
@@ -105,10 +108,16 @@ class ShareObserver:
         if not self._ingest:
             return self._grouped(shared, group_of, envelope_of, [zone_topic])
         if len(shared) == len(written):
-            return self._grouped(written, group_of, envelope_of, [zone_topic, _ingest])
+            return self._grouped(written, group_of, envelope_of, [zone_topic, self._queue])
         return self._grouped(shared, group_of, envelope_of, [zone_topic]) + self._grouped(
-            written, group_of, envelope_of, [_ingest]
+            written, group_of, envelope_of, [self._queue]
         )
+
+    def _queue(self, zone: Zone, compartments: Sequence[str]) -> str:
+        """This agent's ingest queue in the zone (one per zone, whatever the compartments: the
+        workers hold all)."""
+        del compartments
+        return ingest_topic(zone, self._info.agent_id)
 
     def _grouped(
         self,
@@ -231,6 +240,7 @@ class Sender(threading.Thread):
         self._backoff.failed("pool_send_unauthorized", agent_id=self._info.agent_id)
 
     def _publish(self, topic: str, chosen: list[Pending]) -> None:
+        topic = _own_queue(topic, self._info.agent_id)
         bus = self._relay if topic.startswith("agent:") else self._bus
         self._relay.register_topic(topic)  # a compartment topic, before its first message
         ingest = is_queue(topic)

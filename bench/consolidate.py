@@ -212,7 +212,7 @@ def main() -> int:
             # The worker is up once it answers (nothing is due yet: a no-op).
             app.send_task("hivemem.consolidate_due").get(timeout=120)
             last = enqueue(runtime, records)
-            cursor = keys.ingest_cursor(Zone.PUBLIC)
+            cursor = keys.ingest_cursor(ingest_topic(Zone.PUBLIC))
 
             def ingested() -> bool:
                 raw = runtime.client.get(cursor)

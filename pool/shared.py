@@ -112,7 +112,12 @@ class SharedMemoryPool:
                 namespace=pool.namespace,
                 audit=self.audit,
                 # The writes in a zone's ingest queue under a key hold its retirement.
-                queued=partial(ingest_queued_under, self.bus, IngestOpener(self.security.keyring)),
+                queued=partial(
+                    ingest_queued_under,
+                    self.bus,
+                    self.registry,
+                    IngestOpener(self.security.keyring),
+                ),
             )
         )
         #: The zones' rules (``settings.zone_policies``).

@@ -1,10 +1,11 @@
 """Messages still on their way under a data key: what a key's retirement waits for.
 
-Every record an agent writes goes to its zone's ingest queue, where it waits until the workers
-store it in the zone store and move their cursor past it. A message there under a retired key
-could never be opened: the workers would reject it (``unknown_key``) and the write, acknowledged
-to the agent long ago, would never reach the zone store. :func:`ingest_queued_under` counts such
-messages, for :meth:`~hivemem.security.key_rotation.KeyRotation.retire` to refuse meanwhile.
+Every record an agent writes goes to its ingest queue in the record's zone, where it waits until
+the workers store it in the zone store and move their cursor past it. A message there under a
+retired key could never be opened: the workers would reject it (``unknown_key``) and the write,
+acknowledged to the agent long ago, would never reach the zone store. :func:`ingest_queued_under`
+counts such messages, for :meth:`~hivemem.security.key_rotation.KeyRotation.retire` to refuse
+meanwhile.
 
 Reading a message's key id takes opening its wrap to the workers (the frame's header names the
 key in clear inside it, see :mod:`hivemem.security.wire`), so only a process holding the
@@ -21,9 +22,10 @@ from hivemem.pool.adapters.redis_bus import (
     RedisBus,
     ingest_cursor,
     ingest_cursor_key,
-    ingest_topic,
+    zone_queues,
 )
 from hivemem.pool.adapters.redis_errors import redis_errors
+from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.security.ingest_seal import IngestOpener
@@ -41,18 +43,28 @@ def _key_id(opener: IngestOpener, data: bytes) -> str | None:
         return None
 
 
-def ingest_queued_under(bus: RedisBus, opener: IngestOpener, zone: Zone, key_id: str) -> int:
-    """How many messages of ``zone``'s ingest queue that the workers have not stored yet are
-    sealed under ``key_id`` (those they stored may linger until the queue is trimmed). Raises
-    PoolUnavailable when Redis cannot be reached, SealBroken when the workers' ingest key
-    cannot be read."""
+def ingest_queued_under(
+    bus: RedisBus, registry: AgentRegistry, opener: IngestOpener, zone: Zone, key_id: str
+) -> int:
+    """How many messages of ``zone``'s ingest queues (one per agent, and the shared one of
+    earlier versions) that the workers have not stored yet are sealed under ``key_id`` (those
+    they stored may linger until a queue is trimmed). Raises PoolUnavailable when Redis cannot
+    be reached, SealBroken when the workers' ingest key cannot be read."""
     with redis_errors():
-        raw = cast("bytes | None", bus.client.get(ingest_cursor_key(bus.namespace, zone)))
+        registered, departed = registry.queue_owners()
+    queues = zone_queues(zone, [*registered, *departed])
+    return sum(_queued_under(bus, opener, topic, key_id) for topic in queues)
+
+
+def _queued_under(bus: RedisBus, opener: IngestOpener, topic: str, key_id: str) -> int:
+    """:func:`ingest_queued_under` in one queue."""
+    with redis_errors():
+        raw = cast("bytes | None", bus.client.get(ingest_cursor_key(bus.namespace, topic)))
     stored_epoch, after = ingest_cursor(raw)
     count = 0
     while True:
         with redis_errors():
-            backlog = bus.read(ingest_topic(zone), after, limit=_PAGE)
+            backlog = bus.read(topic, after, limit=_PAGE)
         if stored_epoch not in (None, backlog.epoch):
             # The queue started over (Redis lost its data): the workers will read all of it.
             stored_epoch, after = None, 0

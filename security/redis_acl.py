@@ -6,7 +6,8 @@ running ``publish.lua`` on zone topics and ingest queues) logs in as the user
 may use, for every zone ``y <= z``:
 
 - the channel ``ns:zone:<y>`` and the keys ``ns:zone:<y>:*`` (stream, seq, epoch, msg ids);
-- the keys ``ns:ingest:<y>:*`` (the zone's ingest queue; it has no channel);
+- the keys ``ns:ingest:<y>:agent:<id>:*`` (its own ingest queue in the zone; it has no channel:
+  no agent may read, trim or delete what another queued for the workers);
 - when it holds compartments, the channels and keys of the zone's compartment topics whose mask
   is a subset of what it holds: one glob each, ``ns:comp:<y>:<pattern>`` and
   ``ns:comp:<y>:<pattern>:*`` (:func:`hivemem.pool.compartments.mask_pattern`);
@@ -151,7 +152,7 @@ def agent_rules(
         f"&{ns}:agent:{agent}:inbox",
         *(f"~{ns}:zone:{zone}:*" for zone in zones),
         *(f"~{ns}:{glob}:*" for glob in globs),
-        *(f"~{ns}:ingest:{zone}:*" for zone in zones),
+        *(f"~{ns}:ingest:{zone}:agent:{agent}:*" for zone in zones),
         f"~{ns}:agent:{agent}:*",
         "-@all",
         *(f"+{command}" for command in AGENT_COMMANDS),

@@ -29,7 +29,14 @@ import numpy as np
 import redis
 import structlog
 
-from hivemem.pool.adapters.redis_bus import Delivery, RedisBus, ingest_cursor, ingest_topic
+from hivemem.pool.adapters.redis_bus import (
+    Delivery,
+    RedisBus,
+    ingest_cursor,
+    ingest_topic,
+    zone_queues,
+)
+from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidMessage, MessageRejected
@@ -100,10 +107,14 @@ class IngestService:
         batch: int,
         threshold: int,
         lock_ttl_s: float,
+        registry: AgentRegistry,
         codec: EnvelopeCodec | None = None,
-        on_rejected: Callable[[MessageRejected, Zone, int], None] | None = None,
+        on_rejected: Callable[[MessageRejected, Delivery, Zone], None] | None = None,
     ) -> None:
+        """``registry``: whose ingest queues there are (the agents registered, and those
+        deregistered whose queues still hold messages)."""
         self._client = client
+        self._registry = registry
         self._bus = bus
         self._codec = codec or PlainCodec()
         self._on_rejected = on_rejected
@@ -124,32 +135,52 @@ class IngestService:
             if not lock.acquired:
                 report.busy = True
                 return report
-            topic = ingest_topic(zone)
-            while max_messages is None or report.messages < max_messages:
-                if not self._round(zone, topic, report):
-                    break
+            registered, departed = self._registry.queue_owners()
+            for topic in self._waiting(zone_queues(zone, [*registered, *departed])):
+                while max_messages is None or report.messages < max_messages:
+                    if not self._round(zone, topic, report):
+                        break
+            self._read_through(sorted(set(departed) - set(registered)))
         for user_id in report.due:
             on_due(user_id)
         return report
 
-    def _cursor(self, zone: Zone) -> tuple[str | None, int]:
-        """The epoch and seq the workers stored last (``<epoch> <seq>``; epochs are tokens:
-        :meth:`RedisBus.read` gives no other)."""
-        return ingest_cursor(cast("bytes | None", self._client.get(self._keys.ingest_cursor(zone))))
+    def _waiting(self, topics: list[str]) -> list[str]:
+        """The queues holding messages the workers have not stored (two round trips)."""
+        heads = self._bus.heads(topics)
+        raw = self._client.mget([self._keys.ingest_cursor(t) for t in topics])
+        stored = [ingest_cursor(c) for c in cast("list[bytes | None]", raw)]
+        return [
+            topic
+            for topic, head, cursor in zip(topics, heads, stored, strict=True)
+            if head[0] is not None and head != cursor
+        ]
+
+    def _read_through(self, departed: list[str]) -> None:
+        """Forget the deregistered agents whose queues in every zone the workers read through:
+        nothing more comes from them."""
+        if not departed:
+            return
+        topics = {agent: [ingest_topic(zone, agent) for zone in Zone] for agent in departed}
+        waiting = set(self._waiting([t for queues in topics.values() for t in queues]))
+        done = [agent for agent, queues in topics.items() if waiting.isdisjoint(queues)]
+        self._registry.forget_departed(done)
 
     def _round(self, zone: Zone, topic: str, report: IngestReport) -> bool:
         """One read-store-commit round; False when the queue had nothing after the cursor."""
-        epoch, seq = self._cursor(zone)
+        raw = cast("bytes | None", self._client.get(self._keys.ingest_cursor(topic)))
+        epoch, seq = ingest_cursor(raw)
         backlog = self._bus.read(topic, seq, limit=self._batch)
         if backlog.epoch is None:
             return False
         if backlog.epoch != epoch:
             if epoch is not None:
-                log.warning("ingest_new_epoch", zone=zone.value, reason="Redis lost its data")
+                log.warning("ingest_new_epoch", zone=zone.value, topic=topic,
+                            reason="Redis lost its data")  # fmt: skip
             epoch, seq = backlog.epoch, 0
             backlog = self._bus.read(topic, 0, limit=self._batch)
         elif backlog.trimmed:
-            log.error("ingest_gap", zone=zone.value, cursor=seq)
+            log.error("ingest_gap", zone=zone.value, topic=topic, cursor=seq)
         if not backlog.deliveries:
             return False
         parts = [p for d in backlog.deliveries if (p := self._opened(zone, d, report)) is not None]
@@ -159,9 +190,9 @@ class IngestService:
         try:
             queued = self._store_round(zone, batch)
         except ValueError:  # a message the store cannot take (InvalidInput is one)
-            batch, queued = self._store_one_by_one(zone, parts, report)
+            batch, queued = self._store_one_by_one(zone, topic, parts, report)
         last = backlog.deliveries[-1].seq
-        due = self._commit(zone, queued, batch.tombstones, epoch, last)
+        due = self._commit(zone, queued, batch.tombstones, topic, f"{epoch} {last}")
         self._bus.trim_through(topic, last)
         report.messages += len(backlog.deliveries)
         report.records += len(batch.records)
@@ -172,37 +203,52 @@ class IngestService:
     def _opened(self, zone: Zone, delivery: Delivery, report: IngestReport) -> _Round | None:
         """The message's records (with their vectors) and tombstones, or None when it is
         skipped (logged; audited through ``on_rejected`` when a security check refused it)."""
+        at = (delivery.topic, delivery.seq)
         try:
             envelope = self._codec.decode(delivery.data)
             rows = envelope.vectors()
         except MessageRejected as error:
-            log.warning(
-                "ingest_message_rejected", zone=zone.value, seq=delivery.seq, reason=error.reason
-            )
+            log.warning("ingest_message_rejected", zone=zone.value, topic=delivery.topic,
+                        seq=delivery.seq, reason=error.reason)  # fmt: skip
             if self._on_rejected is not None:
-                self._on_rejected(error, zone, delivery.seq)
+                self._on_rejected(error, delivery, zone)
             report.skipped += 1
             return None
         except InvalidMessage as error:
-            self._skipped(zone, delivery.seq, str(error), report)
+            self._skipped(zone, at, str(error), report)
             return None
         if envelope.zone != zone or envelope.to is not None:
             self._skipped(
-                zone, delivery.seq, "envelope does not belong in this zone's queue", report
+                zone,
+                (delivery.topic, delivery.seq),
+                "envelope does not belong in this zone's queue",
+                report,
+            )
+            return None
+        if delivery.topic not in (ingest_topic(zone), ingest_topic(zone, envelope.sender)):
+            self._skipped(
+                zone,
+                (delivery.topic, delivery.seq),
+                "envelope of another agent than the queue's",
+                report,
             )
             return None
         if _wrong_dimension(envelope.records, rows, self._store.dim):
-            self._skipped(zone, delivery.seq, f"a vector is not {self._store.dim}-d", report)
+            self._skipped(
+                zone, (delivery.topic, delivery.seq), f"a vector is not {self._store.dim}-d", report
+            )
             return None
         return _Round([delivery.seq], list(envelope.records), rows, list(envelope.tombstones))
 
     @staticmethod
-    def _skipped(zone: Zone, seq: int, reason: str, report: IngestReport) -> None:
-        log.warning("ingest_message_skipped", zone=zone.value, seq=seq, reason=reason[:200])
+    def _skipped(zone: Zone, at: tuple[str, int], reason: str, report: IngestReport) -> None:
+        """Log a message skipped at ``at`` (its queue and seq) and count it."""
+        log.warning("ingest_message_skipped", zone=zone.value, topic=at[0], seq=at[1],
+                    reason=reason[:200])  # fmt: skip
         report.skipped += 1
 
     def _store_one_by_one(
-        self, zone: Zone, parts: list[_Round], report: IngestReport
+        self, zone: Zone, topic: str, parts: list[_Round], report: IngestReport
     ) -> tuple[_Round, list[MemoryRecord]]:
         """After a round failed to store: store it message by message, skipping (and logging)
         those the store refuses. Returns what was stored and the episodes to queue (none that
@@ -213,7 +259,7 @@ class IngestService:
             try:
                 queued += self._store_round(zone, part)
             except ValueError as error:
-                self._skipped(zone, part.seqs[0], f"the store refused it: {error}", report)
+                self._skipped(zone, (topic, part.seqs[0]), f"the store refused it: {error}", report)
                 continue
             stored.extend(part)
         gone = {t.id for t in stored.tombstones}
@@ -317,15 +363,16 @@ class IngestService:
         zone: Zone,
         queued: Sequence[MemoryRecord],
         tombstones: Sequence[Tombstone],
-        epoch: str,
-        last_seq: int,
+        topic: str,
+        cursor: str,
     ) -> list[str]:
-        """Queue the episodes and move the cursor, in one transaction; returns the due users."""
+        """Queue the episodes and move the queue's cursor (``"<epoch> <seq>"``), in one
+        transaction; returns the due users."""
         with self._client.pipeline(transaction=True) as pipe:
             by_user = add_pending(pipe, self._keys, zone, queued)
             for tombstone in tombstones:
                 pipe.srem(self._keys.pending(zone, tombstone.scope.user_id), tombstone.id)
-            pipe.set(self._keys.ingest_cursor(zone), f"{epoch} {last_seq}")
+            pipe.set(self._keys.ingest_cursor(topic), cursor)
             for user_id in by_user:
                 pipe.scard(self._keys.pending(zone, user_id))
             results = pipe.execute()

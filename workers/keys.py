@@ -1,7 +1,8 @@
 """The Redis keys the workers keep, under the pool's namespace ``ns``:
 
-- ``ns:cursor:ingest:<zone>`` — ``"<epoch> <seq>"``: the last ingest message stored (outside
-  ``ns:ingest:<zone>:*``, which every agent cleared for the zone may write);
+- ``ns:cursor:<queue>`` — ``"<epoch> <seq>"``: the last message of an ingest queue stored
+  (``ingest:<zone>:agent:<id>``, and ``ingest:<zone>``, the shared queue of earlier versions;
+  outside ``ns:ingest:*``, which agents may write);
 - ``ns:consolidate:<zone>:users`` — the users of the zone with episodes waiting (or a rebuild);
 - ``ns:consolidate:<zone>:<user>:pending`` — ids of the user's episodes not yet consolidated;
 - ``ns:consolidate:<zone>:<user>:plan`` — the run in progress (JSON; see consolidation.py);
@@ -15,8 +16,9 @@
 - ``ns:lock:ingest:<zone>`` and ``ns:lock:consolidate:<zone>:<user>`` — the locks.
 
 User ids are validated scope ids (no spaces, no wildcards), so they are safe inside keys. None
-of these keys falls under an agent's ACL patterns (``ns:zone:<zone>:*``, ``ns:ingest:<zone>:*``,
-``ns:agent:<id>:*``): agents cannot move the workers' place or take their locks.
+of these keys falls under an agent's ACL patterns (``ns:zone:<zone>:*``,
+``ns:ingest:<zone>:agent:<id>:*``, ``ns:agent:<id>:*``): agents cannot move the workers' place
+or take their locks.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from hivemem.pool.records import MemoryRecord
 class WorkerKeys:
     namespace: str
 
-    def ingest_cursor(self, zone: Zone) -> str:
-        return ingest_cursor_key(self.namespace, zone)
+    def ingest_cursor(self, topic: str) -> str:
+        return ingest_cursor_key(self.namespace, topic)
 
     def ingest_lock(self, zone: Zone) -> str:
         return f"{self.namespace}:lock:ingest:{zone.value}"

@@ -19,7 +19,7 @@ import redis
 from hivemem.agents.embedding import MINILM_DIM
 from hivemem.pool.adapters.edge_zone_store import EdgeZoneStore
 from hivemem.pool.adapters.qdrant_zone_store import QdrantZoneStore
-from hivemem.pool.adapters.redis_bus import RedisBus, ingest_topic
+from hivemem.pool.adapters.redis_bus import Delivery, RedisBus
 from hivemem.pool.adapters.redis_registry import AgentRegistry, check_zone_ladder
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
@@ -209,6 +209,7 @@ class WorkerRuntime:
             batch=workers.ingest_batch,
             threshold=workers.consolidation.threshold,
             lock_ttl_s=workers.lock_ttl_s,
+            registry=self.registry,
             codec=self.ingest_codec,
             on_rejected=self._ingest_rejected,
         )
@@ -219,13 +220,16 @@ class WorkerRuntime:
         (``hivemem-workers``, cleared for every zone) is registered, signed, on first use."""
         if not self.settings.security.enabled:
             return None
+        security = PoolSecurity(self.settings, self.client, self.registry)
+        self.registry.register(security.workers_info())
+        return security
+
+    @cached_property
+    def registry(self) -> AgentRegistry:
         pool = self.settings.pool
-        registry = AgentRegistry(
+        return AgentRegistry(
             self.client, namespace=pool.namespace, heartbeat_ttl_s=pool.heartbeat_ttl_s
         )
-        security = PoolSecurity(self.settings, self.client, registry)
-        registry.register(security.workers_info())
-        return security
 
     @cached_property
     def codec(self) -> EnvelopeCodec:
@@ -240,14 +244,14 @@ class WorkerRuntime:
             return self.codec
         return self.security.workers_ingest_codec(self.security.workers_codec())
 
-    def _ingest_rejected(self, error: MessageRejected, zone: Zone, seq: int) -> None:
+    def _ingest_rejected(self, error: MessageRejected, delivery: Delivery, zone: Zone) -> None:
         self.audit.record(
             AuditEvent.REJECTED_MESSAGE,
             actor=WORKER_SENDER,
-            subject=ingest_topic(zone),
+            subject=delivery.topic,
             zone=zone.value,
             reason=error.reason,
-            seq=seq,
+            seq=delivery.seq,
         )
 
     @cached_property

@@ -4,8 +4,9 @@ completeness, written together by one Lua script (atomic: a message is in both o
 A *topic* is a zone (``zone:<zone>``), a set of compartments in a zone (``comp:<zone>:<mask>``,
 see :mod:`hivemem.pool.compartments`: records that carry compartments travel there, never on
 the zone's topic), an agent's inbox for direct hand-overs (``agent:<id>:inbox``), or a zone's
-ingest queue (``ingest:<zone>``: every record agents write in the zone, for the workers). Per
-topic, under the pool's namespace ``ns``:
+agent's ingest queue in a zone (``ingest:<zone>:agent:<id>``: every record it writes in the
+zone, for the workers; ``ingest:<zone>``, the zone's shared queue of earlier versions, is only
+read). Per topic, under the pool's namespace ``ns``:
 
 - ``ns:<topic>`` — the pub/sub channel; a message is ``b"<epoch> <seq> <sender> <envelope>"``;
 - ``ns:<topic>:stream`` — the Stream; entry ``<seq>-0`` holds the envelope in field ``d`` and the
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -103,14 +104,24 @@ def inbox_topic(agent_id: str) -> str:
     return f"agent:{check_agent_id(agent_id)}:inbox"
 
 
-def ingest_topic(zone: Zone) -> str:
-    return f"ingest:{Zone(zone).value}"
+def ingest_topic(zone: Zone, agent_id: str | None = None) -> str:
+    """``agent_id``'s ingest queue in ``zone``: everything it writes there, for the workers.
+    None: the zone's shared queue, which every agent of the zone wrote before each had its own
+    (so that no agent may delete what another queued); the workers still drain it."""
+    if agent_id is None:
+        return f"ingest:{Zone(zone).value}"
+    return f"ingest:{Zone(zone).value}:agent:{check_agent_id(agent_id)}"
 
 
-def ingest_cursor_key(namespace: str, zone: Zone) -> str:
-    """Where the workers keep their place in ``zone``'s ingest queue: ``"<epoch> <seq>"`` of
+def zone_queues(zone: Zone, owners: Iterable[str]) -> list[str]:
+    """``zone``'s ingest queues: the shared one, then those of ``owners`` (agent ids), sorted."""
+    return [ingest_topic(zone), *(ingest_topic(zone, agent) for agent in sorted(set(owners)))]
+
+
+def ingest_cursor_key(namespace: str, topic: str) -> str:
+    """Where the workers keep their place in the ingest queue ``topic``: ``"<epoch> <seq>"`` of
     the last message they stored (outside ``<ns>:ingest:*``, which agents may write)."""
-    return f"{namespace}:cursor:ingest:{Zone(zone).value}"
+    return f"{namespace}:cursor:{topic}"
 
 
 def ingest_cursor(raw: bytes | None) -> tuple[str | None, int]:
@@ -237,6 +248,17 @@ class RedisBus:
         """The publishing script by its digest (never loading it: see ``script_loader``)."""
         found = self.client.evalsha(self._publish.sha, len(keys), *keys, *args)
         return cast("tuple[bytes, list[bytes]]", found)
+
+    def heads(self, topics: Sequence[str]) -> list[tuple[str | None, int]]:
+        """Each topic's epoch and last seq, in one round trip ((None, n): no messages to read,
+        as :meth:`read` would find)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for topic in topics:
+                pipe.get(self._key(topic, "epoch"))
+                pipe.get(self._key(topic, "seq"))
+            raw = pipe.execute()
+        pairs = zip(raw[::2], raw[1::2], strict=True)
+        return [(_epoch(epoch), _seq(seq or b"0") or 0) for epoch, seq in pairs]
 
     def read(self, topic: str, after: int, *, limit: int) -> Backlog:
         """Entries of the topic with seq > ``after``, oldest first, at most ``limit``."""

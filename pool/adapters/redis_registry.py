@@ -5,8 +5,9 @@ Keys under the pool namespace ``ns``: ``ns:registry:agents`` (hash: agent id →
 compartments when it holds any; what a re-registration is checked against),
 ``ns:registry:zones`` and ``ns:registry:compartments`` (the zone ladder and the compartments,
 JSON, set once: see :func:`check_zone_ladder`), ``ns:registry:topics`` (a set: the compartment
-topics written so far, see :mod:`hivemem.pool.adapters.redis_bus`) and ``ns:agent:<id>:alive``
-(the last heartbeat, expiring after the heartbeat TTL).
+topics written so far, see :mod:`hivemem.pool.adapters.redis_bus`), ``ns:registry:departed`` (a
+set: agents deregistered whose ingest queues the workers have not read through yet) and
+``ns:agent:<id>:alive`` (the last heartbeat, expiring after the heartbeat TTL).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class AgentRegistry:
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self._agents = f"{namespace}:registry:agents"
         self._clearance = f"{namespace}:registry:clearance"
+        #: Agents deregistered whose ingest queues the workers may not have read through yet.
+        self._departed = f"{namespace}:registry:departed"
         self._register = client.register_script(_REGISTER)
 
     def _alive_key(self, agent_id: str) -> str:
@@ -192,10 +195,32 @@ class AgentRegistry:
     def deregister(self, agent_id: str) -> None:
         """Remove the agent; raises AgentNotFound when it is not registered."""
         check_agent_id(agent_id)
+        # Noted first: from the moment it is no longer registered, the workers must find its
+        # queues by this note alone.
+        noted = self.client.sadd(self._departed, agent_id)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hdel(self._agents, agent_id)
             pipe.hdel(self._clearance, agent_id)
             pipe.delete(self._alive_key(agent_id))
             removed, _, _ = pipe.execute()
         if not removed:
+            if noted:  # it was not registered (and not departed before): nothing departed
+                self.client.srem(self._departed, agent_id)
             raise AgentNotFound(agent_id)
+
+    def queue_owners(self) -> tuple[Sequence[str], Sequence[str]]:
+        """Whose ingest queues the workers read: the registered agents' ids, and those of the
+        agents deregistered since whose queues they have not read through yet; each sorted."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hkeys(self._clearance)
+            pipe.smembers(self._departed)
+            registered, departed = pipe.execute()
+        return (
+            sorted(i.decode() for i in cast("Sequence[bytes]", registered)),
+            sorted(i.decode() for i in cast("set[bytes]", departed)),
+        )
+
+    def forget_departed(self, agent_ids: Sequence[str]) -> None:
+        """The workers read the queues of these deregistered agents through: forget them."""
+        if agent_ids:
+            self.client.srem(self._departed, *agent_ids)

@@ -445,7 +445,7 @@ def test_every_write_goes_to_its_zones_ingest_queue(make_pool: Pools) -> None:
     assert writer.flush()
 
     def queued(zone: Zone) -> tuple[list[str], list[str]]:
-        deliveries = pool.bus.read(ingest_topic(zone), 0, limit=100).deliveries
+        deliveries = pool.bus.read(ingest_topic(zone, "writer"), 0, limit=100).deliveries
         assert pool.security is not None  # what the workers open the queues with:
         opener = pool.security.workers_ingest_codec(pool.security.workers_codec())
         envelopes = [opener.decode(d.data) for d in deliveries]
@@ -460,5 +460,5 @@ def test_every_write_goes_to_its_zones_ingest_queue(make_pool: Pools) -> None:
     quiet = quiet_pool.register_agent("quiet", share_levels=[Level.CATEGORY])
     add(quiet, "kept to the agent and its peers", Level.CATEGORY, Zone.PUBLIC)
     assert quiet.flush()
-    assert quiet_pool.bus.read(ingest_topic(Zone.PUBLIC), 0, limit=10).epoch is None
+    assert quiet_pool.bus.read(ingest_topic(Zone.PUBLIC, "quiet"), 0, limit=10).epoch is None
     assert quiet_pool.bus.read(zone_topic(Zone.PUBLIC), 0, limit=10).last_seq == 1

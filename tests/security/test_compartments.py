@@ -475,10 +475,11 @@ def test_forged_compartments_and_misrouted_envelopes_are_refused_unopened(
 def test_the_ingest_queue_opens_for_the_workers_alone(
     pools: Callable[..., SharedMemoryPool], redis_server: EmbeddedRedis
 ) -> None:
-    """Every write goes to the zone's ingest queue, unshared levels and every compartment set
-    alike, and any agent of the zone may read that stream. Read with such an agent's Redis
-    user, nothing there opens with an agent's keys, not even the writer's own (it holds the
-    zone's key and every compartment): only the workers' ingest key opens it."""
+    """Every write goes to the writer's ingest queue in the zone, unshared levels and every
+    compartment set alike. Another agent of the zone may not read it (its Redis user is
+    refused); what it holds opens with no agent's keys, not even the writer's own (it holds the
+    zone's key and every compartment, and its user may read the queue): only the workers'
+    ingest key opens it."""
     pool = pools("p1")
     lead = pool.register_agent("lead", clearance=Zone.SECRET, compartments=COMPARTMENTS)
     engineer = pool.register_agent("engineer", clearance=Zone.SECRET, compartments=["apollo"])
@@ -491,10 +492,11 @@ def test_the_ingest_queue_opens_for_the_workers_alone(
     assert pool.security is not None
     assert pool.security.acl is not None
     eve = pool.security.acl.provision("eve", Zone.SECRET, compartments=["apollo"])
-    stream = f"{pool.settings.pool.namespace}:ingest:secret:stream"
-    queued = [
-        fields[b"d"] for _, fields in redis.Redis.from_url(eve.url(redis_server.url)).xrange(stream)
-    ]
+    stream = f"{pool.settings.pool.namespace}:ingest:secret:agent:lead:stream"
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        redis.Redis.from_url(eve.url(redis_server.url)).xrange(stream)
+    ATTEMPTS["another agent's ingest queue read"] += 1
+    queued = [fields[b"d"] for _, fields in redis.Redis.from_url(redis_server.url).xrange(stream)]
     assert len(queued) == 2
     for body in queued:
         assert salary.encode() not in body

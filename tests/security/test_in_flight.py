@@ -1,4 +1,4 @@
-"""Counting the writes a zone's ingest queue holds under a data key, on a real Redis: what a
+"""Counting the writes a zone's ingest queues hold under a data key, on a real Redis: what a
 key's retirement waits for (the pool's refusal itself: tests/workers/test_key_rotation.py)."""
 
 from __future__ import annotations
@@ -7,16 +7,25 @@ import uuid
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from hivemem.pool.adapters.redis_bus import RedisBus, ingest_cursor_key, ingest_topic
+from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import PoolUnavailable
+from hivemem.pool.redis_server import free_port
 from hivemem.security.in_flight import ingest_queued_under
 from hivemem.security.ingest_seal import IngestOpener, IngestSealer
 from hivemem.security.key_provider import LocalKeyProvider
 from hivemem.security.keyring import ZoneKeyring
 
 OLD, NEW = "0123456789ab", "ba9876543210"
+
+
+def publish(bus: RedisBus, topic: str, bodies: list[bytes]) -> None:
+    bus.publish(topic, "writer", [(uuid.uuid4().hex, body) for body in bodies])
 
 
 def frame(key_id: str) -> bytes:
@@ -33,40 +42,61 @@ def keyring(client: redis.Redis) -> ZoneKeyring:
     return ZoneKeyring(client, LocalKeyProvider(bytes(range(32))), namespace="t")
 
 
-def test_only_the_messages_under_the_key_count(client: redis.Redis, keyring: ZoneKeyring) -> None:
+@pytest.fixture
+def registry(client: redis.Redis) -> AgentRegistry:
+    """Agents "writer" and "other" registered, "gone" deregistered (its queue still counts)."""
+    registry = AgentRegistry(client, namespace="t", heartbeat_ttl_s=10.0)
+    for agent in ("writer", "other", "gone"):
+        registry.register(AgentInfo(agent_id=agent, clearance=Zone.SECRET))
+    registry.deregister("gone")
+    return registry
+
+
+def test_only_the_messages_under_the_key_count(
+    client: redis.Redis, keyring: ZoneKeyring, registry: AgentRegistry
+) -> None:
     """Wrapped to the workers or queued before wrapping existed, a message under the key
-    counts, over more than one page of the queue; a message under another key, one whose wrap
-    does not open, a version-1 one and bytes that are no frame do not; nor another zone's."""
+    counts, over more than one page of a queue, in every agent's queue of the zone (one since
+    deregistered included) and the zone's shared queue of earlier versions; a message under
+    another key, one whose wrap does not open, a version-1 one and bytes that are no frame do
+    not; nor another zone's; nor what the workers stored (their cursor)."""
     bus = RedisBus(client, namespace="t", maxlen=100)
     sealer = IngestSealer(keyring)
     under_old = [sealer.seal(frame(OLD)) for _ in range(300)] + [frame(OLD)]
     broken = bytearray(sealer.seal(frame(OLD)))
     broken[-1] ^= 1
     others = [sealer.seal(frame(NEW)), bytes(broken), b'{"v":1,"records":[]}', b"junk"]
-    bodies = under_old + others
-    bus.publish(ingest_topic(Zone.INTERNAL), "writer",
-                [(uuid.uuid4().hex, body) for body in bodies])  # fmt: skip
-    bus.publish(ingest_topic(Zone.PUBLIC), "writer", [(uuid.uuid4().hex, sealer.seal(frame(OLD)))])
+    queue = ingest_topic(Zone.INTERNAL, "writer")
+    publish(bus, queue, under_old + others)
+    publish(bus, ingest_topic(Zone.INTERNAL), [sealer.seal(frame(OLD))])
+    publish(bus, ingest_topic(Zone.INTERNAL, "gone"), [sealer.seal(frame(OLD))])
+    publish(bus, ingest_topic(Zone.INTERNAL, "never-registered"), [sealer.seal(frame(OLD))])
+    publish(bus, ingest_topic(Zone.PUBLIC, "writer"), [sealer.seal(frame(OLD))])
     opener = IngestOpener(keyring)
 
-    assert ingest_queued_under(bus, opener, Zone.INTERNAL, OLD) == len(under_old)
-    assert ingest_queued_under(bus, opener, Zone.INTERNAL, NEW) == 1
-    assert ingest_queued_under(bus, opener, Zone.CONFIDENTIAL, OLD) == 0
+    def count(zone: Zone, key_id: str) -> int:
+        return ingest_queued_under(bus, registry, opener, zone, key_id)
 
-    # The workers stored the first 250 (their cursor; the queue is trimmed approximately).
-    epoch = bus.read(ingest_topic(Zone.INTERNAL), 0, limit=1).epoch
-    client.set(ingest_cursor_key("t", Zone.INTERNAL), f"{epoch} 250")
-    bus.trim_through(ingest_topic(Zone.INTERNAL), 250)
-    assert ingest_queued_under(bus, opener, Zone.INTERNAL, OLD) == len(under_old) - 250
+    assert count(Zone.INTERNAL, OLD) == len(under_old) + 2
+    assert count(Zone.INTERNAL, NEW) == 1
+    assert count(Zone.CONFIDENTIAL, OLD) == 0
+
+    # The workers stored the first 250 (their cursor; a queue is trimmed approximately).
+    epoch = bus.read(queue, 0, limit=1).epoch
+    client.set(ingest_cursor_key("t", queue), f"{epoch} 250")
+    bus.trim_through(queue, 250)
+    assert count(Zone.INTERNAL, OLD) == len(under_old) - 250 + 2
     # A cursor of an older epoch (Redis lost its data since): the workers read it all again.
-    client.set(ingest_cursor_key("t", Zone.INTERNAL), "older-epoch 250")
-    assert ingest_queued_under(bus, opener, Zone.INTERNAL, NEW) == 1
+    client.set(ingest_cursor_key("t", queue), "older-epoch 250")
+    assert count(Zone.INTERNAL, NEW) == 1
 
 
 def test_without_redis_the_count_says_so(keyring: ZoneKeyring) -> None:
     """Redis away: PoolUnavailable (a retirement then changes nothing)."""
-    gone = redis.Redis(port=1, socket_connect_timeout=0.2)
+    gone = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    registry = AgentRegistry(gone, namespace="t", heartbeat_ttl_s=10.0)
     with pytest.raises(PoolUnavailable):
         ingest_queued_under(
-            RedisBus(gone, namespace="t", maxlen=10), IngestOpener(keyring), Zone.PUBLIC, OLD
-        )
+            RedisBus(gone, namespace="t", maxlen=10), registry, IngestOpener(keyring),
+            Zone.PUBLIC, OLD,
+        )  # fmt: skip

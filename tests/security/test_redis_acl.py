@@ -101,7 +101,7 @@ def test_rules_of_an_internal_agent() -> None:
         "reset", "on", "resetchannels",
         "&hivemem:zone:public", "&hivemem:zone:internal", "&hivemem:agent:a1:inbox",
         "~hivemem:zone:public:*", "~hivemem:zone:internal:*",
-        "~hivemem:ingest:public:*", "~hivemem:ingest:internal:*",
+        "~hivemem:ingest:public:agent:a1:*", "~hivemem:ingest:internal:agent:a1:*",
         "~hivemem:agent:a1:*",
         "-@all",
         "+subscribe", "+ping", "+select", "+multi", "+exec", "+get", "+xrange",
@@ -253,7 +253,7 @@ def test_no_agent_can_write_the_workers_keys(
     under ``ns:ingest:<zone>:*``, which the agents of the zone may write.)"""
     agent = connect(acl.provision("a1", Zone.INTERNAL))
     keys = WorkerKeys(NS)
-    names = [keys.ingest_cursor(Zone.INTERNAL), keys.ingest_lock(Zone.INTERNAL)]
+    names = [keys.ingest_cursor(ingest_topic(Zone.INTERNAL, "a1")), keys.ingest_lock(Zone.INTERNAL)]
     names += [keys.users(Zone.INTERNAL), keys.pending(Zone.INTERNAL, "u1")]
     names += [keys.plan(Zone.INTERNAL, "u1"), keys.queued(Zone.INTERNAL, "u1")]
     names += [keys.consolidate_lock(Zone.INTERNAL, "u1")]
@@ -270,7 +270,7 @@ def test_bus_works_on_own_zones_and_queues_and_is_refused_above(
         connect(acl.provision("a1", Zone.INTERNAL)), namespace=NS, maxlen=100, script_loader=client
     )
     own = [zone_topic(Zone.PUBLIC), zone_topic(Zone.INTERNAL)]
-    own += [ingest_topic(Zone.PUBLIC), ingest_topic(Zone.INTERNAL)]
+    own += [ingest_topic(Zone.PUBLIC, "a1"), ingest_topic(Zone.INTERNAL, "a1")]
     for topic in own:
         assert bus.publish(topic, "a1", [("m1", b"one"), ("m2", b"two")]) == [1, 2]
         backlog = bus.read(topic, 0, limit=10)
@@ -278,7 +278,7 @@ def test_bus_works_on_own_zones_and_queues_and_is_refused_above(
         assert client.xlen(f"t:{topic}:stream") == 2
     assert bus.read(inbox_topic("a1"), 0, limit=10).deliveries == []
     above = [zone_topic(Zone.CONFIDENTIAL), zone_topic(Zone.SECRET)]
-    above += [ingest_topic(Zone.CONFIDENTIAL), ingest_topic(Zone.SECRET)]
+    above += [ingest_topic(Zone.CONFIDENTIAL, "a1"), ingest_topic(Zone.SECRET, "a1")]
     attempts: list[Attempt] = []
     for topic in above:
         attempts.append(lambda topic=topic: bus.publish(topic, "a1", [("m1", b"x")]))
@@ -286,6 +286,33 @@ def test_bus_works_on_own_zones_and_queues_and_is_refused_above(
     assert sum(refused(attempt) for attempt in attempts) == len(attempts) == 8
     assert not client.keys("t:*:confidential:*")
     assert not client.keys("t:*:secret:*")
+
+
+def test_no_agent_can_touch_another_agents_ingest_queue(
+    acl: AgentAcl, client: redis.Redis, connect: Callable[..., redis.Redis]
+) -> None:
+    """Each agent queues its writes for the workers in a queue of its own: another agent of the
+    same zone can neither read it, nor trim, delete or overwrite what it holds, nor append to
+    it (directly or through the publishing script); the queue keeps its messages."""
+    owner = RedisBus(connect(acl.provision("a1", Zone.INTERNAL)), namespace=NS, maxlen=100,
+                     script_loader=client)  # fmt: skip
+    queue = ingest_topic(Zone.INTERNAL, "a1")
+    owner.publish(queue, "a1", [("m1", b"one"), ("m2", b"two")])
+    other = connect(acl.provision("a2", Zone.SECRET))
+    theirs = RedisBus(other, namespace=NS, maxlen=100, script_loader=client)
+    stream = f"{NS}:{queue}:stream"
+    attempts: list[Attempt] = [
+        lambda: theirs.read(queue, 0, limit=10),
+        lambda: theirs.publish(queue, "a2", [("m3", b"forged")]),
+        lambda: theirs.trim_through(queue, 2),
+        lambda: other.delete(stream),
+        lambda: other.xadd(stream, {"d": b"forged"}),
+        lambda: other.set(f"{NS}:{queue}:seq", "0"),
+        lambda: other.execute_command("XDEL", stream, "1-0"),
+        lambda: other.execute_command("XTRIM", stream, "MAXLEN", "0"),
+    ]
+    assert sum(refused(attempt) for attempt in attempts) == len(attempts)
+    assert [d.data for d in owner.read(queue, 0, limit=10).deliveries] == [b"one", b"two"]
 
 
 def test_script_cannot_publish_on_a_higher_channel(
@@ -323,11 +350,11 @@ def test_granted_commands_are_exactly_what_the_connection_runs(
     for topic in topics:
         bus.read(topic, 0, limit=10)
     bus.publish(zone_topic(Zone.INTERNAL), "a1", [("m1", b"x")])
-    bus.publish(ingest_topic(Zone.INTERNAL), "a1", [("m1", b"x")])
+    bus.publish(ingest_topic(Zone.INTERNAL, "a1"), "a1", [("m1", b"x")])
     got = messages(pubsub, 1)
     # A damaged counter: the script starts the queue over in a new epoch (DEL).
-    agent.set(f"{NS}:{ingest_topic(Zone.INTERNAL)}:seq", "damaged")
-    bus.publish(ingest_topic(Zone.INTERNAL), "a1", [("m2", b"y")])
+    agent.set(f"{NS}:{ingest_topic(Zone.INTERNAL, 'a1')}:seq", "damaged")
+    bus.publish(ingest_topic(Zone.INTERNAL, "a1"), "a1", [("m2", b"y")])
     time.sleep(1.1)  # past the health check interval: the next calls PING first
     messages(pubsub, 1, timeout_s=0.3)
     assert bus.read(zone_topic(Zone.INTERNAL), 0, limit=10).last_seq == 1

@@ -141,7 +141,7 @@ def test_a_message_sealed_while_redis_was_away_goes_under_its_users_secret(
     raw = redis.Redis.from_url(redis_server.url)
     topic = [f[b"d"] for _, f in raw.xrange("hivemem:zone:internal:stream")]
     ingest = pool.security.workers_ingest_codec(pool.security.workers_codec())
-    queued = [f[b"d"] for _, f in raw.xrange("hivemem:ingest:internal:stream")]
+    queued = [f[b"d"] for _, f in raw.xrange("hivemem:ingest:internal:agent:writer:stream")]
     opener = IngestOpener(pool.security.keyring)
     frames = [Frame.parse(data) for data in [*topic, *(opener.open(q) for q in queued)]]
     assert [f.header.subject for f in frames] == ["newcomer", "newcomer"]

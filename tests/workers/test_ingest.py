@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 from hivemem.agents.agent import Agent
+from hivemem.agents.outbox import Outbox
 from hivemem.pool.adapters.redis_bus import ingest_topic
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import make_envelope
@@ -28,7 +29,9 @@ from hivemem.workers.runtime import WorkerRuntime
 
 EVERYTHING = And(all=[])
 ZONE = Zone.PUBLIC
-TOPIC = ingest_topic(ZONE)
+WRITER = "writer"
+#: The writer's ingest queue in ZONE.
+TOPIC = ingest_topic(ZONE, WRITER)
 
 
 @pytest.fixture
@@ -70,13 +73,16 @@ def stored(runtime: WorkerRuntime, zone: Zone = ZONE) -> list[MemoryRecord]:
 
 
 def cursor(runtime: WorkerRuntime, zone: Zone = ZONE) -> int | None:
-    raw = cast("bytes | None", runtime.client.get(runtime.keys.ingest_cursor(zone)))
+    raw = cast(
+        "bytes | None", runtime.client.get(runtime.keys.ingest_cursor(ingest_topic(zone, WRITER)))
+    )
     return None if raw is None else int(raw.split(b" ")[1])
 
 
 def assert_consumed(runtime: WorkerRuntime, zone: Zone = ZONE) -> None:
-    """Nothing is left in the zone's queue, and the cursor is past its last message."""
-    backlog = runtime.bus.read(ingest_topic(zone), 0, limit=1000)
+    """Nothing is left in the writer's queue in the zone, and the cursor is past its last
+    message."""
+    backlog = runtime.bus.read(ingest_topic(zone, WRITER), 0, limit=1000)
     assert backlog.deliveries == []
     assert backlog.trimmed == (backlog.last_seq > 0)
     assert cursor(runtime, zone) == (backlog.last_seq or None)
@@ -244,6 +250,70 @@ def test_a_version_stored_before_the_one_it_replaces_marks_it_when_it_comes(
     assert runtime.client.hlen(runtime.keys.awaiting(ZONE)) == 0
 
 
+def test_each_agents_queue_and_the_shared_one_reach_the_store(
+    pool: SharedMemoryPool, agent: Agent, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """Each agent queues its writes in a queue of its own (its Redis user may touch no other):
+    the workers drain every registered agent's; the zone's shared queue that earlier versions
+    wrote (nothing queued before the upgrade is lost); and a deregistered agent's until they
+    read it through (its messages are refused: the sender is revoked), then forget it. An
+    envelope of another agent in an agent's queue is skipped: a queue holds its agent's
+    writes only."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    other = pool.register_agent("other", clearance=Zone.SECRET)
+    gone = pool.register_agent("gone", clearance=Zone.SECRET)
+    mine = write(agent, 2)
+    theirs = write(other, 1, user_id="u2")
+    write(gone, 1, user_id="u3")
+    pool.deregister("gone")
+    signed = agent.identity.codec.encode
+    earlier = make_envelope(sender=WRITER, zone=ZONE, records=[hostile("queued long ago")])
+    runtime.bus.publish(ingest_topic(ZONE), WRITER, [(earlier.message_id, signed(earlier))])
+    foreign = make_envelope(sender=WRITER, zone=ZONE, records=[hostile("in another's queue")])
+    misplaced = ingest_topic(ZONE, "other")
+    [seq] = runtime.bus.publish(misplaced, WRITER, [(foreign.message_id, signed(foreign))])
+    assert runtime.registry.queue_owners()[1] == ["gone"]
+
+    with structlog.testing.capture_logs() as logs:
+        report, _ = drain(runtime)
+
+    assert (report.records, report.skipped) == (4, 2)
+    found = sorted(r.id for r in stored(runtime))
+    assert found == sorted([*mine, *theirs, earlier.records[0].id])
+    skipped = [e for e in logs if e["event"] == "ingest_message_skipped"]
+    assert [(e["topic"], e["seq"]) for e in skipped] == [(misplaced, seq)]
+    rejected = [e for e in logs if e["event"] == "ingest_message_rejected"]
+    assert [e["topic"] for e in rejected] == [ingest_topic(ZONE, "gone")]
+    assert runtime.registry.queue_owners()[1] == []  # read through: forgotten
+
+
+def test_a_write_left_for_the_shared_queue_goes_to_the_agents_own(
+    pool: SharedMemoryPool,
+    agent: Agent,
+    make_pool: Callable[..., SharedMemoryPool],
+    make_runtime: Callable[..., WorkerRuntime],
+) -> None:
+    """A message an earlier version left in the outbox names the zone's shared queue, which the
+    agent's Redis user may no longer write: when the agent comes back, it goes to the agent's
+    own queue (rather than being refused and dropped), and reaches the zone store."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    left = make_envelope(sender=WRITER, zone=ZONE, records=[hostile("left for the old queue")])
+    body = agent.identity.codec.encode(left)
+    path = agent.memory.path
+    pool.close()
+    outbox = Outbox(path)
+    outbox.put([(ingest_topic(ZONE), left.message_id, body)])
+    outbox.close()
+
+    again = make_pool("agents").attach(WRITER)
+
+    assert again.flush()
+    assert runtime.bus.read(ingest_topic(ZONE), 0, limit=10).epoch is None
+    assert len(runtime.bus.read(TOPIC, 0, limit=10).deliveries) == 1
+    assert drain(runtime)[0].records == 1
+    assert [r.id for r in stored(runtime)] == [left.records[0].id]
+
+
 # -- crash safety -------------------------------------------------------------------------------
 
 
@@ -264,13 +334,13 @@ class CrashingIngest(IngestService):
         zone: Zone,
         queued: Sequence[MemoryRecord],
         tombstones: Sequence[Tombstone],
-        epoch: str,
-        last_seq: int,
+        topic: str,
+        cursor: str,
     ) -> list[str]:
         self.commits += 1
         if self.commits == self.crash_on:
             raise WorkerDied
-        return super()._commit(zone, queued, tombstones, epoch, last_seq)
+        return super()._commit(zone, queued, tombstones, topic, cursor)
 
 
 @pytest.mark.parametrize("crash_on", [1, 2])
@@ -290,6 +360,7 @@ def test_a_worker_dying_before_its_commit_loses_and_duplicates_nothing(
         threshold=1000,
         lock_ttl_s=3.0,
         crash_on=crash_on,
+        registry=runtime.registry,
         codec=runtime.ingest_codec,
     )
     with pytest.raises(WorkerDied):
