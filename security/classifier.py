@@ -174,10 +174,15 @@ _ASSIGNMENT = re.compile(
 )
 _KEY_WORDS = ("key", "password", "passwd", "pwd", "secret", "token")
 #: An assigned value that is a reference or a mask, not a secret: ``${X}``, ``$DB_PASSWORD``,
-#: ``$(cmd)``, ``<redacted>``, ``os.environ["X"]``, ``get_password()``, ``********``, a URL. A
-#: value that merely starts with ``$`` (``$ecretPass99``) is no reference.
+#: ``$(cmd)``, ``<your-password>``, ``{{ password }}``, ``%(password)s``, ``%DB_PASS%``,
+#: ``[REDACTED]``, ``(redacted)``, ``os.environ["X"]``, ``get_password()``, ``***`` (and what
+#: follows), ``********``, a URL. A value that merely starts with ``$`` (``$ecretPass99``), or
+#: with a bracket or ``%`` that no placeholder's shape closes (``(Xk29vLq7aa9!``), is none.
 _PLACEHOLDER = re.compile(
-    r"[<{%\[(*]|\$(?:[{(\d]|[A-Z_][A-Z0-9_]*$)|[A-Za-z_][\w.]*[(\[]|https?://|(.)\1+$", _A
+    r"<[\w .:/-]*>$|\{\{?[\w.-]+\}\}?$|%\([\w.]+\)[sd]$|%[A-Z_][A-Z0-9_]*%$"
+    r"|\[[A-Za-z_ -]+\]$|\([A-Za-z_ -]+\)$|\*{3}"
+    r"|\$(?:[{(\d]|[A-Z_][A-Z0-9_]*$)|[A-Za-z_][\w.]*[(\[]|https?://|(.)\1+$",
+    _A,
 )
 
 
