@@ -103,7 +103,7 @@ class SecureIdentity(Identity):
     def outgoing(self, body: bytes, *, ingest: bool) -> bytes:
         """``body`` sealed under its user's secret if Redis was away when it was sealed
         (:meth:`SecureCodec.with_subject`) and, for an ingest queue, sealed to the workers
-        (:mod:`hivemem.security.ingest_seal`: the zone's other agents may read that queue).
+        (:mod:`hivemem.security.ingest_seal`: the zone's other agents hold the zone's key).
         PoolUnavailable while a key it takes cannot be read."""
         body = cast("SecureCodec", self.codec).with_subject(body)  # always one here
         return self._ingest.seal(body) if ingest else body

@@ -51,7 +51,8 @@ def _own_queue(topic: str, agent_id: str) -> str:
 
 class ShareObserver:
     """Puts each write in the outbox (a WriteObserver): the shared levels for the zone's sync
-    topic and, with ``ingest``, every record and tombstone for the zone's ingest queue."""
+    topic and, with ``ingest``, every record and tombstone for the agent's ingest queue in the
+    zone."""
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ from hivemem.pool.errors import (
     AgentNotFound,
     ClearanceDenied,
     CompartmentDenied,
+    HivememError,
     InvalidInput,
     ZoneLadderMismatch,
 )
@@ -111,7 +112,7 @@ class SharedMemoryPool:
                 client,
                 namespace=pool.namespace,
                 audit=self.audit,
-                # The writes in a zone's ingest queue under a key hold its retirement.
+                # The writes in a zone's ingest queues under a key hold its retirement.
                 queued=partial(
                     ingest_queued_under,
                     self.bus,
@@ -152,7 +153,13 @@ class SharedMemoryPool:
                 raise
             raise unavailable(error) from None
         log.info("pool_connected", embedded=server is not None)
-        return cls(settings, client, server, redis_url=url, embedder=embedder)
+        pool = cls(settings, client, server, redis_url=url, embedder=embedder)
+        if pool.security is not None and pool.security.acl is not None:
+            try:
+                pool.security.acl.upgrade(pool.registry.list())  # once per namespace
+            except (HivememError, redis.RedisError) as error:  # the next connect tries again
+                log.warning("acl_upgrade_failed", error=type(error).__name__)
+        return pool
 
     # -- agents ---------------------------------------------------------------------------------
 
@@ -344,15 +351,18 @@ class SharedMemoryPool:
     def deregister(self, agent_id: str) -> None:
         """Detach the agent here if attached (its memory stays on disk), remove it from the
         registry and drop its inbox. Raises AgentNotFound."""
+        self.registry.get(agent_id)  # AgentNotFound before anything changes
         attached = self._attached.pop(check_agent_id(agent_id), None)
         if attached is not None:
             attached.close()
+        # Its Redis user first: once deregistered, its queues are read only until the workers
+        # read them through, and a process of it running elsewhere must queue nothing more.
+        if self.security is not None and self.security.acl is not None:
+            self.security.acl.remove(agent_id)
         self.registry.deregister(agent_id)
         self.bus.drop_topic(inbox_topic(agent_id))
         if self.security is not None:
             self.security.senders.forget(agent_id)
-            if self.security.acl is not None:
-                self.security.acl.remove(agent_id)
         self.audit.record(AuditEvent.DEREGISTERED, actor=AUDIT_ACTOR, subject=agent_id)
         log.info("agent_deregistered", agent_id=agent_id)
 
@@ -439,7 +449,7 @@ class SharedMemoryPool:
     def retire_key(self, zone: Zone | str, key_id: str, *, force: bool = False) -> list[str]:
         """Delete an old data key of ``zone`` for good (audited ``key_retired``). Raises
         KeyStillInUse (nothing changes) while an agent cleared for the zone, or the workers,
-        have not re-sealed since the key stopped being active, or the zone's ingest queue holds
+        have not re-sealed since the key stopped being active, or the zone's ingest queues hold
         writes under it that the workers have not stored yet (the holder ``"ingest queue"``) —
         unless ``force``, which makes what they still keep under it unreadable; returns those
         holders (empty unless forced).

@@ -1,12 +1,13 @@
 """What agents queue for the workers, sealed to the workers alone.
 
-Every record and tombstone an agent writes also goes to its zone's ingest queue
-(``<ns>:ingest:<zone>:stream``), whatever its level or compartments: the workers store them all.
-Every agent of the zone may read that stream (Redis 6.2 has no write-only key permission) and
-holds the zone's key, so a message sealed only as on a zone topic
-(:mod:`hivemem.security.wire`) would show it levels other agents keep to themselves and
-compartments it does not hold. The sender therefore wraps each ingest message once more, to a
-key only the workers open::
+Every record and tombstone an agent writes also goes to its own ingest queue in the record's
+zone (``<ns>:ingest:<zone>:agent:<id>:stream``), whatever its level or compartments: the workers
+store them all. No other agent's Redis user may read that queue, but every agent of the zone
+holds the zone's key, so a message sealed only as on a zone topic (:mod:`hivemem.security.wire`)
+would show levels the writer keeps to itself and compartments others do not hold to whoever got
+its bytes (a process with administrator credentials, a Redis dump; and, before each agent had
+its own queue, every agent of the zone). The sender therefore wraps each ingest message once
+more, to a key only the workers open::
 
     b"HMI1" <ephemeral public key: 32> <nonce: 12> <AES-256-GCM ciphertext of the frame>
 
@@ -20,8 +21,7 @@ AES-GCM pass, and only a holder of the workers' private key (an :class:`IngestOp
 Inside is the usual version-2 frame, signed by its sender and checked as before.
 
 What this does not change: whoever holds the master key (every pool process, as for zone keys)
-can unwrap the workers' key; an agent's Redis user can still delete entries of its zones'
-ingest queues (docs/security.md, "Known gaps").
+can unwrap the workers' key, which is never rotated (docs/security.md, "Known gaps").
 """
 
 from __future__ import annotations

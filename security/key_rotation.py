@@ -11,7 +11,7 @@ The steps, each audited or recorded:
    ``hivemem.reseal``).
 3. :meth:`KeyRotation.retire` deletes the old key's material (audited ``key_retired``). It
    refuses (KeyStillInUse, nothing changes) while a holder has not re-sealed since that key
-   stopped being active, or while the zone's ingest queue still holds messages sealed under
+   stopped being active, or while the zone's ingest queues still hold messages sealed under
    it (:mod:`hivemem.security.in_flight`: the workers have not stored those writes yet),
    unless forced: a forced retirement makes what that holder still has under the old key
    unreadable, for good, and the queued writes with it.
@@ -52,7 +52,7 @@ class KeyRotation:
         audit: AuditLog,
         queued: Callable[[Zone, str], int] | None = None,
     ) -> None:
-        """``queued(zone, key_id)``: how many messages of the zone's ingest queue are sealed
+        """``queued(zone, key_id)``: how many messages of the zone's ingest queues are sealed
         under the key (None: not looked at, for a process that only re-seals)."""
         self.keyring = keyring
         self._client = client
@@ -111,7 +111,7 @@ class KeyRotation:
         force: bool = False,
     ) -> list[str]:  # fmt: skip
         """Delete ``key_id``'s material. Raises KeyStillInUse (nothing changes) while one of
-        ``holders`` is :meth:`behind` or the zone's ingest queue holds messages under the key
+        ``holders`` is :meth:`behind` or the zone's ingest queues hold messages under the key
         (named :data:`INGEST_QUEUE`), unless ``force``; InvalidInput for the active key;
         KeyUnavailable for an unknown key. Returns the holders that were behind (empty unless
         forced). Audited ``key_retired``."""

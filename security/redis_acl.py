@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -53,6 +53,7 @@ from pydantic import SecretStr
 
 from hivemem.pool.adapters.redis_bus import compartment_glob
 from hivemem.pool.adapters.redis_errors import redis_errors
+from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import checked_compartments
 from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import AgentNotFound, InvalidInput
@@ -160,6 +161,12 @@ def agent_rules(
     ]
 
 
+#: The version of :func:`agent_rules`: users made under an older one get the current rules
+#: once per namespace (:meth:`AgentAcl.upgrade`). 2 (2026-11-22): each agent its own ingest
+#: queues, where 1 gave every agent of a zone its shared queue.
+RULES_VERSION = "2"
+
+
 def _is_no_such_user(error: redis.ResponseError) -> bool:
     return "no such user" in str(error).lower()
 
@@ -227,6 +234,26 @@ class AgentAcl:
             compartments=list(compartments),
             connections_killed=killed,
         )
+
+    def upgrade(self, agents: Iterable[AgentInfo]) -> int:
+        """Give the users of ``agents`` (every registered agent) the rules of this version,
+        once per namespace: users keep the rules they were made with, and those of an older
+        version may reach what this one closes. Returns how many users changed (0 when done
+        before). Raises PoolUnavailable when Redis cannot be reached."""
+        marker = f"{self.namespace}:registry:acl_rules"
+        with redis_errors():
+            if self.admin.get(marker) == RULES_VERSION.encode():
+                return 0
+        changed = 0
+        for info in agents:
+            if self.exists(info.agent_id):
+                self.restrict(info.agent_id, info.clearance, compartments=info.compartments)
+                changed += 1
+        with redis_errors():
+            self.admin.set(marker, RULES_VERSION)
+        log.info("acl_users_upgraded", namespace=self.namespace, users=changed,
+                 rules=RULES_VERSION)  # fmt: skip
+        return changed
 
     def remove(self, agent_id: str) -> bool:
         """Disconnect the agent's connections and delete its user; False when it had none."""

@@ -34,7 +34,6 @@ from hivemem.pool.adapters.redis_bus import (
     RedisBus,
     ingest_cursor,
     ingest_topic,
-    zone_queues,
 )
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.enums import Level, Zone
@@ -43,6 +42,7 @@ from hivemem.pool.errors import InvalidMessage, MessageRejected
 from hivemem.pool.ports import Vector, ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone, split_tombstones
 from hivemem.workers.derived import delete_derived
+from hivemem.workers.ingest_queues import IngestQueues
 from hivemem.workers.keys import WorkerKeys, add_pending
 from hivemem.workers.locks import held
 from hivemem.workers.version_links import VersionLinks
@@ -114,7 +114,6 @@ class IngestService:
         """``registry``: whose ingest queues there are (the agents registered, and those
         deregistered whose queues still hold messages)."""
         self._client = client
-        self._registry = registry
         self._bus = bus
         self._codec = codec or PlainCodec()
         self._on_rejected = on_rejected
@@ -124,6 +123,7 @@ class IngestService:
         self._threshold = threshold
         self._lock_ttl_s = lock_ttl_s
         self._versions = VersionLinks(store, client, keys)
+        self._queues = IngestQueues(client, bus, registry, keys)
 
     def drain(
         self, zone: Zone, *, max_messages: int | None = None, on_due: Callable[[str], None]
@@ -135,36 +135,20 @@ class IngestService:
             if not lock.acquired:
                 report.busy = True
                 return report
-            registered, departed = self._registry.queue_owners()
-            for topic in self._waiting(zone_queues(zone, [*registered, *departed])):
-                while max_messages is None or report.messages < max_messages:
-                    if not self._round(zone, topic, report):
-                        break
-            self._read_through(sorted(set(departed) - set(registered)))
+            waiting = self._queues.waiting(zone)
+            # One round per waiting queue in turn: a busy queue holds back no other.
+            while waiting and (max_messages is None or report.messages < max_messages):
+                waiting = [
+                    topic
+                    for topic in waiting
+                    if (max_messages is None or report.messages < max_messages)
+                    and self._round(zone, topic, report)
+                ]
+            self._queues.read_through()
+            self._versions.prune(zone)
         for user_id in report.due:
             on_due(user_id)
         return report
-
-    def _waiting(self, topics: list[str]) -> list[str]:
-        """The queues holding messages the workers have not stored (two round trips)."""
-        heads = self._bus.heads(topics)
-        raw = self._client.mget([self._keys.ingest_cursor(t) for t in topics])
-        stored = [ingest_cursor(c) for c in cast("list[bytes | None]", raw)]
-        return [
-            topic
-            for topic, head, cursor in zip(topics, heads, stored, strict=True)
-            if head[0] is not None and head != cursor
-        ]
-
-    def _read_through(self, departed: list[str]) -> None:
-        """Forget the deregistered agents whose queues in every zone the workers read through:
-        nothing more comes from them."""
-        if not departed:
-            return
-        topics = {agent: [ingest_topic(zone, agent) for zone in Zone] for agent in departed}
-        waiting = set(self._waiting([t for queues in topics.values() for t in queues]))
-        done = [agent for agent, queues in topics.items() if waiting.isdisjoint(queues)]
-        self._registry.forget_departed(done)
 
     def _round(self, zone: Zone, topic: str, report: IngestReport) -> bool:
         """One read-store-commit round; False when the queue had nothing after the cursor."""
@@ -279,7 +263,12 @@ class IngestService:
         new = [unique[record_id] for record_id in unseen if record_id not in archived]
         new = self._versions.settle(zone, new)
         self._upsert(zone, new)
-        self._drop_pending(zone, self._versions.link(zone, [record for record, _ in new]))
+        # Read again after a crash: stored then, perhaps never linked nor queued (the commit
+        # did not happen). Linking them again is idempotent.
+        stored_before = [i for i, tombstone in presence.items() if not tombstone]
+        earlier = self._store.get(zone, stored_before) if stored_before else []
+        marked = self._versions.link(zone, [*(record for record, _ in new), *earlier])
+        self._drop_pending(zone, marked)
         if batch.tombstones:
             named = [targets[t.id] for t in batch.tombstones if t.id in targets]
             self._delete_derived(zone, named)
@@ -287,9 +276,11 @@ class IngestService:
             # A run may have derived from a deleted episode after ``targets`` were read, and
             # looked for deletes before the tombstone above was stored: find its outputs now.
             self._delete_derived(zone, named, unlinked=True)
+            self._versions.forget(zone, [t.id for t in batch.tombstones])
         deleted = {t.id for t in batch.tombstones}
         # A version and its successor in one round: the old one was sent while still current.
         replaced = {r.supersedes for r, _ in unique.values() if r.supersedes is not None}
+        replaced |= {r.id for r in marked}
         queued = [
             record
             for record, _ in new
@@ -298,17 +289,15 @@ class IngestService:
             and record.id not in deleted
             and record.id not in replaced
         ]
-        # Read again after a crash: stored then, never queued (the commit did not happen).
-        stored_before = [i for i, tombstone in presence.items() if not tombstone]
-        if stored_before:
-            queued += [
-                r
-                for r in self._store.get(zone, stored_before)
-                if r.level is Level.EPISODE
-                and r.is_current
-                and not r.consolidated_into
-                and r.id not in deleted
-            ]
+        queued += [
+            r
+            for r in earlier
+            if r.level is Level.EPISODE
+            and r.is_current
+            and not r.consolidated_into
+            and r.id not in deleted
+            and r.id not in replaced
+        ]
         return queued
 
     def _delete_derived(

@@ -250,13 +250,12 @@ class RedisBus:
         return cast("tuple[bytes, list[bytes]]", found)
 
     def heads(self, topics: Sequence[str]) -> list[tuple[str | None, int]]:
-        """Each topic's epoch and last seq, in one round trip ((None, n): no messages to read,
-        as :meth:`read` would find)."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for topic in topics:
-                pipe.get(self._key(topic, "epoch"))
-                pipe.get(self._key(topic, "seq"))
-            raw = pipe.execute()
+        """Each topic's epoch and last seq, in one command ((None, n): no messages to read, as
+        :meth:`read` would find)."""
+        if not topics:
+            return []
+        names = [self._key(t, part) for t in topics for part in ("epoch", "seq")]
+        raw = cast("list[bytes | None]", self.client.mget(names))
         pairs = zip(raw[::2], raw[1::2], strict=True)
         return [(_epoch(epoch), _seq(seq or b"0") or 0) for epoch, seq in pairs]
 

@@ -16,6 +16,7 @@ from redis.retry import Retry
 from structlog.testing import capture_logs
 
 from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic, ingest_topic, zone_topic
+from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import AgentNotFound, InvalidIdentifier, InvalidInput
 from hivemem.pool.redis_server import EmbeddedRedis, free_port
@@ -247,7 +248,8 @@ def test_del_of_its_own_zones_keys_gives_an_agent_no_new_power(
 def test_no_agent_can_write_the_workers_keys(
     acl: AgentAcl, connect: Callable[..., redis.Redis]
 ) -> None:
-    """The workers' ingest cursor, consolidation state and locks lie outside every agent's key
+    """The workers' ingest cursor, consolidation state, version notes and locks, and the
+    registry's list of departed agents and rules version, lie outside every agent's key
     patterns, even for its own zones: an agent cannot move the workers' place in an ingest
     queue (making them skip or stall), nor take their locks. (The ingest cursor used to sit
     under ``ns:ingest:<zone>:*``, which the agents of the zone may write.)"""
@@ -256,9 +258,10 @@ def test_no_agent_can_write_the_workers_keys(
     names = [keys.ingest_cursor(ingest_topic(Zone.INTERNAL, "a1")), keys.ingest_lock(Zone.INTERNAL)]
     names += [keys.users(Zone.INTERNAL), keys.pending(Zone.INTERNAL, "u1")]
     names += [keys.plan(Zone.INTERNAL, "u1"), keys.queued(Zone.INTERNAL, "u1")]
-    names += [keys.consolidate_lock(Zone.INTERNAL, "u1")]
+    names += [keys.consolidate_lock(Zone.INTERNAL, "u1"), keys.awaiting(Zone.INTERNAL)]
+    names += [f"{NS}:registry:departed", f"{NS}:registry:acl_rules"]
     attempts: list[Attempt] = [lambda name=name: agent.set(name, "0 999999") for name in names]
-    assert sum(refused(attempt) for attempt in attempts) == len(attempts) == 7
+    assert sum(refused(attempt) for attempt in attempts) == len(attempts) == 10
 
 
 def test_bus_works_on_own_zones_and_queues_and_is_refused_above(
@@ -313,6 +316,32 @@ def test_no_agent_can_touch_another_agents_ingest_queue(
     ]
     assert sum(refused(attempt) for attempt in attempts) == len(attempts)
     assert [d.data for d in owner.read(queue, 0, limit=10).deliveries] == [b"one", b"two"]
+
+
+def test_users_made_under_older_rules_get_the_current_ones_once(
+    acl: AgentAcl, client: redis.Redis, connect: Callable[..., redis.Redis]
+) -> None:
+    """A user provisioned by a version that gave every agent of a zone the zone's shared
+    ingest queue (``~ns:ingest:<zone>:*``) could read and empty another agent's queue; the
+    upgrade gives it this version's rules (password kept), once per namespace."""
+    owner = RedisBus(connect(acl.provision("a1", Zone.INTERNAL)), namespace=NS, maxlen=100,
+                     script_loader=client)  # fmt: skip
+    queue = ingest_topic(Zone.INTERNAL, "a1")
+    owner.publish(queue, "a1", [("m1", b"one")])
+    credentials = acl.provision("a2", Zone.INTERNAL)
+    client.execute_command("ACL", "SETUSER", f"{NS}:agent:a2", f"~{NS}:ingest:internal:*")
+    old = connect(credentials)
+    assert old.xrange(f"{NS}:{queue}:stream")  # what an old user could do
+    agents = [AgentInfo(agent_id=a, clearance=Zone.INTERNAL) for a in ("a1", "a2")]
+
+    assert acl.upgrade(agents) == 2
+    assert acl.upgrade(agents) == 0
+
+    again = connect(credentials)  # its connections were closed: it logs in again
+    assert refused(lambda: again.xrange(f"{NS}:{queue}:stream"))
+    assert refused(lambda: again.delete(f"{NS}:{queue}:stream"))
+    own = RedisBus(again, namespace=NS, maxlen=100, script_loader=client)
+    assert own.publish(ingest_topic(Zone.INTERNAL, "a2"), "a2", [("m1", b"mine")]) == [1]
 
 
 def test_script_cannot_publish_on_a_higher_channel(
