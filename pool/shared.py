@@ -45,10 +45,10 @@ from hivemem.pool.zone_policy import ZonePolicies
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.content_seal import ContentSeal
+from hivemem.security.data_keys import KeyInfo
 from hivemem.security.in_flight import ingest_queued_under
 from hivemem.security.ingest_seal import IngestOpener
 from hivemem.security.key_rotation import KeyRotation
-from hivemem.security.keyring import KeyInfo
 from hivemem.security.local_reseal import LocalReseal
 from hivemem.security.pool_security import WORKER_SENDER, PoolSecurity
 from hivemem.security.sealed_index import SealedIndex

@@ -35,7 +35,8 @@ from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import INGEST_QUEUE, InvalidInput, KeyStillInUse, KeyUnavailable
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
-from hivemem.security.keyring import KeyInfo, ZoneKeyring, check_key_id
+from hivemem.security.data_keys import KeyInfo, check_key_id
+from hivemem.security.keyring import ZoneKeyring
 
 log = structlog.get_logger(__name__)
 

@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import InvalidInput, KeyUnavailable, SealBroken
 from hivemem.pool.ids import check_scope_id
-from hivemem.security.keyring import KEY_ID_PATTERN, DataKey, ZoneKeyring
+from hivemem.security.data_keys import KEY_ID_PATTERN, DataKey
+from hivemem.security.keyring import ZoneKeyring
 
 _VERSION = "v1"
 NONCE_BYTES = 12

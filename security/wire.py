@@ -46,7 +46,7 @@ from hivemem.pool.errors import (
 )
 from hivemem.pool.ids import AGENT_ID_PATTERN, SCOPE_ID_PATTERN
 from hivemem.pool.records import Compartments, utc_now
-from hivemem.security.keyring import KEY_ID_PATTERN
+from hivemem.security.data_keys import KEY_ID_PATTERN
 from hivemem.security.message_check import MessageCheck, SenderFacts
 from hivemem.security.sealing import NONCE_BYTES, TAG_BYTES, Sealed, Sealer
 from hivemem.security.signing import SIGNATURE_BYTES, SigningKey

@@ -236,8 +236,8 @@ def test_a_batch_cut_by_a_key_fetch_loses_no_message(make_pool: Pools) -> None:
 
     assert bob_pool.security is not None
     keyring = bob_pool.security.keyring
-    reachable = keyring._client  # cut the keyring's own connection only
-    keyring._client = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+    reachable = keyring._store.client  # cut the keyring's own connection only
+    keyring._store.client = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
     with structlog.testing.capture_logs() as logs:
         # Appended to the stream only (one script call, as a batched send), then a poke.
         bus = alice_pool.bus
@@ -248,7 +248,7 @@ def test_a_batch_cut_by_a_key_fetch_loses_no_message(make_pool: Pools) -> None:
         bus._publish(keys=stream_keys, args=args)  # append without publishing
         poke(bus.client, alice_pool)
         assert wait_for(lambda: any(e["event"] == "pool_receive_disconnected" for e in logs))
-        keyring._client = reachable
+        keyring._store.client = reachable
         assert wait_for(lambda: {"batched m1", "batched m2"} <= received(bob))
     assert not [e for e in logs if e["event"] == "pool_message_rejected"]
 

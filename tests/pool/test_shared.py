@@ -355,13 +355,13 @@ def test_a_receiver_that_cannot_fetch_a_key_backs_off_and_applies_the_message_la
     assert bob.wait_connected()
     assert bob_pool.security is not None
     keyring = bob_pool.security.keyring
-    reachable = keyring._client  # cut the keyring's own connection only: nothing listens there
-    keyring._client = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+    reachable = keyring._store.client  # cut the keyring's connection only: nothing listens there
+    keyring._store.client = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
     with structlog.testing.capture_logs() as logs:
         add(alice, "a first message for u1", Level.CATEGORY, Zone.INTERNAL)
         assert wait_for(lambda: any(e["event"] == "pool_receive_disconnected" for e in logs))
     assert "a first message for u1" not in received(bob)
-    keyring._client = reachable
+    keyring._store.client = reachable
     assert wait_for(lambda: "a first message for u1" in received(bob))
 
 

@@ -25,8 +25,9 @@ from hivemem.pool.errors import (
     SealBroken,
 )
 from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.security.data_keys import DataKey
 from hivemem.security.key_provider import LocalKeyProvider
-from hivemem.security.keyring import DataKey, ZoneKeyring
+from hivemem.security.keyring import ZoneKeyring
 
 MASTER = bytes(range(32))
 
@@ -289,7 +290,7 @@ def test_bad_namespace_and_zone_are_refused(
 
 
 def test_layout_is_under_the_namespace_and_holds_no_plaintext_key(
-    keyring: ZoneKeyring, client: redis.Redis
+    keyring: ZoneKeyring, client: redis.Redis, provider: LocalKeyProvider
 ) -> None:
     """Every key lives under ``t:keys:``; no stored value holds a key in raw, hex or base64
     form; wrapped entries carry provider_id, wrapped and created_at."""
@@ -308,7 +309,7 @@ def test_layout_is_under_the_namespace_and_holds_no_plaintext_key(
             assert form not in blob
     entry = json.loads(client.get("t:keys:vector:public"))
     assert entry.keys() == {"provider_id", "wrapped", "created_at"}
-    assert entry["provider_id"] == keyring._provider.provider_id
+    assert entry["provider_id"] == provider.provider_id
 
 
 def test_logs_never_hold_key_material(keyring: ZoneKeyring) -> None:

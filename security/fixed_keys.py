@@ -1,0 +1,102 @@
+"""The keys made once per namespace and never rotated: each zone's vector key and the workers'
+ingest key. :class:`FixedKeys` is the service behind
+:class:`~hivemem.security.keyring.ZoneKeyring`'s methods for them.
+
+They live in ``<ns>:keys:vector:<zone>`` and ``<ns>:keys:ingest``, strings holding a wrapped
+entry, and ``<ns>:keys:ingest:public``, the ingest key's public half in clear (base64). Each is
+made with ``SET NX``: the loser of a race uses the winner's. Once read, a process keeps them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from collections.abc import Callable
+from typing import cast
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from hivemem.pool.adapters.redis_errors import redis_errors
+from hivemem.pool.enums import Zone, checked_zone
+from hivemem.pool.errors import SealBroken
+from hivemem.security.key_store import KEY_BYTES, KeyStore, stored_bytes
+
+log = structlog.get_logger(__name__)
+
+#: The key id bound into the wrap of each secret made once (vector keys, the ingest key).
+_FIXED_ID = {"vector": "vector", "ingest": "ingest"}
+
+
+def _public_key(raw: bytes) -> bytes:
+    """The 32 raw bytes of a public key stored as base64; SealBroken for anything else."""
+    try:
+        public = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        public = b""
+    if len(public) != KEY_BYTES:
+        raise SealBroken("the stored public ingest key is malformed")
+    return public
+
+
+class FixedKeys:
+    """The vector and ingest keys of one namespace. Thread-safe."""
+
+    def __init__(self, store: KeyStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._fixed: dict[str, bytes] = {}  # Redis key -> secret made once
+
+    def vector_key(self, zone: Zone | str) -> bytes:
+        """The 32-byte vector key of ``zone``, made once (atomically) and never rotated:
+        rotating it would change every derived vector, i.e. need a re-index of the zone."""
+        zone = checked_zone(zone)
+        return self._made_once("vector", str(zone), f"{self._store.prefix}vector:{zone}")
+
+    def ingest_secret(self) -> bytes:
+        """The 32-byte secret of the workers' ingest key (an X25519 private key: see
+        :mod:`hivemem.security.ingest_seal`), made once (atomically) and never rotated."""
+        return self._made_once("ingest", "", f"{self._store.prefix}ingest")
+
+    def ingest_public(self) -> bytes:
+        """The public half of the workers' ingest key (32 bytes), kept in clear beside it
+        (``<ns>:keys:ingest:public``), so that a sealer never unwraps the private half once
+        the pair exists. The first keyring to ask makes both. Raises SealBroken for a stored
+        value that is not 32 bytes of base64."""
+
+        def made() -> bytes:
+            private = X25519PrivateKey.from_private_bytes(self.ingest_secret())
+            return base64.b64encode(private.public_key().public_bytes_raw())
+
+        return self._stored_once(f"{self._store.prefix}ingest:public", made, _public_key)
+
+    def _made_once(self, kind: str, zone: str, name: str) -> bytes:
+        """The secret of ``kind`` stored (wrapped) at ``name``, made once, never rotated."""
+        context = self._store.context(kind, zone, _FIXED_ID[kind])
+
+        def made() -> bytes:
+            return self._store.new_entry(kind, zone, _FIXED_ID[kind])[2].encode()
+
+        return self._stored_once(name, made, lambda raw: self._store.unwrap(raw, context))
+
+    def _stored_once(
+        self, name: str, made: Callable[[], bytes], read: Callable[[bytes], bytes]
+    ) -> bytes:
+        """What ``read`` makes of the value at ``name``: the first keyring to ask stores
+        ``made()`` there with ``SET NX`` (the loser of a race reads the winner's); then kept in
+        this process."""
+        with self._lock:
+            known = self._fixed.get(name)
+        if known is not None:
+            return known
+        with redis_errors():
+            raw = cast("bytes | str | None", self._store.client.get(name))
+            if raw is None:
+                if self._store.client.set(name, made(), nx=True):
+                    log.info("key_material_created", key=name)
+                raw = cast("bytes | str | None", self._store.client.get(name))
+        value = read(stored_bytes(raw or b""))
+        with self._lock:
+            self._fixed[name] = value
+        return value
