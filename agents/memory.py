@@ -1,10 +1,11 @@
 """``HierarchicalMemory``: one agent's fast, local, persistent memory.
 
-A facade: validation and vectors come from :mod:`hivemem.agents.builder`, search from
-:mod:`hivemem.agents.search`, tiers from :mod:`hivemem.agents.tiers`, version chains from
-:mod:`hivemem.agents.versions`; records live in a :class:`~hivemem.pool.ports.LocalIndex`
-(Qdrant Edge by default) under the persist directory, so a new process opening the same
-directory sees everything.
+A facade: validation and vectors come from :mod:`hivemem.agents.builder`, writes go through
+:mod:`hivemem.agents.write_path`, new versions through :mod:`hivemem.agents.superseding`,
+removals through :mod:`hivemem.agents.removal`, reads through :mod:`hivemem.agents.reading`
+(search in :mod:`hivemem.agents.search`), tiers are kept by :mod:`hivemem.agents.tiers`;
+records live in a :class:`~hivemem.pool.ports.LocalIndex` (Qdrant Edge by default) under the
+persist directory, so a new process opening the same directory sees everything.
 
 Concurrency: safe to share between threads. Writes (add, supersede, delete, forget, clear, tier
 moves) are serialised by one lock; searches run concurrently with them and see every write that
@@ -17,39 +18,37 @@ subclass of :class:`~hivemem.pool.errors.InvalidInput` and leaves the memory as 
 from __future__ import annotations
 
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hivemem.agents import versions
 from hivemem.agents.access import AccessTracker
 from hivemem.agents.builder import RecordBuilder
 from hivemem.agents.context import BuiltContext, GroupBy, build_context, estimate_tokens
 from hivemem.agents.directory import StoreDirectory
 from hivemem.agents.embedding import shared_embedder
-from hivemem.agents.inputs import MemoryInput, batch_of, check_count, check_rows, check_time
+from hivemem.agents.inputs import MemoryInput, batch_of, check_count, check_rows
 from hivemem.agents.ranking import SearchHit
-from hivemem.agents.scoping import optional_scope, owned_by, resolve_scope
-from hivemem.agents.search import Searcher, visible
-from hivemem.agents.search_config import SearchConfig, preset
-from hivemem.agents.sessions import bubble_up
+from hivemem.agents.reading import FilterArg, Reader
+from hivemem.agents.removal import Remover
+from hivemem.agents.scoping import optional_scope, resolve_scope
+from hivemem.agents.search import Searcher
+from hivemem.agents.search_config import SearchConfig
 from hivemem.agents.sparse import Bm25Encoder
-from hivemem.agents.stats import MemoryStats, compute_stats
+from hivemem.agents.stats import MemoryStats
+from hivemem.agents.superseding import Superseder
 from hivemem.agents.write_path import WritePath
 from hivemem.pool.adapters.edge_index import EdgeIndex
-from hivemem.pool.enums import Zone, checked_zone
-from hivemem.pool.errors import InvalidInput, InvalidSearchConfig, MemoryClosed
-from hivemem.pool.filters import And, Cond, MemoryFilter, parse_filter
-from hivemem.pool.ids import check_record_id, check_scope_id
+from hivemem.pool.enums import Zone
+from hivemem.pool.errors import InvalidInput, MemoryClosed
+from hivemem.pool.ids import check_scope_id
 from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder, Vector, WriteObserver
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone, check_text, utc_now
 from hivemem.pool.settings import HivememSettings
 from hivemem.security.classifier import Classifier
 
 _LIST_LIMIT_MAX = 100_000
-FilterArg = MemoryFilter | dict[str, Any] | None
 
 
 class HierarchicalMemory:
@@ -94,7 +93,6 @@ class HierarchicalMemory:
         except Exception:
             self._directory.release()
             raise
-        self._clock = clock
         self._closed = False
         self._read_gate = read_gate
         sensitivity = self.settings.security.sensitivity
@@ -112,6 +110,11 @@ class HierarchicalMemory:
             self._index, self._embedder, self._sparse, self._writes.neighbourhoods
         )
         self._access = AccessTracker(self._index, self._writes.tiers)
+        self._superseder = Superseder(
+            self._index, self._builder, self._writes, clock, self._check_open
+        )
+        self._remover = Remover(self._index, self._writes, clock)
+        self._reader = Reader(self._index, self._searcher, self._access, clock)
 
     def observe(self, observer: WriteObserver) -> None:
         """Tell ``observer`` of every later write, before the write is acknowledged."""
@@ -212,49 +215,13 @@ class HierarchicalMemory:
         agent shared is scoped to this memory's ``owner`` agent (it wrote it). Raises
         MemoryNotFound, or SupersessionConflict when the record is no longer current."""
         self._check_open()
-        check_record_id(record_id, field="record_id")
-        old = versions.require(self._index, record_id)
-        scope = old.scope
-        if old.received_from is not None and scope.agent_id is not None:
-            scope = scope.model_copy(update={"agent_id": self.owner})
-        inherited = MemoryInput(
-            content=content,
-            **{
-                "scope": scope,
-                "level": old.level,
-                "category": old.category,
-                "zone": old.zone,
-                "compartments": old.compartments,
-                "importance": old.importance,
-                "tags": old.tags,
-                "entities": old.entities,
-                "metadata": old.metadata,
-                **changes,
-            },
-        )
-        now = self._clock()
-        draft = self._builder.validate([inherited], None, now)[0]
-        update = {"supersedes": old.id, "follows": old.follows}
-        embedded, dense = self._builder.embed([draft.model_copy(update=update)])
-        new = embedded[0]
-        with self._writes.lock:
-            self._check_open()
-            old = versions.require(self._index, record_id)
-            versions.check_current(self._index, old)
-            versions.link(self._index, old, new, now, dense)
-            self._writes.tiers.enforce({new.scope.user_id: Counter([new.tier])}, now)
-            self._writes.wrote([new], dense)
-        return new
+        return self._superseder.supersede(record_id, content, changes, owner=self.owner)
 
     def delete(self, record_id: str) -> list[str]:
         """Delete a memory and every version of it: each becomes a tombstone (content and vectors
         destroyed). Returns the ids deleted; raises MemoryNotFound."""
         self._check_open()
-        check_record_id(record_id, field="record_id")
-        with self._writes.lock:
-            chain = versions.chain(self._index, record_id)
-            self._writes.deleted(versions.tombstone(self._index, chain, self._clock()))
-        return [r.id for r in chain]
+        return self._remover.delete(record_id)
 
     def forget(
         self,
@@ -268,51 +235,27 @@ class HierarchicalMemory:
         """Delete every record inside a scope (a user, a session of a user...): each becomes a
         tombstone. Returns how many records were deleted."""
         self._check_open()
-        target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
-        with self._writes.lock:
-            doomed = list(self._index.scan(And(all=owned_by(target))))
-            self._writes.deleted(versions.tombstone(self._index, doomed, self._clock()))
-        return len(doomed)
+        return self._remover.forget(resolve_scope(scope, user_id, session_id, agent_id, run_id))
 
     def expire(self, zone: Zone, recorded_before: datetime) -> int:
         """Delete every record of ``zone`` recorded before ``recorded_before`` (a zone's
         retention): each becomes a tombstone. Returns how many were deleted."""
         self._check_open()
-        where = And(
-            all=[
-                Cond(field="zone", op="eq", value=checked_zone(zone).value),
-                Cond(field="recorded_at", op="lt", value=recorded_before),
-            ]
-        )
-        with self._writes.lock:
-            doomed = list(self._index.scan(where))
-            self._writes.deleted(versions.tombstone(self._index, doomed, self._clock()))
-        return len(doomed)
+        return self._remover.expire(zone, recorded_before)
 
     def clear(self) -> None:
         """Remove every record and tombstone of this memory (here only: unlike delete and
         forget, clearing is not sent to other agents)."""
         self._check_open()
-        with self._writes.lock:
-            ids = [r.id for r in self._index.scan(And(all=[]))]
-            self._index.remove(ids)
-            self._index.purge()
-            self._writes.sessions.forget()
+        self._remover.clear()
 
     def end_session(self, *, user_id: str, session_id: str) -> list[MemoryRecord]:
         """Close a session: its current memories with importance ≥ ``bubble_importance`` are
         promoted to user scope (a new version without session and run, same vectors, in
         LONG_TERM). Returns the promoted versions."""
         self._check_open()
-        target = resolve_scope(None, user_id, session_id)
-        flt = MemoryFilter(importance_min=self.settings.memory.tiers.bubble_importance)
-        with self._writes.lock:
-            where = visible(target, flt, exact=False, as_of=None, include_superseded=False)
-            now = self._clock()
-            promoted = bubble_up(self._index, where, session_id, now)
-            self._writes.tiers.enforce({user_id: Counter(r.tier for r in promoted)}, now)
-            self._writes.wrote(promoted)
-        return promoted
+        bubble_importance = self.settings.memory.tiers.bubble_importance
+        return self._superseder.end_session(user_id, session_id, bubble_importance)
 
     def receive(
         self,
@@ -352,16 +295,12 @@ class HierarchicalMemory:
     def get(self, record_id: str, *, with_vectors: bool = False) -> MemoryRecord:
         """The record ``record_id`` (current or superseded); raises MemoryNotFound."""
         self._check_open()
-        check_record_id(record_id, field="record_id")
-        record = versions.require(self._index, record_id, with_vectors=with_vectors)
-        self._access.touch([record.id], self._clock())
-        return record
+        return self._reader.get(record_id, with_vectors=with_vectors)
 
     def get_history(self, record_id: str) -> list[MemoryRecord]:
         """Every surviving version of the record, oldest first; raises MemoryNotFound."""
         self._check_open()
-        check_record_id(record_id, field="record_id")
-        return versions.chain(self._index, record_id)
+        return self._reader.history(record_id)
 
     def list_memories(
         self,
@@ -381,15 +320,9 @@ class HierarchicalMemory:
         self._check_open()
         check_count(limit, field="limit", low=1, high=_LIST_LIMIT_MAX)
         target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
-        where = visible(
-            target,
-            parse_filter(filter),
-            exact=exact_scope,
-            as_of=check_time(as_of, field="as_of"),
-            include_superseded=include_superseded,
-        )
-        found = sorted(self._index.scan(where), key=lambda r: (r.recorded_at, r.id), reverse=True)
-        return found[:limit]
+        return self._reader.list_memories(
+            target, filter, as_of, include_superseded=include_superseded, exact=exact_scope
+        )[:limit]
 
     def search(
         self,
@@ -417,14 +350,10 @@ class HierarchicalMemory:
             raise InvalidInput("query must be non-empty text", field="query")
         check_text(query, field="query", error=InvalidInput)
         target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
-        chosen = self._config(config, overrides)
-        flt = parse_filter(filter)
-        when = check_time(as_of, field="as_of")
-        now = self._clock()
-        hits = self._searcher.search(query, target, chosen, flt, as_of=when, now=now)
-        if chosen.track_access and hits:
-            self._access.touch([h.record.id for h in hits], now)
-        return hits
+        default = self.settings.memory.search_preset
+        return self._reader.search(
+            query, target, filter, config, as_of, overrides=overrides, default_preset=default
+        )
 
     def build_context(
         self,
@@ -464,14 +393,4 @@ class HierarchicalMemory:
         no scope is given) and the disk size of the whole memory."""
         self._check_open()
         target = optional_scope(scope, user_id, session_id, agent_id, run_id)
-        return compute_stats(self._index, [] if target is None else owned_by(target))
-
-    def _config(self, config: SearchConfig | str | None, overrides: dict[str, Any]) -> SearchConfig:
-        if config is None:
-            config = self.settings.memory.search_preset
-        if isinstance(config, Mapping):
-            config = SearchConfig.model_validate(config)
-        if not isinstance(config, str | SearchConfig):
-            raise InvalidSearchConfig("config is a SearchConfig, its fields or a preset's name")
-        base = preset(config) if isinstance(config, str) else config
-        return base.with_(**overrides) if overrides else base
+        return self._reader.stats(target)

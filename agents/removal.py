@@ -1,0 +1,69 @@
+"""How records leave one agent's memory: :class:`Remover`, the service behind
+:class:`~hivemem.agents.memory.HierarchicalMemory`'s delete, forget, expire and clear.
+
+Each removal holds the memory's write lock. Deleted records become tombstones (content and
+vectors destroyed) and the observers (the pool's sender) are told of them before the lock is
+released; clearing removes records and tombstones here only and tells no one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from hivemem.agents import versions
+from hivemem.agents.scoping import owned_by
+from hivemem.agents.write_path import WritePath
+from hivemem.pool.enums import Zone, checked_zone
+from hivemem.pool.filters import And, Cond
+from hivemem.pool.ids import check_record_id
+from hivemem.pool.ports import LocalIndex
+from hivemem.pool.records import Scope
+
+
+class Remover:
+    """Removes records from one memory."""
+
+    def __init__(self, index: LocalIndex, writes: WritePath, clock: Callable[[], datetime]) -> None:
+        self._index = index
+        self._writes = writes
+        self._clock = clock
+
+    def delete(self, record_id: str) -> list[str]:
+        """Delete the record ``record_id`` and every version of it (see
+        HierarchicalMemory.delete); the ids deleted."""
+        check_record_id(record_id, field="record_id")
+        with self._writes.lock:
+            chain = versions.chain(self._index, record_id)
+            self._writes.deleted(versions.tombstone(self._index, chain, self._clock()))
+        return [r.id for r in chain]
+
+    def forget(self, target: Scope) -> int:
+        """Delete every record inside ``target`` (see HierarchicalMemory.forget); how many."""
+        with self._writes.lock:
+            doomed = list(self._index.scan(And(all=owned_by(target))))
+            self._writes.deleted(versions.tombstone(self._index, doomed, self._clock()))
+        return len(doomed)
+
+    def expire(self, zone: Zone, recorded_before: datetime) -> int:
+        """Delete every record of ``zone`` recorded before ``recorded_before`` (see
+        HierarchicalMemory.expire); how many."""
+        where = And(
+            all=[
+                Cond(field="zone", op="eq", value=checked_zone(zone).value),
+                Cond(field="recorded_at", op="lt", value=recorded_before),
+            ]
+        )
+        with self._writes.lock:
+            doomed = list(self._index.scan(where))
+            self._writes.deleted(versions.tombstone(self._index, doomed, self._clock()))
+        return len(doomed)
+
+    def clear(self) -> None:
+        """Remove every record and tombstone here, telling no one (see
+        HierarchicalMemory.clear)."""
+        with self._writes.lock:
+            ids = [r.id for r in self._index.scan(And(all=[]))]
+            self._index.remove(ids)
+            self._index.purge()
+            self._writes.sessions.forget()
