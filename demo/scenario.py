@@ -34,6 +34,9 @@ from hivemem.workers.fleet import Fleet
 from hivemem.workers.stack import EmbeddedStack
 
 _WAIT_S = 45.0
+#: How long the demo waits for a worker's task: on a loaded machine a forget waits for the
+#: user's consolidation to end (its lock) and for the zones' ingest.
+_TASK_WAIT_S = 180.0
 
 
 class Report:
@@ -258,8 +261,8 @@ def _forget(agents: dict[str, AgentProcess], settings: HivememSettings, report: 
     console.print("  one call: the workers forget alice in every zone store and archive, and "
                   "their tombstones reach every agent")  # fmt: skip
     with Fleet(settings) as fleet:
-        receipt = fleet.forget_user("alice")
-        again = fleet.forget_user("alice")
+        receipt = fleet.forget_user("alice", timeout_s=_TASK_WAIT_S)
+        again = fleet.forget_user("alice", timeout_s=_TASK_WAIT_S)
     table = Table("zone", "live records", "archived", "tombstones sent", title="Forget receipt")
     for zone, part in receipt.zones.items():
         if part.live_records or part.archived_records:
