@@ -156,7 +156,7 @@ class SharedMemoryPool:
         pool = cls(settings, client, server, redis_url=url, embedder=embedder)
         if pool.security is not None and pool.security.acl is not None:
             try:
-                pool.security.acl.upgrade(pool.registry.list())  # once per namespace
+                pool.security.acl.upgrade(pool.registry.list)  # once per namespace
             except (HivememError, redis.RedisError) as error:  # the next connect tries again
                 log.warning("acl_upgrade_failed", error=type(error).__name__)
         return pool

@@ -16,14 +16,7 @@ the workers reject them anyway.
 
 from __future__ import annotations
 
-from typing import cast
-
-from hivemem.pool.adapters.redis_bus import (
-    RedisBus,
-    ingest_cursor,
-    ingest_cursor_key,
-    zone_queues,
-)
+from hivemem.pool.adapters.redis_bus import RedisBus, zone_queues
 from hivemem.pool.adapters.redis_errors import redis_errors
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.enums import Zone
@@ -52,23 +45,16 @@ def ingest_queued_under(
     be reached, SealBroken when the workers' ingest key cannot be read."""
     with redis_errors():
         registered, departed = registry.queue_owners()
-    queues = zone_queues(zone, [*registered, *departed])
-    return sum(_queued_under(bus, opener, topic, key_id) for topic in queues)
+        unread = bus.unread_queues(zone_queues(zone, [*registered, *departed]))
+    return sum(_queued_under(bus, opener, topic, after, key_id) for topic, after in unread)
 
 
-def _queued_under(bus: RedisBus, opener: IngestOpener, topic: str, key_id: str) -> int:
-    """:func:`ingest_queued_under` in one queue."""
-    with redis_errors():
-        raw = cast("bytes | None", bus.client.get(ingest_cursor_key(bus.namespace, topic)))
-    stored_epoch, after = ingest_cursor(raw)
+def _queued_under(bus: RedisBus, opener: IngestOpener, topic: str, after: int, key_id: str) -> int:
+    """:func:`ingest_queued_under` in one queue, after the seq ``after``."""
     count = 0
     while True:
         with redis_errors():
             backlog = bus.read(topic, after, limit=_PAGE)
-        if stored_epoch not in (None, backlog.epoch):
-            # The queue started over (Redis lost its data): the workers will read all of it.
-            stored_epoch, after = None, 0
-            continue
         if not backlog.deliveries:
             return count
         count += sum(1 for d in backlog.deliveries if _key_id(opener, d.data) == key_id)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -235,8 +235,8 @@ class AgentAcl:
             connections_killed=killed,
         )
 
-    def upgrade(self, agents: Iterable[AgentInfo]) -> int:
-        """Give the users of ``agents`` (every registered agent) the rules of this version,
+    def upgrade(self, agents: Callable[[], Iterable[AgentInfo]]) -> int:
+        """Give the users of ``agents()`` (every registered agent) the rules of this version,
         once per namespace: users keep the rules they were made with, and those of an older
         version may reach what this one closes. Returns how many users changed (0 when done
         before). Raises PoolUnavailable when Redis cannot be reached."""
@@ -245,7 +245,7 @@ class AgentAcl:
             if self.admin.get(marker) == RULES_VERSION.encode():
                 return 0
         changed = 0
-        for info in agents:
+        for info in agents():  # listed only when the rules changed: not at every connect
             if self.exists(info.agent_id):
                 self.restrict(info.agent_id, info.clearance, compartments=info.compartments)
                 changed += 1

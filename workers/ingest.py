@@ -123,7 +123,7 @@ class IngestService:
         self._threshold = threshold
         self._lock_ttl_s = lock_ttl_s
         self._versions = VersionLinks(store, client, keys)
-        self._queues = IngestQueues(client, bus, registry, keys)
+        self._queues = IngestQueues(bus, registry)
 
     def drain(
         self, zone: Zone, *, max_messages: int | None = None, on_due: Callable[[str], None]
@@ -135,7 +135,8 @@ class IngestService:
             if not lock.acquired:
                 report.busy = True
                 return report
-            waiting = self._queues.waiting(zone)
+            owners = self._queues.owners()
+            waiting = self._queues.waiting(zone, owners)
             # One round per waiting queue in turn: a busy queue holds back no other.
             while waiting and (max_messages is None or report.messages < max_messages):
                 waiting = [
@@ -144,7 +145,7 @@ class IngestService:
                     if (max_messages is None or report.messages < max_messages)
                     and self._round(zone, topic, report)
                 ]
-            self._queues.read_through()
+            self._queues.read_through(owners)
             self._versions.prune(zone)
         for user_id in report.due:
             on_due(user_id)

@@ -249,15 +249,30 @@ class RedisBus:
         found = self.client.evalsha(self._publish.sha, len(keys), *keys, *args)
         return cast("tuple[bytes, list[bytes]]", found)
 
-    def heads(self, topics: Sequence[str]) -> list[tuple[str | None, int]]:
-        """Each topic's epoch and last seq, in one command ((None, n): no messages to read, as
-        :meth:`read` would find)."""
-        if not topics:
-            return []
-        names = [self._key(t, part) for t in topics for part in ("epoch", "seq")]
-        raw = cast("list[bytes | None]", self.client.mget(names))
-        pairs = zip(raw[::2], raw[1::2], strict=True)
-        return [(_epoch(epoch), _seq(seq or b"0") or 0) for epoch, seq in pairs]
+    def unread_queues(self, topics: Sequence[str]) -> list[tuple[str, int]]:
+        """Those of the ingest queues ``topics`` that hold messages the workers have not
+        stored, in order, each with the seq to read after: the workers' cursor, or 0 when the
+        queue started over in another epoch since (Redis lost its data). One command."""
+        names = [
+            name
+            for topic in topics
+            for name in (
+                self._key(topic, "epoch"),
+                self._key(topic, "seq"),
+                ingest_cursor_key(self.namespace, topic),
+            )
+        ]
+        raw = cast("list[bytes | None]", self.client.mget(names)) if names else []
+        unread = []
+        for topic, epoch_raw, seq_raw, cursor in zip(
+            topics, raw[::3], raw[1::3], raw[2::3], strict=True
+        ):
+            epoch, seq = _epoch(epoch_raw), _seq(seq_raw or b"0") or 0
+            stored_epoch, stored = ingest_cursor(cursor)
+            if epoch is None or (epoch, seq) == (stored_epoch, stored):
+                continue
+            unread.append((topic, stored if epoch == stored_epoch else 0))
+        return unread
 
     def read(self, topic: str, after: int, *, limit: int) -> Backlog:
         """Entries of the topic with seq > ``after``, oldest first, at most ``limit``."""

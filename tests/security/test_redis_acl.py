@@ -334,8 +334,8 @@ def test_users_made_under_older_rules_get_the_current_ones_once(
     assert old.xrange(f"{NS}:{queue}:stream")  # what an old user could do
     agents = [AgentInfo(agent_id=a, clearance=Zone.INTERNAL) for a in ("a1", "a2")]
 
-    assert acl.upgrade(agents) == 2
-    assert acl.upgrade(agents) == 0
+    assert acl.upgrade(lambda: agents) == 2
+    assert acl.upgrade(lambda: agents) == 0
 
     again = connect(credentials)  # its connections were closed: it logs in again
     assert refused(lambda: again.xrange(f"{NS}:{queue}:stream"))

@@ -222,34 +222,6 @@ def test_a_new_version_links_the_old_one_and_replaces_it_in_pending(
     assert pending(runtime) == {second.id}
 
 
-def test_a_version_stored_before_the_one_it_replaces_marks_it_when_it_comes(
-    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
-) -> None:
-    """Another agent's new version reaches the workers first (the writer's outbox still holds
-    the old one): the old one, when it comes, is stored superseded by it and does not wait
-    for consolidation. Before, it was stored as a second current version."""
-    runtime = make_runtime(consolidation={"threshold": 1000})
-    slow = pool.register_agent("slow", clearance=Zone.SECRET, sync_interval=8.0)
-    quick = pool.register_agent("quick", clearance=Zone.SECRET)
-    first = slow.memory.add("I live in Lyon", user_id="u1")
-    quick.memory.receive([slow.memory.get(first.id, with_vectors=True)], senders=["slow"])
-    second = quick.memory.supersede(first.id, "I live in Porto")
-    assert quick.flush()
-    drain(runtime)
-    assert [r.id for r in stored(runtime)] == [second.id]
-    assert pending(runtime) == {second.id}
-
-    assert slow.flush(timeout_s=30.0)  # it sends every 8 s
-    report, _ = drain(runtime)
-
-    assert report.records == 1
-    [old, new] = runtime.store.get(ZONE, [first.id, second.id])
-    assert (old.superseded_by, old.superseded_at) == (second.id, second.recorded_at)
-    assert new.is_current
-    assert pending(runtime) == {second.id}
-    assert runtime.client.hlen(runtime.keys.awaiting(ZONE)) == 0
-
-
 def test_each_agents_queue_and_the_shared_one_reach_the_store(
     pool: SharedMemoryPool, agent: Agent, make_runtime: Callable[..., WorkerRuntime]
 ) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from hivemem.agents.agent import Agent
 from hivemem.pool.adapters.redis_bus import ingest_topic
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import make_envelope
@@ -44,6 +45,19 @@ def notes(runtime: WorkerRuntime) -> dict[str, list[str]]:
     return {k.decode(): json.loads(v)["s"] for k, v in raw.items()}
 
 
+def version_before_its_record(pool: SharedMemoryPool) -> tuple[Agent, MemoryRecord, MemoryRecord]:
+    """Agent "slow" writes a record that stays in its outbox (it sends every 8 s); agent
+    "quick" receives it and queues a new version of it at once. Returns slow, the record and
+    the new version."""
+    slow = pool.register_agent("slow", clearance=Zone.SECRET, sync_interval=8.0)
+    quick = pool.register_agent("quick", clearance=Zone.SECRET)
+    first = slow.memory.add("I live in Lyon", user_id="u1")
+    quick.memory.receive([slow.memory.get(first.id, with_vectors=True)], senders=["slow"])
+    second = quick.memory.supersede(first.id, "I live in Porto")
+    assert quick.flush()
+    return slow, first, second
+
+
 @pytest.fixture
 def pool(make_pool: Callable[..., SharedMemoryPool]) -> SharedMemoryPool:
     return make_pool("agents")
@@ -74,6 +88,29 @@ def test_a_round_stored_but_not_linked_is_linked_when_read_again(
     assert pending(runtime) == {second.id}
 
 
+def test_a_version_stored_before_the_one_it_replaces_marks_it_when_it_comes(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """Another agent's new version reaches the workers first (the writer's outbox still holds
+    the old one): the old one, when it comes, is stored superseded by it and does not wait
+    for consolidation. Before, it was stored as a second current version."""
+    runtime = make_runtime(consolidation={"threshold": 1000})
+    slow, first, second = version_before_its_record(pool)
+    drain(runtime)
+    assert [r.id for r in stored(runtime)] == [second.id]
+    assert pending(runtime) == {second.id}
+
+    assert slow.flush(timeout_s=30.0)  # it sends every 8 s
+    report, _ = drain(runtime)
+
+    assert report.records == 1
+    [old, new] = runtime.store.get(ZONE, [first.id, second.id])
+    assert (old.superseded_by, old.superseded_at) == (second.id, second.recorded_at)
+    assert new.is_current
+    assert pending(runtime) == {second.id}
+    assert runtime.client.hlen(runtime.keys.awaiting(ZONE)) == 0
+
+
 def test_a_version_that_came_first_is_noted_through_a_crash_and_beside_others(
     pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
 ) -> None:
@@ -82,13 +119,8 @@ def test_a_version_that_came_first_is_noted_through_a_crash_and_beside_others(
     (it does not replace the note), and the record, when it comes, is superseded by the one
     that may act on it."""
     runtime = make_runtime(consolidation={"threshold": 1000})
-    slow = pool.register_agent("slow", clearance=Zone.SECRET, sync_interval=8.0)
-    quick = pool.register_agent("quick", clearance=Zone.SECRET)
+    slow, first, second = version_before_its_record(pool)
     mallory = pool.register_agent("mallory", clearance=Zone.SECRET)
-    first = slow.memory.add("I live in Lyon", user_id="u1")
-    quick.memory.receive([slow.memory.get(first.id, with_vectors=True)], senders=["slow"])
-    second = quick.memory.supersede(first.id, "I live in Porto")
-    assert quick.flush()
     crash_next_link(runtime)
     with pytest.raises(WorkerDied):
         drain(runtime)
