@@ -108,7 +108,7 @@ def _show(args: argparse.Namespace, settings: HivememSettings) -> int:
 def _revoke(args: argparse.Namespace, settings: HivememSettings) -> int:
     with open_pool(settings) as pool:
         alive = pool.is_alive(args.agent_id)
-        pool.deregister(args.agent_id)
+        pool.deregister(args.agent_id, keep_queued=not args.discard_queued)
         memory_dir = pool.agent_dir(args.agent_id)
     broker_enforced = settings.security.enabled and settings.security.redis_acl
     if alive and broker_enforced:
@@ -124,10 +124,20 @@ def _revoke(args: argparse.Namespace, settings: HivememSettings) -> int:
         )
     emit(
         args,
-        {"agent_id": args.agent_id, "revoked": True, "memory_dir": str(memory_dir)},
+        {
+            "agent_id": args.agent_id,
+            "revoked": True,
+            "queued_writes": "discarded" if args.discard_queued else "kept",
+            "memory_dir": str(memory_dir),
+        },
         lambda: print(
             f"revoked agent {args.agent_id}: removed from the registry and its inbox dropped. "
-            f"Its local memory and outbox stay on disk under {memory_dir} (delete the directory "
+            + (
+                "The writes it queued for the workers are refused. "
+                if args.discard_queued
+                else "The workers still store the writes it queued before now. "
+            )
+            + f"Its local memory and outbox stay on disk under {memory_dir} (delete the directory "
             "to destroy them); what it shared stays with the agents that received it."
         ),
     )
@@ -181,5 +191,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="remove an agent from the registry and drop its inbox (its memory stays on disk)",
     )
     revoke.add_argument("agent_id", metavar="AGENT_ID")
+    revoke.add_argument(
+        "--discard-queued",
+        action="store_true",
+        help="refuse the writes it queued for the workers and they have not stored yet (for a "
+        "compromised agent; by default they are stored)",
+    )
     add_json_flag(revoke)
     revoke.set_defaults(handler=_revoke)

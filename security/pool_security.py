@@ -11,6 +11,7 @@ provisioning of agents' Redis users. Agents' private keys live in their director
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -24,13 +25,15 @@ from hivemem.pool.settings import HivememSettings
 from hivemem.security.ingest_seal import IngestCodec, IngestOpener
 from hivemem.security.key_provider import key_provider
 from hivemem.security.keyring import ZoneKeyring
-from hivemem.security.message_check import MessageCheck, ReplayGuard
+from hivemem.security.message_check import MessageCheck, ReplayGuard, SenderFacts
 from hivemem.security.redis_acl import AgentAcl
 from hivemem.security.sealing import Sealer
 from hivemem.security.senders import SenderDirectory
 from hivemem.security.signing import AdminSigner, SigningKey
 from hivemem.security.wire import SecureCodec
 
+#: Looks a sender up: its registry entry's facts, or None (not registered).
+Senders = Callable[[str], SenderFacts | None]
 #: The sender id of everything the workers publish.
 WORKER_SENDER = "hivemem-workers"
 
@@ -95,15 +98,16 @@ class PoolSecurity:
             compartments=info.compartments,
         )
 
-    def workers_codec(self) -> SecureCodec:
+    def workers_codec(self, senders: Senders | None = None) -> SecureCodec:
         """What the workers open the ingest queues with and publish with: every zone, no age
-        or replay check (a durable queue, read by position)."""
+        or replay check (a durable queue, read by position). ``senders``: whose entries the
+        messages are checked against (by default the registry's, :attr:`senders`)."""
         return SecureCodec(
             sealer=Sealer(self.keyring, clearance=Zone.top()),
             signer=self.workers_key(),
             sender_id=WORKER_SENDER,
             check=self._check(_QueueGuard(self.options.max_message_age_s)),
-            senders=self.senders,
+            senders=self.senders if senders is None else senders,
             check_age=False,
         )
 

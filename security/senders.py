@@ -12,8 +12,20 @@ import threading
 import time
 
 from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.errors import AgentNotFound, InvalidInput
 from hivemem.security.message_check import SenderFacts
+
+
+def facts_of(info: AgentInfo) -> SenderFacts:
+    """What a message check needs of a registry entry."""
+    return SenderFacts(
+        agent_id=info.agent_id,
+        clearance=info.clearance,
+        public_key=info.public_key,
+        registry_signature=info.registry_signature,
+        compartments=tuple(info.compartments),
+    )
 
 
 class SenderDirectory:
@@ -35,17 +47,9 @@ class SenderDirectory:
         if hit is not None and now - hit[0] < self._ttl_s:
             return hit[1]
         try:
-            info = self._registry.get(agent_id)
+            facts: SenderFacts | None = facts_of(self._registry.get(agent_id))
         except (AgentNotFound, InvalidInput):  # InvalidIdentifier is one too
             facts = None
-        else:
-            facts = SenderFacts(
-                agent_id=info.agent_id,
-                clearance=info.clearance,
-                public_key=info.public_key,
-                registry_signature=info.registry_signature,
-                compartments=tuple(info.compartments),
-            )
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
@@ -56,3 +60,20 @@ class SenderDirectory:
         """Drop the cached entry (this process changed it)."""
         with self._lock:
             self._cache.pop(agent_id, None)
+
+
+class DepartedSenders:
+    """The registry entries of agents deregistered with their queued writes kept, as they
+    stood at the deregistration (:class:`~hivemem.pool.adapters.redis_registry.Departure`):
+    what the workers check those writes against. Not cached: they are asked only for messages
+    queued before a departure, one Redis read each."""
+
+    def __init__(self, registry: AgentRegistry) -> None:
+        self._registry = registry
+
+    def __call__(self, agent_id: str) -> SenderFacts | None:
+        try:
+            departure = self._registry.departure(agent_id)
+        except InvalidInput:  # not an agent id at all
+            return None
+        return None if departure is None else facts_of(departure.info)

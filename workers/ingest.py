@@ -35,7 +35,7 @@ from hivemem.pool.adapters.redis_bus import (
     ingest_cursor,
     ingest_topic,
 )
-from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.adapters.redis_registry import AgentRegistry, Departure
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidMessage, MessageRejected
@@ -109,13 +109,17 @@ class IngestService:
         lock_ttl_s: float,
         registry: AgentRegistry,
         codec: EnvelopeCodec | None = None,
+        departed_codec: EnvelopeCodec | None = None,
         on_rejected: Callable[[MessageRejected, Delivery, Zone], None] | None = None,
     ) -> None:
         """``registry``: whose ingest queues there are (the agents registered, and those
-        deregistered whose queues still hold messages)."""
+        deregistered whose queues still hold messages). ``departed_codec``: what opens the
+        messages a deregistered agent queued before its deregistration (checked against its
+        entry as it stood then; by default ``codec``)."""
         self._client = client
         self._bus = bus
         self._codec = codec or PlainCodec()
+        self._departed_codec = departed_codec or self._codec
         self._on_rejected = on_rejected
         self._store = store
         self._keys = keys
@@ -143,7 +147,7 @@ class IngestService:
                     topic
                     for topic in waiting
                     if (max_messages is None or report.messages < max_messages)
-                    and self._round(zone, topic, report)
+                    and self._round(zone, topic, report, owners.departure_of(topic))
                 ]
             self._queues.read_through(owners)
             self._versions.prune(zone)
@@ -151,8 +155,11 @@ class IngestService:
             on_due(user_id)
         return report
 
-    def _round(self, zone: Zone, topic: str, report: IngestReport) -> bool:
-        """One read-store-commit round; False when the queue had nothing after the cursor."""
+    def _round(
+        self, zone: Zone, topic: str, report: IngestReport, departure: Departure | None
+    ) -> bool:
+        """One read-store-commit round; False when the queue had nothing after the cursor.
+        ``departure``: the queue's agent was deregistered with its writes kept."""
         raw = cast("bytes | None", self._client.get(self._keys.ingest_cursor(topic)))
         epoch, seq = ingest_cursor(raw)
         backlog = self._bus.read(topic, seq, limit=self._batch)
@@ -168,7 +175,12 @@ class IngestService:
             log.error("ingest_gap", zone=zone.value, topic=topic, cursor=seq)
         if not backlog.deliveries:
             return False
-        parts = [p for d in backlog.deliveries if (p := self._opened(zone, d, report)) is not None]
+        parts = []
+        for delivery in backlog.deliveries:
+            before = departure is not None and departure.covers(topic, epoch, delivery.seq)
+            codec = self._departed_codec if before else self._codec
+            if (part := self._opened(zone, delivery, report, codec)) is not None:
+                parts.append(part)
         batch = _Round()
         for part in parts:
             batch.extend(part)
@@ -185,12 +197,15 @@ class IngestService:
         report.due.extend(u for u in due if u not in report.due)
         return True
 
-    def _opened(self, zone: Zone, delivery: Delivery, report: IngestReport) -> _Round | None:
-        """The message's records (with their vectors) and tombstones, or None when it is
-        skipped (logged; audited through ``on_rejected`` when a security check refused it)."""
+    def _opened(
+        self, zone: Zone, delivery: Delivery, report: IngestReport, codec: EnvelopeCodec
+    ) -> _Round | None:
+        """The message's records (with their vectors) and tombstones, opened with ``codec``,
+        or None when it is skipped (logged; audited through ``on_rejected`` when a security
+        check refused it)."""
         at = (delivery.topic, delivery.seq)
         try:
-            envelope = self._codec.decode(delivery.data)
+            envelope = codec.decode(delivery.data)
             rows = envelope.vectors()
         except MessageRejected as error:
             log.warning("ingest_message_rejected", zone=zone.value, topic=delivery.topic,

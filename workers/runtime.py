@@ -31,6 +31,7 @@ from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.key_rotation import KeyRotation
 from hivemem.security.pool_security import WORKER_SENDER, PoolSecurity
+from hivemem.security.senders import DepartedSenders
 from hivemem.security.zone_store import SecureZoneStore
 from hivemem.workers.archive import ArchiveService
 from hivemem.workers.consolidation import ConsolidationService
@@ -211,6 +212,7 @@ class WorkerRuntime:
             lock_ttl_s=workers.lock_ttl_s,
             registry=self.registry,
             codec=self.ingest_codec,
+            departed_codec=self.departed_codec,
             on_rejected=self._ingest_rejected,
         )
 
@@ -243,6 +245,15 @@ class WorkerRuntime:
         if self.security is None:
             return self.codec
         return self.security.workers_ingest_codec(self.security.workers_codec())
+
+    @cached_property
+    def departed_codec(self) -> EnvelopeCodec:
+        """How the workers open what an agent queued before it was deregistered with its writes
+        kept: as :attr:`ingest_codec`, checked against its entry as it stood then."""
+        if self.security is None:
+            return self.codec
+        departed = self.security.workers_codec(DepartedSenders(self.registry))
+        return self.security.workers_ingest_codec(departed)
 
     def _ingest_rejected(self, error: MessageRejected, delivery: Delivery, zone: Zone) -> None:
         self.audit.record(

@@ -44,10 +44,15 @@ def test_register_list_show_revoke_round_trip(hivemem: Run, agent_id: Callable[[
     revoked = hivemem("agents", "revoke", alice)
     assert revoked.code == 0
     assert "stay on disk" in revoked.out
+    assert "still store the writes it queued" in revoked.out
     assert [a["agent_id"] for a in hivemem("agents", "list", "--json").json()] == [bob]
     gone = hivemem("agents", "show", alice)
     assert gone.code == 2
     assert f"no agent {alice}" in gone.err
+    discarded = hivemem("agents", "revoke", bob, "--discard-queued", "--json")
+    assert discarded.code == 0, discarded.err
+    assert discarded.json()["queued_writes"] == "discarded"
+    assert hivemem("agents", "list", "--json").json() == []
 
 
 def test_text_output_names_the_agents(hivemem: Run, agent_id: Callable[[str], str]) -> None:

@@ -249,9 +249,10 @@ def test_no_agent_can_write_the_workers_keys(
     acl: AgentAcl, connect: Callable[..., redis.Redis]
 ) -> None:
     """The workers' ingest cursor, consolidation state, version notes and locks, and the
-    registry's list of departed agents and rules version, lie outside every agent's key
+    registry's departed agents, departures and rules version, lie outside every agent's key
     patterns, even for its own zones: an agent cannot move the workers' place in an ingest
-    queue (making them skip or stall), nor take their locks. (The ingest cursor used to sit
+    queue (making them skip or stall), take their locks, or note a departure (whose entry the
+    workers would check queued writes against). (The ingest cursor used to sit
     under ``ns:ingest:<zone>:*``, which the agents of the zone may write.)"""
     agent = connect(acl.provision("a1", Zone.INTERNAL))
     keys = WorkerKeys(NS)
@@ -259,9 +260,10 @@ def test_no_agent_can_write_the_workers_keys(
     names += [keys.users(Zone.INTERNAL), keys.pending(Zone.INTERNAL, "u1")]
     names += [keys.plan(Zone.INTERNAL, "u1"), keys.queued(Zone.INTERNAL, "u1")]
     names += [keys.consolidate_lock(Zone.INTERNAL, "u1"), keys.awaiting(Zone.INTERNAL)]
-    names += [f"{NS}:registry:departed", f"{NS}:registry:acl_rules"]
+    names += [f"{NS}:registry:departed", f"{NS}:registry:departures"]
+    names += [f"{NS}:registry:acl_rules"]
     attempts: list[Attempt] = [lambda name=name: agent.set(name, "0 999999") for name in names]
-    assert sum(refused(attempt) for attempt in attempts) == len(attempts) == 10
+    assert sum(refused(attempt) for attempt in attempts) == len(attempts) == 11
 
 
 def test_bus_works_on_own_zones_and_queues_and_is_refused_above(

@@ -106,6 +106,47 @@ def test_deregistering_removes_the_agent_and_frees_its_id(registry: AgentRegistr
     assert registry.get("support").clearance is Zone.PUBLIC
 
 
+def test_a_departure_keeps_the_entry_and_heads_until_forgotten(registry: AgentRegistry) -> None:
+    """Deregistered with its queued writes kept, the agent's entry as it stood and its queues'
+    heads stay (covering positions up to the head, in the head's epoch) until the workers
+    forget it; deregistered again without, an earlier departure goes."""
+    info = registry.register(_info(clearance=Zone.CONFIDENTIAL, compartments=[]))
+    registry.deregister("support", kept={"ingest:public:agent:support": ("e1", 7)})
+    departure = registry.departure("support")
+    assert departure is not None
+    assert departure.info == info
+    assert registry.departures() == {"support": departure}
+    assert registry.queue_owners() == ([], ["support"])
+    queue = "ingest:public:agent:support"
+    assert [departure.covers(queue, "e1", seq) for seq in (1, 7, 8)] == [True, True, False]
+    assert not departure.covers(queue, "e2", 1)
+    assert not departure.covers("ingest:internal:agent:support", "e1", 1)
+    registry.forget_departed(["support"])
+    assert registry.departure("support") is None
+    assert registry.queue_owners() == ([], [])
+
+    registry.register(_info(clearance=Zone.PUBLIC))
+    registry.deregister("support", kept={})
+    registry.register(_info(clearance=Zone.PUBLIC))
+    registry.deregister("support")
+    assert registry.departures() == {}
+
+
+@pytest.mark.parametrize(
+    "raw", [b"not json", b"[]", b'{"entry": {}}', b'{"entry": {"agent_id": "x"}, "heads": 3}']
+)
+def test_a_departure_record_that_does_not_read_is_none(registry: AgentRegistry, raw: bytes) -> None:
+    """Only operators and workers write departures; one that does not read is logged and taken
+    as none (what the agent queued is then refused), and hides no other."""
+    registry.register(_info("other"))
+    registry.deregister("other", kept={})
+    registry.client.hset("t:registry:departures", "support", raw)
+    with structlog.testing.capture_logs() as logs:
+        assert registry.departure("support") is None
+        assert list(registry.departures()) == ["other"]
+    assert [e["event"] for e in logs] == ["agent_departure_unreadable"] * 2
+
+
 def test_unknown_agents_raise_agent_not_found(registry: AgentRegistry) -> None:
     """Looking up or deregistering an unregistered id is a typed error."""
     with pytest.raises(AgentNotFound):
