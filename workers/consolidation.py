@@ -8,7 +8,8 @@ categories and domain profile). A run that dies is resumed from its plan by the 
 therefore computes the same outputs. Every output's id is derived from its level, zone, user and
 sources, so a resumed run writes the same records again (idempotent upserts), never new ones.
 
-What a run writes, in this order (each step idempotent):
+What a run writes, in this order (each step idempotent; the zone store's writes of steps 1-3
+are :func:`~hivemem.workers.outputs.write_outputs`):
 
 1. new traces from the plan's episodes (the strategy's groups), then categories over all the
    user's current traces, then the domain profile over all categories;
@@ -23,8 +24,7 @@ What a run writes, in this order (each step idempotent):
 5. the plan is deleted.
 
 An output whose id the store already holds is not written again: a live one keeps its content
-and time (the same sources; a resumed run, or a later run over the same group), and one deleted
-since (a tombstone: its user deleted it) stays deleted.
+and time, and one deleted since stays deleted (:mod:`hivemem.workers.outputs`).
 
 Every output carries the highest zone among its sources and the union of their compartments ("no
 write down"); traces and categories are drawn within one set of compartments at a time, so only
@@ -48,16 +48,17 @@ import redis
 import structlog
 
 from hivemem.pool.adapters.redis_bus import RedisBus
-from hivemem.pool.enums import Level, Tier, Zone
+from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import HivememError
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import ZoneStore
-from hivemem.pool.records import MemoryRecord, Tombstone, utc_now
+from hivemem.pool.records import MemoryRecord, utc_now
 from hivemem.workers.derived import delete_derived
 from hivemem.workers.drafting import Drafting, by_compartments
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.locks import held
+from hivemem.workers.outputs import as_stored, live, write_outputs
 from hivemem.workers.publishing import publish_as_workers
 from hivemem.workers.strategy import ConsolidationStrategy
 
@@ -246,7 +247,7 @@ class ConsolidationService:
         ]
         current = self._current(user_id, Level.TRACE)
         by_id = {r.id: r for r in self._store.scan(zone, current, with_vectors=True) if r.vector}
-        by_id.update((r.id, r) for r in self._live(zone, new_traces))
+        by_id.update((r.id, r) for r in live(self._store, zone, new_traces))
         traces = sorted(by_id.values(), key=lambda r: r.id)
         if not traces:
             return
@@ -260,14 +261,15 @@ class ConsolidationService:
         made = self._drafting.derive_new(
             Level.CATEGORY, zone, user_id, drafts, traces, now, spent=spent
         )
-        categories = self._live(zone, self._drafting.with_versions(made, prior_categories))
+        categories = live(self._store, zone, self._drafting.with_versions(made, prior_categories))
         domain = (
             self._domain(zone, user_id, categories, plan, now, spent=spent) if categories else None
         )
         outputs = [*new_traces, *categories, *([domain] if domain else [])]
-        # Read again, not taken from _live: a delete may have landed while the strategy ran.
+        # Read again, not taken from live(): a delete may have landed while the strategy ran.
         held = self._store.presence(zone, [r.id for r in outputs])
-        retired = self._write(
+        retired = write_outputs(
+            self._store,
             zone,
             prior_categories,
             fresh=[r for r in outputs if r.id not in held],
@@ -281,7 +283,7 @@ class ConsolidationService:
         publish_as_workers(
             self._bus,
             zone,
-            [r for r in self._as_stored(zone, outputs, held) if r.id not in undone],
+            [r for r in as_stored(self._store, zone, outputs, held) if r.id not in undone],
             retired,
             batch=self._send_batch,
             codec=self._codec,
@@ -295,12 +297,6 @@ class ConsolidationService:
         """The ids of the user's derived records that deletes of their sources took."""
         members = cast("set[bytes]", self._client.smembers(self._keys.spent(zone, user_id)))
         return frozenset(m.decode() for m in members)
-
-    def _live(self, zone: Zone, outputs: list[MemoryRecord]) -> list[MemoryRecord]:
-        """``outputs`` but those whose id the store holds as a tombstone: deleted since an
-        earlier run made them, they stay deleted, and none of their words go up a level."""
-        held = self._store.presence(zone, [r.id for r in outputs])
-        return [r for r in outputs if held.get(r.id) is not True]
 
     def _domain(
         self,
@@ -322,64 +318,6 @@ class ConsolidationService:
         if plan.prior_domain is not None and plan.prior_domain != domain.id:
             domain = domain.model_copy(update={"supersedes": plan.prior_domain})
         return domain
-
-    def _as_stored(
-        self, zone: Zone, outputs: Sequence[MemoryRecord], held: dict[str, bool]
-    ) -> list[MemoryRecord]:
-        """The outputs as the store holds them, for the agents: an output the store already
-        held keeps its stored copy (the same sources, so the same record; a resumed run, or a
-        later run over the same group), and one deleted since (a tombstone) is not sent."""
-        live = [i for i, tombstone in held.items() if not tombstone]
-        stored = {r.id: r for r in self._store.get(zone, live, with_vectors=True)} if live else {}
-        return [stored.get(r.id, r) for r in outputs if not held.get(r.id, False)]
-
-    def _write(
-        self,
-        zone: Zone,
-        prior_categories: Sequence[MemoryRecord],
-        *,
-        fresh: Sequence[MemoryRecord],
-        traces: Sequence[MemoryRecord],
-        categories: Sequence[MemoryRecord],
-        domain_record: MemoryRecord | None,
-        episodes: Sequence[MemoryRecord],
-        now: datetime,
-    ) -> list[Tombstone]:
-        """Store the ``fresh`` outputs (those the store does not hold yet: one it holds, live
-        or deleted, is never written again, so that a deleted output does not come back and a
-        stored one keeps its content and time) and the links (each step idempotent); returns
-        the tombstones of retired categories, for the agents."""
-        if fresh:
-            self._store.upsert(zone, fresh)
-        updates: dict[str, dict[str, object]] = {}
-        into_trace = {s: t.id for t in traces for s in t.sources}
-        for episode in episodes:
-            tier = Tier.SHORT_TERM if episode.tier is not Tier.ARCHIVE else episode.tier
-            updates[episode.id] = {"consolidated_into": [into_trace[episode.id]], "tier": tier}
-        for category in categories:
-            for trace_id in category.sources:
-                updates[trace_id] = {"consolidated_into": [category.id]}
-            if domain_record is not None:
-                updates[category.id] = {"consolidated_into": [domain_record.id]}
-        successors = {r.supersedes: r.id for r in categories if r.supersedes}
-        current = {r.id for r in categories}
-        retired: list[Tombstone] = []
-        for prior in prior_categories:
-            if prior.id in current:
-                continue
-            updates[prior.id] = {"superseded_at": now, "superseded_by": successors.get(prior.id)}
-            if prior.id not in successors:
-                retired.append(Tombstone.of(prior))
-        if domain_record is not None and domain_record.supersedes is not None:
-            updates[domain_record.supersedes] = {
-                "superseded_at": now,
-                "superseded_by": domain_record.id,
-            }
-        present = self._store.presence(zone, list(updates))
-        self._store.update_fields(
-            zone, {k: v for k, v in updates.items() if present.get(k) is False}
-        )
-        return retired
 
     def _undo_deleted(
         self, zone: Zone, sources: Sequence[MemoryRecord], outputs: Sequence[MemoryRecord]
