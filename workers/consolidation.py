@@ -9,7 +9,7 @@ therefore computes the same outputs. Every output's id is derived from its level
 sources, so a resumed run writes the same records again (idempotent upserts), never new ones.
 
 What a run writes, in this order (each step idempotent; the zone store's writes of steps 1-3
-are :func:`~hivemem.workers.outputs.write_outputs`):
+are :func:`~hivemem.workers.consolidation_outputs.write_outputs`):
 
 1. new traces from the plan's episodes (the strategy's groups), then categories over all the
    user's current traces, then the domain profile over all categories;
@@ -24,7 +24,7 @@ are :func:`~hivemem.workers.outputs.write_outputs`):
 5. the plan is deleted.
 
 An output whose id the store already holds is not written again: a live one keeps its content
-and time, and one deleted since stays deleted (:mod:`hivemem.workers.outputs`).
+and time, and one deleted since stays deleted (:mod:`hivemem.workers.consolidation_outputs`).
 
 Every output carries the highest zone among its sources and the union of their compartments ("no
 write down"); traces and categories are drawn within one set of compartments at a time, so only
@@ -54,11 +54,11 @@ from hivemem.pool.errors import HivememError
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import MemoryRecord, utc_now
+from hivemem.workers.consolidation_outputs import as_stored, live, write_outputs
 from hivemem.workers.derived import delete_derived
 from hivemem.workers.drafting import Drafting, by_compartments
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.locks import held
-from hivemem.workers.outputs import as_stored, live, write_outputs
 from hivemem.workers.publishing import publish_as_workers
 from hivemem.workers.strategy import ConsolidationStrategy
 
