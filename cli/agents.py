@@ -105,8 +105,29 @@ def _show(args: argparse.Namespace, settings: HivememSettings) -> int:
     return 0
 
 
+def _discard(args: argparse.Namespace, pool: SharedMemoryPool) -> int:
+    """``revoke --discard-queued`` of an agent not registered (revoked before): delete what
+    it had queued, if the workers have not stored it yet."""
+    gone = pool.discard_queued(args.agent_id)
+    emit(
+        args,
+        {"agent_id": args.agent_id, "registered": False, "departures_discarded": gone},
+        lambda: print(
+            f"agent {args.agent_id} is not registered: "
+            + (
+                "the writes it had queued for the workers before its revocation are deleted"
+                if gone
+                else "nothing it queued is waiting for the workers"
+            )
+        ),
+    )
+    return 0
+
+
 def _revoke(args: argparse.Namespace, settings: HivememSettings) -> int:
     with open_pool(settings) as pool:
+        if args.discard_queued and not pool.registry.exists(args.agent_id):
+            return _discard(args, pool)
         alive = pool.is_alive(args.agent_id)
         pool.deregister(args.agent_id, keep_queued=not args.discard_queued)
         memory_dir = pool.agent_dir(args.agent_id)
@@ -133,7 +154,7 @@ def _revoke(args: argparse.Namespace, settings: HivememSettings) -> int:
         lambda: print(
             f"revoked agent {args.agent_id}: removed from the registry and its inbox dropped. "
             + (
-                "The writes it queued for the workers are refused. "
+                "The writes it queued for the workers are deleted unstored. "
                 if args.discard_queued
                 else "The workers still store the writes it queued before now. "
             )
@@ -194,8 +215,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     revoke.add_argument(
         "--discard-queued",
         action="store_true",
-        help="refuse the writes it queued for the workers and they have not stored yet (for a "
-        "compromised agent; by default they are stored)",
+        help="delete, unstored, the writes it queued for the workers (for a compromised agent; "
+        "by default they are stored); also for an agent revoked before",
     )
     add_json_flag(revoke)
     revoke.set_defaults(handler=_revoke)

@@ -20,7 +20,7 @@ from hivemem.agents.identity import Identity, SecureIdentity
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.outbox import Outbox
 from hivemem.agents.retention import LocalRetention
-from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic, ingest_topic
+from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
 from hivemem.pool.adapters.redis_errors import REDIS_DOWN, unavailable
 from hivemem.pool.adapters.redis_registry import AgentRegistry, check_zone_ladder
 from hivemem.pool.agent_info import AgentInfo
@@ -352,29 +352,35 @@ class SharedMemoryPool:
         """Detach the agent here if attached (its memory stays on disk), remove it from the
         registry and drop its inbox. Raises AgentNotFound.
 
-        ``keep_queued``: the writes it queued for the workers before now are still stored (they
-        were acknowledged); False refuses them too, as a revoked sender's (for an agent whose
-        key or host is compromised)."""
+        ``keep_queued``: the writes it queued for the workers are still stored (they were
+        acknowledged; :mod:`hivemem.pool.adapters.departures`); False deletes them unstored,
+        and those it queued before earlier deregistrations (an agent whose key or host is
+        compromised)."""
         self.registry.get(agent_id)  # AgentNotFound before anything changes
         attached = self._attached.pop(check_agent_id(agent_id), None)
         if attached is not None:
             attached.close()
-        # Its Redis user first: once deregistered, its queues are read only until the workers
-        # read them through, and a process of it running elsewhere must queue nothing more
-        # (what it queues after the heads taken here is refused, with security on).
+        # Its Redis user first: a process of it running elsewhere must queue nothing more.
         if self.security is not None and self.security.acl is not None:
             self.security.acl.remove(agent_id)
-        kept = None
-        if keep_queued:
-            kept = self.bus.heads([ingest_topic(zone, agent_id) for zone in Zone])
-        self.registry.deregister(agent_id, kept=kept)
+        queues = self.registry.deregister(agent_id, keep_queued=keep_queued)
         self.bus.drop_topic(inbox_topic(agent_id))
         if self.security is not None:
             self.security.senders.forget(agent_id)
-        self.audit.record(
-            AuditEvent.DEREGISTERED, actor=AUDIT_ACTOR, subject=agent_id, kept_queued=keep_queued
-        )
-        log.info("agent_deregistered", agent_id=agent_id, kept_queued=keep_queued)
+        self.audit.record(AuditEvent.DEREGISTERED, actor=AUDIT_ACTOR, subject=agent_id,
+                          kept_queued=keep_queued, queues=queues)  # fmt: skip
+        log.info("agent_deregistered", agent_id=agent_id, kept_queued=keep_queued, queues=queues)
+
+    def discard_queued(self, agent_id: str) -> int:
+        """Delete, unstored, what a deregistered agent queued for the workers before leaving
+        (an agent found compromised after its deregistration); returns how many of its
+        departures went (0: nothing was waiting). Its writes as a registered agent, if it is
+        registered again, are not touched. Audited."""
+        gone = self.registry.departures.discard(agent_id)
+        self.audit.record(AuditEvent.QUEUED_DISCARDED, actor=AUDIT_ACTOR, subject=agent_id,
+                          departures=gone)  # fmt: skip
+        log.info("agent_queued_discarded", agent_id=agent_id, departures=gone)
+        return gone
 
     def set_clearance(self, agent_id: str, clearance: Zone | str) -> AgentInfo:
         """Grant (raise) or revoke (lower) a registered agent's clearance; audited as

@@ -52,6 +52,8 @@ class AuditEvent(StrEnum):
     KEY_ROTATED = "key_rotated"
     KEY_RETIRED = "key_retired"
     FORGOTTEN = "forgotten"
+    #: What a deregistered agent had queued for the workers, deleted unstored.
+    QUEUED_DISCARDED = "queued_discarded"
 
 
 class Anchor(NamedTuple):

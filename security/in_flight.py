@@ -16,7 +16,7 @@ the workers reject them anyway.
 
 from __future__ import annotations
 
-from hivemem.pool.adapters.redis_bus import RedisBus, zone_queues
+from hivemem.pool.adapters.redis_bus import RedisBus
 from hivemem.pool.adapters.redis_errors import redis_errors
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.enums import Zone
@@ -39,13 +39,12 @@ def _key_id(opener: IngestOpener, data: bytes) -> str | None:
 def ingest_queued_under(
     bus: RedisBus, registry: AgentRegistry, opener: IngestOpener, zone: Zone, key_id: str
 ) -> int:
-    """How many messages of ``zone``'s ingest queues (one per agent, and the shared one of
-    earlier versions) that the workers have not stored yet are sealed under ``key_id`` (those
-    they stored may linger until a queue is trimmed). Raises PoolUnavailable when Redis cannot
-    be reached, SealBroken when the workers' ingest key cannot be read."""
+    """How many messages of ``zone``'s ingest queues (one per agent, the departures' and the
+    shared one of earlier versions) that the workers have not stored yet are sealed under
+    ``key_id`` (those they stored may linger until a queue is trimmed). Raises PoolUnavailable
+    when Redis cannot be reached, SealBroken when the workers' ingest key cannot be read."""
     with redis_errors():
-        registered, departed = registry.queue_owners()
-        unread = bus.unread_queues(zone_queues(zone, [*registered, *departed]))
+        unread = bus.unread_queues(registry.queue_owners().queues(zone))
     return sum(_queued_under(bus, opener, topic, after, key_id) for topic, after in unread)
 
 

@@ -28,7 +28,7 @@ from hivemem.security.keyring import ZoneKeyring
 from hivemem.security.message_check import MessageCheck, ReplayGuard, SenderFacts
 from hivemem.security.redis_acl import AgentAcl
 from hivemem.security.sealing import Sealer
-from hivemem.security.senders import SenderDirectory
+from hivemem.security.senders import SenderDirectory, facts_of
 from hivemem.security.signing import AdminSigner, SigningKey
 from hivemem.security.wire import SecureCodec
 
@@ -109,6 +109,15 @@ class PoolSecurity:
             check=self._check(_QueueGuard(self.options.max_message_age_s)),
             senders=self.senders if senders is None else senders,
             check_age=False,
+        )
+
+    def workers_departed_codec(self, info: AgentInfo) -> IngestCodec:
+        """What the workers open a departure's queues with (what an agent queued before it
+        was deregistered): as their ingest codec, the messages checked against ``info``, its
+        registry entry as it stood then, and sent by it alone."""
+        facts = facts_of(info)
+        return self.workers_ingest_codec(
+            self.workers_codec(lambda sender: facts if sender == info.agent_id else None)
         )
 
     def workers_ingest_codec(self, codec: SecureCodec) -> IngestCodec:

@@ -60,20 +60,3 @@ class SenderDirectory:
         """Drop the cached entry (this process changed it)."""
         with self._lock:
             self._cache.pop(agent_id, None)
-
-
-class DepartedSenders:
-    """The registry entries of agents deregistered with their queued writes kept, as they
-    stood at the deregistration (:class:`~hivemem.pool.adapters.redis_registry.Departure`):
-    what the workers check those writes against. Not cached: they are asked only for messages
-    queued before a departure, one Redis read each."""
-
-    def __init__(self, registry: AgentRegistry) -> None:
-        self._registry = registry
-
-    def __call__(self, agent_id: str) -> SenderFacts | None:
-        try:
-            departure = self._registry.departure(agent_id)
-        except InvalidInput:  # not an agent id at all
-            return None
-        return None if departure is None else facts_of(departure.info)

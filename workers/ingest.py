@@ -29,13 +29,14 @@ import numpy as np
 import redis
 import structlog
 
+from hivemem.pool.adapters.departures import Departure, queue_owner
 from hivemem.pool.adapters.redis_bus import (
     Delivery,
     RedisBus,
     ingest_cursor,
-    ingest_topic,
 )
-from hivemem.pool.adapters.redis_registry import AgentRegistry, Departure
+from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidMessage, MessageRejected
@@ -48,6 +49,8 @@ from hivemem.workers.locks import held
 from hivemem.workers.version_links import VersionLinks
 
 log = structlog.get_logger(__name__)
+#: Departures whose codecs a worker keeps (each holds the agent's entry; a few are read at once).
+_DEPARTURE_CODECS = 64
 #: A consolidation queued for a user is not queued again for this long (seconds), unless it
 #: starts earlier (it clears the mark).
 _QUEUED_TTL_S = 600
@@ -109,17 +112,19 @@ class IngestService:
         lock_ttl_s: float,
         registry: AgentRegistry,
         codec: EnvelopeCodec | None = None,
-        departed_codec: EnvelopeCodec | None = None,
+        departed_codec: Callable[[AgentInfo], EnvelopeCodec] | None = None,
         on_rejected: Callable[[MessageRejected, Delivery, Zone], None] | None = None,
     ) -> None:
         """``registry``: whose ingest queues there are (the agents registered, and those
-        deregistered whose queues still hold messages). ``departed_codec``: what opens the
-        messages a deregistered agent queued before its deregistration (checked against its
-        entry as it stood then; by default ``codec``)."""
+        deregistered whose queues still hold messages). ``departed_codec(info)``: what opens the
+        messages of a departure (what an agent queued before its deregistration, checked
+        against its entry ``info`` as it stood then; by default ``codec``)."""
         self._client = client
         self._bus = bus
         self._codec = codec or PlainCodec()
-        self._departed_codec = departed_codec or self._codec
+        self._departed_codec = departed_codec or (lambda _info: self._codec)
+        #: The codecs of the departures being read, by number.
+        self._departures: dict[int, EnvelopeCodec] = {}
         self._on_rejected = on_rejected
         self._store = store
         self._keys = keys
@@ -159,7 +164,8 @@ class IngestService:
         self, zone: Zone, topic: str, report: IngestReport, departure: Departure | None
     ) -> bool:
         """One read-store-commit round; False when the queue had nothing after the cursor.
-        ``departure``: the queue's agent was deregistered with its writes kept."""
+        ``departure``: the queue is one of a departure's (its messages are checked against
+        the agent's entry as it stood then)."""
         raw = cast("bytes | None", self._client.get(self._keys.ingest_cursor(topic)))
         epoch, seq = ingest_cursor(raw)
         backlog = self._bus.read(topic, seq, limit=self._batch)
@@ -174,13 +180,18 @@ class IngestService:
         elif backlog.trimmed:
             log.error("ingest_gap", zone=zone.value, topic=topic, cursor=seq)
         if not backlog.deliveries:
+            if backlog.last_seq > seq:
+                # Numbers with no message at the queue's end (an append that failed in the
+                # publishing script, or an agent moving its own counter): nothing is there to
+                # read, and a cursor left behind would have the queue read as waiting forever.
+                log.warning("ingest_gap", zone=zone.value, topic=topic, cursor=seq,
+                            last_seq=backlog.last_seq)  # fmt: skip
+                self._client.set(self._keys.ingest_cursor(topic), f"{epoch} {backlog.last_seq}")
             return False
-        parts = []
-        for delivery in backlog.deliveries:
-            before = departure is not None and departure.covers(topic, epoch, delivery.seq)
-            codec = self._departed_codec if before else self._codec
-            if (part := self._opened(zone, delivery, report, codec)) is not None:
-                parts.append(part)
+        codec = self._codec if departure is None else self._departed(departure)
+        owner = queue_owner(topic) if departure is None else departure.info.agent_id
+        opened = [self._opened(zone, d, report, codec, owner) for d in backlog.deliveries]
+        parts = [part for part in opened if part is not None]
         batch = _Round()
         for part in parts:
             batch.extend(part)
@@ -197,12 +208,27 @@ class IngestService:
         report.due.extend(u for u in due if u not in report.due)
         return True
 
+    def _departed(self, departure: Departure) -> EnvelopeCodec:
+        """The codec of ``departure``'s queues (one per departure, kept while it is read)."""
+        codec = self._departures.get(departure.number)
+        if codec is None:
+            if len(self._departures) >= _DEPARTURE_CODECS:
+                self._departures.clear()
+            codec = self._departures[departure.number] = self._departed_codec(departure.info)
+        return codec
+
     def _opened(
-        self, zone: Zone, delivery: Delivery, report: IngestReport, codec: EnvelopeCodec
+        self,
+        zone: Zone,
+        delivery: Delivery,
+        report: IngestReport,
+        codec: EnvelopeCodec,
+        owner: str | None,
     ) -> _Round | None:
         """The message's records (with their vectors) and tombstones, opened with ``codec``,
         or None when it is skipped (logged; audited through ``on_rejected`` when a security
-        check refused it)."""
+        check refused it). ``owner``: the only agent whose envelopes the queue may hold (None:
+        any, the zone's shared queue)."""
         at = (delivery.topic, delivery.seq)
         try:
             envelope = codec.decode(delivery.data)
@@ -225,7 +251,7 @@ class IngestService:
                 report,
             )
             return None
-        if delivery.topic not in (ingest_topic(zone), ingest_topic(zone, envelope.sender)):
+        if owner not in (None, envelope.sender):
             self._skipped(
                 zone,
                 (delivery.topic, delivery.seq),

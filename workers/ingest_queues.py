@@ -2,38 +2,20 @@
 
 Each agent queues its writes for the workers in a queue of its own per zone
 (``ingest:<zone>:agent:<id>``), and versions before 2026-11-22 wrote one shared queue per zone
-(``ingest:<zone>``). A zone's drain reads the shared queue and the queues of every registered
-agent, and of every deregistered one until the workers have read its queues through and its
-process no longer runs (:class:`IngestQueues`). Of a deregistered agent's queues they take what
-it queued before its deregistration, unless it was deregistered with its writes discarded
-(:class:`~hivemem.pool.adapters.redis_registry.Departure`). Finding the queues with something
-to read costs one command whatever their number (:meth:`RedisBus.unread_queues`), after one
-read of the registry per drain.
+(``ingest:<zone>``). A zone's drain reads the shared queue; the queues of every registered
+agent, and of every deregistered one until the workers have read them through and its process
+no longer runs; and the queues of every departure, where a deregistration moved what the agent
+had queued (:mod:`hivemem.pool.adapters.departures`), until read through
+(:class:`IngestQueues`). Finding the queues with something to read costs one command whatever
+their number (:meth:`RedisBus.unread_queues`), after one read of the registry per drain.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-
-from hivemem.pool.adapters.redis_bus import RedisBus, ingest_topic, zone_queues
-from hivemem.pool.adapters.redis_registry import AgentRegistry, Departure
+from hivemem.pool.adapters.departures import Owners
+from hivemem.pool.adapters.redis_bus import RedisBus, ingest_topic
+from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.enums import Zone
-
-
-@dataclass(frozen=True, slots=True)
-class Owners:
-    """Whose queues one drain reads: the registered agents, the deregistered ones not
-    forgotten yet (both sorted), and the departures of those deregistered with their queued
-    writes kept (by id)."""
-
-    registered: Sequence[str]
-    departed: Sequence[str]
-    departures: Mapping[str, Departure] = field(default_factory=dict)
-
-    def departure_of(self, topic: str) -> Departure | None:
-        """The departure whose writes ``topic`` (an agent's ingest queue) holds, if any."""
-        return next((d for d in self.departures.values() if topic in d.heads), None)
 
 
 class IngestQueues:
@@ -46,38 +28,44 @@ class IngestQueues:
         self._turn = 0
 
     def owners(self) -> Owners:
-        """The agents whose queues one drain reads (the departures read only when someone
-        departed)."""
-        registered, departed = self._registry.queue_owners()
-        departures = self._registry.departures() if departed else {}
-        return Owners(registered, departed, departures)
+        """Whose queues one drain reads."""
+        return self._registry.queue_owners()
 
     def waiting(self, zone: Zone, owners: Owners) -> list[str]:
         """``zone``'s queues (of ``owners``) holding messages the workers have not stored,
         starting from a place that moves on at each call."""
-        found = self._unread(zone_queues(zone, [*owners.registered, *owners.departed]))
+        found = self._unread(owners.queues(zone))
         self._turn += 1
         start = self._turn % len(found) if found else 0
         return found[start:] + found[:start]
 
     def read_through(self, owners: Owners) -> None:
-        """Forget the deregistered agents (of ``owners``) whose queues in every zone the
-        workers read through and that no longer run (no heartbeat: a process running on after
-        its agent was deregistered, with no Redis user to stop it, may still queue writes).
-        One registered again is forgotten once they read its queues through: they read them
-        as a registered agent's from then on."""
-        registered = set(owners.registered)
-        if not owners.departed:
+        """Forget, of ``owners``:
+
+        - the departures whose queues in every zone the workers read through (their keys go
+          too: nothing can be added to them);
+        - the deregistered agents whose own queues in every zone the workers read through and
+          that no longer run (no heartbeat: a process running on after its agent was
+          deregistered, with no Redis user to stop it, may still queue writes), with what is
+          left of those queues; or that are registered again (their queues are read as a
+          registered agent's from then on)."""
+        if not owners.departed and not owners.departures:
             return
-        topics = {agent: [ingest_topic(zone, agent) for zone in Zone] for agent in owners.departed}
-        unread = set(self._unread([t for queues in topics.values() for t in queues]))
+        registered = set(owners.registered)
+        own = {agent: [ingest_topic(zone, agent) for zone in Zone] for agent in owners.departed}
+        left = {number: d.topics() for number, d in owners.departures.items()}
+        every = [t for queues in (*own.values(), *left.values()) for t in queues]
+        unread = set(self._unread(every))
+        for number, queues in left.items():
+            if unread.isdisjoint(queues):
+                self._registry.departures.forget(owners.departures[number])
         done = [
             agent
-            for agent, queues in topics.items()
+            for agent, queues in own.items()
             if unread.isdisjoint(queues)
             and (agent in registered or self._registry.last_seen(agent) is None)
         ]
-        self._registry.forget_departed(done)
+        self._registry.forget_departed(done, gone=[a for a in done if a not in registered])
 
     def _unread(self, topics: list[str]) -> list[str]:
         return [topic for topic, _ in self._bus.unread_queues(topics)]

@@ -21,6 +21,7 @@ from hivemem.pool.adapters.edge_zone_store import EdgeZoneStore
 from hivemem.pool.adapters.qdrant_zone_store import QdrantZoneStore
 from hivemem.pool.adapters.redis_bus import Delivery, RedisBus
 from hivemem.pool.adapters.redis_registry import AgentRegistry, check_zone_ladder
+from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidInput, MessageRejected
@@ -31,7 +32,6 @@ from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.key_rotation import KeyRotation
 from hivemem.security.pool_security import WORKER_SENDER, PoolSecurity
-from hivemem.security.senders import DepartedSenders
 from hivemem.security.zone_store import SecureZoneStore
 from hivemem.workers.archive import ArchiveService
 from hivemem.workers.consolidation import ConsolidationService
@@ -246,14 +246,12 @@ class WorkerRuntime:
             return self.codec
         return self.security.workers_ingest_codec(self.security.workers_codec())
 
-    @cached_property
-    def departed_codec(self) -> EnvelopeCodec:
-        """How the workers open what an agent queued before it was deregistered with its writes
-        kept: as :attr:`ingest_codec`, checked against its entry as it stood then."""
+    def departed_codec(self, info: AgentInfo) -> EnvelopeCodec:
+        """How the workers open a departure's queues (what an agent queued before it was
+        deregistered): as :attr:`ingest_codec`, checked against ``info``, its entry then."""
         if self.security is None:
             return self.codec
-        departed = self.security.workers_codec(DepartedSenders(self.registry))
-        return self.security.workers_ingest_codec(departed)
+        return self.security.workers_departed_codec(info)
 
     def _ingest_rejected(self, error: MessageRejected, delivery: Delivery, zone: Zone) -> None:
         self.audit.record(

@@ -249,17 +249,6 @@ class RedisBus:
         found = self.client.evalsha(self._publish.sha, len(keys), *keys, *args)
         return cast("tuple[bytes, list[bytes]]", found)
 
-    def heads(self, topics: Sequence[str]) -> dict[str, tuple[str, int]]:
-        """The epoch and last seq of each of ``topics`` that holds an epoch (one command)."""
-        names = [self._key(topic, part) for topic in topics for part in ("epoch", "seq")]
-        raw = cast("list[bytes | None]", self.client.mget(names)) if names else []
-        found = {}
-        for topic, epoch_raw, seq_raw in zip(topics, raw[::2], raw[1::2], strict=True):
-            epoch = _epoch(epoch_raw)
-            if epoch is not None:
-                found[topic] = (epoch, _seq(seq_raw or b"0") or 0)
-        return found
-
     def unread_queues(self, topics: Sequence[str]) -> list[tuple[str, int]]:
         """Those of the ingest queues ``topics`` that hold messages the workers have not
         stored, in order, each with the seq to read after: the workers' cursor, or 0 when the

@@ -6,18 +6,17 @@ compartments when it holds any; what a re-registration is checked against),
 ``ns:registry:zones`` and ``ns:registry:compartments`` (the zone ladder and the compartments,
 JSON, set once: see :func:`check_zone_ladder`), ``ns:registry:topics`` (a set: the compartment
 topics written so far, see :mod:`hivemem.pool.adapters.redis_bus`), ``ns:registry:departed`` (a
-set: agents deregistered whose ingest queues the workers have not read through yet),
-``ns:registry:departures`` (a hash: agent id → :class:`Departure` JSON, for those deregistered
-with their queued writes kept) and ``ns:agent:<id>:alive`` (the last heartbeat, expiring after
-the heartbeat TTL).
+set: agents deregistered whose own ingest queues the workers have not read through yet),
+``ns:registry:departures`` and ``ns:registry:departure_seq`` (what deregistered agents queued
+before leaving: :mod:`hivemem.pool.adapters.departures`) and ``ns:agent:<id>:alive`` (the last
+heartbeat, expiring after the heartbeat TTL).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -25,20 +24,18 @@ from typing import cast
 import redis
 import structlog
 
+from hivemem.pool.adapters.departures import Departures, Owners, departed_topic, queue_keys
+from hivemem.pool.adapters.redis_bus import ingest_topic
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone, zone_names
-from hivemem.pool.errors import (
-    AgentNotFound,
-    InvalidInput,
-    RegistrationConflict,
-    ZoneLadderMismatch,
-)
+from hivemem.pool.errors import AgentNotFound, RegistrationConflict, ZoneLadderMismatch
 from hivemem.pool.ids import check_agent_id
 
 log = structlog.get_logger(__name__)
 
 _REGISTER = (Path(__file__).parent / "lua" / "register.lua").read_text()
+_DEPART = (Path(__file__).parent / "lua" / "depart.lua").read_text()
 
 
 def check_zone_ladder(client: redis.Redis, namespace: str) -> None:
@@ -61,42 +58,6 @@ def check_zone_ladder(client: redis.Redis, namespace: str) -> None:
             )
 
 
-#: A queue's head: its epoch and the seq of its last message.
-Head = tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Departure:
-    """An agent deregistered with its queued writes kept: its registry entry as it stood then,
-    and the head of each of its ingest queues (topic → :data:`Head`) once its Redis user was
-    gone. Whatever those queues hold up to those heads, it queued while registered: the
-    workers check those messages against this entry (and whatever comes after, against the
-    registry, where the agent is no more)."""
-
-    info: AgentInfo
-    heads: Mapping[str, Head]
-
-    def covers(self, topic: str, epoch: str, seq: int) -> bool:
-        """Whether the message at ``epoch``/``seq`` of ``topic`` was queued before the
-        departure."""
-        head = self.heads.get(topic)
-        return head is not None and head[0] == epoch and seq <= head[1]
-
-    def dump(self) -> str:
-        heads = {topic: [epoch, seq] for topic, (epoch, seq) in self.heads.items()}
-        return json.dumps({"entry": self.info.model_dump(mode="json"), "heads": heads})
-
-    @classmethod
-    def load(cls, raw: bytes | str) -> Departure:
-        """Raises InvalidInput for what :meth:`dump` did not write."""
-        try:
-            data = json.loads(raw)
-            heads = {str(t): (str(h[0]), int(h[1])) for t, h in data["heads"].items()}
-            return cls(AgentInfo.model_validate(data["entry"]), heads)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
-            raise InvalidInput(f"not a departure record: {type(error).__name__}") from None
-
-
 def access_of(info: AgentInfo) -> str:
     """What the clearance hash holds for an agent: its zone, then ``+`` and its compartments
     (comma-separated) when it holds any."""
@@ -115,9 +76,10 @@ class AgentRegistry:
         self._clearance = f"{namespace}:registry:clearance"
         #: Agents deregistered whose ingest queues the workers may not have read through yet.
         self._departed = f"{namespace}:registry:departed"
-        #: Of those, the ones deregistered with their queued writes kept (:class:`Departure`).
-        self._departures = f"{namespace}:registry:departures"
+        #: What deregistered agents queued before leaving.
+        self.departures = Departures(client, namespace=namespace)
         self._register = client.register_script(_REGISTER)
+        self._depart = client.register_script(_DEPART)
 
     def _alive_key(self, agent_id: str) -> str:
         return f"{self.namespace}:agent:{check_agent_id(agent_id)}:alive"
@@ -238,70 +200,52 @@ class AgentRegistry:
     def is_alive(self, agent_id: str) -> bool:
         return self.last_seen(agent_id) is not None
 
-    def deregister(self, agent_id: str, *, kept: Mapping[str, Head] | None = None) -> None:
-        """Remove the agent; raises AgentNotFound when it is not registered. ``kept``: the
-        heads of its ingest queues, up to which the workers still take what it queued (its
-        entry is kept with them, see :class:`Departure`); None: what it queued is refused
-        (a revoked sender's)."""
+    def deregister(self, agent_id: str, *, keep_queued: bool = True) -> int:
+        """Remove the agent, and in the same step take its ingest queues out of its reach:
+        ``keep_queued`` moves them to a departure, which the workers read through (see
+        :mod:`hivemem.pool.adapters.departures`); off, it deletes them, and the agent's
+        earlier departures too. Returns how many queues held anything. Raises AgentNotFound
+        (nothing changed) when it is not registered."""
         check_agent_id(agent_id)
-        raw = cast("bytes | None", self.client.hget(self._agents, agent_id))
-        if raw is None:
+        number = int(cast("int", self.client.incr(self.departures.counter)))
+        keys = [self._agents, self._clearance, self._departed, self.departures.key]
+        keys.append(self._alive_key(agent_id))
+        for zone in Zone:
+            keys += queue_keys(self.namespace, ingest_topic(zone, agent_id))
+            keys += queue_keys(self.namespace, departed_topic(number, zone, agent_id))
+        queues = self._depart(keys=keys, args=[agent_id, number, "1" if keep_queued else "0"])
+        if queues is None:
             raise AgentNotFound(agent_id)
-        with self.client.pipeline(transaction=True) as pipe:
-            # Noted in the same step: from the moment it is no longer registered, the workers
-            # must find its queues (and what they may take from them) by these notes alone.
-            pipe.sadd(self._departed, agent_id)
-            if kept is None:
-                pipe.hdel(self._departures, agent_id)
-            else:
-                info = AgentInfo.model_validate_json(raw)
-                pipe.hset(self._departures, agent_id, Departure(info, dict(kept)).dump())
-            pipe.hdel(self._agents, agent_id)
-            pipe.hdel(self._clearance, agent_id)
-            pipe.delete(self._alive_key(agent_id))
-            removed = pipe.execute()[2]
-        if not removed:  # deregistered meanwhile, by another process
-            raise AgentNotFound(agent_id)
+        if not keep_queued:
+            self.departures.discard(agent_id)
+        return int(queues)
 
-    def departures(self) -> dict[str, Departure]:
-        """The agents deregistered with their queued writes kept whose queues the workers have
-        not read through yet, by id (see :meth:`departure`)."""
-        raw = cast("dict[bytes, bytes]", self.client.hgetall(self._departures))
-        found = ((i.decode(), self._departure(i.decode(), v)) for i, v in raw.items())
-        return {agent_id: departure for agent_id, departure in found if departure is not None}
-
-    def departure(self, agent_id: str) -> Departure | None:
-        """The agent's departure, if it was deregistered with its queued writes kept and the
-        workers have not read them through yet. A record that does not read (only the pool's
-        operators and workers may write them) is logged and taken as none: the writes are
-        then refused."""
-        raw = cast("bytes | None", self.client.hget(self._departures, check_agent_id(agent_id)))
-        return None if raw is None else self._departure(agent_id, raw)
-
-    @staticmethod
-    def _departure(agent_id: str, raw: bytes) -> Departure | None:
-        try:
-            return Departure.load(raw)
-        except InvalidInput as error:
-            log.warning("agent_departure_unreadable", agent_id=agent_id, reason=str(error))
-            return None
-
-    def queue_owners(self) -> tuple[Sequence[str], Sequence[str]]:
-        """Whose ingest queues the workers read: the registered agents' ids, and those of the
-        agents deregistered since whose queues they have not read through yet; each sorted."""
+    def queue_owners(self) -> Owners:
+        """Whose ingest queues the workers read (one round trip)."""
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hkeys(self._clearance)
             pipe.smembers(self._departed)
-            registered, departed = pipe.execute()
-        return (
+            pipe.hgetall(self.departures.key)
+            registered, departed, departures = pipe.execute()
+        return Owners(
             sorted(i.decode() for i in cast("Sequence[bytes]", registered)),
             sorted(i.decode() for i in cast("set[bytes]", departed)),
+            self.departures.parsed(departures),
         )
 
-    def forget_departed(self, agent_ids: Sequence[str]) -> None:
-        """The workers read the queues of these deregistered agents through: forget them."""
-        if agent_ids:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.srem(self._departed, *agent_ids)
-                pipe.hdel(self._departures, *agent_ids)
-                pipe.execute()
+    def forget_departed(self, agent_ids: Sequence[str], *, gone: Sequence[str] = ()) -> None:
+        """The workers read the queues of these deregistered agents through: forget them, and
+        delete what is left of the queues of those of them ``gone`` (not registered again)."""
+        if not agent_ids:
+            return
+        keys = [
+            key
+            for agent_id in gone
+            for zone in Zone
+            for key in queue_keys(self.namespace, ingest_topic(zone, agent_id))
+        ]
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.srem(self._departed, *agent_ids)
+            if keys:
+                pipe.delete(*keys)
+            pipe.execute()

@@ -53,6 +53,12 @@ def test_register_list_show_revoke_round_trip(hivemem: Run, agent_id: Callable[[
     assert discarded.code == 0, discarded.err
     assert discarded.json()["queued_writes"] == "discarded"
     assert hivemem("agents", "list", "--json").json() == []
+    later = hivemem("agents", "revoke", alice, "--discard-queued", "--json")  # revoked before
+    assert later.code == 0, later.err
+    assert later.json() == {"agent_id": alice, "registered": False, "departures_discarded": 0}
+    assert (
+        "nothing it queued is waiting" in hivemem("agents", "revoke", alice, "--discard-queued").out
+    )
 
 
 def test_text_output_names_the_agents(hivemem: Run, agent_id: Callable[[str], str]) -> None:

@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from structlog.testing import capture_logs
 
+from hivemem.pool.adapters.departures import departed_topic, queue_keys
 from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic, ingest_topic, zone_topic
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
@@ -251,8 +252,9 @@ def test_no_agent_can_write_the_workers_keys(
     """The workers' ingest cursor, consolidation state, version notes and locks, and the
     registry's departed agents, departures and rules version, lie outside every agent's key
     patterns, even for its own zones: an agent cannot move the workers' place in an ingest
-    queue (making them skip or stall), take their locks, or note a departure (whose entry the
-    workers would check queued writes against). (The ingest cursor used to sit
+    queue (making them skip or stall), take their locks, note a departure (whose entry the
+    workers would check queued writes against), or add to what it queued before an earlier
+    deregistration. (The ingest cursor used to sit
     under ``ns:ingest:<zone>:*``, which the agents of the zone may write.)"""
     agent = connect(acl.provision("a1", Zone.INTERNAL))
     keys = WorkerKeys(NS)
@@ -261,9 +263,11 @@ def test_no_agent_can_write_the_workers_keys(
     names += [keys.plan(Zone.INTERNAL, "u1"), keys.queued(Zone.INTERNAL, "u1")]
     names += [keys.consolidate_lock(Zone.INTERNAL, "u1"), keys.awaiting(Zone.INTERNAL)]
     names += [f"{NS}:registry:departed", f"{NS}:registry:departures"]
-    names += [f"{NS}:registry:acl_rules"]
+    names += [f"{NS}:registry:departure_seq", f"{NS}:registry:acl_rules"]
+    # What it queued before an earlier deregistration (its former queue, moved).
+    names += queue_keys(NS, departed_topic(1, Zone.INTERNAL, "a1"))
     attempts: list[Attempt] = [lambda name=name: agent.set(name, "0 999999") for name in names]
-    assert sum(refused(attempt) for attempt in attempts) == len(attempts) == 11
+    assert sum(refused(attempt) for attempt in attempts) == len(attempts) == 16
 
 
 def test_bus_works_on_own_zones_and_queues_and_is_refused_above(

@@ -244,7 +244,7 @@ def test_each_agents_queue_and_the_shared_one_reach_the_store(
     foreign = make_envelope(sender=WRITER, zone=ZONE, records=[hostile("in another's queue")])
     misplaced = ingest_topic(ZONE, "other")
     [seq] = runtime.bus.publish(misplaced, WRITER, [(foreign.message_id, signed(foreign))])
-    assert runtime.registry.queue_owners()[1] == ["gone"]
+    assert runtime.registry.queue_owners().departed == ["gone"]
 
     with structlog.testing.capture_logs() as logs:
         report, _ = drain(runtime)
@@ -255,8 +255,8 @@ def test_each_agents_queue_and_the_shared_one_reach_the_store(
     skipped = [e for e in logs if e["event"] == "ingest_message_skipped"]
     assert [(e["topic"], e["seq"]) for e in skipped] == [(misplaced, seq)]
     assert not [e for e in logs if e["event"] == "ingest_message_rejected"]
-    assert runtime.registry.queue_owners()[1] == []  # read through: forgotten
-    assert runtime.registry.departures() == {}
+    assert runtime.registry.queue_owners().departed == []  # read through: forgotten
+    assert runtime.registry.departures.all() == {}
 
 
 def test_a_write_left_for_the_shared_queue_goes_to_the_agents_own(

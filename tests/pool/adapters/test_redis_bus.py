@@ -109,21 +109,6 @@ def test_an_empty_topic_has_no_epoch(bus: RedisBus) -> None:
     assert (backlog.epoch, backlog.last_seq, backlog.deliveries) == (None, 0, [])
 
 
-def test_heads_are_each_topics_epoch_and_last_seq(bus: RedisBus, client: redis.Redis) -> None:
-    """One read for many topics: those never written, or whose epoch does not read, have
-    none."""
-    other = "zone:public"
-    bus.publish(TOPIC, "w", [(f"{i:032x}", b"x") for i in range(3)])
-    bus.publish(other, "w", [("f" * 32, b"y")])
-    epoch = bus.read(TOPIC, 0, limit=1).epoch
-    assert epoch is not None
-    assert bus.heads([TOPIC, "zone:secret", other])[TOPIC] == (epoch, 3)
-    assert set(bus.heads([TOPIC, "zone:secret", other])) == {TOPIC, other}
-    client.set("t:zone:public:epoch", b"not a token!")
-    assert set(bus.heads([TOPIC, other])) == {TOPIC}
-    assert bus.heads([]) == {}
-
-
 def test_trimming_past_a_cursor_is_detected(client: redis.Redis) -> None:
     """With a bounded stream, a reader far behind learns that entries after its cursor are gone."""
     small = RedisBus(client, namespace="t", maxlen=10)

@@ -8,6 +8,8 @@ import pytest
 import redis
 import structlog
 
+from hivemem.pool.adapters.departures import queue_keys
+from hivemem.pool.adapters.redis_bus import RedisBus, ingest_cursor_key, ingest_topic
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
@@ -106,45 +108,81 @@ def test_deregistering_removes_the_agent_and_frees_its_id(registry: AgentRegistr
     assert registry.get("support").clearance is Zone.PUBLIC
 
 
-def test_a_departure_keeps_the_entry_and_heads_until_forgotten(registry: AgentRegistry) -> None:
-    """Deregistered with its queued writes kept, the agent's entry as it stood and its queues'
-    heads stay (covering positions up to the head, in the head's epoch) until the workers
-    forget it; deregistered again without, an earlier departure goes."""
-    info = registry.register(_info(clearance=Zone.CONFIDENTIAL, compartments=[]))
-    registry.deregister("support", kept={"ingest:public:agent:support": ("e1", 7)})
-    departure = registry.departure("support")
-    assert departure is not None
+def test_a_deregistration_moves_the_agents_queues_to_a_departure(
+    registry: AgentRegistry,
+) -> None:
+    """Kept, the agent's ingest queues (stream, counter, epoch, the workers' cursor) move in
+    one step to a departure of their own, with its entry as it stood; deregistering it again
+    fails and changes nothing; registered again, it starts new queues, and its next departure
+    is another one. An agent that queued nothing leaves no departure."""
+    bus = RedisBus(registry.client, namespace="t", maxlen=100)
+    info = registry.register(_info(clearance=Zone.CONFIDENTIAL))
+    queue = ingest_topic(Zone.INTERNAL, "support")
+    bus.publish(queue, "support", [("a" * 32, b"one"), ("b" * 32, b"two")])
+    registry.client.set(ingest_cursor_key("t", queue), "e 1")
+
+    assert registry.deregister("support") == 1
+    with pytest.raises(AgentNotFound):
+        registry.deregister("support")
+
+    [departure] = registry.departures.all().values()
     assert departure.info == info
-    assert registry.departures() == {"support": departure}
-    assert registry.queue_owners() == ([], ["support"])
-    queue = "ingest:public:agent:support"
-    assert [departure.covers(queue, "e1", seq) for seq in (1, 7, 8)] == [True, True, False]
-    assert not departure.covers(queue, "e2", 1)
-    assert not departure.covers("ingest:internal:agent:support", "e1", 1)
-    registry.forget_departed(["support"])
-    assert registry.departure("support") is None
-    assert registry.queue_owners() == ([], [])
+    moved = departure.topic(Zone.INTERNAL)
+    assert [d.data for d in bus.read(moved, 0, limit=10).deliveries] == [b"one", b"two"]
+    assert registry.client.get(ingest_cursor_key("t", moved)) == b"e 1"
+    assert not registry.client.exists(*queue_keys("t", queue))
+    owners = registry.queue_owners()
+    assert (owners.registered, owners.departed) == ([], ["support"])
+    assert moved in owners.queues(Zone.INTERNAL)
+    assert owners.departure_of(moved) == departure
 
     registry.register(_info(clearance=Zone.PUBLIC))
-    registry.deregister("support", kept={})
-    registry.register(_info(clearance=Zone.PUBLIC))
+    bus.publish(queue, "support", [("c" * 32, b"three")])
     registry.deregister("support")
-    assert registry.departures() == {}
+    later = registry.departures.of("support")
+    assert [d.info.clearance for d in later] == [Zone.CONFIDENTIAL, Zone.PUBLIC]
+    assert [d.data for d in bus.read(later[1].topic(Zone.INTERNAL), 0, limit=9).deliveries] == [
+        b"three"
+    ]
+    registry.register(_info("idle"))
+    assert registry.deregister("idle") == 0
+    assert len(registry.departures.all()) == 2
 
 
-@pytest.mark.parametrize(
-    "raw", [b"not json", b"[]", b'{"entry": {}}', b'{"entry": {"agent_id": "x"}, "heads": 3}']
-)
-def test_a_departure_record_that_does_not_read_is_none(registry: AgentRegistry, raw: bytes) -> None:
-    """Only operators and workers write departures; one that does not read is logged and taken
-    as none (what the agent queued is then refused), and hides no other."""
+def test_a_deregistration_that_discards_deletes_every_queue_it_left(
+    registry: AgentRegistry,
+) -> None:
+    """``keep_queued=False`` deletes the agent's queues, and those of its earlier departures;
+    another agent's stay."""
+    bus = RedisBus(registry.client, namespace="t", maxlen=100)
+    for agent in ("support", "other"):
+        registry.register(_info(agent))
+        bus.publish(ingest_topic(Zone.PUBLIC, agent), agent, [("a" * 32, b"queued")])
+        registry.deregister(agent)
+    registry.register(_info())
+    bus.publish(ingest_topic(Zone.PUBLIC, "support"), "support", [("b" * 32, b"again")])
+
+    assert registry.deregister("support", keep_queued=False) == 1
+
+    assert [d.info.agent_id for d in registry.departures.all().values()] == ["other"]
+    left = registry.client.keys("t:*support*")  # but the publishing script's expiring marks
+    assert left
+    assert all(registry.client.ttl(key) > 0 for key in left)
+
+
+def test_a_departure_that_does_not_read_is_logged_and_left_out(registry: AgentRegistry) -> None:
+    """Only operators and workers write departures; one that does not read is logged, and
+    hides no other."""
+    bus = RedisBus(registry.client, namespace="t", maxlen=100)
     registry.register(_info("other"))
-    registry.deregister("other", kept={})
-    registry.client.hset("t:registry:departures", "support", raw)
+    bus.publish(ingest_topic(Zone.PUBLIC, "other"), "other", [("a" * 32, b"queued")])
+    registry.deregister("other")
+    for field, raw in (("7", b"not json"), ("8", b"{}"), ("x", _info().model_dump_json())):
+        registry.client.hset("t:registry:departures", field, raw)
     with structlog.testing.capture_logs() as logs:
-        assert registry.departure("support") is None
-        assert list(registry.departures()) == ["other"]
-    assert [e["event"] for e in logs] == ["agent_departure_unreadable"] * 2
+        found = registry.departures.all()
+    assert [d.info.agent_id for d in found.values()] == ["other"]
+    assert [e["event"] for e in logs] == ["agent_departure_unreadable"] * 3
 
 
 def test_unknown_agents_raise_agent_not_found(registry: AgentRegistry) -> None:

@@ -1,0 +1,39 @@
+-- Deregister an agent and take what it queued for the workers out of its reach, atomically.
+-- KEYS: the registry's agents hash, clearance hash and departed set, the departures hash, the
+-- agent's heartbeat key, then 8 keys per zone: the agent's ingest queue there (stream, counter,
+-- epoch) and the workers' cursor in it, then the same four keys of the departure's queue.
+-- ARGV: agent id, departure number, keep ('1': move each queue to the departure's and, when any
+-- held something, note the departure, the agent's registry entry as it stood; '0': delete the
+-- queues).
+-- Returns false when the agent is not registered (nothing changed), else how many of its queues
+-- held anything (moved or deleted).
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if not entry then
+  return false
+end
+local keep = ARGV[3] == '1'
+local queues = 0
+for i = 6, #KEYS, 8 do
+  local held = false
+  for j = 0, 3 do
+    if redis.call('EXISTS', KEYS[i + j]) == 1 then
+      held = true
+      if keep then
+        redis.call('RENAME', KEYS[i + j], KEYS[i + 4 + j])
+      else
+        redis.call('DEL', KEYS[i + j])
+      end
+    end
+  end
+  if held then
+    queues = queues + 1
+  end
+end
+if keep and queues > 0 then
+  redis.call('HSET', KEYS[4], ARGV[2], entry)
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[5])
+return queues

@@ -1,0 +1,177 @@
+"""What a deregistered agent queued for the workers, on a real Redis with real pools and zone
+stores: stored whatever happens to its id afterwards (a drain under way, a registration again
+with another clearance or key, another deregistration), each departure judged by the agent's
+entry of then; nothing added afterwards is taken; discarded on demand; nothing left in Redis
+once read through."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from hivemem.pool.adapters.redis_bus import ingest_topic
+from hivemem.pool.enums import Zone
+from hivemem.pool.envelope import make_envelope
+from hivemem.pool.shared import SharedMemoryPool
+from hivemem.security.audit_entry import AuditEvent
+from hivemem.workers.runtime import WorkerRuntime
+from tests.workers.test_ingest import ZONE, hostile, stored
+from tests.workers.test_ingest_queues import ignore
+
+
+@pytest.fixture
+def runtime(make_runtime: Callable[..., WorkerRuntime]) -> WorkerRuntime:
+    return make_runtime(consolidation={"threshold": 1000})
+
+
+@pytest.fixture
+def pool(make_pool: Callable[..., SharedMemoryPool]) -> SharedMemoryPool:
+    return make_pool("agents")
+
+
+def queue(pool: SharedMemoryPool, agent_id: str, *notes: str, zone: Zone = ZONE) -> list[str]:
+    """Register ``agent_id`` (cleared for every zone), have it queue ``notes`` for the
+    workers; returns their ids."""
+    agent = pool.register_agent(agent_id, clearance=Zone.SECRET)
+    ids = [agent.memory.add(note, user_id="u1", zone=zone).id for note in notes]
+    assert agent.flush()
+    return ids
+
+
+def refused(runtime: WorkerRuntime) -> list[tuple[str, str, object]]:
+    """The audited refusals of the workers: (queue, reason, seq)."""
+    return [
+        (e.subject, str(e.details["reason"]), e.details["seq"])
+        for e in runtime.audit.entries()
+        if e.kind == AuditEvent.REJECTED_MESSAGE
+    ]
+
+
+def drain_all(runtime: WorkerRuntime) -> None:
+    for zone in Zone:
+        runtime.ingest.drain(zone, on_due=ignore)
+
+
+def test_what_an_agent_queued_is_stored_and_what_comes_after_refused(
+    pool: SharedMemoryPool, runtime: WorkerRuntime
+) -> None:
+    """Its acknowledged writes still queued when it is deregistered reach the store. A message
+    signed with its key and queued afterwards (by whoever may still write there) is refused as
+    a revoked sender's, and audited; once read through, nothing of the agent is left in Redis
+    but the publishing script's expiring marks."""
+    queued = queue(pool, "leaving", "note one", "note two", "note three")
+    late = make_envelope(sender="leaving", zone=ZONE, records=[hostile("after it left")])
+    forged = pool.agent("leaving").identity.codec.encode(late)
+    pool.deregister("leaving")
+    topic = ingest_topic(ZONE, "leaving")
+    runtime.bus.publish(topic, "leaving", [(late.message_id, forged)])
+
+    drain_all(runtime)
+
+    assert sorted(r.id for r in stored(runtime)) == sorted(queued)
+    assert refused(runtime) == [(topic, "revoked", 1)]
+    owners = runtime.registry.queue_owners()
+    assert (owners.departed, dict(owners.departures)) == ([], {})
+    left = runtime.client.keys("*leaving*")
+    assert all(runtime.client.ttl(key) > 0 for key in left)
+
+
+def test_a_deregistration_during_a_drain_loses_nothing(
+    make_pool: Callable[..., SharedMemoryPool], make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """A drain that started before the deregistration and reads on past the registry cache
+    (one message per round here) stores every write (the queue moved under it: the rest is
+    read from the departure)."""
+    runtime = make_runtime(consolidation={"threshold": 1000}, ingest_batch=1)
+    pool = make_pool("agents")
+    queued = queue(pool, "leaving", "note one", "note two", "note three")
+    service = runtime.ingest
+    first_round = service._round
+    rounds: list[str] = []
+
+    def deregistered_after_the_first_round(*args: object) -> bool:
+        done = first_round(*args)  # type: ignore[arg-type]
+        if not rounds:
+            make_pool("admin").deregister("leaving")
+            time.sleep(runtime.settings.security.registry_cache_s + 0.2)
+        rounds.append(str(args[1]))
+        return done
+
+    service._round = deregistered_after_the_first_round  # type: ignore[method-assign]
+    service.drain(ZONE, on_due=ignore)
+    service._round = first_round  # type: ignore[method-assign]
+    service.drain(ZONE, on_due=ignore)
+
+    assert sorted(r.id for r in stored(runtime)) == sorted(queued)
+    assert refused(runtime) == []
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["same-key", "another-key"])
+def test_each_registration_is_judged_by_its_own_entry(
+    make_pool: Callable[..., SharedMemoryPool], runtime: WorkerRuntime, *, elsewhere: bool
+) -> None:
+    """Registered, deregistered, registered again with a lower clearance (from the same data
+    directory, or another one: another key), deregistered again, all before the workers
+    drained: what each registration queued is stored, each checked against its own entry."""
+    first = make_pool("host1")
+    before = first.register_agent("back", clearance=Zone.SECRET)
+    secret = before.memory.add("queued while cleared for secret", user_id="u1", zone=Zone.SECRET)
+    assert before.flush()
+    first.deregister("back")
+    second = make_pool("host2") if elsewhere else first
+    again = second.register_agent("back", clearance=Zone.PUBLIC)
+    public = again.memory.add("queued once back", user_id="u1")
+    assert again.flush()
+    second.deregister("back")
+
+    drain_all(runtime)
+
+    assert [r.id for r in stored(runtime, Zone.SECRET)] == [secret.id]
+    assert [r.id for r in stored(runtime)] == [public.id]
+    assert refused(runtime) == []
+    assert runtime.registry.departures.all() == {}
+
+
+def test_discarding_deletes_what_was_queued_at_or_after_the_deregistration(
+    pool: SharedMemoryPool, runtime: WorkerRuntime
+) -> None:
+    """``keep_queued=False`` (an agent whose key or host is compromised) deletes what it
+    queued; ``discard_queued`` does the same later, for an agent deregistered the default way
+    and found compromised since. Nothing is stored; both are audited."""
+    queue(pool, "suspect", "written by whoever held its key")
+    pool.deregister("suspect", keep_queued=False)
+    queue(pool, "later", "queued before its deregistration")
+    pool.deregister("later")
+
+    assert pool.discard_queued("later") == 1
+    assert pool.discard_queued("later") == 0
+    drain_all(runtime)
+
+    assert stored(runtime) == []
+    assert refused(runtime) == []
+    entries = list(runtime.audit.entries())
+    kept = [e.details["kept_queued"] for e in entries if e.kind == AuditEvent.DEREGISTERED]
+    assert kept == [False, True]
+    discarded = [(e.subject, e.details["departures"]) for e in entries
+                 if e.kind == AuditEvent.QUEUED_DISCARDED]  # fmt: skip
+    assert discarded == [("later", 1), ("later", 0)]
+
+
+def test_the_workers_forget_departures_only_once_read_through(
+    pool: SharedMemoryPool, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """With room for one message per drain, the departure stays until its last message is
+    stored."""
+    runtime = make_runtime(consolidation={"threshold": 1000}, ingest_batch=1)
+    queue(pool, "slow", "one", "two")
+    pool.deregister("slow")
+
+    first = runtime.ingest.drain(ZONE, max_messages=1, on_due=ignore)
+    assert first.messages == 1
+    assert len(runtime.registry.departures.all()) == 1
+    runtime.ingest.drain(ZONE, on_due=ignore)
+
+    assert len(stored(runtime)) == 2
+    assert runtime.registry.departures.all() == {}
