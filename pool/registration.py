@@ -1,0 +1,150 @@
+"""The operator's side of the agent registry: registering and deregistering agents, and changing
+their clearance and compartments, with the audit entries and the Redis ACL rules that go with
+each change.
+
+With security on, every entry written here carries the agent's public key and the pool
+administrator's signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
+from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.compartments import missing
+from hivemem.pool.enums import Zone, checked_zone
+from hivemem.security.audit import AuditLog
+from hivemem.security.audit_entry import AuditEvent
+from hivemem.security.pool_security import PoolSecurity
+
+log = structlog.get_logger(__name__)
+
+
+class Registrar:
+    """The registry calls of :class:`hivemem.pool.shared.SharedMemoryPool`, which documents
+    each; their audit entries name ``actor``."""
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        bus: RedisBus,
+        audit: AuditLog,
+        *,
+        security: PoolSecurity | None,
+        agent_dir: Callable[[str], Path],
+        actor: str,
+    ) -> None:
+        """``security``: None with security off; ``agent_dir(agent_id)``: where the agent's key
+        lives."""
+        self._registry = registry
+        self._bus = bus
+        self._audit = audit
+        self._security = security
+        self._agent_dir = agent_dir
+        self._actor = actor
+
+    def record(self, info: AgentInfo) -> tuple[AgentInfo, bool]:
+        """Put ``info`` in the registry (with its key and the admin's signature when security
+        is on) and audit a new agent; returns the stored info and whether the agent is new.
+        Raises RegistrationConflict."""
+        created = not self._registry.exists(info.agent_id)
+        if self._security is not None:
+            key = self._security.agent_key(self._agent_dir(info.agent_id))
+            info = self._security.signed(info.model_copy(update={"public_key": key.public_key}))
+        info = self._registry.register(info)
+        if created:
+            self._audit.record(
+                AuditEvent.REGISTERED,
+                actor=self._actor,
+                subject=info.agent_id,
+                zone=info.clearance.value,
+                share_levels=[level.value for level in info.share_levels],
+                **({"compartments": info.compartments} if info.compartments else {}),
+            )
+        log.info("agent_registered", agent_id=info.agent_id, clearance=info.clearance.value)
+        return info, created
+
+    def register(self, info: AgentInfo) -> tuple[AgentInfo, bool]:
+        """:meth:`record`, and with Redis ACLs the agent's Redis user provisioned."""
+        info, created = self.record(info)
+        if self._security is not None and self._security.acl is not None:
+            self._security.acl.provision(
+                info.agent_id, info.clearance, compartments=info.compartments
+            )
+        return info, created
+
+    def deregister(self, agent_id: str, *, keep_queued: bool = True) -> None:
+        """Remove a registered agent, detached in this process, from the registry and drop its
+        inbox; ``keep_queued`` as for the pool's ``deregister``."""
+        # Its Redis user first: a process of it running elsewhere must queue nothing more.
+        if self._security is not None and self._security.acl is not None:
+            self._security.acl.remove(agent_id)
+        queues = self._registry.deregister(agent_id, keep_queued=keep_queued)
+        self._bus.drop_topic(inbox_topic(agent_id))
+        if self._security is not None:
+            self._security.senders.forget(agent_id)
+        self._audit.record(AuditEvent.DEREGISTERED, actor=self._actor, subject=agent_id,
+                           kept_queued=keep_queued, queues=queues)  # fmt: skip
+        log.info("agent_deregistered", agent_id=agent_id, kept_queued=keep_queued, queues=queues)
+
+    def discard_queued(self, agent_id: str) -> int:
+        """Delete what a deregistered agent queued before leaving (see the pool's
+        ``discard_queued``); returns how many departures went."""
+        gone = self._registry.departures.discard(agent_id)
+        self._audit.record(AuditEvent.QUEUED_DISCARDED, actor=self._actor, subject=agent_id,
+                           departures=gone)  # fmt: skip
+        log.info("agent_queued_discarded", agent_id=agent_id, departures=gone)
+        return gone
+
+    def set_clearance(self, agent_id: str, clearance: Zone | str) -> AgentInfo:
+        """Grant or revoke ``clearance``; audited ``granted`` or ``revoked``."""
+        zone = checked_zone(clearance)
+        info, prior = self._registry.set_clearance(agent_id, zone, resign=self._resign)
+        self._follow_entry(info)
+        if zone != prior:
+            self._audit.record(
+                AuditEvent.GRANTED if zone > prior else AuditEvent.REVOKED,
+                actor=self._actor,
+                subject=info.agent_id,
+                zone=zone.value,
+                previous=prior.value,
+            )
+        log.info("clearance_changed", agent_id=info.agent_id, clearance=zone.value)
+        return info
+
+    def set_compartments(self, agent_id: str, compartments: Sequence[str]) -> AgentInfo:
+        """Give exactly ``compartments``; what is gained is audited ``granted``, what is lost
+        ``revoked``."""
+        info, prior = self._registry.set_compartments(agent_id, compartments, resign=self._resign)
+        self._follow_entry(info)
+        for event, names in (
+            (AuditEvent.GRANTED, missing(prior, info.compartments)),
+            (AuditEvent.REVOKED, missing(info.compartments, prior)),
+        ):
+            if names:
+                self._audit.record(
+                    event, actor=self._actor, subject=info.agent_id, compartments=names
+                )
+        log.info("compartments_changed", agent_id=info.agent_id, compartments=info.compartments)
+        return info
+
+    @property
+    def _resign(self) -> Callable[[AgentInfo], AgentInfo] | None:
+        """How a changed registry entry is signed again (None with security off)."""
+        return None if self._security is None else self._security.signed
+
+    def _follow_entry(self, info: AgentInfo) -> None:
+        """After an operator changed ``info``'s entry: receivers here read it afresh and, with
+        Redis ACLs, the agent's user gets its rules (its connections close)."""
+        if self._security is None:
+            return
+        self._security.senders.forget(info.agent_id)
+        if self._security.acl is not None:
+            self._security.acl.restrict(
+                info.agent_id, info.clearance, compartments=info.compartments
+            )
