@@ -18,6 +18,7 @@ from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import missing
 from hivemem.pool.enums import Zone, checked_zone
+from hivemem.pool.errors import AgentNotFound
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.pool_security import PoolSecurity
@@ -56,6 +57,8 @@ class Registrar:
         if self._security is not None:
             key = self._security.agent_key(self._agent_dir(info.agent_id))
             info = self._security.signed(info.model_copy(update={"public_key": key.public_key}))
+            if not created and self._rekeyed(info):
+                created = True
         info = self._registry.register(info)
         if created:
             self._audit.record(
@@ -68,6 +71,23 @@ class Registrar:
             )
         log.info("agent_registered", agent_id=info.agent_id, clearance=info.clearance.value)
         return info, created
+
+    def _rekeyed(self, info: AgentInfo) -> bool:
+        """When ``info`` carries another key than the registered entry (the agent attached from
+        another directory), end the registration of the old key as a deregistration that keeps
+        what it queued: the workers still check those writes against the key that signed them
+        (:mod:`hivemem.pool.adapters.departures`). Returns whether it did."""
+        try:
+            prior = self._registry.get(info.agent_id)
+            if prior.public_key in (None, info.public_key):
+                return False
+            self._registry.deregister(info.agent_id, keep_queued=True)
+        except AgentNotFound:  # deregistered meanwhile
+            return True
+        self._audit.record(AuditEvent.DEREGISTERED, actor=self._actor, subject=info.agent_id,
+                           kept_queued=True, reason="new_key")  # fmt: skip
+        log.info("agent_key_replaced", agent_id=info.agent_id)
+        return True
 
     def register(self, info: AgentInfo) -> tuple[AgentInfo, bool]:
         """:meth:`record`, and with Redis ACLs the agent's Redis user provisioned."""

@@ -51,7 +51,6 @@ class IngestQueues:
           registered agent's from then on)."""
         if not owners.departed and not owners.departures:
             return
-        registered = set(owners.registered)
         own = {agent: [ingest_topic(zone, agent) for zone in Zone] for agent in owners.departed}
         left = {number: d.topics() for number, d in owners.departures.items()}
         every = [t for queues in (*own.values(), *left.values()) for t in queues]
@@ -59,13 +58,10 @@ class IngestQueues:
         for number, queues in left.items():
             if unread.isdisjoint(queues):
                 self._registry.departures.forget(owners.departures[number])
-        done = [
-            agent
-            for agent, queues in own.items()
-            if unread.isdisjoint(queues)
-            and (agent in registered or self._registry.last_seen(agent) is None)
-        ]
-        self._registry.forget_departed(done, gone=[a for a in done if a not in registered])
+        # Checked again, with the heartbeat, where they are forgotten (in one step there).
+        self._registry.forget_departed(
+            [a for a, queues in own.items() if unread.isdisjoint(queues)]
+        )
 
     def _unread(self, topics: list[str]) -> list[str]:
         return [topic for topic, _ in self._bus.unread_queues(topics)]

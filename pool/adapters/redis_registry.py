@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 
 _REGISTER = (Path(__file__).parent / "lua" / "register.lua").read_text()
 _DEPART = (Path(__file__).parent / "lua" / "depart.lua").read_text()
+_FORGET_DEPARTED = (Path(__file__).parent / "lua" / "forget_departed.lua").read_text()
 
 
 def check_zone_ladder(client: redis.Redis, namespace: str) -> None:
@@ -80,6 +81,7 @@ class AgentRegistry:
         self.departures = Departures(client, namespace=namespace)
         self._register = client.register_script(_REGISTER)
         self._depart = client.register_script(_DEPART)
+        self._forget_departed = client.register_script(_FORGET_DEPARTED)
 
     def _alive_key(self, agent_id: str) -> str:
         return f"{self.namespace}:agent:{check_agent_id(agent_id)}:alive"
@@ -233,19 +235,18 @@ class AgentRegistry:
             self.departures.parsed(departures),
         )
 
-    def forget_departed(self, agent_ids: Sequence[str], *, gone: Sequence[str] = ()) -> None:
-        """The workers read the queues of these deregistered agents through: forget them, and
-        delete what is left of the queues of those of them ``gone`` (not registered again)."""
+    def forget_departed(self, agent_ids: Sequence[str]) -> Sequence[str]:
+        """Forget those of these deregistered agents whose own ingest queues the workers read
+        through, checked again in the same step (``lua/forget_departed.lua``): each that is
+        registered again (its queues stay: they are a registered agent's), or that still does
+        not beat and whose queues hold nothing unstored (what is left of them is deleted).
+        Returns those forgotten."""
         if not agent_ids:
-            return
-        keys = [
-            key
-            for agent_id in gone
-            for zone in Zone
-            for key in queue_keys(self.namespace, ingest_topic(zone, agent_id))
-        ]
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.srem(self._departed, *agent_ids)
-            if keys:
-                pipe.delete(*keys)
-            pipe.execute()
+            return []
+        keys = [self._clearance, self._departed]
+        for agent_id in agent_ids:
+            keys.append(self._alive_key(agent_id))
+            for zone in Zone:
+                keys += queue_keys(self.namespace, ingest_topic(zone, agent_id))
+        done = cast("list[bytes]", self._forget_departed(keys=keys, args=list(agent_ids)))
+        return [agent_id.decode() for agent_id in done]

@@ -175,3 +175,28 @@ def test_the_workers_forget_departures_only_once_read_through(
 
     assert len(stored(runtime)) == 2
     assert runtime.registry.departures.all() == {}
+
+
+def test_an_agent_attached_with_another_key_keeps_what_it_queued_under_the_old(
+    make_pool: Callable[..., SharedMemoryPool], runtime: WorkerRuntime
+) -> None:
+    """An agent that moves to another directory (another key) while its writes wait: the old
+    key's registration ends as a deregistration that keeps them, so they are checked against
+    the key that signed them, and stored."""
+    first = make_pool("host1")
+    before = first.register_agent("mover", clearance=Zone.SECRET)
+    queued = before.memory.add("queued from host 1", user_id="u1")
+    assert before.flush()
+    first.close()
+    moved = make_pool("host2").register_agent("mover", clearance=Zone.SECRET)
+    later = moved.memory.add("queued from host 2", user_id="u1")
+    assert moved.flush()
+
+    drain_all(runtime)
+
+    assert sorted(r.id for r in stored(runtime)) == sorted([queued.id, later.id])
+    assert refused(runtime) == []
+    entries = list(runtime.audit.entries())
+    assert [e.details.get("reason") for e in entries if e.kind == AuditEvent.DEREGISTERED] == [
+        "new_key"
+    ]

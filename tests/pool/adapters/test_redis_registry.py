@@ -170,6 +170,37 @@ def test_a_deregistration_that_discards_deletes_every_queue_it_left(
     assert all(registry.client.ttl(key) > 0 for key in left)
 
 
+def test_a_departed_agent_is_forgotten_only_when_nothing_of_its_own_queues_is_owed(
+    registry: AgentRegistry,
+) -> None:
+    """Checked where it is forgotten, in one step: a deregistered agent whose own queue holds
+    something the workers did not store (a process running on after the deregistration, with
+    security off) or that beats stays; once read through and silent, it goes with what is
+    left of its queue; registered again (and writing), it goes, its queue kept."""
+    bus = RedisBus(registry.client, namespace="t", maxlen=100)
+    queue = ingest_topic(Zone.PUBLIC, "support")
+    registry.register(_info())
+    registry.deregister("support")
+    [seq] = bus.publish(queue, "support", [("a" * 32, b"after")])
+    assert registry.forget_departed(["support"]) == []
+    epoch = bus.read(queue, 0, limit=1).epoch
+    registry.client.set(ingest_cursor_key("t", queue), f"{epoch} {seq}")
+    registry.heartbeat("support")
+    assert registry.forget_departed(["support"]) == []
+    registry.client.delete("t:agent:support:alive")
+
+    assert registry.forget_departed(["support"]) == ["support"]
+    assert registry.queue_owners().departed == []
+    assert not registry.client.exists(*queue_keys("t", queue))
+
+    registry.register(_info())
+    registry.deregister("support")
+    registry.register(_info())
+    bus.publish(queue, "support", [("b" * 32, b"as registered again")])
+    assert registry.forget_departed(["support"]) == ["support"]
+    assert len(bus.read(queue, 0, limit=10).deliveries) == 1
+
+
 def test_a_departure_that_does_not_read_is_logged_and_left_out(registry: AgentRegistry) -> None:
     """Only operators and workers write departures; one that does not read is logged, and
     hides no other."""
