@@ -201,7 +201,7 @@ class IngestService:
             batch, queued = self._store_one_by_one(zone, topic, parts, report)
         last = backlog.deliveries[-1].seq
         due = self._commit(zone, queued, batch.tombstones, topic, f"{epoch} {last}")
-        self._bus.trim_through(topic, last)
+        self._bus.trim_through(topic, last, epoch=epoch)
         report.messages += len(backlog.deliveries)
         report.records += len(batch.records)
         report.tombstones += len(batch.tombstones)
