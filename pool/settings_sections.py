@@ -213,6 +213,10 @@ class SecuritySettings(BaseModel):
     #: The pool administrator's Ed25519 key that signs registry entries. ``None``:
     #: ``<data_dir>/keys/admin.key``, made on first use.
     admin_key_file: Path | None = None
+    #: The workers' Ed25519 key, which signs what every worker of the pool publishes: all must
+    #: hold the same one (the registry keeps one). ``None``: beside ``admin_key_file`` when
+    #: that is set (``workers.key``), else ``<data_dir>/keys/workers.key``; made on first use.
+    workers_key_file: Path | None = None
     #: Messages sent longer ago than this (seconds) are rejected as stale.
     max_message_age_s: float = Field(default=300.0, gt=0.0)
     #: Tolerated clock skew: messages dated further ahead than this are rejected (seconds).

@@ -5,8 +5,8 @@ Redis connection, by :class:`~hivemem.pool.shared.SharedMemoryPool` and by the w
 holds the zone keyring (data keys wrapped by the master key), the administrator's signer of
 registry entries, the directory receivers look senders up in, and, with ``redis_acl``, the
 provisioning of agents' Redis users. Agents' private keys live in their directories
-(``<data_dir>/agents/<id>/signing.key``, readable by the owner only); the workers' in
-``<data_dir>/keys/workers.key``.
+(``<data_dir>/agents/<id>/signing.key``, readable by the owner only); the workers' one beside
+the admin key, or as ``security.workers_key_file`` says.
 """
 
 from __future__ import annotations
@@ -75,7 +75,11 @@ class PoolSecurity:
         return SigningKey.load_or_create(agent_dir / "signing.key")
 
     def workers_key(self) -> SigningKey:
-        return SigningKey.load_or_create(self.settings.data_dir / "keys" / "workers.key")
+        """The key every worker of the pool signs with (``security.workers_key_file``)."""
+        path = self.options.workers_key_file
+        if path is None and self.options.admin_key_file is not None:
+            path = self.options.admin_key_file.parent / "workers.key"
+        return SigningKey.load_or_create(path or self.settings.data_dir / "keys" / "workers.key")
 
     def _check(self, guard: ReplayGuard) -> MessageCheck:
         return MessageCheck(
