@@ -69,11 +69,13 @@ class Attacher:
         policies: ZonePolicies,
         agent_dir: Callable[[str], Path],
         redis_url: str,
+        record: Callable[[AgentInfo], AgentInfo],
         embedder: Embedder | None = None,
     ) -> None:
         """``security`` and ``rotation``: None with security off; ``agent_dir(agent_id)``: where
         the agent's memory and key live; ``redis_url``: the pool's Redis, which an agent with its
-        own Redis user connects to as that user."""
+        own Redis user connects to as that user; ``record(info)``: registers ``info`` with this
+        directory's key (:meth:`~hivemem.pool.registration.Registrar.record`)."""
         self._settings = settings
         self._bus = bus
         self._registry = registry
@@ -83,6 +85,7 @@ class Attacher:
         self._policies = policies
         self._agent_dir = agent_dir
         self._redis_url = redis_url
+        self._record = record
         self._embedder = embedder
 
     def attach(self, info: AgentInfo) -> Agent:
@@ -148,10 +151,8 @@ class Attacher:
         if security is None:
             return Identity(info, PlainCodec(), self._policies), self._bus
         key = security.agent_key(self._agent_dir(info.agent_id))
-        if info.public_key != key.public_key:
-            info = self._registry.register(
-                security.signed(info.model_copy(update={"public_key": key.public_key}))
-            )
+        if info.public_key != key.public_key:  # this directory's key: registered (and audited)
+            info = self._record(info)
         identity = SecureIdentity(
             info, key, security, self._registry, self._audit, policies=self._policies
         )

@@ -159,6 +159,12 @@ class StoreBusy(HivememError):
     ``workers.store_open_timeout_s``; the task that needed it is retried."""
 
 
+class QueuesBusy(HivememError):
+    """Raised when the workers kept draining a zone's ingest queues for longer than an operation
+    that must not race them would wait (discarding what an agent queued); nothing changed: try
+    again."""
+
+
 class StrategyFailed(HivememError):
     """Raised by a consolidation strategy that could not produce a valid result (the LLM
     strategy catches it and falls back to the offline one)."""

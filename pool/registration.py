@@ -51,16 +51,22 @@ class Registrar:
 
     def record(self, info: AgentInfo) -> tuple[AgentInfo, bool]:
         """Put ``info`` in the registry (with its key and the admin's signature when security
-        is on) and audit a new agent; returns the stored info and whether the agent is new.
-        Raises RegistrationConflict."""
-        created = not self._registry.exists(info.agent_id)
+        is on) and audit a new agent, or a new key (the agent attached from another directory:
+        its old key's registration ends, see :meth:`AgentRegistry.register`); returns the
+        stored info and whether the agent is new. Raises RegistrationConflict."""
+        try:
+            prior: AgentInfo | None = self._registry.get(info.agent_id)
+        except AgentNotFound:
+            prior = None
         if self._security is not None:
             key = self._security.agent_key(self._agent_dir(info.agent_id))
             info = self._security.signed(info.model_copy(update={"public_key": key.public_key}))
-            if not created and self._rekeyed(info):
-                created = True
         info = self._registry.register(info)
-        if created:
+        rekeyed = prior is not None and prior.public_key not in (None, info.public_key)
+        if rekeyed:
+            self._audit.record(AuditEvent.DEREGISTERED, actor=self._actor, subject=info.agent_id,
+                               kept_queued=True, reason="new_key")  # fmt: skip
+        if prior is None or rekeyed:
             self._audit.record(
                 AuditEvent.REGISTERED,
                 actor=self._actor,
@@ -70,24 +76,7 @@ class Registrar:
                 **({"compartments": info.compartments} if info.compartments else {}),
             )
         log.info("agent_registered", agent_id=info.agent_id, clearance=info.clearance.value)
-        return info, created
-
-    def _rekeyed(self, info: AgentInfo) -> bool:
-        """When ``info`` carries another key than the registered entry (the agent attached from
-        another directory), end the registration of the old key as a deregistration that keeps
-        what it queued: the workers still check those writes against the key that signed them
-        (:mod:`hivemem.pool.adapters.departures`). Returns whether it did."""
-        try:
-            prior = self._registry.get(info.agent_id)
-            if prior.public_key in (None, info.public_key):
-                return False
-            self._registry.deregister(info.agent_id, keep_queued=True)
-        except AgentNotFound:  # deregistered meanwhile
-            return True
-        self._audit.record(AuditEvent.DEREGISTERED, actor=self._actor, subject=info.agent_id,
-                           kept_queued=True, reason="new_key")  # fmt: skip
-        log.info("agent_key_replaced", agent_id=info.agent_id)
-        return True
+        return info, prior is None
 
     def register(self, info: AgentInfo) -> tuple[AgentInfo, bool]:
         """:meth:`record`, and with Redis ACLs the agent's Redis user provisioned."""

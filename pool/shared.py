@@ -113,6 +113,7 @@ class SharedMemoryPool:
             policies=self.policies,
             agent_dir=self.agent_dir,
             redis_url=redis_url,
+            record=lambda info: self._registrar.record(info)[0],
             embedder=embedder,
         )
         self._zone_keys = ZoneKeys(self.rotation, self.registry, actor=AUDIT_ACTOR)

@@ -44,8 +44,21 @@ def ingest_queued_under(
     ``key_id`` (those they stored may linger until a queue is trimmed). Raises PoolUnavailable
     when Redis cannot be reached, SealBroken when the workers' ingest key cannot be read."""
     with redis_errors():
-        unread = bus.unread_queues(registry.queue_owners().queues(zone))
-    return sum(_queued_under(bus, opener, topic, after, key_id) for topic, after in unread)
+        owners = registry.queue_owners()
+        unread = bus.unread_queues(owners.queues(zone))
+    count = sum(_queued_under(bus, opener, topic, after, key_id) for topic, after in unread)
+    # A deregistration meanwhile may have moved a queue not read yet to a departure the first
+    # read did not see: count the departures made since too (a queue counted before it moved
+    # counts twice, which only holds the retirement off longer). Departures never change.
+    seen = set(owners.departures)
+    while True:
+        with redis_errors():
+            new = [d for n, d in registry.departures.all().items() if n not in seen]
+            unread = bus.unread_queues([d.topic(zone) for d in new])
+        if not new:
+            return count
+        seen.update(d.number for d in new)
+        count += sum(_queued_under(bus, opener, topic, after, key_id) for topic, after in unread)
 
 
 def _queued_under(bus: RedisBus, opener: IngestOpener, topic: str, after: int, key_id: str) -> int:

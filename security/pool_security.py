@@ -99,6 +99,7 @@ class PoolSecurity:
             sender_id=info.agent_id,
             check=self._check(ReplayGuard(window_s)),
             senders=self.senders,
+            refresh=self.senders.fresh,
             compartments=info.compartments,
         )
 
@@ -112,6 +113,7 @@ class PoolSecurity:
             sender_id=WORKER_SENDER,
             check=self._check(_QueueGuard(self.options.max_message_age_s)),
             senders=self.senders if senders is None else senders,
+            refresh=self.senders.fresh if senders is None else None,
             check_age=False,
         )
 

@@ -28,6 +28,10 @@ def facts_of(info: AgentInfo) -> SenderFacts:
     )
 
 
+#: A sender's entry is read again for a refused message at most this often (seconds).
+_REFRESH_S = 0.1
+
+
 class SenderDirectory:
     """Registry lookups for message checks (thread-safe)."""
 
@@ -55,6 +59,18 @@ class SenderDirectory:
                 self._cache.clear()
             self._cache[agent_id] = (now, facts)
         return facts
+
+    def fresh(self, agent_id: str) -> SenderFacts | None:
+        """The sender's facts read again from the registry (for a message its cached entry
+        refused: its key or clearance may have changed within ``ttl_s``), unless they were read
+        in the last :data:`_REFRESH_S`: then the cached ones, so that a flood of refused
+        messages costs at most a few reads per sender per second."""
+        with self._lock:
+            hit = self._cache.get(agent_id)
+        if hit is not None and time.monotonic() - hit[0] < _REFRESH_S:
+            return hit[1]
+        self.forget(agent_id)
+        return self(agent_id)
 
     def forget(self, agent_id: str) -> None:
         """Drop the cached entry (this process changed it)."""

@@ -117,6 +117,11 @@ class Frame:
         return cls(header, header_bytes, sealed, data[-SIGNATURE_BYTES:])
 
 
+#: Refusals that depend on the sender's registry entry, which may have changed since it was
+#: cached: the message is judged once more against a fresh one.
+_ENTRY_REASONS = frozenset({"forged", "revoked", "over_clearance"})
+
+
 def _signed(frame: bytes | memoryview) -> bytes:
     """What the signature of a frame whose bytes before the signature are ``frame`` signs."""
     return _SIGNED_DOMAIN + hashlib.sha256(frame).digest()
@@ -127,10 +132,13 @@ class SecureCodec:
 
     ``signer`` is the sending agent's key (None: a receive-only codec); ``sealer`` is limited to
     the clearance of whoever decodes; ``senders`` looks up a sender in the registry (None when it
-    is not registered). ``check_age`` off skips the age check entirely (durable queues, whose
-    entries are consumed once by position and may wait for hours). ``compartments``: those the
-    decoder holds; a message carrying another is refused (``outside_compartments``) before its
-    body is opened (None: it holds every one, as the workers do)."""
+    is not registered), and ``refresh`` looks it up again, past any cache, for a message its
+    entry refused (``forged``, ``revoked``, ``over_clearance``: the key or clearance may have
+    changed within the cache's time). ``check_age`` off skips the age check entirely (durable
+    queues, whose entries are consumed once by position and may wait for hours).
+    ``compartments``: those the decoder holds; a message carrying another is refused
+    (``outside_compartments``) before its body is opened (None: it holds every one, as the
+    workers do)."""
 
     def __init__(
         self,
@@ -140,6 +148,7 @@ class SecureCodec:
         sender_id: str | None,
         check: MessageCheck,
         senders: Callable[[str], SenderFacts | None],
+        refresh: Callable[[str], SenderFacts | None] | None = None,
         check_age: bool = True,
         clock: Callable[[], datetime] = utc_now,
         compartments: Sequence[str] | None = None,
@@ -149,6 +158,7 @@ class SecureCodec:
         self._sender_id = sender_id
         self._check = check
         self._senders = senders
+        self._refresh = refresh
         self._check_age = check_age
         self._clock = clock
         #: The compartments whoever decodes holds (None: every one, the workers).
@@ -190,6 +200,30 @@ class SecureCodec:
         )
         return b"".join((header, b"\n", sealed.nonce, sealed.ciphertext))
 
+    def _checked(
+        self,
+        frame: Frame,
+        signed: bytes,
+        sender: SenderFacts | None,
+        now: datetime,
+        *,
+        live: bool,
+    ) -> None:
+        """:meth:`MessageCheck.check` of ``frame`` (``signed``: what its signature signs), from
+        ``sender`` as the registry has it."""
+        wire = frame.header
+        self._check.check(
+            sender=sender,
+            zone=wire.zone,
+            compartments=wire.compartments or (),
+            message_id=wire.message_id,
+            sent_at=wire.sent_at,
+            signed_bytes=signed,
+            signature=frame.signature,
+            # Off the live path the age is not the question: judge it as of its sending.
+            now=now if live and self._check_age else wire.sent_at,
+        )
+
     def with_subject(self, data: bytes) -> bytes:
         """``data``, a message this codec sent, sealed again under its user's secret when it
         was sealed under the zone key alone (:meth:`encode` does so while Redis is away at a
@@ -224,17 +258,17 @@ class SecureCodec:
         frame = Frame.parse(data)
         wire = frame.header
         now = self._clock()
-        self._check.check(
-            sender=self._senders(wire.sender),
-            zone=wire.zone,
-            compartments=wire.compartments or (),
-            message_id=wire.message_id,
-            sent_at=wire.sent_at,
-            signed_bytes=_signed(memoryview(data)[:-SIGNATURE_BYTES]),
-            signature=frame.signature,
-            # Off the live path the age is not the question: judge it as of its sending.
-            now=now if live and self._check_age else wire.sent_at,
-        )
+        signed = _signed(memoryview(data)[:-SIGNATURE_BYTES])
+        sender = self._senders(wire.sender)
+        try:
+            self._checked(frame, signed, sender, now, live=live)
+        except MessageRejected as error:
+            if self._refresh is None or error.reason not in _ENTRY_REASONS:
+                raise
+            fresh = self._refresh(wire.sender)
+            if fresh == sender:
+                raise
+            self._checked(frame, signed, fresh, now, live=live)
         if self._held is not None and missing(self._held, wire.compartments or ()):
             raise MessageRejected(
                 "outside_compartments",

@@ -180,13 +180,15 @@ class IngestService:
         elif backlog.trimmed:
             log.error("ingest_gap", zone=zone.value, topic=topic, cursor=seq)
         if not backlog.deliveries:
-            if backlog.last_seq > seq:
-                # Numbers with no message at the queue's end (an append that failed in the
-                # publishing script, or an agent moving its own counter): nothing is there to
-                # read, and a cursor left behind would have the queue read as waiting forever.
+            # Nothing to read, yet the cursor is not where the queue stands: numbers with no
+            # message at its end (an append that failed in the publishing script, or an agent
+            # moving its own counter or epoch). A cursor left there would have the queue read
+            # as waiting forever.
+            at = f"{epoch} {backlog.last_seq}"
+            if raw is None or raw.decode(errors="replace") != at:
                 log.warning("ingest_gap", zone=zone.value, topic=topic, cursor=seq,
                             last_seq=backlog.last_seq)  # fmt: skip
-                self._client.set(self._keys.ingest_cursor(topic), f"{epoch} {backlog.last_seq}")
+                self._client.set(self._keys.ingest_cursor(topic), at)
             return False
         codec = self._codec if departure is None else self._departed(departure)
         owner = queue_owner(topic) if departure is None else departure.info.agent_id

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hivemem.pool.adapters.redis_bus import ingest_cursor_key
+from hivemem.pool.adapters.redis_bus import ingest_cursor_key, ingest_lock_key
 from hivemem.pool.enums import Zone
 from hivemem.pool.ids import check_scope_id
 from hivemem.pool.records import MemoryRecord
@@ -41,7 +41,7 @@ class WorkerKeys:
         return ingest_cursor_key(self.namespace, topic)
 
     def ingest_lock(self, zone: Zone) -> str:
-        return f"{self.namespace}:lock:ingest:{zone.value}"
+        return ingest_lock_key(self.namespace, zone)
 
     def awaiting(self, zone: Zone) -> str:
         return f"{self.namespace}:versions:{zone.value}:awaiting"

@@ -16,26 +16,40 @@ registration again (another clearance, another key) starts new queues, and each 
 judged by its own entry. Nothing can be added to a departure's queues, not even with the
 agent's key and a user of the same id. Deregistering with ``keep`` off deletes the queues
 instead (an agent whose key or host is compromised), and :meth:`Departures.discard` deletes
-the departures of an agent deregistered before.
+the departures of an agent deregistered before; both hold every zone's ingest lock meanwhile,
+so that no drain stores what they delete. A departure whose entry does not read is left to an
+operator (it is logged): its writes wait, unread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 import redis
 import structlog
 from pydantic import ValidationError
+from redis.exceptions import LockError
+from redis.lock import Lock
 
-from hivemem.pool.adapters.redis_bus import ingest_cursor_key, ingest_topic, zone_queues
+from hivemem.pool.adapters.redis_bus import (
+    ingest_cursor_key,
+    ingest_lock_key,
+    ingest_topic,
+    zone_queues,
+)
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
+from hivemem.pool.errors import QueuesBusy
 from hivemem.pool.ids import check_agent_id
 
 log = structlog.get_logger(__name__)
 
+#: How long a discard waits for each zone's drain to end, and holds the zones (seconds).
+_QUIET_WAIT_S = 60.0
+_QUIET_TTL_S = 60.0
 #: The parts of a topic's keys (``ns:<topic>:<part>``) a queue is made of.
 QUEUE_PARTS = ("stream", "seq", "epoch")
 
@@ -113,7 +127,7 @@ class Departures:
     def parsed(self, raw: Mapping[bytes, bytes]) -> dict[int, Departure]:
         """The departures an HGETALL of :attr:`key` gave. One that does not read (only the
         pool's operators and workers may write them) is logged and left out: its writes wait,
-        unread, until an operator mends or discards it."""
+        unread, until an operator mends it."""
         found = {}
         for number, entry in raw.items():
             try:
@@ -128,20 +142,51 @@ class Departures:
         check_agent_id(agent_id)
         return [d for _, d in sorted(self.all().items()) if d.info.agent_id == agent_id]
 
-    def forget(self, departure: Departure) -> None:
+    def forget(self, departure: Departure) -> bool:
         """Remove the departure and its queues' keys (the workers read them through, or an
-        operator discards what they hold)."""
+        operator discards what they hold); False when it was gone already."""
         keys = [k for topic in departure.topics() for k in queue_keys(self.namespace, topic)]
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hdel(self.key, str(departure.number))
             pipe.delete(*keys)
-            pipe.execute()
+            removed, _ = pipe.execute()
+        return bool(removed)
 
-    def discard(self, agent_id: str) -> int:
+    def discard(self, agent_id: str, *, wait_s: float = _QUIET_WAIT_S) -> int:
         """Delete what ``agent_id`` queued before its earlier deregistrations and the workers
-        have not stored (an agent found compromised after it left); returns how many
-        departures went."""
-        gone = self.of(agent_id)
-        for departure in gone:
-            self.forget(departure)
-        return len(gone)
+        have not stored (an agent found compromised after it left), with no worker draining
+        meanwhile (:meth:`quiet`); returns how many departures went. Raises QueuesBusy (nothing
+        deleted) when the workers keep a zone longer than ``wait_s``."""
+        with self.quiet(wait_s):
+            return self.discard_now(agent_id)
+
+    def discard_now(self, agent_id: str) -> int:
+        """:meth:`discard`, in a :meth:`quiet` the caller holds."""
+        return sum(self.forget(departure) for departure in self.of(agent_id))
+
+    @contextlib.contextmanager
+    def quiet(self, wait_s: float = _QUIET_WAIT_S) -> Iterator[None]:
+        """Hold every zone's ingest lock (the one a worker holds while it drains the zone),
+        waiting up to ``wait_s`` for each: no worker reads an ingest queue meanwhile, so what
+        is deleted then is not stored by a drain that read it just before. Raises QueuesBusy
+        (no lock kept) when one stays taken."""
+        held: list[Lock] = []
+        try:
+            for zone in Zone:
+                lock = self.client.lock(
+                    ingest_lock_key(self.namespace, zone),
+                    timeout=_QUIET_TTL_S,
+                    blocking_timeout=wait_s,
+                    thread_local=False,
+                )
+                if not lock.acquire():
+                    raise QueuesBusy(
+                        f"the workers kept draining zone {zone.value} for over {wait_s:g} s: "
+                        "nothing was discarded; try again"
+                    )
+                held.append(lock)
+            yield
+        finally:
+            for lock in held:
+                with contextlib.suppress(LockError):  # expired: a worker may hold it now
+                    lock.release()

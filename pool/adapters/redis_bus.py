@@ -124,6 +124,11 @@ def ingest_cursor_key(namespace: str, topic: str) -> str:
     return f"{namespace}:cursor:{topic}"
 
 
+def ingest_lock_key(namespace: str, zone: Zone) -> str:
+    """The lock a worker holds while it drains ``zone``'s ingest queues (one at a time)."""
+    return f"{namespace}:lock:ingest:{Zone(zone).value}"
+
+
 def ingest_cursor(raw: bytes | None) -> tuple[str | None, int]:
     """The epoch and seq an ingest cursor's value holds ((None, 0): none kept yet)."""
     if raw is None:

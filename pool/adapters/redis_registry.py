@@ -14,6 +14,7 @@ heartbeat, expiring after the heartbeat TTL).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -66,6 +67,13 @@ def access_of(info: AgentInfo) -> str:
     return f"{zone}+{','.join(info.compartments)}" if info.compartments else zone
 
 
+def _conflict(info: AgentInfo, held: str) -> RegistrationConflict:
+    return RegistrationConflict(
+        f"agent {info.agent_id} is registered with clearance {held}, not {access_of(info)}; "
+        "deregister it first to change its clearance (or use set_clearance / set_compartments)"
+    )
+
+
 class AgentRegistry:
     """Register, look up, heartbeat and deregister agents."""
 
@@ -88,12 +96,23 @@ class AgentRegistry:
 
     def register(self, info: AgentInfo) -> AgentInfo:
         """Add ``info``, or update an agent of the same id and clearance (keeping its first
-        registration time). Raises RegistrationConflict when the id holds another clearance."""
+        registration time). Raises RegistrationConflict (nothing changed) when the id holds
+        another clearance. ``info`` with another key than the entry's (the agent attached from
+        another directory) first ends the old key's registration as a deregistration that keeps
+        what it queued: those writes are checked against the key that signed them
+        (:mod:`hivemem.pool.adapters.departures`)."""
         try:
             prior = self.get(info.agent_id)
-            info = info.model_copy(update={"registered_at": prior.registered_at})
         except AgentNotFound:
-            pass
+            prior = None
+        if prior is not None:
+            info = info.model_copy(update={"registered_at": prior.registered_at})
+            if prior.public_key not in (None, info.public_key):
+                if access_of(prior) != access_of(info):
+                    raise _conflict(info, access_of(prior))
+                with contextlib.suppress(AgentNotFound):  # deregistered meanwhile
+                    self.deregister(info.agent_id, keep_queued=True)
+                log.info("agent_key_replaced", agent_id=info.agent_id)
         try:
             self._register(
                 keys=[self._agents, self._clearance],
@@ -102,12 +121,7 @@ class AgentRegistry:
         except redis.ResponseError as error:
             if not str(error).startswith("CONFLICT"):
                 raise
-            held = str(error).split(" ", 1)[1]
-            raise RegistrationConflict(
-                f"agent {info.agent_id} is registered with clearance {held}, not "
-                f"{access_of(info)}; deregister it first to change its clearance (or use "
-                "set_clearance / set_compartments)"
-            ) from None
+            raise _conflict(info, str(error).split(" ", 1)[1]) from None
         return info
 
     def set_clearance(
@@ -206,20 +220,28 @@ class AgentRegistry:
         """Remove the agent, and in the same step take its ingest queues out of its reach:
         ``keep_queued`` moves them to a departure, which the workers read through (see
         :mod:`hivemem.pool.adapters.departures`); off, it deletes them, and the agent's
-        earlier departures too. Returns how many queues held anything. Raises AgentNotFound
-        (nothing changed) when it is not registered."""
+        earlier departures too, holding every zone's ingest lock meanwhile. Returns how many
+        queues held anything. Raises AgentNotFound (nothing changed) when it is not
+        registered, QueuesBusy (nothing changed) when a zone's drain outlasts the wait."""
         check_agent_id(agent_id)
+        if keep_queued:
+            return self._departed_now(agent_id, keep=True)
+        with self.departures.quiet():  # no drain stores what is deleted
+            queues = self._departed_now(agent_id, keep=False)
+            self.departures.discard_now(agent_id)
+        return queues
+
+    def _departed_now(self, agent_id: str, *, keep: bool) -> int:
+        """Run ``lua/depart.lua`` for the agent; returns how many queues held anything."""
         number = int(cast("int", self.client.incr(self.departures.counter)))
         keys = [self._agents, self._clearance, self._departed, self.departures.key]
         keys.append(self._alive_key(agent_id))
         for zone in Zone:
             keys += queue_keys(self.namespace, ingest_topic(zone, agent_id))
             keys += queue_keys(self.namespace, departed_topic(number, zone, agent_id))
-        queues = self._depart(keys=keys, args=[agent_id, number, "1" if keep_queued else "0"])
+        queues = self._depart(keys=keys, args=[agent_id, number, "1" if keep else "0"])
         if queues is None:
             raise AgentNotFound(agent_id)
-        if not keep_queued:
-            self.departures.discard(agent_id)
         return int(queues)
 
     def queue_owners(self) -> Owners:

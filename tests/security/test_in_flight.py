@@ -10,6 +10,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from hivemem.pool.adapters.departures import Owners
 from hivemem.pool.adapters.redis_bus import RedisBus, ingest_cursor_key, ingest_topic
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
@@ -89,6 +90,27 @@ def test_only_the_messages_under_the_key_count(
     # A cursor of an older epoch (Redis lost its data since): the workers read it all again.
     client.set(ingest_cursor_key("t", queue), "older-epoch 250")
     assert count(Zone.INTERNAL, NEW) == 1
+
+
+def test_a_queue_a_deregistration_moves_during_the_count_still_counts(
+    client: redis.Redis, keyring: ZoneKeyring, registry: AgentRegistry
+) -> None:
+    """The agent is deregistered after the count read the registry and before it read the
+    queues: its queue, moved to a departure the first read did not know, counts all the same
+    (a retirement would otherwise leave those writes unopenable)."""
+    bus = RedisBus(client, namespace="t", maxlen=100)
+    sealer = IngestSealer(keyring)
+    publish(bus, ingest_topic(Zone.INTERNAL, "writer"), [sealer.seal(frame(OLD)) for _ in "ab"])
+    first_read = registry.queue_owners
+
+    def read_then_deregistered() -> Owners:
+        found = first_read()
+        registry.deregister("writer")
+        return found
+
+    registry.queue_owners = read_then_deregistered  # type: ignore[method-assign]
+
+    assert ingest_queued_under(bus, registry, IngestOpener(keyring), Zone.INTERNAL, OLD) == 2
 
 
 def test_without_redis_the_count_says_so(keyring: ZoneKeyring) -> None:

@@ -14,8 +14,11 @@ import pytest
 from hivemem.pool.adapters.redis_bus import ingest_topic
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import make_envelope
+from hivemem.pool.errors import QueuesBusy, RegistrationConflict
+from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.audit_entry import AuditEvent
+from hivemem.workers.locks import held
 from hivemem.workers.runtime import WorkerRuntime
 from tests.workers.test_ingest import ZONE, hostile, stored
 from tests.workers.test_ingest_queues import ignore
@@ -177,18 +180,24 @@ def test_the_workers_forget_departures_only_once_read_through(
     assert runtime.registry.departures.all() == {}
 
 
+@pytest.mark.parametrize("how", ["register", "attach"])
 def test_an_agent_attached_with_another_key_keeps_what_it_queued_under_the_old(
-    make_pool: Callable[..., SharedMemoryPool], runtime: WorkerRuntime
+    make_pool: Callable[..., SharedMemoryPool], runtime: WorkerRuntime, how: str
 ) -> None:
-    """An agent that moves to another directory (another key) while its writes wait: the old
-    key's registration ends as a deregistration that keeps them, so they are checked against
-    the key that signed them, and stored."""
+    """An agent that moves to another directory (another key) while its writes wait, whether
+    registered or attached there: the old key's registration ends as a deregistration that
+    keeps them, so they are checked against the key that signed them, and stored."""
     first = make_pool("host1")
     before = first.register_agent("mover", clearance=Zone.SECRET)
     queued = before.memory.add("queued from host 1", user_id="u1")
     assert before.flush()
     first.close()
-    moved = make_pool("host2").register_agent("mover", clearance=Zone.SECRET)
+    host2 = make_pool("host2")
+    moved = (
+        host2.register_agent("mover", clearance=Zone.SECRET)
+        if how == "register"
+        else (host2.attach("mover"))
+    )
     later = moved.memory.add("queued from host 2", user_id="u1")
     assert moved.flush()
 
@@ -200,3 +209,62 @@ def test_an_agent_attached_with_another_key_keeps_what_it_queued_under_the_old(
     assert [e.details.get("reason") for e in entries if e.kind == AuditEvent.DEREGISTERED] == [
         "new_key"
     ]
+
+
+def test_another_key_with_another_clearance_is_a_conflict(
+    make_pool: Callable[..., SharedMemoryPool], runtime: WorkerRuntime
+) -> None:
+    """Registering an agent from another directory (another key) at another clearance is the
+    RegistrationConflict it is from the same directory: nothing changes, nothing departs."""
+    first = make_pool("host1")
+    info = first.register_agent("fixed", clearance=Zone.PUBLIC).info
+    with pytest.raises(RegistrationConflict):
+        make_pool("host2").register_agent("fixed", clearance=Zone.SECRET)
+    assert runtime.registry.get("fixed") == info
+    assert runtime.registry.queue_owners().departed == []
+
+
+def test_a_new_keys_first_writes_pass_an_entry_the_workers_cached(
+    make_pool: Callable[..., SharedMemoryPool], worker_settings: Callable[..., HivememSettings]
+) -> None:
+    """The workers cache an agent's entry (``registry_cache_s``, 5 s here); the agent comes back
+    with another key within that time: its first writes, refused against the cached entry, are
+    judged again against a fresh one, and stored."""
+    settings = worker_settings(consolidation={"threshold": 1000})
+    caching = settings.security.model_copy(update={"registry_cache_s": 5.0})
+    runtime = WorkerRuntime(settings.model_copy(update={"security": caching}))
+    try:
+        first = make_pool("host1")
+        agent = first.register_agent("mover", clearance=Zone.PUBLIC)
+        agent.memory.add("from host 1", user_id="u1")
+        assert agent.flush()
+        first.close()
+        runtime.ingest.drain(ZONE, on_due=ignore)  # its entry is cached now
+        again = make_pool("host2").register_agent("mover", clearance=Zone.PUBLIC)
+        later = again.memory.add("from its new key", user_id="u1")
+        assert again.flush()
+
+        runtime.ingest.drain(ZONE, on_due=ignore)
+
+        assert later.id in {r.id for r in stored(runtime)}
+        assert refused(runtime) == []
+    finally:
+        runtime.close()
+
+
+def test_a_discard_waits_for_the_drains_and_deletes_only_what_is_there(
+    pool: SharedMemoryPool, runtime: WorkerRuntime
+) -> None:
+    """A discard holds every zone's ingest lock, so no drain stores what it deletes: while a
+    worker drains a zone past the wait, it refuses (QueuesBusy) and changes nothing. It counts
+    only the departures it removed (not one the workers forgot meanwhile)."""
+    queue(pool, "suspect", "queued by whoever held its key")
+    pool.deregister("suspect")
+    departures = runtime.registry.departures
+    busy = held(runtime.client, runtime.keys.ingest_lock(Zone.SECRET), 5.0)
+    with busy, pytest.raises(QueuesBusy):
+        departures.discard("suspect", wait_s=0.2)
+    [departure] = departures.of("suspect")
+    assert departures.forget(departure)
+    assert not departures.forget(departure)
+    assert departures.discard("suspect") == 0

@@ -81,6 +81,9 @@ def test_numbers_with_no_message_at_a_queues_end_are_passed(
     assert agent.flush()
     topic = ingest_topic(ZONE, "gappy")
     runtime.client.incrby(f"{runtime.bus.namespace}:{topic}:seq", 3)
+    # And a queue that has only an epoch (its agent set it): nothing to read there either.
+    runtime.client.set(f"{runtime.bus.namespace}:{ingest_topic(ZONE, 'blank')}:epoch", "e1")
+    make_pool("other").register_agent("blank", clearance=Zone.SECRET)
     queues = runtime.ingest._queues
 
     runtime.ingest.drain(ZONE, on_due=ignore)
