@@ -4,7 +4,8 @@ as Celery tasks (:func:`make_app`) or as services in any process (:class:`Worker
 from hivemem.workers.app import make_app
 from hivemem.workers.archive import ArchiveService
 from hivemem.workers.consolidation import ConsolidationReport, ConsolidationService, ScopeBusy
-from hivemem.workers.ingest import IngestReport, IngestService
+from hivemem.workers.ingest import IngestService
+from hivemem.workers.ingest_messages import IngestReport
 from hivemem.workers.lifecycle import LifecycleReport, LifecycleService
 from hivemem.workers.llm import LlmStrategy
 from hivemem.workers.offline import OfflineStrategy

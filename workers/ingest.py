@@ -17,12 +17,14 @@ A worker that dies before step 2 leaves the cursor where it was: the next drain 
 again, finds its records stored, and queues any unconsolidated episode among them (step 2 never
 ran, so none was queued). After step 2 nothing of the round is read again. Users whose pending
 episodes reach ``threshold`` are reported as due, once until their consolidation starts.
+
+Which queues a drain reads, and in what order: :mod:`hivemem.workers.ingest_queues`; how each
+message is opened or skipped: :mod:`hivemem.workers.ingest_messages`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
@@ -39,62 +41,20 @@ from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
-from hivemem.pool.errors import InvalidMessage, MessageRejected
+from hivemem.pool.errors import MessageRejected
 from hivemem.pool.ports import Vector, ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone, split_tombstones
 from hivemem.workers.derived import delete_derived
+from hivemem.workers.ingest_messages import IngestReport, QueuedMessages, Round, skipped
 from hivemem.workers.ingest_queues import IngestQueues
 from hivemem.workers.keys import WorkerKeys, add_pending
 from hivemem.workers.locks import held
 from hivemem.workers.version_links import VersionLinks
 
 log = structlog.get_logger(__name__)
-#: Departures whose codecs a worker keeps (each holds the agent's entry; a few are read at once).
-_DEPARTURE_CODECS = 64
 #: A consolidation queued for a user is not queued again for this long (seconds), unless it
 #: starts earlier (it clears the mark).
 _QUEUED_TTL_S = 600
-
-
-@dataclass
-class IngestReport:
-    """What one drain did. ``busy``: another worker was draining the zone (nothing done)."""
-
-    zone: str
-    messages: int = 0
-    records: int = 0
-    tombstones: int = 0
-    skipped: int = 0
-    due: list[str] = field(default_factory=list)
-    busy: bool = False
-
-
-@dataclass
-class _Round:
-    """What one or more messages of a round hold (``seqs``: theirs)."""
-
-    seqs: list[int] = field(default_factory=list)
-    records: list[MemoryRecord] = field(default_factory=list)
-    rows: list[Vector | None] = field(default_factory=list)
-    tombstones: list[Tombstone] = field(default_factory=list)
-
-    def extend(self, other: _Round) -> None:
-        self.seqs += other.seqs
-        self.records += other.records
-        self.rows += other.rows
-        self.tombstones += other.tombstones
-
-
-def _wrong_dimension(
-    records: Sequence[MemoryRecord], rows: Sequence[Vector | None], dim: int
-) -> bool:
-    """Whether a record's dense vector (its row, else its own) has not ``dim`` values: the
-    store would refuse the whole round (found here, whatever the store's error for it)."""
-    for record, row in zip(records, rows, strict=True):
-        vector = row if row is not None else record.vector
-        if vector is not None and len(vector) != dim:
-            return True
-    return False
 
 
 class IngestService:
@@ -122,10 +82,12 @@ class IngestService:
         self._client = client
         self._bus = bus
         self._codec = codec or PlainCodec()
-        self._departed_codec = departed_codec or (lambda _info: self._codec)
-        #: The codecs of the departures being read, by number.
-        self._departures: dict[int, EnvelopeCodec] = {}
-        self._on_rejected = on_rejected
+        self._messages = QueuedMessages(
+            self._codec,
+            departed_codec or (lambda _info: self._codec),
+            dim=store.dim,
+            on_rejected=on_rejected,
+        )
         self._store = store
         self._keys = keys
         self._batch = batch
@@ -190,11 +152,11 @@ class IngestService:
                             last_seq=backlog.last_seq)  # fmt: skip
                 self._client.set(self._keys.ingest_cursor(topic), at)
             return False
-        codec = self._codec if departure is None else self._departed(departure)
+        codec = self._messages.codec(departure)
         owner = queue_owner(topic) if departure is None else departure.info.agent_id
-        opened = [self._opened(zone, d, report, codec, owner) for d in backlog.deliveries]
+        opened = [self._messages.opened(zone, d, report, codec, owner) for d in backlog.deliveries]
         parts = [part for part in opened if part is not None]
-        batch = _Round()
+        batch = Round()
         for part in parts:
             batch.extend(part)
         try:
@@ -210,91 +172,26 @@ class IngestService:
         report.due.extend(u for u in due if u not in report.due)
         return True
 
-    def _departed(self, departure: Departure) -> EnvelopeCodec:
-        """The codec of ``departure``'s queues (one per departure, kept while it is read)."""
-        codec = self._departures.get(departure.number)
-        if codec is None:
-            if len(self._departures) >= _DEPARTURE_CODECS:
-                self._departures.clear()
-            codec = self._departures[departure.number] = self._departed_codec(departure.info)
-        return codec
-
-    def _opened(
-        self,
-        zone: Zone,
-        delivery: Delivery,
-        report: IngestReport,
-        codec: EnvelopeCodec,
-        owner: str | None,
-    ) -> _Round | None:
-        """The message's records (with their vectors) and tombstones, opened with ``codec``,
-        or None when it is skipped (logged; audited through ``on_rejected`` when a security
-        check refused it). ``owner``: the only agent whose envelopes the queue may hold (None:
-        any, the zone's shared queue)."""
-        at = (delivery.topic, delivery.seq)
-        try:
-            envelope = codec.decode(delivery.data)
-            rows = envelope.vectors()
-        except MessageRejected as error:
-            log.warning("ingest_message_rejected", zone=zone.value, topic=delivery.topic,
-                        seq=delivery.seq, reason=error.reason)  # fmt: skip
-            if self._on_rejected is not None:
-                self._on_rejected(error, delivery, zone)
-            report.skipped += 1
-            return None
-        except InvalidMessage as error:
-            self._skipped(zone, at, str(error), report)
-            return None
-        if envelope.zone != zone or envelope.to is not None:
-            self._skipped(
-                zone,
-                (delivery.topic, delivery.seq),
-                "envelope does not belong in this zone's queue",
-                report,
-            )
-            return None
-        if owner not in (None, envelope.sender):
-            self._skipped(
-                zone,
-                (delivery.topic, delivery.seq),
-                "envelope of another agent than the queue's",
-                report,
-            )
-            return None
-        if _wrong_dimension(envelope.records, rows, self._store.dim):
-            self._skipped(
-                zone, (delivery.topic, delivery.seq), f"a vector is not {self._store.dim}-d", report
-            )
-            return None
-        return _Round([delivery.seq], list(envelope.records), rows, list(envelope.tombstones))
-
-    @staticmethod
-    def _skipped(zone: Zone, at: tuple[str, int], reason: str, report: IngestReport) -> None:
-        """Log a message skipped at ``at`` (its queue and seq) and count it."""
-        log.warning("ingest_message_skipped", zone=zone.value, topic=at[0], seq=at[1],
-                    reason=reason[:200])  # fmt: skip
-        report.skipped += 1
-
     def _store_one_by_one(
-        self, zone: Zone, topic: str, parts: list[_Round], report: IngestReport
-    ) -> tuple[_Round, list[MemoryRecord]]:
+        self, zone: Zone, topic: str, parts: list[Round], report: IngestReport
+    ) -> tuple[Round, list[MemoryRecord]]:
         """After a round failed to store: store it message by message, skipping (and logging)
         those the store refuses. Returns what was stored and the episodes to queue (none that
         a stored message deleted or replaced: the round's rules, over what was stored)."""
-        stored = _Round()
+        stored = Round()
         queued: list[MemoryRecord] = []
         for part in parts:
             try:
                 queued += self._store_round(zone, part)
             except ValueError as error:
-                self._skipped(zone, (topic, part.seqs[0]), f"the store refused it: {error}", report)
+                skipped(zone, (topic, part.seqs[0]), f"the store refused it: {error}", report)
                 continue
             stored.extend(part)
         gone = {t.id for t in stored.tombstones}
         gone |= {r.supersedes for r in stored.records if r.supersedes is not None}
         return stored, [r for r in queued if r.id not in gone]
 
-    def _store_round(self, zone: Zone, batch: _Round) -> list[MemoryRecord]:
+    def _store_round(self, zone: Zone, batch: Round) -> list[MemoryRecord]:
         """Write the round to the store; returns the episodes to queue for consolidation."""
         batch.tombstones, targets = self._rightful(zone, batch.tombstones)
         unique: dict[str, tuple[MemoryRecord, Vector | None]] = {}

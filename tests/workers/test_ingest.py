@@ -24,7 +24,8 @@ from hivemem.pool.filters import And
 from hivemem.pool.records import MemoryRecord, Scope, SparseVector, Tombstone
 from hivemem.pool.settings import HivememSettings, SecuritySettings
 from hivemem.pool.shared import SharedMemoryPool
-from hivemem.workers.ingest import IngestReport, IngestService
+from hivemem.workers.ingest import IngestService
+from hivemem.workers.ingest_messages import IngestReport
 from hivemem.workers.runtime import WorkerRuntime
 
 EVERYTHING = And(all=[])
