@@ -25,7 +25,7 @@ from qdrant_edge import (
 
 from hivemem.pool.adapters.edge_codec import INDEXED_FIELDS, record_payload
 from hivemem.pool.adapters.edge_filters import to_edge_filter
-from hivemem.pool.adapters.edge_index import create_payload_indexes, facet_counts, scroll_points
+from hivemem.pool.adapters.edge_shards import create_payload_indexes, facet_counts, scroll_points
 from hivemem.pool.archive_codec import pack, unpack
 from hivemem.pool.errors import MemoryClosed
 from hivemem.pool.filters import And
