@@ -86,8 +86,8 @@ class IngestService:
             self._codec,
             departed_codec or (lambda _info: self._codec),
             dim=store.dim,
-            on_rejected=on_rejected,
         )
+        self._on_rejected = on_rejected
         self._store = store
         self._keys = keys
         self._batch = batch
@@ -154,7 +154,11 @@ class IngestService:
             return False
         codec = self._messages.codec(departure)
         owner = queue_owner(topic) if departure is None else departure.info.agent_id
-        opened = [self._messages.opened(zone, d, report, codec, owner) for d in backlog.deliveries]
+        rejected: list[tuple[MessageRejected, Delivery]] = []
+        opened = [
+            self._messages.opened(zone, d, report, codec, owner, rejected=rejected)
+            for d in backlog.deliveries
+        ]
         parts = [part for part in opened if part is not None]
         batch = Round()
         for part in parts:
@@ -164,7 +168,16 @@ class IngestService:
         except ValueError:  # a message the store cannot take (InvalidInput is one)
             batch, queued = self._store_one_by_one(zone, topic, parts, report)
         last = backlog.deliveries[-1].seq
-        due = self._commit(zone, queued, batch.tombstones, topic, f"{epoch} {last}")
+        due = self._commit(zone, queued, batch.tombstones, topic, (epoch, last))
+        if due is None:
+            # The queue moved (a deregistration took it to a departure) or started over since
+            # it was read: what the round stored stays stored (records are immutable), and the
+            # rest, its refusals included, is judged where the messages are now.
+            log.info("ingest_round_abandoned", zone=zone.value, topic=topic, epoch=epoch)
+            return False
+        for error, delivery in rejected:
+            if self._on_rejected is not None:
+                self._on_rejected(error, delivery, zone)
         self._bus.trim_through(topic, last, epoch=epoch)
         report.messages += len(backlog.deliveries)
         report.records += len(batch.records)
@@ -294,18 +307,27 @@ class IngestService:
         queued: Sequence[MemoryRecord],
         tombstones: Sequence[Tombstone],
         topic: str,
-        cursor: str,
-    ) -> list[str]:
-        """Queue the episodes and move the queue's cursor (``"<epoch> <seq>"``), in one
-        transaction; returns the due users."""
+        at: tuple[str, int],
+    ) -> list[str] | None:
+        """Queue the episodes and move the queue's cursor to ``at`` (epoch, seq), in one
+        transaction, while the queue is still in that epoch; returns the due users, or None
+        (nothing done) when the queue moved or started over since it was read."""
+        epoch, seq = at
         with self._client.pipeline(transaction=True) as pipe:
-            by_user = add_pending(pipe, self._keys, zone, queued)
-            for tombstone in tombstones:
-                pipe.srem(self._keys.pending(zone, tombstone.scope.user_id), tombstone.id)
-            pipe.set(self._keys.ingest_cursor(topic), cursor)
-            for user_id in by_user:
-                pipe.scard(self._keys.pending(zone, user_id))
-            results = pipe.execute()
+            try:
+                pipe.watch(self._bus.epoch_key(topic))  # type: ignore[no-untyped-call]
+                if pipe.get(self._bus.epoch_key(topic)) != epoch.encode():
+                    return None
+                pipe.multi()
+                by_user = add_pending(pipe, self._keys, zone, queued)
+                for tombstone in tombstones:
+                    pipe.srem(self._keys.pending(zone, tombstone.scope.user_id), tombstone.id)
+                pipe.set(self._keys.ingest_cursor(topic), f"{epoch} {seq}")
+                for user_id in by_user:
+                    pipe.scard(self._keys.pending(zone, user_id))
+                results = pipe.execute()
+            except redis.WatchError:
+                return None
         sizes = results[len(results) - len(by_user) :]
         full = [u for u, size in zip(by_user, sizes, strict=True) if size >= self._threshold]
         if not full:

@@ -1,8 +1,8 @@
 """Opening what the workers read from an ingest queue: a message's records, their vectors and
 its tombstones, or the reason it is skipped.
 
-A message is skipped (logged and counted; audited through ``on_rejected`` when a security check
-refused it) when it does not decode or fails its checks, belongs in another zone, comes from
+A message is skipped (logged and counted; noted for the audit when a security check refused it)
+when it does not decode or fails its checks, belongs in another zone, comes from
 another agent than the queue's, or carries a vector of another dimension than the zone store's
 (the store would refuse the whole round). A departure's queues open with a codec of their own,
 which checks them against the agent's registry entry as it stood
@@ -80,14 +80,12 @@ class QueuedMessages:
         departed_codec: Callable[[AgentInfo], EnvelopeCodec],
         *,
         dim: int,
-        on_rejected: Callable[[MessageRejected, Delivery, Zone], None] | None,
     ) -> None:
         """``departed_codec(info)``: what opens a departure's messages, checked against the
         agent's entry ``info`` as it stood."""
         self._codec = codec
         self._departed_codec = departed_codec
         self._dim = dim
-        self._on_rejected = on_rejected
         #: The codecs of the departures being read, by number.
         self._departures: dict[int, EnvelopeCodec] = {}
 
@@ -110,11 +108,13 @@ class QueuedMessages:
         report: IngestReport,
         codec: EnvelopeCodec,
         owner: str | None,
+        *,
+        rejected: list[tuple[MessageRejected, Delivery]],
     ) -> Round | None:
         """The message's records (with their vectors) and tombstones, opened with ``codec``,
-        or None when it is skipped (logged; audited through ``on_rejected`` when a security
-        check refused it). ``owner``: the only agent whose envelopes the queue may hold (None:
-        any, the zone's shared queue)."""
+        or None when it is skipped (logged; added to ``rejected`` when a security check refused
+        it, for the caller to audit once the round is committed). ``owner``: the only agent
+        whose envelopes the queue may hold (None: any, the zone's shared queue)."""
         at = (delivery.topic, delivery.seq)
         try:
             envelope = codec.decode(delivery.data)
@@ -122,8 +122,7 @@ class QueuedMessages:
         except MessageRejected as error:
             log.warning("ingest_message_rejected", zone=zone.value, topic=delivery.topic,
                         seq=delivery.seq, reason=error.reason)  # fmt: skip
-            if self._on_rejected is not None:
-                self._on_rejected(error, delivery, zone)
+            rejected.append((error, delivery))
             report.skipped += 1
             return None
         except InvalidMessage as error:

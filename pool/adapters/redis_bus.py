@@ -221,6 +221,11 @@ class RedisBus:
     def _key(self, topic: str, part: str) -> str:
         return f"{self.namespace}:{topic}:{part}"
 
+    def epoch_key(self, topic: str) -> str:
+        """The key of the topic's epoch (which changes when the topic starts over or, for an
+        ingest queue, moves to a departure and begins again)."""
+        return self._key(topic, "epoch")
+
     def publish(self, topic: str, sender: str, messages: Sequence[tuple[str, bytes]]) -> list[int]:
         """Append ``sender``'s ``(message_id, body)`` pairs to the topic's stream and publish
         each, in one atomic script; returns their sequence numbers. A message id appended in

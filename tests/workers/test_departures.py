@@ -111,6 +111,34 @@ def test_a_deregistration_during_a_drain_loses_nothing(
     assert refused(runtime) == []
 
 
+def test_a_deregistration_mid_round_leaves_no_false_refusal(
+    pool: SharedMemoryPool, runtime: WorkerRuntime
+) -> None:
+    """The deregistration lands while a round is being opened, and the workers' cached entry
+    expires before the rest of it: those messages fail as a revoked sender's, but the queue
+    moved, so the round is abandoned (no cursor, no audit) and they are stored from the
+    departure."""
+    queued = queue(pool, "leaving", "note one", "note two", "note three")
+    messages = runtime.ingest._messages
+    first_open = messages.opened
+    admin_pool_deregistered: list[bool] = []
+
+    def deregistered_while_opening(*args: object, **kwargs: object) -> object:
+        if not admin_pool_deregistered:
+            pool.deregister("leaving")
+            time.sleep(runtime.settings.security.registry_cache_s + 0.2)
+            admin_pool_deregistered.append(True)
+        return first_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    messages.opened = deregistered_while_opening  # type: ignore[method-assign]
+    runtime.ingest.drain(ZONE, on_due=ignore)
+    messages.opened = first_open  # type: ignore[method-assign]
+    runtime.ingest.drain(ZONE, on_due=ignore)
+
+    assert sorted(r.id for r in stored(runtime)) == sorted(queued)
+    assert refused(runtime) == []
+
+
 @pytest.mark.parametrize("elsewhere", [False, True], ids=["same-key", "another-key"])
 def test_each_registration_is_judged_by_its_own_entry(
     make_pool: Callable[..., SharedMemoryPool], runtime: WorkerRuntime, *, elsewhere: bool
