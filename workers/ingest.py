@@ -10,7 +10,9 @@ messages after its cursor and:
    tombstones (a deleted record's content is
    destroyed; a late copy is never stored again);
 2. in one Redis transaction, queues the new current episodes for consolidation (the user's
-   *pending* set) and moves the cursor past the round;
+   *pending* set) and moves the cursor past the round, unless the queue moved or started over
+   since it was read (its epoch changed: then the round is abandoned, and read where the
+   messages are now);
 3. deletes the consumed entries from the queue.
 
 A worker that dies before step 2 leaves the cursor where it was: the next drain reads the round
