@@ -12,6 +12,7 @@ administration (:mod:`hivemem.pool.registration`) and the zone keys
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -240,12 +241,16 @@ class SharedMemoryPool:
         ``keep_queued``: the writes it queued for the workers are still stored (they were
         acknowledged; :mod:`hivemem.pool.adapters.departures`); False deletes them unstored,
         and those it queued before earlier deregistrations (an agent whose key or host is
-        compromised)."""
+        compromised: it holds every zone's ingest lock meanwhile, waiting up to a minute for
+        each, so that no drain stores what it deletes; QueuesBusy, nothing changed, when one
+        stays taken)."""
         self.registry.get(agent_id)  # AgentNotFound before anything changes
-        attached = self._attached.pop(check_agent_id(agent_id), None)
-        if attached is not None:
-            attached.close()
-        self._registrar.deregister(agent_id, keep_queued=keep_queued)
+        quiet = contextlib.nullcontext() if keep_queued else self.registry.departures.quiet()
+        with quiet:
+            attached = self._attached.pop(check_agent_id(agent_id), None)
+            if attached is not None:
+                attached.close()
+            self._registrar.deregister(agent_id, keep_queued=keep_queued)
 
     def discard_queued(self, agent_id: str) -> int:
         """Delete, unstored, what a deregistered agent queued for the workers before leaving

@@ -11,11 +11,14 @@ the admin key, or as ``security.workers_key_file`` says.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import redis
+import structlog
 
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
@@ -31,6 +34,8 @@ from hivemem.security.sealing import Sealer
 from hivemem.security.senders import SenderDirectory, facts_of
 from hivemem.security.signing import AdminSigner, SigningKey
 from hivemem.security.wire import SecureCodec
+
+log = structlog.get_logger(__name__)
 
 #: Looks a sender up: its registry entry's facts, or None (not registered).
 Senders = Callable[[str], SenderFacts | None]
@@ -75,11 +80,24 @@ class PoolSecurity:
         return SigningKey.load_or_create(agent_dir / "signing.key")
 
     def workers_key(self) -> SigningKey:
-        """The key every worker of the pool signs with (``security.workers_key_file``)."""
-        path = self.options.workers_key_file
-        if path is None and self.options.admin_key_file is not None:
-            path = self.options.admin_key_file.parent / "workers.key"
-        return SigningKey.load_or_create(path or self.settings.data_dir / "keys" / "workers.key")
+        """The key every worker of the pool signs with: ``security.workers_key_file``; unset,
+        ``workers.key`` beside the admin key file when one is set, else the data directory's
+        ``keys/workers.key``. Beside the admin key, a worker that had a key of its own in its
+        data directory (versions before 2026-11-22) makes it the shared one if none is there
+        yet, so that a lone worker's key does not change; a directory it may not write (a
+        read-only secrets mount) leaves it its own key, logged (``workers_key_not_shared``):
+        set ``workers_key_file`` to a file every worker shares."""
+        own = self.settings.data_dir / "keys" / "workers.key"
+        if self.options.workers_key_file is not None:
+            return SigningKey.load_or_create(self.options.workers_key_file)
+        if self.options.admin_key_file is None:
+            return SigningKey.load_or_create(own)
+        shared = self.options.admin_key_file.parent / "workers.key"
+        if not shared.exists() and not os.access(shared.parent, os.W_OK):
+            log.warning("workers_key_not_shared", directory=str(shared.parent))
+            return SigningKey.load_or_create(own)
+        earlier = SigningKey.load(own) if own.exists() else None
+        return SigningKey.load_or_create(shared, initial=earlier)
 
     def _check(self, guard: ReplayGuard) -> MessageCheck:
         return MessageCheck(
@@ -113,7 +131,8 @@ class PoolSecurity:
             sender_id=WORKER_SENDER,
             check=self._check(_QueueGuard(self.options.max_message_age_s)),
             senders=self.senders if senders is None else senders,
-            refresh=self.senders.fresh if senders is None else None,
+            # A queue holds its agent's writes only: a refused one is always looked up again.
+            refresh=partial(self.senders.fresh, limited=False) if senders is None else None,
             check_age=False,
         )
 

@@ -60,14 +60,15 @@ class SenderDirectory:
             self._cache[agent_id] = (now, facts)
         return facts
 
-    def fresh(self, agent_id: str) -> SenderFacts | None:
+    def fresh(self, agent_id: str, *, limited: bool = True) -> SenderFacts | None:
         """The sender's facts read again from the registry (for a message its cached entry
-        refused: its key or clearance may have changed within ``ttl_s``), unless they were read
-        in the last :data:`_REFRESH_S`: then the cached ones, so that a flood of refused
-        messages costs at most a few reads per sender per second."""
+        refused: its key or clearance may have changed within ``ttl_s``). ``limited``: not if
+        they were read in the last :data:`_REFRESH_S` (then the cached ones), so that a flood
+        of refused pub/sub messages costs at most a few reads per sender per second; the
+        workers' queues, which hold their agent's writes only, ask without the limit."""
         with self._lock:
             hit = self._cache.get(agent_id)
-        if hit is not None and time.monotonic() - hit[0] < _REFRESH_S:
+        if limited and hit is not None and time.monotonic() - hit[0] < _REFRESH_S:
             return hit[1]
         self.forget(agent_id)
         return self(agent_id)

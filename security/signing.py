@@ -166,16 +166,16 @@ class SigningKey:
         return key
 
     @classmethod
-    def load_or_create(cls, path: Path) -> SigningKey:
-        """The key stored at ``path``, created (and saved) if there is none. Safe to race: of
-        concurrent callers, in any processes, one creates the file and all return its key.
-        InvalidInput for an unreadable or malformed file."""
+    def load_or_create(cls, path: Path, *, initial: SigningKey | None = None) -> SigningKey:
+        """The key stored at ``path``, created (and saved) if there is none: ``initial``, or a
+        new one. Safe to race: of concurrent callers, in any processes, one creates the file
+        and all return its key. InvalidInput for an unreadable or malformed file."""
         path = Path(path)
         for _attempt in range(3):
             key = cls._read(path)
             if key is not None:
                 return key
-            key = cls.generate()
+            key = initial or cls.generate()
             if key._create(path):
                 return key
             # Another caller created it first: read theirs (unless it vanished again).

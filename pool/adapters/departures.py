@@ -156,7 +156,8 @@ class Departures:
         """Delete what ``agent_id`` queued before its earlier deregistrations and the workers
         have not stored (an agent found compromised after it left), with no worker draining
         meanwhile (:meth:`quiet`); returns how many departures went. Raises QueuesBusy (nothing
-        deleted) when the workers keep a zone longer than ``wait_s``."""
+        deleted) when the workers keep a zone longer than ``wait_s``. Not within a
+        :meth:`quiet` (use :meth:`discard_now` there)."""
         with self.quiet(wait_s):
             return self.discard_now(agent_id)
 
@@ -165,17 +166,20 @@ class Departures:
         return sum(self.forget(departure) for departure in self.of(agent_id))
 
     @contextlib.contextmanager
-    def quiet(self, wait_s: float = _QUIET_WAIT_S) -> Iterator[None]:
+    def quiet(
+        self, wait_s: float = _QUIET_WAIT_S, *, ttl_s: float = _QUIET_TTL_S
+    ) -> Iterator[None]:
         """Hold every zone's ingest lock (the one a worker holds while it drains the zone),
-        waiting up to ``wait_s`` for each: no worker reads an ingest queue meanwhile, so what
-        is deleted then is not stored by a drain that read it just before. Raises QueuesBusy
-        (no lock kept) when one stays taken."""
+        waiting up to ``wait_s`` for each, then renewed together for ``ttl_s``: no worker
+        reads an ingest queue meanwhile, so what is deleted then is not stored by a drain that
+        read it just before. Raises QueuesBusy (no lock kept) when one stays taken, or expired
+        while the others were awaited. Not reentrant."""
         held: list[Lock] = []
         try:
             for zone in Zone:
                 lock = self.client.lock(
                     ingest_lock_key(self.namespace, zone),
-                    timeout=_QUIET_TTL_S,
+                    timeout=ttl_s,
                     blocking_timeout=wait_s,
                     thread_local=False,
                 )
@@ -185,6 +189,16 @@ class Departures:
                         "nothing was discarded; try again"
                     )
                 held.append(lock)
+            # Waiting for the later zones may have outlasted the earlier locks' TTL: each is
+            # renewed, and one a worker took meanwhile means a drain may be under way.
+            for lock in held:
+                try:
+                    lock.reacquire()
+                except LockError:
+                    raise QueuesBusy(
+                        "the workers took a zone back while the others were awaited: nothing "
+                        "was discarded; try again"
+                    ) from None
             yield
         finally:
             for lock in held:

@@ -14,7 +14,6 @@ heartbeat, expiring after the heartbeat TTL).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +66,10 @@ def access_of(info: AgentInfo) -> str:
     return f"{zone}+{','.join(info.compartments)}" if info.compartments else zone
 
 
+#: Tries at replacing an entry that another process changes meanwhile.
+_REGISTER_ATTEMPTS = 5
+
+
 def _conflict(info: AgentInfo, held: str) -> RegistrationConflict:
     return RegistrationConflict(
         f"agent {info.agent_id} is registered with clearance {held}, not {access_of(info)}; "
@@ -98,21 +101,29 @@ class AgentRegistry:
         """Add ``info``, or update an agent of the same id and clearance (keeping its first
         registration time). Raises RegistrationConflict (nothing changed) when the id holds
         another clearance. ``info`` with another key than the entry's (the agent attached from
-        another directory) first ends the old key's registration as a deregistration that keeps
-        what it queued: those writes are checked against the key that signed them
-        (:mod:`hivemem.pool.adapters.departures`)."""
-        try:
-            prior = self.get(info.agent_id)
-        except AgentNotFound:
-            prior = None
-        if prior is not None:
+        another directory) replaces the entry in the same step that ends the old key's
+        registration as a deregistration that keeps what it queued: those writes are checked
+        against the key that signed them (:mod:`hivemem.pool.adapters.departures`)."""
+        for _attempt in range(_REGISTER_ATTEMPTS):
+            raw = cast("bytes | None", self.client.hget(self._agents, info.agent_id))
+            if raw is None:
+                return self._registered(info)
+            prior = AgentInfo.model_validate_json(raw)
             info = info.model_copy(update={"registered_at": prior.registered_at})
-            if prior.public_key not in (None, info.public_key):
-                if access_of(prior) != access_of(info):
-                    raise _conflict(info, access_of(prior))
-                with contextlib.suppress(AgentNotFound):  # deregistered meanwhile
-                    self.deregister(info.agent_id, keep_queued=True)
-                log.info("agent_key_replaced", agent_id=info.agent_id)
+            if prior.public_key in (None, info.public_key):
+                return self._registered(info)
+            if access_of(prior) != access_of(info):
+                raise _conflict(info, access_of(prior))
+            try:
+                if self._departed_now(info.agent_id, keep=True, expected=raw, then=info) >= 0:
+                    log.info("agent_key_replaced", agent_id=info.agent_id)
+                    return info
+            except AgentNotFound:  # deregistered meanwhile: register it afresh
+                continue
+        raise RegistrationConflict(f"agent {info.agent_id}'s entry kept changing; try again")
+
+    def _registered(self, info: AgentInfo) -> AgentInfo:
+        """``info`` put in the registry by ``lua/register.lua``."""
         try:
             self._register(
                 keys=[self._agents, self._clearance],
@@ -220,26 +231,37 @@ class AgentRegistry:
         """Remove the agent, and in the same step take its ingest queues out of its reach:
         ``keep_queued`` moves them to a departure, which the workers read through (see
         :mod:`hivemem.pool.adapters.departures`); off, it deletes them, and the agent's
-        earlier departures too, holding every zone's ingest lock meanwhile. Returns how many
-        queues held anything. Raises AgentNotFound (nothing changed) when it is not
-        registered, QueuesBusy (nothing changed) when a zone's drain outlasts the wait."""
+        earlier departures too: call it so within :meth:`Departures.quiet`, so that no drain
+        stores what it deletes. Returns how many queues held anything. Raises AgentNotFound
+        (nothing changed) when it is not registered."""
         check_agent_id(agent_id)
         if keep_queued:
             return self._departed_now(agent_id, keep=True)
-        with self.departures.quiet():  # no drain stores what is deleted
-            queues = self._departed_now(agent_id, keep=False)
-            self.departures.discard_now(agent_id)
+        queues = self._departed_now(agent_id, keep=False)
+        self.departures.discard_now(agent_id)
         return queues
 
-    def _departed_now(self, agent_id: str, *, keep: bool) -> int:
-        """Run ``lua/depart.lua`` for the agent; returns how many queues held anything."""
+    def _departed_now(
+        self,
+        agent_id: str,
+        *,
+        keep: bool,
+        expected: bytes | None = None,
+        then: AgentInfo | None = None,
+    ) -> int:
+        """Run ``lua/depart.lua`` for the agent (``then``: the entry it is registered under
+        from now on, instead of deregistered; ``expected``: only if its entry is this one).
+        Returns how many queues held anything, -1 when the entry was not ``expected``
+        (nothing changed); raises AgentNotFound (nothing changed) when it is not registered."""
         number = int(cast("int", self.client.incr(self.departures.counter)))
         keys = [self._agents, self._clearance, self._departed, self.departures.key]
         keys.append(self._alive_key(agent_id))
         for zone in Zone:
             keys += queue_keys(self.namespace, ingest_topic(zone, agent_id))
             keys += queue_keys(self.namespace, departed_topic(number, zone, agent_id))
-        queues = self._depart(keys=keys, args=[agent_id, number, "1" if keep else "0"])
+        args: list[str | bytes | int] = [agent_id, number, "1" if keep else "0", expected or ""]
+        args += [then.model_dump_json(), access_of(then)] if then is not None else ["", ""]
+        queues = self._depart(keys=keys, args=args)
         if queues is None:
             raise AgentNotFound(agent_id)
         return int(queues)

@@ -296,3 +296,53 @@ def test_a_discard_waits_for_the_drains_and_deletes_only_what_is_there(
     assert departures.forget(departure)
     assert not departures.forget(departure)
     assert departures.discard("suspect") == 0
+
+
+def test_a_discard_that_waited_past_its_first_locks_ttl_refuses(
+    pool: SharedMemoryPool, runtime: WorkerRuntime
+) -> None:
+    """Waiting for a later zone outlasted the lock already taken on an earlier one (which a
+    worker may have taken since): the discard refuses (QueuesBusy) and deletes nothing."""
+    queue(pool, "suspect", "queued by whoever held its key")
+    pool.deregister("suspect")
+    departures = runtime.registry.departures
+    draining = runtime.client.lock(runtime.keys.ingest_lock(Zone.INTERNAL), timeout=1.5)
+    assert draining.acquire()
+    with pytest.raises(QueuesBusy), departures.quiet(wait_s=5.0, ttl_s=1.0):
+        departures.discard_now("suspect")
+    assert len(departures.of("suspect")) == 1
+
+
+def test_a_new_key_replaces_the_entry_it_read_or_looks_again(
+    make_pool: Callable[..., SharedMemoryPool], runtime: WorkerRuntime
+) -> None:
+    """Two directories attach one agent at once. Between the first's read of the entry and its
+    replacement, another registers: at another clearance it is refused (the entry it finds is
+    the first one's), at the same one it replaces the entry, and the first looks again and
+    replaces that one. The entry ends with the first's key; every key's queued write is kept."""
+    first = make_pool("host0")
+    old = first.register_agent("x", clearance=Zone.SECRET)
+    queued = [old.memory.add("queued under the first key", user_id="u1").id]
+    assert old.flush()
+    first.close()
+    host1, host2, host3 = make_pool("host1"), make_pool("host2"), make_pool("host3")
+    replace = host1.registry._departed_now
+    raced: list[str] = []
+
+    def another_registers_first(*args: object, **kwargs: object) -> int:
+        if not raced:
+            with pytest.raises(RegistrationConflict):
+                host2.register_agent("x", clearance=Zone.PUBLIC)
+            other = host3.register_agent("x", clearance=Zone.SECRET)
+            queued.append(other.memory.add("queued under the third key", user_id="u1").id)
+            assert other.flush()
+            raced.append("x")
+        return replace(*args, **kwargs)  # type: ignore[arg-type]
+
+    host1.registry._departed_now = another_registers_first  # type: ignore[method-assign]
+    winner = host1.register_agent("x", clearance=Zone.SECRET)
+    drain_all(runtime)
+
+    assert runtime.registry.get("x").public_key == winner.info.public_key
+    assert sorted(r.id for r in stored(runtime)) == sorted(queued)
+    assert refused(runtime) == []

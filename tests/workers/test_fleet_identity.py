@@ -3,18 +3,25 @@ whatever its data directory (each container of a scaled fleet has its own), on a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import structlog
 
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import make_envelope
+from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.pool_security import WORKER_SENDER
+from hivemem.security.signing import SigningKey
 from hivemem.workers.runtime import WorkerRuntime
 from tests.workers.test_ingest import hostile
 
 
 def test_workers_with_their_own_directories_sign_with_one_key(
-    worker_settings: Callable[..., object], make_pool: Callable[..., SharedMemoryPool]
+    worker_settings: Callable[..., HivememSettings], make_pool: Callable[..., SharedMemoryPool]
 ) -> None:
     """Two workers, each with its own data directory and the operator's shared keys, register
     the same key: what the first publishes still verifies at an agent after the second
@@ -36,3 +43,49 @@ def test_workers_with_their_own_directories_sign_with_one_key(
     finally:
         first.close()
         second.close()
+
+
+def test_a_lone_workers_key_becomes_the_shared_one(
+    worker_settings: Callable[..., HivememSettings],
+) -> None:
+    """Upgrading a worker that made its key in its data directory: with no shared key yet, its
+    own becomes the shared one (what it published before still verifies); a second worker
+    with another key of its own then takes the shared one."""
+    settings = worker_settings()
+    before = SigningKey.load_or_create(settings.data_dir / "keys" / "workers.key")
+    other = settings.model_copy(update={"data_dir": settings.data_dir / "other"})
+    SigningKey.load_or_create(other.data_dir / "keys" / "workers.key")
+    first, second = WorkerRuntime(settings), WorkerRuntime(other)
+    try:
+        assert first.security is not None
+        assert second.security is not None
+        assert first.security.workers_key().public_key == before.public_key
+        assert second.security.workers_key().public_key == before.public_key
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_worker_that_cannot_write_beside_the_admin_key_keeps_its_own(
+    worker_settings: Callable[..., HivememSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin key on a read-only mount (a secret) and no shared key there: the worker keeps
+    the key of its data directory, as before, and says so; it starts. (The suite runs as
+    root, whom permission bits do not stop: the read-only mount is simulated.)"""
+    settings = worker_settings()
+    shared = settings.security.admin_key_file.parent  # type: ignore[union-attr]
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: False if Path(path) == shared else real_access(path, mode)
+    )
+    runtime = WorkerRuntime(settings)
+    try:
+        assert runtime.security is not None
+        with structlog.testing.capture_logs() as logs:
+            key = runtime.security.workers_key()
+        own = SigningKey.load(settings.data_dir / "keys" / "workers.key")
+        assert key.public_key == own.public_key
+        assert not (shared / "workers.key").exists()
+        assert [e["event"] for e in logs] == ["workers_key_not_shared"]
+    finally:
+        runtime.close()
