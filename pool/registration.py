@@ -14,11 +14,10 @@ from pathlib import Path
 import structlog
 
 from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
-from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.adapters.redis_registry import AgentRegistry, Registration
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import missing
 from hivemem.pool.enums import Zone, checked_zone
-from hivemem.pool.errors import AgentNotFound
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.pool_security import PoolSecurity
@@ -52,21 +51,16 @@ class Registrar:
     def record(self, info: AgentInfo) -> tuple[AgentInfo, bool]:
         """Put ``info`` in the registry (with its key and the admin's signature when security
         is on) and audit a new agent, or a new key (the agent attached from another directory:
-        its old key's registration ends, see :meth:`AgentRegistry.register`); returns the
+        its old key's registration ends, see :meth:`AgentRegistry.registered`); returns the
         stored info and whether the agent is new. Raises RegistrationConflict."""
-        try:
-            prior: AgentInfo | None = self._registry.get(info.agent_id)
-        except AgentNotFound:
-            prior = None
         if self._security is not None:
             key = self._security.agent_key(self._agent_dir(info.agent_id))
             info = self._security.signed(info.model_copy(update={"public_key": key.public_key}))
-        info = self._registry.register(info)
-        rekeyed = prior is not None and prior.public_key not in (None, info.public_key)
-        if rekeyed:
+        info, done = self._registry.registered(info)
+        if done is Registration.REKEYED:
             self._audit.record(AuditEvent.DEREGISTERED, actor=self._actor, subject=info.agent_id,
                                kept_queued=True, reason="new_key")  # fmt: skip
-        if prior is None or rekeyed:
+        if done is not Registration.UPDATED:
             self._audit.record(
                 AuditEvent.REGISTERED,
                 actor=self._actor,
@@ -76,7 +70,7 @@ class Registrar:
                 **({"compartments": info.compartments} if info.compartments else {}),
             )
         log.info("agent_registered", agent_id=info.agent_id, clearance=info.clearance.value)
-        return info, prior is None
+        return info, done is Registration.NEW
 
     def register(self, info: AgentInfo) -> tuple[AgentInfo, bool]:
         """:meth:`record`, and with Redis ACLs the agent's Redis user provisioned."""

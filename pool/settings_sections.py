@@ -214,8 +214,8 @@ class SecuritySettings(BaseModel):
     #: ``<data_dir>/keys/admin.key``, made on first use.
     admin_key_file: Path | None = None
     #: The workers' Ed25519 key, which signs what every worker of the pool publishes: all must
-    #: hold the same one (the registry keeps one). ``None``: beside ``admin_key_file`` when
-    #: that is set (``workers.key``), else ``<data_dir>/keys/workers.key``; made on first use.
+    #: hold the same one (the registry keeps one). ``None``: one kept in Redis, wrapped by the
+    #: master key like the workers' ingest key, made on first use.
     workers_key_file: Path | None = None
     #: Messages sent longer ago than this (seconds) are rejected as stale.
     max_message_age_s: float = Field(default=300.0, gt=0.0)

@@ -1,10 +1,11 @@
-"""The keys made once per namespace and never rotated: each zone's vector key and the workers'
-ingest key. :class:`FixedKeys` is the service behind
+"""The keys made once per namespace and never rotated: each zone's vector key, the workers'
+ingest key and the workers' signing key. :class:`FixedKeys` is the service behind
 :class:`~hivemem.security.keyring.ZoneKeyring`'s methods for them.
 
-They live in ``<ns>:keys:vector:<zone>`` and ``<ns>:keys:ingest``, strings holding a wrapped
-entry, and ``<ns>:keys:ingest:public``, the ingest key's public half in clear (base64). Each is
-made with ``SET NX``: the loser of a race uses the winner's. Once read, a process keeps them.
+They live in ``<ns>:keys:vector:<zone>``, ``<ns>:keys:ingest`` and ``<ns>:keys:signing:workers``,
+strings holding a wrapped entry, and ``<ns>:keys:ingest:public``, the ingest key's public half in
+clear (base64). Each is made with ``SET NX``: the loser of a race uses the winner's. Once read,
+a process keeps them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hivemem.security.key_store import KEY_BYTES, KeyStore, stored_bytes
 log = structlog.get_logger(__name__)
 
 #: The key id bound into the wrap of each secret made once (vector keys, the ingest key).
-_FIXED_ID = {"vector": "vector", "ingest": "ingest"}
+_FIXED_ID = {"vector": "vector", "ingest": "ingest", "signing": "signing"}
 
 
 def _public_key(raw: bytes) -> bytes:
@@ -59,6 +60,12 @@ class FixedKeys:
         :mod:`hivemem.security.ingest_seal`), made once (atomically) and never rotated."""
         return self._made_once("ingest", "", f"{self._store.prefix}ingest")
 
+    def workers_signing_seed(self, initial: Callable[[], bytes | None] = lambda: None) -> bytes:
+        """The 32-byte private key every worker of the namespace signs with (Ed25519), made
+        once (atomically: ``initial()``, asked only then, or a random one) and never
+        rotated."""
+        return self._made_once("signing", "", f"{self._store.prefix}signing:workers", initial)
+
     def ingest_public(self) -> bytes:
         """The public half of the workers' ingest key (32 bytes), kept in clear beside it
         (``<ns>:keys:ingest:public``), so that a sealer never unwraps the private half once
@@ -71,12 +78,20 @@ class FixedKeys:
 
         return self._stored_once(f"{self._store.prefix}ingest:public", made, _public_key)
 
-    def _made_once(self, kind: str, zone: str, name: str) -> bytes:
-        """The secret of ``kind`` stored (wrapped) at ``name``, made once, never rotated."""
+    def _made_once(
+        self,
+        kind: str,
+        zone: str,
+        name: str,
+        initial: Callable[[], bytes | None] = lambda: None,
+    ) -> bytes:
+        """The secret of ``kind`` stored (wrapped) at ``name``, made once (``initial()``, else
+        random), never rotated."""
         context = self._store.context(kind, zone, _FIXED_ID[kind])
 
         def made() -> bytes:
-            return self._store.new_entry(kind, zone, _FIXED_ID[kind])[2].encode()
+            entry = self._store.new_entry(kind, zone, _FIXED_ID[kind], secret=initial())
+            return entry[2].encode()
 
         return self._stored_once(name, made, lambda raw: self._store.unwrap(raw, context))
 

@@ -96,10 +96,13 @@ class KeyStore:
         """The wrap context of the slot ``kind``/``zone``/``key_id``."""
         return f"hivemem/key|{self._ns}|{kind}|{zone}|{key_id}".encode()
 
-    def new_entry(self, kind: str, zone: str, key_id: str | None = None) -> tuple[str, bytes, str]:
-        """A fresh (key id, secret, wrapped entry JSON) of ``kind``."""
+    def new_entry(
+        self, kind: str, zone: str, key_id: str | None = None, *, secret: bytes | None = None
+    ) -> tuple[str, bytes, str]:
+        """A fresh (key id, secret, wrapped entry JSON) of ``kind`` (``secret``: that one
+        wrapped, else a random one)."""
         key_id = key_id or os.urandom(6).hex()
-        secret = os.urandom(KEY_BYTES)
+        secret = secret if secret is not None else os.urandom(KEY_BYTES)
         wrapped = self._provider.wrap(secret, context=self.context(kind, zone, key_id))
         entry = {
             "provider_id": self._provider.provider_id,

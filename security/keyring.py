@@ -31,6 +31,8 @@ are rewritten. Redis errors raise PoolUnavailable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis
 
 from hivemem.pool.enums import Zone
@@ -96,6 +98,10 @@ class ZoneKeyring:
     def vector_key(self, zone: Zone | str) -> bytes:
         """The 32-byte vector key of ``zone``, never rotated (:meth:`FixedKeys.vector_key`)."""
         return self._fixed.vector_key(zone)
+
+    def workers_signing_seed(self, initial: Callable[[], bytes | None] = lambda: None) -> bytes:
+        """The workers' shared signing key (:meth:`FixedKeys.workers_signing_seed`)."""
+        return self._fixed.workers_signing_seed(initial)
 
     def ingest_secret(self) -> bytes:
         """The secret of the workers' ingest key (:meth:`FixedKeys.ingest_secret`)."""

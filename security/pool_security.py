@@ -5,20 +5,18 @@ Redis connection, by :class:`~hivemem.pool.shared.SharedMemoryPool` and by the w
 holds the zone keyring (data keys wrapped by the master key), the administrator's signer of
 registry entries, the directory receivers look senders up in, and, with ``redis_acl``, the
 provisioning of agents' Redis users. Agents' private keys live in their directories
-(``<data_dir>/agents/<id>/signing.key``, readable by the owner only); the workers' one beside
-the admin key, or as ``security.workers_key_file`` says.
+(``<data_dir>/agents/<id>/signing.key``, readable by the owner only); the workers' one in Redis,
+wrapped by the master key (or as ``security.workers_key_file`` says).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 from pathlib import Path
 
 import redis
-import structlog
 
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
@@ -34,8 +32,6 @@ from hivemem.security.sealing import Sealer
 from hivemem.security.senders import SenderDirectory, facts_of
 from hivemem.security.signing import AdminSigner, SigningKey
 from hivemem.security.wire import SecureCodec
-
-log = structlog.get_logger(__name__)
 
 #: Looks a sender up: its registry entry's facts, or None (not registered).
 Senders = Callable[[str], SenderFacts | None]
@@ -66,6 +62,7 @@ class PoolSecurity:
         self.admin = AdminSigner.from_file(admin_file)
         self.senders = SenderDirectory(registry, ttl_s=self.options.registry_cache_s)
         self.acl = AgentAcl(client, namespace=namespace) if self.options.redis_acl else None
+        self._workers_key: SigningKey | None = None
 
     def signed(self, info: AgentInfo) -> AgentInfo:
         """``info`` with the administrator's signature over its id, clearance, compartments and
@@ -80,24 +77,24 @@ class PoolSecurity:
         return SigningKey.load_or_create(agent_dir / "signing.key")
 
     def workers_key(self) -> SigningKey:
-        """The key every worker of the pool signs with: ``security.workers_key_file``; unset,
-        ``workers.key`` beside the admin key file when one is set, else the data directory's
-        ``keys/workers.key``. Beside the admin key, a worker that had a key of its own in its
-        data directory (versions before 2026-11-22) makes it the shared one if none is there
-        yet, so that a lone worker's key does not change; a directory it may not write (a
-        read-only secrets mount) leaves it its own key, logged (``workers_key_not_shared``):
-        set ``workers_key_file`` to a file every worker shares."""
-        own = self.settings.data_dir / "keys" / "workers.key"
-        if self.options.workers_key_file is not None:
-            return SigningKey.load_or_create(self.options.workers_key_file)
-        if self.options.admin_key_file is None:
-            return SigningKey.load_or_create(own)
-        shared = self.options.admin_key_file.parent / "workers.key"
-        if not shared.exists() and not os.access(shared.parent, os.W_OK):
-            log.warning("workers_key_not_shared", directory=str(shared.parent))
-            return SigningKey.load_or_create(own)
-        earlier = SigningKey.load(own) if own.exists() else None
-        return SigningKey.load_or_create(shared, initial=earlier)
+        """The key every worker of the pool signs with: ``security.workers_key_file`` when
+        set, else one kept in Redis wrapped by the master key, as the workers' ingest key is
+        (:meth:`ZoneKeyring.workers_signing_seed`), so every worker holding the master key
+        has the same one. A worker of a version before 2026-11-22 kept its own in
+        ``<data_dir>/keys/workers.key``: the first to ask brings it, so that a lone worker's
+        key does not change. Kept once read."""
+        if self._workers_key is None:
+            if self.options.workers_key_file is not None:
+                key = SigningKey.load_or_create(self.options.workers_key_file)
+            else:
+                earlier = self.settings.data_dir / "keys" / "workers.key"
+
+                def initial() -> bytes | None:  # asked only if none is kept yet
+                    return SigningKey.load(earlier).private_bytes() if earlier.exists() else None
+
+                key = SigningKey.from_private_bytes(self.keyring.workers_signing_seed(initial))
+            self._workers_key = key
+        return self._workers_key
 
     def _check(self, guard: ReplayGuard) -> MessageCheck:
         return MessageCheck(

@@ -133,6 +133,10 @@ class SigningKey:
         """The public key: base64 of its 32 raw bytes."""
         return self._public_key
 
+    def private_bytes(self) -> bytes:
+        """The 32 raw private bytes (to be kept wrapped or in a file of mode 0600 only)."""
+        return self._key.private_bytes_raw()
+
     def sign(self, data: bytes) -> str:
         """The signature of ``data``: base64 of 64 bytes."""
         return _encode(self.sign_raw(data))

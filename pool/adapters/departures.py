@@ -24,6 +24,7 @@ operator (it is logged): its writes wait, unread.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -169,38 +170,42 @@ class Departures:
     def quiet(
         self, wait_s: float = _QUIET_WAIT_S, *, ttl_s: float = _QUIET_TTL_S
     ) -> Iterator[None]:
-        """Hold every zone's ingest lock (the one a worker holds while it drains the zone),
-        waiting up to ``wait_s`` for each, then renewed together for ``ttl_s``: no worker
-        reads an ingest queue meanwhile, so what is deleted then is not stored by a drain that
-        read it just before. Raises QueuesBusy (no lock kept) when one stays taken, or expired
-        while the others were awaited. Not reentrant."""
+        """Hold every zone's ingest lock (the one a worker holds while it drains the zone):
+        no worker reads an ingest queue meanwhile, so what is deleted then is not stored by a
+        drain that read it just before. Waits up to ``wait_s`` for each zone, renewing the
+        locks already held (for ``ttl_s``) while it waits. Raises QueuesBusy (no lock kept)
+        when a zone stays taken, or a held lock lapsed all the same. Not reentrant."""
         held: list[Lock] = []
         try:
             for zone in Zone:
                 lock = self.client.lock(
-                    ingest_lock_key(self.namespace, zone),
-                    timeout=ttl_s,
-                    blocking_timeout=wait_s,
-                    thread_local=False,
+                    ingest_lock_key(self.namespace, zone), timeout=ttl_s, thread_local=False
                 )
-                if not lock.acquire():
-                    raise QueuesBusy(
-                        f"the workers kept draining zone {zone.value} for over {wait_s:g} s: "
-                        "nothing was discarded; try again"
-                    )
+                deadline = time.monotonic() + wait_s
+                while not lock.acquire(blocking_timeout=min(wait_s, ttl_s / 3)):
+                    _renewed(held)
+                    if time.monotonic() >= deadline:
+                        raise QueuesBusy(
+                            f"the workers kept draining zone {zone.value} for over {wait_s:g} "
+                            "s: nothing was discarded; try again"
+                        )
                 held.append(lock)
-            # Waiting for the later zones may have outlasted the earlier locks' TTL: each is
-            # renewed, and one a worker took meanwhile means a drain may be under way.
-            for lock in held:
-                try:
-                    lock.reacquire()
-                except LockError:
-                    raise QueuesBusy(
-                        "the workers took a zone back while the others were awaited: nothing "
-                        "was discarded; try again"
-                    ) from None
+            _renewed(held)
             yield
         finally:
             for lock in held:
                 with contextlib.suppress(LockError):  # expired: a worker may hold it now
                     lock.release()
+
+
+def _renewed(held: Sequence[Lock]) -> None:
+    """Renew each of the locks ``held``; QueuesBusy when one lapsed (a worker may have taken
+    it since)."""
+    for lock in held:
+        try:
+            lock.reacquire()
+        except LockError:
+            raise QueuesBusy(
+                "a zone's lock lapsed while the others were awaited: nothing was discarded; "
+                "try again"
+            ) from None

@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import cast
 
@@ -66,6 +67,15 @@ def access_of(info: AgentInfo) -> str:
     return f"{zone}+{','.join(info.compartments)}" if info.compartments else zone
 
 
+class Registration(StrEnum):
+    """What a registration did: a new agent, an update of its entry, or a new key (the old
+    key's registration ended, its queued writes kept)."""
+
+    NEW = "new"
+    UPDATED = "updated"
+    REKEYED = "rekeyed"
+
+
 #: Tries at replacing an entry that another process changes meanwhile.
 _REGISTER_ATTEMPTS = 5
 
@@ -98,42 +108,53 @@ class AgentRegistry:
         return f"{self.namespace}:agent:{check_agent_id(agent_id)}:alive"
 
     def register(self, info: AgentInfo) -> AgentInfo:
+        """:meth:`registered`, the stored info only."""
+        return self.registered(info)[0]
+
+    def registered(self, info: AgentInfo) -> tuple[AgentInfo, Registration]:
         """Add ``info``, or update an agent of the same id and clearance (keeping its first
-        registration time). Raises RegistrationConflict (nothing changed) when the id holds
-        another clearance. ``info`` with another key than the entry's (the agent attached from
-        another directory) replaces the entry in the same step that ends the old key's
-        registration as a deregistration that keeps what it queued: those writes are checked
-        against the key that signed them (:mod:`hivemem.pool.adapters.departures`)."""
+        registration time); returns the stored info and which it was. Raises
+        RegistrationConflict (nothing changed) when the id holds another clearance. ``info``
+        with another key than the entry's (the agent attached from another directory)
+        replaces the entry in the same step that ends the old key's registration as a
+        deregistration that keeps what it queued: those writes are checked against the key
+        that signed them (:mod:`hivemem.pool.adapters.departures`). Each write happens only
+        if the entry is still the one read; else it is read again."""
         for _attempt in range(_REGISTER_ATTEMPTS):
             raw = cast("bytes | None", self.client.hget(self._agents, info.agent_id))
-            if raw is None:
-                return self._registered(info)
-            prior = AgentInfo.model_validate_json(raw)
-            info = info.model_copy(update={"registered_at": prior.registered_at})
-            if prior.public_key in (None, info.public_key):
-                return self._registered(info)
+            prior = None if raw is None else AgentInfo.model_validate_json(raw)
+            if prior is not None:
+                info = info.model_copy(update={"registered_at": prior.registered_at})
+            if prior is None or prior.public_key in (None, info.public_key):
+                done = self._put(info, expected=raw)
+                if done is not None:
+                    return info, done
+                continue
             if access_of(prior) != access_of(info):
                 raise _conflict(info, access_of(prior))
             try:
                 if self._departed_now(info.agent_id, keep=True, expected=raw, then=info) >= 0:
                     log.info("agent_key_replaced", agent_id=info.agent_id)
-                    return info
+                    return info, Registration.REKEYED
             except AgentNotFound:  # deregistered meanwhile: register it afresh
                 continue
         raise RegistrationConflict(f"agent {info.agent_id}'s entry kept changing; try again")
 
-    def _registered(self, info: AgentInfo) -> AgentInfo:
-        """``info`` put in the registry by ``lua/register.lua``."""
+    def _put(self, info: AgentInfo, *, expected: bytes | None) -> Registration | None:
+        """``info`` put in the registry by ``lua/register.lua`` if the entry is ``expected``
+        (None: no entry); which it was, or None when the entry changed (nothing done)."""
         try:
-            self._register(
+            done = self._register(
                 keys=[self._agents, self._clearance],
-                args=[info.agent_id, access_of(info), info.model_dump_json()],
+                args=[info.agent_id, access_of(info), info.model_dump_json(), expected or ""],
             )
         except redis.ResponseError as error:
             if not str(error).startswith("CONFLICT"):
                 raise
             raise _conflict(info, str(error).split(" ", 1)[1]) from None
-        return info
+        if int(done) < 0:
+            return None
+        return Registration.NEW if int(done) == 1 else Registration.UPDATED
 
     def set_clearance(
         self,

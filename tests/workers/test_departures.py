@@ -6,12 +6,14 @@ once read through."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
 from hivemem.pool.adapters.redis_bus import ingest_topic
+from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import make_envelope
 from hivemem.pool.errors import QueuesBusy, RegistrationConflict
@@ -298,19 +300,33 @@ def test_a_discard_waits_for_the_drains_and_deletes_only_what_is_there(
     assert departures.discard("suspect") == 0
 
 
-def test_a_discard_that_waited_past_its_first_locks_ttl_refuses(
+def test_a_discard_keeps_the_zones_it_holds_while_it_waits_for_the_others(
     pool: SharedMemoryPool, runtime: WorkerRuntime
 ) -> None:
-    """Waiting for a later zone outlasted the lock already taken on an earlier one (which a
-    worker may have taken since): the discard refuses (QueuesBusy) and deletes nothing."""
+    """A zone stays taken longer than the discard's lock TTL (1 s here): the locks it already
+    holds are renewed while it waits, so no worker takes one of them meanwhile, and once the
+    zone is free the discard goes ahead."""
     queue(pool, "suspect", "queued by whoever held its key")
     pool.deregister("suspect")
     departures = runtime.registry.departures
     draining = runtime.client.lock(runtime.keys.ingest_lock(Zone.INTERNAL), timeout=1.5)
     assert draining.acquire()
-    with pytest.raises(QueuesBusy), departures.quiet(wait_s=5.0, ttl_s=1.0):
-        departures.discard_now("suspect")
-    assert len(departures.of("suspect")) == 1
+    taken: list[bool] = []
+
+    def a_worker_tries_the_first_zone() -> None:
+        time.sleep(1.2)  # past the TTL of the discard's lock on PUBLIC
+        worker = runtime.client.lock(runtime.keys.ingest_lock(Zone.PUBLIC), timeout=5)
+        taken.append(worker.acquire(blocking=False))
+
+    worker = threading.Thread(target=a_worker_tries_the_first_zone)
+    worker.start()
+    with departures.quiet(wait_s=5.0, ttl_s=1.0):
+        gone = departures.discard_now("suspect")
+    worker.join()
+
+    assert taken == [False]
+    assert gone == 1
+    assert departures.of("suspect") == []
 
 
 def test_a_new_key_replaces_the_entry_it_read_or_looks_again(
@@ -346,3 +362,37 @@ def test_a_new_key_replaces_the_entry_it_read_or_looks_again(
     assert runtime.registry.get("x").public_key == winner.info.public_key
     assert sorted(r.id for r in stored(runtime)) == sorted(queued)
     assert refused(runtime) == []
+
+
+@pytest.mark.parametrize("read", ["same-key", "no-entry"])
+def test_a_registration_that_read_a_stale_entry_looks_again(
+    make_pool: Callable[..., SharedMemoryPool], runtime: WorkerRuntime, read: str
+) -> None:
+    """A registration that read the entry (with its own key) or read none, while another
+    directory registers the agent with another key and queues a write before the first one
+    writes: the first writes only if the entry is still what it read, else it looks again
+    and replaces the other key's entry as a new key, audited as such. Nothing queued is
+    lost."""
+    host1, host3 = make_pool("host1"), make_pool("host3")
+    if read == "same-key":
+        host1.register_agent("x", clearance=Zone.SECRET)
+    put = host1.registry._put
+    queued: list[str] = []
+
+    def another_registers_meanwhile(*args: object, **kwargs: object) -> object:
+        if not queued:
+            other = host3.register_agent("x", clearance=Zone.SECRET)
+            queued.append(other.memory.add("queued under the other key", user_id="u1").id)
+            assert other.flush()
+        return put(*args, **kwargs)  # type: ignore[arg-type]
+
+    host1.registry._put = another_registers_meanwhile  # type: ignore[method-assign]
+    again, _ = host1.register(AgentInfo(agent_id="x", clearance=Zone.SECRET))
+    drain_all(runtime)
+
+    assert runtime.registry.get("x").public_key == again.public_key
+    assert [r.id for r in stored(runtime)] == queued
+    assert refused(runtime) == []
+    # Each key's end is audited where it happened: host3's over host1's, host1's over host3's.
+    ended = [e for e in runtime.audit.entries() if e.kind == AuditEvent.DEREGISTERED]
+    assert [e.details["reason"] for e in ended] == ["new_key"] * (2 if read == "same-key" else 1)

@@ -3,12 +3,8 @@ whatever its data directory (each container of a scaled fleet has its own), on a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
-
-import pytest
-import structlog
 
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import make_envelope
@@ -66,26 +62,27 @@ def test_a_lone_workers_key_becomes_the_shared_one(
         second.close()
 
 
-def test_a_worker_that_cannot_write_beside_the_admin_key_keeps_its_own(
-    worker_settings: Callable[..., HivememSettings], monkeypatch: pytest.MonkeyPatch
+def test_the_shared_key_needs_no_file_and_a_set_file_wins(
+    worker_settings: Callable[..., HivememSettings], tmp_path: Path
 ) -> None:
-    """The admin key on a read-only mount (a secret) and no shared key there: the worker keeps
-    the key of its data directory, as before, and says so; it starts. (The suite runs as
-    root, whom permission bits do not stop: the read-only mount is simulated.)"""
+    """The shared key lives in Redis, wrapped by the master key: a worker whose own old key
+    file is damaged starts once the key is there (the file is read only to make it); with
+    ``security.workers_key_file`` set, that file's key is the one."""
     settings = worker_settings()
-    shared = settings.security.admin_key_file.parent  # type: ignore[union-attr]
-    real_access = os.access
-    monkeypatch.setattr(
-        os, "access", lambda path, mode: False if Path(path) == shared else real_access(path, mode)
-    )
-    runtime = WorkerRuntime(settings)
+    first = WorkerRuntime(settings)
+    damaged = settings.model_copy(update={"data_dir": settings.data_dir / "damaged"})
+    (damaged.data_dir / "keys").mkdir(parents=True)
+    (damaged.data_dir / "keys" / "workers.key").write_text("not a key")
+    second = WorkerRuntime(damaged)
+    chosen = SigningKey.load_or_create(tmp_path / "chosen.key")
+    pinned = settings.security.model_copy(update={"workers_key_file": tmp_path / "chosen.key"})
+    third = WorkerRuntime(settings.model_copy(update={"security": pinned}))
     try:
-        assert runtime.security is not None
-        with structlog.testing.capture_logs() as logs:
-            key = runtime.security.workers_key()
-        own = SigningKey.load(settings.data_dir / "keys" / "workers.key")
-        assert key.public_key == own.public_key
-        assert not (shared / "workers.key").exists()
-        assert [e["event"] for e in logs] == ["workers_key_not_shared"]
+        assert first.security is not None
+        assert second.security is not None
+        assert third.security is not None
+        assert second.security.workers_key().public_key == first.security.workers_key().public_key
+        assert third.security.workers_key().public_key == chosen.public_key
     finally:
-        runtime.close()
+        for runtime in (first, second, third):
+            runtime.close()

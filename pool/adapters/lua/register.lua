@@ -1,6 +1,12 @@
--- Register an agent unless its id holds another clearance.
--- KEYS: agents hash, clearance hash. ARGV: agent id, clearance, AgentInfo JSON.
--- Returns 1 for a new agent, 0 for an update; errors with "CONFLICT <held clearance>".
+-- Register an agent unless its id holds another clearance, or its entry is not the one expected.
+-- KEYS: agents hash, clearance hash. ARGV: agent id, clearance, AgentInfo JSON, the entry the
+-- caller read ('' : none).
+-- Returns 1 for a new agent, 0 for an update, -1 when the entry is not the one read (nothing
+-- changed: read it again); errors with "CONFLICT <held clearance>".
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if (entry or '') ~= ARGV[4] then
+  return -1
+end
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if held and held ~= ARGV[2] then
   return redis.error_reply('CONFLICT ' .. held)
