@@ -17,11 +17,13 @@ from functools import partial
 from pathlib import Path
 
 import redis
+import structlog
 
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone
+from hivemem.pool.errors import InvalidInput
 from hivemem.pool.settings import HivememSettings
 from hivemem.security.ingest_seal import IngestCodec, IngestOpener
 from hivemem.security.key_provider import key_provider
@@ -32,6 +34,8 @@ from hivemem.security.sealing import Sealer
 from hivemem.security.senders import SenderDirectory, facts_of
 from hivemem.security.signing import AdminSigner, SigningKey
 from hivemem.security.wire import SecureCodec
+
+log = structlog.get_logger(__name__)
 
 #: Looks a sender up: its registry entry's facts, or None (not registered).
 Senders = Callable[[str], SenderFacts | None]
@@ -90,7 +94,14 @@ class PoolSecurity:
                 earlier = self.settings.data_dir / "keys" / "workers.key"
 
                 def initial() -> bytes | None:  # asked only if none is kept yet
-                    return SigningKey.load(earlier).private_bytes() if earlier.exists() else None
+                    if not earlier.exists():
+                        return None
+                    try:
+                        return SigningKey.load(earlier).private_bytes()
+                    except InvalidInput as error:  # damaged: a fresh key rather than no worker
+                        log.warning("workers_key_unreadable", path=str(earlier),
+                                    error=str(error)[:200])  # fmt: skip
+                        return None
 
                 key = SigningKey.from_private_bytes(self.keyring.workers_signing_seed(initial))
             self._workers_key = key

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import structlog
+
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import make_envelope
 from hivemem.pool.settings import HivememSettings
@@ -65,20 +67,25 @@ def test_a_lone_workers_key_becomes_the_shared_one(
 def test_the_shared_key_needs_no_file_and_a_set_file_wins(
     worker_settings: Callable[..., HivememSettings], tmp_path: Path
 ) -> None:
-    """The shared key lives in Redis, wrapped by the master key: a worker whose own old key
-    file is damaged starts once the key is there (the file is read only to make it); with
-    ``security.workers_key_file`` set, that file's key is the one."""
+    """The shared key lives in Redis, wrapped by the master key. A worker whose own old key
+    file is damaged starts, first or not (the file is read only to make the shared key, and a
+    damaged one is passed over, logged); with ``security.workers_key_file`` set, that file's
+    key is the one."""
     settings = worker_settings()
-    first = WorkerRuntime(settings)
     damaged = settings.model_copy(update={"data_dir": settings.data_dir / "damaged"})
     (damaged.data_dir / "keys").mkdir(parents=True)
     (damaged.data_dir / "keys" / "workers.key").write_text("not a key")
-    second = WorkerRuntime(damaged)
+    first = WorkerRuntime(damaged)
+    second = WorkerRuntime(settings)
     chosen = SigningKey.load_or_create(tmp_path / "chosen.key")
     pinned = settings.security.model_copy(update={"workers_key_file": tmp_path / "chosen.key"})
     third = WorkerRuntime(settings.model_copy(update={"security": pinned}))
     try:
-        assert first.security is not None
+        with structlog.testing.capture_logs() as logs:
+            assert first.security is not None
+        assert [e["event"] for e in logs if "workers_key" in e["event"]] == [
+            "workers_key_unreadable"
+        ]
         assert second.security is not None
         assert third.security is not None
         assert second.security.workers_key().public_key == first.security.workers_key().public_key
