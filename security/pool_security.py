@@ -43,6 +43,18 @@ Senders = Callable[[str], SenderFacts | None]
 WORKER_SENDER = "hivemem-workers"
 
 
+def _earlier_key(path: Path) -> bytes | None:
+    """The private bytes of a worker's own key of earlier versions at ``path``, if there is
+    one that reads (a damaged one is logged and passed over: a fresh key, not no worker)."""
+    if not path.exists():
+        return None
+    try:
+        return SigningKey.load(path).private_bytes()
+    except InvalidInput as error:
+        log.warning("workers_key_unreadable", path=str(path), error=str(error)[:200])
+        return None
+
+
 class _QueueGuard(ReplayGuard):
     """No replay memory, for durable queues: their entries are consumed once, by position, and
     a worker that crashed before committing must read the same messages again."""
@@ -92,18 +104,8 @@ class PoolSecurity:
                 key = SigningKey.load_or_create(self.options.workers_key_file)
             else:
                 earlier = self.settings.data_dir / "keys" / "workers.key"
-
-                def initial() -> bytes | None:  # asked only if none is kept yet
-                    if not earlier.exists():
-                        return None
-                    try:
-                        return SigningKey.load(earlier).private_bytes()
-                    except InvalidInput as error:  # damaged: a fresh key rather than no worker
-                        log.warning("workers_key_unreadable", path=str(earlier),
-                                    error=str(error)[:200])  # fmt: skip
-                        return None
-
-                key = SigningKey.from_private_bytes(self.keyring.workers_signing_seed(initial))
+                seed = self.keyring.workers_signing_seed(lambda: _earlier_key(earlier))
+                key = SigningKey.from_private_bytes(seed)
             self._workers_key = key
         return self._workers_key
 

@@ -317,8 +317,9 @@ class IngestService:
         epoch, seq = at
         with self._client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(self._bus.epoch_key(topic))  # type: ignore[no-untyped-call]
-                if pipe.get(self._bus.epoch_key(topic)) != epoch.encode():
+                epoch_key = self._bus.epoch_key(topic)
+                pipe.watch(epoch_key)  # type: ignore[no-untyped-call]
+                if pipe.get(epoch_key) != epoch.encode():
                     return None
                 pipe.multi()
                 by_user = add_pending(pipe, self._keys, zone, queued)

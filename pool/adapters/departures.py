@@ -39,6 +39,7 @@ from hivemem.pool.adapters.redis_bus import (
     ingest_cursor_key,
     ingest_lock_key,
     ingest_topic,
+    topic_keys,
     zone_queues,
 )
 from hivemem.pool.agent_info import AgentInfo
@@ -51,8 +52,6 @@ log = structlog.get_logger(__name__)
 #: How long a discard waits for each zone's drain to end, and holds the zones (seconds).
 _QUIET_WAIT_S = 60.0
 _QUIET_TTL_S = 60.0
-#: The parts of a topic's keys (``ns:<topic>:<part>``) a queue is made of.
-QUEUE_PARTS = ("stream", "seq", "epoch")
 
 
 def departed_topic(number: int, zone: Zone, agent_id: str) -> str:
@@ -62,8 +61,7 @@ def departed_topic(number: int, zone: Zone, agent_id: str) -> str:
 
 def queue_keys(namespace: str, topic: str) -> list[str]:
     """A queue's keys: its stream, counter and epoch, and the workers' cursor in it."""
-    parts = [f"{namespace}:{topic}:{part}" for part in QUEUE_PARTS]
-    return [*parts, ingest_cursor_key(namespace, topic)]
+    return [*topic_keys(namespace, topic), ingest_cursor_key(namespace, topic)]
 
 
 def queue_owner(topic: str) -> str | None:

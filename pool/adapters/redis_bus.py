@@ -118,6 +118,16 @@ def zone_queues(zone: Zone, owners: Iterable[str]) -> list[str]:
     return [ingest_topic(zone), *(ingest_topic(zone, agent) for agent in sorted(set(owners)))]
 
 
+def topic_key(namespace: str, topic: str, part: str) -> str:
+    """The key of a topic's ``part`` (``stream``, ``seq``, ``epoch``, ``msg:<id>``)."""
+    return f"{namespace}:{topic}:{part}"
+
+
+def topic_keys(namespace: str, topic: str) -> list[str]:
+    """The keys a topic is made of: its stream, counter and epoch."""
+    return [topic_key(namespace, topic, part) for part in ("stream", "seq", "epoch")]
+
+
 def ingest_cursor_key(namespace: str, topic: str) -> str:
     """Where the workers keep their place in the ingest queue ``topic``: ``"<epoch> <seq>"`` of
     the last message they stored (outside ``<ns>:ingest:*``, which agents may write)."""
@@ -219,7 +229,7 @@ class RedisBus:
         return name.removeprefix(f"{self.namespace}:")
 
     def _key(self, topic: str, part: str) -> str:
-        return f"{self.namespace}:{topic}:{part}"
+        return topic_key(self.namespace, topic, part)
 
     def epoch_key(self, topic: str) -> str:
         """The key of the topic's epoch (which changes when the topic starts over or, for an
@@ -244,7 +254,7 @@ class RedisBus:
         ]
         for message_id, body in messages:
             args.extend((message_id, body))
-        keys = [self._key(topic, "stream"), self._key(topic, "seq"), self._key(topic, "epoch")]
+        keys = topic_keys(self.namespace, topic)
         try:
             _epoch, seqs = self._run_publish(keys, args)
         except redis.exceptions.NoScriptError:  # Redis restarted, or its scripts were flushed
@@ -329,8 +339,8 @@ class RedisBus:
             return
         with self.client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(self._key(topic, "epoch"))  # type: ignore[no-untyped-call]
-                if _epoch(cast("bytes | None", pipe.get(self._key(topic, "epoch")))) != epoch:
+                pipe.watch(self.epoch_key(topic))  # type: ignore[no-untyped-call]
+                if _epoch(cast("bytes | None", pipe.get(self.epoch_key(topic)))) != epoch:
                     return
                 pipe.multi()
                 pipe.xtrim(stream, minid=f"{seq + 1}-0")
@@ -340,6 +350,4 @@ class RedisBus:
 
     def drop_topic(self, topic: str) -> None:
         """Delete a topic's stream and counters (an inbox of a deregistered agent)."""
-        self.client.delete(
-            self._key(topic, "stream"), self._key(topic, "seq"), self._key(topic, "epoch")
-        )
+        self.client.delete(*topic_keys(self.namespace, topic))
