@@ -31,6 +31,7 @@ from hivemem.pool.zone_policy import ZonePolicies
 from hivemem.security.audit import AuditLog
 from hivemem.security.content_seal import ContentSeal
 from hivemem.security.key_rotation import KeyRotation
+from hivemem.security.label_tokens import LabelTokens
 from hivemem.security.local_reseal import LocalReseal
 from hivemem.security.pool_security import PoolSecurity
 from hivemem.security.sealed_index import SealedIndex
@@ -97,7 +98,10 @@ class Attacher:
         seal = (
             None
             if security is None
-            else ContentSeal(Sealer(security.keyring, clearance=info.clearance))
+            else ContentSeal(
+                Sealer(security.keyring, clearance=info.clearance),
+                LabelTokens(security.keyring, security.options.clear_metadata_keys),
+            )
         )
         sealed: list[SealedIndex] = []  # the memory's sealed index, once it is open
         identities: list[Identity] = []  # the agent's, once made: its entry follows grants

@@ -10,14 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 
 from hivemem.pool.enums import Tier, Zone
+from hivemem.pool.ids import METADATA_KEY_PATTERN
 from hivemem.security.classifier import SensitivityPolicy
 
 #: Every section of the settings: frozen, no unknown field, and no infinite or NaN number (an
 #: interval or timeout of infinity hung the threads and timers it reached).
 _SECTION = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+#: A metadata key, as records take them (hivemem.pool.ids).
+MetadataKey = Annotated[str, StringConstraints(pattern=f"^{METADATA_KEY_PATTERN.pattern}$")]
 
 
 class EmbeddingSettings(BaseModel):
@@ -227,6 +231,10 @@ class SecuritySettings(BaseModel):
     #: Provision a Redis ACL user per agent (its zones' channels and keys only) and connect
     #: each agent with it. Needs an admin connection allowed to run ``ACL SETUSER``.
     redis_acl: bool = True
+    #: Metadata keys whose values stay in clear in the stores' payloads, so that order
+    #: (``gt``, ``lt``...) and substring filters work on them; every other key's values are
+    #: sealed and kept as keyed tokens, which only equality filters match (docs/security.md).
+    clear_metadata_keys: list[MetadataKey] = Field(default_factory=list)
     #: The sensitive-content classifier: which detectors run and the zone each lifts a record
     #: to (``HIVEMEM_SECURITY__SENSITIVITY__MIN_ZONE='{"ssn":"secret"}'`` replaces the map).
     sensitivity: SensitivityPolicy = Field(default_factory=SensitivityPolicy)

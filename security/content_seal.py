@@ -1,14 +1,17 @@
-"""A record's content as it is kept at rest: sealed under its zone's key and its user's secret.
+"""A record as it is kept at rest: sealed under its zone's key and its user's secret.
 
-``hm:sealed:`` + :meth:`~hivemem.security.sealing.Sealed.to_text` of the UTF-8 content
-(zlib-compressed when it is over 1 KB and that makes it shorter), sealed with the zone's active
-data key and the record's user's subject secret, the record id bound in as context. Forgetting
-the user (shredding the secret) makes every such copy unreadable, wherever it lingers. Content
-without the prefix (written before security was on) reads as it is.
+``content`` becomes ``hm:sealed:`` + :meth:`~hivemem.security.sealing.Sealed.to_text` of the
+record's UTF-8 content, with its tags, entities and metadata when it has any (as JSON;
+zlib-compressed when over 1 KB and that makes it shorter), sealed with the zone's active data
+key and the record's user's subject secret, the record id bound in as context. The payload keeps
+tokens in place of those labels (:mod:`hivemem.security.label_tokens`). Forgetting the user
+(shredding the secret) makes every such copy unreadable, wherever it lingers. Content without
+the prefix (written before security was on) reads as it is, with its labels as stored.
 """
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Sequence
 
@@ -17,6 +20,7 @@ import structlog
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import PoolUnavailable
 from hivemem.pool.records import MemoryRecord
+from hivemem.security.label_tokens import LabelTokens
 from hivemem.security.sealing import Sealed, Sealer
 
 SEALED_PREFIX = "hm:sealed:"
@@ -25,69 +29,107 @@ SEALED_PREFIX = "hm:sealed:"
 ZONE_ONLY_PREFIX = "hm:sealed0:"
 #: Content longer than this (bytes) is compressed before sealing when that makes it shorter.
 _COMPRESS_ABOVE = 1024
+#: The sealed body's first byte: content alone (``p``, or ``z`` compressed), or a record's
+#: content with its tags, entities and metadata as JSON (``l``, or ``L`` compressed).
+_PLAIN, _ZIPPED, _LABELLED, _LABELLED_ZIPPED = b"p", b"z", b"l", b"L"
 
 log = structlog.get_logger(__name__)
 
 
-def _packed(content: str) -> bytes:
-    raw = content.encode()
+def _packed(record: MemoryRecord) -> bytes:
+    if record.tags or record.entities or record.metadata:
+        document = {"c": record.content, "t": record.tags, "e": record.entities}
+        document["m"] = record.metadata  # type: ignore[assignment]
+        raw = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        kinds = (_LABELLED, _LABELLED_ZIPPED)
+    else:
+        raw, kinds = record.content.encode(), (_PLAIN, _ZIPPED)
     if len(raw) > _COMPRESS_ABOVE:
         packed = zlib.compress(raw, 6)
         if len(packed) < len(raw):
-            return b"z" + packed
-    return b"p" + raw
+            return kinds[1] + packed
+    return kinds[0] + raw
+
+
+def _unpacked(record: MemoryRecord, body: bytes) -> MemoryRecord:
+    kind, raw = body[:1], body[1:]
+    if kind in (_ZIPPED, _LABELLED_ZIPPED):
+        raw = zlib.decompress(raw)
+    if kind in (_PLAIN, _ZIPPED):
+        return record.model_copy(update={"content": raw.decode()})
+    document = json.loads(raw)
+    return record.model_copy(
+        update={
+            "content": document["c"],
+            "tags": document["t"],
+            "entities": document["e"],
+            "metadata": document["m"],
+        }
+    )
 
 
 class ContentSeal:
-    """Seals and opens records' content with ``sealer``."""
+    """Seals and opens records' content (and labels: ``tokens``) with ``sealer``."""
 
-    def __init__(self, sealer: Sealer) -> None:
+    def __init__(self, sealer: Sealer, tokens: LabelTokens) -> None:
         self.sealer = sealer
+        self.tokens = tokens
 
-    def seal(self, record: MemoryRecord) -> str:
-        """The sealed text of ``record.content``. Raises KeyUnavailable above the sealer's
-        clearance."""
-        return self.seal_many([record])[0]
+    def sealed(self, record: MemoryRecord) -> MemoryRecord:
+        """``record`` as stored: content (with labels) sealed, labels as tokens. Raises
+        KeyUnavailable above the sealer's clearance."""
+        return self.sealed_many([record])[0]
 
-    def seal_many(self, records: Sequence[MemoryRecord]) -> list[str]:
-        """:meth:`seal` for many records (one key lookup per zone and user)."""
+    def sealed_many(self, records: Sequence[MemoryRecord]) -> list[MemoryRecord]:
+        """:meth:`sealed` for many records (one key lookup per zone and user)."""
         by_zone: dict[Zone, list[int]] = {}
         for position, record in enumerate(records):
             by_zone.setdefault(record.zone, []).append(position)
-        out = [""] * len(records)
+        out: list[MemoryRecord] = list(records)
         for zone, positions in by_zone.items():
             items = [
-                (_packed(records[i].content), records[i].id.encode(), records[i].scope.user_id)
+                (_packed(records[i]), records[i].id.encode(), records[i].scope.user_id)
                 for i in positions
             ]
             prefix = SEALED_PREFIX
             try:
                 sealed = self.sealer.seal_many(zone, items)
+                keys = {u: self.tokens.key(u) for u in {s for _, _, s in items}}
             except PoolUnavailable:
                 # A user this process never wrote for, while Redis is away: the write must not
                 # fail, so the zone key alone seals it (a forget still deletes it everywhere,
-                # but shredding the user's secret does not cover this copy).
+                # but shredding the user's secret does not cover this copy), with no tokens.
                 log.warning("content_sealed_without_subject", zone=zone.value)
                 sealed = self.sealer.seal_many(zone, [(p, c, None) for p, c, _ in items])
-                prefix = ZONE_ONLY_PREFIX
+                prefix, keys = ZONE_ONLY_PREFIX, {}
             for i, one in zip(positions, sealed, strict=True):
-                out[i] = prefix + one.to_text()
+                record = self.tokens.tokenized(records[i], keys.get(records[i].scope.user_id))
+                out[i] = record.model_copy(update={"content": prefix + one.to_text()})
         return out
 
-    def open(self, record: MemoryRecord) -> str:
-        """``record``'s content in clear. Raises KeyUnavailable when its key is gone (user
-        forgotten, key retired), SealBroken when it was altered."""
+    def opened(self, record: MemoryRecord) -> MemoryRecord:
+        """``record`` in clear: content, tags, entities and metadata. Raises KeyUnavailable when
+        its key is gone (user forgotten, key retired), SealBroken when it was altered."""
         subject: str | None = record.scope.user_id
         if record.content.startswith(SEALED_PREFIX):
             text = record.content.removeprefix(SEALED_PREFIX)
         elif record.content.startswith(ZONE_ONLY_PREFIX):
             text, subject = record.content.removeprefix(ZONE_ONLY_PREFIX), None
         else:
-            return record.content
+            return record
         body = self.sealer.open(
             record.zone, Sealed.from_text(text), context=record.id.encode(), subject=subject
         )
-        return (zlib.decompress(body[1:]) if body[:1] == b"z" else body[1:]).decode()
+        return _unpacked(record, body)
+
+    def stale(self, record: MemoryRecord, active: str) -> bool:
+        """Whether a re-seal would change ``record`` as stored: its content is not under the
+        zone's ``active`` key or not under its user's secret, or its labels are not tokens."""
+        return (
+            self.key_id(record) != active
+            or record.content.startswith(ZONE_ONLY_PREFIX)
+            or self.tokens.in_clear(record)
+        )
 
     @staticmethod
     def key_id(record: MemoryRecord) -> str | None:

@@ -3,8 +3,10 @@
 :class:`SecureZoneStore` wraps any :class:`~hivemem.pool.ports.ZoneStore` (Qdrant Edge or a
 Qdrant server) and keeps in it, per record:
 
-- ``content`` sealed (:class:`~hivemem.security.content_seal.ContentSeal`: the zone's active
-  data key and the record's user's subject secret, the record id bound in);
+- ``content`` sealed with its tags, entities and metadata
+  (:class:`~hivemem.security.content_seal.ContentSeal`: the zone's active data key and the
+  record's user's subject secret, the record id bound in), and those labels in the payload as
+  keyed tokens that filters are rewritten to match (:mod:`hivemem.security.label_tokens`);
 - the dense vector rotated and the sparse term ids permuted by the zone's keyed
   :class:`~hivemem.security.vector_transform.VectorTransform` (see docs/security.md for what
   that resists and what it does not).
@@ -12,8 +14,8 @@ Qdrant server) and keeps in it, per record:
 Reads give the original record back: content opened, vectors restored. A record whose key is
 gone — its user was forgotten (the subject secret shredded) or its data key retired before it
 was re-sealed — cannot be read by anyone: reads skip it (logged, without content). Content that
-is not sealed (written before security was on) is returned as stored. Ids, scope, levels,
-tags, entities and metadata stay in clear: the workers filter on them.
+is not sealed (written before security was on) is returned as stored. Ids, scope, levels, tiers,
+times and metadata keys stay in clear: the workers filter on them.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import numpy as np
 import structlog
 
 from hivemem.pool.enums import Zone
-from hivemem.pool.errors import InvalidInput, KeyUnavailable
+from hivemem.pool.errors import InvalidFilter, InvalidInput, KeyUnavailable
 from hivemem.pool.filters import And
 from hivemem.pool.ports import Vector, ZoneStore
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
 from hivemem.security.content_seal import ContentSeal
 from hivemem.security.keyring import ZoneKeyring
+from hivemem.security.label_tokens import SEALED_LABELS, LabelTokens
 from hivemem.security.sealing import Sealer
 from hivemem.security.vector_transform import VectorTransform
 
@@ -46,10 +49,13 @@ _RESEAL_BATCH = 512
 class SecureZoneStore:
     """A :class:`~hivemem.pool.ports.ZoneStore` sealing what it keeps in ``inner``."""
 
-    def __init__(self, inner: ZoneStore, keyring: ZoneKeyring) -> None:
+    def __init__(
+        self, inner: ZoneStore, keyring: ZoneKeyring, *, clear_metadata_keys: Iterable[str] = ()
+    ) -> None:
+        """``clear_metadata_keys``: the metadata keys kept in clear in the payload."""
         self.inner = inner
         self._keyring = keyring
-        self._content = ContentSeal(Sealer(keyring))
+        self._content = ContentSeal(Sealer(keyring), LabelTokens(keyring, clear_metadata_keys))
         self._transforms: dict[tuple[Zone, int], VectorTransform] = {}
 
     @property
@@ -77,8 +83,8 @@ class SecureZoneStore:
         if rows is not None and rows.size:
             rows = self._transform(zone, rows.shape[1]).forward_dense(rows)
         stored = []
-        for record, text in zip(records, self._content.seal_many(records), strict=True):
-            update: dict[str, object] = {"content": text, "vector": None}
+        for record, sealed in zip(records, self._content.sealed_many(records), strict=True):
+            update: dict[str, object] = {"vector": None}
             if rows is None and record.vector is not None:
                 own = np.asarray(record.vector, dtype=np.float32)
                 update["vector"] = self._transform(zone, len(own)).forward_dense(own).tolist()
@@ -86,19 +92,19 @@ class SecureZoneStore:
                 terms = self._transform(zone, _SPARSE_ONLY)
                 ids, values = terms.forward_sparse(record.sparse.indices, record.sparse.values)
                 update["sparse"] = SparseVector(indices=ids, values=values)
-            stored.append(record.model_copy(update=update))
+            stored.append(sealed.model_copy(update=update))
         return stored, rows
 
     def _incoming(self, zone: Zone, records: Iterable[MemoryRecord]) -> Iterator[MemoryRecord]:
         """Stored records as they were written; those whose key is gone are skipped."""
         for record in records:
             try:
-                content = self._content.open(record)
+                opened = self._content.opened(record)
             except KeyUnavailable as error:
                 log.info("zone_record_unreadable", zone=zone.value, record_id=record.id,
                          why=str(error)[:120])  # fmt: skip
                 continue
-            update: dict[str, object] = {"content": content}
+            update: dict[str, object] = {}
             if record.vector is not None:
                 transform = self._transform(zone, len(record.vector))
                 update["vector"] = transform.inverse_dense(
@@ -108,7 +114,12 @@ class SecureZoneStore:
                 terms = self._transform(zone, _SPARSE_ONLY)
                 ids, values = terms.inverse_sparse(record.sparse.indices, record.sparse.values)
                 update["sparse"] = SparseVector(indices=ids, values=values)
-            yield record.model_copy(update=update)
+            yield opened.model_copy(update=update) if update else opened
+
+    def _where(self, zone: Zone, where: And, *, archive: bool = False) -> And:
+        """``where`` matching labels by their tokens (LabelTokens.rewrite)."""
+        facet = self.inner.archive_facet if archive else self.inner.facet
+        return self._content.tokens.rewrite(where, lambda rest: facet(zone, "scope.user_id", rest))
 
     # -- ZoneStore ----------------------------------------------------------------------------
 
@@ -130,16 +141,18 @@ class SecureZoneStore:
         return list(self._incoming(zone, self.inner.get(zone, ids, with_vectors=with_vectors)))
 
     def scan(self, zone: Zone, where: And, *, with_vectors: bool = False) -> Iterator[MemoryRecord]:
-        return self._incoming(zone, self.inner.scan(zone, where, with_vectors=with_vectors))
+        found = self.inner.scan(zone, self._where(zone, where), with_vectors=with_vectors)
+        return self._incoming(zone, found)
 
     def ids(self, zone: Zone, where: And) -> list[str]:
-        return self.inner.ids(zone, where)
+        return self.inner.ids(zone, self._where(zone, where))
 
     def count(self, zone: Zone, where: And) -> int:
-        return self.inner.count(zone, where)
+        return self.inner.count(zone, self._where(zone, where))
 
     def facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
-        return self.inner.facet(zone, field, where)
+        _check_facet(field)
+        return self.inner.facet(zone, field, self._where(zone, where))
 
     def update_fields(self, zone: Zone, updates: Mapping[str, Mapping[str, object]]) -> None:
         if any("content" in fields for fields in updates.values()):
@@ -162,16 +175,18 @@ class SecureZoneStore:
         return list(self._incoming(zone, self.inner.archive_get(zone, ids)))
 
     def archive_ids(self, zone: Zone, where: And) -> list[str]:
-        return self.inner.archive_ids(zone, where)
+        return self.inner.archive_ids(zone, self._where(zone, where, archive=True))
 
     def archive_facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
-        return self.inner.archive_facet(zone, field, where)
+        _check_facet(field)
+        return self.inner.archive_facet(zone, field, self._where(zone, where, archive=True))
 
     def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None:
         self.inner.archive_remove(zone, ids)
 
     def tombstones(self, zone: Zone, where: And) -> list[Tombstone]:
-        return self.inner.tombstones(zone, where)  # no content is read: none is opened
+        # No content is read, none is opened; a tombstone keeps no labels to match.
+        return self.inner.tombstones(zone, self._where(zone, where))
 
     def session(self) -> AbstractContextManager[None]:
         return self.inner.session()
@@ -183,12 +198,13 @@ class SecureZoneStore:
 
     def reseal(self, zone: Zone, where: And) -> int:
         """Re-seal the content of the live and archived records of ``zone`` matching ``where``
-        that are not under the zone's active key (after a rotation); returns how many were.
-        Vectors and payload are kept. Records whose key is already gone are left as they are.
-        The caller keeps writers of those records away meanwhile (the workers hold the
-        user's consolidation lock)."""
+        that are not under the zone's active key (after a rotation) or whose labels are not
+        tokens yet; returns how many were. Vectors and the other payload fields are kept.
+        Records whose key is already gone are left as they are. The caller keeps writers of
+        those records away meanwhile (the workers hold the user's consolidation lock)."""
         active = self._keyring.active(zone).key_id
-        stale = [r.id for r in self.inner.scan(zone, where) if self._stale(r, active)]
+        live = self.inner.scan(zone, self._where(zone, where))
+        stale = [r.id for r in live if self._content.stale(r, active)]
         moved = 0
         for start in range(0, len(stale), _RESEAL_BATCH):
             found = self.inner.get(zone, stale[start : start + _RESEAL_BATCH], with_vectors=True)
@@ -196,24 +212,23 @@ class SecureZoneStore:
             if fresh:
                 self.inner.upsert(zone, fresh)
                 moved += len(fresh)
-        archived = self.inner.archive_ids(zone, where)
+        archived = self.inner.archive_ids(zone, self._where(zone, where, archive=True))
         for start in range(0, len(archived), _RESEAL_BATCH):
             batch = self.inner.archive_get(zone, archived[start : start + _RESEAL_BATCH])
-            old = [r for r in batch if self._stale(r, active)]
+            old = [r for r in batch if self._content.stale(r, active)]
             again = [r for r in (self._resealed(r) for r in old) if r is not None]
             if again:
                 self.inner.archive_put(zone, again)
                 moved += len(again)
         return moved
 
-    @staticmethod
-    def _stale(record: MemoryRecord, active: str) -> bool:
-        return ContentSeal.key_id(record) != active
-
     def _resealed(self, record: MemoryRecord) -> MemoryRecord | None:
         try:
-            content = self._content.open(record)
+            return self._content.sealed(self._content.opened(record))
         except KeyUnavailable:
             return None
-        plain = record.model_copy(update={"content": content})
-        return record.model_copy(update={"content": self._content.seal(plain)})
+
+
+def _check_facet(field: str) -> None:
+    if field in SEALED_LABELS:
+        raise InvalidFilter(f"cannot count by {field}: it is sealed", field="field")

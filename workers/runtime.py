@@ -197,7 +197,8 @@ class WorkerRuntime:
         store = open_zone_store(self.settings)
         if self.security is None:
             return store
-        return SecureZoneStore(store, self.security.keyring)
+        clear_keys = self.security.options.clear_metadata_keys
+        return SecureZoneStore(store, self.security.keyring, clear_metadata_keys=clear_keys)
 
     @cached_property
     def ingest(self) -> IngestService:

@@ -1,6 +1,7 @@
 """Forgetting a user, checked on every byte the pool keeps.
 
-Before the forget, the user's plaintext is in clear nowhere (no Redis value, no file of the
+Every record's content, tags, entities and metadata hold its user's marker. Before the forget,
+the user's plaintext is in clear nowhere (no Redis value, no file of the
 agents, of the zone store or of the Redis server), yet every sealed copy of it opens with the
 pool's keys: the scan sees what it looks for. After the forget, no copy anywhere (stream
 envelopes, outboxes, the agents' Qdrant Edge stores, the zone store and its archive, the Redis
@@ -359,8 +360,16 @@ def runtime(pool_settings: Callable[..., HivememSettings]) -> Iterator[WorkerRun
 
 
 def write(agent: Agent, user_id: str, secret: str, zones: Sequence[Zone]) -> list[MemoryRecord]:
+    """Records whose content, tags, entities and metadata all hold ``secret``."""
     records = [
-        agent.memory.add(f"{user_id} {secret} {n} {zone.value}", user_id=user_id, zone=zone)
+        agent.memory.add(
+            f"{user_id} {secret} {n} {zone.value}",
+            user_id=user_id,
+            zone=zone,
+            tags=[f"{secret}-tag", "shared-tag"],
+            entities=[f"{secret}-entity"],
+            metadata={"note": f"{secret} note", "seen": [f"{secret}-seen", 7], "n": n},
+        )
         for n, zone in enumerate(zones)
     ]
     assert agent.flush()
@@ -394,7 +403,13 @@ def scene(
         *write(bob, KEPT, control, [Zone.PUBLIC]),
     ]
     waiting = [
-        carol.memory.add(f"{user_id} {secret} carol", user_id=user_id, zone=Zone.PUBLIC)
+        carol.memory.add(
+            f"{user_id} {secret} carol",
+            user_id=user_id,
+            zone=Zone.PUBLIC,
+            tags=[f"{secret}-tag"],
+            metadata={"note": f"{secret} note"},
+        )
         for user_id, secret in [(FORGOTTEN, marker), (KEPT, control)]
     ]
     assert carol.pending == 4  # each for its zone's channel and ingest queue
@@ -484,6 +499,11 @@ def counts(receipt: ZoneReceipt) -> tuple[int, int, int, int]:
     )
 
 
+def labelled(record: MemoryRecord) -> tuple[object, ...]:
+    """What of a record its user wrote: content, tags, entities, metadata."""
+    return record.content, record.tags, record.entities, record.metadata
+
+
 def assert_only_victor_is_left(scene: Scene) -> None:
     """Nothing of ursula's reads anywhere; victor's records read back at both agents (each his
     clearance allows) and in the zone store and its archive, and his new writes still travel.
@@ -503,15 +523,15 @@ def assert_only_victor_is_left(scene: Scene) -> None:
         assert store.archive_ids(zone, owned(FORGOTTEN)) == []
     for record in scene.of(KEPT):
         if record.id in scene.queued:
-            assert scene.carol.memory.get(record.id).content == record.content
+            assert labelled(scene.carol.memory.get(record.id)) == labelled(record)
             continue
         for agent in (scene.alice, scene.bob):
-            assert agent.memory.get(record.id).content == record.content
+            assert labelled(agent.memory.get(record.id)) == labelled(record)
         if record.id == scene.archived[KEPT]:
             stored = store.archive_get(record.zone, [record.id])
         else:
             stored = store.get(record.zone, [record.id])
-        assert [r.content for r in stored] == [record.content]
+        assert [labelled(r) for r in stored] == [labelled(record)]
     for sender, receiver in [(scene.alice, scene.bob), (scene.bob, scene.alice)]:
         (new,) = write(sender, KEPT, scene.control, [Zone.PUBLIC])
         assert wait_for(lambda r=receiver, i=new.id: holds(r, i))
