@@ -20,7 +20,7 @@ import structlog
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import PoolUnavailable
 from hivemem.pool.records import MemoryRecord
-from hivemem.security.label_tokens import LabelTokens
+from hivemem.security.label_tokens import LabelTokens, UserKey
 from hivemem.security.sealing import Sealed, Sealer
 
 SEALED_PREFIX = "hm:sealed:"
@@ -87,25 +87,45 @@ class ContentSeal:
             by_zone.setdefault(record.zone, []).append(position)
         out: list[MemoryRecord] = list(records)
         for zone, positions in by_zone.items():
-            items = [
-                (_packed(records[i]), records[i].id.encode(), records[i].scope.user_id)
-                for i in positions
-            ]
-            prefix = SEALED_PREFIX
             try:
-                sealed = self.sealer.seal_many(zone, items)
-                keys = {u: self.tokens.key(u) for u in {s for _, _, s in items}}
+                self._seal(zone, [records[i] for i in positions], positions, out)
             except PoolUnavailable:
-                # A user this process never wrote for, while Redis is away: the write must not
-                # fail, so the zone key alone seals it (a forget still deletes it everywhere,
-                # but shredding the user's secret does not cover this copy), with no tokens.
-                log.warning("content_sealed_without_subject", zone=zone.value)
-                sealed = self.sealer.seal_many(zone, [(p, c, None) for p, c, _ in items])
-                prefix, keys = ZONE_ONLY_PREFIX, {}
-            for i, one in zip(positions, sealed, strict=True):
-                record = self.tokens.tokenized(records[i], keys.get(records[i].scope.user_id))
-                out[i] = record.model_copy(update={"content": prefix + one.to_text()})
+                # Redis is away and some user's secret is not known here yet: each user whose
+                # secret is known is sealed as usual, the others by the zone key alone.
+                by_user: dict[str, list[int]] = {}
+                for i in positions:
+                    by_user.setdefault(records[i].scope.user_id, []).append(i)
+                for mine in by_user.values():
+                    self._seal(zone, [records[i] for i in mine], mine, out)
         return out
+
+    def _seal(
+        self,
+        zone: Zone,
+        records: list[MemoryRecord],
+        positions: list[int],
+        out: list[MemoryRecord],
+    ) -> None:
+        """Seal ``records`` of ``zone`` into ``out`` at ``positions``. Raises PoolUnavailable
+        for several users when one's secret cannot be had; a lone user's records are then
+        sealed under the zone key alone (a forget still deletes them everywhere, but shredding
+        the user's secret does not cover these copies), with no tokens."""
+        items = [(_packed(r), r.id.encode(), r.scope.user_id) for r in records]
+        users = {r.scope.user_id for r in records}
+        prefix = SEALED_PREFIX
+        try:
+            sealed = self.sealer.seal_many(zone, items)
+            keys: dict[str, UserKey | None] = {u: self.tokens.key(u) for u in users}
+        except PoolUnavailable:
+            if len(users) > 1:
+                raise
+            log.warning("content_sealed_without_subject", zone=zone.value)
+            sealed = self.sealer.seal_many(zone, [(p, c, None) for p, c, _ in items])
+            prefix, keys = ZONE_ONLY_PREFIX, {}
+        for i, record, one in zip(positions, records, sealed, strict=True):
+            update = self.tokens.tokenized(record, keys.get(record.scope.user_id))
+            update["content"] = prefix + one.to_text()
+            out[i] = record.model_copy(update=update)
 
     def opened(self, record: MemoryRecord) -> MemoryRecord:
         """``record`` in clear: content, tags, entities and metadata. Raises KeyUnavailable when
@@ -124,11 +144,12 @@ class ContentSeal:
 
     def stale(self, record: MemoryRecord, active: str) -> bool:
         """Whether a re-seal would change ``record`` as stored: its content is not under the
-        zone's ``active`` key or not under its user's secret, or its labels are not tokens."""
+        zone's ``active`` key or not under its user's secret, or its labels are not in the form
+        this layer writes (LabelTokens.labels_stale)."""
         return (
             self.key_id(record) != active
             or record.content.startswith(ZONE_ONLY_PREFIX)
-            or self.tokens.in_clear(record)
+            or self.tokens.labels_stale(record)
         )
 
     @staticmethod

@@ -2,9 +2,9 @@
 
 With security on, a record's tags, entities and metadata values are sealed with its content
 (:mod:`hivemem.security.content_seal`), and the store's payload holds, in their place, one token
-per value: ``hmt:`` + base64url of the first 16 bytes of
-``HMAC-SHA256(K_user, field NUL canonical value)``, where ``K_user`` is
-``HMAC-SHA256(the user's subject secret, "hivemem label tokens v1")``. Equal values of one user
+per value: ``hmt:`` + the hex of a 16-byte keyed BLAKE2b MAC of ``field NUL canonical value``
+under ``K_user``, itself the keyed BLAKE2b of ``"hivemem label tokens v1"`` under the user's
+subject secret (never cached apart from it). Equal values of one user
 and field give equal tokens, so equality filters (``contains``, ``in``, ``nin``, ``eq``, ``ne``)
 still run in the engine: :meth:`LabelTokens.rewrite` turns a filter's values into the tokens of
 each user the filter can reach. Numbers are canonical (``2``, ``2.0`` and, as in Python, ``True``
@@ -17,26 +17,29 @@ in full, leaking what they hold). Metadata keys themselves stay in clear.
 
 Shredding a user's subject secret (a forget) leaves any token that lingers in a store's files
 unlinkable to its value: ``K_user`` cannot be had again. A record sealed without its subject
-(Redis away at its user's first write) keeps no tokens: label filters do not match it until a
-re-seal gives it some.
+(Redis away at its user's first write) keeps no tokens: in filters it behaves as a record with no
+labels and no sealed metadata until a re-seal gives it tokens.
 """
 
 from __future__ import annotations
 
-import base64
-import functools
 import hashlib
-import hmac
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 
-from hivemem.pool.errors import InvalidFilter
-from hivemem.pool.filters import And, Cond, Expr, Not, Or
+import structlog
+
+from hivemem.pool.errors import InvalidFilter, PoolUnavailable
+from hivemem.pool.filters import And, Cond, Expr, Not, Op, Or
 from hivemem.pool.records import MemoryRecord, MetadataValue
 from hivemem.security.keyring import ZoneKeyring
 
+log = structlog.get_logger(__name__)
+
 TOKEN_PREFIX = "hmt:"  # noqa: S105 (a prefix, not a secret)
 _TOKEN_BYTES = 16
-_TOKEN_LENGTH = len(TOKEN_PREFIX) + 22  # base64url of 16 bytes, unpadded
+_TOKEN_LENGTH = len(TOKEN_PREFIX) + 2 * _TOKEN_BYTES  # hex
 _KEY_LABEL = b"hivemem label tokens v1"
 #: The label fields kept as tokens (a count by them would count tokens).
 SEALED_LABELS = ("tags", "entities")
@@ -45,9 +48,29 @@ _ORDER_OPS = frozenset({"gt", "gte", "lt", "lte"})
 _USER = "scope.user_id"
 
 
-@functools.lru_cache(maxsize=4096)
-def _user_key(secret: bytes) -> bytes:
-    return hmac.digest(secret, _KEY_LABEL, hashlib.sha256)
+#: How long (seconds) a rewritten filter that names its users, each with a key, is used again
+#: for the same filter object (searches pass one filter object repeatedly): a shred reaches
+#: filters within it, as it reaches the keyring's cache (and what a shredded key's tokens still
+#: match cannot be opened).
+_REWRITE_TTL_S = 1.0
+_REWRITES_MAX = 256
+
+
+class UserKey:
+    """A user's ``K_user``, ready to make tokens (made from their subject secret each time
+    it is asked for, never cached apart from it)."""
+
+    __slots__ = ("_mac",)
+
+    def __init__(self, secret: bytes) -> None:
+        user_key = hashlib.blake2b(_KEY_LABEL, key=secret, digest_size=32).digest()
+        self._mac = hashlib.blake2b(key=user_key, digest_size=_TOKEN_BYTES)
+
+    def token(self, field: bytes, value: str | int | float) -> str:
+        """The token of ``value`` in ``field`` (bytes ending in NUL)."""
+        mac = self._mac.copy()  # the keyed state: cheaper than keying again
+        mac.update(field + _canonical(value))
+        return TOKEN_PREFIX + mac.hexdigest()
 
 
 def _canonical(value: str | int | float) -> bytes:
@@ -73,16 +96,20 @@ class LabelTokens:
     def __init__(self, keyring: ZoneKeyring, clear_metadata_keys: Iterable[str] = ()) -> None:
         self._keyring = keyring
         self.clear_metadata_keys = frozenset(clear_metadata_keys)
+        self._lock = threading.Lock()
+        #: id(filter) -> (the filter, its rewrite, when that expires): see _REWRITE_TTL_S.
+        self._rewrites: dict[int, tuple[And, And, float]] = {}
 
-    def key(self, user: str, *, create: bool = True) -> bytes | None:
-        """``K_user``; None when the user has no subject secret and ``create`` is false."""
+    def key(self, user: str, *, create: bool = True) -> UserKey | None:
+        """``K_user``; None when the user has no subject secret and ``create`` is false.
+        Raises PoolUnavailable when Redis cannot say."""
         secret = self._keyring.subject_secret(user, create=create)
-        return None if secret is None else _user_key(secret)
+        return None if secret is None else UserKey(secret)
 
     @staticmethod
-    def token(key: bytes, field: str, value: str | int | float) -> str:
-        mac = hmac.digest(key, field.encode() + b"\0" + _canonical(value), hashlib.sha256)
-        return TOKEN_PREFIX + base64.urlsafe_b64encode(mac[:_TOKEN_BYTES]).decode().rstrip("=")
+    def token(key: UserKey, field: str, value: str | int | float) -> str:
+        """The token of ``value`` in ``field`` (``tags``, ``entities``, ``metadata.<key>``)."""
+        return key.token(field.encode() + b"\0", value)
 
     # -- records ------------------------------------------------------------------------------
 
@@ -90,38 +117,45 @@ class LabelTokens:
         """Whether ``record`` holds anything this layer seals (tags, entities, metadata)."""
         return bool(record.tags or record.entities or record.metadata)
 
-    def tokenized(self, record: MemoryRecord, key: bytes | None) -> MemoryRecord:
-        """``record`` with its labels and sealed metadata as tokens under ``key``; with no key
-        (sealed without its subject), without them."""
+    def tokenized(self, record: MemoryRecord, key: UserKey | None) -> dict[str, object]:
+        """The fields of ``record`` as stored: its labels and sealed metadata as tokens under
+        ``key``; with no key (sealed without its subject), without them. Empty when it has
+        none."""
         if not self.has_labels(record):
-            return record
+            return {}
         metadata: dict[str, MetadataValue] = {}
         for name, value in record.metadata.items():
-            if name in self.clear_metadata_keys:
+            if name in self.clear_metadata_keys or value is None:
                 metadata[name] = value
             elif key is not None:
-                metadata[name] = self._metadata_tokens(key, name, value)
-        tags = [] if key is None else [self.token(key, "tags", t) for t in record.tags]
-        entities = [] if key is None else [self.token(key, "entities", e) for e in record.entities]
-        return record.model_copy(update={"tags": tags, "entities": entities, "metadata": metadata})
+                field = (_METADATA + name).encode() + b"\0"
+                if isinstance(value, list):
+                    metadata[name] = [key.token(field, v) for v in value]
+                else:
+                    metadata[name] = key.token(field, value)
+        if key is None:
+            return {"tags": [], "entities": [], "metadata": metadata}
+        return {
+            "tags": [key.token(b"tags\0", t) for t in record.tags],
+            "entities": [key.token(b"entities\0", e) for e in record.entities],
+            "metadata": metadata,
+        }
 
-    def _metadata_tokens(self, key: bytes, name: str, value: MetadataValue) -> MetadataValue:
-        field = _METADATA + name
-        if value is None:
-            return None
-        if isinstance(value, list):
-            return [self.token(key, field, v) for v in value]
-        return self.token(key, field, value)
-
-    def in_clear(self, record: MemoryRecord) -> bool:
-        """Whether ``record`` as stored holds a label or sealed metadata value that is not a
-        token (written before labels were sealed): a re-seal gives it tokens."""
+    def labels_stale(self, record: MemoryRecord) -> bool:
+        """Whether ``record`` as stored keeps a label or metadata value in another form than
+        this layer writes: a label or sealed metadata value in clear (written before labels
+        were sealed, or while its key was in ``clear_metadata_keys``), or a token under a key
+        now listed there. A re-seal writes it anew."""
         if any(not is_token(v) for v in (*record.tags, *record.entities)):
             return True
         for name, value in record.metadata.items():
-            if name in self.clear_metadata_keys or value is None:
+            if value is None:
                 continue
-            if any(not is_token(v) for v in (value if isinstance(value, list) else [value])):
+            values = value if isinstance(value, list) else [value]
+            if name in self.clear_metadata_keys:
+                if any(is_token(v) for v in values):
+                    return True
+            elif any(not is_token(v) for v in values):
                 return True
         return False
 
@@ -141,35 +175,63 @@ class LabelTokens:
         ``eq``/``in``), else those ``users_of`` finds among the records matching its other
         top-level conditions. Raises InvalidFilter, before anything runs, for an order or
         substring condition on sealed metadata."""
-        if not any(self.sealed(c) for c in _conds(where)):
+        sealed = [c for c in _conds(where) if self.sealed(c)]
+        if not sealed:
             return where
-        for cond in _conds(where):
-            if self.sealed(cond):
-                _check_tokenizable(cond)
+        for cond in sealed:
+            _check_tokenizable(cond)
         users = _named_users(where)
-        if users is None:
+        if users is not None:
+            with self._lock:
+                known = self._rewrites.get(id(where))
+            if known is not None and known[0] is where and known[2] > time.monotonic():
+                return known[1]
+        else:
             rest = And(all=[e for e in where.all if not any(self.sealed(c) for c in _conds(e))])
             users = sorted(set(users_of(rest)))
-        keys = {u: k for u in users if (k := self.key(u, create=False)) is not None}
-        # With one user named, its condition needs no user test beside it.
+        needs_keys = any(not (c.op in ("eq", "ne") and c.value is None) for c in sealed)
+        keys = self._keys(users) if needs_keys else {}
+        # With one user reached, its condition needs no user test beside it.
         bare = len(users) == 1
-        return And(all=[self._expr(e, keys, bare) for e in where.all])
+        rewritten = And.model_construct(all=[self._expr(e, keys, bare) for e in where.all])
+        # Kept only when every user had a key: a user's first write makes theirs.
+        if _named_users(where) is not None and (len(keys) == len(users) or not needs_keys):
+            with self._lock:
+                if len(self._rewrites) >= _REWRITES_MAX:
+                    self._rewrites.clear()
+                expires = time.monotonic() + _REWRITE_TTL_S
+                self._rewrites[id(where)] = (where, rewritten, expires)
+        return rewritten
 
-    def _expr(self, expr: Expr, keys: dict[str, bytes], bare: bool) -> Expr:
+    def _keys(self, users: Iterable[str]) -> dict[str, UserKey]:
+        """The users' keys; a user with no subject secret has none, and so has one Redis
+        cannot be asked about (logged): no token of theirs can be matched."""
+        keys = {}
+        for user in users:
+            try:
+                key = self.key(user, create=False)
+            except PoolUnavailable:
+                log.warning("label_tokens_unavailable", user=user)
+                continue
+            if key is not None:
+                keys[user] = key
+        return keys
+
+    def _expr(self, expr: Expr, keys: dict[str, UserKey], bare: bool) -> Expr:
         if isinstance(expr, Cond):
             return self._cond(expr, keys, bare) if self.sealed(expr) else expr
+        # Built without validation: the tree was validated, and tokens are valid values.
         if isinstance(expr, And):
-            return And(all=[self._expr(e, keys, bare) for e in expr.all])
+            return And.model_construct(all=[self._expr(e, keys, bare) for e in expr.all])
         if isinstance(expr, Or):
-            return Or(any=[self._expr(e, keys, bare) for e in expr.any])
-        return Not(expr=self._expr(expr.expr, keys, bare))
+            return Or.model_construct(any=[self._expr(e, keys, bare) for e in expr.any])
+        return Not.model_construct(expr=self._expr(expr.expr, keys, bare))
 
-    def _cond(self, cond: Cond, keys: dict[str, bytes], bare: bool) -> Expr:
+    def _cond(self, cond: Cond, keys: dict[str, UserKey], bare: bool) -> Expr:
         if cond.op in ("ne", "nin"):
-            positive = Cond(
-                field=cond.field, op="eq" if cond.op == "ne" else "in", value=cond.value
-            )
-            return Not(expr=self._cond(positive, keys, bare))
+            op: Op = "eq" if cond.op == "ne" else "in"
+            positive = Cond.model_construct(field=cond.field, op=op, value=cond.value)
+            return Not.model_construct(expr=self._cond(positive, keys, bare))
         if cond.op == "eq" and cond.value is None:
             return cond  # "is unset": None and empty lists are kept as they are
         per_user = [(u, self._tokenized_cond(cond, k)) for u, k in keys.items()]
@@ -177,21 +239,28 @@ class LabelTokens:
             return _NOTHING
         if bare:
             return per_user[0][1]
-        return Or(any=[And(all=[Cond(field=_USER, op="eq", value=u), c]) for u, c in per_user])
+        return Or.model_construct(
+            any=[
+                And.model_construct(all=[Cond.model_construct(field=_USER, op="eq", value=u), c])
+                for u, c in per_user
+            ]
+        )
 
-    def _tokenized_cond(self, cond: Cond, key: bytes) -> Cond:
+    def _tokenized_cond(self, cond: Cond, key: UserKey) -> Cond:
+        field = cond.field.encode() + b"\0"
+
         def one(value: object) -> object:
             if value is None:
                 return None
-            return self.token(key, cond.field, value)  # type: ignore[arg-type]
+            return key.token(field, value)  # type: ignore[arg-type]
 
         if cond.op == "in":
             value: object = [one(v) for v in cond.value]
         else:  # eq, and contains (membership, with an integer on metadata)
             value = one(cond.value)
         # Membership in list metadata: eq matches any element (no substring can be meant here).
-        op = "eq" if cond.op == "contains" and cond.field.startswith(_METADATA) else cond.op
-        return Cond(field=cond.field, op=op, value=value)
+        op: Op = "eq" if cond.op == "contains" and cond.field.startswith(_METADATA) else cond.op
+        return Cond.model_construct(field=cond.field, op=op, value=value)
 
 
 #: A filter no record matches (``And`` of nothing holds for every record).

@@ -50,15 +50,19 @@ def _match(key: str, value: object) -> ConditionType:
     if isinstance(value, datetime):
         iso = value.isoformat()
         return FieldCondition(key, range=RangeDateTime(gte=iso, lte=iso))
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        # A range matches 2 and 2.0 alike; an exact match would not cross int and float.
-        return FieldCondition(key, range=RangeFloat(gte=value, lte=value))
+    if isinstance(value, int | float):
+        # A range matches 2 and 2.0 alike, and True, 1 and 1.0 (booleans are stored as
+        # integers); an exact match would not cross int and float.
+        number = float(value) if isinstance(value, bool) else value
+        return FieldCondition(key, range=RangeFloat(gte=number, lte=number))
     return FieldCondition(key, match=MatchValue(plain(value)))
 
 
 def _contains(key: str, value: object) -> ConditionType:
     """List fields: membership. String metadata: substring. Which one a metadata key holds is
     recorded per record in ``list_keys`` (see edge_codec)."""
+    if isinstance(value, int) and key.startswith(METADATA_PREFIX):
+        return _match(key, value)  # a number in a list: by value (3 finds 3.0)
     if not (isinstance(value, str) and key.startswith(METADATA_PREFIX)):
         return FieldCondition(key, match=MatchValue(plain(value)))
     is_list = FieldCondition(LIST_KEYS, match=MatchValue(key.removeprefix(METADATA_PREFIX)))

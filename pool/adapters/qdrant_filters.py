@@ -31,15 +31,19 @@ def _match(key: str, value: object) -> models.Condition:
         return models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
     if isinstance(value, datetime):
         return models.FieldCondition(key=key, range=models.DatetimeRange(gte=value, lte=value))
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        # A range matches 2 and 2.0 alike; an exact match would not cross int and float.
-        return models.FieldCondition(key=key, range=models.Range(gte=value, lte=value))
+    if isinstance(value, int | float):
+        # A range matches 2 and 2.0 alike, and True, 1 and 1.0 (booleans are stored as
+        # integers); an exact match would not cross int and float.
+        number = float(value) if isinstance(value, bool) else value
+        return models.FieldCondition(key=key, range=models.Range(gte=number, lte=number))
     return _field(key, value)
 
 
 def _contains(key: str, value: object) -> models.Condition:
     """List fields: membership. String metadata: substring. Which one a metadata key holds is
     recorded per record in ``list_keys`` (see edge_codec)."""
+    if isinstance(value, int) and key.startswith(METADATA_PREFIX):
+        return _match(key, value)  # a number in a list: by value (3 finds 3.0)
     if not (isinstance(value, str) and key.startswith(METADATA_PREFIX)):
         return _field(key, value)
     is_list = _field(LIST_KEYS, key.removeprefix(METADATA_PREFIX))

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from hivemem.pool.adapters.edge_index import EdgeIndex
 from hivemem.pool.adapters.edge_zone_store import EdgeZoneStore
@@ -27,7 +29,7 @@ from hivemem.pool.ports import NearestRequest
 from hivemem.pool.records import MemoryRecord, Scope, SparseVector
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.shared import SharedMemoryPool
-from hivemem.security.content_seal import SEALED_PREFIX, ContentSeal
+from hivemem.security.content_seal import SEALED_PREFIX, ZONE_ONLY_PREFIX, ContentSeal
 from hivemem.security.key_provider import LocalKeyProvider
 from hivemem.security.keyring import ZoneKeyring
 from hivemem.security.label_tokens import LabelTokens, is_token
@@ -52,11 +54,13 @@ def records(count: int = 90) -> list[MemoryRecord]:
     for n in range(count):
         metadata: dict[str, Any] = {
             "kind": chance.choice(["k1", "k2", "k3 with space"]),
-            "n": chance.choice([1, 2, 2.0, 3.5, True, False, -0.0]),
+            "n": chance.choice([1, 1.0, 2, 2.0, 3.5, True, False, -0.0, 0.0]),
             CLEAR: chance.randint(0, 5),
         }
         if n % 3:
             metadata["seen"] = chance.sample(["l1", "l2", 3, 4.0, True], k=n % 4)
+        if n % 5 == 0:
+            metadata["floats"] = [3.0, 0.5] if n % 2 else [3.5]
         if n % 4 == 0:
             metadata["maybe"] = None
         elif n % 4 == 1:
@@ -93,9 +97,14 @@ CONDITIONS: list[Expr] = [
     Cond(field="metadata.n", op="eq", value=0),
     Cond(field="metadata.n", op="ne", value=3.5),
     Cond(field="metadata.n", op="in", value=[1, 3.5]),
+    Cond(field="metadata.n", op="eq", value=True),
+    Cond(field="metadata.n", op="in", value=[False, 2]),
     Cond(field="metadata.seen", op="eq", value="l1"),
     Cond(field="metadata.seen", op="eq", value=4),
     Cond(field="metadata.seen", op="contains", value=3),
+    Cond(field="metadata.seen", op="contains", value=4),
+    Cond(field="metadata.floats", op="contains", value=3),
+    Cond(field="metadata.floats", op="eq", value=3),
     Cond(field="metadata.seen", op="eq", value=None),
     Cond(field="metadata.seen", op="ne", value=None),
     Cond(field="metadata.maybe", op="eq", value=None),
@@ -380,3 +389,82 @@ def test_agents_filter_their_own_and_received_records_by_labels(
                 user_id="u1",
                 filter={"where": {"field": "metadata.priority", "op": "gt", "value": 1}},
             )
+
+
+def test_a_changed_clear_metadata_keys_setting_takes_effect_at_the_next_reseal(
+    tmp_path: Path, keyring: ZoneKeyring
+) -> None:
+    """Records keep the form they were written in when the setting changes (a filter then
+    misses them); the next re-seal writes each key in its new form, in both directions."""
+    written = records(12)
+    plain = EdgeIndex(tmp_path / "plain", dim=DIM)
+    plain.upsert(written)
+    before = sealed_index(tmp_path / "before", keyring, clear=(CLEAR,))
+    before.upsert(written)
+    before.close()
+    after = sealed_index(tmp_path / "before", keyring, clear=("n",))
+    active = {zone: keyring.active(zone).key_id for zone in ZONES}
+    conditions = [
+        Cond(field="metadata.n", op="eq", value=2),
+        Cond(field=f"metadata.{CLEAR}", op="eq", value=3),
+    ]
+    for user in USERS:
+        for condition in conditions:
+            where = And(all=[Cond(field="scope.user_id", op="eq", value=user), condition])
+            assert [r.id for r in after.scan(where)] == [] or user == "nobody"
+    assert after.reseal(active) == len(written)
+    assert after.reseal(active) == 0
+    for user in USERS:
+        for condition in [*conditions, Cond(field="metadata.n", op="gte", value=2)]:
+            where = And(all=[Cond(field="scope.user_id", op="eq", value=user), condition])
+            assert sorted(r.id for r in after.scan(where)) == sorted(
+                r.id for r in plain.scan(where)
+            ), where
+    after.close()
+    plain.close()
+
+
+def test_label_filters_need_no_redis_for_what_they_cannot_match(
+    tmp_path: Path, keyring: ZoneKeyring, redis_server: EmbeddedRedis
+) -> None:
+    """With Redis away: a label filter for a user whose secret this process never read finds
+    nothing instead of failing, one for a user it knows still works, and an "is unset"
+    condition needs no key. A batch with both users seals the known one as usual and the
+    other under the zone key alone, without tokens."""
+    lasting = ZoneKeyring(keyring_client(redis_server), LocalKeyProvider(MASTER), namespace="t",
+                          active_ttl_s=3600)  # fmt: skip
+    seal = ContentSeal(Sealer(lasting), LabelTokens(lasting))
+    index = SealedIndex(EdgeIndex(tmp_path / "i", dim=DIM), seal)
+    known = records(3)[0]
+    index.upsert([known])
+    redis_server.stop()
+    unknown = known.model_copy(update={"id": str(uuid.UUID(int=99)), "scope": Scope(user_id="u9")})
+    again = known.model_copy(update={"id": str(uuid.UUID(int=98))})
+    index.upsert([unknown, again])
+    stored = {r.id: r for r in index.inner.scan(And(all=[]))}
+    assert stored[unknown.id].content.startswith(ZONE_ONLY_PREFIX)
+    assert stored[unknown.id].tags == []
+    assert stored[again.id].content.startswith(SEALED_PREFIX)
+    assert all(is_token(t) for t in stored[again.id].tags)
+    tag = known.tags[0] if known.tags else "a"
+    for user, expected in [("u9", []), ("u1", sorted([known.id, again.id]))]:
+        where = And(
+            all=[
+                Cond(field="scope.user_id", op="eq", value=user),
+                Cond(field="tags", op="contains", value=tag),
+            ]
+        )
+        assert sorted(r.id for r in index.scan(where)) == (expected if known.tags else [])
+    unset = And(
+        all=[
+            Cond(field="scope.user_id", op="eq", value="u9"),
+            Cond(field="metadata.absent", op="eq", value=None),
+        ]
+    )
+    assert [r.id for r in index.scan(unset)] == [unknown.id]
+    assert index.get([unknown.id])[0].tags == known.tags  # the labels are in its sealed content
+
+
+def keyring_client(server: EmbeddedRedis) -> redis.Redis:
+    """A client that fails at once when the server is gone."""
+    return redis.Redis.from_url(server.url, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
