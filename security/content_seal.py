@@ -34,13 +34,15 @@ _COMPRESS_ABOVE = 1024
 _PLAIN, _ZIPPED, _LABELLED, _LABELLED_ZIPPED = b"p", b"z", b"l", b"L"
 
 log = structlog.get_logger(__name__)
+#: One encoder for every record (json.dumps with options builds a new one per call).
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def _packed(record: MemoryRecord) -> bytes:
     if record.tags or record.entities or record.metadata:
         document = {"c": record.content, "t": record.tags, "e": record.entities}
         document["m"] = record.metadata  # type: ignore[assignment]
-        raw = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        raw = _JSON.encode(document).encode()
         kinds = (_LABELLED, _LABELLED_ZIPPED)
     else:
         raw, kinds = record.content.encode(), (_PLAIN, _ZIPPED)
