@@ -180,7 +180,6 @@ class IngestService:
         for error, delivery in rejected:
             if self._on_rejected is not None:
                 self._on_rejected(error, delivery, zone)
-        self._bus.trim_through(topic, last, epoch=epoch)
         report.messages += len(backlog.deliveries)
         report.records += len(batch.records)
         report.tombstones += len(batch.tombstones)
@@ -311,9 +310,10 @@ class IngestService:
         topic: str,
         at: tuple[str, int],
     ) -> list[str] | None:
-        """Queue the episodes and move the queue's cursor to ``at`` (epoch, seq), in one
-        transaction, while the queue is still in that epoch; returns the due users, or None
-        (nothing done) when the queue moved or started over since it was read."""
+        """Queue the episodes, move the queue's cursor to ``at`` (epoch, seq) and trim the
+        queue through it, in one transaction, while the queue is still in that epoch (a queue
+        begun again since keeps its new entries); returns the due users, or None (nothing done)
+        when the queue moved or started over since it was read."""
         epoch, seq = at
         with self._client.pipeline(transaction=True) as pipe:
             try:
@@ -326,6 +326,8 @@ class IngestService:
                 for tombstone in tombstones:
                     pipe.srem(self._keys.pending(zone, tombstone.scope.user_id), tombstone.id)
                 pipe.set(self._keys.ingest_cursor(topic), f"{epoch} {seq}")
+                stream, minid = self._bus.trim_args(topic, seq)
+                pipe.xtrim(stream, minid=minid)  # what was read, gone with the cursor's move
                 for user_id in by_user:
                     pipe.scard(self._keys.pending(zone, user_id))
                 results = pipe.execute()

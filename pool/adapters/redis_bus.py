@@ -329,24 +329,17 @@ class RedisBus:
         return Delivery(self.topic_of(channel), epoch.decode(errors="replace"), seq,
                         sender.decode(errors="replace"), body)  # fmt: skip
 
-    def trim_through(self, topic: str, seq: int, *, epoch: str | None = None) -> None:
-        """Delete the topic's stream entries up to and including ``seq`` (consumed). With
-        ``epoch``, only while the topic is in that epoch: a topic started over (or a queue
-        moved away and begun again) since its entries were read keeps its new ones."""
-        stream = self._key(topic, "stream")
-        if epoch is None:
-            self.client.xtrim(stream, minid=f"{seq + 1}-0")
-            return
-        with self.client.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(self.epoch_key(topic))  # type: ignore[no-untyped-call]
-                if _epoch(cast("bytes | None", pipe.get(self.epoch_key(topic)))) != epoch:
-                    return
-                pipe.multi()
-                pipe.xtrim(stream, minid=f"{seq + 1}-0")
-                pipe.execute()
-            except redis.WatchError:  # it changed meanwhile: its entries are not those read
-                return
+    def trim_through(self, topic: str, seq: int) -> None:
+        """Delete the topic's stream entries up to and including ``seq`` (consumed). The
+        workers trim an ingest queue in the transaction that moves their cursor, and only while
+        the queue is in the epoch they read (workers/ingest.py): see :meth:`trim_args`."""
+        stream, minid = self.trim_args(topic, seq)
+        self.client.xtrim(stream, minid=minid)
+
+    def trim_args(self, topic: str, seq: int) -> tuple[str, str]:
+        """The stream key and ``MINID`` that trim ``topic`` through ``seq`` (for ``XTRIM``
+        in a caller's transaction)."""
+        return self._key(topic, "stream"), f"{seq + 1}-0"
 
     def drop_topic(self, topic: str) -> None:
         """Delete a topic's stream and counters (an inbox of a deregistered agent)."""

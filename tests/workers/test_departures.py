@@ -141,6 +141,33 @@ def test_a_deregistration_mid_round_leaves_no_false_refusal(
     assert refused(runtime) == []
 
 
+def test_a_queue_begun_again_mid_round_keeps_its_new_entries(
+    pool: SharedMemoryPool, runtime: WorkerRuntime
+) -> None:
+    """While a round is opened, the agent is deregistered (its queue moves to a departure),
+    registered again and queues a new write, which starts its queue over at number 1. The
+    round's commit, with its trim, happens only in the epoch it read: the round is abandoned,
+    the new write is not trimmed with the old ones, and every write is stored."""
+    queued = queue(pool, "back", "note one", "note two", "note three")
+    messages = runtime.ingest._messages
+    first_open = messages.opened
+    again: list[str] = []
+
+    def begun_again_while_opening(*args: object, **kwargs: object) -> object:
+        if not again:
+            pool.deregister("back")
+            again.extend(queue(pool, "back", "written after coming back"))
+        return first_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    messages.opened = begun_again_while_opening  # type: ignore[method-assign]
+    runtime.ingest.drain(ZONE, on_due=ignore)
+    messages.opened = first_open  # type: ignore[method-assign]
+    drain_all(runtime)
+
+    assert sorted(r.id for r in stored(runtime)) == sorted([*queued, *again])
+    assert refused(runtime) == []
+
+
 @pytest.mark.parametrize("elsewhere", [False, True], ids=["same-key", "another-key"])
 def test_each_registration_is_judged_by_its_own_entry(
     make_pool: Callable[..., SharedMemoryPool], runtime: WorkerRuntime, *, elsewhere: bool

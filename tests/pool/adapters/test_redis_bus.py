@@ -109,24 +109,6 @@ def test_an_empty_topic_has_no_epoch(bus: RedisBus) -> None:
     assert (backlog.epoch, backlog.last_seq, backlog.deliveries) == (None, 0, [])
 
 
-def test_a_trim_in_an_epoch_spares_a_topic_begun_again(bus: RedisBus, client: redis.Redis) -> None:
-    """Trimming what was read in one epoch leaves a topic started over since (its epoch gone,
-    as when a deregistration moved an ingest queue away) with its new entries; in the epoch it
-    names, it trims."""
-    queue = "ingest:internal:agent:w"
-    bus.publish(queue, "w", [(f"{i:032x}", b"old") for i in range(3)])
-    read = bus.read(queue, 0, limit=10).epoch
-    assert read is not None
-    client.delete(f"t:{queue}:stream", f"t:{queue}:seq", f"t:{queue}:epoch")
-    bus.publish(queue, "w", [("f" * 32, b"new")])
-
-    bus.trim_through(queue, 3, epoch=read)
-
-    assert [d.data for d in bus.read(queue, 0, limit=10).deliveries] == [b"new"]
-    bus.trim_through(queue, 1, epoch=bus.read(queue, 0, limit=1).epoch)
-    assert bus.read(queue, 0, limit=10).deliveries == []
-
-
 def test_trimming_past_a_cursor_is_detected(client: redis.Redis) -> None:
     """With a bounded stream, a reader far behind learns that entries after its cursor are gone."""
     small = RedisBus(client, namespace="t", maxlen=10)
