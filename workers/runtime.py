@@ -20,7 +20,7 @@ from hivemem.agents.embedding import MINILM_DIM
 from hivemem.pool.adapters.edge_zone_store import EdgeZoneStore
 from hivemem.pool.adapters.qdrant_zone_store import QdrantZoneStore
 from hivemem.pool.adapters.redis_bus import Delivery, RedisBus
-from hivemem.pool.adapters.redis_registry import AgentRegistry, check_zone_ladder
+from hivemem.pool.adapters.redis_registry import AgentRegistry, Registration, check_zone_ladder
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
@@ -220,11 +220,18 @@ class WorkerRuntime:
     @cached_property
     def security(self) -> PoolSecurity | None:
         """The security layer (None when ``security.enabled`` is off). The workers' identity
-        (``hivemem-workers``, cleared for every zone) is registered, signed, on first use."""
+        (``hivemem-workers``, cleared for every zone) is registered, signed, on first use; its
+        first registration, and a change of its key, are audited."""
         if not self.settings.security.enabled:
             return None
         security = PoolSecurity(self.settings, self.client, self.registry)
-        self.registry.register(security.workers_info())
+        info, done = self.registry.registered(security.workers_info())
+        if done is Registration.REKEYED:  # e.g. HIVEMEM_SECURITY__WORKERS_KEY_FILE changed
+            self.audit.record(AuditEvent.DEREGISTERED, actor=WORKER_SENDER, subject=info.agent_id,
+                              kept_queued=True, reason="new_key")  # fmt: skip
+        if done is not Registration.UPDATED:
+            self.audit.record(AuditEvent.REGISTERED, actor=WORKER_SENDER, subject=info.agent_id,
+                              zone=info.clearance.value)  # fmt: skip
         return security
 
     @cached_property

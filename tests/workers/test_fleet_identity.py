@@ -12,6 +12,7 @@ from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import make_envelope
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
+from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.pool_security import WORKER_SENDER
 from hivemem.security.signing import SigningKey
 from hivemem.workers.runtime import WorkerRuntime
@@ -70,7 +71,7 @@ def test_the_shared_key_needs_no_file_and_a_set_file_wins(
     """The shared key lives in Redis, wrapped by the master key. A worker whose own old key
     file is damaged starts, first or not (the file is read only to make the shared key, and a
     damaged one is passed over, logged); with ``security.workers_key_file`` set, that file's
-    key is the one."""
+    key is the one. The workers' first registration, and the change of key, are audited."""
     settings = worker_settings()
     damaged = settings.model_copy(update={"data_dir": settings.data_dir / "damaged"})
     (damaged.data_dir / "keys").mkdir(parents=True)
@@ -90,6 +91,16 @@ def test_the_shared_key_needs_no_file_and_a_set_file_wins(
         assert third.security is not None
         assert second.security.workers_key().public_key == first.security.workers_key().public_key
         assert third.security.workers_key().public_key == chosen.public_key
+        audited = [
+            (e.kind, e.details.get("reason"))
+            for e in third.audit.entries()
+            if e.subject == WORKER_SENDER
+        ]
+        assert audited == [
+            (AuditEvent.REGISTERED, None),  # the first worker; the second changed nothing
+            (AuditEvent.DEREGISTERED, "new_key"),  # the third's file replaced the key
+            (AuditEvent.REGISTERED, None),
+        ]
     finally:
         for runtime in (first, second, third):
             runtime.close()
