@@ -92,13 +92,17 @@ class ContentSeal:
             try:
                 self._seal(zone, [records[i] for i in positions], positions, out)
             except PoolUnavailable:
-                # Redis is away and some user's secret is not known here yet: each user whose
-                # secret is known is sealed as usual, the others by the zone key alone.
-                by_user: dict[str, list[int]] = {}
-                for i in positions:
-                    by_user.setdefault(records[i].scope.user_id, []).append(i)
-                for mine in by_user.values():
-                    self._seal(zone, [records[i] for i in mine], mine, out)
+                # Redis is away and some user's secret is not held here: the users whose
+                # secret this process holds are sealed as usual, the others by the zone key
+                # alone (without asking Redis again for each).
+                holds = self.tokens.keyring.cached_subject_secret
+                known = {u for u in {records[i].scope.user_id for i in positions} if holds(u)}
+                held = [i for i in positions if records[i].scope.user_id in known]
+                others = [i for i in positions if records[i].scope.user_id not in known]
+                if held:
+                    self._seal(zone, [records[i] for i in held], held, out)
+                if others:
+                    self._seal(zone, [records[i] for i in others], others, out, subject=False)
         return out
 
     def _seal(
@@ -107,23 +111,23 @@ class ContentSeal:
         records: list[MemoryRecord],
         positions: list[int],
         out: list[MemoryRecord],
+        *,
+        subject: bool = True,
     ) -> None:
-        """Seal ``records`` of ``zone`` into ``out`` at ``positions``. Raises PoolUnavailable
-        for several users when one's secret cannot be had; a lone user's records are then
-        sealed under the zone key alone (a forget still deletes them everywhere, but shredding
-        the user's secret does not cover these copies), with no tokens."""
+        """Seal ``records`` of ``zone`` into ``out`` at ``positions``, under their users'
+        secrets; raises PoolUnavailable when one cannot be had. With ``subject`` false, under
+        the zone key alone (a forget still deletes them everywhere, but shredding the user's
+        secret does not cover these copies), with no tokens."""
         items = [(_packed(r), r.id.encode(), r.scope.user_id) for r in records]
-        users = {r.scope.user_id for r in records}
-        prefix = SEALED_PREFIX
-        try:
+        keys: dict[str, UserKey | None] = {}
+        if subject:
+            prefix = SEALED_PREFIX
             sealed = self.sealer.seal_many(zone, items)
-            keys: dict[str, UserKey | None] = {u: self.tokens.key(u) for u in users}
-        except PoolUnavailable:
-            if len(users) > 1:
-                raise
-            log.warning("content_sealed_without_subject", zone=zone.value)
+            keys = {u: self.tokens.key(u) for u in {r.scope.user_id for r in records}}
+        else:
+            log.warning("content_sealed_without_subject", zone=zone.value, records=len(items))
+            prefix = ZONE_ONLY_PREFIX
             sealed = self.sealer.seal_many(zone, [(p, c, None) for p, c, _ in items])
-            prefix, keys = ZONE_ONLY_PREFIX, {}
         for i, record, one in zip(positions, records, sealed, strict=True):
             update = self.tokens.tokenized(record, keys.get(record.scope.user_id))
             update["content"] = prefix + one.to_text()

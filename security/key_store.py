@@ -142,6 +142,20 @@ class KeyStore:
         self.remember(slot, raw, secret, generation)
         return secret
 
+    def cached(self, slot: tuple[str, ...]) -> bytes | None:
+        """The secret of ``slot`` this process holds, however old, without asking Redis (None:
+        it holds none)."""
+        with self._lock:
+            found = self._cache.get(slot)
+        return None if found is None else found.secret
+
+    @property
+    def generation(self) -> int:
+        """How many forgets (shreds, retirements) this process has made: what was derived
+        from cached secrets before a change of it may be stale."""
+        with self._lock:
+            return self._forgotten
+
     def remember(
         self, slot: tuple[str, ...], raw: bytes, secret: bytes, generation: int | None = None
     ) -> None:

@@ -118,6 +118,15 @@ class ZoneKeyring:
         (:meth:`SubjectSecrets.secret`)."""
         return self._subjects.secret(subject, create=create)
 
+    def cached_subject_secret(self, subject: str) -> bytes | None:
+        """The secret of ``subject`` this process holds, without asking Redis (None: none)."""
+        return self._subjects.cached(subject)
+
+    @property
+    def generation(self) -> int:
+        """Changes with every shred or retirement this process makes (KeyStore.generation)."""
+        return self._store.generation
+
     def shred(self, subject: str) -> bool:
         """Delete the secret of ``subject``; True if it existed (:meth:`SubjectSecrets.shred`)."""
         return self._subjects.shred(subject)

@@ -94,16 +94,17 @@ class LabelTokens:
     """Tokens of one namespace's users (their subject secrets in ``keyring``)."""
 
     def __init__(self, keyring: ZoneKeyring, clear_metadata_keys: Iterable[str] = ()) -> None:
-        self._keyring = keyring
+        self.keyring = keyring
         self.clear_metadata_keys = frozenset(clear_metadata_keys)
         self._lock = threading.Lock()
-        #: id(filter) -> (the filter, its rewrite, when that expires): see _REWRITE_TTL_S.
-        self._rewrites: dict[int, tuple[And, And, float]] = {}
+        #: id(filter) -> (the filter, its rewrite, when that expires, the keyring's
+        #: generation then): see _REWRITE_TTL_S.
+        self._rewrites: dict[int, tuple[And, And, float, int]] = {}
 
     def key(self, user: str, *, create: bool = True) -> UserKey | None:
         """``K_user``; None when the user has no subject secret and ``create`` is false.
         Raises PoolUnavailable when Redis cannot say."""
-        secret = self._keyring.subject_secret(user, create=create)
+        secret = self.keyring.subject_secret(user, create=create)
         return None if secret is None else UserKey(secret)
 
     @staticmethod
@@ -181,41 +182,62 @@ class LabelTokens:
         for cond in sealed:
             _check_tokenizable(cond)
         users = _named_users(where)
+        generation = self.keyring.generation
         if users is not None:
             with self._lock:
                 known = self._rewrites.get(id(where))
-            if known is not None and known[0] is where and known[2] > time.monotonic():
+            if (
+                known is not None
+                and known[0] is where
+                and known[2] > time.monotonic()
+                and known[3] == generation  # no shred here since
+            ):
                 return known[1]
         else:
             rest = And(all=[e for e in where.all if not any(self.sealed(c) for c in _conds(e))])
             users = sorted(set(users_of(rest)))
         needs_keys = any(not (c.op in ("eq", "ne") and c.value is None) for c in sealed)
-        keys = self._keys(users) if needs_keys else {}
+        keys, unavailable = self._keys(users) if needs_keys else ({}, [])
         # With one user reached, its condition needs no user test beside it.
         bare = len(users) == 1
-        rewritten = And.model_construct(all=[self._expr(e, keys, bare) for e in where.all])
+        parts = [self._expr(e, keys, bare) for e in where.all]
+        if unavailable:  # none of their records, whatever the conditions' polarity
+            parts.append(Cond.model_construct(field=_USER, op="nin", value=unavailable))
+        rewritten = And.model_construct(all=parts)
         # Kept only when every user had a key: a user's first write makes theirs.
         if _named_users(where) is not None and (len(keys) == len(users) or not needs_keys):
             with self._lock:
                 if len(self._rewrites) >= _REWRITES_MAX:
                     self._rewrites.clear()
                 expires = time.monotonic() + _REWRITE_TTL_S
-                self._rewrites[id(where)] = (where, rewritten, expires)
+                self._rewrites[id(where)] = (where, rewritten, expires, generation)
         return rewritten
 
-    def _keys(self, users: Iterable[str]) -> dict[str, UserKey]:
-        """The users' keys; a user with no subject secret has none, and so has one Redis
-        cannot be asked about (logged): no token of theirs can be matched."""
-        keys = {}
+    def _keys(self, users: Iterable[str]) -> tuple[dict[str, UserKey], list[str]]:
+        """The users' keys (a user with no subject secret has none), and the users whose secret
+        cannot be had: Redis cannot be reached and this process holds none (logged). After
+        Redis failed once, only the secrets this process holds are used (one timeout, not one
+        per user)."""
+        keys: dict[str, UserKey] = {}
+        unavailable: list[str] = []
+        reachable = True
         for user in users:
             try:
-                key = self.key(user, create=False)
+                if reachable:
+                    secret = self.keyring.subject_secret(user, create=False)
+                else:
+                    secret = self.keyring.cached_subject_secret(user)
+                    if secret is None:
+                        raise PoolUnavailable("Redis could not be reached")  # noqa: TRY301
             except PoolUnavailable:
-                log.warning("label_tokens_unavailable", user=user)
+                reachable = False
+                unavailable.append(user)
                 continue
-            if key is not None:
-                keys[user] = key
-        return keys
+            if secret is not None:
+                keys[user] = UserKey(secret)
+        if unavailable:
+            log.warning("label_tokens_unavailable", users=len(unavailable))
+        return keys, unavailable
 
     def _expr(self, expr: Expr, keys: dict[str, UserKey], bare: bool) -> Expr:
         if isinstance(expr, Cond):

@@ -28,7 +28,13 @@ from hivemem.pool.adapters.edge_codec import (
     LIST_KEYS,
     METADATA_PREFIX,
 )
-from hivemem.pool.adapters.payload_rules import checked_values, payload_key, plain, text
+from hivemem.pool.adapters.payload_rules import (
+    EXACT_FLOAT,
+    checked_values,
+    payload_key,
+    plain,
+    text,
+)
 from hivemem.pool.filters import TIME_FIELDS, And, Cond, Expr, Or
 
 _RANGE_ARG = {"gt": "gt", "gte": "gte", "lt": "lt", "lte": "lte"}
@@ -61,7 +67,7 @@ def _match(key: str, value: object) -> ConditionType:
 def _contains(key: str, value: object) -> ConditionType:
     """List fields: membership. String metadata: substring. Which one a metadata key holds is
     recorded per record in ``list_keys`` (see edge_codec)."""
-    if isinstance(value, int) and key.startswith(METADATA_PREFIX):
+    if isinstance(value, int) and key.startswith(METADATA_PREFIX) and abs(value) < EXACT_FLOAT:
         return _match(key, value)  # a number in a list: by value (3 finds 3.0)
     if not (isinstance(value, str) and key.startswith(METADATA_PREFIX)):
         return FieldCondition(key, match=MatchValue(plain(value)))

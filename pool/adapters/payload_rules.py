@@ -44,6 +44,12 @@ def payload_key(field: str) -> str:
     raise InvalidFilter(f"field {field[:80]!r} cannot be filtered", field="where.field")
 
 
+#: Integers below this size, and every stored number that rounds to one of them as a float, are
+#: told apart by a range (which compares as floats): below it a number is found by value,
+#: from it on matched exactly.
+EXACT_FLOAT = 2**53
+
+
 def plain(value: object) -> MatchScalar:
     """A value to match exactly, as stored (enums by value, booleans as integers)."""
     if isinstance(value, StrEnum):

@@ -61,6 +61,8 @@ def records(count: int = 90) -> list[MemoryRecord]:
             metadata["seen"] = chance.sample(["l1", "l2", 3, 4.0, True], k=n % 4)
         if n % 5 == 0:
             metadata["floats"] = [3.0, 0.5] if n % 2 else [3.5]
+        if n % 7 == 0:
+            metadata["big"] = [2**53, "x"] if n % 2 else 2**53 + 1
         if n % 4 == 0:
             metadata["maybe"] = None
         elif n % 4 == 1:
@@ -105,6 +107,8 @@ CONDITIONS: list[Expr] = [
     Cond(field="metadata.seen", op="contains", value=4),
     Cond(field="metadata.floats", op="contains", value=3),
     Cond(field="metadata.floats", op="eq", value=3),
+    Cond(field="metadata.big", op="contains", value=2**53 + 1),
+    Cond(field="metadata.big", op="contains", value=2**53),
     Cond(field="metadata.seen", op="eq", value=None),
     Cond(field="metadata.seen", op="ne", value=None),
     Cond(field="metadata.maybe", op="eq", value=None),
@@ -435,7 +439,7 @@ def test_label_filters_need_no_redis_for_what_they_cannot_match(
                           active_ttl_s=3600)  # fmt: skip
     seal = ContentSeal(Sealer(lasting), LabelTokens(lasting))
     index = SealedIndex(EdgeIndex(tmp_path / "i", dim=DIM), seal)
-    known = records(3)[0]
+    known = records(3)[0].model_copy(update={"tags": ["a", "b"]})
     index.upsert([known])
     redis_server.stop()
     unknown = known.model_copy(update={"id": str(uuid.UUID(int=99)), "scope": Scope(user_id="u9")})
@@ -446,15 +450,19 @@ def test_label_filters_need_no_redis_for_what_they_cannot_match(
     assert stored[unknown.id].tags == []
     assert stored[again.id].content.startswith(SEALED_PREFIX)
     assert all(is_token(t) for t in stored[again.id].tags)
-    tag = known.tags[0] if known.tags else "a"
-    for user, expected in [("u9", []), ("u1", sorted([known.id, again.id]))]:
-        where = And(
-            all=[
-                Cond(field="scope.user_id", op="eq", value=user),
-                Cond(field="tags", op="contains", value=tag),
-            ]
-        )
-        assert sorted(r.id for r in index.scan(where)) == (expected if known.tags else [])
+    both = sorted([known.id, again.id])
+    for users, condition, expected in [
+        (["u9"], Cond(field="tags", op="contains", value="a"), []),
+        (["u9"], Cond(field="tags", op="nin", value=["a"]), []),  # none of theirs either way
+        (["u9"], Not(expr=Cond(field="tags", op="contains", value="a")), []),
+        (["u1"], Cond(field="tags", op="contains", value="a"), both),
+        (["u1"], Cond(field="tags", op="nin", value=["a"]), []),
+        (["a0", "u1"], Cond(field="tags", op="in", value=["b"]), both),  # a0 fails first
+        (["a0", "u9", "u1"], Cond(field="tags", op="nin", value=["z"]), both),
+    ]:
+        where = And(all=[Cond(field="scope.user_id", op="in", value=users), condition])
+        assert sorted(r.id for r in index.scan(where)) == expected, where
+        assert index.count(where) == len(expected)
     unset = And(
         all=[
             Cond(field="scope.user_id", op="eq", value="u9"),
@@ -468,3 +476,26 @@ def test_label_filters_need_no_redis_for_what_they_cannot_match(
 def keyring_client(server: EmbeddedRedis) -> redis.Redis:
     """A client that fails at once when the server is gone."""
     return redis.Redis.from_url(server.url, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+
+
+def test_a_shred_here_reaches_a_filter_used_again_at_once(
+    tmp_path: Path, keyring: ZoneKeyring
+) -> None:
+    """A search passes one filter object again and again. After this process shreds a user
+    who then writes again (under a new secret), that same filter object finds the new record
+    at once: a rewrite kept from before the shred is not used."""
+    index = sealed_index(tmp_path, keyring)
+    first = records(1)[0].model_copy(update={"tags": ["a"]})
+    index.upsert([first])
+    where = And(
+        all=[
+            Cond(field="scope.user_id", op="eq", value=first.scope.user_id),
+            Cond(field="tags", op="contains", value="a"),
+        ]
+    )
+    assert [r.id for r in index.scan(where)] == [first.id]
+    assert keyring.shred(first.scope.user_id)
+    later = first.model_copy(update={"id": str(uuid.UUID(int=77))})
+    index.upsert([later])
+    assert [r.id for r in index.scan(where)] == [later.id]  # the first no longer opens
+    index.close()
