@@ -85,11 +85,14 @@ class DataKeys:
                 return self.get(zone, cached[0])
             except KeyUnavailable:  # rotated and retired elsewhere since: ask Redis
                 pass
+        if cached is not None and self._store.down():  # a fetch just failed: keep this key
+            return self.get(zone, cached[0])
         try:
             current = cast(
                 "bytes | str | None", self._store.client.hget(self._zone_key(zone), "active")
             )
         except REDIS_DOWN as error:
+            self._store.went_down()
             if cached is not None:  # Redis is down: keep the key we were using
                 return self.get(zone, cached[0])
             raise unavailable(error) from None

@@ -24,7 +24,7 @@ from typing import cast
 import redis
 
 from hivemem.pool.adapters.redis_errors import REDIS_DOWN, unavailable
-from hivemem.pool.errors import SealBroken
+from hivemem.pool.errors import PoolUnavailable, SealBroken
 from hivemem.security.key_provider import KeyProvider
 
 #: Bytes of every key a keyring makes.
@@ -71,6 +71,10 @@ def parse_entry(raw: bytes) -> dict[str, str]:
     raise SealBroken("a stored key entry is malformed")
 
 
+#: How long (seconds) Redis is taken as down after a fetch failed (see KeyStore._down_until).
+_DOWN_S = 0.5
+
+
 class KeyStore:
     """The wrapped keys of one namespace in Redis, and the secrets this process unwrapped from
     them. Thread-safe; the services of one keyring share it.
@@ -91,6 +95,11 @@ class KeyStore:
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, ...], _Cached] = OrderedDict()
         self._forgotten = 0  # bumped by every forget: a fetch older than it is not cached
+        self._dropped = 0  # forgets that dropped a secret held here (shreds, retirements)
+        #: Until when (monotonic) Redis is taken as down after a failed fetch: cached secrets
+        #: are served and missing ones raise without asking it again (one timeout, not one per
+        #: secret, while Redis's host does not answer).
+        self._down_until = 0.0
 
     def context(self, kind: str, zone: str, key_id: str) -> bytes:
         """The wrap context of the slot ``kind``/``zone``/``key_id``."""
@@ -116,17 +125,23 @@ class KeyStore:
         A slot is ``(kind, zone, key id)``, or ``("subject", subject)``: it names the wrap
         context too. A cached secret is used for ``ttl_s``, then checked against Redis again;
         while Redis cannot be reached it keeps serving, and a secret never fetched raises
-        PoolUnavailable."""
+        PoolUnavailable. After a failed fetch, Redis is not asked again for ``_DOWN_S``."""
         with self._lock:
             cached = self._cache.get(slot)
             if cached is not None:
                 self._cache.move_to_end(slot)
             generation = self._forgotten
-        if cached is not None and time.monotonic() - cached.checked_at < self.ttl_s:
+        now = time.monotonic()
+        if cached is not None and now - cached.checked_at < self.ttl_s:
             return cached.secret
+        if self.down():
+            if cached is not None:
+                return cached.secret
+            raise PoolUnavailable("Redis could not be reached a moment ago")
         try:
             raw = cast("bytes | str | None", self.client.hget(name, hash_field))
         except REDIS_DOWN as error:
+            self.went_down()
             if cached is not None:
                 return cached.secret  # Redis is down: keep sealing with what we know
             raise unavailable(error) from None
@@ -142,6 +157,14 @@ class KeyStore:
         self.remember(slot, raw, secret, generation)
         return secret
 
+    def down(self) -> bool:
+        """Whether a fetch failed less than ``_DOWN_S`` ago: Redis is not asked again yet."""
+        return time.monotonic() < self._down_until
+
+    def went_down(self) -> None:
+        """A fetch failed: do not ask Redis again for ``_DOWN_S``."""
+        self._down_until = time.monotonic() + _DOWN_S
+
     def cached(self, slot: tuple[str, ...]) -> bytes | None:
         """The secret of ``slot`` this process holds, however old, without asking Redis (None:
         it holds none)."""
@@ -151,10 +174,10 @@ class KeyStore:
 
     @property
     def generation(self) -> int:
-        """How many forgets (shreds, retirements) this process has made: what was derived
-        from cached secrets before a change of it may be stale."""
+        """How many secrets held here this process has dropped (shreds, retirements, a
+        secret found gone): what was derived from them before a change of it may be stale."""
         with self._lock:
-            return self._forgotten
+            return self._dropped
 
     def remember(
         self, slot: tuple[str, ...], raw: bytes, secret: bytes, generation: int | None = None
@@ -172,7 +195,8 @@ class KeyStore:
     def forget(self, slot: tuple[str, ...]) -> None:
         """Drop the cached secret of ``slot``; a fetch begun before is not cached either."""
         with self._lock:
-            self._cache.pop(slot, None)
+            if self._cache.pop(slot, None) is not None:
+                self._dropped += 1
             self._forgotten += 1
 
     def unwrap(self, raw: bytes, context: bytes) -> bytes:

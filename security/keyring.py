@@ -26,7 +26,8 @@ subject secret, is checked against Redis again once it is older than ``active_tt
 rotation, retirement or shred made by another process takes effect here within that time (in
 this process, at once). A retired DEK's and a shredded subject's wrapped material is deleted,
 so no process can unwrap it again; copies in Redis persistence files (AOF, RDB) last until those
-are rewritten. Redis errors raise PoolUnavailable.
+are rewritten. Redis errors raise PoolUnavailable; after one, Redis is not asked for keys
+again for half a second (held keys are served, missing ones raise at once).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class ZoneKeyring:
 
     @property
     def generation(self) -> int:
-        """Changes with every shred or retirement this process makes (KeyStore.generation)."""
+        """Changes whenever this process drops a secret it held: a shred or retirement made
+        here, or one found gone (KeyStore.generation)."""
         return self._store.generation
 
     def shred(self, subject: str) -> bool:

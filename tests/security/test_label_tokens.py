@@ -9,6 +9,7 @@ both, whether it names its user, several, or none.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -498,4 +499,55 @@ def test_a_shred_here_reaches_a_filter_used_again_at_once(
     later = first.model_copy(update={"id": str(uuid.UUID(int=77))})
     index.upsert([later])
     assert [r.id for r in index.scan(where)] == [later.id]  # the first no longer opens
+    index.close()
+
+
+def test_with_redis_away_one_lookup_fails_and_the_rest_use_held_secrets(
+    tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    """Held secrets older than the keyring's TTL, Redis gone (a host that does not answer
+    costs a timeout per attempt): one rewrite for many users, and one batch sealed for them,
+    each ask Redis once, not once per user; the held users' records are still found."""
+    client = keyring_client(redis_server)
+    short = ZoneKeyring(client, LocalKeyProvider(MASTER), namespace="t", active_ttl_s=0.05)
+    index = SealedIndex(
+        EdgeIndex(tmp_path / "i", dim=DIM), ContentSeal(Sealer(short), LabelTokens(short))
+    )
+    users = [f"held{n}" for n in range(6)]
+    written = [
+        records(1)[0].model_copy(
+            update={"id": str(uuid.UUID(int=200 + n)), "scope": Scope(user_id=u), "tags": ["a"]}
+        )
+        for n, u in enumerate(users)
+    ]
+    index.upsert(written)
+    redis_server.stop()
+    time.sleep(0.6)  # older than the TTL, and than any earlier failure's pause
+    asked: list[str] = []
+    lookup = client.hget
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        asked.append(str(args[0]))
+        return lookup(*args, **kwargs)
+
+    client.hget = counted  # type: ignore[method-assign]
+    where = And(
+        all=[
+            Cond(field="scope.user_id", op="in", value=["a-new-user", *users]),
+            Cond(field="tags", op="contains", value="a"),
+        ]
+    )
+    assert sorted(r.id for r in index.scan(where)) == sorted(r.id for r in written)
+    assert len(asked) == 1  # one failure, then what this process holds
+    time.sleep(0.6)
+    asked.clear()
+    more = [r.model_copy(update={"id": str(uuid.UUID(int=300 + n))}) for n, r in enumerate(written)]
+    newcomer = more[0].model_copy(
+        update={"id": str(uuid.UUID(int=400)), "scope": Scope(user_id="a-new-user")}
+    )
+    index.upsert([*more, newcomer])
+    assert len(asked) == 1
+    stored = {r.id: r for r in index.inner.scan(And(all=[]))}
+    assert all(stored[r.id].content.startswith(SEALED_PREFIX) for r in more)
+    assert stored[str(uuid.UUID(int=400))].content.startswith(ZONE_ONLY_PREFIX)
     index.close()
