@@ -25,6 +25,20 @@ from hivemem.security.pool_security import PoolSecurity
 log = structlog.get_logger(__name__)
 
 
+def audit_registration(
+    audit: AuditLog, actor: str, info: AgentInfo, done: Registration, **details: object
+) -> None:
+    """Audit what :meth:`AgentRegistry.registered` did: a new entry is ``registered``; a new
+    key ends the old key's registration (``deregistered``, ``reason: new_key``) and starts the
+    new one; an update of the same key is not audited. ``details`` go with ``registered``."""
+    if done is Registration.REKEYED:
+        audit.record(AuditEvent.DEREGISTERED, actor=actor, subject=info.agent_id,
+                     kept_queued=True, reason="new_key")  # fmt: skip
+    if done is not Registration.UPDATED:
+        audit.record(AuditEvent.REGISTERED, actor=actor, subject=info.agent_id,
+                     zone=info.clearance.value, **details)  # fmt: skip
+
+
 class Registrar:
     """The registry calls of :class:`hivemem.pool.shared.SharedMemoryPool`, which documents
     each; their audit entries name ``actor``."""
@@ -57,18 +71,14 @@ class Registrar:
             key = self._security.agent_key(self._agent_dir(info.agent_id))
             info = self._security.signed(info.model_copy(update={"public_key": key.public_key}))
         info, done = self._registry.registered(info)
-        if done is Registration.REKEYED:
-            self._audit.record(AuditEvent.DEREGISTERED, actor=self._actor, subject=info.agent_id,
-                               kept_queued=True, reason="new_key")  # fmt: skip
-        if done is not Registration.UPDATED:
-            self._audit.record(
-                AuditEvent.REGISTERED,
-                actor=self._actor,
-                subject=info.agent_id,
-                zone=info.clearance.value,
-                share_levels=[level.value for level in info.share_levels],
-                **({"compartments": info.compartments} if info.compartments else {}),
-            )
+        audit_registration(
+            self._audit,
+            self._actor,
+            info,
+            done,
+            share_levels=[level.value for level in info.share_levels],
+            **({"compartments": info.compartments} if info.compartments else {}),
+        )
         log.info("agent_registered", agent_id=info.agent_id, clearance=info.clearance.value)
         return info, done is Registration.NEW
 

@@ -20,7 +20,7 @@ import structlog
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import PoolUnavailable
 from hivemem.pool.records import MemoryRecord
-from hivemem.security.label_tokens import LabelTokens, UserKey
+from hivemem.security.label_tokens import LabelTokens, UserKey, has_labels
 from hivemem.security.sealing import Sealed, Sealer
 
 SEALED_PREFIX = "hm:sealed:"
@@ -39,7 +39,7 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def _packed(record: MemoryRecord) -> bytes:
-    if record.tags or record.entities or record.metadata:
+    if has_labels(record):
         document = {"c": record.content, "t": record.tags, "e": record.entities}
         document["m"] = record.metadata  # type: ignore[assignment]
         raw = _JSON.encode(document).encode()
@@ -92,17 +92,18 @@ class ContentSeal:
             try:
                 self._seal(zone, [records[i] for i in positions], positions, out)
             except PoolUnavailable:
-                # Redis is away and some user's secret is not held here: the users whose
-                # secret this process holds are sealed as usual, the others by the zone key
-                # alone (without asking Redis again for each).
-                holds = self.tokens.keyring.cached_subject_secret
-                known = {u for u in {records[i].scope.user_id for i in positions} if holds(u)}
-                held = [i for i in positions if records[i].scope.user_id in known]
-                others = [i for i in positions if records[i].scope.user_id not in known]
-                if held:
-                    self._seal(zone, [records[i] for i in held], held, out)
-                if others:
-                    self._seal(zone, [records[i] for i in others], others, out, subject=False)
+                # Redis is away and some user's secret is not held here: each user whose secret
+                # this process holds is sealed as usual, the others by the zone key alone (the
+                # keyring does not ask Redis again for a moment: KeyStore.down).
+                by_user: dict[str, list[int]] = {}
+                for i in positions:
+                    by_user.setdefault(records[i].scope.user_id, []).append(i)
+                for mine in by_user.values():
+                    theirs = [records[i] for i in mine]
+                    try:
+                        self._seal(zone, theirs, mine, out)
+                    except PoolUnavailable:
+                        self._seal(zone, theirs, mine, out, subject=False)
         return out
 
     def _seal(

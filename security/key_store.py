@@ -165,13 +165,6 @@ class KeyStore:
         """A fetch failed: do not ask Redis again for ``_DOWN_S``."""
         self._down_until = time.monotonic() + _DOWN_S
 
-    def cached(self, slot: tuple[str, ...]) -> bytes | None:
-        """The secret of ``slot`` this process holds, however old, without asking Redis (None:
-        it holds none)."""
-        with self._lock:
-            found = self._cache.get(slot)
-        return None if found is None else found.secret
-
     @property
     def generation(self) -> int:
         """How many secrets held here this process has dropped (shreds, retirements, a

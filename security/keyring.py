@@ -119,10 +119,6 @@ class ZoneKeyring:
         (:meth:`SubjectSecrets.secret`)."""
         return self._subjects.secret(subject, create=create)
 
-    def cached_subject_secret(self, subject: str) -> bytes | None:
-        """The secret of ``subject`` this process holds, without asking Redis (None: none)."""
-        return self._subjects.cached(subject)
-
     @property
     def generation(self) -> int:
         """Changes whenever this process drops a secret it held: a shred or retirement made

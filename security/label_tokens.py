@@ -85,6 +85,17 @@ def _canonical(value: str | int | float) -> bytes:
     return b"n" + str(int(value)).encode()
 
 
+def has_labels(record: MemoryRecord) -> bool:
+    """Whether ``record`` holds anything sealed with its content (tags, entities, metadata)."""
+    return bool(record.tags or record.entities or record.metadata)
+
+
+def check_facet(field: str) -> None:
+    """Raise InvalidFilter for a count by a field kept as tokens (it would count tokens)."""
+    if field in SEALED_LABELS:
+        raise InvalidFilter(f"cannot count by {field}: it is sealed", field="field")
+
+
 def is_token(value: object) -> bool:
     """Whether ``value`` has the form of a token."""
     return isinstance(value, str) and len(value) == _TOKEN_LENGTH and value.startswith(TOKEN_PREFIX)
@@ -114,15 +125,11 @@ class LabelTokens:
 
     # -- records ------------------------------------------------------------------------------
 
-    def has_labels(self, record: MemoryRecord) -> bool:
-        """Whether ``record`` holds anything this layer seals (tags, entities, metadata)."""
-        return bool(record.tags or record.entities or record.metadata)
-
     def tokenized(self, record: MemoryRecord, key: UserKey | None) -> dict[str, object]:
         """The fields of ``record`` as stored: its labels and sealed metadata as tokens under
         ``key``; with no key (sealed without its subject), without them. Empty when it has
         none."""
-        if not self.has_labels(record):
+        if not has_labels(record):
             return {}
         metadata: dict[str, MetadataValue] = {}
         for name, value in record.metadata.items():
@@ -181,9 +188,9 @@ class LabelTokens:
             return where
         for cond in sealed:
             _check_tokenizable(cond)
-        users = _named_users(where)
+        named = _named_users(where)
         generation = self.keyring.generation
-        if users is not None:
+        if named is not None:
             with self._lock:
                 known = self._rewrites.get(id(where))
             if (
@@ -193,6 +200,7 @@ class LabelTokens:
                 and known[3] == generation  # no shred here since
             ):
                 return known[1]
+            users = named
         else:
             rest = And(all=[e for e in where.all if not any(self.sealed(c) for c in _conds(e))])
             users = sorted(set(users_of(rest)))
@@ -205,7 +213,7 @@ class LabelTokens:
             parts.append(Cond.model_construct(field=_USER, op="nin", value=unavailable))
         rewritten = And.model_construct(all=parts)
         # Kept only when every user had a key: a user's first write makes theirs.
-        if _named_users(where) is not None and (len(keys) == len(users) or not needs_keys):
+        if named is not None and (len(keys) == len(users) or not needs_keys):
             with self._lock:
                 if len(self._rewrites) >= _REWRITES_MAX:
                     self._rewrites.clear()
@@ -215,26 +223,19 @@ class LabelTokens:
 
     def _keys(self, users: Iterable[str]) -> tuple[dict[str, UserKey], list[str]]:
         """The users' keys (a user with no subject secret has none), and the users whose secret
-        cannot be had: Redis cannot be reached and this process holds none (logged). After
-        Redis failed once, only the secrets this process holds are used (one timeout, not one
-        per user)."""
+        cannot be had: Redis cannot be reached and this process holds none (logged). After one
+        failed lookup the keyring does not ask Redis again for a moment (KeyStore.down): one
+        timeout, not one per user."""
         keys: dict[str, UserKey] = {}
         unavailable: list[str] = []
-        reachable = True
         for user in users:
             try:
-                if reachable:
-                    secret = self.keyring.subject_secret(user, create=False)
-                else:
-                    secret = self.keyring.cached_subject_secret(user)
-                    if secret is None:
-                        raise PoolUnavailable("Redis could not be reached")  # noqa: TRY301
+                key = self.key(user, create=False)
             except PoolUnavailable:
-                reachable = False
                 unavailable.append(user)
                 continue
-            if secret is not None:
-                keys[user] = UserKey(secret)
+            if key is not None:
+                keys[user] = key
         if unavailable:
             log.warning("label_tokens_unavailable", users=len(unavailable))
         return keys, unavailable

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import structlog
 
 from hivemem.pool.enums import Zone
-from hivemem.pool.errors import InvalidFilter, InvalidInput, KeyUnavailable
+from hivemem.pool.errors import InvalidInput, KeyUnavailable
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import (
     LocalIndex,
@@ -31,7 +31,7 @@ from hivemem.pool.ports import (
 )
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.security.content_seal import ContentSeal
-from hivemem.security.label_tokens import SEALED_LABELS
+from hivemem.security.label_tokens import check_facet
 
 log = structlog.get_logger(__name__)
 
@@ -117,8 +117,7 @@ class SealedIndex:
         return self.inner.count(self._where(where))
 
     def facet(self, field: str, where: And) -> dict[str, int]:
-        if field in SEALED_LABELS:
-            raise InvalidFilter(f"cannot count by {field}: it is sealed", field="field")
+        check_facet(field)
         return self.inner.facet(field, self._where(where))
 
     def remove(self, ids: Sequence[str]) -> None:

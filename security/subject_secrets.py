@@ -43,10 +43,6 @@ class SubjectSecrets:
         self._store.forget(("subject", subject))  # lost a race: read the winner's
         return self._store.secret(("subject", subject), self._subjects_key, subject)
 
-    def cached(self, subject: str) -> bytes | None:
-        """The secret of ``subject`` this process holds, without asking Redis (None: none)."""
-        return self._store.cached(("subject", check_scope_id(subject, field="subject")))
-
     def shred(self, subject: str) -> bool:
         """Delete the secret of ``subject``: what was sealed for it opens nowhere any more.
         True if it existed. Raises InvalidIdentifier for a bad subject."""

@@ -27,13 +27,13 @@ import numpy as np
 import structlog
 
 from hivemem.pool.enums import Zone
-from hivemem.pool.errors import InvalidFilter, InvalidInput, KeyUnavailable
+from hivemem.pool.errors import InvalidInput, KeyUnavailable
 from hivemem.pool.filters import And
 from hivemem.pool.ports import Vector, ZoneStore
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
 from hivemem.security.content_seal import ContentSeal
 from hivemem.security.keyring import ZoneKeyring
-from hivemem.security.label_tokens import SEALED_LABELS, LabelTokens
+from hivemem.security.label_tokens import LabelTokens, check_facet
 from hivemem.security.sealing import Sealer
 from hivemem.security.vector_transform import VectorTransform
 
@@ -151,7 +151,7 @@ class SecureZoneStore:
         return self.inner.count(zone, self._where(zone, where))
 
     def facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
-        _check_facet(field)
+        check_facet(field)
         return self.inner.facet(zone, field, self._where(zone, where))
 
     def update_fields(self, zone: Zone, updates: Mapping[str, Mapping[str, object]]) -> None:
@@ -178,7 +178,7 @@ class SecureZoneStore:
         return self.inner.archive_ids(zone, self._where(zone, where, archive=True))
 
     def archive_facet(self, zone: Zone, field: str, where: And) -> dict[str, int]:
-        _check_facet(field)
+        check_facet(field)
         return self.inner.archive_facet(zone, field, self._where(zone, where, archive=True))
 
     def archive_remove(self, zone: Zone, ids: Sequence[str]) -> None:
@@ -227,8 +227,3 @@ class SecureZoneStore:
             return self._content.sealed(self._content.opened(record))
         except KeyUnavailable:
             return None
-
-
-def _check_facet(field: str) -> None:
-    if field in SEALED_LABELS:
-        raise InvalidFilter(f"cannot count by {field}: it is sealed", field="field")

@@ -20,13 +20,14 @@ from hivemem.agents.embedding import MINILM_DIM
 from hivemem.pool.adapters.edge_zone_store import EdgeZoneStore
 from hivemem.pool.adapters.qdrant_zone_store import QdrantZoneStore
 from hivemem.pool.adapters.redis_bus import Delivery, RedisBus
-from hivemem.pool.adapters.redis_registry import AgentRegistry, Registration, check_zone_ladder
+from hivemem.pool.adapters.redis_registry import AgentRegistry, check_zone_ladder
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidInput, MessageRejected
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import MemoryRecord
+from hivemem.pool.registration import audit_registration
 from hivemem.pool.settings import ConsolidationSettings, HivememSettings
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
@@ -226,12 +227,7 @@ class WorkerRuntime:
             return None
         security = PoolSecurity(self.settings, self.client, self.registry)
         info, done = self.registry.registered(security.workers_info())
-        if done is Registration.REKEYED:  # e.g. HIVEMEM_SECURITY__WORKERS_KEY_FILE changed
-            self.audit.record(AuditEvent.DEREGISTERED, actor=WORKER_SENDER, subject=info.agent_id,
-                              kept_queued=True, reason="new_key")  # fmt: skip
-        if done is not Registration.UPDATED:
-            self.audit.record(AuditEvent.REGISTERED, actor=WORKER_SENDER, subject=info.agent_id,
-                              zone=info.clearance.value)  # fmt: skip
+        audit_registration(self.audit, WORKER_SENDER, info, done)  # a new key: workers_key_file
         return security
 
     @cached_property

@@ -29,8 +29,8 @@ from hivemem.pool.adapters.edge_codec import (
     METADATA_PREFIX,
 )
 from hivemem.pool.adapters.payload_rules import (
-    EXACT_FLOAT,
     checked_values,
+    contains_by_value,
     payload_key,
     plain,
     text,
@@ -67,8 +67,8 @@ def _match(key: str, value: object) -> ConditionType:
 def _contains(key: str, value: object) -> ConditionType:
     """List fields: membership. String metadata: substring. Which one a metadata key holds is
     recorded per record in ``list_keys`` (see edge_codec)."""
-    if isinstance(value, int) and key.startswith(METADATA_PREFIX) and abs(value) < EXACT_FLOAT:
-        return _match(key, value)  # a number in a list: by value (3 finds 3.0)
+    if contains_by_value(key, value):
+        return _match(key, value)
     if not (isinstance(value, str) and key.startswith(METADATA_PREFIX)):
         return FieldCondition(key, match=MatchValue(plain(value)))
     is_list = FieldCondition(LIST_KEYS, match=MatchValue(key.removeprefix(METADATA_PREFIX)))

@@ -50,6 +50,12 @@ def payload_key(field: str) -> str:
 EXACT_FLOAT = 2**53
 
 
+def contains_by_value(key: str, value: object) -> bool:
+    """Whether ``contains value`` on payload ``key`` compares numbers by value (a range, so
+    that 3 finds 3.0): an integer on metadata, below :data:`EXACT_FLOAT`."""
+    return isinstance(value, int) and key.startswith(METADATA_PREFIX) and abs(value) < EXACT_FLOAT
+
+
 def plain(value: object) -> MatchScalar:
     """A value to match exactly, as stored (enums by value, booleans as integers)."""
     if isinstance(value, StrEnum):

@@ -19,8 +19,8 @@ from hivemem.pool.adapters.edge_codec import (
     METADATA_PREFIX,
 )
 from hivemem.pool.adapters.payload_rules import (
-    EXACT_FLOAT,
     checked_values,
+    contains_by_value,
     payload_key,
     plain,
     text,
@@ -48,8 +48,8 @@ def _match(key: str, value: object) -> models.Condition:
 def _contains(key: str, value: object) -> models.Condition:
     """List fields: membership. String metadata: substring. Which one a metadata key holds is
     recorded per record in ``list_keys`` (see edge_codec)."""
-    if isinstance(value, int) and key.startswith(METADATA_PREFIX) and abs(value) < EXACT_FLOAT:
-        return _match(key, value)  # a number in a list: by value (3 finds 3.0)
+    if contains_by_value(key, value):
+        return _match(key, value)
     if not (isinstance(value, str) and key.startswith(METADATA_PREFIX)):
         return _field(key, value)
     is_list = _field(LIST_KEYS, key.removeprefix(METADATA_PREFIX))

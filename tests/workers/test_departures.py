@@ -113,6 +113,26 @@ def test_a_deregistration_during_a_drain_loses_nothing(
     assert refused(runtime) == []
 
 
+def drained_with(runtime: WorkerRuntime, meanwhile: Callable[[], object]) -> None:
+    """One drain of the zone, with ``meanwhile()`` run once as its first round opens its
+    messages (a real method wrapped, so that another real pool acts at that moment)."""
+    messages = runtime.ingest._messages
+    first_open = messages.opened
+    done: list[bool] = []
+
+    def opened(*args: object, **kwargs: object) -> object:
+        if not done:
+            meanwhile()
+            done.append(True)
+        return first_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    messages.opened = opened  # type: ignore[method-assign]
+    try:
+        runtime.ingest.drain(ZONE, on_due=ignore)
+    finally:
+        messages.opened = first_open  # type: ignore[method-assign]
+
+
 def test_a_deregistration_mid_round_leaves_no_false_refusal(
     pool: SharedMemoryPool, runtime: WorkerRuntime
 ) -> None:
@@ -121,20 +141,12 @@ def test_a_deregistration_mid_round_leaves_no_false_refusal(
     moved, so the round is abandoned (no cursor, no audit) and they are stored from the
     departure."""
     queued = queue(pool, "leaving", "note one", "note two", "note three")
-    messages = runtime.ingest._messages
-    first_open = messages.opened
-    admin_pool_deregistered: list[bool] = []
 
-    def deregistered_while_opening(*args: object, **kwargs: object) -> object:
-        if not admin_pool_deregistered:
-            pool.deregister("leaving")
-            time.sleep(runtime.settings.security.registry_cache_s + 0.2)
-            admin_pool_deregistered.append(True)
-        return first_open(*args, **kwargs)  # type: ignore[arg-type]
+    def deregistered() -> None:
+        pool.deregister("leaving")
+        time.sleep(runtime.settings.security.registry_cache_s + 0.2)
 
-    messages.opened = deregistered_while_opening  # type: ignore[method-assign]
-    runtime.ingest.drain(ZONE, on_due=ignore)
-    messages.opened = first_open  # type: ignore[method-assign]
+    drained_with(runtime, deregistered)
     runtime.ingest.drain(ZONE, on_due=ignore)
 
     assert sorted(r.id for r in stored(runtime)) == sorted(queued)
@@ -149,19 +161,13 @@ def test_a_queue_begun_again_mid_round_keeps_its_new_entries(
     round's commit, with its trim, happens only in the epoch it read: the round is abandoned,
     the new write is not trimmed with the old ones, and every write is stored."""
     queued = queue(pool, "back", "note one", "note two", "note three")
-    messages = runtime.ingest._messages
-    first_open = messages.opened
     again: list[str] = []
 
-    def begun_again_while_opening(*args: object, **kwargs: object) -> object:
-        if not again:
-            pool.deregister("back")
-            again.extend(queue(pool, "back", "written after coming back"))
-        return first_open(*args, **kwargs)  # type: ignore[arg-type]
+    def begun_again() -> None:
+        pool.deregister("back")
+        again.extend(queue(pool, "back", "written after coming back"))
 
-    messages.opened = begun_again_while_opening  # type: ignore[method-assign]
-    runtime.ingest.drain(ZONE, on_due=ignore)
-    messages.opened = first_open  # type: ignore[method-assign]
+    drained_with(runtime, begun_again)
     drain_all(runtime)
 
     assert sorted(r.id for r in stored(runtime)) == sorted([*queued, *again])
