@@ -1,10 +1,12 @@
-"""``hivemem zones``: the trust zones, agents' clearances, and the zones' data keys."""
+"""``hivemem zones``: the trust zones, agents' clearances, and the zones' data keys (the workers'
+ingest keys: :mod:`hivemem.cli.ingest_keys`)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from hivemem.cli import ingest_keys
 from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone, zone_names
 from hivemem.pool.errors import InvalidInput, KeyUnavailable
@@ -227,6 +229,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     add_json_flag(held)
     held.set_defaults(handler=_compartments)
     _register_keys(actions)
+    ingest_keys.register(actions)
 
 
 def _register_keys(actions: argparse._SubParsersAction[Any]) -> None:

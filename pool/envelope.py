@@ -104,8 +104,10 @@ class Envelope(Model):
         return self.model_dump_json(exclude_none=True).encode()
 
 
-#: How a message sealed to the workers begins (:mod:`hivemem.security.ingest_seal`).
+#: How a message sealed to the workers begins (:mod:`hivemem.security.ingest_seal`): to their
+#: first ingest key, or to a later one, whose id follows.
 INGEST_SEAL_MAGIC = b"HMI1"
+INGEST_SEAL_MAGIC_WITH_ID = b"HMI2"
 
 
 class EnvelopeCodec(Protocol):
@@ -127,7 +129,7 @@ class PlainCodec:
         """Raises InvalidMessage, or SecurityMismatch for a sealed message (version 2, or sealed
         to the workers)."""
         del live  # nothing depends on it without signatures
-        if data.startswith((b'{"v":2,', INGEST_SEAL_MAGIC)):
+        if data.startswith((b'{"v":2,', INGEST_SEAL_MAGIC, INGEST_SEAL_MAGIC_WITH_ID)):
             raise SecurityMismatch(
                 "a sealed, signed message reached a process with security off: every process "
                 "of the pool needs the same HIVEMEM_SECURITY__ENABLED"

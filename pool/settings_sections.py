@@ -225,6 +225,10 @@ class SecuritySettings(BaseModel):
     max_message_age_s: float = Field(default=300.0, gt=0.0)
     #: Tolerated clock skew: messages dated further ahead than this are rejected (seconds).
     max_clock_skew_s: float = Field(default=30.0, ge=0.0)
+    #: A workers' ingest key replaced by a rotation may be retired this long after (seconds) at
+    #: the earliest: agents read the new key within a second, and a message sealed to the old
+    #: one just before may still be on its way to its queue.
+    ingest_retire_grace_s: float = Field(default=60.0, ge=0.0)
     #: Receivers keep a sender's registry entry this long (seconds): a revocation or clearance
     #: change reaches every receiver within it.
     registry_cache_s: float = Field(default=1.0, gt=0.0)

@@ -42,11 +42,12 @@ from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.registration import Registrar
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.stack_file import running_stack
-from hivemem.pool.zone_keys import ZoneKeys, key_rotation
+from hivemem.pool.zone_keys import ZoneKeys, ingest_rotation, key_rotation
 from hivemem.pool.zone_policy import ZonePolicies
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.data_keys import KeyInfo
+from hivemem.security.ingest_keys import IngestKeyInfo
 from hivemem.security.pool_security import PoolSecurity
 
 log = structlog.get_logger(__name__)
@@ -117,7 +118,14 @@ class SharedMemoryPool:
             record=lambda info: self._registrar.record(info)[0],
             embedder=embedder,
         )
-        self._zone_keys = ZoneKeys(self.rotation, self.registry, actor=AUDIT_ACTOR)
+        self._zone_keys = ZoneKeys(
+            self.rotation,
+            self.registry,
+            actor=AUDIT_ACTOR,
+            ingest=None
+            if self.security is None
+            else ingest_rotation(self.security, self.bus, self.registry, self.audit),
+        )
         self._attached: dict[str, Agent] = {}
 
     @classmethod
@@ -302,6 +310,33 @@ class SharedMemoryPool:
         holders (empty unless forced).
         Raises InvalidInput for the active key, KeyUnavailable for an unknown one."""
         return self._zone_keys.retire(zone, key_id, force=force)
+
+    def ingest_keys(self) -> list[IngestKeyInfo]:
+        """The workers' ingest keys (agents seal their ingest queues to the current one),
+        retired ones included, oldest first. Raises InvalidInput with security off."""
+        return self._zone_keys.ingest_keys()
+
+    def ingest_key_behind(self, key_id: str) -> list[str]:
+        """What may still need the old ingest key ``key_id`` (what :meth:`retire_ingest_key`
+        would wait for; empty for the current key)."""
+        return self._zone_keys.ingest_behind(key_id)
+
+    def rotate_ingest_key(self) -> IngestKeyInfo:
+        """Make a new current workers' ingest key (audited ``key_rotated``, zone
+        ``workers-ingest``): agents seal to it within a second; the workers still open what
+        was sealed to older keys until those are retired. Raises InvalidInput with security
+        off."""
+        return self._zone_keys.rotate_ingest()
+
+    def retire_ingest_key(self, key_id: str, *, force: bool = False) -> list[str]:
+        """Delete an old workers' ingest key for good (audited ``key_retired``). Raises
+        IngestKeyStillInUse (nothing changes) until ``security.ingest_retire_grace_s`` has
+        passed since it was replaced (``"agents sealing"``) and while the ingest queues hold
+        messages sealed to it that the workers have not stored (``"ingest queue"``), unless
+        ``force``, which loses those writes; returns what was behind (empty unless forced).
+        Raises InvalidInput for the current key or with security off, KeyUnavailable for an
+        unknown one."""
+        return self._zone_keys.retire_ingest(key_id, force=force)
 
     # -- direct hand-over -----------------------------------------------------------------------
 

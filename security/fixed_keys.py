@@ -1,48 +1,32 @@
-"""The keys made once per namespace and never rotated: each zone's vector key, the workers'
-ingest key and the workers' signing key. :class:`FixedKeys` is the service behind
+"""The keys made once per namespace and never rotated: each zone's vector key and the workers'
+signing key. :class:`FixedKeys` is the service behind
 :class:`~hivemem.security.keyring.ZoneKeyring`'s methods for them.
 
-They live in ``<ns>:keys:vector:<zone>``, ``<ns>:keys:ingest`` and ``<ns>:keys:signing:workers``,
-strings holding a wrapped entry, and ``<ns>:keys:ingest:public``, the ingest key's public half in
-clear (base64). Each is made with ``SET NX``: the loser of a race uses the winner's. Once read,
-a process keeps them.
+They live in ``<ns>:keys:vector:<zone>`` and ``<ns>:keys:signing:workers``, strings holding a
+wrapped entry. Each is made with ``SET NX``: the loser of a race uses the winner's. Once read, a
+process keeps them.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import threading
 from collections.abc import Callable
 from typing import cast
 
 import structlog
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from hivemem.pool.adapters.redis_errors import redis_errors
 from hivemem.pool.enums import Zone, checked_zone
-from hivemem.pool.errors import SealBroken
-from hivemem.security.key_store import KEY_BYTES, KeyStore, stored_bytes
+from hivemem.security.key_store import KeyStore, stored_bytes
 
 log = structlog.get_logger(__name__)
 
-#: The key id bound into the wrap of each secret made once (vector keys, the ingest key).
-_FIXED_ID = {"vector": "vector", "ingest": "ingest", "signing": "signing"}
-
-
-def _public_key(raw: bytes) -> bytes:
-    """The 32 raw bytes of a public key stored as base64; SealBroken for anything else."""
-    try:
-        public = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        public = b""
-    if len(public) != KEY_BYTES:
-        raise SealBroken("the stored public ingest key is malformed")
-    return public
+#: The key id bound into the wrap of each secret made once (vector keys, the signing key).
+_FIXED_ID = {"vector": "vector", "signing": "signing"}
 
 
 class FixedKeys:
-    """The vector and ingest keys of one namespace. Thread-safe."""
+    """The vector keys and the workers' signing key of one namespace. Thread-safe."""
 
     def __init__(self, store: KeyStore) -> None:
         self._store = store
@@ -55,28 +39,11 @@ class FixedKeys:
         zone = checked_zone(zone)
         return self._made_once("vector", str(zone), f"{self._store.prefix}vector:{zone}")
 
-    def ingest_secret(self) -> bytes:
-        """The 32-byte secret of the workers' ingest key (an X25519 private key: see
-        :mod:`hivemem.security.ingest_seal`), made once (atomically) and never rotated."""
-        return self._made_once("ingest", "", f"{self._store.prefix}ingest")
-
     def workers_signing_seed(self, initial: Callable[[], bytes | None] = lambda: None) -> bytes:
         """The 32-byte private key every worker of the namespace signs with (Ed25519), made
         once (atomically: ``initial()``, asked only then, or a random one) and never
         rotated."""
         return self._made_once("signing", "", f"{self._store.prefix}signing:workers", initial)
-
-    def ingest_public(self) -> bytes:
-        """The public half of the workers' ingest key (32 bytes), kept in clear beside it
-        (``<ns>:keys:ingest:public``), so that a sealer never unwraps the private half once
-        the pair exists. The first keyring to ask makes both. Raises SealBroken for a stored
-        value that is not 32 bytes of base64."""
-
-        def made() -> bytes:
-            private = X25519PrivateKey.from_private_bytes(self.ingest_secret())
-            return base64.b64encode(private.public_key().public_bytes_raw())
-
-        return self._stored_once(f"{self._store.prefix}ingest:public", made, _public_key)
 
     def _made_once(
         self,

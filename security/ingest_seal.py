@@ -11,24 +11,39 @@ more, to a key only the workers open::
 
     b"HMI1" <ephemeral public key: 32> <nonce: 12> <AES-256-GCM ciphertext of the frame>
 
-The workers' ingest key is an X25519 key pair; its private half is made once per pool namespace
-and kept in Redis wrapped by the master key (:meth:`ZoneKeyring.ingest_secret`), its public half
-in clear beside it (:meth:`ZoneKeyring.ingest_public`): a sealer reads only that. An
-:class:`IngestSealer` (one per agent) makes an ephemeral X25519 key once, agrees a secret with
-the workers' public key, and derives its AES key with HKDF-SHA256 (info: the tag, then both
-public keys); the magic and its public key are the associated data. So each message costs one
-AES-GCM pass, and only a holder of the workers' private key (an :class:`IngestOpener`) opens it.
-Inside is the usual version-2 frame, signed by its sender and checked as before.
+The workers' ingest keys are X25519 key pairs (:mod:`hivemem.security.ingest_keys`): their
+private halves kept in Redis wrapped by the master key, the current one's public half in clear
+beside it, which is all a sealer reads. An :class:`IngestSealer` (one per agent) makes an
+ephemeral X25519 key once, agrees a secret with the workers' current public key, and derives its
+AES key with HKDF-SHA256 (info: the tag, then both public keys); the head (magic, the workers'
+key id, its public key) is the associated data. So each message costs one AES-GCM pass, and only
+a holder of that workers' private key (an :class:`IngestOpener`) opens it. Inside is the usual
+version-2 frame, signed by its sender and checked as before.
+
+Which workers' key a message is sealed to is in its head, so that the workers pick it, and a
+retirement counts the messages still queued under an old key without opening them. A message
+to the first key (id ``ingest``, made before keys rotated) keeps the form earlier versions
+wrote, which they still open::
+
+    b"HMI2" <id length: 1> <the workers' key id> <ephemeral public key: 32> <nonce: 12> <...>
+
+A sealer reads the current key again once what it read is ``ttl_s`` old (the keyring's: 1 s),
+so a rotation reaches every agent within that time, and a retirement waits longer than that
+(:mod:`hivemem.security.ingest_rotation`). An opener reads the keys again when a message names
+one it does not hold, and once what it holds is ``ttl_s`` old (a retired key goes).
 
 What this does not change: whoever holds the master key (every pool process, as for zone keys)
-can unwrap the workers' key, which is never rotated (docs/security.md, "Known gaps").
+can unwrap the workers' keys.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -36,16 +51,23 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from hivemem.pool.envelope import INGEST_SEAL_MAGIC, Envelope, EnvelopeCodec
-from hivemem.pool.errors import InvalidMessage, MessageRejected, SealBroken
+from hivemem.pool.envelope import (
+    INGEST_SEAL_MAGIC,
+    INGEST_SEAL_MAGIC_WITH_ID,
+    Envelope,
+    EnvelopeCodec,
+)
+from hivemem.pool.errors import InvalidIdentifier, InvalidMessage, MessageRejected
+from hivemem.security.ingest_keys import FIRST_INGEST_ID, check_ingest_id
 from hivemem.security.keyring import ZoneKeyring
 from hivemem.security.sealing import NONCE_BYTES, TAG_BYTES
 
 MAGIC = INGEST_SEAL_MAGIC
+MAGIC_WITH_ID = INGEST_SEAL_MAGIC_WITH_ID
 _PUBLIC_BYTES = 32
-_HEAD = len(MAGIC) + _PUBLIC_BYTES
 _KDF_INFO = b"hivemem/ingest/v1|"
-#: Senders' derived keys an opener keeps at most (one per agent process, least recent go first).
+#: Senders' derived keys an opener keeps at most (one per agent process and workers' key, least
+#: recent go first).
 _OPENER_CACHE = 4096
 
 
@@ -58,38 +80,84 @@ def _raw(key: X25519PublicKey) -> bytes:
     return key.public_bytes_raw()
 
 
-def workers_public_key(keyring: ZoneKeyring) -> X25519PublicKey:
-    """The public half of the workers' ingest key, as stored beside it (made on first use,
-    by whoever asks first). Raises PoolUnavailable when Redis is down and SealBroken for a
-    malformed stored key."""
-    return X25519PublicKey.from_public_bytes(keyring.ingest_public())
+def _magic(key_id: str) -> bytes:
+    """How a message sealed to the workers' key ``key_id`` begins, up to the sender's key."""
+    if key_id == FIRST_INGEST_ID:
+        return MAGIC
+    return MAGIC_WITH_ID + bytes([len(key_id)]) + key_id.encode()
+
+
+def _head(data: bytes) -> tuple[str, int] | None:
+    """The workers' key id a wrap names and where its sender's key starts; None for bytes that
+    are no wrap (a frame queued before wraps existed). Raises InvalidMessage for a head that
+    cannot be one."""
+    if data.startswith(MAGIC):
+        return FIRST_INGEST_ID, len(MAGIC)
+    if not data.startswith(MAGIC_WITH_ID):
+        return None
+    start = len(MAGIC_WITH_ID) + 1
+    length = data[start - 1] if len(data) >= start else 0
+    try:
+        key_id = check_ingest_id(data[start : start + length].decode("ascii"))
+    except (UnicodeDecodeError, InvalidIdentifier):
+        raise InvalidMessage("malformed ingest message: no workers' key id") from None
+    return key_id, start + length
+
+
+def sealed_to(data: bytes) -> str | None:
+    """The id of the workers' key a queued message is sealed to, read from its clear head (None:
+    no wrap, or a head that cannot be one). Nothing is opened."""
+    try:
+        found = _head(data)
+    except InvalidMessage:
+        return None
+    return None if found is None else found[0]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The workers' key a sealer seals to, as read at ``checked_at`` (monotonic)."""
+
+    head: bytes
+    public: bytes
+    aead: AESGCM
+    checked_at: float
 
 
 class IngestSealer:
-    """Seals ingest messages to the workers (one per agent; thread-safe)."""
+    """Seals ingest messages to the workers' current key (one per agent; thread-safe)."""
 
     def __init__(self, keyring: ZoneKeyring) -> None:
         self._keyring = keyring
         self._own = X25519PrivateKey.generate()
-        self._aead: AESGCM | None = None
+        self._target: _Target | None = None
         self._lock = threading.Lock()
 
     def seal(self, frame: bytes) -> bytes:
         """``frame`` (a signed version-2 message) wrapped for the workers. Raises
-        PoolUnavailable when the workers' key cannot be read yet (Redis down): the caller keeps
-        the message and tries again."""
-        aead = self._aead or self._agree()
+        PoolUnavailable when the workers' current key cannot be read (Redis down, and what
+        was read is older than the keyring's ``ttl_s``): the caller keeps the message and tries
+        again."""
+        target = self._target
+        if target is None or time.monotonic() - target.checked_at >= self._keyring.ttl_s:
+            target = self._current(target)
         nonce = os.urandom(NONCE_BYTES)
-        head = MAGIC + _raw(self._own.public_key())
-        return b"".join((head, nonce, aead.encrypt(nonce, frame, head)))
+        return b"".join((target.head, nonce, target.aead.encrypt(nonce, frame, target.head)))
 
-    def _agree(self) -> AESGCM:
-        workers = workers_public_key(self._keyring)
+    def _current(self, known: _Target | None) -> _Target:
+        """The workers' current key, read again (the agreed key kept while it is the same)."""
+        checked_at = time.monotonic()
+        key_id, workers = self._keyring.ingest.current()
+        own = _raw(self._own.public_key())
+        if known is not None and known.public == workers:
+            aead = known.aead
+        else:
+            shared = self._own.exchange(X25519PublicKey.from_public_bytes(workers))
+            aead = _derived(shared, own, workers)
+        target = _Target(_magic(key_id) + own, workers, aead, checked_at)
         with self._lock:
-            if self._aead is None:
-                own = _raw(self._own.public_key())
-                self._aead = _derived(self._own.exchange(workers), own, _raw(workers))
-            return self._aead
+            self._target = target
+        return target
 
 
 class IngestOpener:
@@ -97,48 +165,71 @@ class IngestOpener:
 
     def __init__(self, keyring: ZoneKeyring) -> None:
         self._keyring = keyring
-        self._private: X25519PrivateKey | None = None
-        self._senders: OrderedDict[bytes, AESGCM] = OrderedDict()
+        self._keys: dict[str, X25519PrivateKey] = {}
+        self._loaded_at = -math.inf
+        self._senders: OrderedDict[tuple[str, bytes], AESGCM] = OrderedDict()
         self._lock = threading.Lock()
 
     def open(self, data: bytes) -> bytes:
         """The frame inside. Bytes without the magic are returned as they are: a message
         queued before ingest sealing existed (its frame is still signed and checked). Raises
         InvalidMessage for a wrap too short to hold anything, MessageRejected (``tampered``)
-        for one that does not open."""
-        if not data.startswith(MAGIC):
+        for one that does not open, (``unknown_key``) for one sealed to a workers' key that is
+        retired or unknown."""
+        found = _head(data)
+        if found is None:
             return data
-        if len(data) < _HEAD + NONCE_BYTES + TAG_BYTES:
+        key_id, at = found
+        body = at + _PUBLIC_BYTES + NONCE_BYTES
+        if len(data) < body + TAG_BYTES:
             raise InvalidMessage("malformed ingest message: too short")
-        head, nonce = data[:_HEAD], data[_HEAD : _HEAD + NONCE_BYTES]
+        head, nonce = data[: at + _PUBLIC_BYTES], data[at + _PUBLIC_BYTES : body]
+        private = self._private(key_id)
         try:
-            return self._aead(head[len(MAGIC) :]).decrypt(nonce, data[_HEAD + NONCE_BYTES :], head)
+            aead = self._aead(key_id, private, head[at:])
+            return aead.decrypt(nonce, data[body:], head)
         except (InvalidTag, ValueError):  # ValueError: not a point X25519 agrees with
             raise MessageRejected("tampered", "an ingest message does not open") from None
 
-    def _aead(self, sender_public: bytes) -> AESGCM:
+    def _private(self, key_id: str) -> X25519PrivateKey:
+        """The workers' key ``key_id``: the keys are read again when it is not held, or what is
+        held is ``ttl_s`` old. MessageRejected (``unknown_key``) when it is not there either."""
+        keys = self._keys
+        if key_id not in keys or time.monotonic() - self._loaded_at >= self._keyring.ttl_s:
+            keys = self._load()
+        private = keys.get(key_id)
+        if private is None:
+            raise MessageRejected(
+                "unknown_key", f"an ingest message sealed to workers' key {key_id}, not held"
+            )
+        return private
+
+    def _aead(self, key_id: str, private: X25519PrivateKey, sender_public: bytes) -> AESGCM:
         with self._lock:
-            known = self._senders.get(sender_public)
+            known = self._senders.get((key_id, sender_public))
             if known is not None:
-                self._senders.move_to_end(sender_public)
+                self._senders.move_to_end((key_id, sender_public))
                 return known
-        private = self._private or self._load()
         shared = private.exchange(X25519PublicKey.from_public_bytes(sender_public))
         aead = _derived(shared, sender_public, _raw(private.public_key()))
         with self._lock:
-            self._senders[sender_public] = aead
+            self._senders[key_id, sender_public] = aead
             while len(self._senders) > _OPENER_CACHE:
                 self._senders.popitem(last=False)
         return aead
 
-    def _load(self) -> X25519PrivateKey:
-        """The workers' private key, checked against the public half agents seal to: a
-        public half replaced in Redis would have every agent seal to a key nobody holds."""
-        private = X25519PrivateKey.from_private_bytes(self._keyring.ingest_secret())
-        if private.public_key().public_bytes_raw() != self._keyring.ingest_public():
-            raise SealBroken("the stored public ingest key is not the workers' key's")
-        self._private = private
-        return private
+    def _load(self) -> dict[str, X25519PrivateKey]:
+        """Every workers' key not retired, read again (IngestKeys.ring checks the current one
+        against the public half agents seal to). Keys no longer there are dropped."""
+        loaded_at = time.monotonic()
+        keys = {
+            key_id: X25519PrivateKey.from_private_bytes(secret)
+            for key_id, secret in self._keyring.ingest.ring().items()
+        }
+        with self._lock:
+            self._keys, self._loaded_at = keys, loaded_at
+            self._senders = OrderedDict((k, v) for k, v in self._senders.items() if k[0] in keys)
+        return keys
 
 
 class IngestCodec:

@@ -2,8 +2,9 @@
 by the master key of a :class:`~hivemem.security.key_provider.KeyProvider`.
 
 :class:`ZoneKeyring` is the facade the rest of hivemem holds. Each kind of key has its service:
-data keys in :mod:`hivemem.security.data_keys`, the vector and ingest keys made once in
-:mod:`hivemem.security.fixed_keys`, subject secrets in :mod:`hivemem.security.subject_secrets`;
+data keys in :mod:`hivemem.security.data_keys`, the vector keys made once in
+:mod:`hivemem.security.fixed_keys`, the workers' ingest keys in
+:mod:`hivemem.security.ingest_keys`, subject secrets in :mod:`hivemem.security.subject_secrets`;
 the wrapped entries they share, and the unwrapped keys this process holds, in
 :mod:`hivemem.security.key_store`.
 
@@ -13,8 +14,10 @@ Redis layout, every key under ``<namespace>:keys:``:
   ``dek:<key_id>`` → a wrapped DEK; ``retired:<key_id>`` → ``{"created_at", "retired_at"}`` of
   a retired DEK, whose ``dek:`` field was deleted.
 - ``<ns>:keys:vector:<zone>``, a string: the zone's wrapped vector key.
-- ``<ns>:keys:ingest``, a string: the workers' wrapped ingest key, and ``<ns>:keys:ingest:public``
-  its public half in clear (base64), to which agents seal what they queue for the workers.
+- ``<ns>:keys:ingest``, a string: the workers' current wrapped ingest key, and
+  ``<ns>:keys:ingest:public`` its public half in clear (base64), to which agents seal what they
+  queue for the workers; its id and the keys rotated away from beside them
+  (:mod:`hivemem.security.ingest_keys`).
 - ``<ns>:keys:subjects``, a hash: subject (a user id, checked like every scope id: no
   whitespace, no ``|``, the AAD separator) → its wrapped secret.
 
@@ -41,6 +44,7 @@ from hivemem.pool.errors import InvalidInput
 from hivemem.security.audit import check_namespace
 from hivemem.security.data_keys import DataKey, DataKeys, KeyInfo
 from hivemem.security.fixed_keys import FixedKeys
+from hivemem.security.ingest_keys import IngestKeys
 from hivemem.security.key_provider import KeyProvider
 from hivemem.security.key_store import KeyStore
 from hivemem.security.subject_secrets import SubjectSecrets
@@ -70,6 +74,13 @@ class ZoneKeyring:
         self._data_keys = DataKeys(self._store)
         self._fixed = FixedKeys(self._store)
         self._subjects = SubjectSecrets(self._store)
+        #: The workers' ingest keys: current, rotated, retired (:class:`IngestKeys`).
+        self.ingest = IngestKeys(self._store)
+
+    @property
+    def ttl_s(self) -> float:
+        """How long (seconds) this keyring uses what it read without asking Redis again."""
+        return self._store.ttl_s
 
     # -- data keys ---------------------------------------------------------------------------
 
@@ -103,14 +114,6 @@ class ZoneKeyring:
     def workers_signing_seed(self, initial: Callable[[], bytes | None] = lambda: None) -> bytes:
         """The workers' shared signing key (:meth:`FixedKeys.workers_signing_seed`)."""
         return self._fixed.workers_signing_seed(initial)
-
-    def ingest_secret(self) -> bytes:
-        """The secret of the workers' ingest key (:meth:`FixedKeys.ingest_secret`)."""
-        return self._fixed.ingest_secret()
-
-    def ingest_public(self) -> bytes:
-        """The public half of the workers' ingest key (:meth:`FixedKeys.ingest_public`)."""
-        return self._fixed.ingest_public()
 
     # -- subjects ----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from redis.retry import Retry
 
 from hivemem.pool.errors import InvalidMessage, MessageRejected, PoolUnavailable, SealBroken
 from hivemem.pool.redis_server import free_port
-from hivemem.security.ingest_seal import MAGIC, IngestOpener, IngestSealer, workers_public_key
+from hivemem.security.ingest_seal import MAGIC, IngestOpener, IngestSealer
 from hivemem.security.key_provider import LocalKeyProvider
 from hivemem.security.keyring import ZoneKeyring
 
@@ -83,17 +83,15 @@ def test_the_workers_key_is_made_once_and_kept_wrapped(
     """Keyrings agree on one key; Redis holds it only wrapped (the public half derives from
     nothing stored in clear); an entry moved from another slot does not unwrap."""
     other = ZoneKeyring(client, LocalKeyProvider(bytes(range(32))), namespace="t")
-    assert workers_public_key(keyring).public_bytes_raw() == (
-        workers_public_key(other).public_bytes_raw()
-    )
+    assert keyring.ingest.current() == other.ingest.current()
     stored = json.loads(client.get("t:keys:ingest"))
     assert set(stored) == {"provider_id", "wrapped", "created_at"}
-    assert keyring.ingest_secret().hex() not in json.dumps(stored)
+    assert keyring.ingest.ring()["ingest"].hex() not in json.dumps(stored)
     moved = ZoneKeyring(client, LocalKeyProvider(bytes(range(32))), namespace="t2")
     moved.vector_key("public")
     client.set("t2:keys:ingest", client.get("t2:keys:vector:public"))
     with pytest.raises(SealBroken):
-        moved.ingest_secret()
+        moved.ingest.ring()
 
 
 def test_a_sealer_without_redis_says_so(keyring: ZoneKeyring) -> None:
@@ -112,13 +110,13 @@ def test_sealing_needs_only_the_public_half(keyring: ZoneKeyring, client: redis.
     """Once the pair exists, a sealer reads only its public half, kept in clear beside the
     wrapped private one: a keyring that cannot unwrap the private half (another master key)
     still seals, and the workers open what it sealed."""
-    workers_public_key(keyring)  # the pair is made
+    key_id, public = keyring.ingest.current()  # the pair is made
     stored = client.get("t:keys:ingest:public")
     assert stored is not None
-    assert base64.b64decode(stored) == workers_public_key(keyring).public_bytes_raw()
+    assert (key_id, base64.b64decode(stored)) == ("ingest", public)
     outsider = ZoneKeyring(client, LocalKeyProvider(bytes(32)), namespace="t")
     with pytest.raises(SealBroken):
-        outsider.ingest_secret()
+        outsider.ingest.ring()
     assert IngestOpener(keyring).open(IngestSealer(outsider).seal(FRAME)) == FRAME
 
 

@@ -1,0 +1,124 @@
+"""Rotating the workers' ingest key, and retiring an old one once nothing queued is sealed to it.
+
+The steps, each audited:
+
+1. :meth:`IngestRotation.rotate` makes a new current key (audited ``key_rotated``, zone
+   ``workers-ingest``). Agents seal to it within the keyring's ``ttl_s`` (1 s); the workers
+   open messages sealed to any key not retired, and read the keys again when a message names
+   one they do not hold.
+2. :meth:`IngestRotation.retire` deletes an old key's material (audited ``key_retired``). It
+   refuses (IngestKeyStillInUse, nothing changes) until ``grace_s`` has passed since the key
+   stopped being current (an agent may have sealed a message to it just before it read the new
+   key, and not appended it yet: the grace covers that and more), and while the ingest queues
+   hold messages sealed to it that the workers have not stored. Forced, it makes those messages
+   unreadable for good: the workers reject them (``unknown_key``) and their writes never reach
+   the zone store.
+
+The count reads each queued message's clear head (:func:`~hivemem.security.in_flight.
+ingest_queued_to`): an agent can hold a retirement off by queuing frames that name the old key
+(each is gone at the next drain; ``force`` overrides).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from hivemem.pool.errors import INGEST_QUEUE, InvalidInput, KeyStillInUse
+from hivemem.pool.records import utc_now
+from hivemem.security.audit import AuditLog
+from hivemem.security.audit_entry import AuditEvent
+from hivemem.security.ingest_keys import INGEST_KEYS, IngestKeyInfo, check_ingest_id
+from hivemem.security.keyring import ZoneKeyring
+
+#: How a retirement names the agents that may still seal to a key replaced less than the grace
+#: ago (agent ids hold no space, so no agent has this name).
+AGENTS_SEALING = "agents sealing"
+
+
+class IngestKeyStillInUse(KeyStillInUse):
+    """Raised when a workers' ingest key is to be retired while ``holders`` (:data:`AGENTS_SEALING`,
+    :data:`INGEST_QUEUE`) may still need it. Nothing changed."""
+
+    def __init__(self, key_id: str, holders: list[str], until: datetime | None) -> None:
+        super().__init__(INGEST_KEYS, key_id, holders)
+        reasons = []
+        if AGENTS_SEALING in holders and until is not None:
+            reasons.append(f"agents may seal to it until {until.isoformat(timespec='seconds')}")
+        if INGEST_QUEUE in holders:
+            reasons.append("the ingest queues hold messages sealed to it (let the workers store)")
+        shown = "; ".join(reasons)
+        self.args = (f"workers' ingest key {key_id} is still in use: {shown}; wait, or force it",)
+
+
+class IngestRotation:
+    """Rotation and retirement of one pool's workers' ingest keys (see the module docstring)."""
+
+    def __init__(
+        self,
+        keyring: ZoneKeyring,
+        *,
+        audit: AuditLog,
+        queued: Callable[[str], int],
+        grace_s: float,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        """``queued(key_id)``: how many messages of the ingest queues that the workers have not
+        stored are sealed to the key; ``grace_s``: how long after a key stopped being current it
+        may be retired."""
+        self._keys = keyring.ingest
+        self._audit = audit
+        self._queued = queued
+        self._grace = timedelta(seconds=grace_s)
+        self._clock = clock
+
+    def listing(self) -> list[IngestKeyInfo]:
+        """Every workers' ingest key, retired ones included, oldest first."""
+        return self._keys.listing()
+
+    def rotate(self, *, actor: str) -> IngestKeyInfo:
+        """Make a new current key; the previous one still opens what was sealed to it. Audited
+        ``key_rotated`` (the new and previous id)."""
+        key_id, previous = self._keys.rotate()
+        self._audit.record(
+            AuditEvent.KEY_ROTATED, actor=actor, subject=key_id, zone=INGEST_KEYS,
+            previous=previous,
+        )  # fmt: skip
+        return next(info for info in self._keys.listing() if info.key_id == key_id)
+
+    def behind(self, key_id: str) -> list[str]:
+        """What may still need the old key ``key_id`` (empty for the current one):
+        :data:`AGENTS_SEALING` within the grace after it was replaced, then
+        :data:`INGEST_QUEUE` if messages queued to it wait. Raises KeyUnavailable for an
+        unknown or retired key."""
+        replaced = self._keys.replaced_at(check_ingest_id(key_id))
+        return [] if replaced is None else self._late(key_id, replaced)
+
+    def retire(self, key_id: str, *, actor: str, force: bool = False) -> list[str]:
+        """Delete the material of an old key. Raises IngestKeyStillInUse (nothing changes)
+        while it is :meth:`behind`, unless ``force``; InvalidInput for the current key;
+        KeyUnavailable for an unknown one; InvalidIdentifier for a malformed id. Returns what
+        was behind (empty unless forced). Retiring a retired key does nothing (not audited)."""
+        key_id = check_ingest_id(key_id)
+        if any(info.key_id == key_id and info.retired for info in self._keys.listing()):
+            return []
+        replaced = self._keys.replaced_at(key_id)
+        if replaced is None:
+            raise InvalidInput(f"ingest key {key_id} is the current one", field="key_id")
+        late = self._late(key_id, replaced)
+        if late and not force:
+            raise IngestKeyStillInUse(key_id, late, replaced + self._grace)
+        if self._keys.retire(key_id):
+            self._audit.record(
+                AuditEvent.KEY_RETIRED, actor=actor, subject=key_id, zone=INGEST_KEYS,
+                forced=bool(late), behind=late,
+            )  # fmt: skip
+        return late
+
+    def _late(self, key_id: str, replaced: datetime) -> list[str]:
+        late = []
+        if self._clock() < replaced + self._grace:
+            late.append(AGENTS_SEALING)
+        if self._queued(key_id):
+            late.append(INGEST_QUEUE)
+        return late
