@@ -52,30 +52,27 @@ import pstats
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import redis
 
-# Helpers of the sync and latency benchmarks (this folder is on sys.path when a bench script runs).
+# This folder is on sys.path when a bench script runs: the helpers shared by the bench scripts,
+# the percentile of the latency benchmark, and the peer process (agent "b", security_peer.py).
+from common import CachedEmbedder, Events, machine_facts, quiet_logs, text_of
 from latency import percentile
-from sync import CachedEmbedder, Events, machine_facts, quiet_logs, text_of
+from security_peer import MODES, mode_settings, peer_main
 
 from hivemem.agents.agent import Agent
 from hivemem.agents.embedding import shared_embedder
-from hivemem.agents.receiving import Receiver
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.records import MemoryRecord
 from hivemem.pool.redis_server import EmbeddedRedis
-from hivemem.pool.settings import EmbeddingSettings, HivememSettings, PoolSettings, SecuritySettings
+from hivemem.pool.settings import EmbeddingSettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.key_provider import LocalKeyProvider
 from hivemem.security.signing import AdminSigner
 
-MODES = ("plain", "secure")
 PROBE_USER = "u"
 TARGET_PCT = 15.0
 PROFILE_TOP = 15
@@ -87,87 +84,6 @@ def note(message: str) -> None:
 
 def probe_text(n: int) -> str:
     return f"sync probe {n}: {text_of(n)}"
-
-
-def mode_settings(mode: str, root: Path, url: str, name: str, namespace: str) -> HivememSettings:
-    """Settings of one pool process: ``secure`` shares the key files under ``root/keys``."""
-    keys = root / "keys"
-    security = SecuritySettings(
-        enabled=mode == "secure",
-        master_key_file=keys / "master.key",
-        admin_key_file=keys / "admin.key",
-    )
-    return HivememSettings(
-        data_dir=root / name,
-        redis_url=url,
-        pool=PoolSettings(namespace=namespace),
-        security=security,
-    )
-
-
-# -- the peer process: agent "b" of both pools ----------------------------------------------------
-
-
-def stamp_arrivals() -> dict[int, int]:
-    """Measurement only: have each receiver thread note when a pub/sub message reached it
-    (CLOCK_MONOTONIC ns, by thread id) before it handles the message exactly as before."""
-    arrived: dict[int, int] = {}
-    handle = Receiver._on_live
-
-    def stamped(receiver: Receiver, channel: bytes, data: bytes) -> None:
-        arrived[threading.get_ident()] = time.monotonic_ns()
-        handle(receiver, channel, data)
-
-    Receiver._on_live = stamped  # type: ignore[method-assign]
-    return arrived
-
-
-def peer_main(root_dir: str, url: str, commands: Connection, events: Connection) -> None:
-    """Agent "b" in each pool; reports ("sync", mode, probe, t1_ns, arrived_ns) for every probe
-    received (``arrived_ns``: when its message reached the receiver thread)."""
-    quiet_logs()
-    root = Path(root_dir)
-    send_lock = threading.Lock()
-    arrived = stamp_arrivals()
-
-    def emit(*message: Any) -> None:
-        with send_lock:
-            events.send(message)
-
-    def listener(mode: str) -> Any:
-        def on_records(stored: list[MemoryRecord]) -> None:
-            received = time.monotonic_ns()
-            for record in stored:
-                probe = record.metadata.get("probe")
-                if isinstance(probe, int):
-                    emit("sync", mode, probe, received, arrived.get(threading.get_ident(), 0))
-
-        return on_records
-
-    embedder = shared_embedder(EmbeddingSettings(), root)
-    pools: list[SharedMemoryPool] = []
-    try:
-        connected = True
-        for mode in MODES:
-            settings = mode_settings(mode, root, url, f"peer-{mode}", f"bench-{mode}")
-            pool = SharedMemoryPool.connect(settings, embedder=embedder)
-            pools.append(pool)
-            agent = pool.register_agent("b", clearance=Zone.INTERNAL, share_levels=[])
-            agent.on_receive(listener(mode))
-            connected = agent.wait_connected(30.0) and connected
-        emit("started", connected)
-        while True:
-            try:
-                if commands.recv()[0] == "exit":
-                    return
-            except EOFError:
-                return
-    finally:
-        for pool in pools:
-            pool.close()
-
-
-# -- this process ---------------------------------------------------------------------------------
 
 
 def bulk_items(count: int, start: int, *, distinct: int, users: int) -> list[dict[str, Any]]:

@@ -39,44 +39,34 @@ import argparse
 import base64
 import contextlib
 import json
-import logging
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import redis
-import structlog
 
-# The word lists and percentile of the latency benchmark (this folder is on sys.path when a
-# bench script runs).
-from latency import PEOPLE, THINGS, VERBS, percentile
+# This folder is on sys.path when a bench script runs: the helpers shared by the bench scripts,
+# the percentile of the latency benchmark, and the peer process (agent "b", sync_peer.py).
+from common import CachedEmbedder, Events, machine_facts, quiet_logs, text_of
+from latency import percentile
+from sync_peer import PROBE_USER, RAW_CHANNEL, peer_main, process_settings, token_of
 
-from hivemem.agents.agent import Agent
 from hivemem.agents.embedding import shared_embedder
 from hivemem.pool.adapters.redis_bus import zone_topic
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.redis_server import EmbeddedRedis
-from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 
-RAW_CHANNEL = "bench:raw"
-PROBE_USER = "u"
 TARGET_SYNC_P50_MS = 2.0
 TARGET_SYNC_P99_MS = 10.0
 TARGET_APPLY_PER_S = 5_000.0
-EVENT_TIMEOUT_S = 5.0
 #: The sync path in stages: write queued in the outbox, add() returned, message at the peer's
 #: receiver, records stored, found by the peer's search.
 STAGES = ("queued_to_acked", "acked_to_arrived", "arrived_to_applied", "applied_to_found")
@@ -86,56 +76,12 @@ def note(message: str) -> None:
     print(f"[sync] {message}", file=sys.stderr, flush=True)
 
 
-def quiet_logs() -> None:
-    """hivemem logs with structlog (stdout by default): warnings only, on stderr."""
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
-
-
-def text_of(i: int) -> str:
-    person = PEOPLE[i % len(PEOPLE)]
-    verb = VERBS[(i // len(PEOPLE)) % len(VERBS)]
-    thing = THINGS[(i // (len(PEOPLE) * len(VERBS))) % len(THINGS)]
-    return f"{person} {verb} {thing} (note {i})"
-
-
-def token_of(n: int) -> str:
-    """A word BM25 keeps whole and unique to probe ``n``."""
-    return f"q{n:06d}z"
-
-
 def probe_text(n: int) -> str:
     return f"sync probe {token_of(n)}: {text_of(n)}"
 
 
 def ms(ns: float) -> float:
     return ns / 1e6
-
-
-class CachedEmbedder:
-    """The real embedder behind a cache of texts embedded before the timed parts."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.model_id: str = inner.model_id
-        self.dim: int = inner.dim
-        self._rows: dict[str, npt.NDArray[np.float32]] = {}
-
-    def preload(self, texts: Sequence[str]) -> None:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._rows]
-        for text, row in zip(missing, self._inner.embed_documents(missing), strict=True):
-            self._rows[text] = row
-
-    def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        self.preload(texts)
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._rows[t] for t in texts])
-
-    def embed_query(self, text: str) -> npt.NDArray[np.float32]:
-        return np.asarray(self._inner.embed_query(text), dtype=np.float32)
 
 
 class QueueStamps:
@@ -155,157 +101,6 @@ class QueueStamps:
         pass
 
 
-# -- the peer process ----------------------------------------------------------------------------
-
-
-def process_settings(data_dir: Path, url: str) -> HivememSettings:
-    """One process's settings: its own data directory; the master and admin keys both processes
-    share, as the processes of one pool must, come from the environment :func:`main` sets
-    before the peer starts (``HIVEMEM_SECURITY__ENABLED=false`` measures without security)."""
-    return HivememSettings(data_dir=data_dir, redis_url=url)
-
-
-def open_peer(url: str, data_dir: Path) -> tuple[SharedMemoryPool, Agent]:
-    pool = SharedMemoryPool.connect(process_settings(data_dir, url))
-    agent = pool.register_agent("b", clearance=Zone.INTERNAL, share_levels=[])
-    return pool, agent
-
-
-def peer_main(commands: Connection, events: Connection) -> None:
-    """Agent "b" and a raw subscriber; obeys ``commands``, reports on ``events``."""
-    quiet_logs()
-    send_lock = threading.Lock()
-
-    def emit(*message: Any) -> None:
-        with send_lock:
-            events.send(message)
-
-    state: dict[str, Any] = {"arrival": 0, "target": 0, "count": 0, "first": 0, "last": 0}
-    pool: SharedMemoryPool | None = None
-    agent: Agent | None = None
-
-    def on_records(stored: list[MemoryRecord]) -> None:
-        applied = time.monotonic_ns()
-        bulk = 0
-        for record in stored:
-            probe = record.metadata.get("probe")
-            if not isinstance(probe, int):
-                bulk += 1
-                continue
-            hits = agent.memory.search(  # type: ignore[union-attr]
-                token_of(probe), user_id=PROBE_USER, agent_id="b", config="keyword", top_k=5
-            )
-            found_at = time.monotonic_ns()
-            found = any(h.record.id == record.id for h in hits)
-            emit("sync", probe, found_at, found, state["arrival"], applied)
-        if bulk and state["target"]:
-            state["first"] = state["first"] or applied
-            state["last"] = applied
-            state["count"] += bulk
-            if state["count"] >= state["target"]:
-                emit("live_done", state["count"], state["first"], state["last"])
-                state["target"] = 0
-
-    def attach(opened: Agent) -> None:
-        # Stamp when a live message reaches "b"'s receiver (benchmark-only instrumentation).
-        receiver = opened._receiver
-        on_live = receiver._on_live
-
-        def stamped(channel: bytes, data: bytes) -> None:
-            state["arrival"] = time.monotonic_ns()
-            on_live(channel, data)
-
-        receiver._on_live = stamped  # type: ignore[method-assign]
-        opened.on_receive(on_records)
-
-    def raw_subscriber(url: str, ready: threading.Event) -> None:
-        client = redis.Redis.from_url(url)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        pubsub.subscribe(RAW_CHANNEL)
-        ready.set()
-        while True:
-            message = pubsub.get_message(timeout=0.2)
-            if message is not None and message.get("type") == "message":
-                received = time.monotonic_ns()
-                emit("raw", int(message["data"].split(b" ", 1)[0]), received)
-
-    try:
-        while True:
-            try:
-                command = commands.recv()
-            except EOFError:
-                return
-            kind = command[0]
-            if kind == "start":
-                _, url, data_dir = command
-                pool, agent = open_peer(url, Path(data_dir))
-                attach(agent)
-                connected = agent.wait_connected(30.0)
-                ready = threading.Event()
-                threading.Thread(
-                    target=raw_subscriber, args=(url, ready), name="raw-sub", daemon=True
-                ).start()
-                ready.wait(10.0)
-                emit("started", connected)
-            elif kind == "expect":
-                state.update(target=command[1], count=0, first=0, last=0)
-                emit("expecting")
-            elif kind == "close":
-                assert pool is not None
-                assert agent is not None
-                total = agent.memory.stats().total
-                pool.close()
-                pool = agent = None
-                emit("closed", total)
-            elif kind == "reopen":
-                _, url, data_dir = command
-                began = time.monotonic_ns()
-                pool, agent = open_peer(url, Path(data_dir))
-                opened = time.monotonic_ns()
-                connected = agent.wait_connected(300.0)
-                caught_up = time.monotonic_ns()
-                attach(agent)
-                emit("reopened", connected, began, opened, caught_up, agent.memory.stats().total)
-            elif kind == "exit":
-                return
-    finally:
-        if pool is not None:
-            pool.close()
-
-
-# -- this process: agent "a" -------------------------------------------------------------------
-
-
-class Events:
-    """The peer's reports, matched by kind (and key) whatever order they arrive in."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        self._early: list[tuple[Any, ...]] = []
-
-    def wait(
-        self, match: Callable[[tuple[Any, ...]], bool], timeout_s: float = EVENT_TIMEOUT_S
-    ) -> tuple[Any, ...] | None:
-        for i, event in enumerate(self._early):
-            if match(event):
-                return self._early.pop(i)
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            if not self._connection.poll(left):
-                break
-            event = self._connection.recv()
-            if match(event):
-                return event  # type: ignore[no-any-return]
-            self._early.append(event)
-        return None
-
-    def kind(self, name: str, timeout_s: float = EVENT_TIMEOUT_S) -> tuple[Any, ...]:
-        event = self.wait(lambda e: e[0] == name, timeout_s)
-        if event is None:
-            raise TimeoutError(f"the peer did not report {name!r} within {timeout_s} s")
-        return event
-
-
 def bulk_items(
     count: int, start: int, kind: str, *, distinct: int, users: int
 ) -> list[dict[str, Any]]:
@@ -319,27 +114,6 @@ def bulk_items(
         }
         for i in range(count)
     ]
-
-
-def machine_facts(client: redis.Redis) -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "redis_server": info.get("redis_version"),
-        "redis_py": redis.__version__,
-    }
 
 
 def main() -> int:  # noqa: PLR0912 - one benchmark, read top to bottom
