@@ -2,9 +2,14 @@
 
 Payload keys are flat (``user_id``, ``level``, ``recorded_at``...) so that every filterable field
 has its own payload index. Datetimes are ISO 8601 strings (Edge indexes them as datetimes and
-rejects datetime objects). Edge stores booleans as integers, so boolean metadata is written as
-0/1 and the names of those keys are kept in ``bool_keys`` to restore them on read; a filter on
-``True`` therefore also matches 1, as in Python.
+rejects datetime objects). No number condition sees a stored boolean (a range skips booleans, and
+Edge's ``MatchValue`` takes ``True`` as the integer 1), so every boolean in metadata is written as
+0/1: the keys holding a boolean or a list of booleans only are kept in ``bool_keys``, the
+positions of the booleans in a list of mixed kinds in ``bool_items`` (``{"flags": [0]}`` for
+``[True, "x"]``), to restore them on read. A filter on ``True`` therefore also matches 1, as in
+Python. Records written before ``bool_items`` existed keep the booleans of their mixed lists as
+booleans: they read back alike, but no number condition matches them until the record is
+written again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ SPARSE = "sparse"
 METADATA_PREFIX = "metadata."
 #: Payload key listing the metadata keys whose value is a list (filters need to know).
 LIST_KEYS = "list_keys"
+#: Payload keys of where metadata booleans are, stored as 0/1 (see the module docstring).
+BOOL_KEYS = "bool_keys"
+BOOL_ITEMS = "bool_items"
 KIND_RECORD = "record"
 KIND_TOMBSTONE = "tombstone"
 
@@ -143,28 +151,44 @@ def encode_field(field: str, value: object) -> object:
     return check(field, value)
 
 
-def _encode_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Metadata as stored, and the keys holding booleans."""
+def _encode_metadata(
+    metadata: dict[str, Any],
+) -> tuple[dict[str, Any], list[str], dict[str, list[int]]]:
+    """Metadata as stored (booleans as 0/1), the keys holding a boolean or booleans only, and
+    the positions of the booleans in lists of mixed kinds."""
     stored: dict[str, Any] = {}
     bool_keys: list[str] = []
+    bool_items: dict[str, list[int]] = {}
     for key, value in metadata.items():
-        if isinstance(value, bool) or (
-            isinstance(value, list) and value and all(isinstance(v, bool) for v in value)
-        ):
+        if isinstance(value, bool):
             bool_keys.append(key)
-            stored[key] = [int(v) for v in value] if isinstance(value, list) else int(value)
+            stored[key] = int(value)
+        elif isinstance(value, list) and any(isinstance(v, bool) for v in value):
+            positions = [i for i, v in enumerate(value) if isinstance(v, bool)]
+            if len(positions) == len(value):
+                bool_keys.append(key)
+            else:
+                bool_items[key] = positions
+            stored[key] = [int(v) if isinstance(v, bool) else v for v in value]
         else:
             stored[key] = value
-    return stored, bool_keys
+    return stored, bool_keys, bool_items
 
 
-def _decode_metadata(stored: dict[str, Any], bool_keys: list[str]) -> dict[str, Any]:
-    if not bool_keys:
+def _decode_metadata(
+    stored: dict[str, Any], bool_keys: list[str], bool_items: dict[str, list[int]]
+) -> dict[str, Any]:
+    if not (bool_keys or bool_items):
         return stored
     metadata = dict(stored)
     for key in bool_keys:
         value = metadata[key]
         metadata[key] = [bool(v) for v in value] if isinstance(value, list) else bool(value)
+    for key, positions in bool_items.items():
+        items = list(metadata[key])
+        for i in positions:
+            items[i] = bool(items[i])
+        metadata[key] = items
     return metadata
 
 
@@ -206,10 +230,12 @@ def record_payload(record: MemoryRecord) -> dict[str, Any]:
     )
     payload |= {key: value for key, value in optional if value}
     if record.metadata:
-        metadata, bool_keys = _encode_metadata(record.metadata)
+        metadata, bool_keys, bool_items = _encode_metadata(record.metadata)
         payload["metadata"] = metadata
         if bool_keys:
-            payload["bool_keys"] = bool_keys
+            payload[BOOL_KEYS] = bool_keys
+        if bool_items:
+            payload[BOOL_ITEMS] = bool_items
         list_keys = [k for k, v in record.metadata.items() if isinstance(v, list)]
         if list_keys:
             payload[LIST_KEYS] = list_keys
@@ -299,7 +325,9 @@ def decode_record(point_id: object, payload: dict[str, Any], vectors: Any) -> Me
         tags=payload.get("tags", []),
         entities=payload.get("entities", []),
         compartments=payload.get("compartments", []),
-        metadata=_decode_metadata(payload.get("metadata", {}), payload.get("bool_keys", [])),
+        metadata=_decode_metadata(
+            payload.get("metadata", {}), payload.get(BOOL_KEYS, []), payload.get(BOOL_ITEMS, {})
+        ),
         sources=payload.get("sources", []),
         consolidated_into=payload.get("consolidated_into", []),
         follows=payload.get("follows"),

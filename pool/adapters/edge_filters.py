@@ -29,6 +29,7 @@ from hivemem.pool.adapters.edge_codec import (
     METADATA_PREFIX,
 )
 from hivemem.pool.adapters.payload_rules import (
+    big_number,
     checked_values,
     contains_by_value,
     payload_key,
@@ -57,11 +58,27 @@ def _match(key: str, value: object) -> ConditionType:
         iso = value.isoformat()
         return FieldCondition(key, range=RangeDateTime(gte=iso, lte=iso))
     if isinstance(value, int | float):
+        return _number(key, value)
+    return FieldCondition(key, match=MatchValue(plain(value)))
+
+
+def _number(key: str, value: int | float) -> ConditionType:
+    big = big_number(value)
+    if big is None:
         # A range matches 2 and 2.0 alike, and True, 1 and 1.0 (booleans are stored as
         # integers); an exact match would not cross int and float.
         number = float(value) if isinstance(value, bool) else value
         return FieldCondition(key, range=RangeFloat(gte=number, lte=number))
-    return FieldCondition(key, match=MatchValue(plain(value)))
+    found: list[ConditionType] = []
+    if big.exact is not None:
+        found.append(FieldCondition(key, match=MatchValue(big.exact)))
+    if big.as_float is not None:
+        same = FieldCondition(key, range=RangeFloat(gte=big.as_float, lte=big.as_float))
+        near: list[ConditionType] | None = None
+        if big.near:
+            near = [FieldCondition(key, match=MatchAny(big.near))]
+        found.append(Filter(must=[same], must_not=near))
+    return Filter(should=found)
 
 
 def _contains(key: str, value: object) -> ConditionType:

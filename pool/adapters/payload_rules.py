@@ -5,7 +5,9 @@ vector shape check of an upsert. Engine-neutral: plain values only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 from hivemem.pool.adapters.edge_codec import (
@@ -17,7 +19,7 @@ from hivemem.pool.errors import InvalidFilter, InvalidInput
 from hivemem.pool.filters import SCOPE_FIELDS, Cond
 from hivemem.pool.ids import METADATA_KEY_PATTERN, check_scope_id
 from hivemem.pool.ports import Vector
-from hivemem.pool.records import MemoryRecord
+from hivemem.pool.records import INT64, MemoryRecord
 
 MatchScalar = str | int | bool
 
@@ -44,16 +46,50 @@ def payload_key(field: str) -> str:
     raise InvalidFilter(f"field {field[:80]!r} cannot be filtered", field="where.field")
 
 
-#: Integers below this size, and every stored number that rounds to one of them as a float, are
-#: told apart by a range (which compares as floats): below it a number is found by value,
-#: from it on matched exactly.
+#: Below this size every integer is a float exactly, so a range ``[v, v]`` (the engines compare
+#: ranges as floats) finds the stored numbers equal to ``v``, integers and floats alike; from it
+#: on, integers that differ can be one float, and :func:`big_number` tells them apart.
 EXACT_FLOAT = 2**53
 
 
 def contains_by_value(key: str, value: object) -> bool:
-    """Whether ``contains value`` on payload ``key`` compares numbers by value (a range, so
-    that 3 finds 3.0): an integer on metadata, below :data:`EXACT_FLOAT`."""
-    return isinstance(value, int) and key.startswith(METADATA_PREFIX) and abs(value) < EXACT_FLOAT
+    """Whether ``contains value`` on payload ``key`` compares numbers by value (as ``eq``
+    does, so that 3 finds 3.0 and True finds 1): an integer on metadata."""
+    return isinstance(value, int) and key.startswith(METADATA_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class BigNumber:
+    """How to find the stored numbers equal (as Python compares) to a number at or beyond
+    :data:`EXACT_FLOAT`: an exact match of the integer ``exact`` (None: no 64-bit integer
+    equals it), or a range ``[as_float, as_float]`` (None: no float equals it) that is not met
+    by one of the integers in ``near``, which are that float too but differ from the number.
+
+    Left out: a list holding both a float equal to the number and an integer of ``near``
+    (the range and the exclusion each read the whole list, not one element)."""
+
+    exact: int | None
+    as_float: float | None
+    near: list[int]
+
+
+def big_number(value: int | float) -> BigNumber | None:
+    """How to match ``value`` exactly, or None below :data:`EXACT_FLOAT` (a range does)."""
+    if abs(value) < EXACT_FLOAT:
+        return None
+    whole = int(value)  # a float this large is integral
+    exact = whole if whole in INT64 else None
+    as_float = float(whole)
+    if as_float != whole:  # not a float: only the integer itself equals it
+        return BigNumber(exact, None, [])
+    # The integers that round to as_float lie within half a float step of it.
+    step = int(math.ulp(as_float))
+    near = [
+        n
+        for n in range(max(whole - step, INT64.start), min(whole + step + 1, INT64.stop))
+        if n != whole and float(n) == as_float
+    ]
+    return BigNumber(exact, as_float, near)
 
 
 def plain(value: object) -> MatchScalar:

@@ -19,6 +19,7 @@ from hivemem.pool.adapters.edge_codec import (
     METADATA_PREFIX,
 )
 from hivemem.pool.adapters.payload_rules import (
+    big_number,
     checked_values,
     contains_by_value,
     payload_key,
@@ -38,11 +39,29 @@ def _match(key: str, value: object) -> models.Condition:
     if isinstance(value, datetime):
         return models.FieldCondition(key=key, range=models.DatetimeRange(gte=value, lte=value))
     if isinstance(value, int | float):
+        return _number(key, value)
+    return _field(key, value)
+
+
+def _number(key: str, value: int | float) -> models.Condition:
+    big = big_number(value)
+    if big is None:
         # A range matches 2 and 2.0 alike, and True, 1 and 1.0 (booleans are stored as
         # integers); an exact match would not cross int and float.
         number = float(value) if isinstance(value, bool) else value
         return models.FieldCondition(key=key, range=models.Range(gte=number, lte=number))
-    return _field(key, value)
+    found: list[models.Condition] = []
+    if big.exact is not None:
+        found.append(_field(key, big.exact))
+    if big.as_float is not None:
+        same = models.FieldCondition(
+            key=key, range=models.Range(gte=big.as_float, lte=big.as_float)
+        )
+        near: list[models.Condition] | None = None
+        if big.near:
+            near = [models.FieldCondition(key=key, match=models.MatchAny(any=big.near))]
+        found.append(models.Filter(must=[same], must_not=near))
+    return models.Filter(should=found)
 
 
 def _contains(key: str, value: object) -> models.Condition:
