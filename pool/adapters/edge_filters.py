@@ -30,6 +30,7 @@ from hivemem.pool.adapters.edge_codec import (
 )
 from hivemem.pool.adapters.payload_rules import (
     big_number,
+    check_big_numbers,
     checked_values,
     contains_by_value,
     payload_key,
@@ -76,7 +77,7 @@ def _number(key: str, value: int | float) -> ConditionType:
         same = FieldCondition(key, range=RangeFloat(gte=big.as_float, lte=big.as_float))
         near: list[ConditionType] | None = None
         if big.near:
-            near = [FieldCondition(key, match=MatchAny(big.near))]
+            near = [FieldCondition(key, match=MatchAny(list(big.near)))]
         found.append(Filter(must=[same], must_not=near))
     return Filter(should=found)
 
@@ -143,6 +144,7 @@ def to_edge_filter(where: And, *, vectors_only: bool = False) -> Filter:
     ``vectors_only``: the filter serves a vector lookup. Tombstones have no vectors, so such a
     lookup never meets one and the per-point ``kind`` check (measured at ~0.3 ms per query on
     1,000 candidates) is left out."""
+    check_big_numbers(where)
     conditions: list[ConditionType] = [] if vectors_only else [_live_records()]
     conditions.extend(_translate(e) for e in where.all)
     return Filter(must=conditions)

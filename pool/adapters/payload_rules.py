@@ -5,8 +5,9 @@ vector shape check of an upsert. Engine-neutral: plain values only.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -16,7 +17,7 @@ from hivemem.pool.adapters.edge_codec import (
     METADATA_PREFIX,
 )
 from hivemem.pool.errors import InvalidFilter, InvalidInput
-from hivemem.pool.filters import SCOPE_FIELDS, Cond
+from hivemem.pool.filters import SCOPE_FIELDS, And, Cond, Expr, Or
 from hivemem.pool.ids import METADATA_KEY_PATTERN, check_scope_id
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import INT64, MemoryRecord
@@ -70,9 +71,16 @@ class BigNumber:
 
     exact: int | None
     as_float: float | None
-    near: list[int]
+    near: tuple[int, ...]
 
 
+#: How many integers the numbers of one filter may exclude in all (each number beyond
+#: :data:`EXACT_FLOAT` that is a float excludes up to 1,024 near 2**63): what bounds the cost
+#: of translating, sending and running one filter.
+MAX_NEAR = 4096
+
+
+@functools.lru_cache(maxsize=1024)
 def big_number(value: int | float) -> BigNumber | None:
     """How to match ``value`` exactly, or None below :data:`EXACT_FLOAT` (a range does)."""
     if abs(value) < EXACT_FLOAT:
@@ -81,15 +89,43 @@ def big_number(value: int | float) -> BigNumber | None:
     exact = whole if whole in INT64 else None
     as_float = float(whole)
     if as_float != whole:  # not a float: only the integer itself equals it
-        return BigNumber(exact, None, [])
+        return BigNumber(exact, None, ())
     # The integers that round to as_float lie within half a float step of it.
     step = int(math.ulp(as_float))
-    near = [
+    near = tuple(
         n
         for n in range(max(whole - step, INT64.start), min(whole + step + 1, INT64.stop))
         if n != whole and float(n) == as_float
-    ]
+    )
     return BigNumber(exact, as_float, near)
+
+
+def check_big_numbers(where: Expr) -> None:
+    """Raise InvalidFilter when the numbers of ``where`` need more than :data:`MAX_NEAR`
+    integers excluded in all (:func:`big_number`); the translators call it first."""
+    total = 0
+    for cond in _conditions(where):
+        values = cond.value if isinstance(cond.value, list) else [cond.value]
+        for value in values:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                big = big_number(value)
+                total += 0 if big is None else len(big.near)
+    if total > MAX_NEAR:
+        raise InvalidFilter(
+            f"the filter's numbers beyond 2**53 are too many to compare exactly ({total} "
+            f"integers to tell apart, at most {MAX_NEAR}): use fewer, or smaller ones",
+            field="where.value",
+        )
+
+
+def _conditions(expr: Expr) -> Iterator[Cond]:
+    if isinstance(expr, Cond):
+        yield expr
+    elif isinstance(expr, And | Or):
+        for part in expr.all if isinstance(expr, And) else expr.any:
+            yield from _conditions(part)
+    else:
+        yield from _conditions(expr.expr)
 
 
 def plain(value: object) -> MatchScalar:

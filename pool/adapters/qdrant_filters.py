@@ -20,6 +20,7 @@ from hivemem.pool.adapters.edge_codec import (
 )
 from hivemem.pool.adapters.payload_rules import (
     big_number,
+    check_big_numbers,
     checked_values,
     contains_by_value,
     payload_key,
@@ -59,7 +60,7 @@ def _number(key: str, value: int | float) -> models.Condition:
         )
         near: list[models.Condition] | None = None
         if big.near:
-            near = [models.FieldCondition(key=key, match=models.MatchAny(any=big.near))]
+            near = [models.FieldCondition(key=key, match=models.MatchAny(any=list(big.near)))]
         found.append(models.Filter(must=[same], must_not=near))
     return models.Filter(should=found)
 
@@ -123,5 +124,6 @@ def _translate(expr: Expr) -> models.Condition:
 def to_qdrant_filter(where: And) -> models.Filter:
     """A filter matching live records (never tombstones) that satisfy ``where``; raises
     InvalidFilter (or InvalidIdentifier) for a field or scope id that fails its re-check."""
+    check_big_numbers(where)
     live = _field("kind", KIND_RECORD)
     return models.Filter(must=[live, *(_translate(e) for e in where.all)])

@@ -496,6 +496,26 @@ def test_filters_recheck_fields_and_scope_ids(corpus: tuple[Adapter, list[Memory
         store.ids(PUBLIC, And.model_construct(all=[scope]))
 
 
+def test_a_filter_with_too_many_big_numbers_is_refused(
+    corpus: tuple[Adapter, list[MemoryRecord]],
+) -> None:
+    """Each number beyond 2**53 that is a float excludes the integers rounding to it (1,024 near
+    2**62): four such numbers in one filter run, five are refused with InvalidFilter however
+    they are spread over the tree, and nothing runs; many smaller ones still run."""
+    store, _ = corpus
+    big = [2**62 + 4096 * i for i in range(5)]
+    assert store.count(PUBLIC, as_where(c("metadata.n", "in", big[:4]))) == 0
+    for where in (
+        c("metadata.n", "in", big),
+        Or(any=[c("metadata.n", "eq", v) for v in big]),
+        And(all=[c("metadata.n", "nin", big[:3]), Not(expr=c("metadata.m", "in", big[3:]))]),
+    ):
+        with pytest.raises(InvalidFilter, match="beyond 2\\*\\*53"):
+            store.count(PUBLIC, as_where(where))
+    small = [2**54 + 4 * i for i in range(1000)]  # 1 integer to exclude each
+    assert store.count(PUBLIC, as_where(c("metadata.n", "in", small))) == 0
+
+
 # -- the archive --------------------------------------------------------------------------------
 
 
