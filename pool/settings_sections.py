@@ -228,7 +228,7 @@ class SecuritySettings(BaseModel):
     #: A workers' ingest key replaced by a rotation may be retired this long after (seconds) at
     #: the earliest: agents read the new key within a second, and a message sealed to the old
     #: one just before may still be on its way to its queue.
-    ingest_retire_grace_s: float = Field(default=60.0, ge=0.0)
+    ingest_retire_grace_s: float = Field(default=60.0, ge=5.0)
     #: Receivers keep a sender's registry entry this long (seconds): a revocation or clearance
     #: change reaches every receiver within it.
     registry_cache_s: float = Field(default=1.0, gt=0.0)

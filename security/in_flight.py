@@ -23,7 +23,7 @@ from hivemem.pool.adapters.redis_bus import RedisBus
 from hivemem.pool.adapters.redis_errors import redis_errors
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.enums import Zone
-from hivemem.pool.errors import InvalidInput
+from hivemem.pool.errors import InvalidMessage
 from hivemem.security.ingest_seal import IngestOpener, sealed_to
 from hivemem.security.wire import Frame
 
@@ -35,7 +35,7 @@ def _key_id(opener: IngestOpener, data: bytes) -> str | None:
     """The data key the queued message's content is sealed under (None: it names none)."""
     try:
         return Frame.parse(opener.open(data)).header.key_id
-    except InvalidInput:  # InvalidMessage and MessageRejected are ones
+    except InvalidMessage:  # MessageRejected is one; the keys unreadable (SealBroken) raise
         return None
 
 

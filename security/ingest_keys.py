@@ -1,22 +1,23 @@
 """The workers' ingest keys: the X25519 key pairs agents seal their ingest queues to
 (:mod:`hivemem.security.ingest_seal`). One is current; an operator's rotation makes a new one
 current and keeps the old ones, for the messages still queued under them, until each is retired.
-:class:`IngestKeys` is the service behind :class:`~hivemem.security.keyring.ZoneKeyring`'s
-methods for them.
+:class:`IngestKeys` is the service behind :attr:`~hivemem.security.keyring.ZoneKeyring.ingest`.
 
 Redis layout, under ``<ns>:keys:``:
 
-- ``ingest``, a string: the current key's private half, wrapped by the master key (wrap context
-  kind ``ingest``, the key's id); ``ingest:public``, its public half in clear (base64), which is
-  all a sealer reads; ``ingest:id``, its id. With no ``ingest:id``, the id is ``ingest``: the
-  key made before keys could be rotated.
-- ``ingest:old``, a hash: ``key:<id>`` → the wrapped private half of a key rotated away from,
-  ``replaced:<id>`` → when it stopped being current (ISO 8601, UTC), and, once it is retired,
-  ``retired:<id>`` → ``{"created_at", "retired_at"}`` with its ``key:`` field deleted.
+- ``ingest``, a string: the first key's private half, wrapped by the master key (wrap context
+  kind ``ingest``, id ``ingest``), and ``ingest:public``, its public half in clear (base64).
+  Versions before rotation read these alone, so a rotation never rewrites them; once the first
+  key is retired both hold ``retired``, which no version takes for a key (nor makes one anew).
+- ``ingest:ring``, a hash: ``current`` → the current key's id and ``current_public`` → its public
+  half (both absent while the first key is current); ``key:<id>`` → the wrapped private half of
+  a later key, ``public:<id>`` its public half; ``replaced:<id>`` → when a key stopped being
+  current (Redis's clock, ISO 8601, UTC); ``retired:<id>`` → ``{"created_at", "retired_at"}``
+  once it is retired (its material deleted).
 
 The first key is made with ``SET NX`` (the loser of a race uses the winner's). A rotation or a
 retirement runs under WATCH: two rotations at once both land, one after the other, and no key is
-lost between them.
+lost between them. Stored values hivemem never writes raise SealBroken.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import json
 import re
 import threading
 from dataclasses import dataclass
-from datetime import datetime
-from typing import cast
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import redis
 import structlog
@@ -36,14 +37,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from hivemem.pool.adapters.redis_errors import redis_errors
 from hivemem.pool.errors import InvalidIdentifier, InvalidInput, KeyUnavailable, SealBroken
-from hivemem.security.key_store import KEY_BYTES, KeyStore, now_iso, parse_entry, stored_bytes
+from hivemem.security.key_store import KEY_BYTES, KeyStore, parse_entry, stored_bytes
 
 log = structlog.get_logger(__name__)
 
-#: The id of the ingest key made before keys could be rotated (its wrap context names it).
+#: The id of the namespace's first ingest key (made before keys could be rotated).
 FIRST_INGEST_ID = "ingest"
 #: What :class:`~hivemem.pool.errors.KeyUnavailable` and audit entries name as the keys' zone.
 INGEST_KEYS = "workers-ingest"
+#: What the first key's two strings hold once it is retired.
+_RETIRED = b"retired"
 _ID_PATTERN = re.compile(rf"{FIRST_INGEST_ID}|[0-9a-f]{{12}}")
 
 
@@ -58,10 +61,19 @@ def check_ingest_id(value: object) -> str:
     return value
 
 
-def _public_key(raw: bytes) -> bytes:
+def public_of(secret: bytes) -> bytes:
+    """The X25519 public key (32 bytes) of the private key ``secret``."""
+    return X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
+
+
+def _malformed() -> SealBroken:
+    return SealBroken("a stored ingest key entry is malformed")
+
+
+def _public_key(raw: bytes | str | None) -> bytes:
     """The 32 raw bytes of a public key stored as base64; SealBroken for anything else."""
     try:
-        public = base64.b64decode(raw, validate=True)
+        public = base64.b64decode(stored_bytes(raw or b""), validate=True)
     except (binascii.Error, ValueError):
         public = b""
     if len(public) != KEY_BYTES:
@@ -69,9 +81,26 @@ def _public_key(raw: bytes) -> bytes:
     return public
 
 
-def public_of(secret: bytes) -> bytes:
-    """The X25519 public key (32 bytes) of the private key ``secret``."""
-    return X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
+def _stored_id(raw: bytes | str) -> str:
+    try:
+        return check_ingest_id(stored_bytes(raw).decode())
+    except (UnicodeDecodeError, InvalidIdentifier):
+        raise _malformed() from None
+
+
+def _stamp(raw: bytes | str) -> datetime:
+    try:
+        return datetime.fromisoformat(stored_bytes(raw).decode())
+    except (UnicodeDecodeError, ValueError):
+        raise _malformed() from None
+
+
+def _ring_fields(raw: dict[Any, Any]) -> dict[str, bytes]:
+    """The ring hash as field → value; SealBroken for a field that is not text."""
+    try:
+        return {stored_bytes(k).decode(): stored_bytes(v) for k, v in raw.items()}
+    except UnicodeDecodeError:
+        raise _malformed() from None
 
 
 @dataclass(frozen=True)
@@ -91,46 +120,54 @@ class IngestKeys:
 
     def __init__(self, store: KeyStore) -> None:
         self._store = store
-        self._key = f"{store.prefix}ingest"
-        self._public = f"{self._key}:public"
-        self._id = f"{self._key}:id"
-        self._old = f"{self._key}:old"
+        self._first = f"{store.prefix}ingest"
+        self._first_public = f"{self._first}:public"
+        self._ring = f"{self._first}:ring"
         self._lock = threading.Lock()
         self._unwrapped: dict[tuple[str, bytes], bytes] = {}  # (id, wrapped) -> secret
 
     def current(self) -> tuple[str, bytes]:
         """The current key's id and public half, read from Redis (one round trip once the
         first key exists; the first to ask makes it). Raises PoolUnavailable when Redis is
-        down, SealBroken for a malformed stored public key."""
-        public, key_id = self._current()
-        if public is None:
-            self._first()
-            public, key_id = self._current()
-        return self._id_of(key_id), _public_key(stored_bytes(public or b""))
+        down, SealBroken for a malformed stored key."""
+        for _ in range(2):
+            with redis_errors():
+                pipe = self._store.client.pipeline(transaction=True)
+                pipe.hmget(self._ring, ["current", "current_public"])
+                pipe.get(self._first_public)
+                (key_id, public), first = pipe.execute()
+            if key_id is not None:
+                return _stored_id(key_id), _public_key(public)
+            if first is not None:
+                return FIRST_INGEST_ID, _public_key(first)
+            self._make_first()
+        raise SealBroken("the workers' first ingest key could not be made")
 
     def ring(self) -> dict[str, bytes]:
-        """Every key not retired, current first: id → private half (32 bytes). Raises
-        PoolUnavailable, and SealBroken when a key does not unwrap or the stored public half
-        is not the current key's (agents would seal to a key nobody holds)."""
-        self.current()  # the first key exists
+        """Every key not retired: id → private half (32 bytes). Raises PoolUnavailable, and
+        SealBroken when a key does not unwrap, a stored value is malformed, or the public half
+        agents seal to is not the current key's (they would seal to a key nobody holds)."""
+        current_id, current_public = self.current()  # the first key exists
         with redis_errors():
             pipe = self._store.client.pipeline(transaction=True)
-            pipe.mget(self._key, self._public, self._id)
-            pipe.hgetall(self._old)
-            (wrapped, public, key_id), old = pipe.execute()
-        current_id = self._id_of(key_id)
-        ring = {current_id: self._unwrap(current_id, stored_bytes(wrapped or b""))}
-        if public_of(ring[current_id]) != _public_key(stored_bytes(public or b"")):
-            raise SealBroken("the stored public ingest key is not the workers' key's")
-        for name, value in cast("dict[bytes | str, bytes | str]", old).items():
-            kind, _, other = stored_bytes(name).decode().partition(":")
+            pipe.get(self._first)
+            pipe.hgetall(self._ring)
+            first, raw = pipe.execute()
+        fields = _ring_fields(raw)
+        ring = {}
+        if first is not None and stored_bytes(first) != _RETIRED:
+            ring[FIRST_INGEST_ID] = self._unwrap(FIRST_INGEST_ID, stored_bytes(first))
+        for name, value in fields.items():
+            kind, _, key_id = name.partition(":")
             if kind == "key":
-                ring[other] = self._unwrap(other, stored_bytes(value))
+                ring[_stored_id(key_id)] = self._unwrap(_stored_id(key_id), value)
+        if current_id not in ring or public_of(ring[current_id]) != current_public:
+            raise SealBroken("the stored public ingest key is not the workers' key's")
         return ring
 
     def rotate(self) -> tuple[str, str]:
-        """Make a new current key; the previous one stays (``ingest:old``) until retired.
-        Returns (new id, previous id)."""
+        """Make a new current key; the previous one stays until retired. Returns (new id,
+        previous id)."""
         self.current()  # the first key exists
         new_id, secret, raw = self._store.new_entry("ingest", "", None)
         public = base64.b64encode(public_of(secret))
@@ -138,47 +175,51 @@ class IngestKeys:
 
         def rotate_in(pipe: redis.client.Pipeline) -> None:
             nonlocal previous
-            wrapped, key_id = cast("list[bytes | str | None]", pipe.mget(self._key, self._id))
-            previous = self._id_of(key_id)
+            found = cast("bytes | str | None", pipe.hget(self._ring, "current"))
+            previous = FIRST_INGEST_ID if found is None else _stored_id(found)
+            now = self._now(pipe)
             pipe.multi()
-            pipe.hset(self._old, mapping={
-                f"key:{previous}": stored_bytes(wrapped or b""), f"replaced:{previous}": now_iso()
+            pipe.hset(self._ring, mapping={
+                f"key:{new_id}": raw, f"public:{new_id}": public, f"replaced:{previous}": now,
+                "current": new_id, "current_public": public,
             })  # fmt: skip
-            pipe.mset({self._key: raw, self._public: public, self._id: new_id})
 
         with redis_errors():
-            self._store.client.transaction(rotate_in, self._key, self._id)
+            self._store.client.transaction(rotate_in, self._ring)
         log.info("ingest_key_rotated", key_id=new_id, previous=previous)
         return new_id, previous
 
     def replaced_at(self, key_id: str) -> datetime | None:
         """When ``key_id`` stopped being current (None: it is current). Raises KeyUnavailable
-        for an unknown or retired key."""
+        for an unknown or retired key, InvalidIdentifier for a malformed id."""
         key_id = check_ingest_id(key_id)
+        for info in self.listing():
+            if info.key_id == key_id and not info.retired:
+                return info.replaced_at
+        raise KeyUnavailable(INGEST_KEYS, key_id, "unknown or retired")
+
+    def now(self) -> datetime:
+        """Redis's clock (UTC): what ``replaced_at`` is stamped with."""
         with redis_errors():
-            pipe = self._store.client.pipeline(transaction=True)
-            pipe.get(self._id)
-            pipe.hmget(self._old, [f"key:{key_id}", f"replaced:{key_id}"])
-            current, (wrapped, replaced) = pipe.execute()
-        if self._id_of(current) == key_id:
-            return None
-        if wrapped is None or replaced is None:
-            raise KeyUnavailable(INGEST_KEYS, key_id, "unknown or retired")
-        return datetime.fromisoformat(stored_bytes(replaced).decode())
+            return _redis_time(self._store.client.time())
 
     def retire(self, key_id: str) -> bool:
         """Delete the wrapped material of an old key: what is sealed to it opens nowhere any
         more. False (nothing changes) for a key already retired. Raises InvalidInput for the
         current key, KeyUnavailable for an unknown one, InvalidIdentifier for a malformed id."""
         key_id = check_ingest_id(key_id)
+        first = key_id == FIRST_INGEST_ID
         done = False
 
         def retire_in(pipe: redis.client.Pipeline) -> None:
             nonlocal done
-            current = cast("bytes | str | None", pipe.get(self._id))
-            fields = [f"key:{key_id}", f"retired:{key_id}"]
-            wrapped, retired = cast("list[bytes | str | None]", pipe.hmget(self._old, fields))
-            if self._id_of(current) == key_id:
+            names = ["current", f"key:{key_id}", f"retired:{key_id}"]
+            found = cast("list[bytes | str | None]", pipe.hmget(self._ring, names))
+            current, wrapped, retired = found
+            if first:
+                wrapped = cast("bytes | str | None", pipe.get(self._first))
+                wrapped = None if wrapped is None or stored_bytes(wrapped) == _RETIRED else wrapped
+            if (FIRST_INGEST_ID if current is None else _stored_id(current)) == key_id:
                 raise InvalidInput(f"ingest key {key_id} is the current one", field="key_id")
             if wrapped is None:
                 if retired is not None:
@@ -186,15 +227,17 @@ class IngestKeys:
                 raise KeyUnavailable(INGEST_KEYS, key_id, "unknown")
             info = {
                 "created_at": parse_entry(stored_bytes(wrapped))["created_at"],
-                "retired_at": now_iso(),
+                "retired_at": self._now(pipe),
             }
             pipe.multi()
-            pipe.hdel(self._old, f"key:{key_id}", f"replaced:{key_id}")
-            pipe.hset(self._old, f"retired:{key_id}", json.dumps(info))
+            pipe.hdel(self._ring, f"key:{key_id}", f"public:{key_id}", f"replaced:{key_id}")
+            pipe.hset(self._ring, f"retired:{key_id}", json.dumps(info))
+            if first:
+                pipe.mset({self._first: _RETIRED, self._first_public: _RETIRED})
             done = True
 
         with redis_errors():
-            self._store.client.transaction(retire_in, self._id, self._old)
+            self._store.client.transaction(retire_in, self._ring, self._first)
         with self._lock:
             self._unwrapped = {k: v for k, v in self._unwrapped.items() if k[0] != key_id}
         if done:
@@ -202,53 +245,51 @@ class IngestKeys:
         return done
 
     def listing(self) -> list[IngestKeyInfo]:
-        """Every ingest key, retired ones included, oldest first."""
-        self.current()
+        """Every ingest key, retired ones included, oldest first. Raises SealBroken for a
+        malformed stored entry."""
+        current_id, _ = self.current()
         with redis_errors():
             pipe = self._store.client.pipeline(transaction=True)
-            pipe.mget(self._key, self._id)
-            pipe.hgetall(self._old)
-            (wrapped, key_id), old = pipe.execute()
-        fields = {
-            stored_bytes(k).decode(): stored_bytes(v)
-            for k, v in cast("dict[bytes | str, bytes | str]", old).items()
+            pipe.get(self._first)
+            pipe.hgetall(self._ring)
+            first, raw = pipe.execute()
+        fields = _ring_fields(raw)
+        made = {
+            _stored_id(name.partition(":")[2]): parse_entry(value)["created_at"]
+            for name, value in fields.items()
+            if name.startswith("key:")
         }
-        made = parse_entry(stored_bytes(wrapped or b""))["created_at"]
-        infos = [IngestKeyInfo(self._id_of(key_id), datetime.fromisoformat(made), True, False)]
+        if first is not None and stored_bytes(first) != _RETIRED:
+            made[FIRST_INGEST_ID] = parse_entry(stored_bytes(first))["created_at"]
+        infos = []
+        for key_id, created in made.items():
+            replaced = fields.get(f"replaced:{key_id}")
+            infos.append(IngestKeyInfo(
+                key_id, _stamp(created.encode()), key_id == current_id, False,
+                None if replaced is None else _stamp(replaced),
+            ))  # fmt: skip
         for name, value in fields.items():
-            kind, _, other = name.partition(":")
-            if kind == "key":
-                replaced = fields.get(f"replaced:{other}")
-                infos.append(IngestKeyInfo(
-                    other, datetime.fromisoformat(parse_entry(value)["created_at"]), False, False,
-                    None if replaced is None else datetime.fromisoformat(replaced.decode()),
-                ))  # fmt: skip
-            elif kind == "retired":
-                made = json.loads(value)["created_at"]
-                infos.append(IngestKeyInfo(other, datetime.fromisoformat(made), False, True))
+            if name.startswith("retired:"):
+                try:
+                    created = json.loads(value)["created_at"]
+                except (ValueError, KeyError, TypeError):
+                    raise _malformed() from None
+                key_id = _stored_id(name.partition(":")[2])
+                infos.append(IngestKeyInfo(key_id, _stamp(str(created)), False, True))
         return sorted(infos, key=lambda info: info.created_at)
 
-    def _current(self) -> tuple[bytes | str | None, bytes | str | None]:
-        """The stored public half and id of the current key."""
-        with redis_errors():
-            public, key_id = cast(
-                "list[bytes | str | None]", self._store.client.mget(self._public, self._id)
-            )
-        return public, key_id
-
-    def _first(self) -> None:
+    def _make_first(self) -> None:
         """Make the first key (and its public half) unless another process did."""
         _, _, raw = self._store.new_entry("ingest", "", FIRST_INGEST_ID)
         with redis_errors():
-            if self._store.client.set(self._key, raw, nx=True):
-                log.info("key_material_created", key=self._key)
-            pipe = self._store.client.pipeline(transaction=True)
-            pipe.mget(self._key, self._id)
-            ((wrapped, key_id),) = pipe.execute()
-            made = self._unwrap(self._id_of(key_id), stored_bytes(wrapped or b""))
-            # Every process that finds the public half missing writes the same one (a rotation
-            # meanwhile wrote its own already).
-            self._store.client.set(self._public, base64.b64encode(public_of(made)), nx=True)
+            if self._store.client.set(self._first, raw, nx=True):
+                log.info("key_material_created", key=self._first)
+            wrapped = cast("bytes | str | None", self._store.client.get(self._first))
+            if wrapped is None or stored_bytes(wrapped) == _RETIRED:
+                return  # retired meanwhile: a rotation made another current
+            made = self._unwrap(FIRST_INGEST_ID, stored_bytes(wrapped))
+            # Every process that finds the public half missing writes the same one.
+            self._store.client.set(self._first_public, base64.b64encode(public_of(made)), nx=True)
 
     def _unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         """The private half in the stored entry ``wrapped`` of key ``key_id`` (kept)."""
@@ -256,18 +297,17 @@ class IngestKeys:
             known = self._unwrapped.get((key_id, wrapped))
         if known is not None:
             return known
-        context = self._store.context("ingest", "", check_ingest_id(key_id))
-        secret = self._store.unwrap(wrapped, context)
+        secret = self._store.unwrap(wrapped, self._store.context("ingest", "", key_id))
         with self._lock:
             self._unwrapped[key_id, wrapped] = secret
         return secret
 
     @staticmethod
-    def _id_of(raw: bytes | str | None) -> str:
-        """The current key's id as stored (None: the first key's)."""
-        if raw is None:
-            return FIRST_INGEST_ID
-        try:
-            return check_ingest_id(stored_bytes(raw).decode())
-        except (UnicodeDecodeError, InvalidIdentifier):
-            raise SealBroken("the stored ingest key id is malformed") from None
+    def _now(pipe: redis.client.Pipeline) -> str:
+        """Redis's clock as a stamp (one clock for every process that compares stamps)."""
+        return _redis_time(pipe.time()).isoformat()
+
+
+def _redis_time(reply: Any) -> datetime:
+    seconds, micros = reply
+    return datetime.fromtimestamp(int(seconds) + int(micros) / 1e6, UTC)

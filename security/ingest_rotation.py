@@ -25,7 +25,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from hivemem.pool.errors import INGEST_QUEUE, InvalidInput, KeyStillInUse
-from hivemem.pool.records import utc_now
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.ingest_keys import INGEST_KEYS, IngestKeyInfo, check_ingest_id
@@ -61,16 +60,16 @@ class IngestRotation:
         audit: AuditLog,
         queued: Callable[[str], int],
         grace_s: float,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         """``queued(key_id)``: how many messages of the ingest queues that the workers have not
         stored are sealed to the key; ``grace_s``: how long after a key stopped being current it
-        may be retired."""
+        may be retired; ``clock``: now (None: Redis's clock, which stamped the replacement)."""
         self._keys = keyring.ingest
         self._audit = audit
         self._queued = queued
         self._grace = timedelta(seconds=grace_s)
-        self._clock = clock
+        self._clock = clock or self._keys.now
 
     def listing(self) -> list[IngestKeyInfo]:
         """Every workers' ingest key, retired ones included, oldest first."""

@@ -29,8 +29,10 @@ wrote, which they still open::
 
 A sealer reads the current key again once what it read is ``ttl_s`` old (the keyring's: 1 s),
 so a rotation reaches every agent within that time, and a retirement waits longer than that
-(:mod:`hivemem.security.ingest_rotation`). An opener reads the keys again when a message names
-one it does not hold, and once what it holds is ``ttl_s`` old (a retired key goes).
+(:mod:`hivemem.security.ingest_rotation`). An opener reads the keys again once what it holds is
+``ttl_s`` old (a retired key goes), and for a message naming a key it does not hold (once per
+such id until then). It keeps the keys it agreed with senders by the workers' key's public half,
+not its id: a first key made anew (Redis lost its data) is another key.
 
 What this does not change: whoever holds the master key (every pool process, as for zone keys)
 can unwrap the workers' keys.
@@ -165,9 +167,13 @@ class IngestOpener:
 
     def __init__(self, keyring: ZoneKeyring) -> None:
         self._keyring = keyring
-        self._keys: dict[str, X25519PrivateKey] = {}
+        #: id -> (private key, its public half), as read at ``_loaded_at`` (monotonic).
+        self._keys: dict[str, tuple[X25519PrivateKey, bytes]] = {}
         self._loaded_at = -math.inf
-        self._senders: OrderedDict[tuple[str, bytes], AESGCM] = OrderedDict()
+        #: Ids named by messages and found in no load since: not read again before the next.
+        self._unknown: set[str] = set()
+        #: (workers' public key, sender's public key) -> the key they agreed.
+        self._senders: OrderedDict[tuple[bytes, bytes], AESGCM] = OrderedDict()
         self._lock = threading.Lock()
 
     def open(self, data: bytes) -> bytes:
@@ -184,51 +190,57 @@ class IngestOpener:
         if len(data) < body + TAG_BYTES:
             raise InvalidMessage("malformed ingest message: too short")
         head, nonce = data[: at + _PUBLIC_BYTES], data[at + _PUBLIC_BYTES : body]
-        private = self._private(key_id)
+        private, public = self._private(key_id)
         try:
-            aead = self._aead(key_id, private, head[at:])
+            aead = self._aead(private, public, head[at:])
             return aead.decrypt(nonce, data[body:], head)
         except (InvalidTag, ValueError):  # ValueError: not a point X25519 agrees with
             raise MessageRejected("tampered", "an ingest message does not open") from None
 
-    def _private(self, key_id: str) -> X25519PrivateKey:
-        """The workers' key ``key_id``: the keys are read again when it is not held, or what is
-        held is ``ttl_s`` old. MessageRejected (``unknown_key``) when it is not there either."""
-        keys = self._keys
-        if key_id not in keys or time.monotonic() - self._loaded_at >= self._keyring.ttl_s:
+    def _private(self, key_id: str) -> tuple[X25519PrivateKey, bytes]:
+        """The workers' key ``key_id`` and its public half: the keys are read again once what
+        is held is ``ttl_s`` old, and for an id not held (once per id until then).
+        MessageRejected (``unknown_key``) when it is not there either."""
+        with self._lock:
+            keys, unknown = self._keys, key_id in self._unknown
+        stale = time.monotonic() - self._loaded_at >= self._keyring.ttl_s
+        if stale or (key_id not in keys and not unknown):
             keys = self._load()
-        private = keys.get(key_id)
-        if private is None:
+        found = keys.get(key_id)
+        if found is None:
+            with self._lock:
+                self._unknown.add(key_id)
             raise MessageRejected(
                 "unknown_key", f"an ingest message sealed to workers' key {key_id}, not held"
             )
-        return private
+        return found
 
-    def _aead(self, key_id: str, private: X25519PrivateKey, sender_public: bytes) -> AESGCM:
+    def _aead(self, private: X25519PrivateKey, public: bytes, sender_public: bytes) -> AESGCM:
         with self._lock:
-            known = self._senders.get((key_id, sender_public))
+            known = self._senders.get((public, sender_public))
             if known is not None:
-                self._senders.move_to_end((key_id, sender_public))
+                self._senders.move_to_end((public, sender_public))
                 return known
         shared = private.exchange(X25519PublicKey.from_public_bytes(sender_public))
-        aead = _derived(shared, sender_public, _raw(private.public_key()))
+        aead = _derived(shared, sender_public, public)
         with self._lock:
-            self._senders[key_id, sender_public] = aead
+            self._senders[public, sender_public] = aead
             while len(self._senders) > _OPENER_CACHE:
                 self._senders.popitem(last=False)
         return aead
 
-    def _load(self) -> dict[str, X25519PrivateKey]:
+    def _load(self) -> dict[str, tuple[X25519PrivateKey, bytes]]:
         """Every workers' key not retired, read again (IngestKeys.ring checks the current one
-        against the public half agents seal to). Keys no longer there are dropped."""
+        against the public half agents seal to). What is no longer there is dropped."""
         loaded_at = time.monotonic()
-        keys = {
-            key_id: X25519PrivateKey.from_private_bytes(secret)
-            for key_id, secret in self._keyring.ingest.ring().items()
-        }
+        keys = {}
+        for key_id, secret in self._keyring.ingest.ring().items():
+            private = X25519PrivateKey.from_private_bytes(secret)
+            keys[key_id] = (private, _raw(private.public_key()))
+        publics = {public for _, public in keys.values()}
         with self._lock:
-            self._keys, self._loaded_at = keys, loaded_at
-            self._senders = OrderedDict((k, v) for k, v in self._senders.items() if k[0] in keys)
+            self._keys, self._loaded_at, self._unknown = keys, loaded_at, set()
+            self._senders = OrderedDict((k, v) for k, v in self._senders.items() if k[0] in publics)
         return keys
 
 

@@ -14,9 +14,9 @@ Redis layout, every key under ``<namespace>:keys:``:
   ``dek:<key_id>`` → a wrapped DEK; ``retired:<key_id>`` → ``{"created_at", "retired_at"}`` of
   a retired DEK, whose ``dek:`` field was deleted.
 - ``<ns>:keys:vector:<zone>``, a string: the zone's wrapped vector key.
-- ``<ns>:keys:ingest``, a string: the workers' current wrapped ingest key, and
+- ``<ns>:keys:ingest``, a string: the workers' first wrapped ingest key, and
   ``<ns>:keys:ingest:public`` its public half in clear (base64), to which agents seal what they
-  queue for the workers; its id and the keys rotated away from beside them
+  queue for the workers; the keys rotations made since in ``<ns>:keys:ingest:ring``
   (:mod:`hivemem.security.ingest_keys`).
 - ``<ns>:keys:subjects``, a hash: subject (a user id, checked like every scope id: no
   whitespace, no ``|``, the AAD separator) → its wrapped secret.

@@ -11,9 +11,14 @@ import time
 
 import pytest
 import redis
+from pydantic import ValidationError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from hivemem.pool.adapters.redis_bus import RedisBus, ingest_topic
+from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.enums import Zone
 from hivemem.pool.errors import (
     InvalidIdentifier,
     InvalidInput,
@@ -21,9 +26,12 @@ from hivemem.pool.errors import (
     KeyUnavailable,
     MessageRejected,
     PoolUnavailable,
+    SealBroken,
 )
 from hivemem.pool.redis_server import EmbeddedRedis
-from hivemem.security.ingest_keys import FIRST_INGEST_ID
+from hivemem.pool.settings import SecuritySettings
+from hivemem.security.in_flight import ingest_queued_under
+from hivemem.security.ingest_keys import FIRST_INGEST_ID, public_of
 from hivemem.security.ingest_seal import (
     MAGIC,
     MAGIC_WITH_ID,
@@ -73,7 +81,7 @@ def test_a_retired_key_opens_nowhere_and_its_material_is_gone(client: redis.Redi
         time.sleep(0.25)
         sealed.append(sealer.seal(FRAME))
     assert [opener.open(s) for s in sealed] == [FRAME] * 3
-    wrapped = client.hget("t:keys:ingest:old", f"key:{FIRST_INGEST_ID}")
+    wrapped = client.get("t:keys:ingest")
     assert wrapped is not None
 
     assert keyring.ingest.retire(FIRST_INGEST_ID)
@@ -86,6 +94,7 @@ def test_a_retired_key_opens_nowhere_and_its_material_is_gone(client: redis.Redi
         client.dump(key) or b"" for key in client.scan_iter(match="t:keys:ingest*")
     )
     assert wrapped not in everything
+    assert client.mget("t:keys:ingest", "t:keys:ingest:public") == [b"retired", b"retired"]
     assert base64.b64decode(wrapped.split(b'"wrapped": "')[1].split(b'"')[0]) not in everything
     listed = {info.key_id: info for info in keyring.ingest.listing()}
     assert listed[FIRST_INGEST_ID].retired
@@ -179,3 +188,104 @@ def test_bad_ingest_key_requests_change_nothing(client: redis.Redis) -> None:
     with pytest.raises(KeyUnavailable):
         keyring.ingest.replaced_at("0123456789ab")
     assert keyring.ingest.listing() == before
+
+
+def test_a_rotation_leaves_the_first_key_where_older_versions_read_it(
+    client: redis.Redis,
+) -> None:
+    """Versions before rotation read the first key alone (``ingest``, ``ingest:public``): a
+    rotation leaves both as they were, so such an agent, even one started after the rotation,
+    seals to the first key, which the workers still open."""
+    keyring = keyring_of(client)
+    first_public = keyring.ingest.current()[1]
+    before = client.mget("t:keys:ingest", "t:keys:ingest:public")
+    keyring.ingest.rotate()
+    assert client.mget("t:keys:ingest", "t:keys:ingest:public") == before
+    assert base64.b64decode(before[1]) == first_public
+    assert keyring.ingest.current()[1] != first_public
+    ring = keyring.ingest.ring()
+    assert public_of(ring[FIRST_INGEST_ID]) == first_public
+
+
+def test_an_opener_reads_the_keys_again_for_a_key_it_does_not_hold_once(
+    client: redis.Redis,
+) -> None:
+    """An opener whose keys are far from ``ttl_s`` old reads them again for a message naming
+    a key it does not hold (made by a rotation since): it opens; a message naming a key that
+    exists nowhere is refused, and more of them cost no further read until the next one."""
+    opener = IngestOpener(keyring_of(client, ttl_s=3600.0))
+    sealer = IngestSealer(keyring_of(client, ttl_s=0.0))
+    assert opener.open(sealer.seal(FRAME)) == FRAME
+    keyring_of(client).ingest.rotate()
+    later = sealer.seal(FRAME)
+    assert sealed_to(later) != FIRST_INGEST_ID
+    reads = []
+    ingest = opener._keyring.ingest
+    ring = ingest.ring
+    ingest.ring = lambda: reads.append(1) or ring()  # type: ignore[method-assign]
+    assert opener.open(later) == FRAME
+    nowhere = later.replace(sealed_to(later).encode(), b"0" * 12, 1)  # type: ignore[union-attr]
+    for _ in range(5):
+        with pytest.raises(MessageRejected) as refused:
+            opener.open(nowhere)
+        assert refused.value.reason == "unknown_key"
+    assert len(reads) == 2  # one for the rotated key, one for the key nowhere
+
+
+def test_a_first_key_made_again_after_redis_lost_its_data_opens(client: redis.Redis) -> None:
+    """Redis lost its data: a new first key (the same id) is made; a running opener opens what
+    a running sealer seals to it once both read the keys again (its cache of agreed keys
+    follows the key's material, not its id)."""
+    sealer, opener = IngestSealer(keyring_of(client)), IngestOpener(keyring_of(client))
+    assert opener.open(sealer.seal(FRAME)) == FRAME
+    client.flushdb()
+    time.sleep(0.25)
+    again = sealer.seal(FRAME)
+    assert sealed_to(again) == FIRST_INGEST_ID
+    assert opener.open(again) == FRAME
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "keys_too"),
+    [
+        ("key:not-an-id", b"{}", True),
+        (b"key:\xff", b"{}", True),
+        ("current", b"../x", True),
+        ("replaced:ingest", b"yesterday", False),
+        ("retired:0123456789ab", b"{}", False),
+        ("retired:0123456789ab", b"not json", False),
+    ],
+)
+def test_malformed_stored_keys_raise_seal_broken(
+    client: redis.Redis, field: str | bytes, value: bytes, *, keys_too: bool
+) -> None:
+    """A stored entry hivemem never writes makes the listing raise SealBroken, and, when it is
+    a key's (or the current id), loading the keys too: a typed failure (the workers' drain
+    stops and retries, nothing is skipped), and the count of a data key's queued writes
+    raises rather than count nothing."""
+    keyring = keyring_of(client)
+    keyring.ingest.rotate()
+    sealed = IngestSealer(keyring_of(client)).seal(FRAME)
+    client.hset("t:keys:ingest:ring", field, value)
+    with pytest.raises(SealBroken):
+        keyring.ingest.listing()
+    opener = IngestOpener(keyring_of(client))
+    if not keys_too:
+        assert opener.open(sealed) == FRAME
+        return
+    with pytest.raises(SealBroken):
+        opener.open(sealed)
+    bus = RedisBus(client, namespace="t", maxlen=100)
+    registry = AgentRegistry(client, namespace="t", heartbeat_ttl_s=10.0)
+    registry.register(AgentInfo(agent_id="writer", clearance=Zone.SECRET))
+    bus.publish(ingest_topic(Zone.INTERNAL, "writer"), "writer", [("m1", sealed)])
+    with pytest.raises(SealBroken):
+        ingest_queued_under(bus, registry, opener, Zone.INTERNAL, "0123456789ab")
+
+
+def test_the_grace_cannot_be_shorter_than_agents_take_to_read_a_rotation() -> None:
+    """``ingest_retire_grace_s`` below 5 s (agents read a new key within 1 s) is refused when
+    the settings load."""
+    with pytest.raises(ValidationError):
+        SecuritySettings(ingest_retire_grace_s=0.5)
+    assert SecuritySettings(ingest_retire_grace_s=5).ingest_retire_grace_s == 5

@@ -118,13 +118,30 @@ def test_an_old_key_is_retired_once_nothing_needs_it(
 
     info = next(k for k in pool.ingest_keys() if k.key_id == FIRST_INGEST_ID)
     assert info.retired
-    old = f"{pool.settings.pool.namespace}:keys:ingest:old"
-    assert pool.bus.client.hget(old, f"key:{FIRST_INGEST_ID}") is None
+    first = f"{pool.settings.pool.namespace}:keys:ingest"
+    assert pool.bus.client.get(first) == b"retired"  # its wrapped material is gone
     entry = next(e for e in reversed(pool.audit.tail(10)) if e.kind == "key_retired")
     assert (entry.subject, entry.zone, entry.actor) == (FIRST_INGEST_ID, INGEST_KEYS, "operator")
     assert entry.details == {"forced": False, "behind": []}
     assert later.retire(FIRST_INGEST_ID, actor="operator") == []  # again: nothing, not audited
     assert [e.kind for e in pool.audit.tail(1)] == ["key_retired"]
+    assert {r.id for r in runtime.store.get(Zone.INTERNAL, sorted(written))} == set(written)
+
+
+def test_a_departed_agents_queued_writes_hold_the_old_key_too(
+    pool: SharedMemoryPool, writer: Agent, make_runtime: Callable[..., WorkerRuntime]
+) -> None:
+    """The writes a deregistered agent left queued under the old key (its queue moved to a
+    departure) hold the key's retirement until the workers stored them."""
+    runtime = make_runtime()
+    written = write(writer, "dee", Zone.INTERNAL, 2)
+    pool.deregister("writer")
+    pool.rotate_ingest_key()
+    later = past_grace(pool)
+
+    assert later.behind(FIRST_INGEST_ID) == [INGEST_QUEUE]
+    assert runtime.ingest.drain(Zone.INTERNAL, on_due=ignore).records == 2
+    assert later.behind(FIRST_INGEST_ID) == []
     assert {r.id for r in runtime.store.get(Zone.INTERNAL, sorted(written))} == set(written)
 
 
