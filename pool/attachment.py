@@ -170,7 +170,10 @@ class Attacher:
         )
         identity.redis_password = credentials.password
         client = redis.Redis.from_url(
-            credentials.url(self._redis_url), socket_connect_timeout=5, health_check_interval=10
+            credentials.url(self._redis_url),
+            socket_connect_timeout=5,
+            socket_timeout=self._settings.pool.command_timeout_s,
+            health_check_interval=10,
         )
         pool = self._settings.pool
         bus = RedisBus(

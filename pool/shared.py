@@ -145,7 +145,12 @@ class SharedMemoryPool:
         if url is None:
             server = EmbeddedRedis(settings.data_dir / "redis", appendonly=True).start()
             url = server.url
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=10)
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=5,
+            socket_timeout=settings.pool.command_timeout_s,
+            health_check_interval=10,
+        )
         try:
             client.ping()
             check_zone_ladder(client, settings.pool.namespace)
