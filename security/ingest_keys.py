@@ -48,6 +48,16 @@ INGEST_KEYS = "workers-ingest"
 #: What the first key's two strings hold once it is retired.
 _RETIRED = b"retired"
 _ID_PATTERN = re.compile(rf"{FIRST_INGEST_ID}|[0-9a-f]{{12}}")
+#: A rotation: KEYS[1] the ring; ARGV the new id, its wrapped entry, its public half. Returns the
+#: previous id. Stamps the previous key's replacement with Redis's clock in the same step.
+_ROTATE = """
+local previous = redis.call('HGET', KEYS[1], 'current') or 'ingest'
+local now = redis.call('TIME')
+local stamp = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+redis.call('HSET', KEYS[1], 'key:' .. ARGV[1], ARGV[2], 'public:' .. ARGV[1], ARGV[3],
+  'replaced:' .. previous, stamp, 'current', ARGV[1], 'current_public', ARGV[3])
+return previous
+"""
 
 
 def check_ingest_id(value: object) -> str:
@@ -88,11 +98,19 @@ def _stored_id(raw: bytes | str) -> str:
         raise _malformed() from None
 
 
-def _stamp(raw: bytes | str) -> datetime:
+def _stamp(raw: object) -> datetime:
+    """A stored time: ISO 8601 with its offset, or seconds since the epoch (the rotation
+    script's, from Redis's clock); SealBroken for anything else."""
     try:
-        return datetime.fromisoformat(stored_bytes(raw).decode())
-    except (UnicodeDecodeError, ValueError):
+        text = stored_bytes(raw).decode() if isinstance(raw, bytes | str) else ""
+        if re.fullmatch(r"\d{1,12}\.\d{6}", text):
+            return datetime.fromtimestamp(float(text), UTC)
+        stamp = datetime.fromisoformat(text)
+    except (UnicodeDecodeError, ValueError, OverflowError):
         raise _malformed() from None
+    if stamp.tzinfo is None:
+        raise _malformed()
+    return stamp
 
 
 def _ring_fields(raw: dict[Any, Any]) -> dict[str, bytes]:
@@ -147,16 +165,10 @@ class IngestKeys:
         """Every key not retired: id → private half (32 bytes). Raises PoolUnavailable, and
         SealBroken when a key does not unwrap, a stored value is malformed, or the public half
         agents seal to is not the current key's (they would seal to a key nobody holds)."""
-        current_id, current_public = self.current()  # the first key exists
-        with redis_errors():
-            pipe = self._store.client.pipeline(transaction=True)
-            pipe.get(self._first)
-            pipe.hgetall(self._ring)
-            first, raw = pipe.execute()
-        fields = _ring_fields(raw)
+        fields, first, (current_id, current_public) = self._snapshot()
         ring = {}
-        if first is not None and stored_bytes(first) != _RETIRED:
-            ring[FIRST_INGEST_ID] = self._unwrap(FIRST_INGEST_ID, stored_bytes(first))
+        if first is not None:
+            ring[FIRST_INGEST_ID] = self._unwrap(FIRST_INGEST_ID, first)
         for name, value in fields.items():
             kind, _, key_id = name.partition(":")
             if kind == "key":
@@ -165,27 +177,36 @@ class IngestKeys:
             raise SealBroken("the stored public ingest key is not the workers' key's")
         return ring
 
+    def _snapshot(self) -> tuple[dict[str, bytes], bytes | None, tuple[str, bytes]]:
+        """The ring's fields, the first key's wrapped entry (None once retired) and the current
+        key's id and public half, read together (one round trip once the first key exists)."""
+        for _ in range(2):
+            with redis_errors():
+                pipe = self._store.client.pipeline(transaction=True)
+                pipe.hgetall(self._ring)
+                pipe.mget(self._first, self._first_public)
+                raw, (first, first_public) = pipe.execute()
+            fields = _ring_fields(raw)
+            wrapped = None if first is None or stored_bytes(first) == _RETIRED else first
+            wrapped = None if wrapped is None else stored_bytes(wrapped)
+            if "current" in fields:
+                current = (_stored_id(fields["current"]), _public_key(fields.get("current_public")))
+                return fields, wrapped, current
+            if first_public is not None:
+                return fields, wrapped, (FIRST_INGEST_ID, _public_key(first_public))
+            self._make_first()
+        raise SealBroken("the workers' first ingest key could not be made")
+
     def rotate(self) -> tuple[str, str]:
         """Make a new current key; the previous one stays until retired. Returns (new id,
-        previous id)."""
+        previous id). One script reads Redis's clock and writes the ring: the replacement's
+        stamp is the moment it takes effect, however long this process takes."""
         self.current()  # the first key exists
         new_id, secret, raw = self._store.new_entry("ingest", "", None)
         public = base64.b64encode(public_of(secret))
-        previous = ""
-
-        def rotate_in(pipe: redis.client.Pipeline) -> None:
-            nonlocal previous
-            found = cast("bytes | str | None", pipe.hget(self._ring, "current"))
-            previous = FIRST_INGEST_ID if found is None else _stored_id(found)
-            now = self._now(pipe)
-            pipe.multi()
-            pipe.hset(self._ring, mapping={
-                f"key:{new_id}": raw, f"public:{new_id}": public, f"replaced:{previous}": now,
-                "current": new_id, "current_public": public,
-            })  # fmt: skip
-
         with redis_errors():
-            self._store.client.transaction(rotate_in, self._ring)
+            found = self._store.client.eval(_ROTATE, 1, self._ring, new_id, raw, public)
+        previous = _stored_id(cast("bytes | str", found))
         log.info("ingest_key_rotated", key_id=new_id, previous=previous)
         return new_id, previous
 
@@ -213,6 +234,7 @@ class IngestKeys:
 
         def retire_in(pipe: redis.client.Pipeline) -> None:
             nonlocal done
+            done = False  # a retried transaction starts over
             names = ["current", f"key:{key_id}", f"retired:{key_id}"]
             found = cast("list[bytes | str | None]", pipe.hmget(self._ring, names))
             current, wrapped, retired = found
@@ -247,25 +269,19 @@ class IngestKeys:
     def listing(self) -> list[IngestKeyInfo]:
         """Every ingest key, retired ones included, oldest first. Raises SealBroken for a
         malformed stored entry."""
-        current_id, _ = self.current()
-        with redis_errors():
-            pipe = self._store.client.pipeline(transaction=True)
-            pipe.get(self._first)
-            pipe.hgetall(self._ring)
-            first, raw = pipe.execute()
-        fields = _ring_fields(raw)
+        fields, first, (current_id, _) = self._snapshot()
         made = {
             _stored_id(name.partition(":")[2]): parse_entry(value)["created_at"]
             for name, value in fields.items()
             if name.startswith("key:")
         }
-        if first is not None and stored_bytes(first) != _RETIRED:
-            made[FIRST_INGEST_ID] = parse_entry(stored_bytes(first))["created_at"]
+        if first is not None:
+            made[FIRST_INGEST_ID] = parse_entry(first)["created_at"]
         infos = []
         for key_id, created in made.items():
             replaced = fields.get(f"replaced:{key_id}")
             infos.append(IngestKeyInfo(
-                key_id, _stamp(created.encode()), key_id == current_id, False,
+                key_id, _stamp(created), key_id == current_id, False,
                 None if replaced is None else _stamp(replaced),
             ))  # fmt: skip
         for name, value in fields.items():
@@ -275,7 +291,7 @@ class IngestKeys:
                 except (ValueError, KeyError, TypeError):
                     raise _malformed() from None
                 key_id = _stored_id(name.partition(":")[2])
-                infos.append(IngestKeyInfo(key_id, _stamp(str(created)), False, True))
+                infos.append(IngestKeyInfo(key_id, _stamp(created), False, True))
         return sorted(infos, key=lambda info: info.created_at)
 
     def _make_first(self) -> None:

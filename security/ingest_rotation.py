@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from hivemem.pool.errors import INGEST_QUEUE, InvalidInput, KeyStillInUse
+from hivemem.pool.errors import INGEST_QUEUE, InvalidInput, KeyStillInUse, KeyUnavailable
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.ingest_keys import INGEST_KEYS, IngestKeyInfo, check_ingest_id
@@ -99,9 +99,12 @@ class IngestRotation:
         KeyUnavailable for an unknown one; InvalidIdentifier for a malformed id. Returns what
         was behind (empty unless forced). Retiring a retired key does nothing (not audited)."""
         key_id = check_ingest_id(key_id)
-        if any(info.key_id == key_id and info.retired for info in self._keys.listing()):
-            return []
-        replaced = self._keys.replaced_at(key_id)
+        try:
+            replaced = self._keys.replaced_at(key_id)
+        except KeyUnavailable:
+            if self._retired(key_id):  # by now, perhaps by another process meanwhile
+                return []
+            raise
         if replaced is None:
             raise InvalidInput(f"ingest key {key_id} is the current one", field="key_id")
         late = self._late(key_id, replaced)
@@ -113,6 +116,9 @@ class IngestRotation:
                 forced=bool(late), behind=late,
             )  # fmt: skip
         return late
+
+    def _retired(self, key_id: str) -> bool:
+        return any(info.key_id == key_id and info.retired for info in self._keys.listing())
 
     def _late(self, key_id: str, replaced: datetime) -> list[str]:
         late = []

@@ -22,17 +22,20 @@ version-2 frame, signed by its sender and checked as before.
 
 Which workers' key a message is sealed to is in its head, so that the workers pick it, and a
 retirement counts the messages still queued under an old key without opening them. A message
-to the first key (id ``ingest``, made before keys rotated) keeps the form earlier versions
-wrote, which they still open::
+to a later key than the first names it::
 
     b"HMI2" <id length: 1> <the workers' key id> <ephemeral public key: 32> <nonce: 12> <...>
+
+while one to the first key (id ``ingest``, made before keys rotated) keeps the form above,
+which earlier versions wrote and still open.
 
 A sealer reads the current key again once what it read is ``ttl_s`` old (the keyring's: 1 s),
 so a rotation reaches every agent within that time, and a retirement waits longer than that
 (:mod:`hivemem.security.ingest_rotation`). An opener reads the keys again once what it holds is
 ``ttl_s`` old (a retired key goes), and for a message naming a key it does not hold (once per
-such id until then). It keeps the keys it agreed with senders by the workers' key's public half,
-not its id: a first key made anew (Redis lost its data) is another key.
+such id until then), and once per ``ttl_s`` for a message that does not open under the key it
+names (that key may have been made anew: Redis lost its data). It keeps the keys it agreed with
+senders by the workers' key's public half, not its id.
 
 What this does not change: whoever holds the master key (every pool process, as for zone keys)
 can unwrap the workers' keys.
@@ -172,6 +175,8 @@ class IngestOpener:
         self._loaded_at = -math.inf
         #: Ids named by messages and found in no load since: not read again before the next.
         self._unknown: set[str] = set()
+        #: When a message that did not open last had the keys read again (monotonic).
+        self._tampered_at = -math.inf
         #: (workers' public key, sender's public key) -> the key they agreed.
         self._senders: OrderedDict[tuple[bytes, bytes], AESGCM] = OrderedDict()
         self._lock = threading.Lock()
@@ -190,12 +195,29 @@ class IngestOpener:
         if len(data) < body + TAG_BYTES:
             raise InvalidMessage("malformed ingest message: too short")
         head, nonce = data[: at + _PUBLIC_BYTES], data[at + _PUBLIC_BYTES : body]
-        private, public = self._private(key_id)
-        try:
-            aead = self._aead(private, public, head[at:])
-            return aead.decrypt(nonce, data[body:], head)
-        except (InvalidTag, ValueError):  # ValueError: not a point X25519 agrees with
-            raise MessageRejected("tampered", "an ingest message does not open") from None
+        held = self._private(key_id)
+        for attempt in range(2):
+            try:
+                aead = self._aead(*held, head[at:])
+                return aead.decrypt(nonce, data[body:], head)
+            except (InvalidTag, ValueError):  # ValueError: not a point X25519 agrees with
+                # The key may have been made anew under its id (Redis lost its data): read
+                # the keys again, at most once per ttl_s for this reason, and try what changed.
+                again = self._reloaded(key_id) if attempt == 0 else None
+                if again is None or again[1] == held[1]:
+                    break
+                held = again
+        raise MessageRejected("tampered", "an ingest message does not open")
+
+    def _reloaded(self, key_id: str) -> tuple[X25519PrivateKey, bytes] | None:
+        """``key_id`` as the keys read again now, unless a message that did not open had them
+        read again less than ``ttl_s`` ago (None then, and when it is gone)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._tampered_at < self._keyring.ttl_s:
+                return None
+            self._tampered_at = now
+        return self._load().get(key_id)
 
     def _private(self, key_id: str) -> tuple[X25519PrivateKey, bytes]:
         """The workers' key ``key_id`` and its public half: the keys are read again once what

@@ -104,8 +104,8 @@ def test_a_retired_key_opens_nowhere_and_its_material_is_gone(client: redis.Redi
 
 
 def test_concurrent_rotations_lose_no_key(client: redis.Redis) -> None:
-    """Six processes' keyrings rotate at once: every rotation lands, one after the other,
-    each key rotated away from is kept, and exactly one is current."""
+    """Six keyrings (threads, one connection pool) rotate at once: every rotation lands, one
+    after the other, each key rotated away from is kept, and exactly one is current."""
     start = threading.Barrier(6)
     made: list[str] = []
 
@@ -233,16 +233,18 @@ def test_an_opener_reads_the_keys_again_for_a_key_it_does_not_hold_once(
 
 
 def test_a_first_key_made_again_after_redis_lost_its_data_opens(client: redis.Redis) -> None:
-    """Redis lost its data: a new first key (the same id) is made; a running opener opens what
-    a running sealer seals to it once both read the keys again (its cache of agreed keys
-    follows the key's material, not its id)."""
-    sealer, opener = IngestSealer(keyring_of(client)), IngestOpener(keyring_of(client))
+    """Redis lost its data: a new first key (the same id) is made; a running opener whose keys
+    are far from ``ttl_s`` old opens at once what a sealer seals to it (a message that does not
+    open under the key it holds has it read the keys again), its cache of agreed keys following
+    the key's material, not its id."""
+    sealer = IngestSealer(keyring_of(client, ttl_s=0.0))
+    opener = IngestOpener(keyring_of(client, ttl_s=3600.0))
     assert opener.open(sealer.seal(FRAME)) == FRAME
     client.flushdb()
-    time.sleep(0.25)
     again = sealer.seal(FRAME)
     assert sealed_to(again) == FIRST_INGEST_ID
     assert opener.open(again) == FRAME
+    assert opener.open(sealer.seal(FRAME)) == FRAME
 
 
 @pytest.mark.parametrize(
@@ -260,9 +262,8 @@ def test_malformed_stored_keys_raise_seal_broken(
     client: redis.Redis, field: str | bytes, value: bytes, *, keys_too: bool
 ) -> None:
     """A stored entry hivemem never writes makes the listing raise SealBroken, and, when it is
-    a key's (or the current id), loading the keys too: a typed failure (the workers' drain
-    stops and retries, nothing is skipped), and the count of a data key's queued writes
-    raises rather than count nothing."""
+    a key's (or the current id), loading the keys too: a typed failure, not a verdict on the
+    message, and the count of a data key's queued writes raises rather than count nothing."""
     keyring = keyring_of(client)
     keyring.ingest.rotate()
     sealed = IngestSealer(keyring_of(client)).seal(FRAME)
@@ -289,3 +290,48 @@ def test_the_grace_cannot_be_shorter_than_agents_take_to_read_a_rotation() -> No
     with pytest.raises(ValidationError):
         SecuritySettings(ingest_retire_grace_s=0.5)
     assert SecuritySettings(ingest_retire_grace_s=5).ingest_retire_grace_s == 5
+
+
+def test_two_retirements_at_once_retire_once(client: redis.Redis) -> None:
+    """Two processes retire the same old key at once: one retires it (True), the other finds
+    it retired (False), whichever order their transactions take."""
+    keyring_of(client).ingest.rotate()
+    for _ in range(10):
+        keyring_of(client).ingest.rotate()
+        old = next(
+            i.key_id for i in keyring_of(client).ingest.listing() if not i.current and not i.retired
+        )
+        assert sorted(retired_at_once(client, old)) == [False, True]
+
+
+def retired_at_once(client: redis.Redis, key_id: str) -> list[bool]:
+    """What two keyrings' retirements of ``key_id``, started together, returned."""
+    start = threading.Barrier(2)
+    done: list[bool] = []
+
+    def retire() -> None:
+        keyring = keyring_of(client)
+        start.wait()
+        done.append(keyring.ingest.retire(key_id))
+
+    threads = [threading.Thread(target=retire) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return done
+
+
+def test_a_replacement_is_stamped_when_it_takes_effect(client: redis.Redis) -> None:
+    """The previous key's replacement carries Redis's clock at the rotation (the script that
+    makes it current stamps it), and stamps without an offset are refused as malformed."""
+    keyring = keyring_of(client)
+    before = keyring.ingest.now()
+    keyring.ingest.rotate()
+    after = keyring.ingest.now()
+    replaced = keyring.ingest.replaced_at(FIRST_INGEST_ID)
+    assert replaced is not None
+    assert before <= replaced <= after
+    client.hset("t:keys:ingest:ring", "replaced:ingest", "2020-01-01T00:00:00")
+    with pytest.raises(SealBroken):
+        keyring.ingest.replaced_at(FIRST_INGEST_ID)
