@@ -175,6 +175,8 @@ class IngestKeys:
                 ring[_stored_id(key_id)] = self._unwrap(_stored_id(key_id), value)
         if current_id not in ring or public_of(ring[current_id]) != current_public:
             raise SealBroken("the stored public ingest key is not the workers' key's")
+        with self._lock:  # keys retired elsewhere leave this process's memory too
+            self._unwrapped = {k: v for k, v in self._unwrapped.items() if k[0] in ring}
         return ring
 
     def _snapshot(self) -> tuple[dict[str, bytes], bytes | None, tuple[str, bytes]]:

@@ -84,12 +84,16 @@ def test_a_retired_key_opens_nowhere_and_its_material_is_gone(client: redis.Redi
     wrapped = client.get("t:keys:ingest")
     assert wrapped is not None
 
+    held_elsewhere = keyring_of(client).ingest
+    assert FIRST_INGEST_ID in held_elsewhere.ring()
     assert keyring.ingest.retire(FIRST_INGEST_ID)
     time.sleep(0.25)
     with pytest.raises(MessageRejected) as refused:
         opener.open(sealed[0])
     assert refused.value.reason == "unknown_key"
     assert [opener.open(s) for s in sealed[1:]] == [FRAME] * 2
+    assert FIRST_INGEST_ID not in held_elsewhere.ring()  # another process's keyring
+    assert FIRST_INGEST_ID not in {key_id for key_id, _ in held_elsewhere._unwrapped}
     everything = b"".join(
         client.dump(key) or b"" for key in client.scan_iter(match="t:keys:ingest*")
     )
