@@ -103,9 +103,9 @@ class PoolSettings(BaseModel):
     #: this off for a pool that runs none.
     ingest: bool = True
     #: Retry back-off when Redis is unreachable: first wait and cap (seconds).
-    #: How long (seconds) a connection waits for Redis's reply before it gives up (a send is
-    #: then retried from the outbox): what bounds how long a stalled connection holds a
-    #: message sealed to an ingest key (docs/security.md, "Known gaps").
+    #: How long (seconds) a connection waits for Redis's reply before it gives up, rather than
+    #: hang for as long as a stall (a send is then retried from the outbox; a request already
+    #: on its way may still run: docs/security.md, "Known gaps").
     command_timeout_s: float = Field(default=30.0, gt=0.0)
     retry_initial_s: float = Field(default=0.05, gt=0.0)
     retry_max_s: float = Field(default=5.0, gt=0.0)

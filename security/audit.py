@@ -35,7 +35,7 @@ from typing import Any, cast
 import redis
 import structlog
 
-from hivemem.pool.adapters.redis_errors import redis_errors
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN, redis_errors
 from hivemem.pool.errors import (
     AuditConflict,
     AuditLogCorrupt,
@@ -151,6 +151,8 @@ class AuditLog:
         self._sink = _JsonlSink(jsonl_path) if jsonl_path is not None else None
         self._lock = threading.Lock()
         self._head = Anchor(0, GENESIS)  # the last head seen here; a stale one costs a retry
+        #: An entry whose append raised with its outcome unknown (see _caught_up).
+        self._unsure: AuditEntry | None = None
 
     def record(
         self,
@@ -173,16 +175,50 @@ class AuditLog:
                 entry = AuditEntry.create(
                     head, kind, ts=ts, actor=actor, subject=subject, zone=zone, details=details
                 )
-                moved = self._try_append(head, entry)
+                try:
+                    moved = self._try_append(head, entry)
+                except REDIS_DOWN:
+                    # The reply was lost (a timeout, a dropped connection) and the script may
+                    # have run, or may run still (a request held up on its way): Redis says.
+                    if not self._landed(entry):
+                        self._unsure = entry  # it may land still: see _caught_up
+                        raise
+                    moved = None
                 if moved is None:
                     self._head = entry.anchor
                     if self._sink is not None:
                         self._sink.write(entry)
                     return entry
+                self._caught_up(moved)
                 head = moved
                 if attempt >= 2:  # contention: spread the writers out a little
                     time.sleep(random.uniform(0, 0.001 * attempt))  # noqa: S311 - jitter
         raise AuditConflict(_MAX_ATTEMPTS)
+
+    def _landed(self, entry: AuditEntry) -> bool:
+        """Whether the stream holds ``entry`` (at its seq, with its hash); False when Redis
+        cannot tell now."""
+        try:
+            found = cast(
+                "_Entries",
+                self.client.xrange(self.stream_key, f"{entry.seq}-0", f"{entry.seq}-0"),
+            )
+        except REDIS_DOWN:
+            return False
+        return bool(found) and _parse(_field(found[0][1])).hash == entry.hash
+
+    def _caught_up(self, moved: Anchor) -> None:
+        """A head ``moved`` on: when it is the entry this process was unsure of, that entry
+        landed after all; its line goes to the file, in its place."""
+        unsure, self._unsure = self._unsure, None
+        if unsure is None:
+            return
+        if moved == unsure.anchor:
+            if self._sink is not None:
+                self._sink.write(unsure)
+            log.warning("audit_append_landed_late", seq=unsure.seq)
+        elif moved.seq < unsure.seq:
+            self._unsure = unsure  # not there yet: perhaps still
 
     def _try_append(self, head: Anchor, entry: AuditEntry) -> Anchor | None:
         """Append ``entry`` after ``head``: None when done, else the head that moved on."""
