@@ -21,6 +21,7 @@ The adapters translate the validated tree into their store's filter language.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self, cast
@@ -219,6 +220,17 @@ Expr = Annotated[
 And.model_rebuild()
 Or.model_rebuild()
 Not.model_rebuild()
+
+
+def conditions(expr: Expr) -> Iterator[Cond]:
+    """Every condition of ``expr``, depth first, in order."""
+    if isinstance(expr, Cond):
+        yield expr
+    elif isinstance(expr, And | Or):
+        for part in expr.all if isinstance(expr, And) else expr.any:
+            yield from conditions(part)
+    else:
+        yield from conditions(expr.expr)
 
 
 class TimeRange(_FilterModel):

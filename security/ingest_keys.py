@@ -148,18 +148,7 @@ class IngestKeys:
         """The current key's id and public half, read from Redis (one round trip once the
         first key exists; the first to ask makes it). Raises PoolUnavailable when Redis is
         down, SealBroken for a malformed stored key."""
-        for _ in range(2):
-            with redis_errors():
-                pipe = self._store.client.pipeline(transaction=True)
-                pipe.hmget(self._ring, ["current", "current_public"])
-                pipe.get(self._first_public)
-                (key_id, public), first = pipe.execute()
-            if key_id is not None:
-                return _stored_id(key_id), _public_key(public)
-            if first is not None:
-                return FIRST_INGEST_ID, _public_key(first)
-            self._make_first()
-        raise SealBroken("the workers' first ingest key could not be made")
+        return self._snapshot(whole=False)[2]
 
     def ring(self) -> dict[str, bytes]:
         """Every key not retired: id → private half (32 bytes). Raises PoolUnavailable, and
@@ -179,21 +168,27 @@ class IngestKeys:
             self._unwrapped = {k: v for k, v in self._unwrapped.items() if k[0] in ring}
         return ring
 
-    def _snapshot(self) -> tuple[dict[str, bytes], bytes | None, tuple[str, bytes]]:
-        """The ring's fields, the first key's wrapped entry (None once retired) and the current
-        key's id and public half, read together (one round trip once the first key exists)."""
+    def _snapshot(
+        self, *, whole: bool = True
+    ) -> tuple[dict[str, bytes], bytes | None, tuple[str, bytes]]:
+        """The ring's fields (``whole`` false: only which key is current), the first key's
+        wrapped entry (None once retired) and the current key's id and public half, read
+        together (one round trip once the first key exists; the first to ask makes it)."""
+        current = ["current", "current_public"]
         for _ in range(2):
             with redis_errors():
                 pipe = self._store.client.pipeline(transaction=True)
-                pipe.hgetall(self._ring)
+                pipe.hgetall(self._ring) if whole else pipe.hmget(self._ring, current)
                 pipe.mget(self._first, self._first_public)
                 raw, (first, first_public) = pipe.execute()
+            if not whole:
+                raw = {k: v for k, v in zip(current, raw, strict=True) if v is not None}
             fields = _ring_fields(raw)
             wrapped = None if first is None or stored_bytes(first) == _RETIRED else first
             wrapped = None if wrapped is None else stored_bytes(wrapped)
             if "current" in fields:
-                current = (_stored_id(fields["current"]), _public_key(fields.get("current_public")))
-                return fields, wrapped, current
+                now = (_stored_id(fields["current"]), _public_key(fields.get("current_public")))
+                return fields, wrapped, now
             if first_public is not None:
                 return fields, wrapped, (FIRST_INGEST_ID, _public_key(first_public))
             self._make_first()

@@ -39,10 +39,10 @@ class IngestKeyStillInUse(KeyStillInUse):
     """Raised when a workers' ingest key is to be retired while ``holders`` (:data:`AGENTS_SEALING`,
     :data:`INGEST_QUEUE`) may still need it. Nothing changed."""
 
-    def __init__(self, key_id: str, holders: list[str], until: datetime | None) -> None:
+    def __init__(self, key_id: str, holders: list[str], until: datetime) -> None:
         super().__init__(INGEST_KEYS, key_id, holders)
         reasons = []
-        if AGENTS_SEALING in holders and until is not None:
+        if AGENTS_SEALING in holders:
             reasons.append(f"agents may seal to it until {until.isoformat(timespec='seconds')}")
         if INGEST_QUEUE in holders:
             reasons.append("the ingest queues hold messages sealed to it (let the workers store)")

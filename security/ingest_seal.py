@@ -136,7 +136,6 @@ class IngestSealer:
         self._keyring = keyring
         self._own = X25519PrivateKey.generate()
         self._target: _Target | None = None
-        self._lock = threading.Lock()
 
     def seal(self, frame: bytes) -> bytes:
         """``frame`` (a signed version-2 message) wrapped for the workers. Raises
@@ -160,8 +159,7 @@ class IngestSealer:
             shared = self._own.exchange(X25519PublicKey.from_public_bytes(workers))
             aead = _derived(shared, own, workers)
         target = _Target(_magic(key_id) + own, workers, aead, checked_at)
-        with self._lock:
-            self._target = target
+        self._target = target  # one attribute, replaced whole: other threads see old or new
         return target
 
 
@@ -196,18 +194,31 @@ class IngestOpener:
             raise InvalidMessage("malformed ingest message: too short")
         head, nonce = data[: at + _PUBLIC_BYTES], data[at + _PUBLIC_BYTES : body]
         held = self._private(key_id)
-        for attempt in range(2):
-            try:
-                aead = self._aead(*held, head[at:])
-                return aead.decrypt(nonce, data[body:], head)
-            except (InvalidTag, ValueError):  # ValueError: not a point X25519 agrees with
-                # The key may have been made anew under its id (Redis lost its data): read
-                # the keys again, at most once per ttl_s for this reason, and try what changed.
-                again = self._reloaded(key_id) if attempt == 0 else None
-                if again is None or again[1] == held[1]:
-                    break
-                held = again
-        raise MessageRejected("tampered", "an ingest message does not open")
+        sealed = (head[at:], nonce, data[body:], head)
+        opened = self._opened(held, *sealed)
+        if opened is None:
+            # The key may have been made anew under its id (Redis lost its data): read the
+            # keys again, at most once per ttl_s for this reason, and try it if it changed.
+            again = self._reloaded(key_id)
+            if again is not None and again[1] != held[1]:
+                opened = self._opened(again, *sealed)
+        if opened is None:
+            raise MessageRejected("tampered", "an ingest message does not open")
+        return opened
+
+    def _opened(
+        self,
+        held: tuple[X25519PrivateKey, bytes],
+        sender_public: bytes,
+        nonce: bytes,
+        ciphertext: bytes,
+        head: bytes,
+    ) -> bytes | None:
+        """The frame, or None when it does not open under the workers' key ``held``."""
+        try:
+            return self._aead(*held, sender_public).decrypt(nonce, ciphertext, head)
+        except (InvalidTag, ValueError):  # ValueError: not a point X25519 agrees with
+            return None
 
     def _reloaded(self, key_id: str) -> tuple[X25519PrivateKey, bytes] | None:
         """``key_id`` as the keys read again now, unless a message that did not open had them

@@ -26,12 +26,12 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import structlog
 
 from hivemem.pool.errors import InvalidFilter, PoolUnavailable
-from hivemem.pool.filters import And, Cond, Expr, Not, Op, Or
+from hivemem.pool.filters import And, Cond, Expr, Not, Op, Or, conditions
 from hivemem.pool.records import MemoryRecord, MetadataValue
 from hivemem.security.keyring import ZoneKeyring
 
@@ -183,7 +183,7 @@ class LabelTokens:
         ``eq``/``in``), else those ``users_of`` finds among the records matching its other
         top-level conditions. Raises InvalidFilter, before anything runs, for an order or
         substring condition on sealed metadata."""
-        sealed = [c for c in _conds(where) if self.sealed(c)]
+        sealed = [c for c in conditions(where) if self.sealed(c)]
         if not sealed:
             return where
         for cond in sealed:
@@ -202,7 +202,7 @@ class LabelTokens:
                 return known[1]
             users = named
         else:
-            rest = And(all=[e for e in where.all if not any(self.sealed(c) for c in _conds(e))])
+            rest = And(all=[e for e in where.all if not any(self.sealed(c) for c in conditions(e))])
             users = sorted(set(users_of(rest)))
         needs_keys = any(not (c.op in ("eq", "ne") and c.value is None) for c in sealed)
         keys, unavailable = self._keys(users) if needs_keys else ({}, [])
@@ -299,19 +299,6 @@ def _check_tokenizable(cond: Cond) -> None:
             f" list the key in security.clear_metadata_keys for {cond.op} filters",
             field="where.op",
         )
-
-
-def _conds(expr: Expr) -> Iterator[Cond]:
-    if isinstance(expr, Cond):
-        yield expr
-    elif isinstance(expr, And):
-        for e in expr.all:
-            yield from _conds(e)
-    elif isinstance(expr, Or):
-        for e in expr.any:
-            yield from _conds(e)
-    else:
-        yield from _conds(expr.expr)
 
 
 def _named_users(where: And) -> list[str] | None:

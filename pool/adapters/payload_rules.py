@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -17,7 +17,7 @@ from hivemem.pool.adapters.edge_codec import (
     METADATA_PREFIX,
 )
 from hivemem.pool.errors import InvalidFilter, InvalidInput
-from hivemem.pool.filters import SCOPE_FIELDS, And, Cond, Expr, Or
+from hivemem.pool.filters import SCOPE_FIELDS, Cond, Expr, conditions
 from hivemem.pool.ids import METADATA_KEY_PATTERN, check_scope_id
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import INT64, MemoryRecord
@@ -104,7 +104,7 @@ def check_big_numbers(where: Expr) -> None:
     """Raise InvalidFilter when the numbers of ``where`` need more than :data:`MAX_NEAR`
     integers excluded in all (:func:`big_number`); the translators call it first."""
     total = 0
-    for cond in _conditions(where):
+    for cond in conditions(where):
         values = cond.value if isinstance(cond.value, list) else [cond.value]
         for value in values:
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -116,16 +116,6 @@ def check_big_numbers(where: Expr) -> None:
             f"integers to tell apart, at most {MAX_NEAR}): use fewer, or smaller ones",
             field="where.value",
         )
-
-
-def _conditions(expr: Expr) -> Iterator[Cond]:
-    if isinstance(expr, Cond):
-        yield expr
-    elif isinstance(expr, And | Or):
-        for part in expr.all if isinstance(expr, And) else expr.any:
-            yield from _conditions(part)
-    else:
-        yield from _conditions(expr.expr)
 
 
 def plain(value: object) -> MatchScalar:
