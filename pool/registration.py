@@ -8,16 +8,19 @@ administrator's signature.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 
 from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
-from hivemem.pool.adapters.redis_registry import AgentRegistry, Registration
+from hivemem.pool.adapters.redis_errors import redis_errors
+from hivemem.pool.adapters.redis_registry import AgentRegistry, Departing, Registration
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import missing
 from hivemem.pool.enums import Zone, checked_zone
+from hivemem.pool.errors import AgentNotFound
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.pool_security import PoolSecurity
@@ -37,6 +40,24 @@ def audit_registration(
     if done is not Registration.UPDATED:
         audit.record(AuditEvent.REGISTERED, actor=actor, subject=info.agent_id,
                      zone=info.clearance.value, **details)  # fmt: skip
+
+
+def register_audited(
+    registry: AgentRegistry, audit: AuditLog, actor: str, info: AgentInfo, **details: object
+) -> tuple[AgentInfo, Registration]:
+    """:meth:`AgentRegistry.registered`, then :func:`audit_registration`. What looks like an
+    update may be the retry of a registration or a new key whose audit entry was never written
+    (its reply lost, its process stopped: :meth:`AgentRegistry.pending`): that one is audited
+    now, ``resumed``. Returns the stored info and what the registration did."""
+    info, done = registry.registered(info)
+    if done is Registration.UPDATED:
+        earlier = registry.pending(info.agent_id)
+        if isinstance(earlier, Registration):
+            done, details = earlier, {**details, "resumed": True}
+    audit_registration(audit, actor, info, done, **details)
+    if done is not Registration.UPDATED:
+        registry.audited(info.agent_id, done)
+    return info, done
 
 
 class Registrar:
@@ -70,17 +91,28 @@ class Registrar:
         if self._security is not None:
             key = self._security.agent_key(self._agent_dir(info.agent_id))
             info = self._security.signed(info.model_copy(update={"public_key": key.public_key}))
-        info, done = self._registry.registered(info)
-        audit_registration(
+        self._end_departure(info.agent_id)
+        info, done = register_audited(
+            self._registry,
             self._audit,
             self._actor,
             info,
-            done,
             share_levels=[level.value for level in info.share_levels],
             **({"compartments": info.compartments} if info.compartments else {}),
         )
         log.info("agent_registered", agent_id=info.agent_id, clearance=info.clearance.value)
         return info, done is Registration.NEW
+
+    def _end_departure(self, agent_id: str) -> None:
+        """Before an agent out of the registry is registered again: end its deregistration if
+        that did not end (:meth:`deregister`), so that its audit entry comes first and its old
+        inbox goes."""
+        departing = self._registry.pending(agent_id)
+        if not isinstance(departing, Departing) or self._registry.exists(agent_id):
+            return
+        departures = self._registry.departures
+        with contextlib.nullcontext() if departing.keep else departures.quiet():
+            self._departed(agent_id, departing, resumed=True)
 
     def register(self, info: AgentInfo) -> tuple[AgentInfo, bool]:
         """:meth:`record`, and with Redis ACLs the agent's Redis user provisioned."""
@@ -91,19 +123,56 @@ class Registrar:
             )
         return info, created
 
+    def keeps_queued(self, agent_id: str, keep_queued: bool) -> bool:
+        """Whether deregistering the agent keeps what it queued: ``keep_queued``, or, for an
+        agent whose deregistration did not end (see :meth:`deregister`), what that one chose.
+        Raises AgentNotFound when it is neither registered nor departing."""
+        if self._registry.exists(agent_id):
+            return keep_queued
+        departing = self._registry.pending(agent_id)
+        if not isinstance(departing, Departing):
+            raise AgentNotFound(agent_id)
+        return departing.keep
+
     def deregister(self, agent_id: str, *, keep_queued: bool = True) -> None:
         """Remove a registered agent, detached in this process, from the registry and drop its
-        inbox; ``keep_queued`` as for the pool's ``deregister``."""
+        inbox; ``keep_queued`` as for the pool's ``deregister``. An agent out of the registry
+        whose deregistration did not end (its reply was lost, or its process stopped before
+        the audit entry) has the rest done now, as that one chose (:meth:`keeps_queued`)."""
         # Its Redis user first: a process of it running elsewhere must queue nothing more.
         if self._security is not None and self._security.acl is not None:
             self._security.acl.remove(agent_id)
-        queues = self._registry.deregister(agent_id, keep_queued=keep_queued)
+        with redis_errors():
+            try:
+                departing = self._registry.depart(agent_id, keep_queued=keep_queued)
+                resumed = False
+            except AgentNotFound:
+                found = self._registry.pending(agent_id)
+                if not isinstance(found, Departing):
+                    raise
+                departing, resumed = found, True
+            self._departed(agent_id, departing, resumed=resumed)
+
+    def _departed(self, agent_id: str, departing: Departing, *, resumed: bool) -> None:
+        """What follows a deregistration's step in Redis (``resumed``: done by a later call
+        than the one that took that step): the agent's earlier departures discarded when it
+        kept nothing queued, its inbox dropped, the audit entry; then its note deleted."""
+        if not departing.keep:
+            self._registry.departures.discard_now(agent_id)
         self._bus.drop_topic(inbox_topic(agent_id))
         if self._security is not None:
             self._security.senders.forget(agent_id)
-        self._audit.record(AuditEvent.DEREGISTERED, actor=self._actor, subject=agent_id,
-                           kept_queued=keep_queued, queues=queues)  # fmt: skip
-        log.info("agent_deregistered", agent_id=agent_id, kept_queued=keep_queued, queues=queues)
+        self._audit.record(
+            AuditEvent.DEREGISTERED,
+            actor=self._actor,
+            subject=agent_id,
+            kept_queued=departing.keep,
+            queues=departing.queues,
+            resumed=resumed,
+        )
+        self._registry.audited(agent_id, departing)
+        log.info("agent_deregistered", agent_id=agent_id, kept_queued=departing.keep,
+                 queues=departing.queues, resumed=resumed)  # fmt: skip
 
     def discard_queued(self, agent_id: str) -> int:
         """Delete what a deregistered agent queued before leaving (see the pool's

@@ -256,8 +256,12 @@ class SharedMemoryPool:
         and those it queued before earlier deregistrations (an agent whose key or host is
         compromised: it holds every zone's ingest lock meanwhile, waiting up to a minute for
         each, so that no drain stores what it deletes; QueuesBusy, nothing changed, when one
-        stays taken)."""
-        self.registry.get(agent_id)  # AgentNotFound before anything changes
+        stays taken).
+
+        Redis out of reach midway raises PoolUnavailable; the agent may then be out of the
+        registry already. Calling this again ends that deregistration as it began (its
+        ``keep_queued``), with its audit entry; so does registering the agent again."""
+        keep_queued = self._registrar.keeps_queued(agent_id, keep_queued)  # or AgentNotFound
         quiet = contextlib.nullcontext() if keep_queued else self.registry.departures.quiet()
         with quiet:
             attached = self._attached.pop(check_agent_id(agent_id), None)

@@ -22,6 +22,7 @@ from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import HivememSettings, PoolSettings, SecuritySettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.key_provider import LocalKeyProvider
+from tests.relay import Relay
 
 
 class Clock:
@@ -99,6 +100,15 @@ def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     restart it without losing data), removed at teardown."""
     with EmbeddedRedis(tmp_path / "redis", appendonly=True) as server:
         yield server
+
+
+@pytest.fixture
+def relay(redis_server: EmbeddedRedis) -> Iterator[Relay]:
+    """A TCP relay to the test's Redis that can hold back replies or requests, closed at
+    teardown."""
+    relayed = Relay(redis_server.port)
+    yield relayed
+    relayed.close()
 
 
 def shared_keys(tmp_path: Path, **fields: Any) -> SecuritySettings:

@@ -27,7 +27,7 @@ from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidInput, MessageRejected
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import MemoryRecord
-from hivemem.pool.registration import audit_registration
+from hivemem.pool.registration import register_audited
 from hivemem.pool.settings import ConsolidationSettings, HivememSettings
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
@@ -226,8 +226,8 @@ class WorkerRuntime:
         if not self.settings.security.enabled:
             return None
         security = PoolSecurity(self.settings, self.client, self.registry)
-        info, done = self.registry.registered(security.workers_info())
-        audit_registration(self.audit, WORKER_SENDER, info, done)  # a new key: workers_key_file
+        # A new key: workers_key_file.
+        register_audited(self.registry, self.audit, WORKER_SENDER, security.workers_info())
         return security
 
     @cached_property

@@ -7,9 +7,11 @@ compartments when it holds any; what a re-registration is checked against),
 JSON, set once: see :func:`check_zone_ladder`), ``ns:registry:topics`` (a set: the compartment
 topics written so far, see :mod:`hivemem.pool.adapters.redis_bus`), ``ns:registry:departed`` (a
 set: agents deregistered whose own ingest queues the workers have not read through yet),
-``ns:registry:departures`` and ``ns:registry:departure_seq`` (what deregistered agents queued
-before leaving: :mod:`hivemem.pool.adapters.departures`) and ``ns:agent:<id>:alive`` (the last
-heartbeat, expiring after the heartbeat TTL).
+``ns:registry:unaudited`` (hash: agent id → its registry change whose audit entry is not
+written yet: see :meth:`AgentRegistry.pending`), ``ns:registry:departures`` and
+``ns:registry:departure_seq`` (what deregistered agents queued before leaving:
+:mod:`hivemem.pool.adapters.departures`) and ``ns:agent:<id>:alive`` (the last heartbeat,
+expiring after the heartbeat TTL).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +30,7 @@ import structlog
 
 from hivemem.pool.adapters.departures import Departures, Owners, departed_topic, queue_keys
 from hivemem.pool.adapters.redis_bus import ingest_topic
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN, unavailable
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone, zone_names
@@ -38,6 +42,7 @@ log = structlog.get_logger(__name__)
 _REGISTER = (Path(__file__).parent / "lua" / "register.lua").read_text()
 _DEPART = (Path(__file__).parent / "lua" / "depart.lua").read_text()
 _FORGET_DEPARTED = (Path(__file__).parent / "lua" / "forget_departed.lua").read_text()
+_AUDITED = (Path(__file__).parent / "lua" / "audited.lua").read_text()
 
 
 def check_zone_ladder(client: redis.Redis, namespace: str) -> None:
@@ -76,6 +81,40 @@ class Registration(StrEnum):
     REKEYED = "rekeyed"
 
 
+@dataclass(frozen=True, slots=True)
+class Departing:
+    """A deregistration whose step in Redis ran (the agent is out of the registry, its queues
+    moved or deleted), noted there until its caller has also done what follows it (the inbox,
+    the audit entry): its departure number, whether it kept what the agent queued, and how many
+    of its queues held anything."""
+
+    number: int
+    keep: bool
+    queues: int
+
+    @property
+    def note(self) -> str:
+        """How ``lua/depart.lua`` notes it."""
+        return f"departed {self.number} {int(self.keep)} {self.queues}"
+
+    @classmethod
+    def parse(cls, note: str) -> Departing:
+        """The deregistration ``note`` stands for; ValueError when it is not one."""
+        kind, number, keep, queues = note.split(" ")
+        if kind != "departed" or keep not in ("0", "1"):
+            raise ValueError(note)
+        return cls(int(number), keep == "1", int(queues))
+
+
+#: A registry change not yet audited (:meth:`AgentRegistry.pending`).
+Change = Registration | Departing
+
+
+def _note(change: Change) -> str:
+    """How a change is noted until it is audited: ``new``, ``rekeyed`` or a departure's."""
+    return change.note if isinstance(change, Departing) else change.value
+
+
 #: Tries at replacing an entry that another process changes meanwhile.
 _REGISTER_ATTEMPTS = 5
 
@@ -98,11 +137,14 @@ class AgentRegistry:
         self._clearance = f"{namespace}:registry:clearance"
         #: Agents deregistered whose ingest queues the workers may not have read through yet.
         self._departed = f"{namespace}:registry:departed"
+        #: Registry changes whose audit entry is not written yet.
+        self._unaudited = f"{namespace}:registry:unaudited"
         #: What deregistered agents queued before leaving.
         self.departures = Departures(client, namespace=namespace)
         self._register = client.register_script(_REGISTER)
         self._depart = client.register_script(_DEPART)
         self._forget_departed = client.register_script(_FORGET_DEPARTED)
+        self._audited = client.register_script(_AUDITED)
 
     def _alive_key(self, agent_id: str) -> str:
         return f"{self.namespace}:agent:{check_agent_id(agent_id)}:alive"
@@ -114,7 +156,8 @@ class AgentRegistry:
     def registered(self, info: AgentInfo) -> tuple[AgentInfo, Registration]:
         """Add ``info``, or update an agent of the same id and clearance (keeping its first
         registration time); returns the stored info and which it was. Raises
-        RegistrationConflict (nothing changed) when the id holds another clearance. ``info``
+        RegistrationConflict (nothing changed) when the id holds another clearance,
+        PoolUnavailable when Redis cannot say whether it was done. ``info``
         with another key than the entry's (the agent attached from another directory)
         replaces the entry in the same step that ends the old key's registration as a
         deregistration that keeps what it queued: those writes are checked against the key
@@ -126,7 +169,12 @@ class AgentRegistry:
             if prior is not None:
                 info = info.model_copy(update={"registered_at": prior.registered_at})
             if prior is None or prior.public_key in (None, info.public_key):
-                done = self._put(info, expected=raw)
+                try:
+                    done = self._put(info, expected=raw)
+                except REDIS_DOWN as error:  # the reply lost: the entry says whether it ran
+                    if not self._holds(info):
+                        raise unavailable(error) from None
+                    done = Registration.NEW if raw is None else Registration.UPDATED
                 if done is not None:
                     return info, done
                 continue
@@ -138,14 +186,27 @@ class AgentRegistry:
                     return info, Registration.REKEYED
             except AgentNotFound:  # deregistered meanwhile: register it afresh
                 continue
+            except REDIS_DOWN as error:  # the reply lost: the entry says whether it ran
+                if not self._holds(info):
+                    raise unavailable(error) from None
+                log.warning("agent_key_replaced", agent_id=info.agent_id, reply_lost=True)
+                return info, Registration.REKEYED
         raise RegistrationConflict(f"agent {info.agent_id}'s entry kept changing; try again")
+
+    def _holds(self, info: AgentInfo) -> bool:
+        """Whether the agent's entry is ``info`` (False when Redis cannot say now)."""
+        try:
+            raw = cast("bytes | None", self.client.hget(self._agents, info.agent_id))
+        except REDIS_DOWN:
+            return False
+        return raw == info.model_dump_json().encode()
 
     def _put(self, info: AgentInfo, *, expected: bytes | None) -> Registration | None:
         """``info`` put in the registry by ``lua/register.lua`` if the entry is ``expected``
         (None: no entry); which it was, or None when the entry changed (nothing done)."""
         try:
             done = self._register(
-                keys=[self._agents, self._clearance],
+                keys=[self._agents, self._clearance, self._unaudited],
                 args=[info.agent_id, access_of(info), info.model_dump_json(), expected or ""],
             )
         except redis.ResponseError as error:
@@ -254,29 +315,80 @@ class AgentRegistry:
         :mod:`hivemem.pool.adapters.departures`); off, it deletes them, and the agent's
         earlier departures too: call it so within :meth:`Departures.quiet`, so that no drain
         stores what it deletes. Returns how many queues held anything. Raises AgentNotFound
-        (nothing changed) when it is not registered."""
+        (nothing changed) when it is not registered. (:meth:`depart` and
+        :meth:`audited`, with nothing between them.)"""
+        departing = self.depart(agent_id, keep_queued=keep_queued)
+        if not departing.keep:
+            self.departures.discard_now(agent_id)
+        self.audited(agent_id, departing)
+        return departing.queues
+
+    def depart(self, agent_id: str, *, keep_queued: bool = True) -> Departing:
+        """Remove the agent and take its ingest queues out of its reach (``lua/depart.lua``;
+        ``keep_queued`` as for :meth:`deregister`, except that the earlier departures are the
+        caller's to discard), noting the deregistration as not yet audited. A reply lost on
+        the way (a timeout, a dropped connection) is no failure when the note shows the script
+        ran. Raises AgentNotFound (nothing changed) when it is not registered, PoolUnavailable
+        when Redis cannot say whether it ran (it may run still: :meth:`pending` then finds
+        it)."""
         check_agent_id(agent_id)
-        if keep_queued:
-            return self._departed_now(agent_id, keep=True)
-        queues = self._departed_now(agent_id, keep=False)
-        self.departures.discard_now(agent_id)
-        return queues
+        number = int(cast("int", self.client.incr(self.departures.counter)))
+        try:
+            queues = self._departed_now(agent_id, keep=keep_queued, number=number)
+        except REDIS_DOWN as error:
+            try:
+                landed = self.pending(agent_id)
+            except REDIS_DOWN:
+                landed = None
+            if not isinstance(landed, Departing) or landed.number != number:
+                raise unavailable(error) from None
+            log.warning("agent_departure_reply_lost", agent_id=agent_id, departure=number)
+            return landed
+        return Departing(number, keep_queued, queues)
+
+    def pending(self, agent_id: str) -> Change | None:
+        """The agent's last registry change whose audit entry is not written yet, if any: a
+        registration (``NEW``), a new key (``REKEYED``) or a deregistration (a
+        :class:`Departing`), noted by the script that made it and deleted by :meth:`audited`.
+        The caller whose reply was lost, or whose process stopped, before the audit entry
+        leaves it for a later call to audit. A note that does not read is logged and counts
+        as none."""
+        raw = cast("bytes | None", self.client.hget(self._unaudited, check_agent_id(agent_id)))
+        if raw is None:
+            return None
+        note = raw.decode(errors="replace")
+        if note in (Registration.NEW, Registration.REKEYED):
+            return Registration(note)
+        try:
+            return Departing.parse(note)
+        except ValueError:
+            log.warning("agent_change_note_unreadable", agent_id=agent_id)
+            return None
+
+    def audited(self, agent_id: str, change: Change) -> bool:
+        """Delete the note of ``change`` (its audit entry is written); False when the agent's
+        note is another one (a later change's) or none."""
+        done = self._audited(keys=[self._unaudited], args=[agent_id, _note(change)])
+        return bool(int(done))
 
     def _departed_now(
         self,
         agent_id: str,
         *,
         keep: bool,
+        number: int | None = None,
         expected: bytes | None = None,
         then: AgentInfo | None = None,
     ) -> int:
-        """Run ``lua/depart.lua`` for the agent (``then``: the entry it is registered under
-        from now on, instead of deregistered; ``expected``: only if its entry is this one).
-        Returns how many queues held anything, -1 when the entry was not ``expected``
-        (nothing changed); raises AgentNotFound (nothing changed) when it is not registered."""
-        number = int(cast("int", self.client.incr(self.departures.counter)))
+        """Run ``lua/depart.lua`` for the agent (``number``: its departure's, else the next;
+        ``then``: the entry it is registered under from now on, instead of deregistered;
+        ``expected``: only if its entry is this one). Returns how many queues held anything,
+        -1 when the entry was not ``expected`` (nothing changed); raises AgentNotFound
+        (nothing changed) when it is not registered."""
+        if number is None:
+            number = int(cast("int", self.client.incr(self.departures.counter)))
         keys = [self._agents, self._clearance, self._departed, self.departures.key]
-        keys.append(self._alive_key(agent_id))
+        keys += [self._alive_key(agent_id), self._unaudited]
         for zone in Zone:
             keys += queue_keys(self.namespace, ingest_topic(zone, agent_id))
             keys += queue_keys(self.namespace, departed_topic(number, zone, agent_id))

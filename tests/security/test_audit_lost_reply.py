@@ -3,10 +3,7 @@ replies or requests: the log, its JSONL copy and the caller agree on what was ap
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,67 +12,12 @@ import redis
 from hivemem.pool.errors import PoolUnavailable
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.security import AuditLog, verify_file
-
-
-class Relay:
-    """A TCP relay to Redis that can hold what passes one way: every request for
-    ``hold_requests`` seconds, or the next reply for ``hold_reply`` seconds."""
-
-    def __init__(self, port: int) -> None:
-        self._upstream = port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self.hold_reply = self.hold_requests = 0.0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self._upstream))
-            threading.Thread(
-                target=self._pump, args=(client, server, "requests"), daemon=True
-            ).start()
-            threading.Thread(
-                target=self._pump, args=(server, client, "replies"), daemon=True
-            ).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, way: str) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                data = b""
-            if way == "replies":
-                held, self.hold_reply = self.hold_reply, 0.0
-                time.sleep(held)
-            else:
-                time.sleep(self.hold_requests)
-            try:
-                if not data:
-                    sink.shutdown(socket.SHUT_WR)
-                    return
-                sink.sendall(data)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._listener.close()
-
-
-@pytest.fixture
-def relay(redis_server: EmbeddedRedis) -> Iterator[Relay]:
-    relayed = Relay(redis_server.port)
-    yield relayed
-    relayed.close()
+from tests.relay import Relay
 
 
 def slow_log(redis_server: EmbeddedRedis, relay: Relay, jsonl: Path) -> AuditLog:
     """An audit log whose connection goes through ``relay`` and waits 0.3 s for a reply."""
-    url = redis_server.url.replace(f":{redis_server.port}", f":{relay.port}")
-    client = redis.Redis.from_url(url, socket_timeout=0.3)
+    client = redis.Redis.from_url(relay.url(redis_server), socket_timeout=0.3)
     return AuditLog(client, namespace="t", jsonl_path=jsonl)
 
 

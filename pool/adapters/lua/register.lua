@@ -1,8 +1,9 @@
 -- Register an agent unless its id holds another clearance, or its entry is not the one expected.
--- KEYS: agents hash, clearance hash. ARGV: agent id, clearance, AgentInfo JSON, the entry the
--- caller read ('' : none).
--- Returns 1 for a new agent, 0 for an update, -1 when the entry is not the one read (nothing
--- changed: read it again); errors with "CONFLICT <held clearance>".
+-- KEYS: agents hash, clearance hash, the hash of registry changes not yet audited. ARGV: agent
+-- id, clearance, AgentInfo JSON, the entry the caller read ('' : none).
+-- Returns 1 for a new agent (noted 'new' until the caller has audited it), 0 for an update, -1
+-- when the entry is not the one read (nothing changed: read it again); errors with
+-- "CONFLICT <held clearance>".
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
 if (entry or '') ~= ARGV[4] then
   return -1
@@ -13,4 +14,8 @@ if held and held ~= ARGV[2] then
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return held and 0 or 1
+if held then
+  return 0
+end
+redis.call('HSET', KEYS[3], ARGV[1], 'new')
+return 1

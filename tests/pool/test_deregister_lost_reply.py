@@ -1,0 +1,184 @@
+"""A registration or deregistration whose reply is lost, or that stops after its step in Redis,
+on a real Redis behind a real TCP relay: it is audited once, whether the same call ends it or a
+later one (a deregistration also drops the agent's inbox)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+import structlog
+
+import hivemem.pool.adapters.redis_registry as registry_module
+from hivemem.agents.embedding import FastEmbedder
+from hivemem.pool.adapters.redis_bus import inbox_topic, ingest_topic, topic_keys
+from hivemem.pool.agent_info import AgentInfo
+from hivemem.pool.enums import Zone
+from hivemem.pool.errors import AgentNotFound, PoolUnavailable
+from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.pool.settings import HivememSettings
+from hivemem.pool.shared import SharedMemoryPool
+from hivemem.security.audit_entry import AuditEntry, AuditEvent
+from tests.relay import Relay
+from tests.waiting import wait_for
+
+Pools = Callable[..., SharedMemoryPool]
+
+
+@pytest.fixture
+def home(make_pool: Pools) -> SharedMemoryPool:
+    """A pool on the test's Redis directly: it registers the agent and checks the outcome."""
+    return make_pool("home")
+
+
+@pytest.fixture
+def admin(
+    pool_settings: Callable[..., HivememSettings],
+    relay: Relay,
+    redis_server: EmbeddedRedis,
+    embedder: FastEmbedder,
+) -> object:
+    """A pool whose connection goes through ``relay`` and waits 0.3 s for a reply."""
+    settings = pool_settings("admin", command_timeout_s=0.3)
+    settings = settings.model_copy(update={"redis_url": relay.url(redis_server)})
+    pool = SharedMemoryPool.connect(settings, embedder=embedder)
+    yield pool
+    pool.close()
+
+
+def script_sha(redis_server: EmbeddedRedis, name: str) -> bytes:
+    """The SHA of the registry's script ``name``, loaded in Redis (so that its first call is
+    the one relayed)."""
+    text = (Path(registry_module.__file__).parent / "lua" / f"{name}.lua").read_text()
+    return str(redis.Redis.from_url(redis_server.url).script_load(text)).encode()
+
+
+def leaving(home: SharedMemoryPool) -> None:
+    """Register the agent ``leaving`` (not attached) and put a message in its inbox."""
+    home.register(AgentInfo(agent_id="leaving", clearance=Zone.INTERNAL))
+    home.bus.publish(inbox_topic("leaving"), "someone", [("a" * 32, b"for leaving")])
+
+
+def audited(
+    home: SharedMemoryPool, kind: AuditEvent, agent_id: str = "leaving"
+) -> list[AuditEntry]:
+    return [e for e in home.audit.entries() if e.kind == kind and e.subject == agent_id]
+
+
+def deregistrations(home: SharedMemoryPool) -> list[AuditEntry]:
+    return audited(home, AuditEvent.DEREGISTERED)
+
+
+def ended(home: SharedMemoryPool) -> bool:
+    """The agent is out of the registry, its inbox gone and no deregistration of it pending."""
+    return (
+        not home.registry.exists("leaving")
+        and not home.bus.client.exists(*topic_keys(home.bus.namespace, inbox_topic("leaving")))
+        and home.registry.pending("leaving") is None
+    )
+
+
+def test_a_deregistration_whose_reply_is_lost_ends_in_the_same_call(
+    home: SharedMemoryPool, admin: SharedMemoryPool, relay: Relay, redis_server: EmbeddedRedis
+) -> None:
+    """The script ran, its reply came too late: the registry asks Redis again, finds the
+    deregistration's note, and the call goes on as if the reply had come (one audit entry, the
+    inbox dropped); deregistering again raises AgentNotFound."""
+    leaving(home)
+    relay.hold_reply_to = (script_sha(redis_server, "depart"), 0.6)
+    with structlog.testing.capture_logs() as logs:
+        admin.deregister("leaving")
+
+    assert "agent_departure_reply_lost" in [e["event"] for e in logs]
+    assert ended(home)
+    [entry] = deregistrations(home)
+    assert entry.details["kept_queued"] is True
+    assert entry.details["resumed"] is False
+    with pytest.raises(AgentNotFound):
+        admin.deregister("leaving")
+    assert len(deregistrations(home)) == 1
+
+
+def test_a_deregistration_that_runs_after_its_error_is_ended_by_the_next_call(
+    home: SharedMemoryPool, admin: SharedMemoryPool, relay: Relay, redis_server: EmbeddedRedis
+) -> None:
+    """The request was held up: the caller is told PoolUnavailable, then the script runs after
+    all. Deregistering again ends it as it began (discarding what the agent queued, also
+    before an earlier deregistration, though the second call asks to keep it)."""
+    home.register(AgentInfo(agent_id="leaving", clearance=Zone.INTERNAL))
+    home.bus.publish(ingest_topic(Zone.INTERNAL, "leaving"), "leaving", [("b" * 32, b"w")])
+    home.deregister("leaving")  # an earlier departure, kept
+    assert len(home.registry.departures.of("leaving")) == 1
+    leaving(home)
+    relay.hold_request_with = (script_sha(redis_server, "depart"), 0.6)
+
+    with pytest.raises(PoolUnavailable):
+        admin.deregister("leaving", keep_queued=False)
+    assert wait_for(lambda: not home.registry.exists("leaving"))  # the held script ran
+    assert home.registry.pending("leaving") is not None
+    assert len(deregistrations(home)) == 1  # the earlier one only
+
+    admin.deregister("leaving")
+
+    assert ended(home)
+    entry = deregistrations(home)[-1]
+    assert (entry.details["kept_queued"], entry.details["resumed"]) == (False, True)
+    assert home.registry.departures.of("leaving") == []
+
+
+def test_registering_an_agent_again_ends_its_unfinished_deregistration_first(
+    home: SharedMemoryPool,
+) -> None:
+    """A process that stopped after the step in Redis (the registry's ``depart`` alone): the
+    next registration of the agent ends that deregistration, audited before the registration,
+    and the agent starts with an empty inbox."""
+    leaving(home)
+    departing = home.registry.depart("leaving")
+    assert home.registry.pending("leaving") == departing
+
+    home.register(AgentInfo(agent_id="leaving", clearance=Zone.SECRET))
+
+    kinds = [
+        (e.kind, e.details.get("resumed")) for e in home.audit.entries() if e.subject == "leaving"
+    ]
+    assert kinds[-2:] == [(AuditEvent.DEREGISTERED, True), (AuditEvent.REGISTERED, None)]
+    assert home.registry.get("leaving").clearance is Zone.SECRET
+    assert home.registry.pending("leaving") is None
+    assert not home.bus.client.exists(*topic_keys(home.bus.namespace, inbox_topic("leaving")))
+
+
+def test_a_registration_whose_reply_is_lost_is_audited_in_the_same_call(
+    home: SharedMemoryPool, admin: SharedMemoryPool, relay: Relay, redis_server: EmbeddedRedis
+) -> None:
+    """The script ran, its reply came too late: the registry reads the entry again, finds it,
+    and the call counts the agent as new (audited ``registered`` once)."""
+    relay.hold_reply_to = (script_sha(redis_server, "register"), 0.6)
+    info, created = admin.register(AgentInfo(agent_id="joining", clearance=Zone.INTERNAL))
+
+    assert created
+    assert home.get_agent("joining").public_key == info.public_key
+    assert len(audited(home, AuditEvent.REGISTERED, "joining")) == 1
+    assert home.registry.pending("joining") is None
+
+
+def test_a_registration_that_runs_after_its_error_is_audited_by_the_retry(
+    home: SharedMemoryPool, admin: SharedMemoryPool, relay: Relay, redis_server: EmbeddedRedis
+) -> None:
+    """The request was held up: the caller is told PoolUnavailable, then the script runs after
+    all. Registering again (what looks like an update) audits it, ``resumed``; once only."""
+    joining = AgentInfo(agent_id="joining", clearance=Zone.INTERNAL)
+    relay.hold_request_with = (script_sha(redis_server, "register"), 0.6)
+    with pytest.raises(PoolUnavailable):
+        admin.register(joining)
+    assert wait_for(lambda: home.registry.exists("joining"))
+    assert audited(home, AuditEvent.REGISTERED, "joining") == []
+
+    _, created = admin.register(joining)
+    _, again = admin.register(joining)
+
+    assert (created, again) == (True, False)
+    [entry] = audited(home, AuditEvent.REGISTERED, "joining")
+    assert entry.details["resumed"] is True
+    assert home.registry.pending("joining") is None

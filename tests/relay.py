@@ -1,0 +1,76 @@
+"""A TCP relay to a real Redis that holds back what passes one way, so that a test can lose a
+reply (the command ran, its caller timed out) or delay a request (it runs after its caller gave
+up)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from hivemem.pool.redis_server import EmbeddedRedis
+
+
+class Relay:
+    """Relays connections to Redis on ``port``. It can hold every request for
+    ``hold_requests`` seconds, or the next reply for ``hold_reply`` seconds; ``hold_reply_to``
+    and ``hold_request_with`` (bytes, seconds) do the same once, for the reply to the next
+    request that carries those bytes (a script's SHA, say) or for that request itself."""
+
+    def __init__(self, port: int) -> None:
+        self._upstream = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.hold_reply = self.hold_requests = 0.0
+        self.hold_reply_to: tuple[bytes, float] | None = None
+        self.hold_request_with: tuple[bytes, float] | None = None
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, server: EmbeddedRedis) -> str:
+        """``server``'s URL, through this relay."""
+        return server.url.replace(f":{server.port}", f":{self.port}")
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._upstream))
+            threading.Thread(
+                target=self._pump, args=(client, server, "requests"), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(server, client, "replies"), daemon=True
+            ).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, way: str) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            if way == "replies":
+                held, self.hold_reply = self.hold_reply, 0.0
+                time.sleep(held)
+            else:
+                self._requested(data)
+            try:
+                if not data:
+                    sink.shutdown(socket.SHUT_WR)
+                    return
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def _requested(self, data: bytes) -> None:
+        """Hold a request as asked, or arm the hold of its reply."""
+        if self.hold_reply_to is not None and self.hold_reply_to[0] in data:
+            self.hold_reply, self.hold_reply_to = self.hold_reply_to[1], None
+        if self.hold_request_with is not None and self.hold_request_with[0] in data:
+            held, self.hold_request_with = self.hold_request_with[1], None
+            time.sleep(held)
+        time.sleep(self.hold_requests)
+
+    def close(self) -> None:
+        self._listener.close()
