@@ -16,7 +16,13 @@ import structlog
 
 from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
 from hivemem.pool.adapters.redis_errors import redis_errors
-from hivemem.pool.adapters.redis_registry import AgentRegistry, Departing, Registration
+from hivemem.pool.adapters.redis_registry import (
+    AccessChange,
+    AgentRegistry,
+    Departing,
+    Registration,
+    access_of,
+)
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import missing
 from hivemem.pool.enums import Zone, checked_zone
@@ -186,34 +192,47 @@ class Registrar:
     def set_clearance(self, agent_id: str, clearance: Zone | str) -> AgentInfo:
         """Grant or revoke ``clearance``; audited ``granted`` or ``revoked``."""
         zone = checked_zone(clearance)
-        info, prior = self._registry.set_clearance(agent_id, zone, resign=self._resign)
+        info, prior = self._registry.update_access(agent_id, {"clearance": zone}, self._resign)
         self._follow_entry(info)
-        if zone != prior:
-            self._audit.record(
-                AuditEvent.GRANTED if zone > prior else AuditEvent.REVOKED,
-                actor=self._actor,
-                subject=info.agent_id,
-                zone=zone.value,
-                previous=prior.value,
-            )
+        self._audit_access(info, AccessChange(access_of(prior)))
         log.info("clearance_changed", agent_id=info.agent_id, clearance=zone.value)
         return info
 
     def set_compartments(self, agent_id: str, compartments: Sequence[str]) -> AgentInfo:
         """Give exactly ``compartments``; what is gained is audited ``granted``, what is lost
         ``revoked``."""
-        info, prior = self._registry.set_compartments(agent_id, compartments, resign=self._resign)
+        changes: dict[str, object] = {"compartments": list(compartments)}
+        info, prior = self._registry.update_access(agent_id, changes, self._resign)
         self._follow_entry(info)
-        for event, names in (
-            (AuditEvent.GRANTED, missing(prior, info.compartments)),
-            (AuditEvent.REVOKED, missing(info.compartments, prior)),
-        ):
-            if names:
-                self._audit.record(
-                    event, actor=self._actor, subject=info.agent_id, compartments=names
-                )
+        self._audit_access(info, AccessChange(access_of(prior)))
         log.info("compartments_changed", agent_id=info.agent_id, compartments=info.compartments)
         return info
+
+    def _audit_access(self, info: AgentInfo, change: AccessChange) -> None:
+        """Audit how ``info``'s access differs from what it was before ``change``, or before
+        an earlier change not audited (its reply lost, its process stopped: the registry
+        noted it), which is then marked ``resumed``; then delete the note."""
+        noted = self._registry.pending(info.agent_id)
+        before = noted if isinstance(noted, AccessChange) else change
+        resumed = before != change
+        if info.clearance != before.clearance:
+            self._audit.record(
+                AuditEvent.GRANTED if info.clearance > before.clearance else AuditEvent.REVOKED,
+                actor=self._actor,
+                subject=info.agent_id,
+                zone=info.clearance.value,
+                previous=before.clearance.value,
+                resumed=resumed,
+            )
+        for event, names in (
+            (AuditEvent.GRANTED, missing(before.compartments, info.compartments)),
+            (AuditEvent.REVOKED, missing(info.compartments, before.compartments)),
+        ):
+            if names:
+                self._audit.record(event, actor=self._actor, subject=info.agent_id,
+                                   compartments=names, resumed=resumed)  # fmt: skip
+        if isinstance(noted, AccessChange):
+            self._registry.audited(info.agent_id, noted)
 
     @property
     def _resign(self) -> Callable[[AgentInfo], AgentInfo] | None:

@@ -106,13 +106,35 @@ class Departing:
         return cls(int(number), keep == "1", int(queues))
 
 
+@dataclass(frozen=True, slots=True)
+class AccessChange:
+    """A change of a registered agent's clearance or compartments: the access it held before
+    (as :func:`access_of` writes it)."""
+
+    prior: str
+
+    @property
+    def note(self) -> str:
+        return f"access {self.prior}"
+
+    @property
+    def clearance(self) -> Zone:
+        return Zone(self.prior.partition("+")[0])
+
+    @property
+    def compartments(self) -> list[str]:
+        held = self.prior.partition("+")[2]
+        return held.split(",") if held else []
+
+
 #: A registry change not yet audited (:meth:`AgentRegistry.pending`).
-Change = Registration | Departing
+Change = Registration | Departing | AccessChange
 
 
 def _note(change: Change) -> str:
-    """How a change is noted until it is audited: ``new``, ``rekeyed`` or a departure's."""
-    return change.note if isinstance(change, Departing) else change.value
+    """How a change is noted until it is audited: ``new``, ``rekeyed``, a departure's or an
+    access change's."""
+    return change.value if isinstance(change, Registration) else change.note
 
 
 #: Tries at replacing an entry that another process changes meanwhile.
@@ -227,7 +249,7 @@ class AgentRegistry:
         """Change a registered agent's clearance (an operator's grant or revocation); returns
         the new info and the clearance it held. ``resign`` re-signs the changed entry (in the
         same transaction). Raises AgentNotFound."""
-        info, prior = self._update(agent_id, {"clearance": zone}, resign)
+        info, prior = self.update_access(agent_id, {"clearance": zone}, resign)
         return info, prior.clearance
 
     def set_compartments(
@@ -239,17 +261,20 @@ class AgentRegistry:
     ) -> tuple[AgentInfo, list[str]]:
         """Change the compartments a registered agent holds; returns the new info and the
         compartments it held. Raises AgentNotFound, InvalidInput for an unknown compartment."""
-        info, prior = self._update(agent_id, {"compartments": list(compartments)}, resign)
+        info, prior = self.update_access(agent_id, {"compartments": list(compartments)}, resign)
         return info, prior.compartments
 
-    def _update(
+    def update_access(
         self,
         agent_id: str,
         changes: dict[str, object],
         resign: Callable[[AgentInfo], AgentInfo] | None,
     ) -> tuple[AgentInfo, AgentInfo]:
-        """Apply ``changes`` (validated) to a registered entry in one transaction; returns the
-        new and the prior entry."""
+        """Apply ``changes`` (validated) to a registered entry in one transaction, noted as an
+        :class:`AccessChange` unless a change of the agent is noted already; returns the new
+        and the prior entry. A reply lost on the way is no failure when the entry shows the
+        transaction ran (redis-py raises WatchError for it too); PoolUnavailable when Redis
+        cannot say."""
         check_agent_id(agent_id)
         with self.client.pipeline(transaction=True) as pipe:
             while True:
@@ -265,9 +290,14 @@ class AgentRegistry:
                     pipe.multi()
                     pipe.hset(self._clearance, agent_id, access_of(info))
                     pipe.hset(self._agents, agent_id, info.model_dump_json())
+                    pipe.hsetnx(self._unaudited, agent_id, AccessChange(access_of(prior)).note)
                     pipe.execute()
-                except redis.WatchError:
-                    continue
+                except (redis.WatchError, *REDIS_DOWN) as error:
+                    if self._holds(info):  # it ran, its reply lost
+                        return info, prior
+                    if isinstance(error, redis.WatchError):
+                        continue
+                    raise unavailable(error) from None
                 return info, prior
 
     def exists(self, agent_id: str) -> bool:
@@ -347,9 +377,10 @@ class AgentRegistry:
         return Departing(number, keep_queued, queues)
 
     def pending(self, agent_id: str) -> Change | None:
-        """The agent's last registry change whose audit entry is not written yet, if any: a
-        registration (``NEW``), a new key (``REKEYED``) or a deregistration (a
-        :class:`Departing`), noted by the script that made it and deleted by :meth:`audited`.
+        """The agent's registry change whose audit entry is not written yet, if any: a
+        registration (``NEW``), a new key (``REKEYED``), a deregistration (a
+        :class:`Departing`) or a change of its access (the first not audited), noted in the
+        step that made it and deleted by :meth:`audited`.
         The caller whose reply was lost, or whose process stopped, before the audit entry
         leaves it for a later call to audit. A note that does not read is logged and counts
         as none."""
@@ -360,6 +391,10 @@ class AgentRegistry:
         if note in (Registration.NEW, Registration.REKEYED):
             return Registration(note)
         try:
+            if note.startswith("access "):
+                change = AccessChange(note.removeprefix("access "))
+                change.clearance  # noqa: B018 - ValueError for a zone not configured
+                return change
             return Departing.parse(note)
         except ValueError:
             log.warning("agent_change_note_unreadable", agent_id=agent_id)

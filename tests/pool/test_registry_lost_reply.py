@@ -4,6 +4,7 @@ later one (a deregistration also drops the agent's inbox)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -182,3 +183,58 @@ def test_a_registration_that_runs_after_its_error_is_audited_by_the_retry(
     [entry] = audited(home, AuditEvent.REGISTERED, "joining")
     assert entry.details["resumed"] is True
     assert home.registry.pending("joining") is None
+
+
+def test_a_grant_whose_reply_is_lost_is_audited_in_the_same_call(
+    home: SharedMemoryPool, admin: SharedMemoryPool, relay: Relay
+) -> None:
+    """The transaction ran, its reply came too late (redis-py then raises WatchError, which
+    otherwise means "try again"): the registry reads the entry, finds it written, and the
+    grant is audited once, from the clearance held before."""
+    home.register(AgentInfo(agent_id="a1", clearance=Zone.INTERNAL))
+    relay.hold_reply_to = (b"HSETNX", 0.6)
+    admin.set_clearance("a1", Zone.SECRET)
+
+    [entry] = audited(home, AuditEvent.GRANTED, "a1")
+    assert (entry.zone, entry.details["previous"], entry.details["resumed"]) == (
+        "secret",
+        "internal",
+        False,
+    )
+    assert home.get_agent("a1").clearance is Zone.SECRET
+    assert home.registry.pending("a1") is None
+
+
+def test_a_revocation_held_up_on_its_way_is_done_once_and_audited_once(
+    home: SharedMemoryPool, admin: SharedMemoryPool, relay: Relay
+) -> None:
+    """The transaction is held up past the timeout: the registry tries again on a new
+    connection (the entry is not written yet), which commits; the held one then finds its
+    watched entry changed and does nothing. One revocation, audited once."""
+    home.register(AgentInfo(agent_id="a1", clearance=Zone.SECRET))
+    relay.hold_request_with = (b"HSETNX", 0.6)
+    admin.set_clearance("a1", Zone.PUBLIC)
+    time.sleep(0.8)  # the held transaction has reached Redis
+
+    [entry] = audited(home, AuditEvent.REVOKED, "a1")
+    assert (entry.zone, entry.details["previous"]) == ("public", "secret")
+    assert home.get_agent("a1").clearance is Zone.PUBLIC
+    assert home.registry.pending("a1") is None
+
+
+def test_an_access_change_left_unaudited_is_audited_by_the_next_one(
+    home: SharedMemoryPool, admin: SharedMemoryPool
+) -> None:
+    """A process that stopped after the registry's step (``update_access`` alone): asking
+    again for the same access changes nothing but audits the change, ``resumed``, from the
+    access held before it; asking once more audits nothing."""
+    assert home.security is not None
+    home.register(AgentInfo(agent_id="a1", clearance=Zone.SECRET))
+    home.registry.update_access("a1", {"clearance": Zone.PUBLIC}, home.security.signed)
+
+    admin.set_clearance("a1", Zone.PUBLIC)
+    admin.set_clearance("a1", Zone.PUBLIC)
+
+    [entry] = audited(home, AuditEvent.REVOKED, "a1")
+    assert (entry.details["previous"], entry.details["resumed"]) == ("secret", True)
+    assert home.registry.pending("a1") is None
