@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import redis
-
 from hivemem.agents.agent import Agent
 from hivemem.agents.identity import Identity, SecureIdentity
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.outbox import Outbox
 from hivemem.agents.retention import LocalRetention
 from hivemem.pool.adapters.redis_bus import RedisBus
+from hivemem.pool.adapters.redis_errors import redis_client
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import missing
@@ -169,13 +168,10 @@ class Attacher:
             info.agent_id, info.clearance, compartments=info.compartments
         )
         identity.redis_password = credentials.password
-        client = redis.Redis.from_url(
-            credentials.url(self._redis_url),
-            socket_connect_timeout=5,
-            socket_timeout=self._settings.pool.command_timeout_s,
-            health_check_interval=10,
-        )
         pool = self._settings.pool
+        client = redis_client(
+            credentials.url(self._redis_url), command_timeout_s=pool.command_timeout_s
+        )
         bus = RedisBus(
             client,
             namespace=pool.namespace,

@@ -21,7 +21,7 @@ import structlog
 
 from hivemem.agents.agent import Agent
 from hivemem.pool.adapters.redis_bus import RedisBus
-from hivemem.pool.adapters.redis_errors import REDIS_DOWN, unavailable
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN, redis_client, unavailable
 from hivemem.pool.adapters.redis_registry import AgentRegistry, check_zone_ladder
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.attachment import Attacher
@@ -145,12 +145,7 @@ class SharedMemoryPool:
         if url is None:
             server = EmbeddedRedis(settings.data_dir / "redis", appendonly=True).start()
             url = server.url
-        client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=5,
-            socket_timeout=settings.pool.command_timeout_s,
-            health_check_interval=10,
-        )
+        client = redis_client(url, command_timeout_s=settings.pool.command_timeout_s)
         try:
             client.ping()
             check_zone_ladder(client, settings.pool.namespace)

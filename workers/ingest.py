@@ -39,6 +39,7 @@ from hivemem.pool.adapters.redis_bus import (
     RedisBus,
     ingest_cursor,
 )
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
@@ -302,6 +303,18 @@ class IngestService:
                     pipe.srem(self._keys.pending(zone, record.scope.user_id), record.id)
                 pipe.execute()
 
+    def _cursor_at(self, topic: str, at: tuple[str, int]) -> bool:
+        """Whether the queue's cursor is at ``at`` (epoch, seq)."""
+        raw = cast("bytes | None", self._client.get(self._keys.ingest_cursor(topic)))
+        return raw == f"{at[0]} {at[1]}".encode()
+
+    def _pending_sizes(self, zone: Zone, user_ids: Sequence[str]) -> list[int]:
+        """How many episodes wait for consolidation of each of ``user_ids``."""
+        with self._client.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.scard(self._keys.pending(zone, user_id))
+            return [int(size) for size in pipe.execute()]
+
     def _commit(
         self,
         zone: Zone,
@@ -315,6 +328,7 @@ class IngestService:
         begun again since keeps its new entries); returns the due users, or None (nothing done)
         when the queue moved or started over since it was read."""
         epoch, seq = at
+        by_user: list[str] = []
         with self._client.pipeline(transaction=True) as pipe:
             try:
                 epoch_key = self._bus.epoch_key(topic)
@@ -331,9 +345,17 @@ class IngestService:
                 for user_id in by_user:
                     pipe.scard(self._keys.pending(zone, user_id))
                 results = pipe.execute()
-            except redis.WatchError:
-                return None
-        sizes = results[len(results) - len(by_user) :]
+                sizes = results[len(results) - len(by_user) :]
+            except (redis.WatchError, *REDIS_DOWN) as error:
+                # A reply lost on the way comes as either (WatchError while watching): the
+                # cursor says whether the transaction ran. If it did, the round is done, and
+                # its refusals must still be audited.
+                if not self._cursor_at(topic, at):
+                    if isinstance(error, redis.WatchError):
+                        return None
+                    raise
+                log.warning("ingest_commit_reply_lost", zone=zone.value, topic=topic)
+                sizes = self._pending_sizes(zone, by_user)
         full = [u for u, size in zip(by_user, sizes, strict=True) if size >= self._threshold]
         if not full:
             return []

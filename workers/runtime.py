@@ -20,6 +20,7 @@ from hivemem.agents.embedding import MINILM_DIM
 from hivemem.pool.adapters.edge_zone_store import EdgeZoneStore
 from hivemem.pool.adapters.qdrant_zone_store import QdrantZoneStore
 from hivemem.pool.adapters.redis_bus import Delivery, RedisBus
+from hivemem.pool.adapters.redis_errors import redis_client
 from hivemem.pool.adapters.redis_registry import AgentRegistry, check_zone_ladder
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
@@ -180,7 +181,9 @@ class WorkerRuntime:
     def client(self) -> redis.Redis:
         if self.settings.redis_url is None:
             raise InvalidInput("the workers need HIVEMEM_REDIS_URL", field="redis_url")
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = redis_client(
+            self.settings.redis_url, command_timeout_s=self.settings.pool.command_timeout_s
+        )
         check_zone_ladder(client, self.settings.pool.namespace)  # ZoneLadderMismatch
         return client
 
