@@ -183,7 +183,8 @@ class Registrar:
     def discard_queued(self, agent_id: str) -> int:
         """Delete what a deregistered agent queued before leaving (see the pool's
         ``discard_queued``); returns how many departures went."""
-        gone = self._registry.departures.discard(agent_id)
+        with redis_errors():
+            gone = self._registry.departures.discard(agent_id)
         self._audit.record(AuditEvent.QUEUED_DISCARDED, actor=self._actor, subject=agent_id,
                            departures=gone)  # fmt: skip
         log.info("agent_queued_discarded", agent_id=agent_id, departures=gone)

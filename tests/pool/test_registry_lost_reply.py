@@ -238,3 +238,20 @@ def test_an_access_change_left_unaudited_is_audited_by_the_next_one(
     [entry] = audited(home, AuditEvent.REVOKED, "a1")
     assert (entry.details["previous"], entry.details["resumed"]) == ("secret", True)
     assert home.registry.pending("a1") is None
+
+
+def test_a_discard_whose_reply_is_lost_counts_what_it_deleted(
+    home: SharedMemoryPool, admin: SharedMemoryPool, relay: Relay
+) -> None:
+    """Deleting a departure's queues (one transaction) loses its reply: the departure is gone,
+    so the call counts it, and the audit entry says one departure went, not none."""
+    home.register(AgentInfo(agent_id="leaving", clearance=Zone.INTERNAL))
+    home.bus.publish(ingest_topic(Zone.INTERNAL, "leaving"), "leaving", [("c" * 32, b"w")])
+    home.deregister("leaving")
+    relay.hold_reply_to = (b"HDEL", 0.6)
+
+    assert admin.discard_queued("leaving") == 1
+
+    [entry] = audited(home, AuditEvent.QUEUED_DISCARDED)
+    assert entry.details["departures"] == 1
+    assert home.registry.departures.of("leaving") == []
