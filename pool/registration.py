@@ -42,7 +42,8 @@ def audit_registration(
     new one; an update of the same key is not audited. ``details`` go with ``registered``."""
     if done is Registration.REKEYED:
         audit.record(AuditEvent.DEREGISTERED, actor=actor, subject=info.agent_id,
-                     kept_queued=True, reason="new_key")  # fmt: skip
+                     kept_queued=True, reason="new_key",
+                     resumed=details.get("resumed", False))  # fmt: skip
     if done is not Registration.UPDATED:
         audit.record(AuditEvent.REGISTERED, actor=actor, subject=info.agent_id,
                      zone=info.clearance.value, **details)  # fmt: skip

@@ -255,3 +255,41 @@ def test_a_discard_whose_reply_is_lost_counts_what_it_deleted(
     [entry] = audited(home, AuditEvent.QUEUED_DISCARDED)
     assert entry.details["departures"] == 1
     assert home.registry.departures.of("leaving") == []
+
+
+def test_a_new_key_whose_reply_is_lost_is_audited_in_the_same_call(
+    home: SharedMemoryPool, admin: SharedMemoryPool, relay: Relay, redis_server: EmbeddedRedis
+) -> None:
+    """The agent registered from another directory (another key): the step that ends the old
+    key's registration loses its reply; the entry shows the new key, so the call audits the
+    old key's end and the new registration."""
+    home.register(AgentInfo(agent_id="a1", clearance=Zone.INTERNAL))
+    relay.hold_reply_to = (script_sha(redis_server, "depart"), 0.6)
+    info, _ = admin.register(AgentInfo(agent_id="a1", clearance=Zone.INTERNAL))
+
+    assert home.get_agent("a1").public_key == info.public_key
+    [ended] = audited(home, AuditEvent.DEREGISTERED, "a1")
+    assert ended.details["reason"] == "new_key"
+    assert len(audited(home, AuditEvent.REGISTERED, "a1")) == 2
+    assert home.registry.pending("a1") is None
+
+
+def test_a_new_key_held_up_on_its_way_is_audited_by_the_retry(
+    home: SharedMemoryPool, admin: SharedMemoryPool, relay: Relay, redis_server: EmbeddedRedis
+) -> None:
+    """The step is held up and runs after the caller was told PoolUnavailable: registering
+    again looks like an update, and audits the new key, ``resumed``, once."""
+    home.register(AgentInfo(agent_id="a1", clearance=Zone.INTERNAL))
+    relay.hold_request_with = (script_sha(redis_server, "depart"), 0.6)
+    with pytest.raises(PoolUnavailable):
+        admin.register(AgentInfo(agent_id="a1", clearance=Zone.INTERNAL))
+    old_key = home.get_agent("a1").public_key
+    assert wait_for(lambda: home.get_agent("a1").public_key != old_key)
+
+    admin.register(AgentInfo(agent_id="a1", clearance=Zone.INTERNAL))
+    admin.register(AgentInfo(agent_id="a1", clearance=Zone.INTERNAL))
+
+    [ended] = audited(home, AuditEvent.DEREGISTERED, "a1")
+    assert (ended.details["reason"], ended.details["resumed"]) == ("new_key", True)
+    assert len(audited(home, AuditEvent.REGISTERED, "a1")) == 2
+    assert home.registry.pending("a1") is None
