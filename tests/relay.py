@@ -1,9 +1,10 @@
 """A TCP relay to a real Redis that holds back what passes one way, so that a test can lose a
-reply (the command ran, its caller timed out) or delay a request (it runs after its caller gave
-up)."""
+reply (the command ran, its caller timed out, or its connection broke) or delay a request (it
+runs after its caller gave up)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -15,7 +16,11 @@ class Relay:
     """Relays connections to Redis on ``port``. It can hold every request for
     ``hold_requests`` seconds, or the next reply for ``hold_reply`` seconds; ``hold_reply_to``
     and ``hold_request_with`` (bytes, seconds) do the same once, for the reply to the next
-    request that carries those bytes (a script's SHA, say) or for that request itself."""
+    request that carries those bytes (a script's SHA, say) or for that request itself.
+    ``drop_reply_to`` (bytes) closes, once, the connection of the next request that carries
+    those bytes when its reply comes back, instead of passing the reply on: the command ran,
+    and its caller gets ConnectionError (a client without a socket timeout, like the workers',
+    would wait for ever on a held reply)."""
 
     def __init__(self, port: int) -> None:
         self._upstream = port
@@ -24,6 +29,7 @@ class Relay:
         self.hold_reply = self.hold_requests = 0.0
         self.hold_reply_to: tuple[bytes, float] | None = None
         self.hold_request_with: tuple[bytes, float] | None = None
+        self.drop_reply_to: bytes | None = None
         threading.Thread(target=self._accept, daemon=True).start()
 
     def url(self, server: EmbeddedRedis) -> str:
@@ -37,23 +43,32 @@ class Relay:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self._upstream))
+            dropping = threading.Event()  # this connection's next reply is to be lost
             threading.Thread(
-                target=self._pump, args=(client, server, "requests"), daemon=True
+                target=self._pump, args=(client, server, "requests", dropping), daemon=True
             ).start()
             threading.Thread(
-                target=self._pump, args=(server, client, "replies"), daemon=True
+                target=self._pump, args=(server, client, "replies", dropping), daemon=True
             ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, way: str) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, way: str, dropping: threading.Event
+    ) -> None:
         while True:
             try:
                 data = source.recv(65536)
             except OSError:
                 data = b""
             if way == "replies":
+                if dropping.is_set():
+                    self._drop(source, sink)
+                    return
                 held, self.hold_reply = self.hold_reply, 0.0
                 time.sleep(held)
             else:
+                if self.drop_reply_to is not None and self.drop_reply_to in data:
+                    self.drop_reply_to = None
+                    dropping.set()
                 self._requested(data)
             try:
                 if not data:
@@ -71,6 +86,14 @@ class Relay:
             held, self.hold_request_with = self.hold_request_with[1], None
             time.sleep(held)
         time.sleep(self.hold_requests)
+
+    @staticmethod
+    def _drop(*ends: socket.socket) -> None:
+        """Close both ends of a connection: the client reads the end of its stream."""
+        for end in ends:
+            with contextlib.suppress(OSError):  # the other side may have closed it already
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
 
     def close(self) -> None:
         self._listener.close()

@@ -3,13 +3,18 @@ workers' Redis state, and (through tombstones on each zone channel) every agent'
 
 One zone at a time, under that zone's consolidation lock for the user (so no run recreates
 what is being forgotten): note the user's live records, drain the zone's ingest queue (a record
-still queued would otherwise be stored afterwards), then replace every live record of the user
-(before and after the drain) by a tombstone (the store destroys content and vectors; the
-tombstone keeps a late copy from being stored again), remove the archived ones, drop the user's
-pending/plan state, and publish the tombstones as ``hivemem-workers`` so every agent tombstones
-its copies, whoever wrote them. A receipt says what was removed where, and the audit log
-records the forget (counts only). Re-running is harmless:
-it finds nothing left.
+still queued would otherwise be stored afterwards), note their tombstones in the forget's
+journal, then replace every live record of the user (before and after the drain) by a tombstone
+(the store destroys content and vectors; the tombstone keeps a late copy from being stored
+again), remove the archived ones, drop the user's pending/plan state, and publish the
+tombstones as ``hivemem-workers`` so every agent tombstones its copies, whoever wrote them. A
+receipt says what was removed where, and the audit log records the forget (counts only).
+
+A forget that stops anywhere after it began removing is finished by the next call of the same
+forget (the task's retry, or the operator's): the journal (forget_journal.py), kept until the
+forget is audited, has it publish the tombstones no agent may have received yet (agents take a
+tombstone they already applied as the same delete), and count what the earlier call removed,
+marked ``resumed``. Re-running a forget that ended is harmless: it finds nothing left.
 
 With security on, a forget of every zone ends by shredding the user's subject secret
 (crypto-shredding): every copy of the user's content was sealed under it — in the zone streams
@@ -23,7 +28,6 @@ each) until trimmed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
 
 import redis
 import structlog
@@ -40,18 +44,22 @@ from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.keyring import ZoneKeyring
 from hivemem.security.pool_security import WORKER_SENDER
 from hivemem.workers.consolidation import scope_locked
+from hivemem.workers.forget_journal import ForgetJournal, ZoneJournal
 from hivemem.workers.ingest import IngestService
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.publishing import publish_as_workers
 
 
 class ZoneReceipt(BaseModel):
-    """What one zone held of the user, and what became of it."""
+    """What one zone held of the user, and what became of it: counts of the whole forget,
+    those of an earlier call it finished included."""
 
     live_records: int = 0
     archived_records: int = 0
     tombstones_published: int = 0
     redis_keys_deleted: int = 0
+    #: True when this call finished what an earlier call of the forget began in the zone.
+    resumed: bool = False
 
 
 class ForgetReceipt(BaseModel):
@@ -71,6 +79,10 @@ class ForgetReceipt(BaseModel):
     @property
     def removed(self) -> int:
         return sum(z.live_records + z.archived_records for z in self.zones.values())
+
+    @property
+    def resumed(self) -> bool:
+        return any(z.resumed for z in self.zones.values())
 
 
 log = structlog.get_logger(__name__)
@@ -100,6 +112,7 @@ class ForgetService:
         self._store = store
         self._keys = keys
         self._ingest = ingest
+        self._journal = ForgetJournal(client, keys)
         self._audit = audit
         self._lock_ttl_s = lock_ttl_s
         self._send_batch = send_batch
@@ -110,7 +123,7 @@ class ForgetService:
         """Forget ``user_id`` in ``zones``; ``on_due(zone, other_user)`` is called for users
         whose episodes, drained on the way, passed the consolidation threshold. Raises
         ScopeBusy while a consolidation of the user runs in one of them (the task retries;
-        zones already done stay done)."""
+        zones already done stay done, and the retry counts them, ``resumed``)."""
         receipt = ForgetReceipt(user_id=user_id)
         for zone in zones:
             receipt.zones[zone.value] = self._forget_in(zone, user_id, on_due)
@@ -126,8 +139,12 @@ class ForgetService:
             live_records=sum(z.live_records for z in receipt.zones.values()),
             archived_records=sum(z.archived_records for z in receipt.zones.values()),
             subject_key_shredded=receipt.subject_key_shredded,
+            resumed=receipt.resumed,
         )
-        log.info("user_forgotten", user_id=user_id, removed=receipt.removed)
+        self._journal.done(user_id, zones)
+        log.info(
+            "user_forgotten", user_id=user_id, removed=receipt.removed, resumed=receipt.resumed
+        )
         return receipt
 
     def _rewrite_persistence(self) -> bool:
@@ -143,8 +160,8 @@ class ForgetService:
     def _forget_in(
         self, zone: Zone, user_id: str, on_due: Callable[[Zone, str], None]
     ) -> ZoneReceipt:
-        receipt = ZoneReceipt()
         with scope_locked(self._client, self._keys, zone, user_id, self._lock_ttl_s):
+            earlier = self._journal.read(zone, user_id)
             owned = And(all=[Cond(field="scope.user_id", op="eq", value=user_id)])
             # Before the drain too: tombstones queued by an agent's own forget would otherwise
             # hide records that other agents still hold.
@@ -156,24 +173,24 @@ class ForgetService:
             )
             found |= {t.id: t for t in self._store.tombstones(zone, owned)}
             archived = self._store.archive_ids(zone, owned)
-            tombstones = list(found.values())
-            self._store.put_tombstones(zone, tombstones)
+            journal = (earlier or ZoneJournal()).adding(list(found.values()), archived)
+            self._journal.write(zone, user_id, journal)  # before anything is removed
+            self._store.put_tombstones(zone, [journal.tombstones[i] for i in found])
             self._store.archive_remove(zone, archived)
-            receipt.live_records = len(found.keys() - set(archived))
-            receipt.archived_records = len(archived)
-            receipt.redis_keys_deleted = cast(
-                "int",
-                self._client.delete(
-                    self._keys.pending(zone, user_id),
-                    self._keys.plan(zone, user_id),
-                    self._keys.queued(zone, user_id),
-                    self._keys.rebuild(zone, user_id),
-                    self._keys.spent(zone, user_id),
-                ),
-            )
-            self._client.srem(self._keys.users(zone), user_id)
+            keys_deleted = self._journal.drop_state(zone, user_id)
             publish_as_workers(
-                self._bus, zone, [], tombstones, batch=self._send_batch, codec=self._codec
+                self._bus,
+                zone,
+                [],
+                journal.unpublished_after(earlier),
+                batch=self._send_batch,
+                codec=self._codec,
             )
-            receipt.tombstones_published = len(tombstones)
-        return receipt
+            self._journal.published(zone, user_id)
+        return ZoneReceipt(
+            live_records=journal.live_records,
+            archived_records=len(journal.archived),
+            tombstones_published=len(journal.tombstones),
+            redis_keys_deleted=keys_deleted,
+            resumed=earlier is not None,
+        )

@@ -13,7 +13,9 @@
   with it (a run that makes the same sources again gives the record a new id);
 - ``ns:versions:<zone>:awaiting`` — a hash: id of a record not stored yet → id of the stored
   version that replaced it (see version_links.py);
-- ``ns:lock:ingest:<zone>`` and ``ns:lock:consolidate:<zone>:<user>`` — the locks.
+- ``ns:lock:ingest:<zone>`` and ``ns:lock:consolidate:<zone>:<user>`` — the locks;
+- ``ns:forget:<zone>:<user>`` — a forget's journal: the tombstones of what it removed there
+  (ids and scopes, no content), until the forget is audited (see forget_journal.py).
 
 User ids are validated scope ids (no spaces, no wildcards), so they are safe inside keys. None
 of these keys falls under an agent's ACL patterns (``ns:zone:<zone>:*``,
@@ -67,6 +69,10 @@ class WorkerKeys:
 
     def spent(self, zone: Zone, user_id: str) -> str:
         return f"{self._scope(zone, user_id)}:spent"
+
+    def forget_journal(self, zone: Zone, user_id: str) -> str:
+        user = check_scope_id(user_id, field="user_id")
+        return f"{self.namespace}:forget:{zone.value}:{user}"
 
     def consolidate_lock(self, zone: Zone, user_id: str) -> str:
         user = check_scope_id(user_id, field="user_id")
