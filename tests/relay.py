@@ -19,8 +19,7 @@ class Relay:
     request that carries those bytes (a script's SHA, say) or for that request itself.
     ``drop_reply_to`` (bytes) closes, once, the connection of the next request that carries
     those bytes when its reply comes back, instead of passing the reply on: the command ran,
-    and its caller gets ConnectionError (a client without a socket timeout, like the workers',
-    would wait for ever on a held reply)."""
+    and its caller gets ConnectionError at once, whatever its socket timeout."""
 
     def __init__(self, port: int) -> None:
         self._upstream = port
