@@ -1,0 +1,118 @@
+"""Key rotations whose reply is lost, or whose request runs after its caller gave up, on a real
+Redis behind a real TCP relay: each ends audited exactly once, by the same call or by the retry,
+and a retry makes no second key."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import structlog
+
+import hivemem.security as security_package
+from hivemem.pool.enums import Zone
+from hivemem.pool.errors import PoolUnavailable
+from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.security import AuditEntry, AuditEvent, AuditLog
+from hivemem.security.key_provider import LocalKeyProvider
+from hivemem.security.key_rotation import KeyRotation
+from hivemem.security.keyring import ZoneKeyring
+from tests.relay import Relay
+from tests.waiting import wait_for
+
+MASTER = bytes(range(32))
+NOTES = "t:keys:unaudited"
+#: What the request that rotates a key carries: the new key's wrapped entry.
+ROTATION = b'"provider_id"'
+
+
+@pytest.fixture
+def slow(redis_server: EmbeddedRedis, relay: Relay, client: redis.Redis) -> redis.Redis:
+    """A client whose connection goes through ``relay`` and waits 0.3 s for a reply. The
+    security scripts are loaded in Redis, so that a script's first call is the one relayed."""
+    for script in (Path(security_package.__file__).parent / "lua").glob("*.lua"):
+        client.script_load(script.read_text())
+    return redis.Redis.from_url(relay.url(redis_server), socket_timeout=0.3)
+
+
+@pytest.fixture
+def keyring(slow: redis.Redis) -> ZoneKeyring:
+    return ZoneKeyring(slow, LocalKeyProvider(MASTER), namespace="t")
+
+
+@pytest.fixture
+def audit(slow: redis.Redis) -> AuditLog:
+    return AuditLog(slow, namespace="t")
+
+
+@pytest.fixture
+def zone_keys(keyring: ZoneKeyring, slow: redis.Redis, audit: AuditLog) -> KeyRotation:
+    return KeyRotation(keyring, slow, namespace="t", audit=audit)
+
+
+def audited(client: redis.Redis, kind: AuditEvent) -> list[AuditEntry]:
+    """The audit entries of ``kind``, read directly."""
+    return [e for e in AuditLog(client, namespace="t").entries() if e.kind == kind]
+
+
+def zone_state(client: redis.Redis) -> tuple[str, list[str]]:
+    """The internal zone's active key and all its keys, read directly."""
+    fields = {k.decode(): v.decode() for k, v in client.hgetall("t:keys:zone:internal").items()}
+    return fields["active"], sorted(k.split(":")[1] for k in fields if k.startswith("dek:"))
+
+
+def test_a_zone_key_rotation_whose_reply_is_lost_is_audited_by_the_same_call(
+    zone_keys: KeyRotation, relay: Relay, client: redis.Redis
+) -> None:
+    """The script ran, its reply came too late: the rotation finds its key in Redis and goes
+    on as if the reply had come (one new key, one ``key_rotated``, no note left)."""
+    old = zone_keys.keyring.active(Zone.INTERNAL).key_id
+    relay.hold_reply_to = (ROTATION, 0.6)
+    with structlog.testing.capture_logs() as logs:
+        new = zone_keys.rotate(Zone.INTERNAL, actor="admin")
+
+    assert zone_state(client) == (new.key_id, sorted([old, new.key_id]))
+    [entry] = audited(client, AuditEvent.KEY_ROTATED)
+    assert (entry.subject, entry.zone, entry.details) == (new.key_id, "internal", {"previous": old})
+    assert "data_key_rotation_reply_lost" in [e["event"] for e in logs]
+    assert not client.exists(NOTES)
+
+
+def test_a_zone_key_rotation_that_lands_after_its_error_is_audited_by_the_retry(
+    zone_keys: KeyRotation, relay: Relay, client: redis.Redis
+) -> None:
+    """The request was held up: the caller is told PoolUnavailable, then the script runs after
+    all, unaudited. The retry audits it (``resumed``) and returns its key: no second key."""
+    old = zone_keys.keyring.active(Zone.INTERNAL).key_id
+    relay.hold_request_with = (ROTATION, 0.6)
+    with pytest.raises(PoolUnavailable):
+        zone_keys.rotate(Zone.INTERNAL, actor="admin")
+    assert wait_for(lambda: zone_state(client)[0] != old)  # the held script ran
+    assert audited(client, AuditEvent.KEY_ROTATED) == []
+
+    again = zone_keys.rotate(Zone.INTERNAL, actor="admin")
+
+    assert zone_state(client) == (again.key_id, sorted([old, again.key_id]))
+    [entry] = audited(client, AuditEvent.KEY_ROTATED)
+    assert (entry.subject, entry.details) == (again.key_id, {"previous": old, "resumed": True})
+    assert not client.exists(NOTES)
+
+
+def test_a_zone_key_rotation_held_until_after_its_retry_changes_nothing(
+    zone_keys: KeyRotation, relay: Relay, client: redis.Redis
+) -> None:
+    """The retry comes before the held request runs: the retry makes the new key, and the held
+    script, finding another key active than the one its caller read, makes none."""
+    old = zone_keys.keyring.active(Zone.INTERNAL).key_id
+    relay.hold_request_with = (ROTATION, 1.0)
+    with pytest.raises(PoolUnavailable):
+        zone_keys.rotate(Zone.INTERNAL, actor="admin")
+    again = zone_keys.rotate(Zone.INTERNAL, actor="admin")
+    time.sleep(1.0)  # the held request has reached Redis and run
+
+    assert zone_state(client) == (again.key_id, sorted([old, again.key_id]))
+    [entry] = audited(client, AuditEvent.KEY_ROTATED)
+    assert (entry.subject, entry.details) == (again.key_id, {"previous": old})
+    assert not client.exists(NOTES)
