@@ -15,9 +15,11 @@ Redis layout, under ``<ns>:keys:``:
   current (Redis's clock, ISO 8601, UTC); ``retired:<id>`` → ``{"created_at", "retired_at"}``
   once it is retired (its material deleted).
 
-The first key is made with ``SET NX`` (the loser of a race uses the winner's). A rotation or a
-retirement runs under WATCH: two rotations at once both land, one after the other, and no key is
-lost between them. Stored values hivemem never writes raise SealBroken.
+The first key is made with ``SET NX`` (the loser of a race uses the winner's). A rotation is one
+script (``lua/rotate_ingest_key.lua``) that lands only if the current key is still the one the
+caller read: two rotations at once both land, one after the other, and no key is lost between
+them. It notes itself until it is audited (:mod:`hivemem.security.key_changes`). A retirement
+runs under WATCH. Stored values hivemem never writes raise SealBroken.
 """
 
 from __future__ import annotations
@@ -29,14 +31,23 @@ import re
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import redis
 import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from hivemem.pool.adapters.redis_errors import redis_errors
-from hivemem.pool.errors import InvalidIdentifier, InvalidInput, KeyUnavailable, SealBroken
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN, redis_errors, unavailable
+from hivemem.pool.errors import (
+    InvalidIdentifier,
+    InvalidInput,
+    KeyRotationConflict,
+    KeyUnavailable,
+    SealBroken,
+)
+from hivemem.security.audit_entry import AuditEvent
+from hivemem.security.key_changes import ROTATE_ATTEMPTS, KeyChange, KeyChanges
 from hivemem.security.key_store import KEY_BYTES, KeyStore, parse_entry, stored_bytes
 
 log = structlog.get_logger(__name__)
@@ -48,16 +59,7 @@ INGEST_KEYS = "workers-ingest"
 #: What the first key's two strings hold once it is retired.
 _RETIRED = b"retired"
 _ID_PATTERN = re.compile(rf"{FIRST_INGEST_ID}|[0-9a-f]{{12}}")
-#: A rotation: KEYS[1] the ring; ARGV the new id, its wrapped entry, its public half. Returns the
-#: previous id. Stamps the previous key's replacement with Redis's clock in the same step.
-_ROTATE = """
-local previous = redis.call('HGET', KEYS[1], 'current') or 'ingest'
-local now = redis.call('TIME')
-local stamp = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
-redis.call('HSET', KEYS[1], 'key:' .. ARGV[1], ARGV[2], 'public:' .. ARGV[1], ARGV[3],
-  'replaced:' .. previous, stamp, 'current', ARGV[1], 'current_public', ARGV[3])
-return previous
-"""
+_ROTATE = (Path(__file__).parent / "lua" / "rotate_ingest_key.lua").read_text()
 
 
 def check_ingest_id(value: object) -> str:
@@ -136,8 +138,11 @@ class IngestKeyInfo:
 class IngestKeys:
     """The workers' ingest keys of one namespace. Thread-safe."""
 
-    def __init__(self, store: KeyStore) -> None:
+    def __init__(self, store: KeyStore, changes: KeyChanges) -> None:
+        """``changes``: where rotations are noted until they are audited."""
         self._store = store
+        self._changes = changes
+        self._rotate = store.client.register_script(_ROTATE)
         self._first = f"{store.prefix}ingest"
         self._first_public = f"{self._first}:public"
         self._ring = f"{self._first}:ring"
@@ -197,15 +202,45 @@ class IngestKeys:
     def rotate(self) -> tuple[str, str]:
         """Make a new current key; the previous one stays until retired. Returns (new id,
         previous id). One script reads Redis's clock and writes the ring: the replacement's
-        stamp is the moment it takes effect, however long this process takes."""
-        self.current()  # the first key exists
+        stamp is the moment it takes effect, however long this process takes. The rotation is
+        noted until it is audited (:mod:`hivemem.security.key_changes`; details:
+        ``previous``). A reply lost on the way is no failure when Redis holds the new key.
+        Raises PoolUnavailable when Redis cannot say whether it was made (a request held up on
+        its way may still make it: its note then tells), KeyRotationConflict when other
+        rotations kept landing first."""
         new_id, secret, raw = self._store.new_entry("ingest", "", None)
         public = base64.b64encode(public_of(secret))
-        with redis_errors():
-            found = self._store.client.eval(_ROTATE, 1, self._ring, new_id, raw, public)
-        previous = _stored_id(cast("bytes | str", found))
-        log.info("ingest_key_rotated", key_id=new_id, previous=previous)
-        return new_id, previous
+        for _ in range(ROTATE_ATTEMPTS):
+            previous = self.current()[0]  # the first key exists
+            if self._rotated(new_id, raw, public, previous):
+                log.info("ingest_key_rotated", key_id=new_id, previous=previous)
+                return new_id, previous
+        raise KeyRotationConflict(INGEST_KEYS, ROTATE_ATTEMPTS)
+
+    def _rotated(self, new_id: str, raw: str, public: bytes, previous: str) -> bool:
+        """Whether ``lua/rotate_ingest_key.lua`` made ``new_id`` current in place of
+        ``previous`` (False: another rotation came first)."""
+        change = KeyChange(AuditEvent.KEY_ROTATED, INGEST_KEYS, new_id, {"previous": previous})
+        try:
+            done = self._rotate(
+                keys=[self._ring, self._changes.key],
+                args=[new_id, raw, public, previous, change.name, change.note],
+            )
+        except REDIS_DOWN as error:  # the reply lost: Redis says whether the key was made
+            if not self._holds(new_id):
+                raise unavailable(error) from None
+            log.warning("ingest_key_rotation_reply_lost", key_id=new_id)
+            return True
+        return bool(int(cast("int", done)))
+
+    def _holds(self, key_id: str) -> bool:
+        """Whether the ring holds ``key_id`` (retired or not); False when Redis cannot say now."""
+        names = [f"key:{key_id}", f"retired:{key_id}"]
+        try:
+            found = cast("list[bytes | None]", self._store.client.hmget(self._ring, names))
+        except REDIS_DOWN:
+            return False
+        return any(value is not None for value in found)
 
     def replaced_at(self, key_id: str) -> datetime | None:
         """When ``key_id`` stopped being current (None: it is current). Raises KeyUnavailable

@@ -14,6 +14,9 @@ The steps, each audited:
    unreadable for good: the workers reject them (``unknown_key``) and their writes never reach
    the zone store.
 
+A rotation whose caller did not audit it (its reply lost, its process stopped) is audited by the
+next rotation (``resumed``, :mod:`hivemem.security.key_changes`).
+
 The count reads each queued message's clear head (:func:`~hivemem.security.in_flight.
 ingest_queued_to`): an agent can hold a retirement off by queuing frames that name the old key
 (each is gone at the next drain; ``force`` overrides).
@@ -28,6 +31,7 @@ from hivemem.pool.errors import INGEST_QUEUE, InvalidInput, KeyStillInUse, KeyUn
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.ingest_keys import INGEST_KEYS, IngestKeyInfo, check_ingest_id
+from hivemem.security.key_changes import KeyChange
 from hivemem.security.keyring import ZoneKeyring
 
 #: How a retirement names the agents that may still seal to a key replaced less than the grace
@@ -66,6 +70,7 @@ class IngestRotation:
         stored are sealed to the key; ``grace_s``: how long after a key stopped being current it
         may be retired; ``clock``: now (None: Redis's clock, which stamped the replacement)."""
         self._keys = keyring.ingest
+        self._changes = keyring.changes
         self._audit = audit
         self._queued = queued
         self._grace = timedelta(seconds=grace_s)
@@ -77,13 +82,23 @@ class IngestRotation:
 
     def rotate(self, *, actor: str) -> IngestKeyInfo:
         """Make a new current key; the previous one still opens what was sealed to it. Audited
-        ``key_rotated`` (the new and previous id)."""
-        key_id, previous = self._keys.rotate()
-        self._audit.record(
-            AuditEvent.KEY_ROTATED, actor=actor, subject=key_id, zone=INGEST_KEYS,
-            previous=previous,
-        )  # fmt: skip
+        ``key_rotated`` (the new and previous id). A rotation an earlier call made and did not
+        audit is audited first (``resumed``); while its key is still current, it is this
+        call's rotation too (a retry after PoolUnavailable makes no second key). Raises
+        PoolUnavailable when Redis cannot say whether the key was made (call again: that call
+        ends this one's rotation), KeyRotationConflict."""
+        earlier = self._audit_earlier(actor)
+        key_id = self._keys.current()[0]
+        if not any(c.event is AuditEvent.KEY_ROTATED and c.key_id == key_id for c in earlier):
+            key_id = self._keys.rotate()[0]
+            self._changes.audit_made(
+                self._audit, AuditEvent.KEY_ROTATED, INGEST_KEYS, key_id, actor=actor
+            )
         return next(info for info in self._keys.listing() if info.key_id == key_id)
+
+    def _audit_earlier(self, actor: str) -> list[KeyChange]:
+        """Audit the rotations that earlier calls made and did not audit; returns them."""
+        return self._changes.audit_pending(self._audit, INGEST_KEYS, actor=actor)
 
     def behind(self, key_id: str) -> list[str]:
         """What may still need the old key ``key_id`` (empty for the current one):

@@ -16,6 +16,8 @@ from hivemem.pool.enums import Zone
 from hivemem.pool.errors import PoolUnavailable
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.security import AuditEntry, AuditEvent, AuditLog
+from hivemem.security.ingest_keys import FIRST_INGEST_ID, INGEST_KEYS
+from hivemem.security.ingest_rotation import IngestRotation
 from hivemem.security.key_provider import LocalKeyProvider
 from hivemem.security.key_rotation import KeyRotation
 from hivemem.security.keyring import ZoneKeyring
@@ -50,6 +52,12 @@ def audit(slow: redis.Redis) -> AuditLog:
 @pytest.fixture
 def zone_keys(keyring: ZoneKeyring, slow: redis.Redis, audit: AuditLog) -> KeyRotation:
     return KeyRotation(keyring, slow, namespace="t", audit=audit)
+
+
+@pytest.fixture
+def ingest_keys(keyring: ZoneKeyring, audit: AuditLog) -> IngestRotation:
+    """The ingest rotation, no grace."""
+    return IngestRotation(keyring, audit=audit, queued=lambda _key_id: 0, grace_s=0.0)
 
 
 def audited(client: redis.Redis, kind: AuditEvent) -> list[AuditEntry]:
@@ -115,4 +123,53 @@ def test_a_zone_key_rotation_held_until_after_its_retry_changes_nothing(
     assert zone_state(client) == (again.key_id, sorted([old, again.key_id]))
     [entry] = audited(client, AuditEvent.KEY_ROTATED)
     assert (entry.subject, entry.details) == (again.key_id, {"previous": old})
+    assert not client.exists(NOTES)
+
+
+def current_ingest(client: redis.Redis) -> str:
+    """The current ingest key's id, read directly."""
+    return (client.hget("t:keys:ingest:ring", "current") or FIRST_INGEST_ID.encode()).decode()
+
+
+def test_an_ingest_key_rotation_whose_reply_is_lost_is_audited_by_the_same_call(
+    ingest_keys: IngestRotation, relay: Relay, client: redis.Redis
+) -> None:
+    """As for a zone's data key: the new key is found in Redis, and audited once."""
+    ingest_keys.listing()  # the first key
+    relay.hold_reply_to = (ROTATION, 0.6)
+    with structlog.testing.capture_logs() as logs:
+        new = ingest_keys.rotate(actor="admin")
+
+    assert new.current
+    assert current_ingest(client) == new.key_id
+    assert [i.key_id for i in ingest_keys.listing()] == [FIRST_INGEST_ID, new.key_id]
+    [entry] = audited(client, AuditEvent.KEY_ROTATED)
+    assert (entry.subject, entry.zone, entry.details) == (
+        new.key_id, INGEST_KEYS, {"previous": FIRST_INGEST_ID}
+    )  # fmt: skip
+    assert "ingest_key_rotation_reply_lost" in [e["event"] for e in logs]
+    assert not client.exists(NOTES)
+
+
+def test_an_ingest_key_rotation_that_lands_after_its_error_is_audited_by_the_retry(
+    ingest_keys: IngestRotation, relay: Relay, client: redis.Redis
+) -> None:
+    """The held rotation lands after PoolUnavailable; the retry audits it (``resumed``) and
+    returns its key, still current: no second key."""
+    ingest_keys.listing()
+    relay.hold_request_with = (ROTATION, 0.6)
+    with pytest.raises(PoolUnavailable):
+        ingest_keys.rotate(actor="admin")
+    assert wait_for(lambda: current_ingest(client) != FIRST_INGEST_ID)
+    assert audited(client, AuditEvent.KEY_ROTATED) == []
+
+    again = ingest_keys.rotate(actor="admin")
+
+    assert again.current
+    assert current_ingest(client) == again.key_id
+    assert [i.key_id for i in ingest_keys.listing()] == [FIRST_INGEST_ID, again.key_id]
+    [entry] = audited(client, AuditEvent.KEY_ROTATED)
+    assert (entry.subject, entry.details) == (
+        again.key_id, {"previous": FIRST_INGEST_ID, "resumed": True}
+    )  # fmt: skip
     assert not client.exists(NOTES)
