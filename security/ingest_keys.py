@@ -15,11 +15,12 @@ Redis layout, under ``<ns>:keys:``:
   current (Redis's clock, ISO 8601, UTC); ``retired:<id>`` → ``{"created_at", "retired_at"}``
   once it is retired (its material deleted).
 
-The first key is made with ``SET NX`` (the loser of a race uses the winner's). A rotation is one
-script (``lua/rotate_ingest_key.lua``) that lands only if the current key is still the one the
-caller read: two rotations at once both land, one after the other, and no key is lost between
-them. It notes itself until it is audited (:mod:`hivemem.security.key_changes`). A retirement
-runs under WATCH. Stored values hivemem never writes raise SealBroken.
+The first key is made with ``SET NX`` (the loser of a race uses the winner's). A rotation and a
+retirement are each one script (``lua/rotate_ingest_key.lua``, ``lua/retire_ingest_key.lua``)
+that lands only if what it changes is still as the caller read it: two rotations at once both
+land, one after the other, and no key is lost between them. Each notes itself until it is
+audited (:mod:`hivemem.security.key_changes`). Stored values hivemem never writes raise
+SealBroken.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import binascii
 import json
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-import redis
 import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -60,6 +61,7 @@ INGEST_KEYS = "workers-ingest"
 _RETIRED = b"retired"
 _ID_PATTERN = re.compile(rf"{FIRST_INGEST_ID}|[0-9a-f]{{12}}")
 _ROTATE = (Path(__file__).parent / "lua" / "rotate_ingest_key.lua").read_text()
+_RETIRE = (Path(__file__).parent / "lua" / "retire_ingest_key.lua").read_text()
 
 
 def check_ingest_id(value: object) -> str:
@@ -139,10 +141,11 @@ class IngestKeys:
     """The workers' ingest keys of one namespace. Thread-safe."""
 
     def __init__(self, store: KeyStore, changes: KeyChanges) -> None:
-        """``changes``: where rotations are noted until they are audited."""
+        """``changes``: where rotations and retirements are noted until they are audited."""
         self._store = store
         self._changes = changes
         self._rotate = store.client.register_script(_ROTATE)
+        self._retire = store.client.register_script(_RETIRE)
         self._first = f"{store.prefix}ingest"
         self._first_public = f"{self._first}:public"
         self._ring = f"{self._first}:ring"
@@ -233,9 +236,10 @@ class IngestKeys:
             return True
         return bool(int(cast("int", done)))
 
-    def _holds(self, key_id: str) -> bool:
-        """Whether the ring holds ``key_id`` (retired or not); False when Redis cannot say now."""
-        names = [f"key:{key_id}", f"retired:{key_id}"]
+    def _holds(self, key_id: str, *, retired_only: bool = False) -> bool:
+        """Whether the ring holds ``key_id`` (``retired_only``: as a retired key); False when
+        Redis cannot say now."""
+        names = [f"retired:{key_id}"] + ([] if retired_only else [f"key:{key_id}"])
         try:
             found = cast("list[bytes | None]", self._store.client.hmget(self._ring, names))
         except REDIS_DOWN:
@@ -256,47 +260,64 @@ class IngestKeys:
         with redis_errors():
             return _redis_time(self._store.client.time())
 
-    def retire(self, key_id: str) -> bool:
+    def retire(self, key_id: str, *, details: Mapping[str, object] | None = None) -> bool:
         """Delete the wrapped material of an old key: what is sealed to it opens nowhere any
-        more. False (nothing changes) for a key already retired. Raises InvalidInput for the
-        current key, KeyUnavailable for an unknown one, InvalidIdentifier for a malformed id."""
+        more. The retirement is noted until it is audited
+        (:mod:`hivemem.security.key_changes`), with ``details`` for its audit entry. False
+        (nothing changes) for a key already retired. A reply lost on the way is no failure
+        when Redis shows the key retired. Raises InvalidInput for the current key,
+        KeyUnavailable for an unknown one, InvalidIdentifier for a malformed id,
+        PoolUnavailable when Redis cannot say whether it was retired (a request held up on its
+        way may still retire it: its note then tells)."""
         key_id = check_ingest_id(key_id)
-        first = key_id == FIRST_INGEST_ID
+        change = KeyChange(AuditEvent.KEY_RETIRED, INGEST_KEYS, key_id, dict(details or {}))
         done = False
-
-        def retire_in(pipe: redis.client.Pipeline) -> None:
-            nonlocal done
-            done = False  # a retried transaction starts over
-            names = ["current", f"key:{key_id}", f"retired:{key_id}"]
-            found = cast("list[bytes | str | None]", pipe.hmget(self._ring, names))
-            current, wrapped, retired = found
-            if first:
-                wrapped = cast("bytes | str | None", pipe.get(self._first))
-                wrapped = None if wrapped is None or stored_bytes(wrapped) == _RETIRED else wrapped
-            if (FIRST_INGEST_ID if current is None else _stored_id(current)) == key_id:
-                raise InvalidInput(f"ingest key {key_id} is the current one", field="key_id")
-            if wrapped is None:
-                if retired is not None:
-                    return
-                raise KeyUnavailable(INGEST_KEYS, key_id, "unknown")
-            info = {
-                "created_at": parse_entry(stored_bytes(wrapped))["created_at"],
-                "retired_at": self._now(pipe),
-            }
-            pipe.multi()
-            pipe.hdel(self._ring, f"key:{key_id}", f"public:{key_id}", f"replaced:{key_id}")
-            pipe.hset(self._ring, f"retired:{key_id}", json.dumps(info))
-            if first:
-                pipe.mset({self._first: _RETIRED, self._first_public: _RETIRED})
-            done = True
-
-        with redis_errors():
-            self._store.client.transaction(retire_in, self._ring, self._first)
+        for _ in range(2):  # an old key's entry changes only when it is retired: read again
+            wrapped, now = self._retirable(key_id)
+            if wrapped is None or (done := self._retired_now(change, wrapped, now)):
+                break
+        else:
+            raise SealBroken("an ingest key's stored entry changed while it was being retired")
         with self._lock:
             self._unwrapped = {k: v for k, v in self._unwrapped.items() if k[0] != key_id}
         if done:
             log.info("ingest_key_retired", key_id=key_id)
         return done
+
+    def _retired_now(self, change: KeyChange, wrapped: bytes, now: str) -> bool:
+        """Whether ``lua/retire_ingest_key.lua`` retired ``change.key_id``, whose entry was
+        ``wrapped`` at ``now`` (False: the entry is not that one any more)."""
+        info = {"created_at": parse_entry(wrapped)["created_at"], "retired_at": now}
+        try:
+            done = self._retire(
+                keys=[self._ring, self._first, self._first_public, self._changes.key],
+                args=[change.key_id, wrapped, json.dumps(info), change.name, change.note],
+            )
+        except REDIS_DOWN as error:  # the reply lost: Redis says whether it was retired
+            if not self._holds(change.key_id, retired_only=True):
+                raise unavailable(error) from None
+            log.warning("ingest_key_retirement_reply_lost", key_id=change.key_id)
+            return True
+        return bool(int(cast("int", done)))
+
+    def _retirable(self, key_id: str) -> tuple[bytes | None, str]:
+        """The stored entry of the old key ``key_id`` (None: retired) and Redis's clock as a
+        stamp, read together. Raises InvalidInput for the current key, KeyUnavailable for an
+        unknown one."""
+        names = ["current", f"key:{key_id}", f"retired:{key_id}"]
+        with redis_errors():
+            pipe = self._store.client.pipeline(transaction=False)
+            pipe.hmget(self._ring, names)
+            pipe.get(self._first)
+            pipe.time()
+            (current, wrapped, retired), first, clock = pipe.execute()
+        if key_id == FIRST_INGEST_ID:
+            wrapped = None if first is None or stored_bytes(first) == _RETIRED else first
+        if (FIRST_INGEST_ID if current is None else _stored_id(current)) == key_id:
+            raise InvalidInput(f"ingest key {key_id} is the current one", field="key_id")
+        if wrapped is None and retired is None:
+            raise KeyUnavailable(INGEST_KEYS, key_id, "unknown")
+        return (None if wrapped is None else stored_bytes(wrapped)), _redis_time(clock).isoformat()
 
     def listing(self) -> list[IngestKeyInfo]:
         """Every ingest key, retired ones included, oldest first. Raises SealBroken for a
@@ -349,11 +370,6 @@ class IngestKeys:
         with self._lock:
             self._unwrapped[key_id, wrapped] = secret
         return secret
-
-    @staticmethod
-    def _now(pipe: redis.client.Pipeline) -> str:
-        """Redis's clock as a stamp (one clock for every process that compares stamps)."""
-        return _redis_time(pipe.time()).isoformat()
 
 
 def _redis_time(reply: Any) -> datetime:

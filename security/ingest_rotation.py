@@ -14,8 +14,8 @@ The steps, each audited:
    unreadable for good: the workers reject them (``unknown_key``) and their writes never reach
    the zone store.
 
-A rotation whose caller did not audit it (its reply lost, its process stopped) is audited by the
-next rotation (``resumed``, :mod:`hivemem.security.key_changes`).
+A rotation or retirement whose caller did not audit it (its reply lost, its process stopped) is
+audited by the next rotation or retirement (``resumed``, :mod:`hivemem.security.key_changes`).
 
 The count reads each queued message's clear head (:func:`~hivemem.security.in_flight.
 ingest_queued_to`): an agent can hold a retirement off by queuing frames that name the old key
@@ -97,7 +97,8 @@ class IngestRotation:
         return next(info for info in self._keys.listing() if info.key_id == key_id)
 
     def _audit_earlier(self, actor: str) -> list[KeyChange]:
-        """Audit the rotations that earlier calls made and did not audit; returns them."""
+        """Audit the rotations and retirements that earlier calls made and did not audit;
+        returns them."""
         return self._changes.audit_pending(self._audit, INGEST_KEYS, actor=actor)
 
     def behind(self, key_id: str) -> list[str]:
@@ -112,8 +113,14 @@ class IngestRotation:
         """Delete the material of an old key. Raises IngestKeyStillInUse (nothing changes)
         while it is :meth:`behind`, unless ``force``; InvalidInput for the current key;
         KeyUnavailable for an unknown one; InvalidIdentifier for a malformed id. Returns what
-        was behind (empty unless forced). Retiring a retired key does nothing (not audited)."""
+        was behind (empty unless forced). Retiring a retired key does nothing (not audited),
+        unless an earlier call retired it and did not audit it: that is audited now
+        (``resumed``) and what was behind then returned. Raises PoolUnavailable when Redis
+        cannot say whether the key was retired (call again: that call ends this one's)."""
         key_id = check_ingest_id(key_id)
+        for change in self._audit_earlier(actor):
+            if change.event is AuditEvent.KEY_RETIRED and change.key_id == key_id:
+                return _behind(change)
         try:
             replaced = self._keys.replaced_at(key_id)
         except KeyUnavailable:
@@ -125,11 +132,10 @@ class IngestRotation:
         late = self._late(key_id, replaced)
         if late and not force:
             raise IngestKeyStillInUse(key_id, late, replaced + self._grace)
-        if self._keys.retire(key_id):
-            self._audit.record(
-                AuditEvent.KEY_RETIRED, actor=actor, subject=key_id, zone=INGEST_KEYS,
-                forced=bool(late), behind=late,
-            )  # fmt: skip
+        if self._keys.retire(key_id, details={"forced": bool(late), "behind": late}):
+            self._changes.audit_made(
+                self._audit, AuditEvent.KEY_RETIRED, INGEST_KEYS, key_id, actor=actor
+            )
         return late
 
     def _retired(self, key_id: str) -> bool:
@@ -142,3 +148,9 @@ class IngestRotation:
         if self._queued(key_id):
             late.append(INGEST_QUEUE)
         return late
+
+
+def _behind(change: KeyChange) -> list[str]:
+    """What was behind the key when the retirement ``change`` was made."""
+    behind = change.details.get("behind")
+    return [str(holder) for holder in behind] if isinstance(behind, list) else []

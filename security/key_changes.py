@@ -1,12 +1,13 @@
-"""Key rotations made in Redis whose audit entry is not written yet.
+"""Key rotations and retirements made in Redis whose audit entry is not written yet.
 
-The step that rotates a zone's data key, or the workers' ingest key, also notes the change, in
-``<ns>:keys:unaudited``, a hash: ``<event> <zone> <key id>`` (``key_rotated``; the zone's name,
-or ``workers-ingest``; the new key's id) → the details of its audit entry (JSON). The caller
-writes the audit entry, then deletes the note. A caller whose reply was lost, or whose process
-stopped, before that leaves the note behind, and the next rotation or retirement of the same
-keys audits it (``resumed``). Agents cannot write under ``<ns>:keys:``
-(:mod:`hivemem.security.redis_acl`).
+The step that rotates a zone's data key or the workers' ingest key, or retires an ingest key,
+also notes the change, in ``<ns>:keys:unaudited``, a hash: ``<event> <zone> <key id>``
+(``key_rotated`` or ``key_retired``; the zone's name, or ``workers-ingest``) → the details of
+its audit entry (JSON). The caller writes the audit entry, then deletes the note. A caller whose
+reply was lost, or whose process stopped, before that leaves the note behind, and the next
+rotation or retirement of the same keys audits it (``resumed``). Agents cannot write under
+``<ns>:keys:`` (:mod:`hivemem.security.redis_acl`). (A zone's data key is retired under WATCH
+and audited whatever that finds: it needs no note.)
 """
 
 from __future__ import annotations

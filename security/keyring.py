@@ -20,8 +20,8 @@ Redis layout, every key under ``<namespace>:keys:``:
   (:mod:`hivemem.security.ingest_keys`).
 - ``<ns>:keys:subjects``, a hash: subject (a user id, checked like every scope id: no
   whitespace, no ``|``, the AAD separator) → its wrapped secret.
-- ``<ns>:keys:unaudited``, a hash: the rotations whose audit entry is not written yet, the
-  workers' ingest key's too (:mod:`hivemem.security.key_changes`).
+- ``<ns>:keys:unaudited``, a hash: the rotations and ingest-key retirements whose audit entry
+  is not written yet (:mod:`hivemem.security.key_changes`).
 
 Creation is atomic across processes: the first DEK of a zone under WATCH/MULTI, vector keys with
 ``SET NX``, subject secrets with ``HSETNX``; the loser of a race uses the winner's key.

@@ -1,6 +1,6 @@
-"""Key rotations whose reply is lost, or whose request runs after its caller gave up, on a real
-Redis behind a real TCP relay: each ends audited exactly once, by the same call or by the retry,
-and a retry makes no second key."""
+"""Key rotations and ingest-key retirements whose reply is lost, or whose request runs after its
+caller gave up, on a real Redis behind a real TCP relay: each ends audited exactly once, by the
+same call or by the retry, and a retry makes no second key."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import structlog
 
 import hivemem.security as security_package
 from hivemem.pool.enums import Zone
-from hivemem.pool.errors import PoolUnavailable
+from hivemem.pool.errors import INGEST_QUEUE, PoolUnavailable
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.security import AuditEntry, AuditEvent, AuditLog
 from hivemem.security.ingest_keys import FIRST_INGEST_ID, INGEST_KEYS
@@ -26,8 +26,9 @@ from tests.waiting import wait_for
 
 MASTER = bytes(range(32))
 NOTES = "t:keys:unaudited"
-#: What the request that rotates a key carries: the new key's wrapped entry.
-ROTATION = b'"provider_id"'
+#: What the request that rotates a key carries (the new key's wrapped entry), and the one that
+#: retires an ingest key (its retired record).
+ROTATION, RETIREMENT = b'"provider_id"', b'"retired_at"'
 
 
 @pytest.fixture
@@ -56,8 +57,9 @@ def zone_keys(keyring: ZoneKeyring, slow: redis.Redis, audit: AuditLog) -> KeyRo
 
 @pytest.fixture
 def ingest_keys(keyring: ZoneKeyring, audit: AuditLog) -> IngestRotation:
-    """The ingest rotation, no grace."""
-    return IngestRotation(keyring, audit=audit, queued=lambda _key_id: 0, grace_s=0.0)
+    """The ingest rotation, no grace, one message queued to every key (a retirement is
+    forced)."""
+    return IngestRotation(keyring, audit=audit, queued=lambda _key_id: 1, grace_s=0.0)
 
 
 def audited(client: redis.Redis, kind: AuditEvent) -> list[AuditEntry]:
@@ -171,5 +173,50 @@ def test_an_ingest_key_rotation_that_lands_after_its_error_is_audited_by_the_ret
     [entry] = audited(client, AuditEvent.KEY_ROTATED)
     assert (entry.subject, entry.details) == (
         again.key_id, {"previous": FIRST_INGEST_ID, "resumed": True}
+    )  # fmt: skip
+    assert not client.exists(NOTES)
+
+
+def test_an_ingest_key_retirement_whose_reply_is_lost_is_audited_by_the_same_call(
+    ingest_keys: IngestRotation, relay: Relay, client: redis.Redis
+) -> None:
+    """The retirement ran, its reply came too late: the call finds the key retired and audits
+    it once, with what was behind it."""
+    ingest_keys.rotate(actor="admin")
+    relay.hold_reply_to = (RETIREMENT, 0.6)
+    with structlog.testing.capture_logs() as logs:
+        behind = ingest_keys.retire(FIRST_INGEST_ID, actor="admin", force=True)
+
+    assert behind == [INGEST_QUEUE]
+    assert client.get("t:keys:ingest") == b"retired"
+    [entry] = audited(client, AuditEvent.KEY_RETIRED)
+    assert (entry.subject, entry.zone, entry.details) == (
+        FIRST_INGEST_ID, INGEST_KEYS, {"forced": True, "behind": [INGEST_QUEUE]}
+    )  # fmt: skip
+    assert ingest_keys.retire(FIRST_INGEST_ID, actor="admin") == []  # retired: nothing more
+    assert len(audited(client, AuditEvent.KEY_RETIRED)) == 1
+    assert "ingest_key_retirement_reply_lost" in [e["event"] for e in logs]
+    assert not client.exists(NOTES)
+
+
+def test_an_ingest_key_retirement_that_lands_after_its_error_is_audited_by_the_retry(
+    ingest_keys: IngestRotation, relay: Relay, client: redis.Redis
+) -> None:
+    """The retirement's request is held up, and Redis answers nothing else either until the
+    caller gave up (PoolUnavailable); then the retirement lands. The retry finds the key
+    retired and audits that retirement (``resumed``), returning what was behind it then."""
+    ingest_keys.rotate(actor="admin")
+    relay.hold_requests_from = (RETIREMENT, 0.6)  # Redis answers nothing more for a while
+    with pytest.raises(PoolUnavailable):
+        ingest_keys.retire(FIRST_INGEST_ID, actor="admin", force=True)
+    relay.hold_requests = 0.0
+    assert wait_for(lambda: client.get("t:keys:ingest") == b"retired")
+    assert audited(client, AuditEvent.KEY_RETIRED) == []
+
+    assert ingest_keys.retire(FIRST_INGEST_ID, actor="admin") == [INGEST_QUEUE]
+
+    [entry] = audited(client, AuditEvent.KEY_RETIRED)
+    assert (entry.subject, entry.details) == (
+        FIRST_INGEST_ID, {"forced": True, "behind": [INGEST_QUEUE], "resumed": True}
     )  # fmt: skip
     assert not client.exists(NOTES)
