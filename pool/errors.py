@@ -240,6 +240,19 @@ class KeyStillInUse(HivememError):
         self.holders = holders
 
 
+class KeyRotationConflict(HivememError):
+    """Raised when a rotation of a zone's data key, or of the workers' ingest key, found on
+    each of ``attempts`` tries that another rotation had made another key current since it
+    read which one was: nothing changed by it; rotate again."""
+
+    def __init__(self, zone: str, attempts: int) -> None:
+        super().__init__(
+            f"keys of {zone} not rotated: other rotations landed first {attempts} times"
+        )
+        self.zone = zone
+        self.attempts = attempts
+
+
 class SealBroken(HivememError):
     """Raised when sealed content does not authenticate: the ciphertext, its nonce, or what it
     is bound to (zone, key id, record) was altered, or the wrong key was used."""

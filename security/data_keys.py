@@ -5,7 +5,9 @@ methods of :class:`~hivemem.security.keyring.ZoneKeyring`.
 They live in ``<ns>:keys:zone:<zone>``, a hash: ``active`` → the id of the key new content is
 sealed with; ``dek:<key_id>`` → a wrapped DEK; ``retired:<key_id>`` → ``{"created_at",
 "retired_at"}`` of a retired DEK, whose ``dek:`` field was deleted. A zone's first DEK is made
-under WATCH/MULTI: racing keyrings all use the winner's.
+under WATCH/MULTI: racing keyrings all use the winner's. A rotation is one script
+(``lua/rotate_data_key.lua``) that lands only if the active key is still the one read, and notes
+itself until it is audited (:mod:`hivemem.security.key_changes`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import cast
 
 import redis
@@ -23,13 +26,21 @@ import structlog
 
 from hivemem.pool.adapters.redis_errors import REDIS_DOWN, redis_errors, unavailable
 from hivemem.pool.enums import Zone, checked_zone
-from hivemem.pool.errors import InvalidIdentifier, InvalidInput, KeyUnavailable
+from hivemem.pool.errors import (
+    InvalidIdentifier,
+    InvalidInput,
+    KeyRotationConflict,
+    KeyUnavailable,
+)
+from hivemem.security.audit_entry import AuditEvent
+from hivemem.security.key_changes import ROTATE_ATTEMPTS, KeyChange, KeyChanges
 from hivemem.security.key_store import KeyStore, now_iso, parse_entry, stored_bytes, stored_text
 
 log = structlog.get_logger(__name__)
 
 #: Key ids: 12 lower-case hex characters (48 random bits per zone).
 KEY_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
+_ROTATE = (Path(__file__).parent / "lua" / "rotate_data_key.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +76,11 @@ def check_key_id(value: object) -> str:
 class DataKeys:
     """The data keys of one namespace's zones. Thread-safe."""
 
-    def __init__(self, store: KeyStore) -> None:
+    def __init__(self, store: KeyStore, changes: KeyChanges) -> None:
+        """``changes``: where rotations are noted until they are audited."""
         self._store = store
+        self._changes = changes
+        self._rotate = store.client.register_script(_ROTATE)
         self._lock = threading.Lock()
         self._active: dict[Zone, tuple[str, float]] = {}
 
@@ -112,18 +126,57 @@ class DataKeys:
         return DataKey(zone, key_id, secret)
 
     def rotate(self, zone: Zone | str) -> DataKey:
-        """Make a new active key for ``zone`` and return it; older keys stay readable."""
+        """Make a new active key for ``zone`` and return it; older keys stay readable. The
+        rotation is noted until it is audited (:mod:`hivemem.security.key_changes`; details:
+        ``previous``, the key it replaced). Rotations at once all land, one after the other. A
+        reply lost on the way is no failure when Redis holds the new key. Raises
+        PoolUnavailable when Redis cannot say whether it was made (a request held up on its
+        way may still make it: its note then tells), KeyRotationConflict when other rotations
+        kept landing first."""
         zone = checked_zone(zone)
         key_id, secret, raw = self._store.new_entry("dek", zone)
-        with redis_errors():
-            pipe = self._store.client.pipeline(transaction=True)
-            pipe.hset(self._zone_key(zone), mapping={f"dek:{key_id}": raw, "active": key_id})
-            pipe.execute()
+        for _ in range(ROTATE_ATTEMPTS):
+            if self._rotated(zone, key_id, raw):
+                break
+        else:
+            raise KeyRotationConflict(zone.value, ROTATE_ATTEMPTS)
         self._store.remember(("dek", zone, key_id), raw.encode(), secret)
         with self._lock:
             self._active[zone] = (key_id, time.monotonic())
         log.info("data_key_rotated", zone=str(zone), key_id=key_id)
         return DataKey(zone, key_id, secret)
+
+    def _rotated(self, zone: Zone, key_id: str, raw: str) -> bool:
+        """Whether ``lua/rotate_data_key.lua`` made ``key_id`` (entry ``raw``) the active key
+        of ``zone``, replacing the one read just before (False: another rotation came first)."""
+        zone_key = self._zone_key(zone)
+        with redis_errors():
+            found = cast("bytes | str | None", self._store.client.hget(zone_key, "active"))
+        previous = stored_text(found) if found else ""
+        details: dict[str, object] = {"previous": previous or None}
+        change = KeyChange(AuditEvent.KEY_ROTATED, zone.value, key_id, details)
+        try:
+            done = self._rotate(
+                keys=[zone_key, self._changes.key],
+                args=[key_id, raw, previous, change.name, change.note],
+            )
+        except REDIS_DOWN as error:  # the reply lost: Redis says whether the key was made
+            if not self._holds(zone, key_id):
+                raise unavailable(error) from None
+            log.warning("data_key_rotation_reply_lost", zone=zone.value, key_id=key_id)
+            return True
+        return bool(int(cast("int", done)))
+
+    def _holds(self, zone: Zone, key_id: str) -> bool:
+        """Whether ``zone`` has (or had) the key ``key_id``; False when Redis cannot say now."""
+        names = [f"dek:{key_id}", f"retired:{key_id}"]
+        try:
+            found = cast(
+                "list[bytes | None]", self._store.client.hmget(self._zone_key(zone), names)
+            )
+        except REDIS_DOWN:
+            return False
+        return any(value is not None for value in found)
 
     def retire(self, zone: Zone | str, key_id: str) -> None:
         """Delete the wrapped material of ``key_id``: nothing sealed under it opens any more

@@ -15,9 +15,12 @@ Redis layout, under ``<ns>:keys:``:
   current (Redis's clock, ISO 8601, UTC); ``retired:<id>`` → ``{"created_at", "retired_at"}``
   once it is retired (its material deleted).
 
-The first key is made with ``SET NX`` (the loser of a race uses the winner's). A rotation or a
-retirement runs under WATCH: two rotations at once both land, one after the other, and no key is
-lost between them. Stored values hivemem never writes raise SealBroken.
+The first key is made with ``SET NX`` (the loser of a race uses the winner's). A rotation and a
+retirement are each one script (``lua/rotate_ingest_key.lua``, ``lua/retire_ingest_key.lua``)
+that lands only if what it changes is still as the caller read it: two rotations at once both
+land, one after the other, and no key is lost between them. Each notes itself until it is
+audited (:mod:`hivemem.security.key_changes`). Stored values hivemem never writes raise
+SealBroken.
 """
 
 from __future__ import annotations
@@ -27,16 +30,25 @@ import binascii
 import json
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
-import redis
 import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from hivemem.pool.adapters.redis_errors import redis_errors
-from hivemem.pool.errors import InvalidIdentifier, InvalidInput, KeyUnavailable, SealBroken
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN, redis_errors, unavailable
+from hivemem.pool.errors import (
+    InvalidIdentifier,
+    InvalidInput,
+    KeyRotationConflict,
+    KeyUnavailable,
+    SealBroken,
+)
+from hivemem.security.audit_entry import AuditEvent
+from hivemem.security.key_changes import ROTATE_ATTEMPTS, KeyChange, KeyChanges
 from hivemem.security.key_store import KEY_BYTES, KeyStore, parse_entry, stored_bytes
 
 log = structlog.get_logger(__name__)
@@ -48,16 +60,8 @@ INGEST_KEYS = "workers-ingest"
 #: What the first key's two strings hold once it is retired.
 _RETIRED = b"retired"
 _ID_PATTERN = re.compile(rf"{FIRST_INGEST_ID}|[0-9a-f]{{12}}")
-#: A rotation: KEYS[1] the ring; ARGV the new id, its wrapped entry, its public half. Returns the
-#: previous id. Stamps the previous key's replacement with Redis's clock in the same step.
-_ROTATE = """
-local previous = redis.call('HGET', KEYS[1], 'current') or 'ingest'
-local now = redis.call('TIME')
-local stamp = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
-redis.call('HSET', KEYS[1], 'key:' .. ARGV[1], ARGV[2], 'public:' .. ARGV[1], ARGV[3],
-  'replaced:' .. previous, stamp, 'current', ARGV[1], 'current_public', ARGV[3])
-return previous
-"""
+_ROTATE = (Path(__file__).parent / "lua" / "rotate_ingest_key.lua").read_text()
+_RETIRE = (Path(__file__).parent / "lua" / "retire_ingest_key.lua").read_text()
 
 
 def check_ingest_id(value: object) -> str:
@@ -136,8 +140,12 @@ class IngestKeyInfo:
 class IngestKeys:
     """The workers' ingest keys of one namespace. Thread-safe."""
 
-    def __init__(self, store: KeyStore) -> None:
+    def __init__(self, store: KeyStore, changes: KeyChanges) -> None:
+        """``changes``: where rotations and retirements are noted until they are audited."""
         self._store = store
+        self._changes = changes
+        self._rotate = store.client.register_script(_ROTATE)
+        self._retire = store.client.register_script(_RETIRE)
         self._first = f"{store.prefix}ingest"
         self._first_public = f"{self._first}:public"
         self._ring = f"{self._first}:ring"
@@ -197,15 +205,46 @@ class IngestKeys:
     def rotate(self) -> tuple[str, str]:
         """Make a new current key; the previous one stays until retired. Returns (new id,
         previous id). One script reads Redis's clock and writes the ring: the replacement's
-        stamp is the moment it takes effect, however long this process takes."""
-        self.current()  # the first key exists
+        stamp is the moment it takes effect, however long this process takes. The rotation is
+        noted until it is audited (:mod:`hivemem.security.key_changes`; details:
+        ``previous``). A reply lost on the way is no failure when Redis holds the new key.
+        Raises PoolUnavailable when Redis cannot say whether it was made (a request held up on
+        its way may still make it: its note then tells), KeyRotationConflict when other
+        rotations kept landing first."""
         new_id, secret, raw = self._store.new_entry("ingest", "", None)
         public = base64.b64encode(public_of(secret))
-        with redis_errors():
-            found = self._store.client.eval(_ROTATE, 1, self._ring, new_id, raw, public)
-        previous = _stored_id(cast("bytes | str", found))
-        log.info("ingest_key_rotated", key_id=new_id, previous=previous)
-        return new_id, previous
+        for _ in range(ROTATE_ATTEMPTS):
+            previous = self.current()[0]  # the first key exists
+            if self._rotated(new_id, raw, public, previous):
+                log.info("ingest_key_rotated", key_id=new_id, previous=previous)
+                return new_id, previous
+        raise KeyRotationConflict(INGEST_KEYS, ROTATE_ATTEMPTS)
+
+    def _rotated(self, new_id: str, raw: str, public: bytes, previous: str) -> bool:
+        """Whether ``lua/rotate_ingest_key.lua`` made ``new_id`` current in place of
+        ``previous`` (False: another rotation came first)."""
+        change = KeyChange(AuditEvent.KEY_ROTATED, INGEST_KEYS, new_id, {"previous": previous})
+        try:
+            done = self._rotate(
+                keys=[self._ring, self._changes.key],
+                args=[new_id, raw, public, previous, change.name, change.note],
+            )
+        except REDIS_DOWN as error:  # the reply lost: Redis says whether the key was made
+            if not self._holds(new_id):
+                raise unavailable(error) from None
+            log.warning("ingest_key_rotation_reply_lost", key_id=new_id)
+            return True
+        return bool(int(cast("int", done)))
+
+    def _holds(self, key_id: str, *, retired_only: bool = False) -> bool:
+        """Whether the ring holds ``key_id`` (``retired_only``: as a retired key); False when
+        Redis cannot say now."""
+        names = [f"retired:{key_id}"] + ([] if retired_only else [f"key:{key_id}"])
+        try:
+            found = cast("list[bytes | None]", self._store.client.hmget(self._ring, names))
+        except REDIS_DOWN:
+            return False
+        return any(value is not None for value in found)
 
     def replaced_at(self, key_id: str) -> datetime | None:
         """When ``key_id`` stopped being current (None: it is current). Raises KeyUnavailable
@@ -221,47 +260,64 @@ class IngestKeys:
         with redis_errors():
             return _redis_time(self._store.client.time())
 
-    def retire(self, key_id: str) -> bool:
+    def retire(self, key_id: str, *, details: Mapping[str, object] | None = None) -> bool:
         """Delete the wrapped material of an old key: what is sealed to it opens nowhere any
-        more. False (nothing changes) for a key already retired. Raises InvalidInput for the
-        current key, KeyUnavailable for an unknown one, InvalidIdentifier for a malformed id."""
+        more. The retirement is noted until it is audited
+        (:mod:`hivemem.security.key_changes`), with ``details`` for its audit entry. False
+        (nothing changes) for a key already retired. A reply lost on the way is no failure
+        when Redis shows the key retired. Raises InvalidInput for the current key,
+        KeyUnavailable for an unknown one, InvalidIdentifier for a malformed id,
+        PoolUnavailable when Redis cannot say whether it was retired (a request held up on its
+        way may still retire it: its note then tells)."""
         key_id = check_ingest_id(key_id)
-        first = key_id == FIRST_INGEST_ID
+        change = KeyChange(AuditEvent.KEY_RETIRED, INGEST_KEYS, key_id, dict(details or {}))
         done = False
-
-        def retire_in(pipe: redis.client.Pipeline) -> None:
-            nonlocal done
-            done = False  # a retried transaction starts over
-            names = ["current", f"key:{key_id}", f"retired:{key_id}"]
-            found = cast("list[bytes | str | None]", pipe.hmget(self._ring, names))
-            current, wrapped, retired = found
-            if first:
-                wrapped = cast("bytes | str | None", pipe.get(self._first))
-                wrapped = None if wrapped is None or stored_bytes(wrapped) == _RETIRED else wrapped
-            if (FIRST_INGEST_ID if current is None else _stored_id(current)) == key_id:
-                raise InvalidInput(f"ingest key {key_id} is the current one", field="key_id")
-            if wrapped is None:
-                if retired is not None:
-                    return
-                raise KeyUnavailable(INGEST_KEYS, key_id, "unknown")
-            info = {
-                "created_at": parse_entry(stored_bytes(wrapped))["created_at"],
-                "retired_at": self._now(pipe),
-            }
-            pipe.multi()
-            pipe.hdel(self._ring, f"key:{key_id}", f"public:{key_id}", f"replaced:{key_id}")
-            pipe.hset(self._ring, f"retired:{key_id}", json.dumps(info))
-            if first:
-                pipe.mset({self._first: _RETIRED, self._first_public: _RETIRED})
-            done = True
-
-        with redis_errors():
-            self._store.client.transaction(retire_in, self._ring, self._first)
+        for _ in range(2):  # an old key's entry changes only when it is retired: read again
+            wrapped, now = self._retirable(key_id)
+            if wrapped is None or (done := self._retired_now(change, wrapped, now)):
+                break
+        else:
+            raise SealBroken("an ingest key's stored entry changed while it was being retired")
         with self._lock:
             self._unwrapped = {k: v for k, v in self._unwrapped.items() if k[0] != key_id}
         if done:
             log.info("ingest_key_retired", key_id=key_id)
         return done
+
+    def _retired_now(self, change: KeyChange, wrapped: bytes, now: str) -> bool:
+        """Whether ``lua/retire_ingest_key.lua`` retired ``change.key_id``, whose entry was
+        ``wrapped`` at ``now`` (False: the entry is not that one any more)."""
+        info = {"created_at": parse_entry(wrapped)["created_at"], "retired_at": now}
+        try:
+            done = self._retire(
+                keys=[self._ring, self._first, self._first_public, self._changes.key],
+                args=[change.key_id, wrapped, json.dumps(info), change.name, change.note],
+            )
+        except REDIS_DOWN as error:  # the reply lost: Redis says whether it was retired
+            if not self._holds(change.key_id, retired_only=True):
+                raise unavailable(error) from None
+            log.warning("ingest_key_retirement_reply_lost", key_id=change.key_id)
+            return True
+        return bool(int(cast("int", done)))
+
+    def _retirable(self, key_id: str) -> tuple[bytes | None, str]:
+        """The stored entry of the old key ``key_id`` (None: retired) and Redis's clock as a
+        stamp, read together. Raises InvalidInput for the current key, KeyUnavailable for an
+        unknown one."""
+        names = ["current", f"key:{key_id}", f"retired:{key_id}"]
+        with redis_errors():
+            pipe = self._store.client.pipeline(transaction=False)
+            pipe.hmget(self._ring, names)
+            pipe.get(self._first)
+            pipe.time()
+            (current, wrapped, retired), first, clock = pipe.execute()
+        if key_id == FIRST_INGEST_ID:
+            wrapped = None if first is None or stored_bytes(first) == _RETIRED else first
+        if (FIRST_INGEST_ID if current is None else _stored_id(current)) == key_id:
+            raise InvalidInput(f"ingest key {key_id} is the current one", field="key_id")
+        if wrapped is None and retired is None:
+            raise KeyUnavailable(INGEST_KEYS, key_id, "unknown")
+        return (None if wrapped is None else stored_bytes(wrapped)), _redis_time(clock).isoformat()
 
     def listing(self) -> list[IngestKeyInfo]:
         """Every ingest key, retired ones included, oldest first. Raises SealBroken for a
@@ -314,11 +370,6 @@ class IngestKeys:
         with self._lock:
             self._unwrapped[key_id, wrapped] = secret
         return secret
-
-    @staticmethod
-    def _now(pipe: redis.client.Pipeline) -> str:
-        """Redis's clock as a stamp (one clock for every process that compares stamps)."""
-        return _redis_time(pipe.time()).isoformat()
 
 
 def _redis_time(reply: Any) -> datetime:

@@ -14,6 +14,9 @@ The steps, each audited:
    unreadable for good: the workers reject them (``unknown_key``) and their writes never reach
    the zone store.
 
+A rotation or retirement whose caller did not audit it (its reply lost, its process stopped) is
+audited by the next rotation or retirement (``resumed``, :mod:`hivemem.security.key_changes`).
+
 The count reads each queued message's clear head (:func:`~hivemem.security.in_flight.
 ingest_queued_to`): an agent can hold a retirement off by queuing frames that name the old key
 (each is gone at the next drain; ``force`` overrides).
@@ -28,6 +31,7 @@ from hivemem.pool.errors import INGEST_QUEUE, InvalidInput, KeyStillInUse, KeyUn
 from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.ingest_keys import INGEST_KEYS, IngestKeyInfo, check_ingest_id
+from hivemem.security.key_changes import KeyChange
 from hivemem.security.keyring import ZoneKeyring
 
 #: How a retirement names the agents that may still seal to a key replaced less than the grace
@@ -66,6 +70,7 @@ class IngestRotation:
         stored are sealed to the key; ``grace_s``: how long after a key stopped being current it
         may be retired; ``clock``: now (None: Redis's clock, which stamped the replacement)."""
         self._keys = keyring.ingest
+        self._changes = keyring.changes
         self._audit = audit
         self._queued = queued
         self._grace = timedelta(seconds=grace_s)
@@ -77,13 +82,24 @@ class IngestRotation:
 
     def rotate(self, *, actor: str) -> IngestKeyInfo:
         """Make a new current key; the previous one still opens what was sealed to it. Audited
-        ``key_rotated`` (the new and previous id)."""
-        key_id, previous = self._keys.rotate()
-        self._audit.record(
-            AuditEvent.KEY_ROTATED, actor=actor, subject=key_id, zone=INGEST_KEYS,
-            previous=previous,
-        )  # fmt: skip
+        ``key_rotated`` (the new and previous id). A rotation an earlier call made and did not
+        audit is audited first (``resumed``); while its key is still current, it is this
+        call's rotation too (a retry after PoolUnavailable makes no second key). Raises
+        PoolUnavailable when Redis cannot say whether the key was made (call again: that call
+        ends this one's rotation), KeyRotationConflict."""
+        earlier = self._audit_earlier(actor)
+        key_id = self._keys.current()[0]
+        if not any(c.event is AuditEvent.KEY_ROTATED and c.key_id == key_id for c in earlier):
+            key_id = self._keys.rotate()[0]
+            self._changes.audit_made(
+                self._audit, AuditEvent.KEY_ROTATED, INGEST_KEYS, key_id, actor=actor
+            )
         return next(info for info in self._keys.listing() if info.key_id == key_id)
+
+    def _audit_earlier(self, actor: str) -> list[KeyChange]:
+        """Audit the rotations and retirements that earlier calls made and did not audit;
+        returns them."""
+        return self._changes.audit_pending(self._audit, INGEST_KEYS, actor=actor)
 
     def behind(self, key_id: str) -> list[str]:
         """What may still need the old key ``key_id`` (empty for the current one):
@@ -97,8 +113,14 @@ class IngestRotation:
         """Delete the material of an old key. Raises IngestKeyStillInUse (nothing changes)
         while it is :meth:`behind`, unless ``force``; InvalidInput for the current key;
         KeyUnavailable for an unknown one; InvalidIdentifier for a malformed id. Returns what
-        was behind (empty unless forced). Retiring a retired key does nothing (not audited)."""
+        was behind (empty unless forced). Retiring a retired key does nothing (not audited),
+        unless an earlier call retired it and did not audit it: that is audited now
+        (``resumed``) and what was behind then returned. Raises PoolUnavailable when Redis
+        cannot say whether the key was retired (call again: that call ends this one's)."""
         key_id = check_ingest_id(key_id)
+        for change in self._audit_earlier(actor):
+            if change.event is AuditEvent.KEY_RETIRED and change.key_id == key_id:
+                return _behind(change)
         try:
             replaced = self._keys.replaced_at(key_id)
         except KeyUnavailable:
@@ -110,11 +132,10 @@ class IngestRotation:
         late = self._late(key_id, replaced)
         if late and not force:
             raise IngestKeyStillInUse(key_id, late, replaced + self._grace)
-        if self._keys.retire(key_id):
-            self._audit.record(
-                AuditEvent.KEY_RETIRED, actor=actor, subject=key_id, zone=INGEST_KEYS,
-                forced=bool(late), behind=late,
-            )  # fmt: skip
+        if self._keys.retire(key_id, details={"forced": bool(late), "behind": late}):
+            self._changes.audit_made(
+                self._audit, AuditEvent.KEY_RETIRED, INGEST_KEYS, key_id, actor=actor
+            )
         return late
 
     def _retired(self, key_id: str) -> bool:
@@ -127,3 +148,9 @@ class IngestRotation:
         if self._queued(key_id):
             late.append(INGEST_QUEUE)
         return late
+
+
+def _behind(change: KeyChange) -> list[str]:
+    """What was behind the key when the retirement ``change`` was made."""
+    behind = change.details.get("behind")
+    return [str(holder) for holder in behind] if isinstance(behind, list) else []

@@ -4,7 +4,9 @@ The steps, each audited or recorded:
 
 1. :meth:`KeyRotation.rotate` makes a new active key (audited ``key_rotated``). New content is
    sealed under it at once in this process, and within ``active_ttl_s`` in every other; content
-   sealed under older keys stays readable.
+   sealed under older keys stays readable. A rotation whose caller did not audit it (its reply
+   lost, its process stopped) is audited by the zone's next rotation or retirement
+   (:mod:`hivemem.security.key_changes`).
 2. Every holder of sealed content re-seals it under the active key and records that it did
    (:meth:`KeyRotation.record_resealed`): each agent cleared for the zone (its local store, at
    its next heartbeat or attach) and the workers (the zone store and its archive, task
@@ -63,15 +65,26 @@ class KeyRotation:
 
     def rotate(self, zone: Zone | str, *, actor: str) -> KeyInfo:
         """Make a new active key for ``zone``; older keys stay readable. Audited
-        ``key_rotated`` (zone, new and previous key id)."""
+        ``key_rotated`` (zone, new and previous key id). A rotation of the zone that an earlier
+        call made and did not audit is audited first (``resumed``); while its key is still
+        the active one, it is this call's rotation too (a retry after PoolUnavailable makes no
+        second key). Raises PoolUnavailable when Redis cannot say whether the key was made
+        (call again: that call ends this one's rotation), KeyRotationConflict."""
         zone = checked_zone(zone)
-        previous = self.keyring.active(zone).key_id
-        key = self.keyring.rotate(zone)
-        self._audit.record(
-            AuditEvent.KEY_ROTATED, actor=actor, subject=key.key_id, zone=zone.value,
-            previous=previous,
-        )  # fmt: skip
-        return self.info(zone, key.key_id)
+        earlier = self._audit_earlier(zone, actor)
+        key_id = self.keyring.active(zone, fresh=True).key_id  # the first key exists
+        if key_id not in earlier:
+            key_id = self.keyring.rotate(zone).key_id
+            self.keyring.changes.audit_made(
+                self._audit, AuditEvent.KEY_ROTATED, zone.value, key_id, actor=actor
+            )
+        return self.info(zone, key_id)
+
+    def _audit_earlier(self, zone: Zone, actor: str) -> list[str]:
+        """Audit the changes to ``zone``'s keys that earlier calls made and did not audit;
+        returns the keys they rotated to."""
+        earlier = self.keyring.changes.audit_pending(self._audit, zone.value, actor=actor)
+        return [c.key_id for c in earlier if c.event is AuditEvent.KEY_ROTATED]
 
     def record_resealed(self, zone: Zone, holder: str, key_id: str) -> None:
         """Note that ``holder`` now keeps everything of ``zone`` under ``key_id``."""
@@ -117,6 +130,7 @@ class KeyRotation:
         KeyUnavailable for an unknown key. Returns the holders that were behind (empty unless
         forced). Audited ``key_retired``."""
         zone = checked_zone(zone)
+        self._audit_earlier(zone, actor)  # a rotation's entry before the retirement's
         if self.keyring.active(zone).key_id == check_key_id(key_id):
             raise InvalidInput(f"key {key_id} is the active key of {zone}", field="key_id")
         late = self.behind(zone, key_id, holders)

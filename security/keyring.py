@@ -20,6 +20,8 @@ Redis layout, every key under ``<namespace>:keys:``:
   (:mod:`hivemem.security.ingest_keys`).
 - ``<ns>:keys:subjects``, a hash: subject (a user id, checked like every scope id: no
   whitespace, no ``|``, the AAD separator) → its wrapped secret.
+- ``<ns>:keys:unaudited``, a hash: the rotations and ingest-key retirements whose audit entry
+  is not written yet (:mod:`hivemem.security.key_changes`).
 
 Creation is atomic across processes: the first DEK of a zone under WATCH/MULTI, vector keys with
 ``SET NX``, subject secrets with ``HSETNX``; the loser of a race uses the winner's key.
@@ -45,6 +47,7 @@ from hivemem.security.audit import check_namespace
 from hivemem.security.data_keys import DataKey, DataKeys, KeyInfo
 from hivemem.security.fixed_keys import FixedKeys
 from hivemem.security.ingest_keys import IngestKeys
+from hivemem.security.key_changes import KeyChanges
 from hivemem.security.key_provider import KeyProvider
 from hivemem.security.key_store import KeyStore
 from hivemem.security.subject_secrets import SubjectSecrets
@@ -71,11 +74,13 @@ class ZoneKeyring:
         if not active_ttl_s >= 0:
             raise InvalidInput("active_ttl_s must be at least 0", field="active_ttl_s")
         self._store = KeyStore(client, provider, namespace=namespace, ttl_s=active_ttl_s)
-        self._data_keys = DataKeys(self._store)
+        #: Rotations and retirements not audited yet (:class:`KeyChanges`).
+        self.changes = KeyChanges(client, prefix=self._store.prefix)
+        self._data_keys = DataKeys(self._store, self.changes)
         self._fixed = FixedKeys(self._store)
         self._subjects = SubjectSecrets(self._store)
         #: The workers' ingest keys: current, rotated, retired (:class:`IngestKeys`).
-        self.ingest = IngestKeys(self._store)
+        self.ingest = IngestKeys(self._store, self.changes)
 
     @property
     def ttl_s(self) -> float:

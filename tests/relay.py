@@ -16,7 +16,9 @@ class Relay:
     """Relays connections to Redis on ``port``. It can hold every request for
     ``hold_requests`` seconds, or the next reply for ``hold_reply`` seconds; ``hold_reply_to``
     and ``hold_request_with`` (bytes, seconds) do the same once, for the reply to the next
-    request that carries those bytes (a script's SHA, say) or for that request itself.
+    request that carries those bytes (a script's SHA, say) or for that request itself;
+    ``hold_requests_from`` (bytes, seconds) sets ``hold_requests`` at the next request that
+    carries those bytes, so that it and every later one are held (Redis stops answering).
     ``drop_reply_to`` (bytes) closes, once, the connection of the next request that carries
     those bytes when its reply comes back, instead of passing the reply on: the command ran,
     and its caller gets ConnectionError at once, whatever its socket timeout."""
@@ -28,6 +30,7 @@ class Relay:
         self.hold_reply = self.hold_requests = 0.0
         self.hold_reply_to: tuple[bytes, float] | None = None
         self.hold_request_with: tuple[bytes, float] | None = None
+        self.hold_requests_from: tuple[bytes, float] | None = None
         self.drop_reply_to: bytes | None = None
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -84,6 +87,8 @@ class Relay:
         if self.hold_request_with is not None and self.hold_request_with[0] in data:
             held, self.hold_request_with = self.hold_request_with[1], None
             time.sleep(held)
+        if self.hold_requests_from is not None and self.hold_requests_from[0] in data:
+            self.hold_requests, self.hold_requests_from = self.hold_requests_from[1], None
         time.sleep(self.hold_requests)
 
     @staticmethod
