@@ -101,11 +101,11 @@ class SecureIdentity(Identity):
         return self.info
 
     def outgoing(self, body: bytes, *, ingest: bool) -> bytes:
-        """``body`` sealed under its user's secret if Redis was away when it was sealed
-        (:meth:`SecureCodec.with_subject`) and, for an ingest queue, sealed to the workers
-        (:mod:`hivemem.security.ingest_seal`: the zone's other agents hold the zone's key).
-        PoolUnavailable while a key it takes cannot be read."""
-        body = cast("SecureCodec", self.codec).with_subject(body)  # always one here
+        """``body`` sealed again if Redis was away when it was sealed, or stamped again if it
+        waited in the outbox (:meth:`SecureCodec.refreshed`) and, for an ingest queue, sealed
+        to the workers (:mod:`hivemem.security.ingest_seal`: the zone's other agents hold the
+        zone's key). PoolUnavailable while a key it takes cannot be read."""
+        body = cast("SecureCodec", self.codec).refreshed(body)  # always one here
         return self._ingest.seal(body) if ingest else body
 
     def sender_may_write(self, sender: str, zone: Zone) -> bool:

@@ -122,6 +122,19 @@ class Frame:
 _ENTRY_REASONS = frozenset({"forged", "revoked", "over_clearance"})
 
 
+def _sent_at(head: bytes) -> datetime | None:
+    """The ``sent_at`` of a frame's header line, found without parsing the line (None: not
+    found or not a time)."""
+    start = head.find(b'"sent_at":"')
+    if start < 0:
+        return None
+    start += len(b'"sent_at":"')
+    try:
+        return datetime.fromisoformat(head[start : head.index(b'"', start)].decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def _signed(frame: bytes | memoryview) -> bytes:
     """What the signature of a frame whose bytes before the signature are ``frame`` signs."""
     return _SIGNED_DOMAIN + hashlib.sha256(frame).digest()
@@ -224,30 +237,47 @@ class SecureCodec:
             now=now if live and self._check_age else wire.sent_at,
         )
 
-    def with_subject(self, data: bytes) -> bytes:
-        """``data``, a message this codec sent, sealed again under its user's secret when it
-        was sealed under the zone key alone (:meth:`encode` does so while Redis is away at a
-        user's first write): otherwise a forget, which shreds that secret, would leave it
-        readable to every holder of the zone key. Unchanged when it needs nothing (it has its
-        subject, or carries no records: tombstones alone stay readable after a forget on
-        purpose) or cannot be read any more (its key retired). Raises PoolUnavailable while
-        the user's secret cannot be had: the caller keeps the message and tries again."""
+    def refreshed(self, data: bytes) -> bytes:
+        """``data``, a message this codec sent, as it should go now. Sealed again:
+
+        - under its user's secret when it was sealed under the zone key alone (:meth:`encode`
+          does so while Redis is away at a user's first write): otherwise a forget, which
+          shreds that secret, would leave it readable to every holder of the zone key;
+        - stamped with a new ``sent_at`` (same message id) when it is older than half the age
+          window: it waited in the outbox (Redis away, the process down) and live receivers
+          would refuse it as stale, a replay.
+
+        Unchanged when it needs neither (a message carrying tombstones only keeps no subject:
+        tombstones stay readable after a forget on purpose) or cannot be read any more (its
+        key retired). Raises PoolUnavailable while the user's secret cannot be had: the
+        caller keeps the message and tries again."""
         end = data.find(b"\n", 0, _MAX_HEADER_BYTES)
-        if self._signer is None or end < 0 or b',"subject":' in data[:end]:
+        if self._signer is None or end < 0:
+            return data
+        head = data[:end]
+        now = self._clock()
+        sent_at = _sent_at(head)
+        aged = sent_at is None or (now - sent_at).total_seconds() > self._check.max_age_s / 2
+        if not aged and b',"subject":' in head:
             return data
         try:
             frame = Frame.parse(data)
             wire = frame.header
             if wire.sender != self._sender_id:
                 return data
-            plain = self._sealer.open(wire.zone, frame.sealed, context=frame.header_bytes)
+            plain = self._sealer.open(
+                wire.zone, frame.sealed, context=frame.header_bytes, subject=wire.subject
+            )
             envelope = decode_envelope(plain)
         except (InvalidInput, MessageRejected, SealBroken, KeyUnavailable):
-            return data
+            return data  # a forgotten user's (its secret shredded): it may go stale
+        changes: dict[str, object] = {"sent_at": now} if aged else {}
         users = {r.scope.user_id for r in envelope.records}
-        if len(users) != 1 or envelope.tombstones:
+        if wire.subject is None and len(users) == 1 and not envelope.tombstones:
+            changes["subject"] = users.pop()
+        if not changes:
             return data
-        sealed = self._sealed(envelope.model_copy(update={"subject": users.pop()}))
+        sealed = self._sealed(envelope.model_copy(update=changes))
         return sealed + self._signer.sign_raw(_signed(sealed))
 
     def decode(self, data: bytes, *, live: bool = False) -> Envelope:

@@ -8,18 +8,23 @@ from collections.abc import Callable
 
 import pytest
 import redis
+import structlog
 
 from hivemem.agents.agent import Agent
+from hivemem.agents.embedding import FastEmbedder
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import make_envelope
 from hivemem.pool.errors import InvalidMessage, KeyUnavailable, MessageRejected, SealBroken
 from hivemem.pool.records import MemoryRecord, Scope
 from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.ingest_seal import IngestOpener
 from hivemem.security.sealing import NONCE_BYTES, Sealed, Sealer
 from hivemem.security.signing import verify_signature
 from hivemem.security.wire import Frame
+from tests.pool.test_shared import received
+from tests.waiting import wait_for
 
 Pools = Callable[..., SharedMemoryPool]
 
@@ -155,3 +160,40 @@ def test_a_message_sealed_while_redis_was_away_goes_under_its_users_secret(
             )
         with pytest.raises(SealBroken):  # nor without the subject: it was sealed with it
             zone_key_holder.open(Zone.INTERNAL, frame.sealed, context=frame.header_bytes)
+
+
+def test_a_message_that_waited_in_the_outbox_is_stamped_again_when_sent(
+    pool_settings: Callable[..., HivememSettings], embedder: FastEmbedder
+) -> None:
+    """Live receivers refuse a message older than ``max_message_age_s`` (a replay). One that
+    waited in the writer's outbox longer than half that (here: 2 s, with the writer sending
+    every 3 s; elsewhere Redis away, or the process down) is stamped and signed again as it
+    goes, under the same message id: the live peer takes it. Before, it was refused as stale
+    and lost to every peer that was online."""
+    pools = []
+    for name in ("writer", "reader"):
+        settings = pool_settings(name)
+        security = settings.security.model_copy(update={"max_message_age_s": 2.0})
+        pools.append(
+            SharedMemoryPool.connect(
+                settings.model_copy(update={"security": security}), embedder=embedder
+            )
+        )
+    try:
+        writer = pools[0].register_agent(
+            "writer", clearance=Zone.INTERNAL, share_levels=[Level.CATEGORY], sync_interval=3.0
+        )
+        reader = pools[1].register_agent("reader", clearance=Zone.INTERNAL)
+        assert reader.wait_connected()
+        writer.memory.add("on time", user_id="u1", level=Level.CATEGORY, zone=Zone.INTERNAL)
+        assert writer.flush()  # sent at once; the reader follows the topic live from here
+        assert wait_for(lambda: "on time" in received(reader))
+        with structlog.testing.capture_logs() as logs:
+            writer.memory.add("sent late", user_id="u1", level=Level.CATEGORY, zone=Zone.INTERNAL)
+            # No flush: it would send at once. The writer sends after its interval.
+            got = wait_for(lambda: "sent late" in received(reader), timeout_s=10.0)
+        assert got
+        assert "pool_message_rejected" not in [e["event"] for e in logs]
+    finally:
+        for pool in pools:
+            pool.close()
