@@ -30,12 +30,17 @@ class AccessTracker:
         self,
         index: LocalIndex,
         tiers: TierManager,
+        writes: threading.RLock,
         *,
         interval_s: float = 30.0,
         max_pending: int = 20_000,
     ) -> None:
+        """``writes``: the lock the memory's writes hold, taken for each chunk so that no
+        delete or re-seal runs between reading a chunk's counts and writing them (a delete
+        would make the write fail, a re-seal would overwrite it)."""
         self._index = index
         self._tiers = tiers
+        self._writes = writes
         self._interval_s = interval_s
         self._max_pending = max_pending
         self._wake = threading.Event()
@@ -86,19 +91,26 @@ class AccessTracker:
         self.flush()
 
     def _write(self, pending: Counter[str], seen: datetime) -> None:
-        """In chunks, reading only the counts and tiers: each chunk holds the index briefly,
-        so searches running meanwhile are not held up."""
+        """In chunks, reading only the counts and tiers: each chunk holds the index (and the
+        memory's writes) briefly, so searches and writes running meanwhile are not held up."""
         ids = list(pending)
         for start in range(0, len(ids), _CHUNK):
-            facts = self._index.retention_facts_of(ids[start : start + _CHUNK])
-            counts = {f.id: f.access_count + pending[f.id] for f in facts}
-            promoted = self._tiers.promotions((f.id, f.tier, counts[f.id]) for f in facts)
-            self._index.update_fields(
-                {
-                    f.id: {"access_count": counts[f.id], "last_accessed_at": seen}
-                    | ({"tier": promoted[f.id]} if f.id in promoted else {})
-                    for f in facts
-                }
-            )
+            with self._writes:
+                promoted = self._write_chunk(ids[start : start + _CHUNK], pending, seen)
             if promoted:
                 self._tiers.invalidate()
+
+    def _write_chunk(self, ids: list[str], pending: Counter[str], seen: datetime) -> bool:
+        """Add the chunk's counts to those of its records still live; whether any was
+        promoted."""
+        facts = self._index.retention_facts_of(ids)
+        counts = {f.id: f.access_count + pending[f.id] for f in facts}
+        promoted = self._tiers.promotions((f.id, f.tier, counts[f.id]) for f in facts)
+        self._index.update_fields(
+            {
+                f.id: {"access_count": counts[f.id], "last_accessed_at": seen}
+                | ({"tier": promoted[f.id]} if f.id in promoted else {})
+                for f in facts
+            }
+        )
+        return bool(promoted)

@@ -109,7 +109,7 @@ class HierarchicalMemory:
         self._searcher = Searcher(
             self._index, self._embedder, self._sparse, self._writes.neighbourhoods
         )
-        self._access = AccessTracker(self._index, self._writes.tiers)
+        self._access = AccessTracker(self._index, self._writes.tiers, self._writes.lock)
         self._superseder = Superseder(
             self._index, self._builder, self._writes, clock, self._check_open
         )
@@ -144,10 +144,12 @@ class HierarchicalMemory:
 
     def close(self) -> None:
         """Flush and release the directory; idempotent."""
+        if not self._closed:
+            # Before the write lock: the access writer takes that lock for each chunk it writes.
+            self._access.close()
         with self._writes.lock:
             if self._closed:
                 return
-            self._access.close()
             self._writes.close()
             self._closed = True
             self._index.close()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from hivemem.agents.memory import HierarchicalMemory
-from hivemem.pool.errors import SupersessionConflict
+from hivemem.pool.errors import MemoryNotFound, SupersessionConflict
 
 
 def test_concurrent_adds_searches_and_supersessions(memory: HierarchicalMemory) -> None:
@@ -70,3 +71,41 @@ def test_racing_supersessions_have_one_winner(memory: HierarchicalMemory) -> Non
     assert len(winners) == 1
     assert len(memory.get_history(original.id)) == 2
     assert memory.stats(user_id="wes").current == 1
+
+
+def test_access_counts_flush_while_records_are_deleted(memory: HierarchicalMemory) -> None:
+    """Reads count accesses; flushing them while another thread deletes the records read
+    neither raises nor loses the counts of those still there. The access writer holds the
+    memory's write lock for each chunk; before, a delete landing between its read of a chunk's
+    counts and its write made flush() raise MemoryNotFound (about 1 flush in 75) and dropped
+    the chunk."""
+    records = memory.add_many([f"fact {k} about the garden" for k in range(1500)], user_id="u1")
+    ids = [r.id for r in records]
+    kept, doomed = ids[:100], ids[100:]
+    errors: list[BaseException] = []
+    flushes = 0
+
+    def deleter() -> None:
+        for record_id in doomed:
+            memory.delete(record_id)
+
+    deleting = threading.Thread(target=deleter)
+    deleting.start()
+    try:
+        while deleting.is_alive():
+            window = doomed[(flushes * 40) % len(doomed) :][:40]
+            for record_id in kept[:5] + window:
+                with contextlib.suppress(MemoryNotFound):
+                    memory.get(record_id)
+            memory.flush()
+            flushes += 1
+    except BaseException as exc:  # noqa: BLE001 - the deleter must end before the test fails
+        errors.append(exc)
+    deleting.join()
+    memory.flush()
+
+    assert errors == []
+    assert flushes > 100
+    counts = {r.id: r.access_count for r in memory.list_memories(user_id="u1", limit=2000)}
+    assert set(counts) == set(kept)
+    assert all(counts[i] == flushes for i in kept[:5])
