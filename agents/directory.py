@@ -22,6 +22,8 @@ class StoreDirectory:
 
     def __init__(self, path: Path, *, model_id: str, dim: int) -> None:
         self.path = path
+        #: The process that opened it: a process forked from it shares its lock and files.
+        self._owner = os.getpid()
         path.mkdir(parents=True, exist_ok=True)
         self._lock_file: IO[str] | None = open(path / ".lock", "a+", encoding="utf-8")  # noqa: SIM115
         try:
@@ -50,8 +52,25 @@ class StoreDirectory:
                 f"{self.path} was written with {found}, this memory uses {expected}"
             )
 
+    @property
+    def forked(self) -> bool:
+        """Whether this process was forked from the one that opened the directory."""
+        return os.getpid() != self._owner
+
+    def check_owner(self) -> None:
+        """Raises StoreLocked in a process forked from the one that opened the directory: it
+        shares that process's lock and files, and what it wrote there could be lost (the
+        other process's engine never sees it)."""
+        if self.forked:
+            raise StoreLocked(
+                str(self.path),
+                f"belongs to process {self._owner}: a forked process must open its own memory",
+            )
+
     def release(self) -> None:
+        """Unlock and close (in a forked process: close only, the lock is its parent's)."""
         if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            if not self.forked:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None

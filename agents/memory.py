@@ -134,8 +134,11 @@ class HierarchicalMemory:
         self.close()
 
     def _check_open(self) -> None:
+        """Raises MemoryClosed after :meth:`close`, StoreLocked in a process forked from the one
+        that opened the memory."""
         if self._closed:
             raise MemoryClosed("this memory is closed")
+        self._directory.check_owner()
 
     def flush(self) -> None:
         """Write buffered access counts; every acknowledged write is already durable."""
@@ -143,7 +146,10 @@ class HierarchicalMemory:
         self._access.flush()
 
     def close(self) -> None:
-        """Flush and release the directory; idempotent."""
+        """Flush and release the directory; idempotent. In a process forked from the one that
+        opened it, does nothing: the memory is that process's."""
+        if self._directory.forked:
+            return
         if not self._closed:
             # Before the write lock: the access writer takes that lock for each chunk it writes.
             self._access.close()

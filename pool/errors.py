@@ -73,8 +73,8 @@ class StoreLocked(HivememError):
     """Raised when a persist directory is already open in another memory (this process or
     another one): one directory, one writer."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__(f"persist directory {path} is in use by another memory")
+    def __init__(self, path: str, why: str = "is in use by another memory") -> None:
+        super().__init__(f"persist directory {path} {why}")
         self.path = path
 
 

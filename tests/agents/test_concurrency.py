@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from hivemem.agents.memory import HierarchicalMemory
-from hivemem.pool.errors import MemoryNotFound, SupersessionConflict
+from hivemem.pool.errors import MemoryNotFound, StoreLocked, SupersessionConflict
+from tests.waiting import wait_for
 
 
 def test_concurrent_adds_searches_and_supersessions(memory: HierarchicalMemory) -> None:
@@ -109,3 +116,35 @@ def test_access_counts_flush_while_records_are_deleted(memory: HierarchicalMemor
     counts = {r.id: r.access_count for r in memory.list_memories(user_id="u1", limit=2000)}
     assert set(counts) == set(kept)
     assert all(counts[i] == flushes for i in kept[:5])
+
+
+def test_a_forked_process_may_not_use_its_parents_memory(
+    make_memory: Callable[..., HierarchicalMemory], tmp_path: Path
+) -> None:
+    """A process forked after the memory opened shares its directory's lock and files: a write
+    there was acknowledged and then lost (the parent's engine never saw it). The child's calls
+    raise StoreLocked, its close() leaves the parent's memory alone (the lock stays held), and
+    the parent goes on."""
+    memory = make_memory("parent")
+    memory.add("written before the fork", user_id="u1")
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report what it was told, close, leave at once
+        try:
+            memory.add("written by the child", user_id="u1")
+            outcome = b"added"
+        except StoreLocked:
+            outcome = b"refused"
+        memory.close()
+        os.write(writing, outcome)
+        os._exit(0)
+    os.close(writing)
+    if not wait_for(lambda: os.waitpid(child, os.WNOHANG)[0] == child, timeout_s=30.0):
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        pytest.fail("the child hung on its parent's memory")
+    assert os.read(reading, 16) == b"refused"
+    with pytest.raises(StoreLocked):  # the child's close() did not unlock the directory
+        HierarchicalMemory(tmp_path / "parent", settings=memory.settings)
+    memory.add("written after the fork", user_id="u1")
+    assert len(memory.list_memories(user_id="u1")) == 2
