@@ -64,23 +64,29 @@ class WriteAhead:
 
     # -- noting ---------------------------------------------------------------------------------
 
+    def note_added(self, ids: Sequence[str]) -> int | None:
+        """Note new records ``ids`` before they are indexed; the entry to :meth:`cross_off`
+        once the observers were told of them (None: nothing noted). Left noted (the write
+        raised, or the process died), the next process tells what of them reached the index."""
+        return self._note("records", ids)
+
     @contextmanager
     def adding(self, ids: Sequence[str]) -> Iterator[None]:
-        """Note new records ``ids`` for the block that indexes them and tells the observers;
-        crossed off when the block ends normally. A block that raises leaves the note: the next
-        process tells what of it reached the index."""
-        entry = self._note("records", ids)
+        """:meth:`note_added` for a block that indexes ``ids`` and tells the observers; crossed
+        off when the block ends normally."""
+        entry = self.note_added(ids)
         yield
-        self._cross_off(entry)
+        self.cross_off(entry)
 
     def remove(self, records: Sequence[MemoryRecord], now: datetime) -> list[Tombstone]:
         """Replace ``records`` by tombstones deleted at ``now``: noted, told, then applied here
-        (see the module docstring); returns the tombstones. A failure leaves the note."""
+        (see the module docstring); returns the tombstones. A failure leaves the note: the
+        next attach finishes the removal (a deletion asked for is not dropped)."""
         entry = self._note("tombstones", [r.id for r in records], now)
         tombstones = [Tombstone.of(r, now) for r in records]
         self.deleted(tombstones)
         versions.bury(self._index, tombstones)
-        self._cross_off(entry)
+        self.cross_off(entry)
         return tombstones
 
     def _note(
@@ -94,7 +100,8 @@ class WriteAhead:
             return None
         return self._journal.note(kind, ids, deleted_at)
 
-    def _cross_off(self, entry: int | None) -> None:
+    def cross_off(self, entry: int | None) -> None:
+        """Drop a note whose write is done (None: nothing was noted)."""
         if self._journal is not None and entry is not None:
             self._journal.cross_off(entry)
 

@@ -147,26 +147,29 @@ class WritePath:
         chunks indexed before it (what is in the index is always shared). The batch is noted
         first: when the process is killed before the observers heard of it, the next one tells
         them what reached the index."""
+        with self.lock:  # open: the journal (the agent's outbox) closes after the memory
+            self._check_open()
+            entry = self.ahead.note_added([r.id for r in records])
         indexed: list[MemoryRecord] = []
         announced = False
-        with self.ahead.adding([r.id for r in records]):
-            try:
-                for start in range(0, len(records), _CHUNK):
-                    stop = min(start + _CHUNK, len(records))
-                    last = stop == len(records)
-                    chunk = self._index_chunk(
-                        records[start:stop],
-                        dense[start:stop],
-                        announce=(indexed, dense[:stop]) if last else None,
-                    )
-                    announced = last
-                    indexed.extend(chunk)
-                    advance(len(chunk))
-            except BaseException:
-                if indexed and not announced:
-                    with self.lock:
-                        self.wrote(indexed, dense[: len(indexed)])
-                raise
+        try:
+            for start in range(0, len(records), _CHUNK):
+                stop = min(start + _CHUNK, len(records))
+                last = stop == len(records)
+                chunk = self._index_chunk(
+                    records[start:stop],
+                    dense[start:stop],
+                    announce=(indexed, dense[:stop]) if last else None,
+                )
+                announced = last
+                indexed.extend(chunk)
+                advance(len(chunk))
+        except BaseException:
+            if indexed and not announced:
+                with self.lock:
+                    self.wrote(indexed, dense[: len(indexed)])
+            raise
+        self.ahead.cross_off(entry)
         return indexed
 
     def _index_chunk(
