@@ -53,7 +53,7 @@ class Agent:
         self._sharing = ShareObserver(
             info, self._outbox, self._sender.wake, settings, self.identity
         )
-        memory.observe(self._sharing)
+        memory.observe(self._sharing, journal=self._outbox)  # finishes a killed process's writes
         self._receiver = Receiver(
             info,
             memory,

@@ -43,7 +43,14 @@ from hivemem.pool.adapters.edge_index import EdgeIndex
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidInput, MemoryClosed
 from hivemem.pool.ids import check_scope_id
-from hivemem.pool.ports import Embedder, LocalIndex, SparseEncoder, Vector, WriteObserver
+from hivemem.pool.ports import (
+    Embedder,
+    LocalIndex,
+    SparseEncoder,
+    Vector,
+    WriteJournal,
+    WriteObserver,
+)
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone, check_text, utc_now
 from hivemem.pool.settings import HivememSettings
 from hivemem.security.classifier import Classifier
@@ -116,9 +123,12 @@ class HierarchicalMemory:
         self._remover = Remover(self._index, self._writes, clock)
         self._reader = Reader(self._index, self._searcher, self._access, clock)
 
-    def observe(self, observer: WriteObserver) -> None:
-        """Tell ``observer`` of every later write, before the write is acknowledged."""
-        self._writes.observe(observer)
+    def observe(self, observer: WriteObserver, *, journal: WriteJournal | None = None) -> None:
+        """Tell ``observer`` of every later write, before the write is acknowledged. With
+        ``journal`` (the pool agent's outbox), every write is noted there before the index
+        changes, and what a killed process left noted is finished now: the records it indexed
+        are told, its removals told and applied (see :mod:`hivemem.agents.write_ahead`)."""
+        self._writes.observe(observer, journal)
 
     def hold_writes(self) -> threading.RLock:
         """The lock every write holds: take it to change the index underneath without racing

@@ -10,15 +10,26 @@ SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives the proce
 (``synchronous=FULL``) syncs every commit to disk, at about a millisecond more per write here.
 
 The cursor table holds, per topic, the epoch and sequence number up to which this agent applied.
+
+The intent table is the memory's write-ahead record (a
+:class:`~hivemem.pool.ports.WriteJournal`): each write the pool must hear of is noted there
+before the local index changes and crossed off once its messages are in the outbox, so that a
+process killed in between leaves what the next one needs to finish it (see
+:mod:`hivemem.agents.write_ahead`). It holds record ids only, never content.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Literal
+
+from hivemem.pool.ports import Intent
 
 FILE_NAME = "outbox.sqlite3"
 
@@ -50,6 +61,10 @@ class Outbox:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS cursors (topic TEXT PRIMARY KEY, epoch TEXT NOT NULL,"
             " seq INTEGER NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS intents (entry INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " kind TEXT NOT NULL, ids TEXT NOT NULL, deleted_at TEXT)"
         )
 
     def put(self, messages: Sequence[tuple[str, str, bytes]]) -> None:
@@ -101,6 +116,43 @@ class Outbox:
                 " DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
                 (topic, epoch, seq),
             )
+
+    # -- the write-ahead record (a WriteJournal) -----------------------------------------------
+
+    def note(
+        self,
+        kind: Literal["records", "tombstones"],
+        ids: Sequence[str],
+        deleted_at: datetime | None = None,
+    ) -> int:
+        """Note an intent (committed when this returns); its entry."""
+        when = None if deleted_at is None else deleted_at.isoformat()
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO intents (kind, ids, deleted_at) VALUES (?, ?, ?)",
+                (kind, json.dumps(list(ids)), when),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def cross_off(self, entry: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM intents WHERE entry = ?", (entry,))
+
+    def unfinished(self) -> list[Intent]:
+        """The intents not crossed off, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT entry, kind, ids, deleted_at FROM intents ORDER BY entry"
+            ).fetchall()
+        return [
+            Intent(
+                entry=int(entry),
+                kind="tombstones" if kind == "tombstones" else "records",
+                ids=tuple(json.loads(ids)),
+                deleted_at=None if when is None else datetime.fromisoformat(when),
+            )
+            for entry, kind, ids, when in rows
+        ]
 
     def close(self) -> None:
         with self._lock:

@@ -2,8 +2,10 @@
 :class:`~hivemem.agents.memory.HierarchicalMemory`'s delete, forget, expire and clear.
 
 Each removal holds the memory's write lock. Deleted records become tombstones (content and
-vectors destroyed) and the observers (the pool's sender) are told of them before the lock is
-released; clearing removes records and tombstones here only and tells no one.
+vectors destroyed); the observers (the pool's sender) are told of them first, so that a process
+killed in the middle of a removal has queued every tombstone it applied, and the rest is
+finished when the agent attaches again (see :mod:`hivemem.agents.write_ahead`); a retried forget
+finds nothing left. Clearing removes records and tombstones here only and tells no one.
 """
 
 from __future__ import annotations
@@ -35,14 +37,14 @@ class Remover:
         check_record_id(record_id, field="record_id")
         with self._writes.lock:
             chain = versions.chain(self._index, record_id)
-            self._writes.deleted(versions.tombstone(self._index, chain, self._clock()))
+            self._writes.ahead.remove(chain, self._clock())
         return [r.id for r in chain]
 
     def forget(self, target: Scope) -> int:
         """Delete every record inside ``target`` (see HierarchicalMemory.forget); how many."""
         with self._writes.lock:
             doomed = list(self._index.scan(And(all=owned_by(target))))
-            self._writes.deleted(versions.tombstone(self._index, doomed, self._clock()))
+            self._writes.ahead.remove(doomed, self._clock())
         return len(doomed)
 
     def expire(self, zone: Zone, recorded_before: datetime) -> int:
@@ -56,7 +58,7 @@ class Remover:
         )
         with self._writes.lock:
             doomed = list(self._index.scan(where))
-            self._writes.deleted(versions.tombstone(self._index, doomed, self._clock()))
+            self._writes.ahead.remove(doomed, self._clock())
         return len(doomed)
 
     def clear(self) -> None:

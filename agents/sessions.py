@@ -3,8 +3,8 @@
 Each memory added to a session follows the previous one. :class:`SessionChains` remembers the
 last memory of every (user, session) it has seen and, for a session it has not seen in this
 process, finds the chain's tail in the index once. :class:`NeighbourhoodCache` keeps those
-immutable links at hand for search. :func:`bubble_up` ends a session. Writers hold the memory's
-write lock.
+immutable links at hand for search. :func:`bubble_up` makes the versions that end a session.
+Writers hold the memory's write lock.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime
 
-from hivemem.agents import versions
 from hivemem.pool.enums import Tier
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ids import new_record_id
@@ -100,10 +99,13 @@ class NeighbourhoodCache:
             self._known.update(entries)
 
 
-def bubble_up(index: LocalIndex, where: And, session_id: str, now: datetime) -> list[MemoryRecord]:
-    """Promote the records of ``session_id`` matching ``where`` to user scope: each gets a new
-    version without session and run (agent kept), with the same vectors, in LONG_TERM, marked
-    ``bubbled_from_session``. Returns the new versions. The caller holds the write lock."""
+def bubble_up(
+    index: LocalIndex, where: And, session_id: str, now: datetime
+) -> list[tuple[MemoryRecord, MemoryRecord]]:
+    """How the records of ``session_id`` matching ``where`` are promoted to user scope: each
+    gets a new version without session and run (agent kept), with the same vectors, in
+    LONG_TERM, marked ``bubbled_from_session``. Returns ``(record, new version)`` pairs, for
+    the caller to link (:func:`hivemem.agents.versions.link`) under the write lock."""
     promoted = []
     for old in [
         r for r in index.scan(where, with_vectors=True) if r.scope.session_id == session_id
@@ -121,6 +123,5 @@ def bubble_up(index: LocalIndex, where: And, session_id: str, now: datetime) -> 
                 "metadata": {**old.metadata, "bubbled_from_session": session_id},
             }
         )
-        versions.link(index, old, new, now)
-        promoted.append(new)
+        promoted.append((old, new))
     return promoted

@@ -2,9 +2,10 @@
 :meth:`~hivemem.agents.memory.HierarchicalMemory.supersede` and
 :meth:`~hivemem.agents.memory.HierarchicalMemory.end_session`.
 
-Each new version is linked into its chain (:mod:`hivemem.agents.versions`), counted against its
-user's tier limits and told to the observers, all under the memory's write lock, so that what
-is in the index is always shared, in order.
+Each new version is noted in the memory's journal (:mod:`hivemem.agents.write_ahead`), linked
+into its chain (:mod:`hivemem.agents.versions`), counted against its user's tier limits and told
+to the observers, all under the memory's write lock, so that what is in the index is always
+shared, in order, even when the process is killed in the middle.
 """
 
 from __future__ import annotations
@@ -80,9 +81,10 @@ class Superseder:
             self._check_open()
             old = versions.require(self._index, record_id)
             versions.check_current(self._index, old)
-            versions.link(self._index, old, new, now, dense)
-            self._writes.tiers.enforce({new.scope.user_id: Counter([new.tier])}, now)
-            self._writes.wrote([new], dense)
+            with self._writes.ahead.adding([new.id]):
+                versions.link(self._index, old, new, now, dense)
+                self._writes.tiers.enforce({new.scope.user_id: Counter([new.tier])}, now)
+                self._writes.wrote([new], dense)
         return new
 
     def end_session(
@@ -96,7 +98,11 @@ class Superseder:
         with self._writes.lock:
             where = visible(target, flt, exact=False, as_of=None, include_superseded=False)
             now = self._clock()
-            promoted = bubble_up(self._index, where, session_id, now)
-            self._writes.tiers.enforce({user_id: Counter(r.tier for r in promoted)}, now)
-            self._writes.wrote(promoted)
+            pairs = bubble_up(self._index, where, session_id, now)
+            promoted = [new for _, new in pairs]
+            with self._writes.ahead.adding([r.id for r in promoted]):
+                for old, new in pairs:
+                    versions.link(self._index, old, new, now)
+                self._writes.tiers.enforce({user_id: Counter(r.tier for r in promoted)}, now)
+                self._writes.wrote(promoted)
         return promoted

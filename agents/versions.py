@@ -65,10 +65,27 @@ def link(
     """Persist ``new`` (with ``dense``, its vector as a 1-row matrix, when given) and mark
     ``old`` as superseded by it."""
     index.upsert([new], dense)
+    _mark_superseded(index, old, new, now)
+
+
+def _mark_superseded(
+    index: LocalIndex, old: MemoryRecord, new: MemoryRecord, now: datetime
+) -> None:
     fields: dict[str, object] = {"superseded_at": now, "superseded_by": new.id}
     if old.valid_until is None:
         fields["valid_until"] = max(new.valid_from, old.valid_from)
     index.update_fields({old.id: fields})
+
+
+def complete_link(index: LocalIndex, new: MemoryRecord) -> None:
+    """Finish :func:`link` for ``new``, a version this memory wrote, when its process stopped
+    between storing it and marking its predecessor (still current): the mark is made as link
+    makes it, at ``new``'s recording time. Anything else is left as it is."""
+    if new.supersedes is None:
+        return
+    found = index.get([new.supersedes])
+    if found and found[0].superseded_by is None and found[0].id != new.id:
+        _mark_superseded(index, found[0], new, new.recorded_at)
 
 
 def _order(record: MemoryRecord) -> tuple[datetime, str]:
@@ -146,12 +163,8 @@ def chain(index: LocalIndex, record_id: str) -> list[MemoryRecord]:
     return [*reversed(older), *_walk(index, start, "superseded_by")[1:]]
 
 
-def tombstone(index: LocalIndex, records: Sequence[MemoryRecord], now: datetime) -> list[Tombstone]:
-    """Replace ``records`` by tombstones, in chunks, then purge; returns the tombstones."""
-    made = []
-    for start in range(0, len(records), _TOMBSTONE_CHUNK):
-        batch = [Tombstone.of(r, now) for r in records[start : start + _TOMBSTONE_CHUNK]]
-        index.put_tombstones(batch)
-        made.extend(batch)
+def bury(index: LocalIndex, tombstones: Sequence[Tombstone]) -> None:
+    """Replace the records ``tombstones`` name by them, in chunks, then purge."""
+    for start in range(0, len(tombstones), _TOMBSTONE_CHUNK):
+        index.put_tombstones(tombstones[start : start + _TOMBSTONE_CHUNK])
     index.purge()
-    return made

@@ -19,9 +19,10 @@ from hivemem.agents.embedding_queue import EmbeddingQueue
 from hivemem.agents.inputs import MemoryInput, as_input
 from hivemem.agents.sessions import NeighbourhoodCache, SessionChains
 from hivemem.agents.tiers import TierManager, received_tier
+from hivemem.agents.write_ahead import WriteAhead
 from hivemem.pool.enums import Tier
 from hivemem.pool.errors import HivememError, InvalidInput
-from hivemem.pool.ports import LocalIndex, Vector, WriteObserver
+from hivemem.pool.ports import LocalIndex, Vector, WriteJournal, WriteObserver
 from hivemem.pool.records import MemoryRecord, Scope, Tombstone
 from hivemem.pool.settings import MemorySettings
 
@@ -52,7 +53,9 @@ def _per_user(records: Sequence[MemoryRecord]) -> dict[str, Counter[Tier]]:
 class WritePath:
     """Every write of a memory holds :attr:`lock`, and the observers (the pool's sender) are
     told of it before the lock is released: what is in the index is always shared, in order.
-    Bulk adds embed ahead of indexing on the memory's one embedding thread.
+    With a journal, each write is noted there first (:attr:`ahead`), so that this holds after
+    the process is killed too. Bulk adds embed ahead of indexing on the memory's one embedding
+    thread.
 
     ``check_open`` raises when the memory is closed; it is asked again under the lock."""
 
@@ -73,26 +76,22 @@ class WritePath:
         self._settings = settings
         self._clock = clock
         self._check_open = check_open
-        self._observers: list[WriteObserver] = []
+        self.ahead = WriteAhead(index)
         self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hivemem-embed")
 
     def close(self) -> None:
         """Wait for the embedding thread (a bulk add's chunks ahead) and stop it."""
         self._embedding.shutdown(wait=True)
 
-    def observe(self, observer: WriteObserver) -> None:
+    def observe(self, observer: WriteObserver, journal: WriteJournal | None = None) -> None:
+        """See :meth:`WriteAhead.observe` (what an earlier process left noted is finished
+        before any new write)."""
         with self.lock:
-            self._observers.append(observer)
+            self.ahead.observe(observer, journal)
 
     def wrote(self, records: Sequence[MemoryRecord], dense: Vector | None = None) -> None:
         """Tell the observers of ``records`` (hold :attr:`lock`)."""
-        for observer in self._observers:
-            observer.records_written(records, dense)
-
-    def deleted(self, tombstones: Sequence[Tombstone]) -> None:
-        """Tell the observers of ``tombstones`` (hold :attr:`lock`)."""
-        for observer in self._observers:
-            observer.tombstones_written(tombstones)
+        self.ahead.wrote(records, dense)
 
     # -- bulk add -------------------------------------------------------------------------------
 
@@ -145,7 +144,12 @@ class WritePath:
     ) -> list[MemoryRecord]:
         """Index an embedding batch chunk by chunk; the observers hear of the whole batch at
         once, with its last chunk (see :meth:`_index_chunk`) or, when a chunk fails, of the
-        chunks indexed before it (what is in the index is always shared)."""
+        chunks indexed before it (what is in the index is always shared). The batch is noted
+        first: when the process is killed before the observers heard of it, the next one tells
+        them what reached the index."""
+        with self.lock:  # open: the journal (the agent's outbox) closes after the memory
+            self._check_open()
+            entry = self.ahead.note_added([r.id for r in records])
         indexed: list[MemoryRecord] = []
         announced = False
         try:
@@ -165,6 +169,7 @@ class WritePath:
                 with self.lock:
                     self.wrote(indexed, dense[: len(indexed)])
             raise
+        self.ahead.cross_off(entry)
         return indexed
 
     def _index_chunk(

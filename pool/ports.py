@@ -184,6 +184,41 @@ class WriteObserver(Protocol):
     def tombstones_written(self, tombstones: Sequence[Tombstone]) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A write a memory noted before making it: new records (``kind`` "records") or the
+    deletion of records (``kind`` "tombstones", deleted at ``deleted_at``), named by id."""
+
+    entry: int
+    kind: Literal["records", "tombstones"]
+    ids: tuple[str, ...]
+    deleted_at: datetime | None = None
+
+
+class WriteJournal(Protocol):
+    """Where a memory notes each write its observers must hear of, before its index changes,
+    and crosses it off once they have: a process killed in between leaves the note, and the
+    next process finishes the write (:mod:`hivemem.agents.write_ahead`). The agent's outbox is
+    one. A note is durable when :meth:`note` returns."""
+
+    def note(
+        self,
+        kind: Literal["records", "tombstones"],
+        ids: Sequence[str],
+        deleted_at: datetime | None = None,
+    ) -> int:
+        """Note an intent; returns its entry."""
+        ...
+
+    def cross_off(self, entry: int) -> None:
+        """Drop a finished intent (an unknown entry is ignored)."""
+        ...
+
+    def unfinished(self) -> list[Intent]:
+        """The intents not crossed off, oldest first."""
+        ...
+
+
 # -- ports the pool, workers and security issues implement ------------------------------------
 # Their shapes are the smallest the design brief implies; the issue that builds each adapter
 # may widen them.

@@ -1,10 +1,13 @@
-"""The durable outbox and receive cursors (SQLite in the agent's directory)."""
+"""The durable outbox, receive cursors and write-ahead notes (SQLite in the agent's
+directory)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hivemem.agents.outbox import Outbox
+from hivemem.pool.ports import Intent
 
 
 def test_messages_come_out_in_order_until_removed(tmp_path: Path) -> None:
@@ -31,4 +34,23 @@ def test_pending_messages_and_cursors_survive_reopening(tmp_path: Path) -> None:
     assert [(p.message_id, p.body) for p in reopened.peek(5)] == [("a" * 32, b"kept")]
     assert reopened.cursor("zone:public") == ("epoch-1", 42)
     assert reopened.cursor("zone:secret") == (None, 0)
+    reopened.close()
+
+
+def test_noted_intents_survive_reopening_until_crossed_off(tmp_path: Path) -> None:
+    """The write-ahead notes come back oldest first, in a new process too, until crossed off."""
+    deleted_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    outbox = Outbox(tmp_path)
+    added = outbox.note("records", ["a", "b"])
+    removed = outbox.note("tombstones", ["c"], deleted_at)
+    outbox.close()
+    reopened = Outbox(tmp_path)
+    assert reopened.unfinished() == [
+        Intent(entry=added, kind="records", ids=("a", "b")),
+        Intent(entry=removed, kind="tombstones", ids=("c",), deleted_at=deleted_at),
+    ]
+    reopened.cross_off(added)
+    reopened.cross_off(added)  # again: ignored
+    assert [i.entry for i in reopened.unfinished()] == [removed]
+    assert len(reopened) == 0  # notes are no messages
     reopened.close()
