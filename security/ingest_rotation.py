@@ -83,17 +83,16 @@ class IngestRotation:
     def rotate(self, *, actor: str) -> IngestKeyInfo:
         """Make a new current key; the previous one still opens what was sealed to it. Audited
         ``key_rotated`` (the new and previous id). A rotation an earlier call made and did not
-        audit is audited first (``resumed``); while its key is still current, it is this
-        call's rotation too (a retry after PoolUnavailable makes no second key). Raises
-        PoolUnavailable when Redis cannot say whether the key was made (call again: that call
-        ends this one's rotation), KeyRotationConflict."""
-        earlier = self._audit_earlier(actor)
-        key_id = self._keys.current()[0]
-        if not any(c.event is AuditEvent.KEY_ROTATED and c.key_id == key_id for c in earlier):
-            key_id = self._keys.rotate()[0]
-            self._changes.audit_made(
-                self._audit, AuditEvent.KEY_ROTATED, INGEST_KEYS, key_id, actor=actor
-            )
+        audit is audited first (``resumed``); this call still makes its own key (a retry after
+        PoolUnavailable may thus make two, both audited). Raises PoolUnavailable when Redis
+        cannot say whether the key was made (call again: that call audits this one's
+        rotation), KeyRotationConflict."""
+        self._audit_earlier(actor)
+        self._keys.current()  # the first key exists before a rotation
+        key_id = self._keys.rotate()[0]
+        self._changes.audit_made(
+            self._audit, AuditEvent.KEY_ROTATED, INGEST_KEYS, key_id, actor=actor
+        )
         return next(info for info in self._keys.listing() if info.key_id == key_id)
 
     def _audit_earlier(self, actor: str) -> list[KeyChange]:

@@ -66,25 +66,23 @@ class KeyRotation:
     def rotate(self, zone: Zone | str, *, actor: str) -> KeyInfo:
         """Make a new active key for ``zone``; older keys stay readable. Audited
         ``key_rotated`` (zone, new and previous key id). A rotation of the zone that an earlier
-        call made and did not audit is audited first (``resumed``); while its key is still
-        the active one, it is this call's rotation too (a retry after PoolUnavailable makes no
-        second key). Raises PoolUnavailable when Redis cannot say whether the key was made
-        (call again: that call ends this one's rotation), KeyRotationConflict."""
+        call made and did not audit is audited first (``resumed``); this call still makes its
+        own key (whoever asks for a rotation, perhaps because a key may have leaked, gets a key
+        no one had: a retry after PoolUnavailable may thus make two, both audited). Raises
+        PoolUnavailable when Redis cannot say whether the key was made (call again: that call
+        audits this one's rotation), KeyRotationConflict."""
         zone = checked_zone(zone)
-        earlier = self._audit_earlier(zone, actor)
-        key_id = self.keyring.active(zone, fresh=True).key_id  # the first key exists
-        if key_id not in earlier:
-            key_id = self.keyring.rotate(zone).key_id
-            self.keyring.changes.audit_made(
-                self._audit, AuditEvent.KEY_ROTATED, zone.value, key_id, actor=actor
-            )
+        self._audit_earlier(zone, actor)
+        self.keyring.active(zone, fresh=True)  # the first key exists before a rotation
+        key_id = self.keyring.rotate(zone).key_id
+        self.keyring.changes.audit_made(
+            self._audit, AuditEvent.KEY_ROTATED, zone.value, key_id, actor=actor
+        )
         return self.info(zone, key_id)
 
-    def _audit_earlier(self, zone: Zone, actor: str) -> list[str]:
-        """Audit the changes to ``zone``'s keys that earlier calls made and did not audit;
-        returns the keys they rotated to."""
-        earlier = self.keyring.changes.audit_pending(self._audit, zone.value, actor=actor)
-        return [c.key_id for c in earlier if c.event is AuditEvent.KEY_ROTATED]
+    def _audit_earlier(self, zone: Zone, actor: str) -> None:
+        """Audit the changes to ``zone``'s keys that earlier calls made and did not audit."""
+        self.keyring.changes.audit_pending(self._audit, zone.value, actor=actor)
 
     def record_resealed(self, zone: Zone, holder: str, key_id: str) -> None:
         """Note that ``holder`` now keeps everything of ``zone`` under ``key_id``."""

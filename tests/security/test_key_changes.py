@@ -94,19 +94,24 @@ def test_a_zone_key_rotation_that_lands_after_its_error_is_audited_by_the_retry(
     zone_keys: KeyRotation, relay: Relay, client: redis.Redis
 ) -> None:
     """The request was held up: the caller is told PoolUnavailable, then the script runs after
-    all, unaudited. The retry audits it (``resumed``) and returns its key: no second key."""
+    all, unaudited. The retry audits it (``resumed``), then makes a key of its own (who asks
+    for a rotation gets a key no one had): both rotations audited, in order."""
     old = zone_keys.keyring.active(Zone.INTERNAL).key_id
     relay.hold_request_with = (ROTATION, 0.6)
     with pytest.raises(PoolUnavailable):
         zone_keys.rotate(Zone.INTERNAL, actor="admin")
     assert wait_for(lambda: zone_state(client)[0] != old)  # the held script ran
+    landed = zone_state(client)[0]
     assert audited(client, AuditEvent.KEY_ROTATED) == []
 
     again = zone_keys.rotate(Zone.INTERNAL, actor="admin")
 
-    assert zone_state(client) == (again.key_id, sorted([old, again.key_id]))
-    [entry] = audited(client, AuditEvent.KEY_ROTATED)
-    assert (entry.subject, entry.details) == (again.key_id, {"previous": old, "resumed": True})
+    assert again.key_id not in (old, landed)
+    assert zone_state(client) == (again.key_id, sorted([old, landed, again.key_id]))
+    assert [(e.subject, e.details) for e in audited(client, AuditEvent.KEY_ROTATED)] == [
+        (landed, {"previous": old, "resumed": True}),
+        (again.key_id, {"previous": landed}),
+    ]
     assert not client.exists(NOTES)
 
 
@@ -156,24 +161,25 @@ def test_an_ingest_key_rotation_whose_reply_is_lost_is_audited_by_the_same_call(
 def test_an_ingest_key_rotation_that_lands_after_its_error_is_audited_by_the_retry(
     ingest_keys: IngestRotation, relay: Relay, client: redis.Redis
 ) -> None:
-    """The held rotation lands after PoolUnavailable; the retry audits it (``resumed``) and
-    returns its key, still current: no second key."""
+    """The held rotation lands after PoolUnavailable; the retry audits it (``resumed``), then
+    makes a key of its own: both rotations audited, in order."""
     ingest_keys.listing()
     relay.hold_request_with = (ROTATION, 0.6)
     with pytest.raises(PoolUnavailable):
         ingest_keys.rotate(actor="admin")
     assert wait_for(lambda: current_ingest(client) != FIRST_INGEST_ID)
+    landed = current_ingest(client)
     assert audited(client, AuditEvent.KEY_ROTATED) == []
 
     again = ingest_keys.rotate(actor="admin")
 
     assert again.current
-    assert current_ingest(client) == again.key_id
-    assert [i.key_id for i in ingest_keys.listing()] == [FIRST_INGEST_ID, again.key_id]
-    [entry] = audited(client, AuditEvent.KEY_ROTATED)
-    assert (entry.subject, entry.details) == (
-        again.key_id, {"previous": FIRST_INGEST_ID, "resumed": True}
-    )  # fmt: skip
+    assert current_ingest(client) == again.key_id != landed
+    assert [i.key_id for i in ingest_keys.listing()] == [FIRST_INGEST_ID, landed, again.key_id]
+    assert [(e.subject, e.details) for e in audited(client, AuditEvent.KEY_ROTATED)] == [
+        (landed, {"previous": FIRST_INGEST_ID, "resumed": True}),
+        (again.key_id, {"previous": landed}),
+    ]
     assert not client.exists(NOTES)
 
 
