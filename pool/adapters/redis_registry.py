@@ -278,6 +278,7 @@ class AgentRegistry:
         check_agent_id(agent_id)
         with self.client.pipeline(transaction=True) as pipe:
             while True:
+                sent: tuple[AgentInfo, AgentInfo] | None = None  # what this try writes
                 try:
                     pipe.watch(self._agents)  # type: ignore[no-untyped-call]
                     raw = cast("bytes | None", pipe.hget(self._agents, agent_id))
@@ -291,10 +292,11 @@ class AgentRegistry:
                     pipe.hset(self._clearance, agent_id, access_of(info))
                     pipe.hset(self._agents, agent_id, info.model_dump_json())
                     pipe.hsetnx(self._unaudited, agent_id, AccessChange(access_of(prior)).note)
+                    sent = info, prior
                     pipe.execute()
                 except (redis.WatchError, *REDIS_DOWN) as error:
-                    if self._holds(info):  # it ran, its reply lost
-                        return info, prior
+                    if sent is not None and self._holds(sent[0]):  # it ran, its reply lost
+                        return sent
                     if isinstance(error, redis.WatchError):
                         continue
                     raise unavailable(error) from None

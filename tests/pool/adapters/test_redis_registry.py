@@ -13,7 +13,13 @@ from hivemem.pool.adapters.redis_bus import RedisBus, ingest_cursor_key, ingest_
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.errors import AgentNotFound, InvalidIdentifier, InvalidInput, RegistrationConflict
+from hivemem.pool.errors import (
+    AgentNotFound,
+    InvalidIdentifier,
+    InvalidInput,
+    PoolUnavailable,
+    RegistrationConflict,
+)
 from hivemem.pool.redis_server import EmbeddedRedis
 
 
@@ -252,3 +258,17 @@ def test_malformed_registrations_raise_invalid_input(fields: dict[str, object]) 
     """Every registration field is validated before anything reaches Redis."""
     with pytest.raises(InvalidInput):
         _info(**fields)
+
+
+def test_an_access_change_with_redis_away_raises_pool_unavailable(
+    registry: AgentRegistry, redis_server: EmbeddedRedis
+) -> None:
+    """Redis out of reach before the transaction is written raises PoolUnavailable, not an
+    error of the code that checks whether a lost reply's change landed (it raised
+    UnboundLocalError); the entry is as it was once Redis is back."""
+    registry.register(_info(clearance=Zone.INTERNAL))
+    redis_server.stop()
+    with pytest.raises(PoolUnavailable):
+        registry.set_clearance("support", Zone.SECRET)
+    redis_server.start()
+    assert registry.get("support").clearance is Zone.INTERNAL
