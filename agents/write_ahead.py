@@ -80,11 +80,17 @@ class WriteAhead:
 
     def remove(self, records: Sequence[MemoryRecord], now: datetime) -> list[Tombstone]:
         """Replace ``records`` by tombstones deleted at ``now``: noted, told, then applied here
-        (see the module docstring); returns the tombstones. A failure leaves the note: the
-        next attach finishes the removal (a deletion asked for is not dropped)."""
+        (see the module docstring); returns the tombstones. When telling raises (the outbox
+        took none of the tombstones: its put is all or none), nothing changed and the note
+        goes: the caller was told the removal failed, so no later attach may make it. A process
+        killed meanwhile leaves the note, and the next attach finishes the removal."""
         entry = self._note("tombstones", [r.id for r in records], now)
         tombstones = [Tombstone.of(r, now) for r in records]
-        self.deleted(tombstones)
+        try:
+            self.deleted(tombstones)
+        except BaseException:
+            self.cross_off(entry)
+            raise
         versions.bury(self._index, tombstones)
         self.cross_off(entry)
         return tombstones

@@ -3,11 +3,17 @@ directory)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.outbox import Outbox
-from hivemem.pool.ports import Intent
+from hivemem.pool.errors import SealBroken
+from hivemem.pool.ports import Intent, Vector
+from hivemem.pool.records import MemoryRecord, Tombstone
 
 
 def test_messages_come_out_in_order_until_removed(tmp_path: Path) -> None:
@@ -54,3 +60,30 @@ def test_noted_intents_survive_reopening_until_crossed_off(tmp_path: Path) -> No
     assert [i.entry for i in reopened.unfinished()] == [removed]
     assert len(reopened) == 0  # notes are no messages
     reopened.close()
+
+
+class RefusingOutbox:
+    """A write observer that refuses every removal, as the pool's sender does when it cannot
+    seal the tombstones; the write-ahead notes go to a real outbox."""
+
+    def records_written(self, records: Sequence[MemoryRecord], dense: Vector | None) -> None:
+        del records, dense
+
+    def tombstones_written(self, tombstones: Sequence[Tombstone]) -> None:
+        raise SealBroken(f"cannot seal {len(tombstones)} tombstones")
+
+
+def test_a_removal_whose_tombstones_are_refused_changes_nothing_now_or_later(
+    make_memory: Callable[..., HierarchicalMemory], tmp_path: Path
+) -> None:
+    """The caller is told the delete failed: the record stays here, and no note is left for a
+    later attach to carry the delete out after all."""
+    (tmp_path / "outbox").mkdir()
+    outbox = Outbox(tmp_path / "outbox")
+    memory = make_memory("refusing")
+    memory.observe(RefusingOutbox(), journal=outbox)
+    record = memory.add("kept after all", user_id="u1")
+    with pytest.raises(SealBroken):
+        memory.delete(record.id)
+    assert memory.get(record.id).content == "kept after all"
+    assert list(outbox.unfinished()) == []
