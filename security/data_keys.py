@@ -24,7 +24,7 @@ from typing import cast
 import redis
 import structlog
 
-from hivemem.pool.adapters.redis_errors import REDIS_DOWN, redis_errors, unavailable
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN, ran_anyway, redis_errors, unavailable
 from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.errors import (
     InvalidIdentifier,
@@ -161,21 +161,16 @@ class DataKeys:
                 args=[key_id, raw, previous, change.name, change.note],
             )
         except REDIS_DOWN as error:  # the reply lost: Redis says whether the key was made
-            if not self._holds(zone, key_id):
-                raise unavailable(error) from None
-            log.warning("data_key_rotation_reply_lost", zone=zone.value, key_id=key_id)
-            return True
+            return ran_anyway(
+                error, lambda: self._holds(zone, key_id), "data_key_rotation_reply_lost",
+                zone=zone.value, key_id=key_id,
+            )  # fmt: skip
         return bool(int(cast("int", done)))
 
     def _holds(self, zone: Zone, key_id: str) -> bool:
-        """Whether ``zone`` has (or had) the key ``key_id``; False when Redis cannot say now."""
+        """Whether ``zone`` has (or had) the key ``key_id``."""
         names = [f"dek:{key_id}", f"retired:{key_id}"]
-        try:
-            found = cast(
-                "list[bytes | None]", self._store.client.hmget(self._zone_key(zone), names)
-            )
-        except REDIS_DOWN:
-            return False
+        found = cast("list[bytes | None]", self._store.client.hmget(self._zone_key(zone), names))
         return any(value is not None for value in found)
 
     def retire(self, zone: Zone | str, key_id: str) -> None:

@@ -39,7 +39,7 @@ from typing import Any, cast
 import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from hivemem.pool.adapters.redis_errors import REDIS_DOWN, redis_errors, unavailable
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN, ran_anyway, redis_errors
 from hivemem.pool.errors import (
     InvalidIdentifier,
     InvalidInput,
@@ -230,20 +230,16 @@ class IngestKeys:
                 args=[new_id, raw, public, previous, change.name, change.note],
             )
         except REDIS_DOWN as error:  # the reply lost: Redis says whether the key was made
-            if not self._holds(new_id):
-                raise unavailable(error) from None
-            log.warning("ingest_key_rotation_reply_lost", key_id=new_id)
-            return True
+            return ran_anyway(
+                error, lambda: self._holds(new_id), "ingest_key_rotation_reply_lost",
+                key_id=new_id,
+            )  # fmt: skip
         return bool(int(cast("int", done)))
 
     def _holds(self, key_id: str, *, retired_only: bool = False) -> bool:
-        """Whether the ring holds ``key_id`` (``retired_only``: as a retired key); False when
-        Redis cannot say now."""
+        """Whether the ring holds ``key_id`` (``retired_only``: as a retired key)."""
         names = [f"retired:{key_id}"] + ([] if retired_only else [f"key:{key_id}"])
-        try:
-            found = cast("list[bytes | None]", self._store.client.hmget(self._ring, names))
-        except REDIS_DOWN:
-            return False
+        found = cast("list[bytes | None]", self._store.client.hmget(self._ring, names))
         return any(value is not None for value in found)
 
     def replaced_at(self, key_id: str) -> datetime | None:
@@ -294,10 +290,10 @@ class IngestKeys:
                 args=[change.key_id, wrapped, json.dumps(info), change.name, change.note],
             )
         except REDIS_DOWN as error:  # the reply lost: Redis says whether it was retired
-            if not self._holds(change.key_id, retired_only=True):
-                raise unavailable(error) from None
-            log.warning("ingest_key_retirement_reply_lost", key_id=change.key_id)
-            return True
+            return ran_anyway(
+                error, lambda: self._holds(change.key_id, retired_only=True),
+                "ingest_key_retirement_reply_lost", key_id=change.key_id,
+            )  # fmt: skip
         return bool(int(cast("int", done)))
 
     def _retirable(self, key_id: str) -> tuple[bytes | None, str]:

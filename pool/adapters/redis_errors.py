@@ -2,19 +2,25 @@
 
 ``REDIS_DOWN`` are the redis-py exceptions that mean the server cannot be reached or did not
 answer in time; :func:`redis_errors` turns them into PoolUnavailable for callers that do not
-retry themselves.
+retry themselves. Such an error may also mean that the command ran and only its reply was lost:
+:func:`ran_anyway` asks Redis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import redis
+import structlog
 
 from hivemem.pool.errors import PoolUnavailable
 
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 def redis_client(url: str, *, command_timeout_s: float) -> redis.Redis:
@@ -41,3 +47,25 @@ def redis_errors() -> Iterator[None]:
         yield
     except REDIS_DOWN as error:
         raise unavailable(error) from None
+
+
+def read_back(found: Callable[[], T]) -> T | None:
+    """``found()``, a read of Redis after a reply was lost; None when Redis cannot answer that
+    either."""
+    try:
+        return found()
+    except REDIS_DOWN:
+        return None
+
+
+def ran_anyway(error: Exception, found: Callable[[], T | None], event: str, **fields: object) -> T:
+    """After a command whose reply was lost on the way (``error``: a timeout, a dropped
+    connection): what ``found()`` reads in Redis when it shows that the command ran all the
+    same (``event`` is logged, with ``fields``). Raises PoolUnavailable when it shows nothing
+    (false, None) or Redis cannot say now: a request held up on its way may still run, and the
+    note it leaves then tells a later call."""
+    value = read_back(found)
+    if not value:
+        raise unavailable(error) from None
+    log.warning(event, **fields)
+    return value

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -30,7 +31,7 @@ import structlog
 
 from hivemem.pool.adapters.departures import Departures, Owners, departed_topic, queue_keys
 from hivemem.pool.adapters.redis_bus import ingest_topic
-from hivemem.pool.adapters.redis_errors import REDIS_DOWN, unavailable
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN, ran_anyway, read_back, unavailable
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import compartment_names
 from hivemem.pool.enums import Zone, zone_names
@@ -194,8 +195,10 @@ class AgentRegistry:
                 try:
                     done = self._put(info, expected=raw)
                 except REDIS_DOWN as error:  # the reply lost: the entry says whether it ran
-                    if not self._holds(info):
-                        raise unavailable(error) from None
+                    ran_anyway(
+                        error, partial(self._holds, info), "agent_registration_reply_lost",
+                        agent_id=info.agent_id,
+                    )  # fmt: skip
                     done = Registration.NEW if raw is None else Registration.UPDATED
                 if done is not None:
                     return info, done
@@ -209,18 +212,16 @@ class AgentRegistry:
             except AgentNotFound:  # deregistered meanwhile: register it afresh
                 continue
             except REDIS_DOWN as error:  # the reply lost: the entry says whether it ran
-                if not self._holds(info):
-                    raise unavailable(error) from None
-                log.warning("agent_key_replaced", agent_id=info.agent_id, reply_lost=True)
+                ran_anyway(
+                    error, partial(self._holds, info), "agent_key_replaced",
+                    agent_id=info.agent_id, reply_lost=True,
+                )  # fmt: skip
                 return info, Registration.REKEYED
         raise RegistrationConflict(f"agent {info.agent_id}'s entry kept changing; try again")
 
     def _holds(self, info: AgentInfo) -> bool:
-        """Whether the agent's entry is ``info`` (False when Redis cannot say now)."""
-        try:
-            raw = cast("bytes | None", self.client.hget(self._agents, info.agent_id))
-        except REDIS_DOWN:
-            return False
+        """Whether the agent's entry is ``info``."""
+        raw = cast("bytes | None", self.client.hget(self._agents, info.agent_id))
         return raw == info.model_dump_json().encode()
 
     def _put(self, info: AgentInfo, *, expected: bytes | None) -> Registration | None:
@@ -295,8 +296,8 @@ class AgentRegistry:
                     sent = info, prior
                     pipe.execute()
                 except (redis.WatchError, *REDIS_DOWN) as error:
-                    if sent is not None and self._holds(sent[0]):  # it ran, its reply lost
-                        return sent
+                    if sent is not None and read_back(partial(self._holds, sent[0])):
+                        return sent  # it ran, its reply lost
                     if isinstance(error, redis.WatchError):
                         continue
                     raise unavailable(error) from None
@@ -367,16 +368,17 @@ class AgentRegistry:
         number = int(cast("int", self.client.incr(self.departures.counter)))
         try:
             queues = self._departed_now(agent_id, keep=keep_queued, number=number)
-        except REDIS_DOWN as error:
-            try:
-                landed = self.pending(agent_id)
-            except REDIS_DOWN:
-                landed = None
-            if not isinstance(landed, Departing) or landed.number != number:
-                raise unavailable(error) from None
-            log.warning("agent_departure_reply_lost", agent_id=agent_id, departure=number)
-            return landed
+        except REDIS_DOWN as error:  # the reply lost: the note says whether it ran
+            return ran_anyway(
+                error, lambda: self._departure(agent_id, number), "agent_departure_reply_lost",
+                agent_id=agent_id, departure=number,
+            )  # fmt: skip
         return Departing(number, keep_queued, queues)
+
+    def _departure(self, agent_id: str, number: int) -> Departing | None:
+        """Departure ``number`` of the agent, if it is the deregistration noted unaudited."""
+        noted = self.pending(agent_id)
+        return noted if isinstance(noted, Departing) and noted.number == number else None
 
     def pending(self, agent_id: str) -> Change | None:
         """The agent's registry change whose audit entry is not written yet, if any: a
