@@ -231,7 +231,9 @@ class HierarchicalMemory:
         """Replace a current record by a new version (new id, new content, re-embedded) and
         return it. Unnamed fields are inherited, except that a new version of a record another
         agent shared is scoped to this memory's ``owner`` agent (it wrote it). Raises
-        MemoryNotFound, or SupersessionConflict when the record is no longer current."""
+        MemoryNotFound, SupersessionConflict when the record is no longer current, and
+        InvalidInput for a version in a lower zone or without one of the record's compartments
+        (no write down: it inherits the record's labels)."""
         self._check_open()
         return self._superseder.supersede(record_id, content, changes, owner=self.owner)
 

@@ -22,10 +22,32 @@ from hivemem.agents.scoping import resolve_scope
 from hivemem.agents.search import visible
 from hivemem.agents.sessions import bubble_up
 from hivemem.agents.write_path import WritePath
+from hivemem.pool.compartments import missing
+from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import MemoryFilter
 from hivemem.pool.ids import check_record_id
 from hivemem.pool.ports import LocalIndex
 from hivemem.pool.records import MemoryRecord
+
+
+def _check_no_write_down(old: MemoryRecord, new: MemoryRecord) -> None:
+    """InvalidInput when ``new``, a version of ``old``, would be readable by an agent ``old``
+    is hidden from: in a lower zone, or without one of its compartments. A new version
+    inherits its record's labels (tags, entities, metadata) and carries its meaning; to
+    declassify, delete the record and add a new one."""
+    if new.zone < old.zone:
+        raise InvalidInput(
+            f"a new version cannot be in a lower zone than its record ({old.zone.value} →"
+            f" {new.zone.value}): delete the record and add a new one instead",
+            field="zone",
+        )
+    dropped = missing(new.compartments, old.compartments)
+    if dropped:
+        raise InvalidInput(
+            f"a new version keeps its record's compartments (missing: {', '.join(dropped)}):"
+            " delete the record and add a new one instead",
+            field="compartments",
+        )
 
 
 class Superseder:
@@ -74,6 +96,7 @@ class Superseder:
         )
         now = self._clock()
         draft = self._builder.validate([inherited], None, now)[0]
+        _check_no_write_down(old, draft)
         update = {"supersedes": old.id, "follows": old.follows}
         embedded, dense = self._builder.embed([draft.model_copy(update=update)])
         new = embedded[0]

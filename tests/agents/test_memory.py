@@ -165,6 +165,20 @@ def test_superseding_a_stale_version_is_a_conflict(memory: HierarchicalMemory) -
     assert memory.stats().total == 2
 
 
+def test_a_new_version_in_a_lower_zone_is_refused(memory: HierarchicalMemory) -> None:
+    """No write down: a new version inherits its record's labels, so one in a lower zone is
+    refused (InvalidInput naming the zone) and nothing is written; a higher zone is allowed."""
+    secret = memory.add("Ivo's vault code is 7713", user_id="ivo", zone=Zone.SECRET, tags=["vault"])
+    with pytest.raises(InvalidInput, match="lower zone") as caught:
+        memory.supersede(secret.id, "Ivo's vault was moved", zone=Zone.PUBLIC)
+    assert caught.value.field == "zone"
+    assert memory.stats().total == 1
+    assert memory.get(secret.id).is_current
+    internal = memory.add("Ivo works on floor 3", user_id="ivo", zone=Zone.INTERNAL)
+    raised = memory.supersede(internal.id, "Ivo works on floor 4", zone=Zone.CONFIDENTIAL)
+    assert raised.zone == Zone.CONFIDENTIAL
+
+
 def test_delete_destroys_every_version(memory: HierarchicalMemory) -> None:
     """delete() tombstones the whole chain: no version can be got, listed or found."""
     v1 = memory.add("Hal's PIN hint is his dog's name", user_id="hal")

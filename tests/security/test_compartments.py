@@ -268,6 +268,14 @@ def test_handing_over_and_writing_outside_held_compartments_are_refused(
     assert sender.memory.stats().total == before
     newer = sender.memory.supersede(hr.id, "salary review, round two")
     assert newer.compartments == ["hr"]
+    # A new version keeps the compartments (it inherits the record's labels): dropping one is
+    # refused, and nothing is written.
+    before = sender.memory.stats().total
+    with pytest.raises(InvalidInput, match="missing: hr") as dropped:
+        sender.memory.supersede(newer.id, "salary review, final", compartments=[])
+    assert dropped.value.field == "compartments"
+    assert sender.memory.stats().total == before
+    assert sender.memory.get(newer.id).is_current
 
 
 def test_re_registering_with_other_compartments_is_a_conflict(
