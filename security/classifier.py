@@ -76,9 +76,9 @@ def record_text(
     content: str, tags: Sequence[str], entities: Sequence[str], metadata: Mapping[str, object]
 ) -> str:
     """What the detectors read of a record: its content, and its tags, entities and metadata
-    values (numbers too: a card number may be given as one), each on a line of its own. They
-    travel and are stored with the record, and only the content is sealed."""
-    values: list[str] = [content, *tags, *entities]
+    keys and values (numbers too: a card number may be given as one), each on a line of its
+    own. They travel and are stored with the record, and only the content is sealed."""
+    values: list[str] = [content, *tags, *entities, *metadata]
     for value in metadata.values():
         items = value if isinstance(value, list) else [value]
         values.extend(str(item) for item in items if not isinstance(item, bool | None))

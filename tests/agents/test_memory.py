@@ -353,6 +353,9 @@ def test_a_long_batch_keeps_its_order_and_session_chain(memory: HierarchicalMemo
         ({"metadata": {"card": 4111111111111111}}, "payment_card"),
         ({"metadata": {"ids": ["x", "SSN 536-22-1234"]}}, "ssn"),
         ({"entities": ["jane.doe@example.com"]}, "email"),
+        # Metadata keys are stored in clear too (a filter names them).
+        ({"metadata": {"AKIA" + "Q7X2M9KD4TZ8PL3B": 1}}, "api_token"),
+        ({"metadata": {"ghp_" + "Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8Qr9St0Uv1Wx2": True}}, "api_token"),
     ],
 )
 def test_sensitive_text_outside_the_content_lifts_the_record(
