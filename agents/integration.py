@@ -17,16 +17,18 @@ asynchronous clients are refused with InvalidInput before any request is sent.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
 from hivemem.agents.agent import Agent
+from hivemem.agents.context import build_context
 from hivemem.agents.inputs import MemoryInput
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.memory_block import BlockItem, extract, memory_prompt
-from hivemem.pool.compartments import union
+from hivemem.pool.compartments import checked_compartments, missing, union
 from hivemem.pool.enums import Level, Zone, checked_zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import MemoryFilter
@@ -92,8 +94,9 @@ class _Turn:
 @dataclass(frozen=True, slots=True)
 class ChatMemory:
     """What happens around one call: recall before it (:meth:`prepare`), storing after it
-    (:meth:`absorb`). ``max_zone`` bounds what is sent to the model; ``zone`` is the lowest zone
-    of what is stored, raised to the highest zone injected in the same call, and it carries the
+    (:meth:`absorb`). ``max_zone`` and ``compartments`` bound what is sent to the model (a
+    record in a compartment not listed is never sent); ``zone`` is the lowest zone of what is
+    stored, raised to the highest zone injected in the same call, and it carries the
     compartments of everything injected (no write down)."""
 
     memory: HierarchicalMemory
@@ -102,6 +105,7 @@ class ChatMemory:
     token_budget: int = 800
     zone: Zone = Zone.PUBLIC
     max_zone: Zone = Zone.PUBLIC
+    compartments: tuple[str, ...] = ()
 
     def prepare(self, messages: list[Any]) -> _Turn:
         """``messages`` with the memory system message after the leading system (and developer)
@@ -112,13 +116,9 @@ class ChatMemory:
         compartments: tuple[str, ...] = ()
         if query.strip():
             readable = MemoryFilter(zones=[z for z in Zone if z <= self.max_zone])
-            context = self.memory.build_context(
-                query,
-                token_budget=self.token_budget,
-                scope=self.scope,
-                top_k=self.top_k,
-                filter=readable,
-            )
+            hits = self.memory.search(query, scope=self.scope, top_k=self.top_k, filter=readable)
+            allowed = [h for h in hits if not missing(self.compartments, h.record.compartments)]
+            context = build_context(allowed, token_budget=self.token_budget)
             records = [h.record for h in context.hits]
             text = context.text
             zone = Zone.highest([self.zone, *(r.zone for r in records)])
@@ -249,6 +249,7 @@ def with_memory(
     token_budget: int = 800,
     zone: Zone | str = Zone.PUBLIC,
     max_zone: Zone | str = Zone.PUBLIC,
+    compartments: Sequence[str] = (),
 ) -> MemoryClient[ClientT]:
     """Wrap ``client`` so that its chat completions recall and store memories of the scope
     (``user_id``, ``session_id``, ``agent_id``).
@@ -258,9 +259,10 @@ def with_memory(
     it the wrapper opens ``<settings.data_dir>/agents/<agent_id>`` and closes it on close();
     ``settings`` defaults to ``HivememSettings()``. At most ``top_k`` memories, within
     ``token_budget`` estimated tokens, are injected per call, only of zones up to ``max_zone``
-    (their text goes to the model's server); stored memories get ``zone`` or the highest zone
-    injected with them. Raises InvalidInput (nothing opened) for a bad argument or an
-    asynchronous client."""
+    (their text goes to the model's server), and of records whose compartments are all in
+    ``compartments`` (default none: a record in any compartment is never sent); stored
+    memories get ``zone`` or the highest zone injected with them. Raises InvalidInput (nothing
+    opened) for a bad argument or an asynchronous client."""
     if isinstance(memory, Agent):
         agent_id = agent_id or memory.agent_id
         memory = memory.memory
@@ -274,6 +276,7 @@ def with_memory(
         raise InvalidInput(
             "zone is above max_zone: stored memories would never be recalled", field="zone"
         )
+    sendable = checked_compartments(compartments)
     if inspect.iscoroutinefunction(inspect.unwrap(client.chat.completions.create)):
         raise InvalidInput("with_memory needs a synchronous client", field="client")
     owned = None
@@ -284,5 +287,5 @@ def with_memory(
         owned = memory = HierarchicalMemory(
             settings.data_dir / "agents" / check_agent_id(agent_id), settings=settings
         )
-    chat_memory = ChatMemory(memory, scope, top_k, token_budget, lowest, highest)
+    chat_memory = ChatMemory(memory, scope, top_k, token_budget, lowest, highest, sendable)
     return MemoryClient(client, chat_memory, owned)

@@ -15,6 +15,7 @@ from openai.types.chat import ChatCompletion
 
 from hivemem.agents.integration import SOURCE, with_memory
 from hivemem.agents.memory import HierarchicalMemory
+from hivemem.pool.compartments import configure_compartments
 from hivemem.pool.enums import Category, Level, Zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.settings import HivememSettings
@@ -257,6 +258,35 @@ def test_zones_bound_what_is_sent_and_what_is_stored(
     assert "90k" in memory_message(server, 1)
     [raise_request] = memory.list_memories(user_id="jon", filter={"categories": ["context"]})
     assert raise_request.zone is Zone.INTERNAL
+
+
+def test_a_record_in_a_compartment_is_sent_only_when_listed(
+    server: ChatServer, client: openai.OpenAI, memory: HierarchicalMemory
+) -> None:
+    """Need-to-know text reaches the model's server only for the compartments the wrapper
+    lists (default none), as the workers' LLM strategy does; what is stored after one was
+    sent carries its compartment."""
+    configure_compartments(("hr", "legal"))
+    memory.add("Dana's salary is 250000", user_id="dana", compartments=["hr"])
+    memory.add("Dana works in Aarhus", user_id="dana")
+    server.script(
+        chat("No idea."),
+        chat("Still no idea."),
+        chat("I see. " + block({"content": "Dana wants a raise"})),
+    )
+    ask(with_memory(client, user_id="dana", memory=memory), "What is Dana's salary?")
+    assert "250000" not in memory_message(server, 0)
+    assert "Aarhus" in memory_message(server, 0)
+    legal = with_memory(client, user_id="dana", memory=memory, compartments=["legal"])
+    hr = with_memory(client, user_id="dana", memory=memory, compartments=["hr"])
+    ask(legal, "What is Dana's salary?")
+    assert "250000" not in memory_message(server, 1)
+    ask(hr, "Should Dana ask for a raise, given her salary?")
+    assert "250000" in memory_message(server, 2)
+    [stored] = memory.list_memories(user_id="dana", filter={"categories": ["context"]})
+    assert stored.compartments == ["hr"]
+    with pytest.raises(InvalidInput, match="unknown compartment"):
+        with_memory(client, user_id="dana", memory=memory, compartments=["nuclear"])
 
 
 def test_streaming_and_async_clients_are_refused(
