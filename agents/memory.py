@@ -232,8 +232,9 @@ class HierarchicalMemory:
         return it. Unnamed fields are inherited, except that a new version of a record another
         agent shared is scoped to this memory's ``owner`` agent (it wrote it). Raises
         MemoryNotFound, SupersessionConflict when the record is no longer current, and
-        InvalidInput for a version in a lower zone or without one of the record's compartments
-        (no write down: it inherits the record's labels)."""
+        InvalidInput for a version of another user, zone or compartments than the record's
+        (asked, or the zone the classifier lifts ``content`` to): it inherits the record's
+        labels, and receivers refuse a version that moves its record."""
         self._check_open()
         return self._superseder.supersede(record_id, content, changes, owner=self.owner)
 

@@ -22,7 +22,6 @@ from hivemem.agents.scoping import resolve_scope
 from hivemem.agents.search import visible
 from hivemem.agents.sessions import bubble_up
 from hivemem.agents.write_path import WritePath
-from hivemem.pool.compartments import missing
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import MemoryFilter
 from hivemem.pool.ids import check_record_id
@@ -30,22 +29,31 @@ from hivemem.pool.ports import LocalIndex
 from hivemem.pool.records import MemoryRecord
 
 
-def _check_no_write_down(old: MemoryRecord, new: MemoryRecord) -> None:
-    """InvalidInput when ``new``, a version of ``old``, would be readable by an agent ``old``
-    is hidden from: in a lower zone, or without one of its compartments. A new version
-    inherits its record's labels (tags, entities, metadata) and carries its meaning; to
-    declassify, delete the record and add a new one."""
-    if new.zone < old.zone:
+def _check_same_place(old: MemoryRecord, new: MemoryRecord) -> None:
+    """InvalidInput unless ``new``, a version of ``old``, belongs to the same user, zone and
+    compartments (:func:`~hivemem.pool.records.acts_on`). A version inherits its record's labels
+    (tags, entities, metadata): in a lower zone, or without a compartment, it would carry them
+    to agents the record is hidden from; and every receiver refuses a version that changes any
+    of the three, so the agents would disagree on which version is current. To move a memory,
+    delete it and add it anew."""
+    if new.scope.user_id != old.scope.user_id:
         raise InvalidInput(
-            f"a new version cannot be in a lower zone than its record ({old.zone.value} →"
-            f" {new.zone.value}): delete the record and add a new one instead",
+            "a new version belongs to its record's user: delete the record and add one for"
+            " the other user instead",
+            field="scope",
+        )
+    if new.zone != old.zone:
+        raise InvalidInput(
+            f"a new version keeps its record's zone ({old.zone.value}, not {new.zone.value}:"
+            " asked, or lifted by sensitive content): delete the record and add a new one"
+            " instead",
             field="zone",
         )
-    dropped = missing(new.compartments, old.compartments)
-    if dropped:
+    if list(new.compartments) != list(old.compartments):
+        held = ", ".join(old.compartments) or "none"
         raise InvalidInput(
-            f"a new version keeps its record's compartments (missing: {', '.join(dropped)}):"
-            " delete the record and add a new one instead",
+            f"a new version keeps its record's compartments ({held}): delete the record and"
+            " add a new one instead",
             field="compartments",
         )
 
@@ -96,7 +104,7 @@ class Superseder:
         )
         now = self._clock()
         draft = self._builder.validate([inherited], None, now)[0]
-        _check_no_write_down(old, draft)
+        _check_same_place(old, draft)
         update = {"supersedes": old.id, "follows": old.follows}
         embedded, dense = self._builder.embed([draft.model_copy(update=update)])
         new = embedded[0]

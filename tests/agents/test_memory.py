@@ -165,18 +165,29 @@ def test_superseding_a_stale_version_is_a_conflict(memory: HierarchicalMemory) -
     assert memory.stats().total == 2
 
 
-def test_a_new_version_in_a_lower_zone_is_refused(memory: HierarchicalMemory) -> None:
-    """No write down: a new version inherits its record's labels, so one in a lower zone is
-    refused (InvalidInput naming the zone) and nothing is written; a higher zone is allowed."""
-    secret = memory.add("Ivo's vault code is 7713", user_id="ivo", zone=Zone.SECRET, tags=["vault"])
-    with pytest.raises(InvalidInput, match="lower zone") as caught:
-        memory.supersede(secret.id, "Ivo's vault was moved", zone=Zone.PUBLIC)
-    assert caught.value.field == "zone"
-    assert memory.stats().total == 1
-    assert memory.get(secret.id).is_current
-    internal = memory.add("Ivo works on floor 3", user_id="ivo", zone=Zone.INTERNAL)
-    raised = memory.supersede(internal.id, "Ivo works on floor 4", zone=Zone.CONFIDENTIAL)
-    assert raised.zone == Zone.CONFIDENTIAL
+def test_a_new_version_keeps_its_records_user_and_zone(memory: HierarchicalMemory) -> None:
+    """A new version inherits its record's labels and every receiver refuses one that changes
+    user, zone or compartments: supersede raises InvalidInput naming the field, for a zone asked
+    or one the classifier lifts the new content to, and writes nothing."""
+    secret = memory.add("Ivo's vault code is 7713", user_id="ivo", zone=Zone.SECRET, tags=["v"])
+    plain = memory.add("Ivo works on floor 3", user_id="ivo")
+    attempts = [
+        (secret.id, {"zone": Zone.PUBLIC}, "zone"),
+        (plain.id, {"zone": Zone.CONFIDENTIAL}, "zone"),
+        (plain.id, {"scope": {"user_id": "jan"}}, "scope"),
+    ]
+    for record_id, changes, field in attempts:
+        with pytest.raises(InvalidInput, match="delete the record") as caught:
+            memory.supersede(record_id, "Ivo moved", **changes)
+        assert caught.value.field == field
+    with pytest.raises(InvalidInput, match="lifted") as lifted:
+        memory.supersede(plain.id, "Ivo's SSN is 536-22-1234")
+    assert lifted.value.field == "zone"
+    assert memory.stats().total == 2
+    assert memory.stats(user_id="jan").total == 0
+    assert all(memory.get(r.id).is_current for r in (secret, plain))
+    moved = memory.supersede(plain.id, "Ivo works on floor 4", scope={"user_id": "ivo"})
+    assert memory.get_history(plain.id)[-1].id == moved.id
 
 
 def test_delete_destroys_every_version(memory: HierarchicalMemory) -> None:

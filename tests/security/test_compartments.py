@@ -271,7 +271,7 @@ def test_handing_over_and_writing_outside_held_compartments_are_refused(
     # A new version keeps the compartments (it inherits the record's labels): dropping one is
     # refused, and nothing is written.
     before = sender.memory.stats().total
-    with pytest.raises(InvalidInput, match="missing: hr") as dropped:
+    with pytest.raises(InvalidInput, match="compartments \\(hr\\)") as dropped:
         sender.memory.supersede(newer.id, "salary review, final", compartments=[])
     assert dropped.value.field == "compartments"
     assert sender.memory.stats().total == before
