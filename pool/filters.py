@@ -35,6 +35,9 @@ from hivemem.pool.ids import check_label, check_metadata_key, check_scope_id
 from hivemem.pool.records import INT64, Labels, as_utc, check_text
 
 Op = Literal["eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "contains"]
+#: How deeply a ``where`` tree may nest (a condition alone is depth 1): far beyond any filter a
+#: person or a program writes, and well within what the stores and pydantic handle.
+MAX_DEPTH = 32
 ORDER_OPS = frozenset({"gt", "gte", "lt", "lte"})
 
 
@@ -233,6 +236,37 @@ def conditions(expr: Expr) -> Iterator[Cond]:
         yield from conditions(expr.expr)
 
 
+def _children(node: object) -> list[object]:
+    """The sub-expressions of a node, or of a dict shaped like one (none for anything else)."""
+    if isinstance(node, And):
+        return list(node.all)
+    if isinstance(node, Or):
+        return list(node.any)
+    if isinstance(node, Not):
+        return [node.expr]
+    if isinstance(node, dict):
+        parts = node.get("all", node.get("any", [node["expr"]] if "expr" in node else []))
+        return parts if isinstance(parts, list) else []
+    return []
+
+
+def _depth(where: object) -> int:
+    """How deeply ``where`` nests, counted up to one more than MAX_DEPTH (iteratively: a deep
+    tree must not exhaust the stack)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(where, 1)]
+    while stack and deepest <= MAX_DEPTH:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in _children(node))
+    return deepest
+
+
+def _check_depth(where: object) -> None:
+    if where is not None and _depth(where) > MAX_DEPTH:
+        raise InvalidFilter(f"a filter's where nests at most {MAX_DEPTH} levels", field="where")
+
+
 class TimeRange(_FilterModel):
     """A half-open or closed time interval: ``after <= t < before`` (either end optional)."""
 
@@ -268,8 +302,18 @@ class MemoryFilter(_FilterModel):
     entities_any: Labels | None = None
     where: Expr | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shallow_enough(cls, data: object) -> object:
+        """Refuse a too deep ``where`` before pydantic walks it (a clear error, not one of
+        pydantic's recursion)."""
+        if isinstance(data, dict):
+            _check_depth(data.get("where"))
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        _check_depth(self.where)
         low, high = self.importance_min, self.importance_max
         if low is not None and high is not None and low > high:
             raise InvalidFilter("importance_min exceeds importance_max", field="importance_min")

@@ -16,6 +16,7 @@ from hivemem.pool.errors import InvalidFilter, InvalidIdentifier, InvalidInput
 from hivemem.pool.filters import (
     ENUM_FIELDS,
     LABEL_FIELDS,
+    MAX_DEPTH,
     NUMBER_FIELDS,
     SCOPE_FIELDS,
     TIME_FIELDS,
@@ -321,12 +322,34 @@ def test_filter_errors_are_value_errors() -> None:
 
 
 def test_trees_nest_and_keep_their_parts() -> None:
-    """And/Or/Not nest to any depth and keep their children in order."""
+    """And/Or/Not nest (up to MAX_DEPTH levels) and keep their children in order."""
     a = Cond(field="zone", op="eq", value="public")
     b = Cond(field="tags", op="contains", value="x")
     tree = And(all=[Or(any=[a, Not(expr=b)]), Not(expr=And(all=[a, b]))])
     assert tree.all[0] == Or(any=[a, Not(expr=b)])
     assert tree.all[1].expr.all == [a, b]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", ["and", "or", "not"])
+def test_a_where_deeper_than_the_limit_is_refused_with_a_short_message(kind: str) -> None:
+    """A tree nests up to MAX_DEPTH levels; one deeper, as data or as models, raises
+    InvalidFilter on ``where`` (never a pydantic recursion or serialization error), however
+    deep it is."""
+
+    def nested(depth: int) -> dict[str, Any]:
+        node: dict[str, Any] = {"field": "importance", "op": "gte", "value": 0.1}
+        for _ in range(depth - 1):
+            node = {"and": {"all": [node]}, "or": {"any": [node]}, "not": {"expr": node}}[kind]
+        return node
+
+    deepest = parse_filter({"where": nested(MAX_DEPTH)})
+    assert MemoryFilter.model_validate_json(deepest.model_dump_json()) == deepest
+    for depth in (MAX_DEPTH + 1, 150, 5_000):
+        with pytest.raises(InvalidFilter, match=f"at most {MAX_DEPTH}") as caught:
+            parse_filter({"where": nested(depth)})
+        assert caught.value.field == "where"
+    with pytest.raises(InvalidFilter, match="at most"):
+        MemoryFilter(where=Not(expr=deepest.where))  # type: ignore[arg-type]
 
 
 def test_empty_and_is_allowed_but_empty_or_is_not() -> None:
