@@ -14,6 +14,7 @@ from typing import Literal
 
 from hivemem.agents.ranking import SearchHit
 from hivemem.pool.enums import Level
+from hivemem.pool.errors import InvalidInput
 from hivemem.pool.records import MemoryRecord
 
 GroupBy = Literal["level", "scope"]
@@ -64,7 +65,9 @@ def build_context(
     title: str = "Relevant memories",
     count_tokens: Callable[[str], int] = estimate_tokens,
 ) -> BuiltContext:
-    """Render ``hits`` (best first) into at most ``token_budget`` tokens."""
+    """Render ``hits`` (best first) into at most ``token_budget`` tokens. InvalidInput when
+    ``count_tokens`` gives anything but a non-negative int."""
+    count_tokens = _checked_counter(count_tokens)
     header = f"## {title}"
     used = count_tokens(header)
     chosen: list[SearchHit] = []
@@ -81,6 +84,19 @@ def build_context(
             return BuiltContext(text, tuple(chosen), tokens)
         chosen.pop()
     return BuiltContext("", (), 0)
+
+
+def _checked_counter(count_tokens: Callable[[str], int]) -> Callable[[str], int]:
+    def checked(text: str) -> int:
+        tokens = count_tokens(text)
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise InvalidInput(
+                f"count_tokens must return a non-negative int, not {str(tokens)[:40]!r}",
+                field="count_tokens",
+            )
+        return tokens
+
+    return checked
 
 
 def _render(header: str, chosen: Sequence[SearchHit], group_by: GroupBy) -> str:

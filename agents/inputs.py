@@ -78,6 +78,13 @@ def check_count(value: object, *, field: str, low: int, high: int) -> int:
     return value
 
 
+def check_flag(value: object, *, field: str) -> bool:
+    """``value`` if it is a bool, else InvalidInput (a text such as ``"no"`` is truthy)."""
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{field} must be True or False", field=field)
+    return value
+
+
 def check_time(value: object, *, field: str) -> datetime | None:
     """``value`` (None, or a datetime: naive ones are taken as UTC) in UTC, else InvalidInput."""
     if value is not None and not isinstance(value, datetime):

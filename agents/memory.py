@@ -28,7 +28,7 @@ from hivemem.agents.builder import RecordBuilder
 from hivemem.agents.context import BuiltContext, GroupBy, build_context, estimate_tokens
 from hivemem.agents.directory import StoreDirectory
 from hivemem.agents.embedding import shared_embedder
-from hivemem.agents.inputs import MemoryInput, batch_of, check_count, check_rows
+from hivemem.agents.inputs import MemoryInput, batch_of, check_count, check_flag, check_rows
 from hivemem.agents.ranking import SearchHit
 from hivemem.agents.reading import FilterArg, Reader
 from hivemem.agents.removal import Remover
@@ -273,8 +273,12 @@ class HierarchicalMemory:
     def end_session(self, *, user_id: str, session_id: str) -> list[MemoryRecord]:
         """Close a session: its current memories with importance ≥ ``bubble_importance`` are
         promoted to user scope (a new version without session and run, same vectors, in
-        LONG_TERM). Returns the promoted versions."""
+        LONG_TERM). Returns the promoted versions. InvalidIdentifier (nothing changed) when
+        ``user_id`` or ``session_id`` is no id: ``session_id=None`` would match every memory
+        of the user outside a session."""
         self._check_open()
+        check_scope_id(user_id, field="user_id")
+        check_scope_id(session_id, field="session_id")
         bubble_importance = self.settings.memory.tiers.bubble_importance
         return self._superseder.end_session(user_id, session_id, bubble_importance)
 
@@ -342,7 +346,11 @@ class HierarchicalMemory:
         check_count(limit, field="limit", low=1, high=_LIST_LIMIT_MAX)
         target = resolve_scope(scope, user_id, session_id, agent_id, run_id)
         return self._reader.list_memories(
-            target, filter, as_of, include_superseded=include_superseded, exact=exact_scope
+            target,
+            filter,
+            as_of,
+            include_superseded=check_flag(include_superseded, field="include_superseded"),
+            exact=check_flag(exact_scope, field="exact_scope"),
         )[:limit]
 
     def search(

@@ -119,6 +119,31 @@ CALLS: dict[str, tuple[Call, type[InvalidInput]]] = {
         InvalidInput,
     ),
     "stats of a session without its user": (lambda m: m.stats(session_id="bad id!"), InvalidInput),
+    "a token counter giving text": (
+        lambda m: m.build_context("q", user_id="u", count_tokens=lambda _text: "5"),
+        InvalidInput,
+    ),
+    "a token counter giving a negative count": (
+        lambda m: m.build_context("q", user_id="u", count_tokens=lambda _text: -100),
+        InvalidInput,
+    ),
+    "a list flag given as text": (
+        lambda m: m.list_memories(user_id="u", include_superseded="no"),
+        InvalidInput,
+    ),
+    "an exact_scope given as text": (
+        lambda m: m.list_memories(user_id="u", exact_scope="false"),
+        InvalidInput,
+    ),
+    # None would match every memory of the user outside a session, and promote them all.
+    "end_session without a session": (
+        lambda m: m.end_session(user_id="u", session_id=None),  # type: ignore[arg-type]
+        InvalidInput,
+    ),
+    "end_session with a session given as bytes": (
+        lambda m: m.end_session(user_id="u", session_id=b"s1"),  # type: ignore[arg-type]
+        InvalidInput,
+    ),
 }
 
 
