@@ -174,7 +174,7 @@ class ForgetService:
             found |= {t.id: t for t in self._store.tombstones(zone, owned)}
             archived = self._store.archive_ids(zone, owned)
             journal = (earlier or ZoneJournal()).adding(list(found.values()), archived)
-            self._journal.write(zone, user_id, journal)  # before anything is removed
+            self._journal.write(zone, user_id, journal, earlier)  # before anything is removed
             self._store.put_tombstones(zone, [journal.tombstones[i] for i in found])
             self._store.archive_remove(zone, archived)
             keys_deleted = self._journal.drop_state(zone, user_id)

@@ -14,8 +14,9 @@
 - ``ns:versions:<zone>:awaiting`` — a hash: id of a record not stored yet → id of the stored
   version that replaced it (see version_links.py);
 - ``ns:lock:ingest:<zone>`` and ``ns:lock:consolidate:<zone>:<user>`` — the locks;
-- ``ns:forget:<zone>:<user>`` — a forget's journal: the tombstones of what it removed there
-  (ids and scopes, no content), until the forget is audited (see forget_journal.py).
+- ``ns:forget:<zone>:<user>`` — a forget's journal, a hash: the tombstone of each record it
+  removed there (ids and scopes, no content), one field each, until the forget is audited (see
+  forget_journal.py).
 
 User ids are validated scope ids (no spaces, no wildcards), so they are safe inside keys. None
 of these keys falls under an agent's ACL patterns (``ns:zone:<zone>:*``,
