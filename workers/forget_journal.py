@@ -169,5 +169,6 @@ class ForgetJournal:
 
     def done(self, user_id: str, zones: Sequence[Zone]) -> None:
         """The forget was audited: delete its journals in ``zones`` whose tombstones were all
-        published."""
+        published (one that is not was written by a forget of the user that ran beside this
+        one, its lock lapsed: that one ends it)."""
         self._done(keys=[self._keys.forget_journal(zone, user_id) for zone in zones])

@@ -1,12 +1,14 @@
 """A forget that stops after it began removing, finished by the next call, on a real Redis
-(behind a real TCP relay where a reply is lost), real agents and real Qdrant Edge zone shards:
-the agents drop every record of the user, with security on and off, the retry's receipt and
-audit count what the first call removed, and the forget's journal leaves Redis."""
+(behind a real TCP relay where a reply is lost or held), real agents and real Qdrant Edge zone
+shards: the agents drop every record of the user, with security on and off, the retry's receipt
+and audit count what the first call removed, and the forget's journal leaves Redis. A forget
+of a user that another one is running is busy; the journal keeps a field per record."""
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator
 from typing import cast
 
@@ -23,6 +25,7 @@ from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.security.audit_entry import AuditEntry, AuditEvent
 from hivemem.workers.consolidation import ScopeBusy
+from hivemem.workers.forget import ForgetReceipt
 from hivemem.workers.forget_journal import CHUNK, ForgetJournal, ZoneJournal
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.locks import held
@@ -215,6 +218,78 @@ def test_zones_done_before_a_busy_one_are_counted_by_the_retry(
     assert (public.live_records, confidential.live_records) == (2, 3)
     assert [e.details["live_records"] for e in forgotten(relayed)] == [5]
     assert (public.resumed, confidential.resumed) == (True, False)
+    assert journals(relayed) == []
+
+
+def state(runtime: WorkerRuntime) -> tuple[object, ...]:
+    """What a forget of alice changes in Redis: her journals, the audit log's forgets, and
+    the confidential zone's stream."""
+    client = runtime.client
+    notes = {key: client.hgetall(key) for key in sorted(journals(runtime))}
+    stream = f"{runtime.settings.pool.namespace}:zone:{Zone.CONFIDENTIAL.value}:stream"
+    return notes, len(forgotten(runtime)), client.xlen(stream)
+
+
+def test_a_forget_started_while_another_runs_is_busy_and_counts_nothing_again(
+    relayed: WorkerRuntime, agents: tuple[Agent, Agent], relay: Relay
+) -> None:
+    """A second forget of alice that starts while the first has forgotten every zone but not
+    yet written its audit entry (the window where it read the first's journals and counted
+    them again, resumed) raises ScopeBusy and changes nothing; run again once the first
+    ended, it counts nothing: the audit log counts alice's records once."""
+    spread(agents, relayed)
+    relay.hold_request_with = (b":audit:head", 2.0)  # the first's audit entry waits
+    first: list[ForgetReceipt] = []
+    running = threading.Thread(
+        target=lambda: first.append(
+            relayed.forget.forget_user("alice", list(Zone), on_due=anyone_due)
+        )
+    )
+    running.start()
+    try:
+        assert wait_for(lambda: relay.hold_request_with is None)
+        before = state(relayed)
+        with pytest.raises(ScopeBusy, match="another worker is forgetting alice") as busy:
+            relayed.forget.forget_user("alice", list(Zone), on_due=anyone_due)
+        assert (busy.value.zone, busy.value.user_id) == (None, "alice")
+        assert state(relayed) == before
+    finally:
+        running.join()
+
+    second = relayed.forget.forget_user("alice", list(Zone), on_due=anyone_due)
+
+    assert_alice_gone_at(agents)
+    assert (first[0].removed, first[0].resumed) == (3, False)
+    assert (second.removed, second.resumed) == (0, False)
+    assert [e.details["live_records"] for e in forgotten(relayed)] == [3, 0]
+    assert journals(relayed) == []
+
+
+def test_a_forget_whose_worker_died_is_finished_once_its_lock_expires(
+    relayed: WorkerRuntime, agents: tuple[Agent, Agent], relay: Relay
+) -> None:
+    """The first forget stops after alice's records left the zone store, and its worker
+    dies holding her forget lock (its key, with its TTL): a forget meanwhile raises
+    ScopeBusy; once the lock expired, one publishes the tombstones and counts the records
+    once, resumed."""
+    spread(agents, relayed)
+    relay.drop_reply_to = b"confidential:alice:spent"
+    with pytest.raises(redis.ConnectionError):
+        relayed.forget.forget_user("alice", list(Zone), on_due=anyone_due)
+    lock = relayed.keys.forget_lock("alice")
+    ttl_ms = int(relayed.settings.workers.lock_ttl_s * 1000)
+    assert relayed.client.set(lock, "a-dead-worker", px=ttl_ms)
+    before = state(relayed)
+
+    with pytest.raises(ScopeBusy):
+        relayed.forget.forget_user("alice", list(Zone), on_due=anyone_due)
+    assert state(relayed) == before
+    assert wait_for(lambda: not relayed.client.exists(lock), timeout_s=ttl_ms / 1000 + 5)
+    receipt = relayed.forget.forget_user("alice", list(Zone), on_due=anyone_due)
+
+    assert_alice_gone_at(agents)
+    assert (receipt.removed, receipt.resumed) == (3, True)
+    assert [e.details["live_records"] for e in forgotten(relayed)] == [3]
     assert journals(relayed) == []
 
 
