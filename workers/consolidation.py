@@ -68,12 +68,20 @@ _LUA = Path(__file__).parent / "lua"
 
 
 class ScopeBusy(HivememError):
-    """Raised when another worker holds the scope's consolidation lock (the task retries)."""
+    """Raised when another worker holds a lock the work needs (the task retries): a scope's
+    consolidation lock (``zone`` set), or a user's forget lock (``zone`` None: another forget
+    of the user runs, see forget.py). Its arguments are the zone's name (or None) and the user
+    id, so that Celery rebuilds it for the caller of a task whose retries ran out."""
 
-    def __init__(self, zone: Zone, user_id: str) -> None:
-        super().__init__(f"another worker is consolidating {zone.value}/{user_id}")
-        self.zone = zone
+    def __init__(self, zone: Zone | str | None, user_id: str) -> None:
+        self.zone = None if zone is None else Zone(zone)
         self.user_id = user_id
+        super().__init__(None if self.zone is None else self.zone.value, user_id)
+
+    def __str__(self) -> str:
+        if self.zone is None:
+            return f"another worker is forgetting {self.user_id}"
+        return f"another worker is consolidating {self.zone.value}/{self.user_id}"
 
 
 @contextmanager

@@ -16,6 +16,15 @@ forget is audited, has it publish the tombstones no agent may have received yet 
 tombstone they already applied as the same delete), and count what the earlier call removed,
 marked ``resumed``. Re-running a forget that ended is harmless: it finds nothing left.
 
+One forget of a user runs at a time: a call holds the user's forget lock (keys.py) from its
+first zone to the deletion of its journals, after its audit entry, and a call that finds it
+held raises ScopeBusy before reading anything (the task retries), so that no second call counts
+again what a running one removed. The lock renews itself; a worker that dies loses it
+``lock_ttl_s`` later, and the next call finishes its forget from the journals, counting once,
+``resumed``. A call whose lock lapses (its worker stalled, or Redis out of reach, for a whole
+TTL) goes on, as a consolidation does: a second call may then run beside it and count its
+removals again.
+
 With security on, a forget of every zone ends by shredding the user's subject secret
 (crypto-shredding): every copy of the user's content was sealed under it — in the zone streams
 and their envelopes, in agents' local stores and outboxes, in the zone store and its archives,
@@ -43,10 +52,11 @@ from hivemem.security.audit import AuditLog
 from hivemem.security.audit_entry import AuditEvent
 from hivemem.security.keyring import ZoneKeyring
 from hivemem.security.pool_security import WORKER_SENDER
-from hivemem.workers.consolidation import scope_locked
+from hivemem.workers.consolidation import ScopeBusy, scope_locked
 from hivemem.workers.forget_journal import ForgetJournal, ZoneJournal
 from hivemem.workers.ingest import IngestService
 from hivemem.workers.keys import WorkerKeys
+from hivemem.workers.locks import held
 from hivemem.workers.publishing import publish_as_workers
 
 
@@ -122,8 +132,22 @@ class ForgetService:
     ) -> ForgetReceipt:
         """Forget ``user_id`` in ``zones``; ``on_due(zone, other_user)`` is called for users
         whose episodes, drained on the way, passed the consolidation threshold. Raises
-        ScopeBusy while a consolidation of the user runs in one of them (the task retries;
-        zones already done stay done, and the retry counts them, ``resumed``)."""
+        ScopeBusy (``zone`` None), nothing changed, while another forget of the user runs;
+        ScopeBusy while a consolidation of the user runs in one of the zones (the task
+        retries; zones already done stay done, and the retry counts them, ``resumed``)."""
+        with held(self._client, self._keys.forget_lock(user_id), self._lock_ttl_s) as lock:
+            if not lock.acquired:
+                raise ScopeBusy(None, user_id)
+            receipt = self._forget_all(user_id, zones, on_due)
+        log.info(
+            "user_forgotten", user_id=user_id, removed=receipt.removed, resumed=receipt.resumed
+        )
+        return receipt
+
+    def _forget_all(
+        self, user_id: str, zones: list[Zone], on_due: Callable[[Zone, str], None]
+    ) -> ForgetReceipt:
+        """:meth:`forget_user`, under the user's forget lock."""
         receipt = ForgetReceipt(user_id=user_id)
         for zone in zones:
             receipt.zones[zone.value] = self._forget_in(zone, user_id, on_due)
@@ -142,9 +166,6 @@ class ForgetService:
             resumed=receipt.resumed,
         )
         self._journal.done(user_id, zones)
-        log.info(
-            "user_forgotten", user_id=user_id, removed=receipt.removed, resumed=receipt.resumed
-        )
         return receipt
 
     def _rewrite_persistence(self) -> bool:
@@ -174,7 +195,7 @@ class ForgetService:
             found |= {t.id: t for t in self._store.tombstones(zone, owned)}
             archived = self._store.archive_ids(zone, owned)
             journal = (earlier or ZoneJournal()).adding(list(found.values()), archived)
-            self._journal.write(zone, user_id, journal)  # before anything is removed
+            self._journal.write(zone, user_id, journal, earlier)  # before anything is removed
             self._store.put_tombstones(zone, [journal.tombstones[i] for i in found])
             self._store.archive_remove(zone, archived)
             keys_deleted = self._journal.drop_state(zone, user_id)

@@ -9,23 +9,28 @@ keep their copies (in clear, with security off), and its receipt and audit entry
 nothing. With it, that call publishes the tombstones no agent may have received yet, and counts
 what the earlier call removed.
 
-``ns:forget:<zone>:<user>``, a hash the workers alone may touch (see keys.py):
+``ns:forget:<zone>:<user>``, a hash the workers alone may touch (see keys.py), one field per
+record, so that a user with millions of records makes no value near Redis's limit of a string
+(512 MB) and no call rewrites what an earlier one noted:
 
-- ``tombstones``: JSON, the tombstones of every record the forget took from the zone: ids,
-  scopes, levels, compartments and times, no content, nothing sealed under the user's secret
-  (so a call after the shred still publishes them);
-- ``archived``: JSON, the ids among them that were archived;
+- ``t:<id>``: the JSON tombstone of a record the forget took from the zone: id, scope, level,
+  compartments and time, no content, nothing sealed under the user's secret (so a call after
+  the shred still publishes it);
+- ``a:<id>``: present when that record was archived;
 - ``redis_keys_deleted``: how many of the user's consolidation keys the forget deleted there;
 - ``published``: ``1`` once every tombstone in it was published.
 
-It is written before the zone store is touched, and deleted once the forget is audited, if its
-tombstones were all published (a forget of the same user that ran meanwhile may have added
-some: that one ends it).
+A call writes the records no earlier call noted, :data:`CHUNK` fields a command, before the
+zone store is touched; ``published`` goes back to ``0`` in the command of the first chunk, so
+that a call stopped anywhere leaves no tombstone counted as published that was not. It reads
+the journal back with HSCAN, about :data:`CHUNK` fields a call. Journals written before this
+layout hold ``tombstones`` and ``archived``, two JSON lists: they are read as well. The
+journal is deleted once the forget is audited, if its tombstones were all published.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -37,9 +42,17 @@ from hivemem.pool.enums import Zone
 from hivemem.pool.records import Tombstone
 from hivemem.workers.keys import WorkerKeys
 
+#: The most fields a call writes to a journal in one command, and about as many as it reads
+#: back in one HSCAN call.
+CHUNK = 1_000
+
 _LUA = Path(__file__).parent / "lua"
+_TOMBSTONE = TypeAdapter(Tombstone)
 _TOMBSTONES = TypeAdapter(list[Tombstone])
 _IDS = TypeAdapter(list[str])
+#: The prefixes of a record's fields: its tombstone, and the mark of an archived record.
+_TOMBSTONE_FIELD = "t:"
+_ARCHIVED_FIELD = "a:"
 
 
 @dataclass(frozen=True)
@@ -82,31 +95,54 @@ class ForgetJournal:
         self._done = client.register_script((_LUA / "forget_done.lua").read_text())
 
     def read(self, zone: Zone, user_id: str) -> ZoneJournal | None:
-        """What an earlier call of the forget noted in ``zone``; None when there is none."""
-        raw = cast(
-            "dict[bytes, bytes]", self._client.hgetall(self._keys.forget_journal(zone, user_id))
-        )
-        if not raw:
+        """What earlier calls of the forget noted in ``zone``; None when there is none."""
+        key = self._keys.forget_journal(zone, user_id)
+        tombstones: dict[str, Tombstone] = {}
+        archived: set[str] = set()
+        other: dict[str, bytes] = {}
+        fields = cast("Iterator[tuple[bytes, bytes]]", self._client.hscan_iter(key, count=CHUNK))
+        for raw, value in fields:
+            name = raw.decode()
+            if name.startswith(_TOMBSTONE_FIELD):
+                tombstone = _TOMBSTONE.validate_json(value)
+                tombstones[tombstone.id] = tombstone
+            elif name.startswith(_ARCHIVED_FIELD):
+                archived.add(name.removeprefix(_ARCHIVED_FIELD))
+            else:
+                other[name] = value
+        if not tombstones and not other:
             return None
-        tombstones = _TOMBSTONES.validate_json(raw.get(b"tombstones", b"[]"))
+        # A journal of the earlier layout: one JSON list each (see the module docstring).
+        legacy = _TOMBSTONES.validate_json(other.get("tombstones", b"[]"))
+        tombstones = {**{t.id: t for t in legacy}, **tombstones}
+        archived |= set(_IDS.validate_json(other.get("archived", b"[]")))
         return ZoneJournal(
-            tombstones={t.id: t for t in tombstones},
-            archived=frozenset(_IDS.validate_json(raw.get(b"archived", b"[]"))),
-            redis_keys_deleted=int(raw.get(b"redis_keys_deleted", b"0")),
-            published=raw.get(b"published") == b"1",
+            tombstones=tombstones,
+            archived=frozenset(archived),
+            redis_keys_deleted=int(other.get("redis_keys_deleted", b"0")),
+            published=other.get("published") == b"1",
         )
 
-    def write(self, zone: Zone, user_id: str, journal: ZoneJournal) -> None:
-        """Note ``journal``'s tombstones, not published yet (its count of keys is left as
-        Redis holds it: :meth:`drop_state` adds to it)."""
-        self._client.hset(
-            self._keys.forget_journal(zone, user_id),
-            mapping={
-                "tombstones": _TOMBSTONES.dump_json(list(journal.tombstones.values())),
-                "archived": _IDS.dump_json(sorted(journal.archived)),
-                "published": "0",
-            },
-        )
+    def write(
+        self, zone: Zone, user_id: str, journal: ZoneJournal, earlier: ZoneJournal | None
+    ) -> None:
+        """Note what ``journal`` holds beyond ``earlier`` (what :meth:`read` returned before
+        this call), not published yet: CHUNK records a command, the first one also setting
+        ``published`` back to 0. Its count of keys is left as Redis holds it (:meth:`drop_state`
+        adds to it)."""
+        before = earlier or ZoneJournal()
+        fields = [
+            (f"{_TOMBSTONE_FIELD}{i}", _TOMBSTONE.dump_json(t).decode())
+            for i, t in journal.tombstones.items()
+            if i not in before.tombstones
+        ]
+        fields += [
+            (f"{_ARCHIVED_FIELD}{i}", "1") for i in sorted(journal.archived - before.archived)
+        ]
+        key = self._keys.forget_journal(zone, user_id)
+        self._client.hset(key, mapping={"published": "0", **dict(fields[:CHUNK])})
+        for start in range(CHUNK, len(fields), CHUNK):
+            self._client.hset(key, mapping=dict(fields[start : start + CHUNK]))
 
     def drop_state(self, zone: Zone, user_id: str) -> int:
         """Delete the user's consolidation keys in ``zone`` and take the user off its waiting
@@ -133,5 +169,6 @@ class ForgetJournal:
 
     def done(self, user_id: str, zones: Sequence[Zone]) -> None:
         """The forget was audited: delete its journals in ``zones`` whose tombstones were all
-        published."""
+        published (one that is not was written by a forget of the user that ran beside this
+        one, its lock lapsed: that one ends it)."""
         self._done(keys=[self._keys.forget_journal(zone, user_id) for zone in zones])

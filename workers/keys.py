@@ -13,9 +13,11 @@
   with it (a run that makes the same sources again gives the record a new id);
 - ``ns:versions:<zone>:awaiting`` — a hash: id of a record not stored yet → id of the stored
   version that replaced it (see version_links.py);
-- ``ns:lock:ingest:<zone>`` and ``ns:lock:consolidate:<zone>:<user>`` — the locks;
-- ``ns:forget:<zone>:<user>`` — a forget's journal: the tombstones of what it removed there
-  (ids and scopes, no content), until the forget is audited (see forget_journal.py).
+- ``ns:lock:ingest:<zone>``, ``ns:lock:consolidate:<zone>:<user>`` and
+  ``ns:lock:forget:<user>`` (held for a whole forget of the user) — the locks;
+- ``ns:forget:<zone>:<user>`` — a forget's journal, a hash: the tombstone of each record it
+  removed there (ids and scopes, no content), one field each, until the forget is audited (see
+  forget_journal.py).
 
 User ids are validated scope ids (no spaces, no wildcards), so they are safe inside keys. None
 of these keys falls under an agent's ACL patterns (``ns:zone:<zone>:*``,
@@ -77,6 +79,10 @@ class WorkerKeys:
     def consolidate_lock(self, zone: Zone, user_id: str) -> str:
         user = check_scope_id(user_id, field="user_id")
         return f"{self.namespace}:lock:consolidate:{zone.value}:{user}"
+
+    def forget_lock(self, user_id: str) -> str:
+        user = check_scope_id(user_id, field="user_id")
+        return f"{self.namespace}:lock:forget:{user}"
 
 
 def add_pending(

@@ -154,7 +154,8 @@ def _register_lifecycle_tasks(
     @app.task(name="hivemem.forget_user", bind=True, **options)
     def forget_user(self: Task, user_id: str) -> dict[str, Any]:
         """Forget a user in every zone's store and archive, and tombstone it at every agent;
-        returns the receipt. Retried while a consolidation of the user runs."""
+        returns the receipt. Retried while a consolidation of the user, or another forget
+        of them, runs."""
         user = check_scope_id(user_id, field="user_id")
         structlog.contextvars.bind_contextvars(user_id=user)
         receipt = unless_busy(

@@ -249,25 +249,26 @@ def test_del_of_its_own_zones_keys_gives_an_agent_no_new_power(
 def test_no_agent_can_write_the_workers_keys(
     acl: AgentAcl, connect: Callable[..., redis.Redis]
 ) -> None:
-    """The workers' ingest cursor, consolidation state, version notes and locks, and the
-    registry's departed agents, departures and rules version, lie outside every agent's key
-    patterns, even for its own zones: an agent cannot move the workers' place in an ingest
-    queue (making them skip or stall), take their locks, note a departure (whose entry the
-    workers would check queued writes against), or add to what it queued before an earlier
-    deregistration. (The ingest cursor used to sit
-    under ``ns:ingest:<zone>:*``, which the agents of the zone may write.)"""
+    """The workers' ingest cursor, consolidation state, version notes, forget journals and
+    locks (a forget's too), and the registry's departed agents, departures and rules version,
+    lie outside every agent's key patterns, even for its own zones: an agent cannot move the
+    workers' place in an ingest queue (making them skip or stall), take their locks, rewrite
+    what a forget noted, note a departure (whose entry the workers would check queued writes
+    against), or add to what it queued before an earlier deregistration. (The ingest cursor
+    used to sit under ``ns:ingest:<zone>:*``, which the agents of the zone may write.)"""
     agent = connect(acl.provision("a1", Zone.INTERNAL))
     keys = WorkerKeys(NS)
     names = [keys.ingest_cursor(ingest_topic(Zone.INTERNAL, "a1")), keys.ingest_lock(Zone.INTERNAL)]
     names += [keys.users(Zone.INTERNAL), keys.pending(Zone.INTERNAL, "u1")]
     names += [keys.plan(Zone.INTERNAL, "u1"), keys.queued(Zone.INTERNAL, "u1")]
     names += [keys.consolidate_lock(Zone.INTERNAL, "u1"), keys.awaiting(Zone.INTERNAL)]
+    names += [keys.forget_journal(Zone.INTERNAL, "u1"), keys.forget_lock("u1")]
     names += [f"{NS}:registry:departed", f"{NS}:registry:departures"]
     names += [f"{NS}:registry:departure_seq", f"{NS}:registry:acl_rules"]
     # What it queued before an earlier deregistration (its former queue, moved).
     names += queue_keys(NS, departed_topic(1, Zone.INTERNAL, "a1"))
     attempts: list[Attempt] = [lambda name=name: agent.set(name, "0 999999") for name in names]
-    assert sum(refused(attempt) for attempt in attempts) == len(attempts) == 16
+    assert sum(refused(attempt) for attempt in attempts) == len(attempts) == 18
 
 
 def test_bus_works_on_own_zones_and_queues_and_is_refused_above(

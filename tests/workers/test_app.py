@@ -25,6 +25,8 @@ from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.pool.zone_policy import ZonePolicy
 from hivemem.workers.app import QUEUES, ROUTES, make_app
+from hivemem.workers.consolidation import ScopeBusy
+from hivemem.workers.locks import held
 from hivemem.workers.policies import InvalidPolicy
 from hivemem.workers.runtime import WorkerRuntime
 from tests.waiting import wait_for
@@ -360,4 +362,29 @@ def test_a_policies_file_gone_bad_fails_the_lifecycle_task_after_the_retention(
                 assert runtime.store.ids(ZONE, EVERYTHING) == [young.id]
     finally:
         runtime_of(app).close()
+        app.close()
+
+
+def test_a_forget_that_stays_busy_fails_with_scope_busy_for_its_caller(
+    worker_settings: Callable[..., HivememSettings],
+) -> None:
+    """While another forget of the user holds its lock, hivemem.forget_user is retried; once
+    its retries ran out, its caller (the fleet, the CLI) gets ScopeBusy as the worker raised
+    it (zone None, the user, its message), which the CLI prints as an error, not an unknown
+    exception (Celery rebuilds an exception from its arguments)."""
+    app = make_app(worker_settings(consolidation={"threshold": 1000}, lock_retry_s=0.01))
+    runtime = runtime_of(app)
+    try:
+        with (
+            held(runtime.client, runtime.keys.forget_lock("u1"), 30) as lock,
+            start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30),
+        ):
+            assert lock.acquired
+            result = app.tasks["hivemem.forget_user"].delay("u1")
+            with pytest.raises(ScopeBusy, match="another worker is forgetting u1") as busy:
+                result.get(timeout=60)
+            assert (busy.value.zone, busy.value.user_id) == (None, "u1")
+            assert result.state == "FAILURE"
+    finally:
+        runtime.close()
         app.close()
