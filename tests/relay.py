@@ -8,8 +8,18 @@ import contextlib
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 from hivemem.pool.redis_server import EmbeddedRedis
+
+
+@dataclass
+class _Connection:
+    """One relayed connection's own state: its next reply is to be lost (``dropping``), or held
+    for ``hold_reply`` seconds."""
+
+    dropping: bool = False
+    hold_reply: float = 0.0
 
 
 class Relay:
@@ -45,16 +55,16 @@ class Relay:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self._upstream))
-            dropping = threading.Event()  # this connection's next reply is to be lost
+            state = _Connection()
             threading.Thread(
-                target=self._pump, args=(client, server, "requests", dropping), daemon=True
+                target=self._pump, args=(client, server, "requests", state), daemon=True
             ).start()
             threading.Thread(
-                target=self._pump, args=(server, client, "replies", dropping), daemon=True
+                target=self._pump, args=(server, client, "replies", state), daemon=True
             ).start()
 
     def _pump(
-        self, source: socket.socket, sink: socket.socket, way: str, dropping: threading.Event
+        self, source: socket.socket, sink: socket.socket, way: str, state: _Connection
     ) -> None:
         while True:
             try:
@@ -62,16 +72,17 @@ class Relay:
             except OSError:
                 data = b""
             if way == "replies":
-                if dropping.is_set():
+                if state.dropping:
                     self._drop(source, sink)
                     return
                 held, self.hold_reply = self.hold_reply, 0.0
+                held, state.hold_reply = max(held, state.hold_reply), 0.0
                 time.sleep(held)
             else:
                 if self.drop_reply_to is not None and self.drop_reply_to in data:
                     self.drop_reply_to = None
-                    dropping.set()
-                self._requested(data)
+                    state.dropping = True
+                self._requested(data, state)
             try:
                 if not data:
                     sink.shutdown(socket.SHUT_WR)
@@ -80,10 +91,11 @@ class Relay:
             except OSError:
                 return
 
-    def _requested(self, data: bytes) -> None:
-        """Hold a request as asked, or arm the hold of its reply."""
+    def _requested(self, data: bytes, state: _Connection) -> None:
+        """Hold a request as asked, or arm the hold of its reply (on its own connection: a
+        reply on another one, such as a lock renewal's, passes)."""
         if self.hold_reply_to is not None and self.hold_reply_to[0] in data:
-            self.hold_reply, self.hold_reply_to = self.hold_reply_to[1], None
+            state.hold_reply, self.hold_reply_to = self.hold_reply_to[1], None
         if self.hold_request_with is not None and self.hold_request_with[0] in data:
             held, self.hold_request_with = self.hold_request_with[1], None
             time.sleep(held)
