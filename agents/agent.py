@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hivemem.agents.identity import Identity
+from hivemem.agents.inputs import check_seconds, record_id_of
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.outbox import Outbox
 from hivemem.agents.receiving import Receiver
@@ -92,11 +93,14 @@ class Agent:
         self._receiver.listeners.append(listener)
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
-        """True once the receiver has subscribed and caught up with every topic."""
-        return self._receiver.connected.wait(timeout_s)
+        """True once the receiver has subscribed and caught up with every topic; InvalidInput
+        when ``timeout_s`` is not a number of seconds from 0."""
+        return self._receiver.connected.wait(check_seconds(timeout_s, field="timeout_s"))
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every queued message is acknowledged by Redis; False on timeout."""
+        """Wait until every queued message is acknowledged by Redis; False on timeout.
+        InvalidInput when ``timeout_s`` is not a number of seconds from 0."""
+        timeout_s = check_seconds(timeout_s, field="timeout_s")
         self._sender.wake()
         return self._sender.wait_idle(timeout_s)
 
@@ -107,8 +111,8 @@ class Agent:
         Use :meth:`SharedMemoryPool.share_knowledge`, which also checks that ``to_agent`` is
         cleared for the record and the zone's policy (and audits a refusal): this is its last
         step (a receiver still refuses what is above its clearance)."""
+        record_id = record_id_of(record)
         self._registry.get(to_agent)
-        record_id = record if isinstance(record, str) else record.id
         stored = self.memory.get(record_id, with_vectors=True)
         self._sharing.hand_over(to_agent, stored)
         return stored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Self
@@ -17,6 +18,7 @@ from hivemem.pool.records import (
     Content,
     Importance,
     Labels,
+    MemoryRecord,
     Metadata,
     RecordId,
     Scope,
@@ -71,6 +73,32 @@ def batch_of(items: object) -> list[Any]:
     return list(items)
 
 
+def items_of(value: object, kind: type | tuple[type, ...], *, field: str) -> list[Any]:
+    """``value``'s items as a list, each an instance of ``kind``: a list, tuple or other
+    iterable, but not a string, bytes, a mapping or None; else InvalidInput."""
+    if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
+        raise InvalidInput(f"{field} must be a list, not {type(value).__name__}", field=field)
+    items = list(value)
+    for item in items:
+        if not isinstance(item, kind):
+            wanted = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise InvalidInput(
+                f"{field} must hold {wanted} items, not a {type(item).__name__}", field=field
+            )
+    return items
+
+
+def record_id_of(record: object, *, field: str = "record") -> str:
+    """The id of ``record``, a MemoryRecord or an id; InvalidInput for anything else."""
+    if isinstance(record, MemoryRecord):
+        return record.id
+    if isinstance(record, str):
+        return record
+    raise InvalidInput(
+        f"{field} is a memory record or its id, not {type(record).__name__}", field=field
+    )
+
+
 def check_count(value: object, *, field: str, low: int, high: int) -> int:
     """``value`` if it is an int (not a bool) in ``low..high``, else InvalidInput."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -83,6 +111,15 @@ def check_flag(value: object, *, field: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidInput(f"{field} must be True or False", field=field)
     return value
+
+
+def check_seconds(value: object, *, field: str) -> float:
+    """``value`` if it is a finite number of seconds from 0 (not a bool), else InvalidInput."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise InvalidInput(
+            f"{field} must be a number of seconds from 0: {value!r:.40}", field=field
+        )
+    return float(value)
 
 
 def check_time(value: object, *, field: str) -> datetime | None:

@@ -28,7 +28,14 @@ from hivemem.agents.builder import RecordBuilder
 from hivemem.agents.context import BuiltContext, GroupBy, build_context, estimate_tokens
 from hivemem.agents.directory import StoreDirectory
 from hivemem.agents.embedding import shared_embedder
-from hivemem.agents.inputs import MemoryInput, batch_of, check_count, check_flag, check_rows
+from hivemem.agents.inputs import (
+    MemoryInput,
+    batch_of,
+    check_count,
+    check_flag,
+    check_rows,
+    items_of,
+)
 from hivemem.agents.ranking import SearchHit
 from hivemem.agents.reading import FilterArg, Reader
 from hivemem.agents.removal import Remover
@@ -304,6 +311,9 @@ class HierarchicalMemory:
         ClearanceDenied or CompartmentDenied (nothing stored) for a record this memory may
         not hold (its ``read_gate``)."""
         self._check_open()
+        records = items_of(records, MemoryRecord, field="records")
+        tombstones = items_of(tombstones, Tombstone, field="tombstones")
+        senders = items_of(senders, str, field="senders")
         if len(senders) != len(records) or (dense is not None and len(dense) != len(records)):
             raise InvalidInput("senders and dense need one entry per record", field="senders")
         if self._read_gate is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Level, Zone
@@ -12,11 +12,12 @@ from hivemem.pool.ids import check_agent_id
 from hivemem.pool.records import Compartments, Labels, UtcDatetime, utc_now
 
 
-def _agent_id(value: str) -> str:
+def _agent_id(value: object) -> str:
     return check_agent_id(value)
 
 
-AgentId = Annotated[str, AfterValidator(_agent_id)]
+#: Checked before pydantic's coercion: bytes are no id.
+AgentId = Annotated[str, BeforeValidator(_agent_id)]
 
 
 class AgentInfo(Model):

@@ -169,9 +169,9 @@ class Scope(Model):
     agent_id: str | None = None
     run_id: str | None = None
 
-    @field_validator("user_id", "session_id", "agent_id", "run_id")
+    @field_validator("user_id", "session_id", "agent_id", "run_id", mode="before")
     @classmethod
-    def _check_ids(cls, value: str | None, info: Any) -> str | None:
+    def _check_ids(cls, value: object, info: Any) -> str | None:  # before: bytes are no id
         if value is None:
             return None
         return check_scope_id(value, field=f"scope.{info.field_name}")

@@ -20,6 +20,7 @@ import redis
 import structlog
 
 from hivemem.agents.agent import Agent
+from hivemem.agents.inputs import items_of, record_id_of
 from hivemem.pool.adapters.redis_bus import RedisBus
 from hivemem.pool.adapters.redis_errors import REDIS_DOWN, redis_client, unavailable
 from hivemem.pool.adapters.redis_registry import AgentRegistry, check_zone_ladder
@@ -184,14 +185,18 @@ class SharedMemoryPool:
         ``compartments`` are the configured compartments it holds (see
         :mod:`hivemem.pool.compartments`). Raises InvalidInput (nothing registered),
         RegistrationConflict, StoreLocked when another process has it attached."""
-        optional = {} if receive_levels is None else {"receive_levels": list(receive_levels)}
+        optional = (
+            {}
+            if receive_levels is None
+            else {"receive_levels": items_of(receive_levels, object, field="receive_levels")}
+        )
         info = AgentInfo(
             agent_id=agent_id,
             display_name=display_name or agent_id,
-            capabilities=list(capabilities),
+            capabilities=items_of(capabilities, object, field="capabilities"),
             clearance=clearance,
-            compartments=list(compartments),
-            share_levels=list(share_levels),
+            compartments=items_of(compartments, object, field="compartments"),
+            share_levels=items_of(share_levels, object, field="share_levels"),
             sync_interval=sync_interval,
             **optional,
         )
@@ -285,8 +290,9 @@ class SharedMemoryPool:
         Redis ACLs the broker applies it at once, as for :meth:`set_clearance`. Records of a
         compartment it lost that it already holds stay in its local memory (as with a lowered
         clearance); nothing more reaches it. Raises AgentNotFound, InvalidInput (nothing
-        changed) for an unknown compartment."""
-        return self._registrar.set_compartments(agent_id, compartments)
+        changed) for an unknown compartment or anything but a list of names."""
+        names = items_of(compartments, str, field="compartments")
+        return self._registrar.set_compartments(agent_id, names)
 
     # -- zone keys ------------------------------------------------------------------------------
 
@@ -354,9 +360,9 @@ class SharedMemoryPool:
         is audited as ``denied_read``), CompartmentDenied (a ClearanceDenied, audited the same)
         when the record carries a compartment ``to_agent`` does not hold, PolicyDenied when the
         zone's policy keeps the record's level to each agent."""
+        record_id = record_id_of(record)
         sender = self.agent(from_agent)
         receiver = self.registry.get(to_agent)
-        record_id = record if isinstance(record, str) else record.id
         full = sender.memory.get(record_id, with_vectors=True)
         self.policies.check_share(full.zone, full.level)
         lacking = missing(receiver.compartments, full.compartments)

@@ -143,6 +143,11 @@ def test_bad_arguments_to_receive_store_nothing(make_memory: Memories) -> None:
         lambda: memory.receive([base], senders=["a"], dense=[np.zeros((1, dim), "<f4")]),
         lambda: memory.receive([base], senders=["a"], dense=[np.zeros(dim, "<i4")]),
         lambda: memory.receive([short], senders=["a"]),
+        # The record was stored before the tombstones failed.
+        lambda: memory.receive([base], 5, senders=["a"]),  # type: ignore[arg-type]
+        lambda: memory.receive([base], [base], senders=["a"]),  # type: ignore[list-item]
+        lambda: memory.receive(base, senders=["a"]),  # type: ignore[arg-type]
+        lambda: memory.receive([base], senders="a"),
     ):
         with pytest.raises(InvalidInput):
             call()

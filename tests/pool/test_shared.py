@@ -380,6 +380,29 @@ def test_registration_rules(make_pool: Pools) -> None:
         pool.register_agent("fine", share_levels=["nonsense"])
     with pytest.raises(InvalidInput):
         pool.register_agent("fine", clearance="top")
+    # Lists given as None, one string or a number; an id given as bytes (no silent decoding).
+    for bad in ({"share_levels": None}, {"share_levels": "category"}, {"capabilities": None},
+                {"compartments": None}, {"receive_levels": 5}):  # fmt: skip
+        with pytest.raises(InvalidInput) as caught:
+            pool.register_agent("fine", **bad)  # type: ignore[arg-type]
+        assert caught.value.field == next(iter(bad))
+    with pytest.raises(InvalidIdentifier):
+        pool.register_agent(b"fine")  # type: ignore[arg-type]
+    for compartments in (None, "hr"):
+        with pytest.raises(InvalidInput, match="must be a list"):
+            pool.set_compartments("support", compartments)  # type: ignore[arg-type]
+    record = agent.memory.add("billing runs on Fridays", user_id="u1", zone=Zone.INTERNAL)
+    with pytest.raises(InvalidInput, match="memory record or its id") as shared:
+        pool.share_knowledge("support", "support", 5)  # type: ignore[arg-type]
+    assert shared.value.field == "record"
+    with pytest.raises(InvalidInput, match="memory record or its id"):
+        agent.hand_over("support", 5)  # type: ignore[arg-type]
+    for timeout in ("5", -1, float("nan")):
+        with pytest.raises(InvalidInput):
+            agent.flush(timeout)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput):
+            agent.wait_connected(timeout)  # type: ignore[arg-type]
+    assert agent.memory.get(record.id).content == "billing runs on Fridays"
     assert [a.agent_id for a in other.agents()] == ["support"]
     assert other.get_agent("support").capabilities == ["billing"]
     assert agent.wait_connected()
