@@ -280,8 +280,9 @@ class SharedMemoryPool:
         Without them the pool announces the change and the agent's running receivers, in any
         process, resubscribe as now cleared when the notice reaches them (before any message
         sent after this returns), at the latest at their next heartbeat
-        (``pool.heartbeat_interval_s``) if they missed it. Raises AgentNotFound,
-        InvalidInput."""
+        (``pool.heartbeat_interval_s``) if they missed it. Either way, a clearance raised
+        above the one a running agent attached with applies when it next attaches (its local
+        store seals to those zones). Raises AgentNotFound, InvalidInput."""
         return self._registrar.set_clearance(agent_id, clearance)
 
     def set_compartments(self, agent_id: str, compartments: Sequence[str]) -> AgentInfo:
