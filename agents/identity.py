@@ -2,8 +2,10 @@
 
 :class:`Identity` is the plain one (security off: version-1 envelopes, nothing checked).
 :class:`SecureIdentity` seals, signs and checks with the pool's security layer, follows the
-agent's registry entry when the broker says its clearance changed, and audits every message a
-check refused (``rejected_message``: who refused what from whom and why, never content).
+agent's registry entry (when the broker says its clearance changed and, without Redis ACLs, when
+the pool announces a change and at every heartbeat: :meth:`SecureIdentity.changed`), and audits
+every message a check refused (``rejected_message``: who refused what from whom and why, never
+content).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import cast
 import structlog
 from pydantic import SecretStr
 
-from hivemem.pool.adapters.redis_bus import Delivery
-from hivemem.pool.adapters.redis_registry import AgentRegistry
+from hivemem.pool.adapters.redis_bus import Delivery, access_topic
+from hivemem.pool.adapters.redis_registry import AgentRegistry, access_of
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import EnvelopeCodec
@@ -42,6 +44,9 @@ class Identity:
         self.codec = codec
         #: The zones' policies: which levels travel, who may write where.
         self.policies = policies or ZonePolicies()
+        #: Where the pool announces that the agent's entry changed, for the receiver to read it
+        #: then (see :meth:`changed`); None: no announcement to follow.
+        self.notice_topic: str | None = None
 
     def sender_may_write(self, sender: str, zone: Zone) -> bool:
         """Whether ``sender`` holds the clearance ``zone``'s policy takes to write there (plain:
@@ -52,6 +57,12 @@ class Identity:
     def reload(self) -> AgentInfo:
         """The agent's current registry entry (the codec follows it)."""
         return self.info
+
+    def changed(self) -> AgentInfo | None:
+        """The agent's registry entry, taken on (the codec follows it), when its clearance or
+        compartments are no longer those of :attr:`info`; else None (plain: always). Raises
+        AgentNotFound when the agent is no longer registered."""
+        return None
 
     def outgoing(self, body: bytes, *, ingest: bool) -> bytes:
         """``body`` as it goes to Redis, ``ingest``: to an ingest queue (plain: unchanged)."""
@@ -94,11 +105,46 @@ class SecureIdentity(Identity):
         #: The agent's Redis user's password, when it connects as its own user.
         self.redis_password: SecretStr | None = None
         self._ingest = IngestSealer(security.keyring)
+        if security.acl is None:  # with ACLs, the broker closes the connections instead
+            self.notice_topic = access_topic(info.agent_id)
+        #: The registry entry last taken on (:attr:`info` is it, its clearance capped).
+        self._entry = info
+        #: The clearance the agent attached with: its local store seals to those zones only,
+        #: so a raised clearance applies when it attaches again.
+        self._ceiling = info.clearance
 
     def reload(self) -> AgentInfo:
-        self.info = self._registry.get(self.info.agent_id)
-        self.codec = self._security.agent_codec(self.info, self._key)
-        return self.info
+        return self._adopt(self._registry.get(self.info.agent_id))
+
+    def _adopt(self, entry: AgentInfo) -> AgentInfo:
+        """Take on the registry ``entry``: its compartments, and its clearance up to the one
+        the agent attached with (a raise beyond it is logged, for the next attach)."""
+        self._entry = info = entry
+        if entry.clearance > self._ceiling:
+            log.warning("pool_clearance_raise_deferred", agent_id=entry.agent_id,
+                        clearance=entry.clearance.value, until="attach")  # fmt: skip
+            info = entry.model_copy(update={"clearance": self._ceiling})
+        self.info = info
+        self.codec = self._security.agent_codec(info, self._key)
+        return info
+
+    def changed(self) -> AgentInfo | None:
+        """As :meth:`Identity.changed`, in one registry read. An entry without the
+        administrator's valid signature is not taken on (logged; None): without Redis ACLs
+        any process with the pool's credentials can write the registry. A clearance raised
+        beyond the one the agent attached with is held back (:meth:`_adopt`)."""
+        entry = self._registry.get(self.info.agent_id)
+        if access_of(entry) == access_of(self._entry):
+            return None
+        if not self._security.admin.verify_entry(
+            entry.agent_id, entry.clearance, entry.public_key, entry.registry_signature,
+            compartments=entry.compartments,
+        ):  # fmt: skip
+            log.error("pool_registry_entry_unsigned", agent_id=entry.agent_id)
+            return None
+        held = access_of(self.info)
+        info = self._adopt(entry)
+        return None if access_of(info) == held else info
 
     def outgoing(self, body: bytes, *, ingest: bool) -> bytes:
         """``body`` sealed again if Redis was away when it was sealed, or stamped again if it

@@ -1,5 +1,16 @@
 """What reaches an agent: the zones', compartments' and its inbox's messages, from Redis into
-its memory (see :mod:`hivemem.agents.sync`)."""
+its memory (see :mod:`hivemem.agents.sync`).
+
+The receiver follows the agent's registry entry. With Redis ACLs the broker enforces it: a
+grant or revocation closes the agent's connections and a topic it lost answers NOPERM, on which
+the receiver reads its entry again. Without them, the receiver reads its entry itself: when it
+(re)subscribes, before it catches up; when the pool announces a change on the agent's notice
+channel (:func:`~hivemem.pool.adapters.redis_bus.access_topic`), which arrives before any
+message sent after the change returned; and before each heartbeat, for a notice missed. Its
+entry changed, it resubscribes as now registered (``pool_receive_clearance_changed``); its
+entry gone (deregistered), it stops receiving (``pool_receive_deregistered``, once) and only
+looks again every heartbeat interval, in case the agent is registered again.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +40,7 @@ from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import missing
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.errors import (
+    AgentNotFound,
     InvalidMessage,
     MemoryClosed,
     PoolUnavailable,
@@ -45,6 +57,10 @@ _MESSAGE_TYPES = ("message", "pmessage")
 _POLL_S = 0.2
 #: Stream entries read per catch-up round trip (each holds up to ``send_batch`` records).
 _READ_MESSAGES = 32
+
+
+class _EntryChanged(Exception):
+    """The agent's registry entry changed and the receiver took it on: subscribe again."""
 
 
 @dataclass
@@ -91,6 +107,8 @@ class Receiver(threading.Thread):
         self._backoff = Backoff(settings, self._halt)
         self.listeners: list[Callable[[list[MemoryRecord]], None]] = []
         self.connected = threading.Event()
+        #: Whether the receiver found the agent deregistered (logged once, until it is back).
+        self._gone = False
         self._adopt(info)
 
     def _adopt(self, info: AgentInfo) -> None:
@@ -103,6 +121,15 @@ class Receiver(threading.Thread):
             glob for zone in zones if (glob := compartment_glob(zone, info.compartments))
         ]
         self._cursors = {topic: _Cursor(*self._outbox.cursor(topic)) for topic in self.topics}
+
+    def _follow_entry(self) -> None:
+        """Take on the agent's registry entry if its clearance or compartments changed, then
+        raise _EntryChanged (the receiver subscribes again, as now registered). Raises
+        AgentNotFound when the agent is deregistered; what Redis raises when it is away."""
+        info = self._identity.changed()
+        if info is not None:
+            self._adopt(info)
+            raise _EntryChanged
 
     def _may_use(self, topic: str) -> bool:
         """Whether ``topic`` is a compartment topic this agent may read."""
@@ -137,7 +164,13 @@ class Receiver(threading.Thread):
                 # Compartment topics come through the globs: subscribing to them as well would
                 # deliver each of their messages twice.
                 channels = [t for t in self.topics if topic_compartments(t) is None]
-                pubsub = self._bus.subscribe(channels, self.patterns)
+                notice = self._identity.notice_topic
+                pubsub = self._bus.subscribe(channels + ([notice] if notice else []), self.patterns)
+                # Subscribed first: a change made after this read is announced there.
+                self._follow_entry()
+                if self._gone:
+                    self._gone = False
+                    log.warning("pool_receive_registered_again", agent_id=self._info.agent_id)
                 self._discover()
                 for topic in list(self.topics):
                     self._catch_up(topic)
@@ -147,6 +180,13 @@ class Receiver(threading.Thread):
                 self._listen(pubsub)
             except MemoryClosed:
                 return
+            except _EntryChanged:  # nothing failed: subscribe again at once
+                self.connected.clear()
+                log.warning("pool_receive_clearance_changed", agent_id=self._info.agent_id,
+                            clearance=self._info.clearance.value,
+                            compartments=self._info.compartments)  # fmt: skip
+            except AgentNotFound:
+                self._deregistered()
             except redis.AuthenticationError:
                 self.connected.clear()
                 with contextlib.suppress(*REDIS_DOWN, PoolUnavailable):  # still down: retry later
@@ -161,35 +201,57 @@ class Receiver(threading.Thread):
                 )
             except redis.ResponseError as error:
                 self.connected.clear()
-                if not is_denied(error):  # a refusal the steps above do not expect: retry later
-                    self._backoff.failed("pool_receive_refused", agent_id=self._info.agent_id,
-                                         error=str(error)[:200])  # fmt: skip
-                    continue
-                # The broker denied a topic: the clearance changed. Receive as now registered.
-                try:
-                    self._adopt(self._identity.reload())
-                except (*REDIS_DOWN, PoolUnavailable) as down:
-                    self._backoff.failed("pool_receive_disconnected", agent_id=self._info.agent_id,
-                                         error=type(down).__name__)  # fmt: skip
-                    continue
-                self._backoff.failed(
-                    "pool_receive_clearance_changed",
-                    agent_id=self._info.agent_id,
-                    clearance=self._info.clearance.value,
-                )
+                self._refused(error)
             finally:
                 if pubsub is not None:
                     pubsub.close()
 
+    def _refused(self, error: redis.ResponseError) -> None:
+        """After Redis refused a step: a denial by the broker means the clearance changed
+        (receive as now registered); another refusal is retried later."""
+        if not is_denied(error):  # a refusal the steps above do not expect: retry later
+            self._backoff.failed("pool_receive_refused", agent_id=self._info.agent_id,
+                                 error=str(error)[:200])  # fmt: skip
+            return
+        try:
+            self._adopt(self._identity.reload())
+        except AgentNotFound:
+            self._deregistered()
+            return
+        except (*REDIS_DOWN, PoolUnavailable) as down:
+            self._backoff.failed("pool_receive_disconnected", agent_id=self._info.agent_id,
+                                 error=type(down).__name__)  # fmt: skip
+            return
+        self._backoff.failed(
+            "pool_receive_clearance_changed",
+            agent_id=self._info.agent_id,
+            clearance=self._info.clearance.value,
+        )
+
+    def _deregistered(self) -> None:
+        """The agent is no longer registered: receive nothing, and look again only after a
+        heartbeat interval (logged the first time)."""
+        self.connected.clear()
+        if not self._gone:
+            self._gone = True
+            log.warning("pool_receive_deregistered", agent_id=self._info.agent_id,
+                        retry_in_s=self._settings.heartbeat_interval_s)  # fmt: skip
+        self._halt.wait(self._settings.heartbeat_interval_s)
+
     def _listen(self, pubsub: redis.client.PubSub) -> None:
         beat_every_s = self._settings.heartbeat_interval_s
         next_beat = 0.0
+        notice = self._identity.notice_topic
         while not self._halt.is_set():
             message = pubsub.get_message(timeout=_POLL_S)
             if message is not None and message.get("type") in _MESSAGE_TYPES:
-                self._on_live(message["channel"], message["data"])
+                if notice is not None and self._bus.topic_of(message["channel"]) == notice:
+                    self._follow_entry()
+                else:
+                    self._on_live(message["channel"], message["data"])
             now = time.monotonic()
             if now >= next_beat:
+                self._follow_entry()  # a notice missed: the entry is read at least this often
                 self._beat()
                 next_beat = now + beat_every_s
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import structlog
 
-from hivemem.pool.adapters.redis_bus import RedisBus, inbox_topic
-from hivemem.pool.adapters.redis_errors import redis_errors
+from hivemem.pool.adapters.redis_bus import RedisBus, access_topic, inbox_topic
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN, redis_errors
 from hivemem.pool.adapters.redis_registry import (
     AccessChange,
     AgentRegistry,
@@ -159,6 +159,7 @@ class Registrar:
                     raise
                 departing, resumed = found, True
             self._departed(agent_id, departing, resumed=resumed)
+        self._announce(agent_id)
 
     def _departed(self, agent_id: str, departing: Departing, *, resumed: bool) -> None:
         """What follows a deregistration's step in Redis (``resumed``: done by a later call
@@ -198,6 +199,7 @@ class Registrar:
         self._follow_entry(info)
         self._audit_access(info, AccessChange(access_of(prior)))
         log.info("clearance_changed", agent_id=info.agent_id, clearance=zone.value)
+        self._announce(info.agent_id)
         return info
 
     def set_compartments(self, agent_id: str, compartments: Sequence[str]) -> AgentInfo:
@@ -208,6 +210,7 @@ class Registrar:
         self._follow_entry(info)
         self._audit_access(info, AccessChange(access_of(prior)))
         log.info("compartments_changed", agent_id=info.agent_id, compartments=info.compartments)
+        self._announce(info.agent_id)
         return info
 
     def _audit_access(self, info: AgentInfo, change: AccessChange) -> None:
@@ -241,9 +244,21 @@ class Registrar:
         """How a changed registry entry is signed again (None with security off)."""
         return None if self._security is None else self._security.signed
 
+    def _announce(self, agent_id: str) -> None:
+        """Without Redis ACLs, after the agent's entry changed or went: tell its running
+        receivers, wherever they run, to read it again at once (with ACLs the broker closed
+        their connections). Redis away here is logged, not raised: the change is made, and
+        each receiver reads its entry at its next heartbeat anyway."""
+        if self._security is None or self._security.acl is not None:
+            return
+        try:
+            self._bus.notify(access_topic(agent_id))
+        except REDIS_DOWN as error:
+            log.warning("agent_access_notice_lost", agent_id=agent_id, error=type(error).__name__)
+
     def _follow_entry(self, info: AgentInfo) -> None:
-        """After an operator changed ``info``'s entry: receivers here read it afresh and, with
-        Redis ACLs, the agent's user gets its rules (its connections close)."""
+        """After an operator changed ``info``'s entry: this process's sender checks read it
+        afresh and, with Redis ACLs, the agent's user gets its rules (its connections close)."""
         if self._security is None:
             return
         self._security.senders.forget(info.agent_id)

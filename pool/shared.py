@@ -249,7 +249,9 @@ class SharedMemoryPool:
 
     def deregister(self, agent_id: str, *, keep_queued: bool = True) -> None:
         """Detach the agent here if attached (its memory stays on disk), remove it from the
-        registry and drop its inbox. Raises AgentNotFound.
+        registry and drop its inbox. A process of it running elsewhere stops receiving: with
+        Redis ACLs its user is deleted; without, its receiver finds its entry gone (announced,
+        as for :meth:`set_clearance`). Raises AgentNotFound.
 
         ``keep_queued``: the writes it queued for the workers are still stored (they were
         acknowledged; :mod:`hivemem.pool.adapters.departures`); False deletes them unstored,
@@ -280,14 +282,19 @@ class SharedMemoryPool:
         """Grant (raise) or revoke (lower) a registered agent's clearance; audited as
         ``granted`` or ``revoked``. With Redis ACLs (``security.redis_acl``) the broker applies
         it at once: the agent's connections are closed and it resubscribes as now cleared.
-        Without them it applies when the agent next attaches. Raises AgentNotFound,
-        InvalidInput."""
+        Without them the pool announces the change and the agent's running receivers, in any
+        process, resubscribe as now cleared when the notice reaches them (before any message
+        sent after this returns), at the latest at their next heartbeat
+        (``pool.heartbeat_interval_s``) if they missed it. Either way, a clearance raised
+        above the one a running agent attached with applies when it next attaches (its local
+        store seals to those zones). Raises AgentNotFound, InvalidInput."""
         return self._registrar.set_clearance(agent_id, clearance)
 
     def set_compartments(self, agent_id: str, compartments: Sequence[str]) -> AgentInfo:
         """Give a registered agent exactly ``compartments`` (configured names); what it gains
         is audited ``granted``, what it loses ``revoked`` (with the compartments named). With
-        Redis ACLs the broker applies it at once, as for :meth:`set_clearance`. Records of a
+        Redis ACLs the broker applies it at once, without them the receivers, as for
+        :meth:`set_clearance`. Records of a
         compartment it lost that it already holds stay in its local memory (as with a lowered
         clearance); nothing more reaches it. Raises AgentNotFound, InvalidInput (nothing
         changed) for an unknown compartment or anything but a list of names."""

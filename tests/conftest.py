@@ -127,14 +127,16 @@ def pool_settings(
     tmp_path: Path, redis_server: EmbeddedRedis, settings: HivememSettings
 ) -> Callable[..., HivememSettings]:
     """Settings for a pool process under this test's directory, on the test's Redis.
-    ``pool_settings(name, secure=True, zones=..., compartments=..., **pool_fields)``; fast
-    retries so fault tests recover quickly; ``secure=False`` turns the security layer off (plain
-    version-1 messages); ``zones`` and ``compartments`` default to the settings' defaults."""
+    ``pool_settings(name, secure=True, acl=True, zones=..., compartments=..., **pool_fields)``;
+    fast retries so fault tests recover quickly; ``secure=False`` turns the security layer off
+    (plain version-1 messages), ``acl=False`` its Redis ACL users only; ``zones`` and
+    ``compartments`` default to the settings' defaults."""
 
     def make(
         name: str = "pool",
         *,
         secure: bool = True,
+        acl: bool = True,
         zones: tuple[str, ...] = BUILTIN_ZONES,
         compartments: tuple[str, ...] = (),
         **pool_fields: Any,
@@ -147,7 +149,7 @@ def pool_settings(
             redis_url=redis_server.url,
             embedding=settings.embedding,
             pool=PoolSettings(**fields),
-            security=shared_keys(tmp_path, enabled=secure),
+            security=shared_keys(tmp_path, enabled=secure, redis_acl=acl),
         )
 
     return make

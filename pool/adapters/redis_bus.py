@@ -23,6 +23,10 @@ read). Per topic, under the pool's namespace ``ns``:
   acknowledgement duplicates nothing, and one that resends after the topic started over
   appends it to the new stream.
 
+Besides the topics, ``ns:agent:<id>:access`` is a bare pub/sub channel (no stream, no sequence
+numbers): without Redis ACLs the pool announces there that the agent's registry entry changed or
+went (:meth:`RedisBus.notify`), and its receiver reads the entry again at once.
+
 Every key of a topic starts with ``ns:<topic>``, so one ACL pattern per zone covers them (and
 one per zone the compartment topics an agent may use). Compartment topics come into being as
 records are written there; whoever publishes to one first adds it to the set
@@ -102,6 +106,12 @@ def topic_compartments(topic: str) -> tuple[Zone, tuple[str, ...]] | None:
 
 def inbox_topic(agent_id: str) -> str:
     return f"agent:{check_agent_id(agent_id)}:inbox"
+
+
+def access_topic(agent_id: str) -> str:
+    """The channel where the pool announces that ``agent_id``'s registry entry changed (see the
+    module docstring): a notice only, never a message to apply."""
+    return f"agent:{check_agent_id(agent_id)}:access"
 
 
 def ingest_topic(zone: Zone, agent_id: str | None = None) -> str:
@@ -340,6 +350,11 @@ class RedisBus:
         """The stream key and ``MINID`` that trim ``topic`` through ``seq`` (for ``XTRIM``
         in a caller's transaction)."""
         return self._key(topic, "stream"), f"{seq + 1}-0"
+
+    def notify(self, topic: str) -> None:
+        """Publish an empty notice on ``topic``'s channel (nothing is kept: whoever is not
+        subscribed then misses it)."""
+        self.client.publish(self.channel(topic), b"")
 
     def drop_topic(self, topic: str) -> None:
         """Delete a topic's stream and counters (an inbox of a deregistered agent)."""
