@@ -23,7 +23,7 @@ from hivemem.pool.adapters.redis_bus import (
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.envelope import Envelope, Row, make_envelope
-from hivemem.pool.errors import PoolUnavailable, SealBroken
+from hivemem.pool.errors import MessageTooLarge, PoolUnavailable, SealBroken
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.settings import PoolSettings
@@ -38,6 +38,17 @@ _Group = tuple[Zone, tuple[str, ...], str]
 
 def _group(item: MemoryRecord | Tombstone) -> _Group:
     return item.zone, tuple(item.compartments), item.scope.user_id
+
+
+def _within(pending: list[Pending], max_bytes: int) -> list[Pending]:
+    """The longest head of ``pending`` whose bodies hold at most ``max_bytes``, but at least
+    its first message."""
+    total = 0
+    for count, message in enumerate(pending):
+        total += len(message.body)
+        if total > max_bytes and count:
+            return pending[:count]
+    return pending
 
 
 def _own_queue(topic: str, agent_id: str) -> str:
@@ -66,6 +77,7 @@ class ShareObserver:
         self._outbox = outbox
         self._wake = wake
         self._batch = settings.send_batch
+        self._max_bytes = settings.message_max_bytes
         self._ingest = settings.ingest
         self._identity = identity
 
@@ -128,28 +140,61 @@ class ShareObserver:
         topics: Sequence[Callable[[Zone, Sequence[str]], str]],
     ) -> list[tuple[str, str, bytes]]:
         """One envelope per (zone, compartments, user) and ``send_batch`` items — one user per
-        envelope, so that it can be sealed under that user's key — as a message to each of
-        ``topics``."""
+        envelope, so that it can be sealed under that user's key — and ``message_max_bytes``
+        (see :meth:`_fitted`), as a message to each of ``topics``."""
         groups: dict[_Group, list[T]] = {}
         for item in items:
             groups.setdefault(group_of(item), []).append(item)
         messages: list[tuple[str, str, bytes]] = []
         for (zone, compartments, _user), chosen in groups.items():
             for start in range(0, len(chosen), self._batch):
-                envelope = envelope_of(chosen[start : start + self._batch])
-                body = self._identity.codec.encode(envelope)
-                messages.extend(
-                    (topic(zone, compartments), envelope.message_id, body) for topic in topics
-                )
+                part = chosen[start : start + self._batch]
+                for envelope, body in self._fitted(part, envelope_of):
+                    messages.extend(
+                        (topic(zone, compartments), envelope.message_id, body) for topic in topics
+                    )
         return messages
 
+    def _fitted(
+        self, items: list[T], envelope_of: Callable[[list[T]], Envelope]
+    ) -> list[tuple[Envelope, bytes]]:
+        """``items`` as encoded envelopes of at most ``message_max_bytes`` each, in order. One
+        that comes out larger (a batch of large records; the common small message costs only
+        the comparison) is cut into as many parts as its size asks, plus one, each fitted in
+        turn. Raises MessageTooLarge for an item that fits in no message alone."""
+        envelope = envelope_of(items)
+        try:
+            body = self._identity.codec.encode(envelope)
+        except MessageTooLarge as error:
+            size = error.size_bytes
+        else:
+            if len(body) <= self._max_bytes:
+                return [(envelope, body)]
+            size = len(body)
+        if len(items) == 1:
+            ids = [r.id for r in envelope.records] + [t.id for t in envelope.tombstones]
+            raise MessageTooLarge(size, self._max_bytes, ids)
+        parts = min(len(items), size // self._max_bytes + 2)
+        step = -(-len(items) // parts)
+        fitted: list[tuple[Envelope, bytes]] = []
+        for start in range(0, len(items), step):
+            fitted.extend(self._fitted(items[start : start + step], envelope_of))
+        return fitted
+
     def hand_over(self, to_agent: str, record: MemoryRecord) -> None:
-        """Queue ``record`` (with its vector) for ``to_agent``'s inbox."""
-        envelope = make_envelope(
-            sender=self._info.agent_id, zone=record.zone, records=[record], to=to_agent
-        )
+        """Queue ``record`` (with its vector) for ``to_agent``'s inbox (MessageTooLarge: it
+        fits in no message)."""
+
+        def envelope_of(part: list[MemoryRecord]) -> Envelope:
+            return make_envelope(
+                sender=self._info.agent_id, zone=record.zone, records=part, to=to_agent
+            )
+
         self._send(
-            [(inbox_topic(to_agent), envelope.message_id, self._identity.codec.encode(envelope))]
+            [
+                (inbox_topic(to_agent), envelope.message_id, body)
+                for envelope, body in self._fitted([record], envelope_of)
+            ]
         )
 
     def _send(self, messages: list[tuple[str, str, bytes]]) -> None:
@@ -203,7 +248,9 @@ class Sender(threading.Thread):
     def _drain(self) -> None:
         """Send until the outbox is empty (or Redis is down, then back off and retry)."""
         while not self._halt.is_set():
-            pending = self._outbox.peek(self._settings.send_batch)
+            pending = _within(
+                self._outbox.peek(self._settings.send_batch), self._settings.message_max_bytes
+            )
             if not pending:
                 with self._idle:
                     self._idle.notify_all()

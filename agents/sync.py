@@ -4,15 +4,17 @@ share here: back-off while Redis is away, and telling the broker's ACL refusals 
 
 **Sending.** :class:`~hivemem.agents.sending.ShareObserver` sees every write of the agent's memory
 before the write is acknowledged; the records and tombstones of a level in ``share_levels`` become
-envelopes (one per zone, compartments, user and write, at most ``send_batch`` records each)
-committed to the outbox, and so do all of them for the agent's ingest queue in the zone, which
-the workers drain into the zone store (``pool.ingest``). Each write is noted in the outbox before
-the local index changes, so that the next process finishes what a killed one left half done
-(:mod:`hivemem.agents.write_ahead`). :class:`~hivemem.agents.sending.Sender`,
-a thread, moves them to Redis: at once when ``sync_interval`` is 0, else everything that
-accumulated once per interval, in one round trip per topic. A message leaves the outbox only after
-Redis acknowledged it; while Redis is unreachable the sender waits with exponential back-off
-(``retry_initial_s`` doubling to ``retry_max_s``) and tries again, never spinning.
+envelopes (one per zone, compartments, user and write, at most ``send_batch`` records and
+``message_max_bytes`` each) committed to the outbox, and so do all of them for the agent's
+ingest queue in the zone, which the workers drain into the zone store (``pool.ingest``). Each
+write is noted in the outbox before the local index changes, so that the next process finishes
+what a killed one left half done (:mod:`hivemem.agents.write_ahead`).
+:class:`~hivemem.agents.sending.Sender`, a thread, moves them to Redis: at once when
+``sync_interval`` is 0, else everything that accumulated once per interval, in one round trip per
+topic (of at most ``send_batch`` messages and ``message_max_bytes``). A message leaves the
+outbox only after Redis acknowledged it; while Redis is unreachable the sender waits with
+exponential back-off (``retry_initial_s`` doubling to ``retry_max_s``) and tries again, never
+spinning.
 
 **Receiving.** :class:`~hivemem.agents.receiving.Receiver`, a thread, subscribes to the channel of
 every zone at or below the agent's clearance, to its inbox and (one glob per zone) to the

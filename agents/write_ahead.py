@@ -14,6 +14,15 @@ noted records found in the index are told again (with their version links comple
 removals are told again and applied here. Telling twice is harmless: receivers skip a record
 they hold, and a tombstone received again is the same deletion. A memory without a journal (not
 attached to a pool) notes nothing: it has no one to tell.
+
+When telling raises in a write (the sender could not encode the messages, the outbox refused
+them), the write is undone and its note crossed off: new records leave the index again
+(:meth:`hivemem.agents.write_path.WritePath._tell`), a removal changes nothing here
+(:meth:`WriteAhead.remove`); the caller gets the error. A note that fails again at an attach is
+kept for the next one, but for a noted record that fits in no pool message (``MessageTooLarge``:
+only a record stored before metadata was bounded can be that large, and the sender splits any
+batch into messages that fit): it stays here unshared, logged (``write_recovery_unsendable``),
+the rest of its note is told, and the note goes, rather than fail at every attach.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Literal
 import structlog
 
 from hivemem.agents import versions
+from hivemem.pool.errors import MessageTooLarge
 from hivemem.pool.failures import described
 from hivemem.pool.ports import Intent, LocalIndex, Vector, WriteJournal, WriteObserver
 from hivemem.pool.records import MemoryRecord, Tombstone
@@ -145,12 +155,27 @@ class WriteAhead:
 
     def _finish_records(self, ids: Sequence[str]) -> None:
         """Tell the observers of the noted records that reached the index (the others never
-        existed), each linked in its chain first."""
+        existed), each linked in its chain first; those that fit in no message are left out,
+        logged (see the module docstring)."""
         found = self._index.get(ids, with_vectors=True)
         for record in found:
             versions.complete_link(self._index, record)
-        if found:
-            self.wrote(found)
+        while found:
+            try:
+                self.wrote(found)
+            except MessageTooLarge as error:
+                kept = [r for r in found if r.id not in error.item_ids]
+                if len(kept) == len(found):
+                    raise
+                log.error(
+                    "write_recovery_unsendable",
+                    record_ids=[r.id for r in found if r.id in error.item_ids],
+                    size_bytes=error.size_bytes,
+                    limit_bytes=error.limit_bytes,
+                )
+                found = kept
+            else:
+                return
 
     def _finish_removal(self, ids: Sequence[str], deleted_at: datetime | None) -> None:
         """Tell the observers of the noted removal again (tombstones made here already, and

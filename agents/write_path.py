@@ -143,58 +143,60 @@ class WritePath:
         self, records: list[MemoryRecord], dense: Vector, advance: Callable[[int], None]
     ) -> list[MemoryRecord]:
         """Index an embedding batch chunk by chunk; the observers hear of the whole batch at
-        once, with its last chunk (see :meth:`_index_chunk`) or, when a chunk fails, of the
-        chunks indexed before it (what is in the index is always shared). The batch is noted
-        first: when the process is killed before the observers heard of it, the next one tells
-        them what reached the index."""
+        once, with its last chunk, under the same hold of the lock (one call per batch: the pool
+        makes one message per zone and user of each call, so fewer, fuller messages), or, when
+        a chunk fails, of the chunks indexed before it (what is in the index is always shared).
+        The batch is noted first: when the process is killed before the observers heard of it,
+        the next one tells them what reached the index. When telling fails, see :meth:`_tell`."""
         with self.lock:  # open: the journal (the agent's outbox) closes after the memory
             self._check_open()
             entry = self.ahead.note_added([r.id for r in records])
         indexed: list[MemoryRecord] = []
-        announced = False
+        told = False
         try:
             for start in range(0, len(records), _CHUNK):
                 stop = min(start + _CHUNK, len(records))
-                last = stop == len(records)
-                chunk = self._index_chunk(
-                    records[start:stop],
-                    dense[start:stop],
-                    announce=(indexed, dense[:stop]) if last else None,
-                )
-                announced = last
-                indexed.extend(chunk)
-                advance(len(chunk))
-        except BaseException:
-            if indexed and not announced:
                 with self.lock:
-                    self.wrote(indexed, dense[: len(indexed)])
+                    indexed.extend(self._index_chunk(records[start:stop], dense[start:stop]))
+                    if stop == len(records):
+                        told = True
+                        self._tell(indexed, dense[:stop], entry)
+                advance(stop - start)
+        except BaseException:
+            if indexed and not told:
+                with self.lock:
+                    self._tell(indexed, dense[: len(indexed)], entry)
             raise
         self.ahead.cross_off(entry)
         return indexed
 
-    def _index_chunk(
-        self,
-        chunk: list[MemoryRecord],
-        dense: Vector,
-        *,
-        announce: tuple[list[MemoryRecord], Vector] | None,
-    ) -> list[MemoryRecord]:
-        """Index one chunk under the write lock. ``announce``: the chunks of this embedding
-        batch indexed before (not yet told to the observers) and the batch's dense rows up to
-        this chunk's end; the observers are then told of them and this chunk in one call, before
-        the lock is released (one call per batch: the pool makes one message per zone and user
-        of each call, so fewer, fuller messages). None: this chunk is not told yet."""
+    def _index_chunk(self, chunk: list[MemoryRecord], dense: Vector) -> list[MemoryRecord]:
+        """Index one chunk (hold the lock); the chunk as indexed (linked in its sessions)."""
         added = _per_user(chunk)
-        with self.lock:
-            self._check_open()
-            chunk = self.sessions.link(chunk)
-            self._index.upsert(chunk, dense)
-            self.neighbourhoods.remember(chunk)
-            self.tiers.enforce(added, self._clock(), chunk)
-            if announce is not None:
-                earlier, rows = announce
-                self.wrote([*earlier, *chunk], rows)
+        self._check_open()
+        chunk = self.sessions.link(chunk)
+        self._index.upsert(chunk, dense)
+        self.neighbourhoods.remember(chunk)
+        self.tiers.enforce(added, self._clock(), chunk)
         return chunk
+
+    def _tell(self, records: list[MemoryRecord], rows: Vector, entry: int | None) -> None:
+        """Tell the observers of ``records``, just indexed (hold the lock). When that raises
+        (the pool's sender could not encode them, or the outbox refused them: its put is all or
+        none, so it took nothing), they are taken out of the index again and their note
+        (``entry``) crossed off before the error is raised: the caller is told the write failed,
+        so none of it may stay here unshared, nor be finished by a later attach. Tier moves the
+        records caused meanwhile stay. A process killed meanwhile leaves the note, and the next
+        attach tells what reached the index."""
+        try:
+            self.wrote(records, rows)
+        except Exception:
+            self._index.remove([r.id for r in records])
+            self._index.purge()
+            self.sessions.forget()
+            self.tiers.invalidate()
+            self.ahead.cross_off(entry)
+            raise
 
     # -- what other agents sent -----------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 
 from hivemem.pool.base import Model
 from hivemem.pool.enums import Zone
-from hivemem.pool.errors import HivememError, InvalidMessage, SecurityMismatch
+from hivemem.pool.errors import HivememError, InvalidMessage, MessageTooLarge, SecurityMismatch
 from hivemem.pool.ids import check_agent_id, check_scope_id
 from hivemem.pool.records import Compartments, MemoryRecord, Tombstone, UtcDatetime, utc_now
 
@@ -33,6 +33,10 @@ from hivemem.pool.records import Compartments, MemoryRecord, Tombstone, UtcDatet
 Row = Sequence[float] | np.ndarray | None
 #: The largest pool message a receiver decodes (bytes); anything longer is refused unread.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: What a sender keeps free below MAX_MESSAGE_BYTES around an encoded message (bytes): a sealed
+#: message's wrap to the workers, and the subject its header and body gain when it is sealed
+#: again after waiting in the outbox (:meth:`hivemem.security.wire.SecureCodec.refreshed`).
+SEND_ROOM_BYTES = 64 * 1024
 
 
 def _new_message_id() -> str:
@@ -112,7 +116,9 @@ INGEST_SEAL_MAGIC_WITH_ID = b"HMI2"
 
 class EnvelopeCodec(Protocol):
     """How envelopes travel as bytes. ``live`` says the message came straight from pub/sub
-    (rather than from a stream read later), which decides whether its age is checked."""
+    (rather than from a stream read later), which decides whether its age is checked.
+    ``encode`` raises MessageTooLarge rather than make a message longer than
+    MAX_MESSAGE_BYTES."""
 
     def encode(self, envelope: Envelope) -> bytes: ...
 
@@ -123,7 +129,10 @@ class PlainCodec:
     """Version-1 envelopes: JSON, neither sealed nor signed (security off)."""
 
     def encode(self, envelope: Envelope) -> bytes:
-        return envelope.encode()
+        body = envelope.encode()
+        if len(body) > MAX_MESSAGE_BYTES:
+            raise MessageTooLarge(len(body), MAX_MESSAGE_BYTES)
+        return body
 
     def decode(self, data: bytes, *, live: bool = False) -> Envelope:
         """Raises InvalidMessage, or SecurityMismatch for a sealed message (version 2, or sealed

@@ -149,6 +149,19 @@ class InvalidMessage(InvalidInput):
     a well-formed envelope of a known version."""
 
 
+class MessageTooLarge(InvalidMessage):
+    """Raised when what would go in one pool message is larger than a message may be
+    (``size_bytes`` over ``limit_bytes``): by a codec for an envelope no receiver would read, by
+    the sender for an item that fits in no message alone (``item_ids``: its record or tombstone
+    id). Nothing was sent."""
+
+    def __init__(self, size_bytes: int, limit_bytes: int, item_ids: Sequence[str] = ()) -> None:
+        super().__init__(f"a message of {size_bytes} bytes, over the limit of {limit_bytes}")
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+        self.item_ids = tuple(item_ids)
+
+
 class StoreUnavailable(HivememError):
     """Raised when the zone store's Qdrant server cannot be reached or cannot serve (connection
     refused, 5xx, overloaded); the worker task that needed it is retried."""

@@ -44,6 +44,12 @@ _SPARSE_INDEX_LIMIT = 2**32
 MAX_CONTENT_CHARS_HARD = 100_000
 #: Metadata values: JSON scalars, or flat lists of them.
 MetadataValue = str | int | float | bool | None | list[str | int | float | bool]
+#: The text a record's metadata holds at most: its keys and string values, list elements
+#: included (characters; as much as the content's hard ceiling). With the bounds below, one
+#: record always fits in a sync message (:data:`hivemem.pool.envelope.MAX_MESSAGE_BYTES`).
+MAX_METADATA_CHARS = 100_000
+#: Elements of one metadata list at most.
+MAX_METADATA_LIST = 1_000
 
 
 def utc_now() -> datetime:
@@ -127,10 +133,29 @@ def _metadata_scalar(key: str, item: object) -> None:
 
 
 def _metadata(value: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
+    """``value`` if every key and value is valid and it stays within :data:`MAX_METADATA_CHARS`
+    and :data:`MAX_METADATA_LIST`; else InvalidInput naming ``metadata.<key>`` (the key that
+    went over)."""
+    chars = 0
     for key, item in value.items():
         check_metadata_key(key)
-        for element in item if isinstance(item, list) else [item]:
+        elements = item if isinstance(item, list) else [item]
+        if len(elements) > MAX_METADATA_LIST:
+            raise InvalidInput(
+                f"metadata.{key} holds {len(elements)} elements, more than {MAX_METADATA_LIST}",
+                field=f"metadata.{key}",
+            )
+        chars += len(key)
+        for element in elements:
             _metadata_scalar(key, element)
+            if isinstance(element, str):
+                chars += len(element)
+        if chars > MAX_METADATA_CHARS:
+            raise InvalidInput(
+                f"metadata.{key}: the metadata holds more than {MAX_METADATA_CHARS} characters "
+                "of text (keys and string values)",
+                field=f"metadata.{key}",
+            )
     return value
 
 

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 
 from hivemem.pool.enums import Tier, Zone
+from hivemem.pool.envelope import MAX_MESSAGE_BYTES, SEND_ROOM_BYTES
 from hivemem.pool.ids import METADATA_KEY_PATTERN
 from hivemem.security.classifier import SensitivityPolicy
 
@@ -98,6 +99,14 @@ class PoolSettings(BaseModel):
     heartbeat_interval_s: float = Field(default=10.0, gt=0.0)
     #: Sync messages sent in one Redis round trip at most, and records per message at most.
     send_batch: int = Field(default=256, ge=1, le=10_000)
+    #: Bytes of one sync message at most, and of the messages one Redis round trip sends (but
+    #: at least one): a batch of large records is split into messages that stay within it.
+    #: Below Redis's default pub/sub output buffer limits (32 MB at once, 8 MB for a minute),
+    #: past which Redis disconnects live subscribers; at least 4 MiB, which holds the largest
+    #: record validation lets through; at most what receivers read, less the room sealing takes.
+    message_max_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=4 * 1024 * 1024, le=MAX_MESSAGE_BYTES - SEND_ROOM_BYTES
+    )
     #: Send every record and tombstone an agent writes (all levels) to its zone's ingest stream,
     #: which the workers drain into the zone store. Without workers the stream only grows: turn
     #: this off for a pool that runs none.

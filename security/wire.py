@@ -41,6 +41,7 @@ from hivemem.pool.errors import (
     InvalidMessage,
     KeyUnavailable,
     MessageRejected,
+    MessageTooLarge,
     PoolUnavailable,
     SealBroken,
 )
@@ -179,7 +180,8 @@ class SecureCodec:
 
     def encode(self, envelope: Envelope) -> bytes:
         """The envelope sealed and signed. Raises InvalidInput when this codec cannot send (no
-        key) or the envelope names another sender; KeyUnavailable above the sealer's clearance."""
+        key) or the envelope names another sender; KeyUnavailable above the sealer's clearance;
+        MessageTooLarge for an envelope too large for one message."""
         if self._signer is None or envelope.sender != self._sender_id:
             raise InvalidMessage(f"this codec cannot send as {envelope.sender}")
         try:
@@ -193,8 +195,11 @@ class SecureCodec:
         return frame + self._signer.sign_raw(_signed(frame))
 
     def _sealed(self, envelope: Envelope) -> bytes:
-        """The frame of ``envelope`` up to its signature: clear header, nonce, ciphertext."""
+        """The frame of ``envelope`` up to its signature: clear header, nonce, ciphertext.
+        MessageTooLarge when it would not fit in a message."""
         plain = envelope.encode()
+        if len(plain) + TAG_BYTES > MAX_MESSAGE_BYTES:
+            raise MessageTooLarge(len(plain) + TAG_BYTES, MAX_MESSAGE_BYTES)
         key_id = self._sealer.active_key_id(envelope.zone)
         clear = SealedHeader(
             message_id=envelope.message_id,

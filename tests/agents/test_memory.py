@@ -67,6 +67,18 @@ def test_a_bad_item_fails_the_whole_batch_before_any_write(memory: HierarchicalM
     assert memory.stats().total == 0
 
 
+def test_oversized_metadata_fails_the_whole_batch_before_any_write(
+    memory: HierarchicalMemory,
+) -> None:
+    """An item whose metadata holds a megabyte of text (it could outgrow a sync message with
+    its batch) raises InvalidInput on ``metadata.<key>``, naming its place; nothing is stored."""
+    items = [{"content": f"note {i}", "metadata": {"blob": "x" * 1_000_000}} for i in range(3)]
+    with pytest.raises(InvalidInput, match=r"item 1: metadata\.blob") as caught:
+        memory.add_many(["fine", *items], user_id="u1")
+    assert caught.value.field == "metadata.blob"
+    assert memory.stats().total == 0
+
+
 def test_content_longer_than_the_setting_is_rejected(
     make_memory: MakeMemory, data_dir: Path
 ) -> None:

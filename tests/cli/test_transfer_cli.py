@@ -271,6 +271,26 @@ def test_import_refuses_sensitive_content_in_a_lower_zone(
     assert unchecked.json()["imported"] == 3
 
 
+def test_import_refuses_oversized_metadata(
+    hivemem: Run, agents: tuple[str, str], tmp_path: Path
+) -> None:
+    """A line whose metadata holds more text than a record may (it could outgrow a sync
+    message) is a bad line naming ``metadata.<key>``, as `memory add` of it is refused: nothing
+    is imported."""
+    alice, bob = agents
+    line = exported_line(hivemem, alice, tmp_path, "the weather is fine")
+    blob = line | {"id": str(uuid.uuid4()), "metadata": {"blob": "x" * 1_000_000}}
+    path = write_lines(tmp_path / "big.jsonl", [line, blob])
+
+    refused = hivemem("import", "--agent", bob, str(path))
+    assert refused.code == 2
+    assert "1 bad line(s)" in refused.err
+    assert f"{path}:2: metadata.blob: the metadata holds more than 100000 characters" in (
+        refused.err
+    )
+    assert hivemem("memory", "stats", "--agent", bob, "--json").json()["total"] == 0
+
+
 def test_import_refuses_version_links_that_loop(
     hivemem: Run, agents: tuple[str, str], tmp_path: Path
 ) -> None:

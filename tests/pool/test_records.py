@@ -32,6 +32,8 @@ from hivemem.pool.ids import (
 )
 from hivemem.pool.records import (
     MAX_CONTENT_CHARS_HARD,
+    MAX_METADATA_CHARS,
+    MAX_METADATA_LIST,
     MemoryRecord,
     Scope,
     SparseVector,
@@ -541,6 +543,35 @@ def test_more_than_64_labels_or_keys_raise_invalid_input(name: str) -> None:
     with pytest.raises(InvalidInput) as caught:
         make(**{name: value})
     assert caught.value.field == name
+
+
+def test_metadata_text_and_lists_at_their_bounds_are_kept() -> None:
+    """Metadata of exactly MAX_METADATA_CHARS characters of text (keys counted), and a list of
+    MAX_METADATA_LIST elements, is a valid record."""
+    text = "x" * (MAX_METADATA_CHARS - len("note") - len("ids"))
+    ids = list(range(MAX_METADATA_LIST))
+    assert make(metadata={"note": text, "ids": ids}).metadata == {"note": text, "ids": ids}
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"source": "s", "blob": "x" * MAX_METADATA_CHARS},
+        {"source": "s", "blob": ["x" * 60_000, "y" * 60_000]},
+        {"a": "x" * 60_000, "blob": "y" * 60_000},
+        {"source": "s", "blob": list(range(MAX_METADATA_LIST + 1))},
+    ],
+    ids=["one-value", "list-elements", "two-values", "long-list"],
+)
+def test_oversized_metadata_raises_invalid_input_naming_the_key(
+    metadata: dict[str, Any],
+) -> None:
+    """Metadata holding more text than MAX_METADATA_CHARS, or a list longer than
+    MAX_METADATA_LIST, raises InvalidInput on ``metadata.<key>`` (the key that went over): such
+    a record could outgrow a sync message."""
+    with pytest.raises(InvalidInput) as caught:
+        make(metadata=metadata)
+    assert caught.value.field == "metadata.blob"
 
 
 @pytest.mark.parametrize(
