@@ -110,7 +110,9 @@ class Attacher:
             embedder=self._embedder,
             owner=info.agent_id,
             wrap_index=None if seal is None else lambda index: _kept(sealed, index, seal),
-            write_gate=lambda zone, compartments: self._check_write(info, zone, compartments),
+            write_gate=lambda zone, compartments: self._check_write(
+                identities[0].info if identities else info, zone, compartments
+            ),
             read_gate=lambda zone, compartments: _check_read(
                 identities[0].info if identities else info, zone, compartments
             ),
@@ -140,12 +142,11 @@ class Attacher:
         )  # fmt: skip
 
     def _check_write(self, info: AgentInfo, zone: Zone, compartments: Sequence[str]) -> None:
-        """Raise PolicyDenied, or CompartmentDenied, unless ``info``'s agent may write a record
-        of ``zone`` carrying ``compartments``."""
+        """Raise PolicyDenied, ClearanceDenied or CompartmentDenied unless ``info``'s agent (its
+        entry as the agent follows it: a clearance lowered, a compartment revoked, apply to its
+        writes at once) may write a record of ``zone`` carrying ``compartments``."""
         self._policies.check_write(zone, info.agent_id, info.clearance)
-        lacking = missing(info.compartments, compartments)
-        if lacking:
-            raise CompartmentDenied(info.agent_id, zone.value, info.clearance.value, lacking)
+        _check_read(info, zone, compartments)
 
     def _secured(self, info: AgentInfo) -> tuple[Identity, RedisBus]:
         """The agent's identity (its key, issued here when this data directory has none) and

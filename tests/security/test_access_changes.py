@@ -17,6 +17,7 @@ from redis.retry import Retry
 
 from hivemem.agents.agent import Agent
 from hivemem.pool.enums import Level, Zone
+from hivemem.pool.errors import CompartmentDenied, PolicyDenied
 from hivemem.pool.redis_server import free_port
 from hivemem.pool.shared import SharedMemoryPool
 from tests.security.conftest import received
@@ -74,6 +75,27 @@ def test_a_revoked_compartment_stops_its_records_at_once(make_pool: Pools) -> No
     time.sleep(0.3)  # anything wrongly sent would have arrived by now
     assert "apollo after" not in received(bob)
     assert bob.identity.info.compartments == []
+
+
+@pytest.mark.parametrize("acl", [False, True], ids=["no-acl", "acl"])
+def test_a_lowered_agent_may_no_longer_write_what_it_lost(make_pool: Pools, acl: bool) -> None:
+    """Once bob followed his lowered entry, his own writes above it are refused as well (the
+    zone's write floor: PolicyDenied; a compartment lost: CompartmentDenied), nothing stored:
+    before, the write gate kept the entry bob attached with, and other agents refused his
+    messages only once their cache of his entry expired."""
+    admin, _, _, bob = scene(make_pool, acl=acl)
+    bob.memory.add("apollo plan", user_id="u1", zone=Zone.SECRET, compartments=["apollo"])
+    admin.set_clearance("bob", Zone.INTERNAL)
+    admin.set_compartments("bob", [])
+    assert wait_for(lambda: bob.identity.info.compartments == [])
+    assert bob.identity.info.clearance == Zone.INTERNAL
+    before = bob.memory.stats().total
+    with pytest.raises(PolicyDenied, match="clearance internal"):
+        bob.memory.add("vault code", user_id="u1", zone=Zone.SECRET)
+    with pytest.raises(CompartmentDenied):
+        bob.memory.add("apollo moves", user_id="u1", zone=Zone.INTERNAL, compartments=["apollo"])
+    assert bob.memory.stats().total == before
+    assert bob.memory.add("internal note", user_id="u1", zone=Zone.INTERNAL).zone == Zone.INTERNAL
 
 
 def test_a_change_whose_announcement_was_missed_is_followed_at_the_next_heartbeat(
