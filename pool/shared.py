@@ -295,8 +295,9 @@ class SharedMemoryPool:
         is audited ``granted``, what it loses ``revoked`` (with the compartments named). With
         Redis ACLs the broker applies it at once, without them the receivers, as for
         :meth:`set_clearance`. Records of a compartment it lost that it already holds stay in
-        its local memory (as with a lowered clearance); nothing more reaches it. Raises AgentNotFound, InvalidInput (nothing
-        changed) for an unknown compartment or anything but a list of names."""
+        its local memory (as with a lowered clearance); nothing more reaches it. Raises
+        AgentNotFound, InvalidInput (nothing changed) for an unknown compartment or anything
+        but a list of names."""
         names = items_of(compartments, str, field="compartments")
         return self._registrar.set_compartments(agent_id, names)
 
