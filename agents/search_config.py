@@ -36,8 +36,10 @@ class SearchConfig(Model):
     fusion: Literal["score", "rrf"] = "score"
     #: RRF constant: a candidate at rank r contributes weight / (rrf_k + r).
     rrf_k: int = Field(default=60, ge=1)
-    dense_weight: float = Field(default=0.5, ge=0.0)
-    sparse_weight: float = Field(default=0.5, ge=0.0)
+    #: The two rankings' weights, relative to each other; bounded so that their weighted sums
+    #: stay finite (two weights of 1e308 made every score NaN).
+    dense_weight: float = Field(default=0.5, ge=0.0, le=1_000.0)
+    sparse_weight: float = Field(default=0.5, ge=0.0, le=1_000.0)
     #: Share of the best fused score in a candidate's session added to it (session prior).
     session_boost: float = Field(default=0.5, ge=0.0, le=10.0)
     #: Share of the better neighbour's score (previous or next memory of the same session)

@@ -71,6 +71,10 @@ CALLS: dict[str, tuple[Call, type[InvalidInput]]] = {
         lambda m: m.search("q", user_id="u", dense_weight=float("inf")),
         InvalidSearchConfig,
     ),
+    "search weights whose sum overflows": (
+        lambda m: m.search("q", user_id="u", dense_weight=1e308, sparse_weight=1e308),
+        InvalidSearchConfig,
+    ),
     "as_of with no UTC time": (
         lambda m: m.search("q", user_id="u", as_of=NO_UTC_TIME),
         InvalidInput,
