@@ -61,7 +61,8 @@ class Identity:
     def changed(self) -> AgentInfo | None:
         """The agent's registry entry, taken on (the codec follows it), when its clearance or
         compartments are no longer those of :attr:`info`; else None (plain: always). Raises
-        AgentNotFound when the agent is no longer registered."""
+        AgentNotFound when the agent is no longer registered (or registered again with
+        another key)."""
         return None
 
     def outgoing(self, body: bytes, *, ingest: bool) -> bytes:
@@ -114,7 +115,15 @@ class SecureIdentity(Identity):
         self._ceiling = info.clearance
 
     def reload(self) -> AgentInfo:
-        return self._adopt(self._registry.get(self.info.agent_id))
+        return self._adopt(self._own(self._registry.get(self.info.agent_id)))
+
+    def _own(self, entry: AgentInfo) -> AgentInfo:
+        """``entry`` if it is still this agent's, with the key this process holds; else
+        AgentNotFound: the id was deregistered and registered again with another key, by a
+        process this one must not receive for."""
+        if entry.public_key != self._key.public_key:
+            raise AgentNotFound(entry.agent_id)
+        return entry
 
     def _adopt(self, entry: AgentInfo) -> AgentInfo:
         """Take on the registry ``entry``: its compartments, and its clearance up to the one
@@ -133,7 +142,7 @@ class SecureIdentity(Identity):
         administrator's valid signature is not taken on (logged; None): without Redis ACLs
         any process with the pool's credentials can write the registry. A clearance raised
         beyond the one the agent attached with is held back (:meth:`_adopt`)."""
-        entry = self._registry.get(self.info.agent_id)
+        entry = self._own(self._registry.get(self.info.agent_id))
         if access_of(entry) == access_of(self._entry):
             return None
         if not self._security.admin.verify_entry(

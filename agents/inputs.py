@@ -14,6 +14,7 @@ from hivemem.pool.base import Model
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.records import (
+    MAX_SOURCES,
     Compartments,
     Content,
     Importance,
@@ -43,7 +44,7 @@ class MemoryInput(Model):
     tags: Labels = Field(default_factory=list)
     entities: Labels = Field(default_factory=list)
     metadata: Metadata = Field(default_factory=dict)
-    sources: list[RecordId] = Field(default_factory=list)
+    sources: list[RecordId] = Field(default_factory=list, max_length=MAX_SOURCES)
     valid_from: UtcDatetime | None = None
     valid_until: UtcDatetime | None = None
 

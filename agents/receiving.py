@@ -323,6 +323,10 @@ class Receiver(threading.Thread):
                 )
             if not backlog.deliveries:
                 return
+            if self._identity.notice_topic is not None:
+                # Read after the stream: a change announced before one of these messages was
+                # sent is in the entry now, though its notice waits behind them on pub/sub.
+                self._follow_entry()
             self._apply(topic, backlog.deliveries)
             if cursor.seq >= backlog.last_seq:
                 return

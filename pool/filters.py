@@ -246,7 +246,7 @@ def _children(node: object) -> list[object]:
         return [node.expr]
     if isinstance(node, dict):
         parts = node.get("all", node.get("any", [node["expr"]] if "expr" in node else []))
-        return parts if isinstance(parts, list) else []
+        return list(parts) if isinstance(parts, list | tuple) else []
     return []
 
 

@@ -45,11 +45,15 @@ MAX_CONTENT_CHARS_HARD = 100_000
 #: Metadata values: JSON scalars, or flat lists of them.
 MetadataValue = str | int | float | bool | None | list[str | int | float | bool]
 #: The text a record's metadata holds at most: its keys and string values, list elements
-#: included (characters; as much as the content's hard ceiling). With the bounds below, one
-#: record always fits in a sync message (:data:`hivemem.pool.envelope.MAX_MESSAGE_BYTES`).
+#: included (characters; as much as the content's hard ceiling). With the bounds below and
+#: MAX_SOURCES, a record an agent writes always fits in a sync message
+#: (``pool.message_max_bytes``, at least 4 MiB).
 MAX_METADATA_CHARS = 100_000
 #: Elements of one metadata list at most.
 MAX_METADATA_LIST = 1_000
+#: Sources a record an agent writes names at most (about 400 KB of ids). The workers' records
+#: are not bound by it: a user's domain profile names every category of the user.
+MAX_SOURCES = 10_000
 
 
 def utc_now() -> datetime:

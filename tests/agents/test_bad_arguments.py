@@ -3,6 +3,7 @@ InvalidInput) and changes nothing, however far into a batch the bad item sits.""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -70,6 +71,11 @@ CALLS: dict[str, tuple[Call, type[InvalidInput]]] = {
     "an infinite search weight": (
         lambda m: m.search("q", user_id="u", dense_weight=float("inf")),
         InvalidSearchConfig,
+    ),
+    # With them, one record might fit in no sync message (the metadata is bounded too).
+    "more sources than MAX_SOURCES": (
+        lambda m: m.add("summary", user_id="u", sources=[str(uuid.uuid4()) for _ in range(10_001)]),
+        InvalidInput,
     ),
     "search weights whose sum overflows": (
         lambda m: m.search("q", user_id="u", dense_weight=1e308, sparse_weight=1e308),

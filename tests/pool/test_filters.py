@@ -343,6 +343,11 @@ def test_a_where_deeper_than_the_limit_is_refused_with_a_short_message(kind: str
         return node
 
     deepest = parse_filter({"where": nested(MAX_DEPTH)})
+    as_tuples: dict[str, Any] = {"field": "importance", "op": "gte", "value": 0.1}
+    for _ in range(300):
+        as_tuples = {"all": (as_tuples,)}  # a tuple is read as a list: as deep
+    with pytest.raises(InvalidFilter, match=f"at most {MAX_DEPTH}"):
+        parse_filter({"where": as_tuples})
     assert MemoryFilter.model_validate_json(deepest.model_dump_json()) == deepest
     for depth in (MAX_DEPTH + 1, 150, 5_000):
         with pytest.raises(InvalidFilter, match=f"at most {MAX_DEPTH}") as caught:

@@ -6,6 +6,7 @@ opens the newly allowed zone. Each pool stands for one process; the admin's is a
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ from redis.retry import Retry
 from hivemem.agents.agent import Agent
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.errors import CompartmentDenied, PolicyDenied
+from hivemem.pool.records import MemoryRecord
 from hivemem.pool.redis_server import free_port
 from hivemem.pool.shared import SharedMemoryPool
 from tests.security.conftest import received
@@ -149,6 +151,58 @@ def test_a_deregistered_agent_stops_receiving_and_says_so_once(make_pool: Pools)
     assert received(bob) == {"before"}
     assert not bob.wait_connected(timeout_s=0.1)
     assert not home.is_alive("bob")
+
+
+def test_a_record_sent_after_the_change_is_refused_by_a_catch_up_that_reads_it(
+    make_pool: Pools,
+) -> None:
+    """bob's receiver is busy (a slow listener) while a SECRET message, the change and a second
+    SECRET message happen: the first live message of the SECRET topic then makes it catch up
+    the stream, which holds the second already, while the notice still waits behind them on
+    pub/sub. The catch-up reads the entry after the stream, so neither reaches bob."""
+    admin, alice, _, bob = scene(make_pool, beat_s=SLOW_BEAT_S)
+    release, busy = threading.Event(), threading.Event()
+
+    def slow(records: list[MemoryRecord]) -> None:
+        if any(r.content == "hold" for r in records):
+            busy.set()
+            release.wait(30)
+
+    bob.on_receive(slow)
+    alice.memory.add("hold", user_id="u1", zone=Zone.PUBLIC)
+    assert busy.wait(10)
+    alice.memory.add("secret before", user_id="u1", zone=Zone.SECRET)
+    admin.set_clearance("bob", Zone.PUBLIC)
+    alice.memory.add("vault code", user_id="u1", zone=Zone.SECRET)
+    assert alice.flush()
+    release.set()
+    alice.memory.add("public news", user_id="u1", zone=Zone.PUBLIC)
+    assert wait_for(lambda: "public news" in received(bob))
+    time.sleep(0.3)  # anything wrongly applied would be here by now
+    assert "vault code" not in received(bob)
+    assert bob.identity.info.clearance == Zone.PUBLIC
+
+
+def test_a_stale_process_stays_out_when_its_id_is_registered_again_with_another_key(
+    make_pool: Pools,
+) -> None:
+    """bob deregistered, an agent of the same id registers from another data directory (another
+    key): bob's old process, which holds the old key, does not take the new entry for its own,
+    and receives nothing meant for the new agent."""
+    admin, alice, _, bob = scene(make_pool, beat_s=0.1)
+    with structlog.testing.capture_logs() as logs:
+        admin.deregister("bob")
+        assert wait_for(lambda: any(e["event"] == "pool_receive_deregistered" for e in logs))
+        newcomer = make_pool("other", acl=False, compartments=COMPARTMENTS).register_agent(
+            "bob", clearance=Zone.SECRET
+        )
+        assert newcomer.identity.info.public_key != bob.identity.info.public_key
+        assert newcomer.wait_connected()
+        alice.memory.add("for the new bob", user_id="u1", zone=Zone.SECRET)
+        assert wait_for(lambda: "for the new bob" in received(newcomer))
+        time.sleep(0.5)  # five heartbeat intervals of the old process
+    assert received(bob) == {"before"}
+    assert not any(e["event"] == "pool_receive_registered_again" for e in logs)
 
 
 @pytest.mark.parametrize("acl", [False, True], ids=["no-acl", "acl"])
