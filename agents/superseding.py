@@ -5,7 +5,9 @@
 Each new version is noted in the memory's journal (:mod:`hivemem.agents.write_ahead`), linked
 into its chain (:mod:`hivemem.agents.versions`), counted against its user's tier limits and told
 to the observers, all under the memory's write lock, so that what is in the index is always
-shared, in order, even when the process is killed in the middle.
+shared, in order, even when the process is killed in the middle. When telling fails, the new
+versions leave the index and the records they replaced are current again, as they were
+(:meth:`~hivemem.agents.write_path.WritePath.tell`).
 """
 
 from __future__ import annotations
@@ -112,10 +114,11 @@ class Superseder:
             self._check_open()
             old = versions.require(self._index, record_id)
             versions.check_current(self._index, old)
-            with self._writes.ahead.adding([new.id]):
-                versions.link(self._index, old, new, now, dense)
-                self._writes.tiers.enforce({new.scope.user_id: Counter([new.tier])}, now)
-                self._writes.wrote([new], dense)
+            entry = self._writes.ahead.note_added([new.id])
+            versions.link(self._index, old, new, now, dense)
+            self._writes.tiers.enforce({new.scope.user_id: Counter([new.tier])}, now)
+            self._writes.tell([new], dense, entry, superseded=[old])
+            self._writes.ahead.cross_off(entry)
         return new
 
     def end_session(
@@ -131,9 +134,10 @@ class Superseder:
             now = self._clock()
             pairs = bubble_up(self._index, where, session_id, now)
             promoted = [new for _, new in pairs]
-            with self._writes.ahead.adding([r.id for r in promoted]):
-                for old, new in pairs:
-                    versions.link(self._index, old, new, now)
-                self._writes.tiers.enforce({user_id: Counter(r.tier for r in promoted)}, now)
-                self._writes.wrote(promoted)
+            entry = self._writes.ahead.note_added([r.id for r in promoted])
+            for old, new in pairs:
+                versions.link(self._index, old, new, now)
+            self._writes.tiers.enforce({user_id: Counter(r.tier for r in promoted)}, now)
+            self._writes.tell(promoted, None, entry, superseded=[old for old, _ in pairs])
+            self._writes.ahead.cross_off(entry)
         return promoted

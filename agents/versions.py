@@ -77,6 +77,22 @@ def _mark_superseded(
     index.update_fields({old.id: fields})
 
 
+def restore(index: LocalIndex, records: Sequence[MemoryRecord]) -> None:
+    """Put back the version fields of ``records`` as they hold them: undoes :func:`link`'s mark
+    on a predecessor, given as it was before (its new version failed to be told)."""
+    if records:
+        index.update_fields(
+            {
+                r.id: {
+                    "superseded_at": r.superseded_at,
+                    "superseded_by": r.superseded_by,
+                    "valid_until": r.valid_until,
+                }
+                for r in records
+            }
+        )
+
+
 def complete_link(index: LocalIndex, new: MemoryRecord) -> None:
     """Finish :func:`link` for ``new``, a version this memory wrote, when its process stopped
     between storing it and marking its predecessor (still current): the mark is made as link

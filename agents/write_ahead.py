@@ -16,8 +16,9 @@ they hold, and a tombstone received again is the same deletion. A memory without
 attached to a pool) notes nothing: it has no one to tell.
 
 When telling raises in a write (the sender could not encode the messages, the outbox refused
-them), the write is undone and its note crossed off: new records leave the index again
-(:meth:`hivemem.agents.write_path.WritePath._tell`), a removal changes nothing here
+them), the write is undone and its note crossed off: new records leave the index again, and
+the records new versions replaced are current again
+(:meth:`hivemem.agents.write_path.WritePath.tell`), a removal changes nothing here
 (:meth:`WriteAhead.remove`); the caller gets the error. A note that fails again at an attach is
 kept for the next one, but for a noted record that fits in no pool message (``MessageTooLarge``:
 only a record stored before metadata was bounded can be that large, and the sender splits any
@@ -27,8 +28,7 @@ the rest of its note is told, and the note goes, rather than fail at every attac
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -79,14 +79,6 @@ class WriteAhead:
         once the observers were told of them (None: nothing noted). Left noted (the write
         raised, or the process died), the next process tells what of them reached the index."""
         return self._note("records", ids)
-
-    @contextmanager
-    def adding(self, ids: Sequence[str]) -> Iterator[None]:
-        """:meth:`note_added` for a block that indexes ``ids`` and tells the observers; crossed
-        off when the block ends normally."""
-        entry = self.note_added(ids)
-        yield
-        self.cross_off(entry)
 
     def remove(self, records: Sequence[MemoryRecord], now: datetime) -> list[Tombstone]:
         """Replace ``records`` by tombstones deleted at ``now``: noted, told, then applied here

@@ -147,7 +147,7 @@ class WritePath:
         makes one message per zone and user of each call, so fewer, fuller messages), or, when
         a chunk fails, of the chunks indexed before it (what is in the index is always shared).
         The batch is noted first: when the process is killed before the observers heard of it,
-        the next one tells them what reached the index. When telling fails, see :meth:`_tell`."""
+        the next one tells them what reached the index. When telling fails, see :meth:`tell`."""
         with self.lock:  # open: the journal (the agent's outbox) closes after the memory
             self._check_open()
             entry = self.ahead.note_added([r.id for r in records])
@@ -160,12 +160,12 @@ class WritePath:
                     indexed.extend(self._index_chunk(records[start:stop], dense[start:stop]))
                     if stop == len(records):
                         told = True
-                        self._tell(indexed, dense[:stop], entry)
+                        self.tell(indexed, dense[:stop], entry)
                 advance(stop - start)
         except BaseException:
             if indexed and not told:
                 with self.lock:
-                    self._tell(indexed, dense[: len(indexed)], entry)
+                    self.tell(indexed, dense[: len(indexed)], entry)
             raise
         self.ahead.cross_off(entry)
         return indexed
@@ -180,10 +180,18 @@ class WritePath:
         self.tiers.enforce(added, self._clock(), chunk)
         return chunk
 
-    def _tell(self, records: list[MemoryRecord], rows: Vector, entry: int | None) -> None:
+    def tell(
+        self,
+        records: list[MemoryRecord],
+        rows: Vector | None,
+        entry: int | None,
+        *,
+        superseded: Sequence[MemoryRecord] = (),
+    ) -> None:
         """Tell the observers of ``records``, just indexed (hold the lock). When that raises
         (the pool's sender could not encode them, or the outbox refused them: its put is all or
-        none, so it took nothing), they are taken out of the index again and their note
+        none, so it took nothing), they are taken out of the index again, the records they
+        superseded (``superseded``, as they were before) current again, and their note
         (``entry``) crossed off before the error is raised: the caller is told the write failed,
         so none of it may stay here unshared, nor be finished by a later attach. Tier moves the
         records caused meanwhile stay. A process killed meanwhile leaves the note, and the next
@@ -193,6 +201,7 @@ class WritePath:
         except Exception:
             self._index.remove([r.id for r in records])
             self._index.purge()
+            versions.restore(self._index, superseded)
             self.sessions.forget()
             self.tiers.invalidate()
             self.ahead.cross_off(entry)

@@ -80,3 +80,33 @@ def test_recovery_leaves_out_a_noted_record_that_fits_in_no_message(
     assert [e["record_ids"] for e in unsendable] == [[refused.id]]
     assert {r.id for r in memory.list_memories(user_id="u1")} == {kept.id, refused.id}
     journal.close()
+
+
+def test_a_version_whose_telling_fails_leaves_its_record_current(
+    make_memory: Callable[..., HierarchicalMemory], tmp_path: Path
+) -> None:
+    """supersede and end_session raise the observer's error; the new versions are gone, the
+    records they replaced current again as they were, and the journal holds no note."""
+    memory = make_memory()
+    kept = memory.add("refused: the office is in building 4", user_id="u1")
+    chat = memory.add("refused: lunch at noon", user_id="u1", session_id="s1", importance=0.9)
+    journal = Outbox(tmp_path)
+    observer = RefusingObserver()
+    memory.observe(observer, journal=journal)
+
+    with pytest.raises(MessageTooLarge):
+        memory.supersede(kept.id, "refused: the office moved to building 5")
+    with pytest.raises(MessageTooLarge):
+        memory.end_session(user_id="u1", session_id="s1")
+
+    for record in (kept, chat):
+        found = memory.get(record.id)
+        fields = ("superseded_at", "superseded_by", "valid_until", "content")
+        assert [getattr(found, f) for f in fields] == [getattr(record, f) for f in fields]
+        assert [r.id for r in memory.get_history(record.id)] == [record.id]
+    assert {r.id for r in memory.list_memories(user_id="u1", limit=100)} == {kept.id, chat.id}
+    assert journal.unfinished() == []
+    assert observer.told == []
+    newer = memory.supersede(kept.id, "the office moved to building 5")
+    assert memory.get(kept.id).superseded_by == newer.id
+    journal.close()
