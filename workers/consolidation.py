@@ -69,18 +69,22 @@ _LUA = Path(__file__).parent / "lua"
 
 class ScopeBusy(HivememError):
     """Raised when another worker holds a lock the work needs (the task retries): a scope's
-    consolidation lock (``zone`` set), or a user's forget lock (``zone`` None: another forget
-    of the user runs, see forget.py). Its arguments are the zone's name (or None) and the user
-    id, so that Celery rebuilds it for the caller of a task whose retries ran out."""
+    consolidation lock (``zone`` set), a user's forget lock (``zone`` None: another forget of
+    the user runs, see forget.py), or a zone's ingest lock (``draining``: a forget must drain
+    the zone's queues first). Its arguments are the zone's name (or None), the user id and
+    ``draining``, so that Celery rebuilds it for the caller of a task whose retries ran out."""
 
-    def __init__(self, zone: Zone | str | None, user_id: str) -> None:
+    def __init__(self, zone: Zone | str | None, user_id: str, draining: bool = False) -> None:
         self.zone = None if zone is None else Zone(zone)
         self.user_id = user_id
-        super().__init__(None if self.zone is None else self.zone.value, user_id)
+        self.draining = draining
+        super().__init__(None if self.zone is None else self.zone.value, user_id, draining)
 
     def __str__(self) -> str:
         if self.zone is None:
             return f"another worker is forgetting {self.user_id}"
+        if self.draining:
+            return f"another worker is draining {self.zone.value}'s ingest queues"
         return f"another worker is consolidating {self.zone.value}/{self.user_id}"
 
 

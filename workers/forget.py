@@ -189,9 +189,11 @@ class ForgetService:
             # Archived records are tombstoned too: agents hold copies of them, and the store
             # must refuse a late copy. Records whose key is retired too: made without content.
             found = {t.id: t for t in self._store.tombstones(zone, owned)}
-            self._ingest.drain(
+            drained = self._ingest.drain(
                 zone, on_due=lambda due: None if due == user_id else on_due(zone, due)
             )
+            if drained.busy:  # the user's queued writes would be stored after the forget
+                raise ScopeBusy(zone, user_id, draining=True)
             found |= {t.id: t for t in self._store.tombstones(zone, owned)}
             archived = self._store.archive_ids(zone, owned)
             journal = (earlier or ZoneJournal()).adding(list(found.values()), archived)

@@ -151,3 +151,26 @@ def test_a_consolidation_in_progress_makes_the_forget_wait(
         with pytest.raises(ScopeBusy):
             runtime.forget.forget_user("alice", [Zone.PUBLIC], on_due=no_due)
         assert sorted(runtime.store.ids(Zone.PUBLIC, owned("alice"))) == sorted(ids)
+
+
+def test_a_drain_in_progress_makes_the_forget_wait(
+    make_runtime: Callable[..., WorkerRuntime], writer: Agent
+) -> None:
+    """While another worker drains the zone (it holds the zone's ingest lock), the user's queued
+    writes could be stored after the forget: the forget raises ScopeBusy there (draining) and
+    changes nothing; once the drain is over it takes the queued writes too."""
+    runtime = make_runtime()
+    ids = write(writer, "alice", Zone.PUBLIC, 2)
+
+    with held(runtime.client, runtime.keys.ingest_lock(Zone.PUBLIC), 30) as lock:
+        assert lock.acquired
+        with pytest.raises(ScopeBusy, match="draining public") as busy:
+            runtime.forget.forget_user("alice", [Zone.PUBLIC], on_due=no_due)
+        assert busy.value.draining
+        assert runtime.store.ids(Zone.PUBLIC, owned("alice")) == []
+        assert runtime.store.tombstones(Zone.PUBLIC, owned("alice")) == []
+
+    receipt = runtime.forget.forget_user("alice", [Zone.PUBLIC], on_due=no_due)
+    assert receipt.zones[Zone.PUBLIC.value].live_records == len(ids)
+    runtime.ingest.drain(Zone.PUBLIC, on_due=ignore)
+    assert runtime.store.ids(Zone.PUBLIC, owned("alice")) == []
