@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from hivemem.cli import ingest_keys
 from hivemem.pool.compartments import compartment_names
-from hivemem.pool.enums import Zone, zone_names
+from hivemem.pool.enums import Zone, checked_zone, zone_names
 from hivemem.pool.errors import InvalidInput, KeyUnavailable
 from hivemem.pool.settings import HivememSettings
 
@@ -91,7 +91,8 @@ def _compartments(args: argparse.Namespace, settings: HivememSettings) -> int:
 
 
 def _chosen(names: list[str]) -> list[Zone]:
-    return [Zone(name) for name in names] if names else list(Zone)
+    """The zones named (InvalidInput for an unknown one), every zone when none is."""
+    return [checked_zone(name) for name in names] if names else list(Zone)
 
 
 def _key_rows(pool: SharedMemoryPool, zones: list[Zone]) -> list[dict[str, Any]]:
@@ -128,8 +129,9 @@ def _show_keys(title: str, rows: list[dict[str, Any]]) -> None:
 def _keys(args: argparse.Namespace, settings: HivememSettings) -> int:
     from hivemem.cli.output import emit, open_pool
 
+    zones = _chosen(args.zones)
     with open_pool(settings) as pool:
-        rows = _key_rows(pool, _chosen(args.zones))
+        rows = _key_rows(pool, zones)
     emit(args, rows, lambda: _show_keys("Zone data keys", rows))
     return 0
 
@@ -237,7 +239,8 @@ def _register_keys(actions: argparse._SubParsersAction[Any]) -> None:
 
     zone_help = "zones (default: all): " + " < ".join(zone_names())
     keys = actions.add_parser("keys", help="the zones' data keys and who has not re-sealed yet")
-    keys.add_argument("zones", nargs="*", metavar="ZONE", choices=zone_names(), help=zone_help)
+    # No argparse choices: with nargs="*" it refuses the empty list (every zone). _chosen checks.
+    keys.add_argument("zones", nargs="*", metavar="ZONE", help=zone_help)
     add_json_flag(keys)
     keys.set_defaults(handler=_keys)
     rotate = actions.add_parser(
@@ -245,7 +248,7 @@ def _register_keys(actions: argparse._SubParsersAction[Any]) -> None:
         help="new data keys for ZONEs (audited); the workers re-seal the zone store under them "
         "(needs a running worker unless --no-wait)",
     )
-    rotate.add_argument("zones", nargs="*", metavar="ZONE", choices=zone_names(), help=zone_help)
+    rotate.add_argument("zones", nargs="*", metavar="ZONE", help=zone_help)
     rotate.add_argument(
         "--no-wait", dest="wait", action="store_false",
         help="queue the workers' re-seal and return at once",

@@ -156,6 +156,23 @@ def zone_keys(hivemem: Run, zone: str) -> list[dict[str, object]]:
     return list(done.json())
 
 
+def test_zone_keys_of_every_zone_when_none_is_named(hivemem: Run) -> None:
+    """keys and rotate-keys without ZONE act on every zone, as documented (argparse's choices
+    refused the empty list); an unknown zone exits 2 and names the zones."""
+    assert hivemem("zones", "rotate-keys", "--no-wait").code == 0
+    every = hivemem("zones", "keys", "--json")
+    assert every.code == 0, every.err
+    assert {row["zone"] for row in every.json()} == {"public", "internal", "confidential", "secret"}
+    assert hivemem("zones", "keys").code == 0
+    for command in (["keys"], ["rotate-keys", "--no-wait"]):
+        unknown = hivemem("zones", *command, "internal", "top")
+        assert unknown.code == 2
+        assert "unknown zone 'top'" in unknown.err
+    assert zone_keys(hivemem, "internal") == [
+        row for row in every.json() if row["zone"] == "internal"
+    ]
+
+
 def test_retiring_an_unknown_key_is_a_usage_error(hivemem: Run) -> None:
     """retire-key with a well-formed id the zone never had exits 2 and names it, as a malformed
     id does; the zone's keys stay as they were."""
