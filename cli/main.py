@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +30,23 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: Signals that end a command as Ctrl-C does (its clean-up runs: no partial export, the agent
+#: detached), exiting 128 + the signal's number. ``up`` and ``worker`` install their own.
+_ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class _Signalled(KeyboardInterrupt):
+    """A command ended by one of _ENDING_SIGNALS."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _end_on_signal(signum: int, frame: object) -> None:
+    del frame
+    raise _Signalled(signum)
+
 
 _GROUPS = (stack, agents, zones, memory, forget, transfer, audit)
 
@@ -78,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args = _parser().parse_args(argv)
     _logging(args.command)
+    previous = {s: signal.signal(s, _end_on_signal) for s in _ENDING_SIGNALS}
     try:
         code: int = args.handler(args, settings)
     except (InvalidInput, AgentNotFound, MemoryNotFound) as exc:
@@ -86,8 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HivememError as exc:
         print(f"hivemem: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except _Signalled as ended:
+        return 128 + ended.signum
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return code
 
 

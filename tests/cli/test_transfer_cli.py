@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import stat
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hivemem.cli import transfer
 from hivemem.pool.records import MemoryRecord
 from tests.cli.conftest import Run
 
@@ -125,6 +127,36 @@ def test_export_pages_past_the_listing_limit(
     assert stuck.code == 1
     assert "recorded at one instant" in stuck.err
     assert not (tmp_path / "stuck.jsonl").exists()
+
+
+@pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_an_export_ended_by_a_signal_leaves_no_partial_file(
+    hivemem: Run,
+    agents: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ending: signal.Signals,
+) -> None:
+    """SIGTERM or SIGHUP while the export writes ends it as Ctrl-C does: exit 128 + the signal,
+    and neither the file nor its hidden partial copy (plaintext, 0600) is left."""
+    alice, _ = agents
+    for i in range(3):
+        add(hivemem, alice, f"memory {i}", "--user", "u1")
+    real = transfer._user_records
+
+    def signalled(*args: Any, **kwargs: Any) -> Iterator[MemoryRecord]:
+        for n, record in enumerate(real(*args, **kwargs)):
+            if n == 1:
+                os.kill(os.getpid(), ending)
+            yield record
+
+    monkeypatch.setattr(transfer, "_user_records", signalled)
+    out = tmp_path / "ended.jsonl"
+    before = signal.getsignal(ending)
+    done = hivemem("export", "--agent", alice, str(out))
+    assert done.code == 128 + ending
+    assert sorted(p.name for p in tmp_path.iterdir() if "ended" in p.name) == []
+    assert signal.getsignal(ending) == before  # the command's handler lasts as long as it
 
 
 def test_import_from_standard_input(
