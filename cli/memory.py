@@ -15,7 +15,7 @@ from typing import Any
 from rich.padding import Padding
 from rich.text import Text
 
-from hivemem.cli.output import add_json_flag, console, emit, table
+from hivemem.cli.output import add_json_flag, console, emit, shown, table
 from hivemem.cli.scope_args import (
     acting_as,
     add_agent,
@@ -55,7 +55,7 @@ def _when(record: MemoryRecord) -> str:
 
 
 def _short(content: str) -> str:
-    flat = " ".join(content.split())
+    flat = shown(" ".join(content.split()))
     return flat if len(flat) <= _SHOWN_CHARS else flat[: _SHOWN_CHARS - 1] + "…"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -64,11 +65,21 @@ def emit(args: argparse.Namespace, data: Any, render: Callable[[], None]) -> Non
         render()
 
 
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: every control character but newline and tab (escape
+    sequences that set the title, clear the screen or write the clipboard: content may come
+    from any agent, an import or a model) written as its escape, ``\\x1b`` say."""
+    return "".join(
+        f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" and c not in "\n\t" else c
+        for c in text
+    )
+
+
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """Print a rich table of ``rows``. Cells are plain text (content such as ``[/]`` is shown,
-    never read as rich markup) and a column named ``id`` is never wrapped or cut: ids are there
-    to be copied into the next command."""
-    shown = Table(
+    never read as rich markup; control characters escaped, see :func:`shown`) and a column named
+    ``id`` is never wrapped or cut: ids are there to be copied into the next command."""
+    grid = Table(
         *(
             Column(name, no_wrap=True, min_width=36) if name == "id" else Column(name)
             for name in columns
@@ -76,8 +87,8 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) 
         title=title,
     )
     for row in rows:
-        shown.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
-    console.print(shown)
+        grid.add_row(*(Text("" if cell is None else shown(str(cell))) for cell in row))
+    console.print(grid)
 
 
 @contextmanager

@@ -179,6 +179,25 @@ def test_forget_deletes_a_scope_here_and_in_other_agents(
     assert hivemem("memory", "stats", "--agent", bob, "--json").json()["by_user"] == {"u3": 1}
 
 
+def test_control_characters_in_content_reach_the_terminal_escaped(hivemem: Run, alice: str) -> None:
+    """Content may come from any agent, an import or a model: list, search and get show its
+    escape sequences (window title, clear screen, colours) as text, never raw; --json keeps the
+    content as stored."""
+    evil = "evil \x1b]0;pwned\x07 \x1b[2J clear \x9b31m red"
+    record_id = add(hivemem, alice, evil, "--user", "u1")
+    for command in (
+        ["memory", "list", "--agent", alice, "--user", "u1"],
+        ["memory", "search", "--agent", alice, "--user", "u1", "evil"],
+        ["memory", "get", "--agent", alice, record_id],
+    ):
+        done = hivemem(*command)
+        assert done.code == 0, done.err
+        assert not {"\x1b", "\x07", "\x9b"} & set(done.out)
+        assert "\\x1b[2J" in done.out.replace("\n", "")
+    raw = hivemem("memory", "get", "--agent", alice, record_id, "--json")
+    assert raw.json()["content"] == evil
+
+
 def test_delete_removes_every_version(hivemem: Run, alice: str) -> None:
     """delete removes a memory and its older versions; get then exits 2."""
     old = add(hivemem, alice, "v1", "--user", "u1")
