@@ -9,6 +9,10 @@ one call per batch, archival reads the records with their vectors.
 A dry run selects exactly as the real run would and changes nothing: since a record is acted on
 by one policy at most, what a later policy selects does not depend on whether the earlier ones
 ran, so the dry run's report is the real run's (on the same data, with the same ``now``).
+
+Archival and purging take each user's scope lock (:mod:`hivemem.workers.archive`); the records
+of a user another worker holds (a forget, a consolidation) are left as they are, logged
+(``archive_scope_busy``, ``purge_scope_busy``), for the next pass, though the report lists them.
 """
 
 from __future__ import annotations
@@ -136,10 +140,11 @@ class LifecycleService:
     def _apply(self, zone: Zone, policy: Policy, ids: list[str], now: datetime) -> None:
         action = policy.action
         if action is Action.ARCHIVE:
-            self._archive.archive(zone, ids)
+            # A user another worker holds (a forget, a consolidation) is left for the next pass.
+            self._archive.archive(zone, ids, skip_busy=True)
             return
         if action is Action.DELETE and policy.when.store == "archive":
-            self._archive.purge(zone, ids)
+            self._archive.purge(zone, ids, skip_busy=True)
             return
         if action is Action.REFRESH:
             change: dict[str, object] = {"last_accessed_at": now}

@@ -324,7 +324,13 @@ class WorkerRuntime:
 
     @cached_property
     def archive(self) -> ArchiveService:
-        return ArchiveService(self.store, requeue=self._requeue)
+        return ArchiveService(
+            self.store,
+            requeue=self._requeue,
+            client=self.client,
+            keys=self.keys,
+            lock_ttl_s=self.settings.workers.lock_ttl_s,
+        )
 
     def _requeue(self, zone: Zone, episodes: Sequence[MemoryRecord]) -> None:
         """Queue ``episodes`` for consolidation (restored ones: see ArchiveService)."""

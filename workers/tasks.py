@@ -143,13 +143,13 @@ def _register_lifecycle_tasks(
         result: dict[str, Any] = report.model_dump(mode="json")
         return result
 
-    @app.task(name="hivemem.archive", **options)
-    def archive(zone: str, ids: list[str]) -> list[str]:
-        """Move records to the zone's archive; returns the ids moved."""
+    @app.task(name="hivemem.archive", bind=True, **options)
+    def archive(self: Task, zone: str, ids: list[str]) -> list[str]:
+        """Move records to the zone's archive; returns the ids moved. Retried while another
+        worker holds the scope of one of their users."""
         chosen = checked_zone(zone)
         checked = [check_record_id(i) for i in ids]
-        with runtime.store.session():
-            return runtime.archive.archive(chosen, checked)
+        return unless_busy(self, runtime, lambda: runtime.archive.archive(chosen, checked))
 
     @app.task(name="hivemem.forget_user", bind=True, **options)
     def forget_user(self: Task, user_id: str) -> dict[str, Any]:
@@ -183,13 +183,15 @@ def _register_lifecycle_tasks(
         result: dict[str, Any] = receipt.model_dump(mode="json")
         return result
 
-    @app.task(name="hivemem.restore", **options)
+    @app.task(name="hivemem.restore", bind=True, **options)
     def restore(
-        zone: str, ids: list[str] | None = None, where: dict[str, Any] | None = None
+        self: Task, zone: str, ids: list[str] | None = None, where: dict[str, Any] | None = None
     ) -> list[str]:
-        """Bring archived records back, by ids or by filter (MemoryFilter data)."""
+        """Bring archived records back, by ids or by filter (MemoryFilter data). Retried while
+        another worker holds the scope of one of their users."""
         chosen = checked_zone(zone)
         checked = [check_record_id(i) for i in ids] if ids is not None else None
         expression = parse_filter(where).to_expr() if where is not None else None
-        with runtime.store.session():
-            return runtime.archive.restore(chosen, ids=checked, where=expression)
+        return unless_busy(
+            self, runtime, lambda: runtime.archive.restore(chosen, ids=checked, where=expression)
+        )

@@ -154,14 +154,19 @@ def test_restore_is_idempotent(store: EdgeZoneStore, service: ArchiveService) ->
 def test_restore_rerun_resolves_a_crash_between_upsert_and_remove(
     store: EdgeZoneStore, service: ArchiveService
 ) -> None:
-    """A record left both archived and live by a crash ends live once after a re-run."""
+    """A record left both archived and live by a crash ends live once after a re-run, as the
+    crashed call wrote it (the re-run only removes the archived copy)."""
     record = make()
     store.upsert(ZONE, [record])
     service.archive(ZONE, [record.id])
-    store.upsert(ZONE, store.archive_get(ZONE, [record.id]))  # then a crash
-    assert service.restore(ZONE, [record.id], now=NOW) == [record.id]
+    (archived,) = store.archive_get(ZONE, [record.id])
+    written = archived.model_copy(update={"tier": Tier.SHORT_TERM, "last_accessed_at": NOW})
+    store.upsert(ZONE, [written])  # then a crash
+    later = NOW + timedelta(days=1)
+    assert service.restore(ZONE, [record.id], now=later) == [record.id]
     assert (live_ids(store), archived_ids(store)) == ({record.id}, set())
-    assert store.get(ZONE, [record.id])[0].tier is Tier.SHORT_TERM
+    (live,) = store.get(ZONE, [record.id])
+    assert (live.tier, live.last_accessed_at) == (Tier.SHORT_TERM, NOW)
 
 
 def test_restore_never_resurrects_a_deleted_record(
