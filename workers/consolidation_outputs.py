@@ -13,8 +13,12 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from hivemem.pool.enums import Tier, Zone
+from hivemem.pool.errors import MemoryNotFound
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone
+
+#: How often the outputs' marks are tried, presence read afresh each time (see _update_live).
+_UPDATE_ATTEMPTS = 3
 
 
 def live(store: ZoneStore, zone: Zone, outputs: list[MemoryRecord]) -> list[MemoryRecord]:
@@ -78,6 +82,21 @@ def write_outputs(
             "superseded_at": now,
             "superseded_by": domain_record.id,
         }
-    present = store.presence(zone, list(updates))
-    store.update_fields(zone, {k: v for k, v in updates.items() if present.get(k) is False})
+    _update_live(store, zone, updates)
     return retired
+
+
+def _update_live(store: ZoneStore, zone: Zone, updates: dict[str, dict[str, object]]) -> None:
+    """``updates`` of the records live in ``zone``. One archived or deleted between reading
+    their presence and updating them (by a lifecycle task beside this run, on a Qdrant server)
+    is skipped: presence is read again, up to _UPDATE_ATTEMPTS times in all."""
+    for attempt in range(1, _UPDATE_ATTEMPTS + 1):
+        present = store.presence(zone, list(updates))
+        live = {k: v for k, v in updates.items() if present.get(k) is False}
+        try:
+            store.update_fields(zone, live)
+        except MemoryNotFound:
+            if attempt == _UPDATE_ATTEMPTS:
+                raise
+        else:
+            return

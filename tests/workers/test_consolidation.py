@@ -13,13 +13,15 @@ import structlog
 from hivemem.agents.agent import Agent
 from hivemem.pool.enums import Category, Level, Tier, Zone
 from hivemem.pool.filters import And, Cond
-from hivemem.pool.records import MemoryRecord
+from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.shared import SharedMemoryPool
+from hivemem.workers.consolidation import ConsolidationService
 from hivemem.workers.drafting import derived_id
 from hivemem.workers.offline import OfflineStrategy
 from hivemem.workers.runtime import WorkerRuntime
 from hivemem.workers.strategy import Draft, Sources
 from tests.waiting import holds, wait_for
+from tests.workers.test_archive_races import Interleave
 
 TOPICS = {
     "cooking": [
@@ -632,3 +634,43 @@ def test_a_group_made_again_after_a_restore_is_a_new_version_not_a_cycle(
     assert not by_id[category.id].is_current  # the first version stays history
     current = [r for r in every if r.is_current]
     assert trace in {s for r in current for s in r.sources}
+
+
+def test_an_episode_deleted_while_the_run_marks_its_sources_is_skipped(
+    make_runtime: Callable[..., WorkerRuntime], make_pool: Callable[..., SharedMemoryPool]
+) -> None:
+    """A delete that takes no scope lock (the ingest's, a retention's) removes one of the run's
+    episodes between the run's reading of their presence and its marking them: the run reads
+    presence again and ends as for any source deleted meanwhile (what it derived from it goes,
+    its trace-mates wait again), instead of failing with MemoryNotFound (a task failed for good,
+    and a resumed run made other traces beside the first's). The next run takes the others."""
+    runtime = make_runtime()
+    writer = make_pool("writer").register_agent(
+        "writer", clearance=Zone.SECRET, share_levels=[Level.EPISODE]
+    )
+    texts = [f"alice bakes sourdough bread on {day}" for day in ("monday", "tuesday", "friday")]
+    ids = [writer.memory.add(t, user_id="alice", zone=Zone.PUBLIC).id for t in texts]
+    assert writer.flush()
+    runtime.ingest.drain(Zone.PUBLIC, on_due=lambda _user: None)
+    victim, others = ids[0], ids[1:]
+    [record] = runtime.store.get(Zone.PUBLIC, [victim])
+    deleting = Interleave(
+        runtime.store,
+        "update_fields",
+        lambda: runtime.store.put_tombstones(Zone.PUBLIC, [Tombstone.of(record)]),
+    )
+    offline = OfflineStrategy(runtime.settings.workers.consolidation)
+    racing = ConsolidationService(
+        runtime.client, runtime.bus, deleting, runtime.keys, offline, offline,  # type: ignore[arg-type]
+        lock_ttl_s=3, send_batch=64, codec=runtime.codec,
+    )  # fmt: skip
+
+    first = racing.consolidate(Zone.PUBLIC, "alice")
+
+    assert deleting.fired
+    assert first.remaining == len(others)
+    assert runtime.store.get(Zone.PUBLIC, first.traces) == []
+    second = runtime.consolidation.consolidate(Zone.PUBLIC, "alice")
+    [trace] = runtime.store.get(Zone.PUBLIC, second.traces)
+    assert sorted(trace.sources) == sorted(others)
+    assert all(r.consolidated_into == [trace.id] for r in runtime.store.get(Zone.PUBLIC, others))
