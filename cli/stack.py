@@ -29,6 +29,19 @@ def _demo(args: argparse.Namespace, settings: HivememSettings) -> int:
     return run_demo(settings)
 
 
+def _queues(value: str) -> str:
+    """``--queues``: names of the fleet's queues only (a worker on none of them would report
+    ready and consume nothing)."""
+    from hivemem.workers.app import QUEUES
+
+    unknown = [name for name in value.split(",") if name not in QUEUES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown queue(s) {', '.join(map(repr, unknown))}: the queues are {', '.join(QUEUES)}"
+        )
+    return value
+
+
 def _up(args: argparse.Namespace, settings: HivememSettings) -> int:
     from hivemem.workers.stack import EmbeddedStack
 
@@ -103,7 +116,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     worker.add_argument(
         "--queues",
-        default="",
+        type=_queues,
+        default=None,
         help="comma-separated queues (default: ingest,consolidate,lifecycle)",
     )
     worker.add_argument(

@@ -20,6 +20,14 @@ def test_a_worker_concurrency_must_be_a_positive_count(hivemem: Run) -> None:
         assert "Traceback" not in done.err
 
 
+def test_a_worker_queue_must_be_one_of_hivemems(hivemem: Run) -> None:
+    """worker --queues with a name that is no queue of ours exits 2 naming it and the queues,
+    before Celery starts (it reported ready and consumed nothing)."""
+    done = hivemem("worker", "--queues", "ingest,bogus", "--pool", "solo")
+    assert done.code == 2
+    assert "unknown queue(s) 'bogus': the queues are ingest, consolidate, lifecycle" in done.err
+
+
 def test_up_checks_its_concurrency_before_starting_redis(offline: Run, tmp_path: Path) -> None:
     """up --concurrency below 1 or no whole number exits 2 before the stack starts: no Redis
     is started on the data directory (it used to start Redis, then fail)."""
