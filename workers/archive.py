@@ -85,6 +85,31 @@ class ArchiveService:
         with scope_locked(self._client, self._keys, zone, user_id, self._lock_ttl_s):
             yield
 
+    def _each_user(
+        self,
+        zone: Zone,
+        records: Sequence[MemoryRecord],
+        act: Callable[[str, list[str]], object],
+        *,
+        busy: set[str] | None = None,
+        event: str = "",
+    ) -> None:
+        """``act(user_id, ids)`` for each user's ids among ``records``, under that user's scope
+        lock. A user another worker holds raises ScopeBusy, unless ``busy`` is given: the user
+        is then added to it (``event`` logged) and skipped, here and in later calls with the
+        same set."""
+        for user_id, mine in by_user(records).items():
+            if busy is not None and user_id in busy:
+                continue
+            try:
+                with self._locked(zone, user_id):
+                    act(user_id, mine)
+            except ScopeBusy:
+                if busy is None:
+                    raise
+                busy.add(user_id)
+                log.info(event, zone=zone.value, user_id=user_id)
+
     def archive(self, zone: Zone, ids: Sequence[str], *, skip_busy: bool = False) -> list[str]:
         """Move the live records among ``ids`` to the zone's archive, vectors included, with
         tier ARCHIVE. Returns the ids moved (live ones, in the order of ``ids``); ids not live
@@ -96,17 +121,13 @@ class ArchiveService:
         moved: set[str] = set()
         busy: set[str] = set()
         for chunk in batches(ids, self._batch):
-            for user_id, mine in by_user(self._store.get(zone, chunk)).items():
-                if user_id in busy:
-                    continue
-                try:
-                    with self._locked(zone, user_id):
-                        moved.update(self._archive_own(zone, user_id, mine))
-                except ScopeBusy:
-                    if not skip_busy:
-                        raise
-                    busy.add(user_id)
-                    log.info("archive_scope_busy", zone=zone.value, user_id=user_id)
+            self._each_user(
+                zone,
+                self._store.get(zone, chunk),
+                lambda user_id, mine: moved.update(self._archive_own(zone, user_id, mine)),
+                busy=busy if skip_busy else None,
+                event="archive_scope_busy",
+            )
         log.info("records_archived", zone=zone.value, count=len(moved), users_busy=len(busy))
         return [i for i in dict.fromkeys(ids) if i in moved]
 
@@ -157,9 +178,11 @@ class ArchiveService:
         )
         restored: set[str] = set()
         for chunk in batches(chosen, self._batch):
-            for user_id, mine in by_user(self._store.archive_get(zone, chunk)).items():
-                with self._locked(zone, user_id):
-                    restored.update(self._restore_own(zone, user_id, mine, now))
+            self._each_user(
+                zone,
+                self._store.archive_get(zone, chunk),
+                lambda user_id, mine: restored.update(self._restore_own(zone, user_id, mine, now)),
+            )
         log.info("records_restored", zone=zone.value, count=len(restored))
         return [i for i in dict.fromkeys(chosen) if i in restored]
 
@@ -200,17 +223,18 @@ class ArchiveService:
         records stay archived (logged), for the next call."""
         now = utc_now()
         busy: set[str] = set()
+
+        def tombstone(user_id: str, mine: list[str]) -> None:
+            del user_id  # the records read again are the user's: archive_get by their ids
+            doomed = self._store.archive_get(zone, mine)
+            self._store.put_tombstones(zone, [Tombstone.of(r, now) for r in doomed])
+
         for chunk in batches(ids, self._batch * 8):
-            for user_id, mine in by_user(self._store.archive_get(zone, chunk)).items():
-                if user_id in busy:
-                    continue
-                try:
-                    with self._locked(zone, user_id):
-                        doomed = self._store.archive_get(zone, mine)
-                        self._store.put_tombstones(zone, [Tombstone.of(r, now) for r in doomed])
-                except ScopeBusy:
-                    if not skip_busy:
-                        raise
-                    busy.add(user_id)
-                    log.info("purge_scope_busy", zone=zone.value, user_id=user_id)
+            self._each_user(
+                zone,
+                self._store.archive_get(zone, chunk),
+                tombstone,
+                busy=busy if skip_busy else None,
+                event="purge_scope_busy",
+            )
         log.info("archive_purged", zone=zone.value, count=len(ids), users_busy=len(busy))
