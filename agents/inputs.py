@@ -64,19 +64,10 @@ def as_input(item: MemoryInput | dict[str, Any] | str) -> MemoryInput:
     return MemoryInput.model_validate(item)
 
 
-def batch_of(items: object) -> list[Any]:
-    """The items of a batch as a list: any iterable of items but a string, bytes or a mapping
-    (a string would be taken character by character). Raises InvalidInput otherwise."""
-    if isinstance(items, str | bytes | bytearray | Mapping) or not isinstance(items, Iterable):
-        raise InvalidInput(
-            f"items must be a list of items, not {type(items).__name__}", field="items"
-        )
-    return list(items)
-
-
 def items_of(value: object, kind: type | tuple[type, ...], *, field: str) -> list[Any]:
-    """``value``'s items as a list, each an instance of ``kind``: a list, tuple or other
-    iterable, but not a string, bytes, a mapping or None; else InvalidInput."""
+    """``value``'s items as a list, each an instance of ``kind``: a list, tuple, generator or
+    other iterable, but not a string (it would be taken character by character), bytes, a
+    mapping or None; else InvalidInput."""
     if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
         raise InvalidInput(f"{field} must be a list, not {type(value).__name__}", field=field)
     items = list(value)

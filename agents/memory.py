@@ -30,7 +30,6 @@ from hivemem.agents.directory import StoreDirectory
 from hivemem.agents.embedding import shared_embedder
 from hivemem.agents.inputs import (
     MemoryInput,
-    batch_of,
     check_count,
     check_flag,
     check_rows,
@@ -215,7 +214,7 @@ class HierarchicalMemory:
         true, or when it is None and the batch is longer than ``memory.progress_threshold``.
         A batch of ``memory.compact_after`` records or more is followed by :meth:`compact`."""
         self._check_open()
-        items = batch_of(items)
+        items = items_of(items, object, field="items")
         common = optional_scope(scope, user_id, session_id, agent_id, run_id)
         stored = self._writes.add(items, common, progress)
         if 0 < self.settings.memory.compact_after <= len(stored):
