@@ -82,13 +82,22 @@ class Outbox:
                 raise
             self._db.execute("COMMIT")
 
-    def peek(self, limit: int) -> list[Pending]:
-        """The oldest ``limit`` messages, oldest first."""
+    def peek(self, limit: int, max_bytes: int | None = None) -> list[Pending]:
+        """The oldest ``limit`` messages, oldest first; with ``max_bytes``, the longest run of
+        them whose bodies hold at most that many bytes, but at least the first (rows are read
+        one by one: the bodies past the limit are not loaded)."""
+        found: list[Pending] = []
+        total = 0
         with self._lock:
             rows = self._db.execute(
                 "SELECT row, topic, message_id, body FROM outbox ORDER BY row LIMIT ?", (limit,)
-            ).fetchall()
-        return [Pending(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+            )
+            for row, topic, message_id, body in rows:
+                total += len(body)
+                if max_bytes is not None and total > max_bytes and found:
+                    break
+                found.append(Pending(row, topic, message_id, bytes(body)))
+        return found
 
     def remove(self, rows: Sequence[int]) -> None:
         if not rows:

@@ -40,17 +40,6 @@ def _group(item: MemoryRecord | Tombstone) -> _Group:
     return item.zone, tuple(item.compartments), item.scope.user_id
 
 
-def _within(pending: list[Pending], max_bytes: int) -> list[Pending]:
-    """The longest head of ``pending`` whose bodies hold at most ``max_bytes``, but at least
-    its first message."""
-    total = 0
-    for count, message in enumerate(pending):
-        total += len(message.body)
-        if total > max_bytes and count:
-            return pending[:count]
-    return pending
-
-
 def _own_queue(topic: str, agent_id: str) -> str:
     """``topic``; for a zone's shared ingest queue (a message put in the outbox before each
     agent had a queue of its own, which its Redis user alone may write), the agent's own."""
@@ -248,8 +237,8 @@ class Sender(threading.Thread):
     def _drain(self) -> None:
         """Send until the outbox is empty (or Redis is down, then back off and retry)."""
         while not self._halt.is_set():
-            pending = _within(
-                self._outbox.peek(self._settings.send_batch), self._settings.message_max_bytes
+            pending = self._outbox.peek(
+                self._settings.send_batch, max_bytes=self._settings.message_max_bytes
             )
             if not pending:
                 with self._idle:
