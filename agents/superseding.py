@@ -28,7 +28,7 @@ from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import MemoryFilter
 from hivemem.pool.ids import check_record_id
 from hivemem.pool.ports import LocalIndex
-from hivemem.pool.records import MemoryRecord
+from hivemem.pool.records import MemoryRecord, acts_on
 
 
 def _check_same_place(old: MemoryRecord, new: MemoryRecord) -> None:
@@ -38,6 +38,8 @@ def _check_same_place(old: MemoryRecord, new: MemoryRecord) -> None:
     to agents the record is hidden from; and every receiver refuses a version that changes any
     of the three, so the agents would disagree on which version is current. To move a memory,
     delete it and add it anew."""
+    if acts_on(new, old):
+        return
     if new.scope.user_id != old.scope.user_id:
         raise InvalidInput(
             "a new version belongs to its record's user: delete the record and add one for"
@@ -51,13 +53,12 @@ def _check_same_place(old: MemoryRecord, new: MemoryRecord) -> None:
             " instead",
             field="zone",
         )
-    if list(new.compartments) != list(old.compartments):
-        held = ", ".join(old.compartments) or "none"
-        raise InvalidInput(
-            f"a new version keeps its record's compartments ({held}): delete the record and"
-            " add a new one instead",
-            field="compartments",
-        )
+    held = ", ".join(old.compartments) or "none"
+    raise InvalidInput(
+        f"a new version keeps its record's compartments ({held}): delete the record and"
+        " add a new one instead",
+        field="compartments",
+    )
 
 
 class Superseder:

@@ -313,7 +313,6 @@ class MemoryFilter(_FilterModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        _check_depth(self.where)
         low, high = self.importance_min, self.importance_max
         if low is not None and high is not None and low > high:
             raise InvalidFilter("importance_min exceeds importance_max", field="importance_min")
