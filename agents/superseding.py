@@ -12,7 +12,6 @@ versions leave the index and the records they replaced are current again, as the
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -115,11 +114,7 @@ class Superseder:
             self._check_open()
             old = versions.require(self._index, record_id)
             versions.check_current(self._index, old)
-            entry = self._writes.ahead.note_added([new.id])
-            versions.link(self._index, old, new, now, dense)
-            self._writes.tiers.enforce({new.scope.user_id: Counter([new.tier])}, now)
-            self._writes.tell([new], dense, entry, superseded=[old])
-            self._writes.ahead.cross_off(entry)
+            self._writes.write_versions([(old, new)], now, dense)
         return new
 
     def end_session(
@@ -134,11 +129,5 @@ class Superseder:
             where = visible(target, flt, exact=False, as_of=None, include_superseded=False)
             now = self._clock()
             pairs = bubble_up(self._index, where, session_id, now)
-            promoted = [new for _, new in pairs]
-            entry = self._writes.ahead.note_added([r.id for r in promoted])
-            for old, new in pairs:
-                versions.link(self._index, old, new, now)
-            self._writes.tiers.enforce({user_id: Counter(r.tier for r in promoted)}, now)
-            self._writes.tell(promoted, None, entry, superseded=[old for old, _ in pairs])
-            self._writes.ahead.cross_off(entry)
-        return promoted
+            self._writes.write_versions(pairs, now)
+        return [new for _, new in pairs]

@@ -180,6 +180,26 @@ class WritePath:
         self.tiers.enforce(added, self._clock(), chunk)
         return chunk
 
+    def write_versions(
+        self,
+        pairs: Sequence[tuple[MemoryRecord, MemoryRecord]],
+        now: datetime,
+        dense: Vector | None = None,
+    ) -> None:
+        """Store each new version of ``pairs`` (record, its new version), mark the record
+        superseded by it, and tell the observers, under one write-ahead note (hold the lock).
+        ``dense``: the vector of the one new version, as a 1-row matrix, when it carries none.
+        Undone as :meth:`tell` says when telling fails."""
+        if dense is not None and len(pairs) != 1:
+            raise InvalidInput("dense holds the vector of one new version", field="dense")
+        new = [n for _, n in pairs]
+        entry = self.ahead.note_added([r.id for r in new])
+        for record, version in pairs:
+            versions.link(self._index, record, version, now, dense)
+        self.tiers.enforce(_per_user(new), now)
+        self.tell(new, dense, entry, superseded=[record for record, _ in pairs])
+        self.ahead.cross_off(entry)
+
     def tell(
         self,
         records: list[MemoryRecord],
