@@ -55,8 +55,9 @@ class Identity:
         return True
 
     def reload(self) -> AgentInfo:
-        """The agent's current registry entry (the codec follows it)."""
-        return self.info
+        """The agent's current registry entry, as :meth:`changed` takes it on (the codec
+        follows it); raises as it does."""
+        return self.changed() or self.info
 
     def changed(self) -> AgentInfo | None:
         """The agent's registry entry, taken on (the codec follows it), when its clearance or
@@ -113,9 +114,6 @@ class SecureIdentity(Identity):
         #: The clearance the agent attached with: its local store seals to those zones only,
         #: so a raised clearance applies when it attaches again.
         self._ceiling = info.clearance
-
-    def reload(self) -> AgentInfo:
-        return self._adopt(self._own(self._registry.get(self.info.agent_id)))
 
     def _own(self, entry: AgentInfo) -> AgentInfo:
         """``entry`` if it is still this agent's, with the key this process holds; else
