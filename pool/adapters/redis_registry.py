@@ -240,31 +240,6 @@ class AgentRegistry:
             return None
         return Registration.NEW if int(done) == 1 else Registration.UPDATED
 
-    def set_clearance(
-        self,
-        agent_id: str,
-        zone: Zone,
-        *,
-        resign: Callable[[AgentInfo], AgentInfo] | None = None,
-    ) -> tuple[AgentInfo, Zone]:
-        """Change a registered agent's clearance (an operator's grant or revocation); returns
-        the new info and the clearance it held. ``resign`` re-signs the changed entry (in the
-        same transaction). Raises AgentNotFound."""
-        info, prior = self.update_access(agent_id, {"clearance": zone}, resign)
-        return info, prior.clearance
-
-    def set_compartments(
-        self,
-        agent_id: str,
-        compartments: Sequence[str],
-        *,
-        resign: Callable[[AgentInfo], AgentInfo] | None = None,
-    ) -> tuple[AgentInfo, list[str]]:
-        """Change the compartments a registered agent holds; returns the new info and the
-        compartments it held. Raises AgentNotFound, InvalidInput for an unknown compartment."""
-        info, prior = self.update_access(agent_id, {"compartments": list(compartments)}, resign)
-        return info, prior.compartments
-
     def update_access(
         self,
         agent_id: str,

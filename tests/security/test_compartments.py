@@ -424,10 +424,10 @@ def test_an_agent_entry_with_compartments_reads_back(
     registry = AgentRegistry(client, namespace="t", heartbeat_ttl_s=5)
     registry.register(AgentInfo(agent_id="a1", compartments=["legal", "hr"]))
     assert registry.get("a1").compartments == ["hr", "legal"]
-    info, prior = registry.set_compartments("a1", [])
-    assert (info.compartments, prior) == ([], ["hr", "legal"])
+    info, prior = registry.update_access("a1", {"compartments": []}, None)
+    assert (info.compartments, prior.compartments) == ([], ["hr", "legal"])
     with pytest.raises(InvalidInput):
-        registry.set_compartments("a1", ["nope"])
+        registry.update_access("a1", {"compartments": ["nope"]}, None)
     assert registry.get("a1").compartments == []
 
 

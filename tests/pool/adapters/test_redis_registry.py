@@ -269,6 +269,6 @@ def test_an_access_change_with_redis_away_raises_pool_unavailable(
     registry.register(_info(clearance=Zone.INTERNAL))
     redis_server.stop()
     with pytest.raises(PoolUnavailable):
-        registry.set_clearance("support", Zone.SECRET)
+        registry.update_access("support", {"clearance": Zone.SECRET}, None)
     redis_server.start()
     assert registry.get("support").clearance is Zone.INTERNAL
