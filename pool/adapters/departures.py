@@ -42,7 +42,7 @@ from hivemem.pool.adapters.redis_bus import (
     topic_keys,
     zone_queues,
 )
-from hivemem.pool.adapters.redis_errors import REDIS_DOWN
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN, read_back
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import QueuesBusy
@@ -152,9 +152,9 @@ class Departures:
             try:
                 removed, _ = pipe.execute()
             except REDIS_DOWN:  # the reply lost on the way: gone now, it was this call
-                if self.client.hexists(self.key, str(departure.number)):
-                    raise
-                return True
+                if read_back(lambda: not self.client.hexists(self.key, str(departure.number))):
+                    return True
+                raise
         return bool(removed)
 
     def discard(self, agent_id: str, *, wait_s: float = _QUIET_WAIT_S) -> int:
