@@ -89,10 +89,6 @@ class WritePath:
         with self.lock:
             self.ahead.observe(observer, journal)
 
-    def wrote(self, records: Sequence[MemoryRecord], dense: Vector | None = None) -> None:
-        """Tell the observers of ``records`` (hold :attr:`lock`)."""
-        self.ahead.wrote(records, dense)
-
     # -- bulk add -------------------------------------------------------------------------------
 
     def add(
@@ -217,7 +213,7 @@ class WritePath:
         records caused meanwhile stay. A process killed meanwhile leaves the note, and the next
         attach tells what reached the index."""
         try:
-            self.wrote(records, rows)
+            self.ahead.wrote(records, rows)
         except Exception:
             self._index.remove([r.id for r in records])
             self._index.purge()
