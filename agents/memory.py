@@ -286,7 +286,9 @@ class HierarchicalMemory:
         check_scope_id(user_id, field="user_id")
         check_scope_id(session_id, field="session_id")
         bubble_importance = self.settings.memory.tiers.bubble_importance
-        return self._superseder.end_session(user_id, session_id, bubble_importance)
+        return self._superseder.end_session(
+            user_id, session_id, bubble_importance, owner=self.owner
+        )
 
     def receive(
         self,

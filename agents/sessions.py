@@ -13,7 +13,10 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime
 
+from pydantic import ValidationError
+
 from hivemem.pool.enums import Tier
+from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ids import new_record_id
 from hivemem.pool.ports import LocalIndex, Neighbourhood
@@ -99,29 +102,45 @@ class NeighbourhoodCache:
             self._known.update(entries)
 
 
+#: The metadata key that names the session a promoted version came from.
+BUBBLED_FROM = "bubbled_from_session"
+
+
 def bubble_up(
-    index: LocalIndex, where: And, session_id: str, now: datetime
+    index: LocalIndex, where: And, session_id: str, now: datetime, *, owner: str | None
 ) -> list[tuple[MemoryRecord, MemoryRecord]]:
     """How the records of ``session_id`` matching ``where`` are promoted to user scope: each
-    gets a new version without session and run (agent kept), with the same vectors, in
-    LONG_TERM, marked ``bubbled_from_session``. Returns ``(record, new version)`` pairs, for
-    the caller to link (:func:`hivemem.agents.versions.link`) under the write lock."""
+    gets a new version without session and run, with the same vectors, in LONG_TERM, marked
+    ``bubbled_from_session`` in its metadata where that fits (a record whose metadata is full
+    goes without the mark: its session is in the version it replaces). The agent is kept,
+    except that a new version of a record another agent shared is ``owner``'s, as
+    :meth:`~hivemem.agents.superseding.Superseder.supersede` has it. Each version is checked
+    as a received one would be. Returns ``(record, new version)`` pairs, for the caller to
+    link (:func:`hivemem.agents.versions.link`) under the write lock."""
     promoted = []
     for old in [
         r for r in index.scan(where, with_vectors=True) if r.scope.session_id == session_id
     ]:
-        new = old.model_copy(
-            update={
-                "id": new_record_id(),
-                "scope": Scope(user_id=old.scope.user_id, agent_id=old.scope.agent_id),
-                "tier": Tier.LONG_TERM,
-                "supersedes": old.id,
-                "follows": None,
-                "recorded_at": now,
-                "access_count": 0,
-                "last_accessed_at": None,
-                "metadata": {**old.metadata, "bubbled_from_session": session_id},
-            }
-        )
+        agent_id = old.scope.agent_id
+        if old.received_from is not None and agent_id is not None:
+            agent_id = owner
+        fields = {
+            **old.model_dump(),
+            "id": new_record_id(),
+            "scope": Scope(user_id=old.scope.user_id, agent_id=agent_id),
+            "received_from": None,
+            "tier": Tier.LONG_TERM,
+            "supersedes": old.id,
+            "follows": None,
+            "recorded_at": now,
+            "access_count": 0,
+            "last_accessed_at": None,
+        }
+        try:
+            new = MemoryRecord.model_validate(
+                {**fields, "metadata": {**old.metadata, BUBBLED_FROM: session_id}}
+            )
+        except (ValidationError, InvalidInput):  # its metadata holds no more
+            new = MemoryRecord.model_validate(fields)
         promoted.append((old, new))
     return promoted

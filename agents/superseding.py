@@ -118,7 +118,7 @@ class Superseder:
         return new
 
     def end_session(
-        self, user_id: str, session_id: str, bubble_importance: float
+        self, user_id: str, session_id: str, bubble_importance: float, *, owner: str | None
     ) -> list[MemoryRecord]:
         """Promote the current memories of the session with importance ≥
         ``bubble_importance`` to user scope (see HierarchicalMemory.end_session); the
@@ -128,6 +128,6 @@ class Superseder:
         with self._writes.lock:
             where = visible(target, flt, exact=False, as_of=None, include_superseded=False)
             now = self._clock()
-            pairs = bubble_up(self._index, where, session_id, now)
+            pairs = bubble_up(self._index, where, session_id, now, owner=owner)
             self._writes.write_versions(pairs, now)
         return [new for _, new in pairs]

@@ -121,6 +121,65 @@ def test_ending_a_session_bubbles_important_memories(memory: HierarchicalMemory)
     assert memory.get(keep.id).superseded_by == promoted.id
 
 
+def test_a_session_memory_with_full_metadata_is_promoted_without_the_mark(
+    memory: HierarchicalMemory,
+) -> None:
+    """A record whose metadata holds the most keys a record may hold is promoted without the
+    ``bubbled_from_session`` mark (its session is in the version it replaces): the promoted
+    version is a valid record, which receivers accept and supersede takes. It had 65 keys
+    before, which no receiver accepted."""
+    full = {f"k{i}": i for i in range(64)}
+    keep = memory.add("Uma is vegan", user_id="uma", session_id="s1", importance=0.9,
+                      metadata=full)  # fmt: skip
+    marked = memory.add("Uma runs", user_id="uma", session_id="s1", importance=0.9)
+    promoted = {r.supersedes: r for r in memory.end_session(user_id="uma", session_id="s1")}
+    assert promoted[keep.id].metadata == full
+    assert promoted[marked.id].metadata == {"bubbled_from_session": "s1"}
+    for version in promoted.values():
+        assert MemoryRecord.model_validate(version.model_dump()) == version
+    assert memory.supersede(promoted[keep.id].id, "Uma is vegan, mostly").metadata == full
+    assert memory.get_history(promoted[keep.id].id)[0].scope.session_id == "s1"
+
+
+def test_a_promoted_memory_stays_found_as_of_before_the_session_ended(
+    memory: HierarchicalMemory, clock: Clock
+) -> None:
+    """Promotion is no change of the fact: the replaced version keeps its validity open, so a
+    search or a listing as of a time before the session ended finds the memory (as the
+    session's version), and one after finds the promoted version. Its validity ended where it
+    began before, so neither was found."""
+    before = memory.add("Vic wants the tasting menu", user_id="vic", session_id="s1",
+                        importance=0.9)  # fmt: skip
+    clock.advance(hours=1)
+    then = clock.now
+    clock.advance(hours=1)
+    [promoted] = memory.end_session(user_id="vic", session_id="s1")
+    assert memory.get(before.id).valid_until is None
+    hits = memory.search("tasting menu", user_id="vic", as_of=then)
+    assert [h.record.id for h in hits] == [before.id]
+    listed = memory.list_memories(user_id="vic", as_of=then)
+    assert [r.id for r in listed] == [before.id]
+    clock.advance(hours=1)
+    assert [h.record.id for h in memory.search("tasting menu", user_id="vic")] == [promoted.id]
+    later = memory.list_memories(user_id="vic", as_of=clock.now)
+    assert [r.id for r in later] == [promoted.id]
+
+
+def test_a_promoted_version_of_a_shared_memory_is_the_owners(make_memory: MakeMemory) -> None:
+    """end_session over a record another agent shared writes the promoted version as this
+    memory's owner (as supersede does): its agent is the owner and it was received from no
+    one, so a filter for the agent's own records finds it."""
+    other = make_memory("b")
+    shared = other.add("Wes's budget is 200 EUR", user_id="wes", session_id="s1",
+                       agent_id="agent-b", importance=0.9)  # fmt: skip
+    mine = make_memory("a", owner="agent-a")
+    mine.receive([other.get(shared.id, with_vectors=True)], senders=["agent-b"])
+    [promoted] = mine.end_session(user_id="wes", session_id="s1")
+    assert (promoted.scope.agent_id, promoted.received_from) == ("agent-a", None)
+    own = {"where": {"field": "received_from", "op": "eq", "value": None}}
+    assert [r.id for r in mine.list_memories(user_id="wes", filter=own)] == [promoted.id]
+
+
 def test_retention_orders_by_importance_recency_and_use() -> None:
     """Retention grows with importance, recent access and access count."""
     now = datetime(2026, 6, 1, tzinfo=UTC)
