@@ -1,8 +1,12 @@
 """Version chains: supersession links a new record to the one it replaces.
 
 A chain runs oldest → newest through ``supersedes`` / ``superseded_by``. Superseding stamps the
-old record with ``superseded_at`` and, if it had no end of validity, ``valid_until`` = the new
-record's ``valid_from``. Callers hold the memory's write lock.
+old record with ``superseded_at`` and, if it had no end of validity and the new record's
+validity starts later than its own, ``valid_until`` = the new record's ``valid_from``
+(:func:`derived_end`). A new version valid from the same time or earlier (a promotion at the
+end of a session, a correction) leaves the old one's validity open: ``superseded_at`` says from
+when it was no longer believed, so a query ``as_of`` a time before that still finds it. Callers
+hold the memory's write lock.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from datetime import datetime
 import structlog
 
 from hivemem.pool.errors import MemoryNotFound, SupersessionConflict
+from hivemem.pool.filters import And, Cond
 from hivemem.pool.ports import LocalIndex, Vector
 from hivemem.pool.records import MemoryRecord, Tombstone, acts_on, split_tombstones
 
@@ -68,12 +73,18 @@ def link(
     _mark_superseded(index, old, new, now)
 
 
+def derived_end(record: MemoryRecord, successor: MemoryRecord) -> datetime | None:
+    """The end of validity ``successor`` gives ``record`` (one with none of its own): its
+    ``valid_from`` when that is later than the record's, else None."""
+    return successor.valid_from if successor.valid_from > record.valid_from else None
+
+
 def _mark_superseded(
     index: LocalIndex, old: MemoryRecord, new: MemoryRecord, now: datetime
 ) -> None:
     fields: dict[str, object] = {"superseded_at": now, "superseded_by": new.id}
-    if old.valid_until is None:
-        fields["valid_until"] = max(new.valid_from, old.valid_from)
+    if old.valid_until is None and (end := derived_end(old, new)) is not None:
+        fields["valid_until"] = end
     index.update_fields({old.id: fields})
 
 
@@ -117,11 +128,9 @@ def _relinked(
         "superseded_at": successor.recorded_at,
         "superseded_by": successor.id,
     }
-    derived = previous is not None and record.valid_until == max(
-        previous.valid_from, record.valid_from
-    )
+    derived = previous is not None and record.valid_until == derived_end(record, previous)
     if record.valid_until is None or derived:
-        fields["valid_until"] = max(successor.valid_from, record.valid_from)
+        fields["valid_until"] = derived_end(record, successor)
     return fields
 
 
@@ -177,6 +186,34 @@ def chain(index: LocalIndex, record_id: str) -> list[MemoryRecord]:
     if any(r.id == start.id for r in forward):
         return forward
     return [*reversed(older), *_walk(index, start, "superseded_by")[1:]]
+
+
+def family(index: LocalIndex, record_id: str) -> list[MemoryRecord]:
+    """Every version of the record here: its :func:`chain`, then, when a link of the chain
+    names a version missing here (a forget of that version's scope removed it, or it never
+    arrived), the versions beyond that gap: those of its user, zone and compartments linked to
+    the chain through missing versions. The user's records are read for that, only then."""
+    linked = chain(index, record_id)
+    ids = {r.id for r in linked}
+    if all(ref is None or ref in ids for r in linked for ref in (r.supersedes, r.superseded_by)):
+        return linked
+    start = linked[0]
+    same_user = And(all=[Cond(field="scope.user_id", op="eq", value=start.scope.user_id)])
+    others = [r for r in index.scan(same_user) if r.id not in ids and acts_on(r, start)]
+    links: dict[str, set[str]] = {}
+    for record in [*linked, *others]:
+        for ref in (record.supersedes, record.superseded_by):
+            if ref is not None:
+                links.setdefault(record.id, set()).add(ref)
+                links.setdefault(ref, set()).add(record.id)
+    reached: set[str] = set()
+    todo = [start.id]
+    while todo:
+        node = todo.pop()
+        if node not in reached:
+            reached.add(node)
+            todo.extend(links.get(node, set()) - reached)
+    return [*linked, *(r for r in others if r.id in reached)]
 
 
 def bury(index: LocalIndex, tombstones: Sequence[Tombstone]) -> None:
