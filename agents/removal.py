@@ -36,7 +36,7 @@ class Remover:
         HierarchicalMemory.delete); the ids deleted."""
         check_record_id(record_id, field="record_id")
         with self._writes.lock:
-            chain = versions.chain(self._index, record_id)
+            chain = versions.family(self._index, record_id)
             self._writes.ahead.remove(chain, self._clock())
         return [r.id for r in chain]
 
