@@ -117,6 +117,9 @@ class Searcher:
     ) -> list[SearchHit]:
         """Best first; at most ``config.top_k`` hits."""
         where = self._visible(scope, flt, config, as_of)
+        weighting = config.recency_weight or config.importance_weight
+        wanted = config.top_k * (_RERANK_FACTOR if weighting else 1)
+        fetched = max(config.candidates, wanted)  # each lookup, so top_k hits can be found
         requests = []
         if config.mode in ("dense", "hybrid"):
             requests.append(
@@ -124,7 +127,7 @@ class Searcher:
                     "dense",
                     self._embedder.embed_query(query),
                     where,
-                    config.candidates,
+                    fetched,
                     config.min_similarity,
                 )
             )
@@ -134,9 +137,7 @@ class Searcher:
                 corpus = None
                 if config.idf_scope == "user":
                     corpus = And(all=[Cond(field="scope.user_id", op="eq", value=scope.user_id)])
-                requests.append(
-                    NearestRequest("sparse", terms, where, config.candidates, idf_corpus=corpus)
-                )
+                requests.append(NearestRequest("sparse", terms, where, fetched, idf_corpus=corpus))
         results = self._index.nearest(requests) if requests else []
         dense: list[ScoredId] = []
         sparse: list[ScoredId] = []
@@ -145,8 +146,6 @@ class Searcher:
         near = None
         if config.session_boost or config.neighbor_weight:
             near = self._neighbourhoods.lookup(list({h.id: None for h in dense + sparse}))
-        weighting = config.recency_weight or config.importance_weight
-        wanted = config.top_k * (_RERANK_FACTOR if weighting else 1)
         shortlist = fuse(dense, sparse, config, near, limit=wanted)
         records = {r.id: r for r in self._index.get([c.id for c in shortlist])}
         return weigh(shortlist, records, config, now)[: config.top_k]

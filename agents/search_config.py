@@ -49,7 +49,8 @@ class SearchConfig(Model):
     #: query user's records only (no statistics cross the user partition; ~0.3 ms slower per
     #: search at 100k records).
     idf_scope: Literal["memory", "user"] = "memory"
-    #: Candidates fetched per retrieval method before fusion.
+    #: Candidates fetched per retrieval method before fusion (at least ``top_k``; with recency
+    #: or importance weights, at least the shortlist they re-rank).
     candidates: int = Field(default=50, ge=1, le=10_000)
     top_k: int = Field(default=10, ge=1, le=1_000)
     min_similarity: float | None = Field(default=None, ge=-1.0, le=1.0)

@@ -69,6 +69,17 @@ def test_top_k_and_min_similarity(maya: HierarchicalMemory) -> None:
     assert len(strict) < len(maya.search("running a marathon", user_id="maya"))
 
 
+def test_top_k_beyond_the_candidates_finds_that_many(memory: HierarchicalMemory) -> None:
+    """Each lookup fetches at least top_k candidates: asking for more hits than
+    ``candidates`` (50) gets as many as match, in every mode. It got at most 50 dense hits
+    (95 fused) before."""
+    memory.add_many([f"Nia's note number {i} about gardening" for i in range(130)], user_id="nia")
+    for mode in ("dense", "sparse", "hybrid"):
+        assert len(memory.search("gardening note", user_id="nia", top_k=120, mode=mode)) == 120
+    weighted = memory.search("gardening note", user_id="nia", top_k=100, recency_weight=0.5)
+    assert len(weighted) == 100
+
+
 @pytest.mark.parametrize(
     "bad",
     [
