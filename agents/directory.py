@@ -38,6 +38,19 @@ class StoreDirectory:
             self.release()
             raise
 
+    @staticmethod
+    def check_free(path: Path) -> None:
+        """Raise StoreLocked when a memory has the directory ``path`` open; the lock is let go
+        at once (for a caller that must know before it changes anything else)."""
+        if not (path / ".lock").exists():
+            return
+        with open(path / ".lock", "a+", encoding="utf-8") as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreLocked(str(path)) from None
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
     def _check_meta(self, model_id: str, dim: int) -> None:
         meta_path = self.path / "hivemem.json"
         expected = {"schema_version": SCHEMA_VERSION, "embedding_model": model_id, "dim": dim}

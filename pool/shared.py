@@ -20,6 +20,7 @@ import redis
 import structlog
 
 from hivemem.agents.agent import Agent
+from hivemem.agents.directory import StoreDirectory
 from hivemem.agents.inputs import items_of, record_id_of
 from hivemem.pool.adapters.redis_bus import RedisBus
 from hivemem.pool.adapters.redis_errors import REDIS_DOWN, redis_client, unavailable
@@ -202,6 +203,7 @@ class SharedMemoryPool:
         )
         if agent_id in self._attached:
             raise InvalidInput(f"agent {agent_id} is already attached here", field="agent_id")
+        StoreDirectory.check_free(self.agent_dir(agent_id))  # before the registry changes
         info, _ = self._registrar.record(info)
         return self._attach(info)  # which provisions its Redis user
 

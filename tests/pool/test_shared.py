@@ -28,6 +28,7 @@ from hivemem.pool.errors import (
     InvalidInput,
     MemoryNotFound,
     RegistrationConflict,
+    StoreLocked,
 )
 from hivemem.pool.records import MemoryRecord, Scope
 from hivemem.pool.redis_server import EmbeddedRedis, free_port
@@ -485,3 +486,16 @@ def test_every_write_goes_to_its_zones_ingest_queue(make_pool: Pools) -> None:
     assert quiet.flush()
     assert quiet_pool.bus.read(ingest_topic(Zone.PUBLIC, "quiet"), 0, limit=10).epoch is None
     assert quiet_pool.bus.read(zone_topic(Zone.PUBLIC), 0, limit=10).last_seq == 1
+
+
+def test_registering_an_agent_attached_elsewhere_changes_nothing(
+    make_pool: Callable[..., SharedMemoryPool],
+) -> None:
+    """register_agent for an agent another process has attached (its memory's directory
+    locked) raises StoreLocked before the registry changes: the entry keeps the share levels
+    the running agent uses. It was rewritten first before."""
+    make_pool("p1").register_agent("writer", share_levels=[Level.EPISODE])
+    elsewhere = make_pool("p1")  # another process on the same data directory
+    with pytest.raises(StoreLocked):
+        elsewhere.register_agent("writer", share_levels=[])
+    assert elsewhere.get_agent("writer").share_levels == [Level.EPISODE]
