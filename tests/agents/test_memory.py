@@ -217,6 +217,32 @@ def test_delete_destroys_every_version(memory: HierarchicalMemory) -> None:
         memory.delete(v1.id)
 
 
+def test_delete_reaches_versions_beyond_one_a_forget_removed(memory: HierarchicalMemory) -> None:
+    """A version chain whose middle version went with a forget of its agent's scope: delete()
+    of the newest version still tombstones the oldest (its text readable and searchable
+    before), and the same user's other chains, and other users' records, stay."""
+    v1 = memory.add("Kai's door code is 4711", user_id="kai", agent_id="a")
+    v2 = memory.supersede(
+        v1.id, "Kai's door code is 4712", scope={"user_id": "kai", "agent_id": "b"}
+    )
+    v3 = memory.supersede(
+        v2.id, "Kai's door code is 4713", scope={"user_id": "kai", "agent_id": "a"}
+    )
+    kept = memory.add("Kai likes rowing", user_id="kai", agent_id="a")
+    kept_v2 = memory.supersede(kept.id, "Kai likes sculling")
+    other = memory.add("Lea's door code is 4711", user_id="lea", agent_id="a")
+    assert memory.forget(user_id="kai", agent_id="b") == 1
+    assert [r.id for r in memory.get_history(v3.id)] == [v3.id]  # the chain has a gap
+    assert set(memory.delete(v3.id)) == {v1.id, v3.id}
+    with pytest.raises(MemoryNotFound):
+        memory.get(v1.id)
+    left = memory.list_memories(user_id="kai", include_superseded=True)
+    assert {r.id for r in left} == {kept.id, kept_v2.id}
+    hits = memory.search("door code", user_id="kai", include_superseded=True)
+    assert all(h.record.id in {kept.id, kept_v2.id} for h in hits)
+    assert memory.get(other.id).content == "Lea's door code is 4711"
+
+
 def test_forget_removes_a_scope_and_nothing_else(memory: HierarchicalMemory) -> None:
     """forget(user, session) removes that session's records; forget(user) all of the user's."""
     memory.add("session one note", user_id="ivy", session_id="s1")
