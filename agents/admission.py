@@ -24,16 +24,27 @@ from hivemem.pool.ports import Vector
 log = structlog.get_logger(__name__)
 
 
+class LateDelivery(Exception):
+    """A live delivery outside the age window (``stale``): the receiver reads it from the
+    topic's stream instead, where its age is judged against when Redis appended it. A receiver
+    that was paused (a suspended VM, a long stop) reads genuine messages late; refusing them
+    and moving past them lost them for good. One appended late (a replay, a message dated
+    long ago) is refused there as ``stale``."""
+
+
 def admitted(
     topic: str, delivery: Delivery, *, info: AgentInfo, identity: Identity, live: bool
 ) -> tuple[Envelope, list[Vector | None]] | None:
     """The delivery's envelope and its records' vectors, or None (logged; audited when a
-    security check refused it) when it must be skipped."""
+    security check refused it) when it must be skipped. Raises LateDelivery for a live
+    delivery outside the age window."""
     if delivery.sender == info.agent_id:
         return None  # our own write, already here: not even decoded
     try:
-        envelope = identity.codec.decode(delivery.data, live=live)
+        envelope = identity.codec.decode(delivery.data, live=live, appended_at=delivery.appended_at)
     except MessageRejected as error:
+        if live and error.reason == "stale":
+            raise LateDelivery from None
         identity.rejected(error, topic, delivery)
         return None
     except SecurityMismatch as error:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import redis
 import structlog
 
-from hivemem.agents.admission import admitted
+from hivemem.agents.admission import LateDelivery, admitted
 from hivemem.agents.identity import Identity
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.outbox import Outbox
@@ -282,7 +282,12 @@ class Receiver(threading.Thread):
         if delivery.epoch != cursor.epoch or delivery.seq > cursor.seq + 1:
             self._catch_up(delivery.topic)  # a gap, a first message or a new epoch
         elif delivery.seq == cursor.seq + 1 or _contested(cursor, delivery):
-            self._apply(delivery.topic, [delivery], live=True)
+            try:
+                self._apply(delivery.topic, [delivery], live=True)
+            except LateDelivery:
+                log.info("pool_live_message_late", agent_id=self._info.agent_id,
+                         topic=delivery.topic, seq=delivery.seq)  # fmt: skip
+                self._catch_up(delivery.topic)
 
     def _catch_up(self, topic: str) -> None:
         """Apply what the topic's stream holds after the cursor."""
@@ -300,13 +305,17 @@ class Receiver(threading.Thread):
                 return
             if backlog.epoch is None:
                 return
-            if backlog.epoch != cursor.epoch:
+            if backlog.epoch != cursor.epoch or backlog.last_seq < cursor.seq:
                 if cursor.epoch is not None:
                     log.warning(
                         "pool_rebootstrap",
                         agent_id=self._info.agent_id,
                         topic=topic,
-                        reason="new epoch: Redis lost its data",
+                        reason="new epoch: Redis lost its data"
+                        if backlog.epoch != cursor.epoch
+                        else "the topic's counter went back: Redis restored older data",
+                        cursor=cursor.seq,
+                        last_seq=backlog.last_seq,
                         source="stream",
                     )
                 cursor.epoch, cursor.seq, cursor.data = backlog.epoch, 0, None

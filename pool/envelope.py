@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Literal, Protocol
 
 import numpy as np
@@ -116,13 +117,15 @@ INGEST_SEAL_MAGIC_WITH_ID = b"HMI2"
 
 class EnvelopeCodec(Protocol):
     """How envelopes travel as bytes. ``live`` says the message came straight from pub/sub
-    (rather than from a stream read later), which decides whether its age is checked.
-    ``encode`` raises MessageTooLarge rather than make a message longer than
-    MAX_MESSAGE_BYTES."""
+    (its age is checked against now); ``appended_at``, for one read from a stream, when Redis
+    appended it (its age is checked against that; None: not checked). ``encode`` raises
+    MessageTooLarge rather than make a message longer than MAX_MESSAGE_BYTES."""
 
     def encode(self, envelope: Envelope) -> bytes: ...
 
-    def decode(self, data: bytes, *, live: bool = False) -> Envelope: ...
+    def decode(
+        self, data: bytes, *, live: bool = False, appended_at: datetime | None = None
+    ) -> Envelope: ...
 
 
 class PlainCodec:
@@ -134,10 +137,12 @@ class PlainCodec:
             raise MessageTooLarge(len(body), MAX_MESSAGE_BYTES)
         return body
 
-    def decode(self, data: bytes, *, live: bool = False) -> Envelope:
+    def decode(
+        self, data: bytes, *, live: bool = False, appended_at: datetime | None = None
+    ) -> Envelope:
         """Raises InvalidMessage, or SecurityMismatch for a sealed message (version 2, or sealed
         to the workers)."""
-        del live  # nothing depends on it without signatures
+        del live, appended_at  # nothing depends on them without signatures
         if data.startswith((b'{"v":2,', INGEST_SEAL_MAGIC, INGEST_SEAL_MAGIC_WITH_ID)):
             raise SecurityMismatch(
                 "a sealed, signed message reached a process with security off: every process "

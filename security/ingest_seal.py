@@ -49,6 +49,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -288,5 +289,7 @@ class IngestCodec:
     def encode(self, envelope: Envelope) -> bytes:
         return self._inner.encode(envelope)
 
-    def decode(self, data: bytes, *, live: bool = False) -> Envelope:
-        return self._inner.decode(self._opener.open(data), live=live)
+    def decode(
+        self, data: bytes, *, live: bool = False, appended_at: datetime | None = None
+    ) -> Envelope:
+        return self._inner.decode(self._opener.open(data), live=live, appended_at=appended_at)

@@ -81,6 +81,7 @@ AGENT_COMMANDS: tuple[str, ...] = (
     # publish.lua (a damaged topic starts a new epoch). No new power: XADD's MAXLEN, granted
     # above, can empty a stream anyway.
     "del",
+    "time",  # publish.lua (when each entry was appended)
 )
 #: Added for an agent that holds compartments: its Receiver subscribes to their glob (checked
 #: literally, see above).

@@ -219,16 +219,10 @@ class SecureCodec:
         return b"".join((header, b"\n", sealed.nonce, sealed.ciphertext))
 
     def _checked(
-        self,
-        frame: Frame,
-        signed: bytes,
-        sender: SenderFacts | None,
-        now: datetime,
-        *,
-        live: bool,
+        self, frame: Frame, signed: bytes, sender: SenderFacts | None, now: datetime | None
     ) -> None:
         """:meth:`MessageCheck.check` of ``frame`` (``signed``: what its signature signs), from
-        ``sender`` as the registry has it."""
+        ``sender`` as the registry has it, its age judged as of ``now`` (None: not judged)."""
         wire = frame.header
         self._check.check(
             sender=sender,
@@ -238,8 +232,7 @@ class SecureCodec:
             sent_at=wire.sent_at,
             signed_bytes=signed,
             signature=frame.signature,
-            # Off the live path the age is not the question: judge it as of its sending.
-            now=now if live and self._check_age else wire.sent_at,
+            now=now if now is not None and self._check_age else wire.sent_at,
         )
 
     def refreshed(self, data: bytes) -> bytes:
@@ -285,25 +278,29 @@ class SecureCodec:
         sealed = self._sealed(envelope.model_copy(update=changes))
         return sealed + self._signer.sign_raw(_signed(sealed))
 
-    def decode(self, data: bytes, *, live: bool = False) -> Envelope:
+    def decode(
+        self, data: bytes, *, live: bool = False, appended_at: datetime | None = None
+    ) -> Envelope:
         """The envelope inside a version-2 message. Raises InvalidMessage for what is not one,
-        MessageRejected (with its reason) for what fails a check; stale applies to ``live``
-        deliveries only: a message read from a stream later was checked for age when it was
-        appended live, and re-applying it is idempotent."""
+        MessageRejected (with its reason) for what fails a check. Its age (``stale``) is judged
+        against now for a ``live`` delivery, against ``appended_at`` for one read from a stream
+        (when Redis appended it: a message appended on time is no replay, however late it is
+        read), and not at all without either (the workers' ingest queues, entries written
+        without their time)."""
         frame = Frame.parse(data)
         wire = frame.header
-        now = self._clock()
+        now = self._clock() if live else appended_at
         signed = _signed(memoryview(data)[:-SIGNATURE_BYTES])
         sender = self._senders(wire.sender)
         try:
-            self._checked(frame, signed, sender, now, live=live)
+            self._checked(frame, signed, sender, now)
         except MessageRejected as error:
             if self._refresh is None or error.reason not in _ENTRY_REASONS:
                 raise
             fresh = self._refresh(wire.sender)
             if fresh == sender:
                 raise
-            self._checked(frame, signed, fresh, now, live=live)
+            self._checked(frame, signed, fresh, now)
         if self._held is not None and missing(self._held, wire.compartments or ()):
             raise MessageRejected(
                 "outside_compartments",

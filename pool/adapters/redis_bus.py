@@ -42,6 +42,7 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
@@ -63,12 +64,24 @@ _MAX_SEQ_DIGITS = 18
 _EPOCH = re.compile(rb"[A-Za-z0-9-]{1,64}")
 
 
+#: Digits of an append time in milliseconds: enough until the year 33658.
+_MAX_STAMP_DIGITS = 15
+
+
 def _seq(raw: bytes | str) -> int | None:
     """A sequence number as the pool's script writes it (ASCII digits, at most 18), or None."""
     text = raw.encode() if isinstance(raw, str) else raw
     if not text.isdigit() or len(text) > _MAX_SEQ_DIGITS:
         return None
     return int(text)
+
+
+def _appended_at(raw: bytes | None) -> datetime | None:
+    """When the pool's script appended an entry (its ``t`` field: milliseconds since the Unix
+    epoch, at most 15 digits), or None for an entry without one or with anything else."""
+    if raw is None or not raw.isdigit() or len(raw) > _MAX_STAMP_DIGITS:
+        return None
+    return datetime.fromtimestamp(int(raw) / 1000, UTC)
 
 
 def _epoch(raw: bytes | None) -> str | None:
@@ -172,6 +185,8 @@ class Delivery:
     seq: int
     sender: str
     data: bytes
+    #: When Redis appended it to the stream (None: read live, or an entry without the time).
+    appended_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +340,10 @@ class RedisBus:
             if seq is None or seq > last_seq:
                 continue
             sender = fields.get(b"s", b"").decode(errors="replace")
-            deliveries.append(Delivery(topic, epoch, seq, sender, fields.get(b"d", b"")))
+            appended_at = _appended_at(fields.get(b"t"))
+            deliveries.append(
+                Delivery(topic, epoch, seq, sender, fields.get(b"d", b""), appended_at)
+            )
         first = deliveries[0].seq if deliveries else last_seq + 1
         return Backlog(epoch, last_seq, deliveries, trimmed=first > after + 1)
 

@@ -340,6 +340,44 @@ def test_agent_offline_during_ten_thousand_writes_catches_up_exactly_once(
     reader.close()
 
 
+def test_a_paused_receiver_applies_what_reached_it_late(
+    spawn: Callable[[AgentSpec, HivememSettings], AgentProcess],
+    pool_settings: Callable[..., HivememSettings],
+    make_pool: Callable[..., SharedMemoryPool],
+) -> None:
+    """A receiver whose process was stopped (SIGSTOP: a suspended VM, a long pause) for longer
+    than the age window (1 s here) while writes were shared gets them when it resumes: their
+    live copies are stale then, so it reads them from the stream, where their age is judged
+    against when Redis appended them (on time). It refused them as ``stale`` and moved its
+    cursor past them before: lost for good."""
+    writer = make_pool("writer").register_agent(
+        "writer", clearance=Zone.INTERNAL, share_levels=[Level.CATEGORY]
+    )
+    settings = pool_settings("reader")
+    security = settings.security.model_copy(update={"max_message_age_s": 1.0})
+    reader = spawn(AgentSpec("reader", Zone.INTERNAL, ()), settings.model_copy(
+        update={"security": security}
+    ))  # fmt: skip
+    reader.wait_ready()
+    first = writer.memory.add("before the pause", user_id=USER, level=Level.CATEGORY)
+    wait_for_ids(reader, {first.id})
+    assert reader.process is not None
+    reader.process.send_signal(signal.SIGSTOP)
+    try:
+        paused = [
+            writer.memory.add(f"during the pause {i}", user_id=USER, level=Level.CATEGORY)
+            for i in range(3)
+        ]
+        assert writer.flush(30.0)
+        time.sleep(2.5)
+    finally:
+        reader.process.send_signal(signal.SIGCONT)
+    expected = {r.id: r.content for r in [first, *paused]}
+    assert_exactly_once(wait_for_ids(reader, set(expected)), expected)
+    assert "pool_live_message_late" in reader.log()
+    reader.close()
+
+
 # -- Redis restart --------------------------------------------------------------------------------
 
 

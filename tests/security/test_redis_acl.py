@@ -108,7 +108,7 @@ def test_rules_of_an_internal_agent() -> None:
         "-@all",
         "+subscribe", "+ping", "+select", "+multi", "+exec", "+get", "+xrange",
         "+evalsha", "+set", "+incr", "+xadd", "+publish",
-        "+del",
+        "+del", "+time",
     ]  # fmt: skip
 
 

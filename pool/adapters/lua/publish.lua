@@ -5,6 +5,9 @@
 -- is returned. The dedupe key holds '<epoch>:<seq>': after the topic started over, the number
 -- would name nothing, so the message is appended again. (A bare number, as written before
 -- epochs were kept there, counts as this epoch's.)
+-- Each entry holds the body ('d'), the declared sender ('s') and when Redis appended it ('t', in
+-- milliseconds since the epoch, from TIME): receivers judge a message's age against it when
+-- they read it from the stream.
 -- A maxlen of 0 keeps every entry (a queue the workers trim as they consume); an empty channel
 -- publishes nothing.
 -- Keys that are not as this script writes them (an agent's Redis user may write its topics'
@@ -55,11 +58,16 @@ local function appended(prior)
   return nil
 end
 
+local clock = redis.call('TIME')
+local stamp = clock[1] .. string.format('%03d', math.floor(tonumber(clock[2]) / 1000))
+
 local function append(seq, body)
   if ARGV[2] == '0' then
-    return redis.pcall('XADD', KEYS[1], seq .. '-0', 'd', body, 's', ARGV[6])
+    return redis.pcall('XADD', KEYS[1], seq .. '-0', 'd', body, 's', ARGV[6], 't', stamp)
   end
-  return redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', body, 's', ARGV[6])
+  return redis.pcall(
+    'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'd', body, 's', ARGV[6], 't', stamp
+  )
 end
 
 -- Append and publish every message; nil (nothing of this call appended) when the stream is
