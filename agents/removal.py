@@ -5,7 +5,9 @@ Each removal holds the memory's write lock. Deleted records become tombstones (c
 vectors destroyed); the observers (the pool's sender) are told of them first, so that a process
 killed in the middle of a removal has queued every tombstone it applied, and the rest is
 finished when the agent attaches again (see :mod:`hivemem.agents.write_ahead`); a retried forget
-finds nothing left. Clearing removes records and tombstones here only and tells no one.
+finds nothing left. Clearing removes records and tombstones here only and tells no one. Forget,
+expire and clear find their records without opening content (LocalIndex.tombstones), so they
+reach those that reads skip because their key is gone (their user forgotten).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from hivemem.pool.enums import Zone, checked_zone
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.ids import check_record_id
 from hivemem.pool.ports import LocalIndex
-from hivemem.pool.records import Scope
+from hivemem.pool.records import Scope, Tombstone
 
 
 class Remover:
@@ -37,13 +39,13 @@ class Remover:
         check_record_id(record_id, field="record_id")
         with self._writes.lock:
             chain = versions.family(self._index, record_id)
-            self._writes.ahead.remove(chain, self._clock())
+            self._writes.ahead.remove([Tombstone.of(r) for r in chain], self._clock())
         return [r.id for r in chain]
 
     def forget(self, target: Scope) -> int:
         """Delete every record inside ``target`` (see HierarchicalMemory.forget); how many."""
         with self._writes.lock:
-            doomed = list(self._index.scan(And(all=owned_by(target))))
+            doomed = self._index.tombstones(And(all=owned_by(target)))
             self._writes.ahead.remove(doomed, self._clock())
         return len(doomed)
 
@@ -57,7 +59,7 @@ class Remover:
             ]
         )
         with self._writes.lock:
-            doomed = list(self._index.scan(where))
+            doomed = self._index.tombstones(where)
             self._writes.ahead.remove(doomed, self._clock())
         return len(doomed)
 
@@ -65,7 +67,7 @@ class Remover:
         """Remove every record and tombstone here, telling no one (see
         HierarchicalMemory.clear)."""
         with self._writes.lock:
-            ids = [r.id for r in self._index.scan(And(all=[]))]
+            ids = [t.id for t in self._index.tombstones(And(all=[]))]
             self._index.remove(ids)
             self._index.purge()
             self._writes.sessions.forget()

@@ -80,14 +80,15 @@ class WriteAhead:
         raised, or the process died), the next process tells what of them reached the index."""
         return self._note("records", ids)
 
-    def remove(self, records: Sequence[MemoryRecord], now: datetime) -> list[Tombstone]:
-        """Replace ``records`` by tombstones deleted at ``now``: noted, told, then applied here
-        (see the module docstring); returns the tombstones. When telling raises (the outbox
-        took none of the tombstones: its put is all or none), nothing changed and the note
-        goes: the caller was told the removal failed, so no later attach may make it. A process
-        killed meanwhile leaves the note, and the next attach finishes the removal."""
-        entry = self._note("tombstones", [r.id for r in records], now)
-        tombstones = [Tombstone.of(r, now) for r in records]
+    def remove(self, doomed: Sequence[Tombstone], now: datetime) -> list[Tombstone]:
+        """Replace the records ``doomed`` names (their tombstones) by tombstones deleted at
+        ``now``: noted, told, then applied here (see the module docstring); returns the
+        tombstones. When telling raises (the outbox took none of the tombstones: its put is all
+        or none), nothing changed and the note goes: the caller was told the removal failed, so
+        no later attach may make it. A process killed meanwhile leaves the note, and the next
+        attach finishes the removal."""
+        entry = self._note("tombstones", [t.id for t in doomed], now)
+        tombstones = [t.model_copy(update={"deleted_at": now}) for t in doomed]
         try:
             self.deleted(tombstones)
         except BaseException:

@@ -222,7 +222,9 @@ class ZoneLadderMismatch(HivememError):
 
 class KeyUnavailable(HivememError):
     """Raised when a data key is asked for that does not exist, was retired, or belongs to a
-    zone above the caller's clearance; ``zone`` and ``key_id`` say which."""
+    zone above the caller's clearance, or when sealed content's subject was forgotten (its
+    secret shredded, or the content sealed under an earlier secret of that subject id);
+    ``zone`` and ``key_id`` say which."""
 
     def __init__(self, zone: str, key_id: str, why: str) -> None:
         super().__init__(f"key {key_id} of zone {zone} is unavailable: {why}")

@@ -134,6 +134,12 @@ class LocalIndex(Protocol):
         """Every live record matching ``where``, in id order."""
         ...
 
+    def tombstones(self, where: And) -> list[Tombstone]:
+        """A tombstone (deleted now) for each live record matching ``where``, made without
+        opening content: a record whose content cannot be opened any more (its user forgotten,
+        its key retired) gets one too. What a forget or an expiry writes."""
+        ...
+
     def retention_facts(self, where: And) -> list[RetentionFacts]:
         """The retention facts of every live record matching ``where``."""
         ...

@@ -3,10 +3,13 @@
 ``content`` becomes ``hm:sealed:`` + :meth:`~hivemem.security.sealing.Sealed.to_text` of the
 record's UTF-8 content, with its tags, entities and metadata when it has any (as JSON;
 zlib-compressed when over 1 KB and that makes it shorter), sealed with the zone's active data
-key and the record's user's subject secret, the record id bound in as context. The payload keeps
-tokens in place of those labels (:mod:`hivemem.security.label_tokens`). Forgetting the user
-(shredding the secret) makes every such copy unreadable, wherever it lingers. Content without
-the prefix (written before security was on) reads as it is, with its labels as stored.
+key and the record's user's subject secret, the record id bound in as context, stamped with the
+secret's id (version 2 of :mod:`hivemem.security.sealing`). The payload keeps tokens in place of
+those labels (:mod:`hivemem.security.label_tokens`). Forgetting the user (shredding the secret)
+makes every such copy unreadable, wherever it lingers: it raises KeyUnavailable (``subject
+forgotten``), even once the user id is written for again under a new secret. Content without
+the prefix (written before security was on) reads as it is, with its labels as stored;
+version-1 content (sealed before stamps) opens as before, and a re-seal stamps it.
 """
 
 from __future__ import annotations
@@ -151,10 +154,13 @@ class ContentSeal:
 
     def stale(self, record: MemoryRecord, active: str) -> bool:
         """Whether a re-seal would change ``record`` as stored: its content is not under the
-        zone's ``active`` key or not under its user's secret, or its labels are not in the form
-        this layer writes (LabelTokens.labels_stale)."""
+        zone's ``active`` key, not under its user's secret, or not stamped (version 1), or its
+        labels are not in the form this layer writes (LabelTokens.labels_stale)."""
+        sealed = _sealed_of(record)
         return (
-            self.key_id(record) != active
+            sealed is None
+            or sealed.key_id != active
+            or sealed.stamp is None
             or record.content.startswith(ZONE_ONLY_PREFIX)
             or self.tokens.labels_stale(record)
         )
@@ -162,7 +168,13 @@ class ContentSeal:
     @staticmethod
     def key_id(record: MemoryRecord) -> str | None:
         """The data key ``record``'s content is sealed under (None: not sealed)."""
-        for prefix in (SEALED_PREFIX, ZONE_ONLY_PREFIX):
-            if record.content.startswith(prefix):
-                return Sealed.from_text(record.content.removeprefix(prefix)).key_id
-        return None
+        sealed = _sealed_of(record)
+        return None if sealed is None else sealed.key_id
+
+
+def _sealed_of(record: MemoryRecord) -> Sealed | None:
+    """``record``'s sealed content (None: not sealed)."""
+    for prefix in (SEALED_PREFIX, ZONE_ONLY_PREFIX):
+        if record.content.startswith(prefix):
+            return Sealed.from_text(record.content.removeprefix(prefix))
+    return None

@@ -5,10 +5,11 @@
 subject secret) and opens it on every read. Vectors stay in clear here: the agent searches its
 own index with them, and its process holds the keys anyway. Tags, entities and metadata are
 sealed with the content and kept as tokens, which filters are rewritten to match
-(:mod:`hivemem.security.label_tokens`). A record whose key is gone (its
-user was forgotten everywhere, its data key retired) cannot be read: reads skip it, as if it
-had been deleted. Content the agent's clearance cannot seal (a zone above it) is refused with
-KeyUnavailable before anything is written.
+(:mod:`hivemem.security.label_tokens`). A record whose key is gone (its user was forgotten
+everywhere, even if the user id was written for again since; its data key retired) cannot be
+read: reads skip it, as if it had been deleted, and removals (:meth:`SealedIndex.tombstones`:
+a forget, an expiry) still reach it. Content the agent's clearance cannot seal (a zone above
+it) is refused with KeyUnavailable before anything is written.
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ class SealedIndex:
 
     def scan(self, where: And, *, with_vectors: bool = False) -> Iterator[MemoryRecord]:
         return self._opened(self.inner.scan(self._where(where), with_vectors=with_vectors))
+
+    def tombstones(self, where: And) -> list[Tombstone]:
+        # No content is opened: a record whose key is gone gets one too (a forget removes it).
+        return self.inner.tombstones(self._where(where))
 
     def retention_facts(self, where: And) -> list[RetentionFacts]:
         return self.inner.retention_facts(self._where(where))

@@ -3,16 +3,41 @@ content, that subject's secret.
 
 The content key is HKDF-SHA256(ikm = the DEK, salt = the subject's secret or empty, info =
 ``hivemem/content|<zone>|<key id>``). Deleting a subject's secret (:meth:`ZoneKeyring.shred`)
-thus makes every copy of its content unreadable wherever it is stored (crypto-shredding). The
-associated data is ``hivemem/v1|<zone>|<key id>|<subject or empty>|<context>``: a sealed value
-opens only for the zone, key, subject and caller context (e.g. the record id) it was sealed for.
+thus makes every copy of its content unreadable wherever it is stored (crypto-shredding).
 Nonces are 12 random bytes, so one content key should seal fewer than 2**32 values: rotate the
 zone's key well before that.
 
+Sealed values travel as text, in one of two versions (unpadded base64url):
+
+- ``v1.<key id>.<nonce>.<ciphertext>``: content without a subject, and what a subject's content
+  was sealed as before version 2 (it still opens as it always did). The associated data is
+  ``hivemem/v1|<zone>|<key id>|<subject or empty>|<context>``.
+- ``v2.<key id>.<stamp>.<nonce>.<ciphertext>``: a subject's content. The 24-byte stamp is the
+  *secret id* (8 bytes: HMAC-SHA256 of a fixed label under the subject's secret, truncated),
+  then a 16-byte HMAC-SHA256, under a key derived from the DEK alone (info
+  ``hivemem/stamp|<zone>|<key id>``), of the associated data, the nonce and the ciphertext.
+  The associated data is ``hivemem/v2|<zone>|<key id>|<subject>|<secret id>|<context>``.
+
+Either way a sealed value opens only for the zone, key, subject and caller context (e.g. the
+record id) it was sealed for, and a subject with no secret (shredded) makes every value sealed
+for it raise KeyUnavailable (``subject forgotten``). The stamp tells a value sealed under an
+earlier secret of its subject (forgotten, then the same subject id sealed for again: a new
+secret) from an altered one: its MAC, checked with the zone's key alone, authenticates every
+byte of the value, so an altered value raises SealBroken; an authentic one whose secret id is
+not that of the subject's secret now raises KeyUnavailable (``subject forgotten``) too. A
+version-1 value of an earlier secret raises SealBroken: nothing tells it from an altered one.
+
+What the stamp shows: the secret id is the same on every value sealed under one secret, so it
+links a subject's values to each other, as the subject id kept in clear beside them (a
+record's scope, a message's header) does anyway. It reveals nothing of the secret (a
+pseudo-random function of it), is unrelated between two secrets of one subject (a new secret
+is random) and between pools (each pool makes its own secrets), and once the secret is shredded
+no one can tell which subject a secret id was made for. The MAC can be made and checked by
+holders of the zone's key only, who can open the value anyway.
+
 A :class:`Sealer` serves the zones at or below its clearance and refuses the others before it
 touches Redis. :meth:`Sealer.reseal` moves a value to the zone's active key, so that a re-seal
-task can empty an old key before :meth:`ZoneKeyring.retire`. Sealed values travel as text:
-``v1.<key id>.<base64url nonce>.<base64url ciphertext>`` (unpadded base64url).
+task can empty an old key before :meth:`ZoneKeyring.retire`.
 """
 
 from __future__ import annotations
@@ -20,6 +45,8 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
+import hmac
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,9 +62,12 @@ from hivemem.pool.ids import check_scope_id
 from hivemem.security.data_keys import KEY_ID_PATTERN, DataKey
 from hivemem.security.keyring import ZoneKeyring
 
-_VERSION = "v1"
 NONCE_BYTES = 12
 TAG_BYTES = 16
+#: A version-2 stamp: the secret id, then the MAC.
+SECRET_ID_BYTES = 8
+STAMP_BYTES = SECRET_ID_BYTES + 16
+_SECRET_ID_LABEL = b"hivemem/subject secret id"
 #: Content keys (one per zone, key id and subject) memoised per sealer at most.
 _CONTENT_KEYS = 4096
 
@@ -59,15 +89,21 @@ def _unb64(text: str, what: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Sealed:
-    """One sealed value: the id of the data key, the nonce and the ciphertext (with its tag)."""
+    """One sealed value: the id of the data key, the nonce, the ciphertext (with its tag) and,
+    for a subject's content in version 2, the stamp (None: version 1)."""
 
     key_id: str
     nonce: bytes
     ciphertext: bytes
+    stamp: bytes | None = None
 
     def to_text(self) -> str:
-        """``v1.<key id>.<base64url nonce>.<base64url ciphertext>``."""
-        return f"{_VERSION}.{self.key_id}.{_b64(self.nonce)}.{_b64(self.ciphertext)}"
+        """``v1.<key id>.<nonce>.<ciphertext>``, or ``v2.<key id>.<stamp>.<nonce>.<ciphertext>``
+        with a stamp."""
+        sealed = f"{_b64(self.nonce)}.{_b64(self.ciphertext)}"
+        if self.stamp is None:
+            return f"v1.{self.key_id}.{sealed}"
+        return f"v2.{self.key_id}.{_b64(self.stamp)}.{sealed}"
 
     @classmethod
     def from_text(cls, text: str) -> Sealed:
@@ -75,15 +111,25 @@ class Sealed:
         if not isinstance(text, str) or not text.isascii():
             raise InvalidInput("sealed text must be an ASCII string", field="sealed")
         parts = text.split(".")
-        if len(parts) != 4 or parts[0] != _VERSION:
-            raise InvalidInput(f"sealed text is not {_VERSION}.<key>.<nonce>.<ct>", field="sealed")
-        if not KEY_ID_PATTERN.fullmatch(parts[1]):
+        if parts[0] == "v1" and len(parts) == 4:
+            key_id, stamp, nonce_text, ciphertext_text = parts[1], None, parts[2], parts[3]
+        elif parts[0] == "v2" and len(parts) == 5:
+            key_id, nonce_text, ciphertext_text = parts[1], parts[3], parts[4]
+            stamp = _unb64(parts[2], "stamp")
+            if len(stamp) != STAMP_BYTES:
+                raise InvalidInput("sealed text has a wrong stamp size", field="sealed")
+        else:
+            raise InvalidInput(
+                "sealed text is not v1.<key>.<nonce>.<ct> or v2.<key>.<stamp>.<nonce>.<ct>",
+                field="sealed",
+            )
+        if not KEY_ID_PATTERN.fullmatch(key_id):
             raise InvalidInput("sealed text has a malformed key id", field="sealed")
-        nonce = _unb64(parts[2], "nonce")
-        ciphertext = _unb64(parts[3], "ciphertext")
+        nonce = _unb64(nonce_text, "nonce")
+        ciphertext = _unb64(ciphertext_text, "ciphertext")
         if len(nonce) != NONCE_BYTES or len(ciphertext) < TAG_BYTES:
             raise InvalidInput("sealed text has a wrong nonce or ciphertext size", field="sealed")
-        return cls(parts[1], nonce, ciphertext)
+        return cls(key_id, nonce, ciphertext, stamp)
 
 
 def _derive(zone: str, key_id: str, dek: bytes, salt: bytes) -> AESGCM:
@@ -93,9 +139,32 @@ def _derive(zone: str, key_id: str, dek: bytes, salt: bytes) -> AESGCM:
     return AESGCM(hkdf.derive(dek))
 
 
-def _aad(zone: str, key_id: str, subject: str | None, context: bytes) -> bytes:
-    head = f"hivemem/v1|{zone}|{key_id}|{subject or ''}|".encode()
-    return head + context
+def _stamp_key(zone: str, key_id: str, dek: bytes) -> bytes:
+    """The key of the stamps' MACs of (zone, key id): the DEK's alone, no subject's."""
+    info = f"hivemem/stamp|{zone}|{key_id}".encode()
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(dek)
+
+
+def _secret_id(secret: bytes) -> bytes:
+    """The id a version-2 stamp carries of the subject secret ``secret``."""
+    return hmac.digest(secret, _SECRET_ID_LABEL, "sha256")[:SECRET_ID_BYTES]
+
+
+def _aad(
+    zone: str, key_id: str, subject: str | None, context: bytes, secret_id: bytes | None
+) -> bytes:
+    """The associated data of version 1 (``secret_id`` None) or 2."""
+    if secret_id is None:
+        return f"hivemem/v1|{zone}|{key_id}|{subject or ''}|".encode() + context
+    return f"hivemem/v2|{zone}|{key_id}|{subject}|".encode() + secret_id + b"|" + context
+
+
+def _stamp_mac(key: bytes, aad: bytes, nonce: bytes, ciphertext: bytes) -> bytes:
+    """The MAC of a stamp: of the associated data (its length first), nonce and ciphertext."""
+    mac = hmac.new(key, len(aad).to_bytes(4, "big"), hashlib.sha256)
+    for part in (aad, nonce, ciphertext):
+        mac.update(part)
+    return mac.digest()[: STAMP_BYTES - SECRET_ID_BYTES]
 
 
 def _check_bytes(value: object, what: str) -> bytes:
@@ -117,6 +186,8 @@ class Sealer:
         self._keyring = keyring
         self._clearance = Zone.top() if clearance is None else checked_zone(clearance)
         self._content_key = functools.lru_cache(maxsize=_CONTENT_KEYS)(_derive)
+        self._stamp_key = functools.lru_cache(maxsize=_CONTENT_KEYS)(_stamp_key)
+        self._secret_id = functools.lru_cache(maxsize=_CONTENT_KEYS)(_secret_id)
 
     def seal(
         self,
@@ -126,11 +197,14 @@ class Sealer:
         context: bytes = b"",
         subject: str | None = None,
         key_id: str | None = None,
+        stamp: bool = True,
     ) -> Sealed:
         """``plaintext`` sealed with the zone's active key (and ``subject``'s secret, made on
         first use), bound to ``context``. ``key_id``: seal with that key of the zone instead
-        (one :meth:`active_key_id` gave, for a context that names the key)."""
-        return self.seal_many(zone, [(plaintext, context, subject)], key_id=key_id)[0]
+        (one :meth:`active_key_id` gave, for a context that names the key). A subject's content
+        is sealed in version 2 (stamped: see the module docstring); with ``stamp`` false, in
+        version 1, for a container that keeps no stamp (a pool message's frame)."""
+        return self.seal_many(zone, [(plaintext, context, subject)], key_id=key_id, stamp=stamp)[0]
 
     def open(
         self,
@@ -142,7 +216,8 @@ class Sealer:
     ) -> bytes:
         """The plaintext of ``sealed``. Raises SealBroken if it does not authenticate (altered,
         or another zone, key, subject or context), KeyUnavailable for an unknown or retired key
-        or a shredded subject (why ``subject forgotten``)."""
+        or a shredded subject (why ``subject forgotten``; so does a version-2 value sealed under
+        an earlier secret of the subject)."""
         return self.open_many(zone, [(sealed, context, subject)])[0]
 
     def active_key_id(self, zone: Zone | str) -> str:
@@ -155,6 +230,7 @@ class Sealer:
         items: Sequence[tuple[bytes, bytes, str | None]],
         *,
         key_id: str | None = None,
+        stamp: bool = True,
     ) -> list[Sealed]:
         """:meth:`seal` for (plaintext, context, subject) items, in order, under one key."""
         zone = self._zone(zone)
@@ -165,15 +241,22 @@ class Sealer:
         if not checked:
             return []
         dek = self._keyring.active(zone) if key_id is None else self._keyring.get(zone, key_id)
-        aeads: dict[str | None, AESGCM] = {}
+        keys: dict[str | None, tuple[AESGCM, bytes | None]] = {}
         out = []
         for plaintext, context, subject in checked:
-            aead = aeads.get(subject)
-            if aead is None:
-                aead = aeads[subject] = self._aead(dek, subject, create=True)
+            found = keys.get(subject)
+            if found is None:
+                found = keys[subject] = self._content(dek, subject, create=True)
+            aead, secret_id = found
+            if not stamp:
+                secret_id = None
             nonce = os.urandom(NONCE_BYTES)
-            ciphertext = aead.encrypt(nonce, plaintext, _aad(zone, dek.key_id, subject, context))
-            out.append(Sealed(dek.key_id, nonce, ciphertext))
+            aad = _aad(zone, dek.key_id, subject, context, secret_id)
+            ciphertext = aead.encrypt(nonce, plaintext, aad)
+            mark = None
+            if secret_id is not None:
+                mark = secret_id + _stamp_mac(self._stamp_key_of(dek), aad, nonce, ciphertext)
+            out.append(Sealed(dek.key_id, nonce, ciphertext, mark))
         return out
 
     def open_many(
@@ -183,22 +266,26 @@ class Sealer:
         zone = self._zone(zone)
         checked = [(_sealed(x), _check_bytes(c, "context"), _subject(s)) for x, c, s in items]
         deks: dict[str, DataKey] = {}
-        aeads: dict[tuple[str, str | None], AESGCM] = {}
+        keys: dict[tuple[str, str | None], tuple[AESGCM, bytes | None]] = {}
         out = []
         for sealed, context, subject in checked:
             dek = deks.get(sealed.key_id)
             if dek is None:
                 dek = deks[sealed.key_id] = self._keyring.get(zone, sealed.key_id)
-            aead = aeads.get((dek.key_id, subject))
-            if aead is None:
-                aead = aeads[dek.key_id, subject] = self._aead(dek, subject, create=False)
-            aad = _aad(zone, dek.key_id, subject, context)
+            found = keys.get((dek.key_id, subject))
+            if found is None:
+                found = keys[dek.key_id, subject] = self._content(dek, subject, create=False)
+            self._check_stamp(zone, dek, (sealed, context, subject))
+            aead, secret_id = found
+            if sealed.stamp is None:
+                secret_id = None
+            elif sealed.stamp[:SECRET_ID_BYTES] != secret_id:
+                raise KeyUnavailable(dek.zone, dek.key_id, "subject forgotten")
+            aad = _aad(zone, dek.key_id, subject, context, secret_id)
             try:
                 out.append(aead.decrypt(sealed.nonce, sealed.ciphertext, aad))
             except InvalidTag:
-                raise SealBroken(
-                    f"sealed value under key {dek.key_id} of {zone} does not authenticate"
-                ) from None
+                raise _broken(zone, dek.key_id) from None
         return out
 
     def reseal(
@@ -209,13 +296,14 @@ class Sealer:
         context: bytes = b"",
         subject: str | None = None,
     ) -> Sealed:
-        """``sealed`` under the zone's active key (``sealed`` itself if it already is). Raises
-        like :meth:`open`."""
+        """``sealed`` under the zone's active key (``sealed`` itself if it already is), in its
+        version. Raises like :meth:`open`."""
         zone = self._zone(zone)
         if sealed.key_id == self._keyring.active(zone).key_id:
             return sealed
         plaintext = self.open(zone, sealed, context=context, subject=subject)
-        return self.seal(zone, plaintext, context=context, subject=subject)
+        stamp = sealed.stamp is not None
+        return self.seal(zone, plaintext, context=context, subject=subject, stamp=stamp)
 
     def _zone(self, zone: Zone | str) -> Zone:
         zone = checked_zone(zone)
@@ -223,14 +311,43 @@ class Sealer:
             raise KeyUnavailable(zone, "*", "above clearance")
         return zone
 
-    def _aead(self, dek: DataKey, subject: str | None, *, create: bool) -> AESGCM:
-        salt = b""
-        if subject is not None:
-            secret = self._keyring.subject_secret(subject, create=create)
-            if secret is None:
-                raise KeyUnavailable(dek.zone, dek.key_id, "subject forgotten")
-            salt = secret
-        return self._content_key(dek.zone, dek.key_id, dek.secret, salt)
+    def _content(
+        self, dek: DataKey, subject: str | None, *, create: bool
+    ) -> tuple[AESGCM, bytes | None]:
+        """The AEAD of ``subject``'s content under ``dek``, and the id of the subject's secret
+        (None without a subject). KeyUnavailable when the subject has no secret (forgotten)
+        and ``create`` is false."""
+        if subject is None:
+            return self._content_key(dek.zone, dek.key_id, dek.secret, b""), None
+        secret = self._keyring.subject_secret(subject, create=create)
+        if secret is None:
+            raise KeyUnavailable(dek.zone, dek.key_id, "subject forgotten")
+        aead = self._content_key(dek.zone, dek.key_id, dek.secret, secret)
+        return aead, self._secret_id(secret)
+
+    def _stamp_key_of(self, dek: DataKey) -> bytes:
+        return self._stamp_key(dek.zone, dek.key_id, dek.secret)
+
+    def _check_stamp(
+        self, zone: Zone, dek: DataKey, item: tuple[Sealed, bytes, str | None]
+    ) -> None:
+        """SealBroken unless the stamp of a (sealed, context, subject) ``item`` authenticates
+        it for that subject and context (a stamped value always has a subject); nothing for a
+        version-1 value. Needs the zone's key only, not the subject's secret."""
+        sealed, context, subject = item
+        if sealed.stamp is None:
+            return
+        secret_id, mac = sealed.stamp[:SECRET_ID_BYTES], sealed.stamp[SECRET_ID_BYTES:]
+        if subject is None:
+            raise _broken(zone, dek.key_id)
+        aad = _aad(zone, dek.key_id, subject, context, secret_id)
+        expected = _stamp_mac(self._stamp_key_of(dek), aad, sealed.nonce, sealed.ciphertext)
+        if not hmac.compare_digest(mac, expected):
+            raise _broken(zone, dek.key_id)
+
+
+def _broken(zone: Zone, key_id: str) -> SealBroken:
+    return SealBroken(f"sealed value under key {key_id} of {zone} does not authenticate")
 
 
 def _subject(value: str | None) -> str | None:
@@ -245,6 +362,11 @@ def _sealed(value: object) -> Sealed:
         or not isinstance(value.ciphertext, bytes)
         or len(value.nonce) != NONCE_BYTES
         or len(value.ciphertext) < TAG_BYTES
+        or not (value.stamp is None or _is_stamp(value.stamp))
     ):
         raise InvalidInput("expected a well-formed Sealed value", field="sealed")
     return value
+
+
+def _is_stamp(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == STAMP_BYTES

@@ -356,6 +356,9 @@ class EdgeIndex:
         for point in self._scroll(where, True, bool(with_vectors)):
             yield decode_record(point.id, point.payload or {}, point.vector)
 
+    def tombstones(self, where: And) -> list[Tombstone]:
+        return [Tombstone.of(record) for record in self.scan(where)]
+
     def ids(self, where: And) -> list[str]:
         """The ids of every live record matching ``where``, in id order."""
         return [str(point.id) for point in self._scroll(where, ["kind"], False)]

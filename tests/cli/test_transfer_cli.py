@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from hivemem.cli import transfer
-from hivemem.pool.records import MemoryRecord
+from hivemem.pool.records import MemoryRecord, Scope
+from hivemem.pool.settings import HivememSettings
+from hivemem.pool.shared import SharedMemoryPool
 from tests.cli.conftest import Run
 
 #: Fields an imported copy sets itself: where it came from and its tier in the new memory.
@@ -461,3 +463,56 @@ def test_export_to_a_name_of_no_file_is_a_usage_error(
             assert done.code == 2, (target, force)
             assert "names no file to write the export to" in done.err, (target, done.err)
     assert list(folder.iterdir()) == []
+
+
+def test_a_user_id_written_for_again_after_a_forget_reads_without_its_imported_records(
+    hivemem: Run, agents: tuple[str, str], tmp_path: Path
+) -> None:
+    """Records an agent imported from another pool's file are sealed under their user's
+    secret, and no fleet forget's tombstone names them (the workers never saw their ids). Once
+    the forget shredded the secret and the same user id wrote again (a new secret), listing,
+    searching and exporting that user and the agent work: the old records are skipped as
+    forgotten (they raised SealBroken, and each of these commands failed), and a forget in the
+    agent removes them."""
+    _, bob = agents
+    lines = [
+        MemoryRecord(content=text, scope=Scope(user_id=user, agent_id="elsewhere"))
+        for text, user in [
+            ("u1 prefers green tea", "u1"),
+            ("u1 runs on Sundays", "u1"),
+            ("u2 drinks espresso", "u2"),
+        ]
+    ]
+    other_pool = tmp_path / "other-pool.jsonl"
+    other_pool.write_text("".join(r.model_dump_json() + "\n" for r in lines))
+    assert hivemem("import", "--agent", bob, str(other_pool), "--json").json()["imported"] == 3
+    # What the fleet forget of u1 (hivemem forget u1) does to these records: it shreds u1's
+    # secret; its tombstones name what the zone stores held, none of them.
+    with SharedMemoryPool.connect(HivememSettings()) as pool:
+        assert pool.security is not None
+        assert pool.security.keyring.shred("u1")
+    coffee = add(hivemem, bob, "u1 switched to coffee", "--user", "u1")
+
+    def listed(*scope: str) -> list[str]:
+        done = hivemem("memory", "list", "--agent", bob, *scope, "--json")
+        assert done.code == 0, done.err
+        return sorted(r["content"] for r in done.json())
+
+    assert listed("--user", "u1") == ["u1 switched to coffee"]
+    assert listed("--user", "u2") == ["u2 drinks espresso"]
+    hits = hivemem("memory", "search", "--agent", bob, "--user", "u1", "tea", "--json")
+    assert hits.code == 0, hits.err
+    assert [h["record"]["id"] for h in hits.json()] == [coffee]
+    out = tmp_path / "bob.jsonl"
+    done = hivemem("export", "--agent", bob, str(out))
+    assert done.code == 0, done.err
+    assert sorted(r.content for r in records(out)) == [
+        "u1 switched to coffee",
+        "u2 drinks espresso",
+    ]
+
+    forgot = hivemem("memory", "forget", "--agent", bob, "--user", "u1", "--json")
+    assert forgot.code == 0, forgot.err
+    assert forgot.json()["deleted"] == 3  # the new record and both unreadable ones
+    stats = hivemem("memory", "stats", "--agent", bob, "--json").json()
+    assert (stats["total"], stats["by_user"]) == (1, {"u2": 1})

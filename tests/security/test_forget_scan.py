@@ -64,8 +64,12 @@ FORGOTTEN, KEPT = "ursula", "victor"
 #: The clear header of a version-2 pool message, and the newline that ends it (security/wire.py:
 #: the nonce, the ciphertext of the length the header states and the signature follow).
 ENVELOPE = re.compile(rb'\{"v":2,"message_id":"[0-9a-f]{32}"[^{}\n]*\}\n')
-#: A record's content as kept at rest (security/content_seal.py).
-CONTENT = re.compile(rb"hm:sealed0?:v1\.[0-9a-f]{12}\.[A-Za-z0-9_-]{16}\.[A-Za-z0-9_-]{16,}")
+#: A record's content as kept at rest (security/content_seal.py): version 1 (sealed under the
+#: zone key alone), or 2 (under its user's secret, stamped: security/sealing.py).
+CONTENT = re.compile(
+    rb"hm:sealed0?:(?:v1\.[0-9a-f]{12}|v2\.[0-9a-f]{12}\.[A-Za-z0-9_-]{32})"
+    rb"\.[A-Za-z0-9_-]{16}\.[A-Za-z0-9_-]{16,}"
+)
 #: An archived record: zlib-compressed JSON in base64 (pool/archive_codec.py).
 ARCHIVED = re.compile(rb"eJ[A-Za-z0-9+/]{64,}={0,2}")
 

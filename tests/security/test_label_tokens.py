@@ -349,6 +349,56 @@ def test_a_forgotten_users_tokens_match_nothing(pair: Pair, keyring: ZoneKeyring
     )
 
 
+def test_a_users_records_of_an_earlier_secret_read_as_forgotten_once_it_writes_again(
+    pair: Pair, keyring: ZoneKeyring
+) -> None:
+    """Shredded, then written for again (a new secret), a user's earlier records read as
+    forgotten: scans skip them, label filters (tokens of the new secret, ``nin`` and ``ne``
+    too) leave them out without an error, a re-seal after a rotation leaves them as they are,
+    and removals still find them (tombstones, made without opening content). Before, each read
+    that met one raised SealBroken."""
+    user = Cond(field="scope.user_id", op="eq", value="u1")
+    earlier = pair.scan(pair.sealed, And(all=[user]))
+    assert earlier
+    assert keyring.shred("u1")
+    again = records(1)[0].model_copy(
+        update={"id": str(uuid.uuid4()), "scope": Scope(user_id="u1"), "tags": ["a", "b"]}
+    )
+    if isinstance(pair.sealed, SealedIndex):
+        pair.sealed.upsert([again])
+    else:
+        pair.sealed.upsert(again.zone, [again])
+    for condition in [
+        None,
+        Cond(field="tags", op="contains", value="a"),
+        Cond(field="tags", op="nin", value=["c"]),
+        Cond(field="metadata.kind", op="ne", value="nobody"),
+        Not(expr=Cond(field="tags", op="contains", value="b")),
+    ]:
+        where = And(all=[user] if condition is None else [user, condition])
+        expected = [] if isinstance(condition, Not) else [again.id]
+        assert pair.scan(pair.sealed, where) == expected, condition
+    others = And(all=[Cond(field="scope.user_id", op="in", value=["u2", "u3"])])
+    assert pair.scan(pair.sealed, others) == pair.scan(pair.plain, others)
+    for zone in ZONES:
+        keyring.rotate(zone)
+    if isinstance(pair.sealed, SealedIndex):
+        pair.sealed.reseal({zone: keyring.active(zone).key_id for zone in ZONES})
+    else:
+        for zone in ZONES:
+            pair.sealed.reseal(zone, And(all=[]))
+    assert pair.scan(pair.sealed, And(all=[user])) == [again.id]
+    assert tombstone_ids(pair.sealed, And(all=[user])) == sorted([*earlier, again.id])
+
+
+def tombstone_ids(store: Any, where: And) -> list[str]:
+    """The ids of the tombstones a removal would write for ``where`` in an agent's index or
+    (every zone of) the zone store."""
+    if isinstance(store, SealedIndex):
+        return sorted(t.id for t in store.tombstones(where))
+    return sorted(t.id for zone in ZONES for t in store.tombstones(zone, where))
+
+
 def test_records_labelled_in_clear_get_tokens_at_the_next_reseal(
     tmp_path: Path, keyring: ZoneKeyring
 ) -> None:

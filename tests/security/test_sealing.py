@@ -1,5 +1,6 @@
 """Sealer on a real Redis: round trips, what a seal is bound to, rotation and re-sealing,
-crypto-shredding, clearance, batches, and the text form of Sealed."""
+crypto-shredding (an earlier secret's values included), version-1 values, clearance, batches,
+and the text form of Sealed."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import time
 
 import pytest
 import redis
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.backoff import NoBackoff
@@ -38,6 +42,10 @@ def sealer(keyring: ZoneKeyring) -> Sealer:
 
 def flip(data: bytes, index: int) -> bytes:
     return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def dead_client() -> redis.Redis:
@@ -115,7 +123,8 @@ def test_rotation_reseal_and_retire(sealer: Sealer, keyring: ZoneKeyring) -> Non
 
 def test_shred_forgets_a_subject(sealer: Sealer, keyring: ZoneKeyring) -> None:
     """After shred, the subject's content raises KeyUnavailable (subject forgotten), others'
-    still opens, and the next seal for it makes a new secret that works."""
+    still opens, and the next seal for it makes a new secret that works; the old content still
+    reads as forgotten then (it raised SealBroken once a new secret existed)."""
     mine = sealer.seal(Zone.SECRET, b"my diary", context=RECORD, subject="alice")
     theirs = sealer.seal(Zone.SECRET, b"their diary", context=RECORD, subject="bob")
     before = keyring.subject_secret("alice")
@@ -127,8 +136,76 @@ def test_shred_forgets_a_subject(sealer: Sealer, keyring: ZoneKeyring) -> None:
     again = sealer.seal(Zone.SECRET, b"new diary", context=RECORD, subject="alice")
     assert keyring.subject_secret("alice") not in {None, before}
     assert sealer.open(Zone.SECRET, again, context=RECORD, subject="alice") == b"new diary"
-    with pytest.raises(SealBroken):  # the old copy stays unreadable under the new secret
+    with pytest.raises(KeyUnavailable, match="subject forgotten"):
         sealer.open(Zone.SECRET, mine, context=RECORD, subject="alice")
+    with pytest.raises(KeyUnavailable, match="subject forgotten"):  # in a batch, and as text
+        sealer.open_many(
+            Zone.SECRET,
+            [(again, RECORD, "alice"), (Sealed.from_text(mine.to_text()), RECORD, "alice")],
+        )
+
+
+def test_a_stamped_value_altered_in_any_byte_still_raises_seal_broken(
+    sealer: Sealer, keyring: ZoneKeyring
+) -> None:
+    """A value of an earlier secret reads as forgotten only when authentic: a flipped bit in
+    the stamp (its secret id or MAC), nonce or ciphertext, or another context or subject raises
+    SealBroken, before the shred and once a new secret exists; stripped of its stamp it does
+    not open as version 1 either. In between, with no secret, every value sealed for the
+    subject reads as forgotten, whatever its bytes, as before stamps."""
+    keyring.subject_secret("user-2")
+    sealed = sealer.seal(Zone.SECRET, b"salary: 100", context=RECORD, subject="user-1")
+    assert sealed.stamp is not None
+    altered = [
+        (dataclasses.replace(sealed, stamp=flip(sealed.stamp, 0)), RECORD, "user-1"),
+        (dataclasses.replace(sealed, stamp=flip(sealed.stamp, 7)), RECORD, "user-1"),
+        (dataclasses.replace(sealed, stamp=flip(sealed.stamp, 8)), RECORD, "user-1"),
+        (dataclasses.replace(sealed, stamp=flip(sealed.stamp, 23)), RECORD, "user-1"),
+        (dataclasses.replace(sealed, nonce=flip(sealed.nonce, 0)), RECORD, "user-1"),
+        (dataclasses.replace(sealed, ciphertext=flip(sealed.ciphertext, 3)), RECORD, "user-1"),
+        (sealed, b"record-0002", "user-1"),
+        (sealed, RECORD, "user-2"),
+        (sealed, RECORD, None),
+    ]
+    for stage in ("live", "shredded", "new secret"):
+        if stage == "shredded":
+            keyring.shred("user-1")
+        elif stage == "new secret":
+            sealer.seal(Zone.SECRET, b"salary: 120", context=RECORD, subject="user-1")
+        stripped = dataclasses.replace(sealed, stamp=None)
+        for changed, context, subject in [*altered, (stripped, RECORD, "user-1")]:
+            forgotten = stage == "shredded" and subject == "user-1"
+            with pytest.raises(KeyUnavailable if forgotten else SealBroken):
+                sealer.open(Zone.SECRET, changed, context=context, subject=subject)
+    with pytest.raises(KeyUnavailable, match="subject forgotten"):
+        sealer.open(Zone.SECRET, sealed, context=RECORD, subject="user-1")
+
+
+def test_version_1_values_open_as_before(sealer: Sealer, keyring: ZoneKeyring) -> None:
+    """A value sealed as hivemem sealed a subject's content before stamps (v1 text, made here
+    by hand: HKDF of the zone key salted with the subject's secret, the v1 associated data)
+    opens as it always did, and stamp=False still seals in that form."""
+    dek = keyring.active(Zone.INTERNAL)
+    secret = keyring.subject_secret("u1")
+    assert secret is not None
+    info = f"hivemem/content|internal|{dek.key_id}".encode()
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=secret, info=info).derive(dek.secret)
+    nonce = bytes(range(12))
+    aad = f"hivemem/v1|internal|{dek.key_id}|u1|".encode() + RECORD
+    text = f"v1.{dek.key_id}.{b64(nonce)}.{b64(AESGCM(key).encrypt(nonce, b'old note', aad))}"
+    old = Sealed.from_text(text)
+    assert old.stamp is None
+    assert old.to_text() == text
+    assert sealer.open(Zone.INTERNAL, old, context=RECORD, subject="u1") == b"old note"
+    plain = sealer.seal(Zone.INTERNAL, b"frame", context=RECORD, subject="u1", stamp=False)
+    assert plain.stamp is None
+    assert plain.to_text().startswith("v1.")
+    assert sealer.open(Zone.INTERNAL, plain, context=RECORD, subject="u1") == b"frame"
+    assert sealer.reseal(Zone.INTERNAL, old, context=RECORD, subject="u1") is old
+    keyring.rotate(Zone.INTERNAL)
+    moved = sealer.reseal(Zone.INTERNAL, old, context=RECORD, subject="u1")
+    assert moved.stamp is None  # a re-seal keeps the version
+    assert sealer.open(Zone.INTERNAL, moved, context=RECORD, subject="u1") == b"old note"
 
 
 def test_shred_elsewhere_reaches_this_process_within_the_ttl(client: redis.Redis) -> None:
@@ -246,18 +323,26 @@ def test_redis_holds_neither_keys_nor_content(
 
 
 def test_text_form_round_trips(sealer: Sealer) -> None:
-    """to_text is ``v1.<key id>.<nonce>.<ciphertext>`` and from_text reads it back exactly."""
-    sealed = sealer.seal(Zone.PUBLIC, b"hello", context=RECORD)
-    text = sealed.to_text()
-    assert text.startswith(f"v1.{sealed.key_id}.")
-    assert text.count(".") == 3
-    assert "=" not in text
-    assert "+" not in text
-    assert "/" not in text
-    assert Sealed.from_text(text) == sealed
+    """to_text is ``v1.<key id>.<nonce>.<ciphertext>`` without a subject and
+    ``v2.<key id>.<stamp>.<nonce>.<ciphertext>`` with one; from_text reads both back exactly."""
+    plain = sealer.seal(Zone.PUBLIC, b"hello", context=RECORD)
+    stamped = sealer.seal(Zone.PUBLIC, b"hello", context=RECORD, subject="u1")
+    for sealed, version, dots in ((plain, "v1", 3), (stamped, "v2", 4)):
+        text = sealed.to_text()
+        assert text.startswith(f"{version}.{sealed.key_id}.")
+        assert text.count(".") == dots
+        assert "=" not in text
+        assert "+" not in text
+        assert "/" not in text
+        assert Sealed.from_text(text) == sealed
+    assert plain.stamp is None
+    assert stamped.stamp is not None
+    assert len(stamped.stamp) == 24
 
 
 GOOD = "v1.0123456789ab.AAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAA"
+STAMP = "A" * 32
+GOOD_2 = f"v2.0123456789ab.{STAMP}.AAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAA"
 
 
 @pytest.mark.parametrize(
@@ -279,11 +364,19 @@ GOOD = "v1.0123456789ab.AAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAA"
         "v1.0123456789ab.ÄAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAA",
         None,
         b"v1.0123456789ab.AAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAA",
+        GOOD_2.replace("v2", "v1", 1),
+        GOOD_2.replace("v2", "v3", 1),
+        GOOD_2.replace(f"{STAMP}.", ""),
+        GOOD_2.replace(STAMP, STAMP[:-2]),  # stamp too short
+        GOOD_2.replace(STAMP, STAMP + "AA"),  # too long
+        GOOD_2.replace(STAMP, STAMP[:-1] + "!"),
+        GOOD_2.replace(STAMP, ""),
     ],
 )
 def test_from_text_refuses_garbage(text: object) -> None:
-    """Anything but a well-formed v1 text raises InvalidInput, never something else."""
+    """Anything but a well-formed v1 or v2 text raises InvalidInput, never something else."""
     assert Sealed.from_text(GOOD).key_id == "0123456789ab"
+    assert Sealed.from_text(GOOD_2).stamp == bytes(24)
     with pytest.raises(InvalidInput):
         Sealed.from_text(text)  # type: ignore[arg-type]
 

@@ -389,6 +389,21 @@ def test_get_tombstones_skips_live_and_missing_ids(scratch: EdgeIndex) -> None:
     assert scratch.get_tombstones([]) == []
 
 
+def test_tombstones_of_a_filter_name_each_live_match(index: EdgeIndex) -> None:
+    """tombstones(where) gives, for each live record matching ``where``, its tombstone (its
+    scope, level, zone and compartments; deleted now), and nothing for a tombstoned one."""
+    mine = make("mine", scope={"user_id": "u1", "session_id": "s1"}, zone="internal")
+    gone = make("gone")
+    index.upsert([mine, gone, make("theirs", scope={"user_id": "u2"})])
+    index.put_tombstones([tombstone_of(gone, T0)])
+    before = datetime.now(UTC)
+    found = index.tombstones(And(all=[Cond(field="scope.user_id", op="eq", value="u1")]))
+    assert [t.model_dump(exclude={"deleted_at"}) for t in found] == [
+        Tombstone.of(mine).model_dump(exclude={"deleted_at"})
+    ]
+    assert found[0].deleted_at >= before
+
+
 def test_tombstone_without_record_is_stored(index: EdgeIndex) -> None:
     """A tombstone for a record never seen here (a replicated deletion) is kept as such."""
     tombstone = Tombstone(
