@@ -230,6 +230,7 @@ class KeyUnavailable(HivememError):
         super().__init__(f"key {key_id} of zone {zone} is unavailable: {why}")
         self.zone = zone
         self.key_id = key_id
+        self.why = why
 
 
 #: How a retirement names the zone's ingest queue among the holders it waits for (agent ids

@@ -33,6 +33,7 @@ from hivemem.pool.ports import (
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.security.content_seal import ContentSeal
 from hivemem.security.label_tokens import check_facet
+from hivemem.security.sealing import SUBJECT_FORGOTTEN
 
 log = structlog.get_logger(__name__)
 
@@ -51,8 +52,12 @@ class SealedIndex:
         for record in records:
             try:
                 yield self._seal.opened(record)
-            except KeyUnavailable:
-                log.info("local_record_unreadable", record_id=record.id)
+            except KeyUnavailable as error:
+                # A forgotten user's record is skipped by design; a key that is gone (retired
+                # by force, or lost with Redis's data) makes records unreadable for good.
+                level = log.info if error.why == SUBJECT_FORGOTTEN else log.warning
+                level("local_record_unreadable", record_id=record.id, zone=error.zone,
+                      key_id=error.key_id, why=error.why)  # fmt: skip
 
     def _where(self, where: And) -> And:
         """``where`` matching labels by their tokens (LabelTokens.rewrite)."""

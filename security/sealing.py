@@ -62,6 +62,8 @@ from hivemem.pool.ids import check_scope_id
 from hivemem.security.data_keys import KEY_ID_PATTERN, DataKey
 from hivemem.security.keyring import ZoneKeyring
 
+#: Why KeyUnavailable is raised for content whose subject's secret is gone (or is another).
+SUBJECT_FORGOTTEN = "subject forgotten"
 NONCE_BYTES = 12
 TAG_BYTES = 16
 #: A version-2 stamp: the secret id, then the MAC.
@@ -280,7 +282,7 @@ class Sealer:
             if sealed.stamp is None:
                 secret_id = None
             elif sealed.stamp[:SECRET_ID_BYTES] != secret_id:
-                raise KeyUnavailable(dek.zone, dek.key_id, "subject forgotten")
+                raise KeyUnavailable(dek.zone, dek.key_id, SUBJECT_FORGOTTEN)
             aad = _aad(zone, dek.key_id, subject, context, secret_id)
             try:
                 out.append(aead.decrypt(sealed.nonce, sealed.ciphertext, aad))
@@ -321,7 +323,7 @@ class Sealer:
             return self._content_key(dek.zone, dek.key_id, dek.secret, b""), None
         secret = self._keyring.subject_secret(subject, create=create)
         if secret is None:
-            raise KeyUnavailable(dek.zone, dek.key_id, "subject forgotten")
+            raise KeyUnavailable(dek.zone, dek.key_id, SUBJECT_FORGOTTEN)
         aead = self._content_key(dek.zone, dek.key_id, dek.secret, secret)
         return aead, self._secret_id(secret)
 

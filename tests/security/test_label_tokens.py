@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -347,6 +348,32 @@ def test_a_forgotten_users_tokens_match_nothing(pair: Pair, keyring: ZoneKeyring
     assert pair.scan(pair.sealed, unnamed) == pair.scan(
         pair.plain, And(all=[Cond(field="scope.user_id", op="eq", value="u2"), tagged])
     )
+
+
+def test_a_record_whose_key_is_gone_is_skipped_with_a_warning(
+    tmp_path: Path, keyring: ZoneKeyring
+) -> None:
+    """An agent's read skips a record it cannot open: a forgotten user's by design (logged
+    ``local_record_unreadable`` at info), one whose zone key is gone (retired by force, or lost
+    with Redis's data) as a warning naming the zone, key and why, never the content."""
+    index = sealed_index(tmp_path, keyring)
+    written = records(6)
+    index.upsert(written)
+    old_key = keyring.active(Zone.INTERNAL).key_id
+    keyring.rotate(Zone.INTERNAL)
+    keyring.retire(Zone.INTERNAL, old_key)
+    assert keyring.shred("u1")
+    with structlog.testing.capture_logs() as logs:
+        left = list(index.scan(And(all=[])))
+    unreadable = [e for e in logs if e["event"] == "local_record_unreadable"]
+    assert len(left) + len(unreadable) == len(written)
+    internal = {r.id for r in written if r.zone is Zone.INTERNAL}
+    for event in unreadable:
+        expected = "warning" if event["record_id"] in internal else "info"
+        assert event["log_level"] == expected, event
+        assert "content" not in event
+    assert {e["record_id"] for e in unreadable if e["log_level"] == "warning"} == internal
+    index.close()
 
 
 def test_a_users_records_of_an_earlier_secret_read_as_forgotten_once_it_writes_again(
