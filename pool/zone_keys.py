@@ -114,10 +114,18 @@ class ZoneKeys:
         return self._required().rotate(zone, actor=self._actor)
 
     def holders(self, zone: Zone | str) -> list[str]:
-        """Who may keep content of ``zone`` sealed: the agents cleared for it and the workers."""
+        """Who may keep content of ``zone`` sealed: the agents cleared for it, the registered
+        agents that held it once (a lowered clearance leaves what they stored of the zone on
+        their disk, sealed under its keys: they re-seal it once cleared again), and the
+        workers."""
         zone = checked_zone(zone)
-        cleared = [info.agent_id for info in self._registry.list() if info.clearance >= zone]
-        return [*cleared, WORKER_SENDER]
+        once = set(self._required().recorded_holders(zone))
+        kept = [
+            info.agent_id
+            for info in self._registry.list()
+            if info.clearance >= zone or info.agent_id in once
+        ]
+        return [*kept, WORKER_SENDER]
 
     def retire(self, zone: Zone | str, key_id: str, *, force: bool = False) -> list[str]:
         """Delete an old data key of ``zone`` for good (audited ``key_retired``); the holders

@@ -3,7 +3,8 @@
 The step that rotates a zone's data key or the workers' ingest key, or retires an ingest key,
 also notes the change, in ``<ns>:keys:unaudited``, a hash: ``<event> <zone> <key id>``
 (``key_rotated`` or ``key_retired``; the zone's name, or ``workers-ingest``) → the details of
-its audit entry (JSON). The caller writes the audit entry, then deletes the note. A caller whose
+its audit entry (JSON). The caller claims the note (``<ns>:keys:unaudited:claim:<note>``,
+``SET NX`` with a TTL), writes the audit entry, then deletes the note. A caller whose
 reply was lost, or whose process stopped, before that leaves the note behind, and the next
 rotation or retirement of the same keys audits it (``resumed``). Agents cannot write under
 ``<ns>:keys:`` (:mod:`hivemem.security.redis_acl`). (A zone's data key is retired under WATCH
@@ -29,6 +30,9 @@ log = structlog.get_logger(__name__)
 #: Tries at a rotation while other rotations of the same keys land first (each of those made
 #: its key current after this one read which key was).
 ROTATE_ATTEMPTS = 20
+#: How long a call that audits a noted change keeps others from auditing it too (it writes
+#: the entry meanwhile); the claim of a call that stopped lapses, and a later call audits it.
+_CLAIM_TTL_S = 30
 #: The audit events a note may stand for.
 _NOTED = (AuditEvent.KEY_ROTATED, AuditEvent.KEY_RETIRED)
 #: What a note's details may not name: the audit entry's own fields.
@@ -98,14 +102,25 @@ class KeyChanges:
 
     def audit(self, audit: AuditLog, change: KeyChange, *, actor: str, resumed: bool) -> None:
         """Write ``change``'s audit entry (``resumed``: for an earlier call than this one), then
-        delete its note. When this raises, the note stays for a later call."""
+        delete its note; nothing when another call holds the note's claim or deleted the note
+        (that call audits it: two rotations at once audited each other's change too). When this
+        raises, the note stays for a later call, once the claim lapses (``_CLAIM_TTL_S``)."""
+        claim = f"{self.key}:claim:{change.name}"
+        with redis_errors():
+            if not self.client.set(claim, actor, nx=True, ex=_CLAIM_TTL_S):
+                return
+            if not self.client.hexists(self.key, change.name):
+                self.client.delete(claim)
+                return  # audited by the call that held the claim before
         extra = {"resumed": True} if resumed else {}
         audit.record(
             change.event, actor=actor, subject=change.key_id, zone=change.zone,
             **change.details, **extra,
         )  # fmt: skip
-        with redis_errors():
-            self.client.hdel(self.key, change.name)
+        with redis_errors(), self.client.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.key, change.name)
+            pipe.delete(claim)
+            pipe.execute()
         if resumed:
             log.warning("key_change_audited_late", kind=change.event.value, zone=change.zone,
                         key_id=change.key_id)  # fmt: skip

@@ -95,6 +95,12 @@ class KeyRotation:
             raw = cast("bytes | None", self._client.hget(f"{self._prefix}{zone.value}", holder))
         return None if raw is None else raw.decode()
 
+    def recorded_holders(self, zone: Zone) -> list[str]:
+        """Every holder that ever recorded a re-seal of ``zone`` (:meth:`record_resealed`)."""
+        with redis_errors():
+            names = cast("list[bytes]", self._client.hkeys(f"{self._prefix}{zone.value}"))
+        return sorted(name.decode() for name in names)
+
     def behind(self, zone: Zone | str, key_id: str, holders: Iterable[str]) -> list[str]:
         """The ``holders`` that may still keep content of ``zone`` under ``key_id``: they have
         not re-sealed under a key made after it; then :data:`INGEST_QUEUE` if the zone's ingest

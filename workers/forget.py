@@ -78,7 +78,8 @@ class ForgetReceipt(BaseModel):
     user_id: str
     zones: dict[str, ZoneReceipt] = Field(default_factory=dict)
     #: True when the user's subject secret was destroyed (security on, every zone forgotten):
-    #: every sealed copy of their content, anywhere, is unreadable from now on.
+    #: every sealed copy of their content, anywhere, is unreadable from now on. False when
+    #: there was none to destroy (an earlier forget did, or nothing was ever sealed for them).
     subject_key_shredded: bool = False
     #: True when Redis was asked to rewrite its append-only file after the shred: until it is
     #: rewritten, the file still holds the wrapped secret (an operator without that
@@ -152,9 +153,9 @@ class ForgetService:
         for zone in zones:
             receipt.zones[zone.value] = self._forget_in(zone, user_id, on_due)
         if self._keyring is not None and set(zones) >= set(Zone):
-            self._keyring.shred(user_id)
-            receipt.subject_key_shredded = True
-            receipt.persistence_rewrite_started = self._rewrite_persistence()
+            receipt.subject_key_shredded = self._keyring.shred(user_id)
+            if receipt.subject_key_shredded:
+                receipt.persistence_rewrite_started = self._rewrite_persistence()
         self._audit.record(
             AuditEvent.FORGOTTEN,
             actor=WORKER_SENDER,

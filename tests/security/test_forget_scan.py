@@ -469,6 +469,8 @@ def test_after_a_forget_nothing_of_the_user_opens_anywhere(scene: Scene) -> None
 
     assert receipt.subject_key_shredded
     assert receipt.persistence_rewrite_started
+    again = runtime.forget.forget_user(FORGOTTEN, list(Zone), on_due=no_due)
+    assert (again.removed, again.subject_key_shredded) == (0, False)  # nothing left to shred
     assert {zone: counts(z) for zone, z in receipt.zones.items()} == {
         "public": (2, 0, 2, 1),
         "internal": (1, 1, 2, 1),  # the archived record is tombstoned too

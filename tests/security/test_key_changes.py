@@ -4,6 +4,7 @@ same call or by the retry, and a retry makes no second key."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -226,3 +227,33 @@ def test_an_ingest_key_retirement_that_lands_after_its_error_is_audited_by_the_r
         FIRST_INGEST_ID, {"forced": True, "behind": [INGEST_QUEUE], "resumed": True}
     )  # fmt: skip
     assert not client.exists(NOTES)
+
+
+def test_rotations_at_once_are_each_audited_once(
+    client: redis.Redis, redis_server: EmbeddedRedis
+) -> None:
+    """Four threads, each with its own connection, rotate one zone's key 15 times at once:
+    every rotation made is audited exactly once. A rotation used to audit the notes of the
+    others still running too (as ``resumed``), so some were audited twice."""
+    made: list[str] = []
+
+    def rotate() -> None:
+        own = redis.Redis.from_url(redis_server.url)
+        rotation = KeyRotation(
+            ZoneKeyring(own, LocalKeyProvider(MASTER), namespace="t"), own, namespace="t",
+            audit=AuditLog(own, namespace="t"),
+        )  # fmt: skip
+        made.extend(rotation.rotate(Zone.INTERNAL, actor="op").key_id for _ in range(15))
+        own.close()
+
+    threads = [threading.Thread(target=rotate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    audited = [
+        e.subject for e in AuditLog(client, namespace="t").entries() if e.kind == "key_rotated"
+    ]
+    assert len(made) == 60
+    assert sorted(audited) == sorted(made)
+    assert client.hlen(NOTES) == 0

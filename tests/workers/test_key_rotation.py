@@ -210,6 +210,37 @@ def test_a_forced_retirement_loses_what_a_holder_kept_under_the_key(
     assert all(runtime.store.presence(Zone.CONFIDENTIAL, sorted(written)).values())
 
 
+def test_an_agent_lowered_below_a_zone_holds_its_keys_retirement(
+    pool: SharedMemoryPool,
+    make_pool: Callable[..., SharedMemoryPool],
+    make_runtime: Callable[..., WorkerRuntime],
+) -> None:
+    """An agent whose clearance was lowered while it was away keeps what it stored of the
+    zone it lost, sealed under that zone's keys, and cannot re-seal it: a retirement without
+    force names it and changes nothing, so its acknowledged records read once it is cleared
+    again. It was left out of the holders before: the retirement went through and those
+    records were lost."""
+    runtime = make_runtime()
+    host = make_pool("host")
+    agent = host.register_agent("erin-bot", clearance=Zone.CONFIDENTIAL)
+    written = write(agent, "erin", Zone.CONFIDENTIAL, 2)
+    runtime.ingest.drain(Zone.CONFIDENTIAL, on_due=ignore)
+    host.close()
+    pool.set_clearance("erin-bot", Zone.INTERNAL)
+    old = active_key(pool, Zone.CONFIDENTIAL)
+    pool.rotate_key(Zone.CONFIDENTIAL)
+    runtime.reseal.reseal(Zone.CONFIDENTIAL, on_due=ignore)
+
+    with pytest.raises(KeyStillInUse) as refused:
+        pool.retire_key(Zone.CONFIDENTIAL, old)
+
+    assert refused.value.holders == ["erin-bot"]
+    assert not next(i for i in pool.zone_keys(Zone.CONFIDENTIAL) if i.key_id == old).retired
+    pool.set_clearance("erin-bot", Zone.CONFIDENTIAL)
+    back = make_pool("host").attach("erin-bot")
+    assert {i: back.memory.get(i).content for i in written} == written
+
+
 def test_a_forced_retirement_names_the_writes_it_leaves_in_the_ingest_queue(
     pool: SharedMemoryPool, writer: Agent, make_runtime: Callable[..., WorkerRuntime]
 ) -> None:
