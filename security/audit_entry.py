@@ -243,10 +243,14 @@ def is_canonical(item: str | bytes, record: Mapping[str, object]) -> bool:
 
 
 def check_anchor(anchor: Anchor | tuple[int, str]) -> Anchor:
-    """``anchor`` as an Anchor; raises InvalidInput unless seq >= 0 and hash is 64 hex digits."""
+    """``anchor`` as an Anchor; raises InvalidInput unless seq >= 0 and hash is 64 hex digits,
+    and a seq of 0 (the empty log) comes with the 64 zeros of the chain's start: any other
+    hash there names no position of any log, and nothing would ever be compared with it."""
     seq, hash_ = anchor
     if not (
         isinstance(seq, int) and seq >= 0 and isinstance(hash_, str) and _HASH.fullmatch(hash_)
     ):
         raise InvalidInput("an anchor is (seq >= 0, 64 lower-case hex digits)", field="anchor")
+    if seq == 0 and hash_ != GENESIS:
+        raise InvalidInput("the anchor of seq 0 (the empty log) is 64 zeros", field="anchor")
     return Anchor(seq, hash_)

@@ -253,8 +253,12 @@ def test_anchors_expose_a_cut_tail_and_a_rewritten_chain() -> None:
 
 
 def test_a_malformed_anchor_is_refused() -> None:
-    """Anchors are (seq >= 0, 64 hex digits)."""
+    """Anchors are (seq >= 0, 64 hex digits), and seq 0 (the empty log) comes with the 64
+    zeros of the chain's start: another hash there was compared with nothing and passed."""
     with pytest.raises(InvalidInput):
         verify([], anchors=[Anchor(1, "nothex")])
     with pytest.raises(InvalidInput):
         verify([], anchors=[Anchor(-1, GENESIS)])
+    with pytest.raises(InvalidInput, match="seq 0"):
+        verify([], anchors=[Anchor(0, "f" * 64)])
+    assert verify([], anchors=[Anchor(0, GENESIS)]).ok
