@@ -42,8 +42,10 @@ class BuiltContext:
 
 
 def _line(record: MemoryRecord) -> str:
+    """One memory on one line: its whitespace (line breaks included) collapsed, so that a
+    memory's text cannot start lines of its own (a heading, another dated memory)."""
     date = record.valid_from.date().isoformat()
-    return f"- [{date}] {record.content}"
+    return f"- [{date}] {' '.join(record.content.split())}"
 
 
 def _scope_group(record: MemoryRecord) -> str:

@@ -17,8 +17,9 @@ asynchronous clients are refused with InvalidInput before any request is sent.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
@@ -28,9 +29,10 @@ from hivemem.agents.context import build_context
 from hivemem.agents.inputs import MemoryInput
 from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.memory_block import BlockItem, extract, memory_prompt
+from hivemem.agents.ranking import SearchHit
 from hivemem.pool.compartments import checked_compartments, missing, union
 from hivemem.pool.enums import Level, Zone, checked_zone
-from hivemem.pool.errors import InvalidInput
+from hivemem.pool.errors import HivememError, InvalidInput
 from hivemem.pool.filters import MemoryFilter
 from hivemem.pool.ids import check_agent_id
 from hivemem.pool.records import MemoryRecord, Scope
@@ -41,6 +43,8 @@ log = structlog.get_logger(__name__)
 #: ``metadata.source`` of every memory the wrapper stores.
 SOURCE = "with_memory"
 _LEADING_ROLES = frozenset({"system", "developer"})
+#: Most hits a recall asks the search for while looking for ones it may send.
+_MAX_ASKED = 1_000
 
 
 class ChatCompletions(Protocol):
@@ -91,13 +95,32 @@ class _Turn:
     compartments: tuple[str, ...] = ()
 
 
+class _HighWater:
+    """The highest zone and every compartment of what a wrapper sent to the model so far. The
+    conversation's history carries that text into later calls (each request sends it again), so
+    what the model writes in any later call may come from it. Only rises. Thread-safe."""
+
+    def __init__(self, zone: Zone) -> None:
+        self._lock = threading.Lock()
+        self.zone = zone
+        self.compartments: tuple[str, ...] = ()
+
+    def raised(self, records: Sequence[MemoryRecord]) -> tuple[Zone, tuple[str, ...]]:
+        """Raised by ``records`` (sent now); the zone and compartments after."""
+        with self._lock:
+            self.zone = Zone.highest([self.zone, *(r.zone for r in records)])
+            self.compartments = union([self.compartments, *(r.compartments for r in records)])
+            return self.zone, self.compartments
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMemory:
     """What happens around one call: recall before it (:meth:`prepare`), storing after it
     (:meth:`absorb`). ``max_zone`` and ``compartments`` bound what is sent to the model (a
     record in a compartment not listed is never sent); ``zone`` is the lowest zone of what is
-    stored, raised to the highest zone injected in the same call, and it carries the
-    compartments of everything injected (no write down)."""
+    stored, raised to the highest zone this wrapper has injected so far, and what is stored
+    carries the compartments of everything it injected (no write down: the conversation's
+    history brings what one call injected into every later one)."""
 
     memory: HierarchicalMemory
     scope: Scope
@@ -106,30 +129,40 @@ class ChatMemory:
     zone: Zone = Zone.PUBLIC
     max_zone: Zone = Zone.PUBLIC
     compartments: tuple[str, ...] = ()
+    seen: _HighWater = field(default_factory=lambda: _HighWater(Zone.PUBLIC))
 
     def prepare(self, messages: list[Any]) -> _Turn:
         """``messages`` with the memory system message after the leading system (and developer)
         messages; the caller's list and messages are left untouched."""
         users = [m for m in messages if _field(m, "role") == "user"]
         query = _text(_field(users[-1], "content")) if users else ""
-        text, zone, injected = "", self.zone, frozenset[str]()
-        compartments: tuple[str, ...] = ()
+        text, injected = "", frozenset[str]()
+        records: list[MemoryRecord] = []
         if query.strip():
-            readable = MemoryFilter(zones=[z for z in Zone if z <= self.max_zone])
-            hits = self.memory.search(query, scope=self.scope, top_k=self.top_k, filter=readable)
-            allowed = [h for h in hits if not missing(self.compartments, h.record.compartments)]
-            context = build_context(allowed, token_budget=self.token_budget)
+            context = build_context(self._recalled(query), token_budget=self.token_budget)
             records = [h.record for h in context.hits]
             text = context.text
-            zone = Zone.highest([self.zone, *(r.zone for r in records)])
-            compartments = union(r.compartments for r in records)
             injected = frozenset(_key(r.content) for r in records)
+        zone, compartments = self.seen.raised(records)
         at = 0
         while at < len(messages) and _field(messages[at], "role") in _LEADING_ROLES:
             at += 1
         sent = [*messages[:at], memory_prompt(text), *messages[at:]]
         log.debug("memories_injected", memories=len(injected), user_id=self.scope.user_id)
-        return _Turn(sent, zone, injected, compartments)
+        return _Turn(sent, Zone.highest([self.zone, zone]), injected, compartments)
+
+    def _recalled(self, query: str) -> list[SearchHit]:
+        """The best ``top_k`` hits of ``query`` that may be sent: of zones up to ``max_zone``
+        and compartments all held. Compartments are no search filter, so the search asks for
+        more hits while those it found filled its limit and too few of them may be sent."""
+        readable = MemoryFilter(zones=[z for z in Zone if z <= self.max_zone])
+        asked = self.top_k
+        while True:
+            hits = self.memory.search(query, scope=self.scope, top_k=asked, filter=readable)
+            allowed = [h for h in hits if not missing(self.compartments, h.record.compartments)]
+            if len(allowed) >= self.top_k or len(hits) < asked or asked >= _MAX_ASKED:
+                return allowed[: self.top_k]
+            asked = min(asked * 4, _MAX_ASKED)
 
     def absorb(self, response: Any, turn: _Turn) -> list[MemoryRecord]:
         """Strip the blocks from every choice of ``response`` (in place) and store what they
@@ -164,9 +197,22 @@ class ChatMemory:
         ]
         if len(inputs) < len(items):
             log.warning("memory_item_skipped", reason="too_long", items=len(items) - len(inputs))
-        stored = self.memory.add_many(inputs, scope=self.scope, progress=False)
+        try:
+            stored = self.memory.add_many(inputs, scope=self.scope, progress=False)
+        except HivememError:  # one item refused (lifted above the agent's clearance...)
+            stored = [record for item in inputs if (record := self._stored(item)) is not None]
         log.info("memories_extracted", stored=len(stored), user_id=self.scope.user_id)
         return stored
+
+    def _stored(self, item: MemoryInput) -> MemoryRecord | None:
+        """``item`` stored alone, or None when the memory refuses it (logged: the model's reply
+        still reaches the caller, whatever its block held)."""
+        try:
+            return self.memory.add_many([item], scope=self.scope, progress=False)[0]
+        except HivememError as error:
+            log.warning("memory_item_skipped", reason=type(error).__name__,
+                        user_id=self.scope.user_id)  # fmt: skip
+            return None
 
 
 def _key(content: str) -> str:
@@ -287,5 +333,7 @@ def with_memory(
         owned = memory = HierarchicalMemory(
             settings.data_dir / "agents" / check_agent_id(agent_id), settings=settings
         )
-    chat_memory = ChatMemory(memory, scope, top_k, token_budget, lowest, highest, sendable)
+    chat_memory = ChatMemory(
+        memory, scope, top_k, token_budget, lowest, highest, sendable, _HighWater(lowest)
+    )
     return MemoryClient(client, chat_memory, owned)

@@ -11,8 +11,10 @@ read leniently where a fix is safe and skipped where it is not: the category mat
 case-insensitively and an unknown or missing one becomes ``context``; importance is clamped to
 [0, 1] and a missing or non-numeric one becomes 0.5; an item without text content, or with more
 than :data:`MAX_CONTENT_CHARS` characters, is skipped. A block that is not valid JSON yields
-nothing. An unclosed block runs to the end of the reply (a reply cut short by the token limit
-stops inside it). Skips are logged without the content.
+nothing. An unclosed block whose body begins as JSON does (or a fence) runs to the end of the
+reply (a reply cut short by the token limit stops inside it); an unclosed tag followed by
+anything else is text that mentions the tag, and stays in the reply. Skips are logged without
+the content.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ DEFAULT_IMPORTANCE = 0.5
 _OPEN = re.compile(r"<memory>", re.IGNORECASE)
 _CLOSE = re.compile(r"</memory>", re.IGNORECASE)
 _CATEGORIES = frozenset(c.value for c in Category)
+#: How the body of an unclosed block begins (JSON, or a fence): a reply cut short inside a
+#: block. An unclosed tag followed by anything else is text that mentions the tag.
+_BLOCK_START = re.compile(r"\s*(?:[\[{\"]|```)")
 _FENCE = re.compile(r"\A```(?:json)?\s*(.*?)\s*```\Z", re.IGNORECASE | re.DOTALL)
 
 
@@ -56,9 +61,13 @@ def _importance(value: object) -> float:
             value = float(value)
         except ValueError:
             return DEFAULT_IMPORTANCE
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return DEFAULT_IMPORTANCE
-    return min(1.0, max(0.0, float(value)))
+    try:
+        number = float(value)  # an integer too large for a float raises
+    except OverflowError:
+        return DEFAULT_IMPORTANCE
+    return min(1.0, max(0.0, number)) if math.isfinite(number) else DEFAULT_IMPORTANCE
 
 
 class BlockItem(BaseModel):
@@ -121,8 +130,10 @@ def _split(text: str) -> tuple[list[str], list[str]]:
     bodies: list[str] = []
     position = 0
     while (opened := _OPEN.search(text, position)) is not None:
-        pieces.append(text[position : opened.start()])
         closed = _CLOSE.search(text, opened.end())
+        if closed is None and not _BLOCK_START.match(text, opened.end()):
+            break  # the reply mentions the tag: its text is the caller's, left as it is
+        pieces.append(text[position : opened.start()])
         end = len(text) if closed is None else closed.start()
         bodies.append(text[opened.end() : end])
         position = len(text) if closed is None else closed.end()
@@ -135,7 +146,7 @@ def _entries(body: str, block: int) -> Sequence[Any]:
     fenced = _FENCE.match(body)
     try:
         value = json.loads(fenced.group(1) if fenced else body)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON; an integer of too many digits; too deep
         log.warning("memory_block_invalid", block=block, reason="invalid_json")
         return []
     if isinstance(value, dict | str):

@@ -150,6 +150,48 @@ def test_a_malformed_block_stores_nothing_and_is_stripped(
     assert "8512" not in repr(logs)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 100_000,  # nested past the parser's recursion limit
+        '[{"content": "Dave likes tea", "importance": ' + "9" * 5_000 + "}]",  # too many digits
+    ],
+    ids=["too deep", "a 5000-digit number"],
+)
+def test_degenerate_model_output_stores_nothing_and_raises_nothing(
+    server: ChatServer, client: openai.OpenAI, memory: HierarchicalMemory, body: str
+) -> None:
+    """Output a model may degenerate into: the block is invalid JSON (logged), the reply
+    comes back without it. create() raised RecursionError and ValueError before."""
+    server.script(chat(f"Sure. <memory>{body}</memory>"))
+    response = ask(with_memory(client, user_id="dave", memory=memory), "Remember this.")
+    assert response.choices[0].message.content == "Sure."
+    assert memory.list_memories(user_id="dave") == []
+
+
+def test_a_huge_importance_counts_as_none(
+    server: ChatServer, client: openai.OpenAI, memory: HierarchicalMemory
+) -> None:
+    """An importance too large for a float is read as no importance (0.5), as a non-number
+    is: it raised OverflowError from create() before."""
+    huge = int("1" + "0" * 400)
+    server.script(chat("Noted. " + block({"content": "Dave likes tea", "importance": huge})))
+    ask(with_memory(client, user_id="dave", memory=memory), "I like tea.")
+    [stored] = memory.list_memories(user_id="dave")
+    assert stored.importance == 0.5
+
+
+def test_a_reply_that_mentions_the_tag_keeps_its_text(
+    server: ChatServer, client: openai.OpenAI, memory: HierarchicalMemory
+) -> None:
+    """An unclosed ``<memory>`` followed by prose is text about the tag: the reply comes back
+    whole. Everything after the tag was cut away before."""
+    text = "A custom element such as <memory> will not work there. Step 2: run npm install."
+    server.script(chat(text))
+    response = ask(with_memory(client, user_id="dave", memory=memory), "Can I cache it?")
+    assert response.choices[0].message.content == text
+
+
 def test_several_blocks_are_all_read(
     server: ChatServer, client: openai.OpenAI, memory: HierarchicalMemory
 ) -> None:
@@ -260,6 +302,52 @@ def test_zones_bound_what_is_sent_and_what_is_stored(
     assert raise_request.zone is Zone.INTERNAL
 
 
+def test_what_a_later_call_stores_keeps_the_zone_of_what_an_earlier_call_sent(
+    server: ChatServer, client: openai.OpenAI, memory: HierarchicalMemory
+) -> None:
+    """The conversation's history brings an INTERNAL memory sent in one call into the next
+    request, even when that call's recall does not find it: what the model writes then is
+    stored INTERNAL too (the wrapper's zone only rises). It was stored PUBLIC (a write down)."""
+    memory.add("Project Falcon's budget is 2.4 million euros", user_id="ali", zone=Zone.INTERNAL)
+    for chatter in ("Ali says thanks after each meeting", "Ali signs off with a smiley"):
+        memory.add(chatter, user_id="ali")
+    server.script(
+        chat("It is 2.4 million euros."),
+        chat("See you! " + block({"content": "Ali's project Falcon has 2.4 million euros"})),
+    )
+    wrapped = with_memory(client, user_id="ali", memory=memory, max_zone="internal", top_k=2)
+    history = [{"role": "user", "content": "What is the budget of Project Falcon?"}]
+    first = wrapped.chat.completions.create(model="test-model", messages=history)
+    assert "2.4 million" in memory_message(server, 0)
+    history += [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "thanks, see you after the meeting!"},
+    ]
+    wrapped.chat.completions.create(model="test-model", messages=history)
+    assert "2.4 million" not in memory_message(server, 1)  # not recalled this time
+    [stored] = memory.list_memories(user_id="ali", filter={"where": {
+        "field": "metadata.source", "op": "eq", "value": SOURCE}})  # fmt: skip
+    assert stored.zone is Zone.INTERNAL
+
+
+def test_compartment_records_leave_room_for_memories_that_may_be_sent(
+    server: ChatServer, client: openai.OpenAI, memory: HierarchicalMemory
+) -> None:
+    """Records of a compartment the wrapper does not list are left out before the top_k cut,
+    not after it: twelve better-matching hr records no longer crowd out the one memory that
+    may be sent."""
+    configure_compartments(("hr",))
+    for n in range(12):
+        memory.add(f"Eva's salary review number {n} is confidential", user_id="eva",
+                   compartments=["hr"])  # fmt: skip
+    memory.add("Eva's salary is paid on the 25th", user_id="eva")
+    server.script(chat("On the 25th."))
+    ask(with_memory(client, user_id="eva", memory=memory, top_k=10), "Eva's salary review?")
+    sent = memory_message(server, 0)
+    assert "paid on the 25th" in sent
+    assert "confidential" not in sent
+
+
 def test_a_record_in_a_compartment_is_sent_only_when_listed(
     server: ChatServer, client: openai.OpenAI, memory: HierarchicalMemory
 ) -> None:
@@ -351,3 +439,23 @@ def test_an_agents_memories_are_shared_through_the_pool(
         "writer",
     )
     assert received.received_from == "writer"
+
+
+def test_an_item_the_agent_may_not_write_costs_no_reply(
+    server: ChatServer, client: openai.OpenAI, make_pool: Callable[..., SharedMemoryPool]
+) -> None:
+    """A PUBLIC agent's model writes an item the classifier lifts to INTERNAL (an e-mail
+    address): the agent may not write it, so it is skipped and logged, the other item is
+    stored and the caller gets the reply. The whole call raised PolicyDenied before, after the
+    model had answered."""
+    agent = make_pool().register_agent("desk", clearance=Zone.PUBLIC)
+    server.script(chat("Done. " + block(
+        {"content": "Alice's e-mail is alice@example.com"}, {"content": "Alice is vegetarian"}
+    )))  # fmt: skip
+    with structlog.testing.capture_logs() as logs:
+        reply = ask(with_memory(client, user_id="alice", memory=agent), "Note my details.")
+    assert reply.choices[0].message.content == "Done."
+    assert [r.content for r in agent.memory.list_memories(user_id="alice")] == [
+        "Alice is vegetarian"
+    ]
+    assert any(e["event"] == "memory_item_skipped" and e["reason"] == "PolicyDenied" for e in logs)
