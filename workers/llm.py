@@ -10,12 +10,20 @@ response format. A request that fails (HTTP error or status, timeout, a reply th
 fails its response model) is retried ``retries`` times; then that draft alone falls back to the
 fallback's draft, and ``consolidation_llm_fallback`` is logged with the reason and the attempt
 count, never any content. Without a ``base_url`` every draft falls back without a request.
+
+``timeout_s`` bounds each whole request (a server that sends its reply a byte at a time is cut
+off there), and a reply is read up to :data:`MAX_REPLY_BYTES`. When :data:`BREAKER_DRAFTS`
+drafts in a row found the endpoint down (every attempt timed out or could not connect), the
+strategy stops asking it for :data:`BREAKER_S` seconds (``consolidation_llm_endpoint_down``):
+meanwhile drafts fall back at once (reason ``endpoint_down``), so a consolidation does not wait
+out every draft's timeouts in turn.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,6 +52,16 @@ log = structlog.get_logger(__name__)
 
 #: Failures worth a pause before the retry (the endpoint is down or busy, not the reply bad).
 _WAIT_BEFORE_RETRY = frozenset({"http_status", "timeout", "transport"})
+#: Failures that say the endpoint is out of reach or hung, not that a reply was bad.
+_DOWN = frozenset({"timeout", "transport"})
+#: Drafts in a row whose every attempt found the endpoint down before the strategy stops asking
+#: it (each such draft costs ``timeout_s`` per attempt, plus the pauses).
+BREAKER_DRAFTS = 3
+#: How long it stops asking then (seconds): drafts fall back at once; the first draft after
+#: that asks again.
+BREAKER_S = 60.0
+#: The largest reply body read (bytes); a larger one is a failed attempt.
+MAX_REPLY_BYTES = 4 * 1024 * 1024
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL | re.IGNORECASE)
 
 
@@ -81,6 +99,10 @@ class LlmStrategy:
         self._owns_client = client is None and self._url is not None
         self._client = httpx.Client() if self._owns_client else client
         self._retry_wait_s = retry_wait_s
+        self._lock = threading.Lock()
+        #: Drafts in a row that found the endpoint down, and until when it is not asked.
+        self._down_drafts = 0
+        self._down_until = 0.0
 
     def close(self) -> None:
         """Close the HTTP client if the strategy made it."""
@@ -130,6 +152,10 @@ class LlmStrategy:
                 "consolidation_llm_fallback", level=level, reason="compartments", attempts=0
             )
             return draft
+        if time.monotonic() < self._down_until:
+            log.warning("consolidation_llm_fallback", level=level, reason="endpoint_down",
+                        attempts=0)  # fmt: skip
+            return draft
         messages = prompt([r.content for r in sources])
         attempts = 0
         failure = _AttemptFailed("no_attempt")
@@ -148,6 +174,7 @@ class LlmStrategy:
                 if attempts <= self._settings.retries and exc.reason in _WAIT_BEFORE_RETRY:
                     time.sleep(self._retry_wait_s * 2 ** (attempts - 1))
                 continue
+            self._reached(down=False)
             return Draft(
                 content=reply.content,
                 sources=draft.sources,
@@ -165,7 +192,19 @@ class LlmStrategy:
             sources=len(draft.sources),
             model=self._settings.model,
         )
+        self._reached(down=failure.reason in _DOWN)
         return draft
+
+    def _reached(self, *, down: bool) -> None:
+        """Count a draft that found the endpoint ``down`` (every attempt timed out or could not
+        connect) or not; the :data:`BREAKER_DRAFTS`-th in a row stops the asking for a while."""
+        with self._lock:
+            self._down_drafts = self._down_drafts + 1 if down else 0
+            if self._down_drafts >= BREAKER_DRAFTS:
+                self._down_drafts = 0
+                self._down_until = time.monotonic() + BREAKER_S
+                log.warning("consolidation_llm_endpoint_down", model=self._settings.model,
+                            drafts=BREAKER_DRAFTS, pause_s=BREAKER_S)  # fmt: skip
 
     def _ask(
         self, client: httpx.Client, url: str, messages: Messages, reply_model: type[DraftReply]
@@ -181,14 +220,14 @@ class LlmStrategy:
             "temperature": 0,
             "response_format": {"type": "json_object"},
         }
+        timeout_s = self._settings.timeout_s
+        deadline = time.monotonic() + timeout_s
         try:
-            response = client.post(
-                f"{url}/chat/completions",
-                json=body,
-                headers=headers,
-                timeout=self._settings.timeout_s,
-            )
-            response.raise_for_status()
+            with client.stream(
+                "POST", f"{url}/chat/completions", json=body, headers=headers, timeout=timeout_s
+            ) as response:
+                response.raise_for_status()
+                raw = _read(response, deadline)
         except httpx.HTTPStatusError as exc:
             raise _AttemptFailed("http_status", str(exc.response.status_code)) from None
         except httpx.TimeoutException as exc:
@@ -196,7 +235,7 @@ class LlmStrategy:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _AttemptFailed("transport", type(exc).__name__) from None
         try:
-            return reply_model.model_validate(_reply_object(response))
+            return reply_model.model_validate(_reply_object(raw))
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_input=False, include_context=False)
             fields = ", ".join(f"{'.'.join(map(str, e['loc'])) or '-'}:{e['type']}" for e in errors)
@@ -213,18 +252,33 @@ def _sources_of(draft: Draft, inputs: Sources) -> list[MemoryRecord]:
     return sorted(records, key=lambda r: (r.valid_from, r.recorded_at))
 
 
-def _reply_object(response: httpx.Response) -> Any:
+def _read(response: httpx.Response, deadline: float) -> bytes:
+    """The body of ``response``, read by ``deadline`` (``time.monotonic``) and up to
+    :data:`MAX_REPLY_BYTES`; else _AttemptFailed (``timeout``, ``reply_too_large``)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise _AttemptFailed("reply_too_large", f"over {MAX_REPLY_BYTES} bytes")
+        if time.monotonic() > deadline:
+            raise _AttemptFailed("timeout", "the whole request")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reply_object(raw: bytes) -> Any:
     """The JSON object in ``choices[0].message.content`` (a ```json fenced block is accepted)."""
     try:
-        text = response.json()["choices"][0]["message"]["content"]
-    except (ValueError, LookupError, TypeError):
+        text = json.loads(raw)["choices"][0]["message"]["content"]
+    except (ValueError, LookupError, TypeError, RecursionError):
         raise _AttemptFailed("malformed_response") from None
     if not isinstance(text, str):
         raise _AttemptFailed("malformed_response", "content is not text")
     fenced = _FENCED.search(text)
     try:
         value = json.loads(fenced.group(1) if fenced else text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         raise _AttemptFailed("invalid_json") from None
     if not isinstance(value, dict):
         raise _AttemptFailed("invalid_json", f"a JSON {type(value).__name__}, not an object")

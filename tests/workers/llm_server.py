@@ -18,6 +18,8 @@ class Reply:
     status: int = 200
     body: bytes = b""
     delay_s: float = 0.0
+    #: Seconds between the body's bytes, sent one at a time (0: all at once).
+    drip_s: float = 0.0
 
 
 def chat(content: str | dict[str, Any], *, delay_s: float = 0.0) -> Reply:
@@ -103,7 +105,13 @@ class ChatServer:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
-                    self.wfile.write(reply.body)
+                    if not reply.drip_s:
+                        self.wfile.write(reply.body)
+                    for at in range(len(reply.body) if reply.drip_s else 0):
+                        self.wfile.write(reply.body[at : at + 1])
+                        self.wfile.flush()
+                        if server._stopping.wait(reply.drip_s):
+                            return
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (its timeout): nothing to answer
 

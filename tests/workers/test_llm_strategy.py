@@ -221,6 +221,51 @@ def test_a_reply_slower_than_the_timeout_falls_back(server: ChatServer) -> None:
     assert (event["reason"], event["attempts"]) == ("timeout", 2)
 
 
+def test_a_reply_sent_a_byte_at_a_time_is_cut_off_at_the_timeout(server: ChatServer) -> None:
+    """``timeout_s`` bounds the whole request: a server that sends its reply a byte every
+    50 ms (about 15 s for this reply) is cut off after about 0.5 s. Each network read was timed
+    alone before, so the request took as long as the server dripped."""
+    dripping = chat(GOOD)
+    server.script(Reply(body=dripping.body, drip_s=0.05))
+    episodes = sources("one", "two")
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        drafts = strategy(server, timeout_s=0.5, retries=0).traces(episodes)
+    assert time.monotonic() - started < 3.0
+    assert drafts == PairStrategy().traces(episodes)
+    [event] = fallbacks(logs)
+    assert (event["reason"], event["detail"]) == ("timeout", "the whole request")
+
+
+def test_an_endpoint_found_down_is_not_asked_for_a_while(server: ChatServer) -> None:
+    """Three drafts in a row whose every attempt timed out stop the asking: the next drafts
+    fall back at once (reason ``endpoint_down``, no request), instead of each waiting out its
+    timeouts."""
+    server.script(*[chat(GOOD, delay_s=5.0)] * 6)
+    episodes = sources(*(f"note {n}" for n in range(10)))  # five drafts
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        drafts = strategy(server, timeout_s=0.2, retries=1).traces(episodes)
+    assert time.monotonic() - started < 3.0
+    assert drafts == PairStrategy().traces(episodes)
+    assert len(server.requests) == 6  # three drafts, two attempts each
+    reasons = [e["reason"] for e in fallbacks(logs)]
+    assert reasons == ["timeout"] * 3 + ["endpoint_down"] * 2
+    assert any(e["event"] == "consolidation_llm_endpoint_down" for e in logs)
+
+
+def test_a_reply_nested_too_deep_is_invalid_json(server: ChatServer) -> None:
+    """A reply whose content nests past the parser's limit is invalid JSON for that draft
+    alone (retried, then the fallback's): it raised RecursionError through the whole step."""
+    server.script(chat("[" * 100_000), chat("[" * 100_000), chat(GOOD))
+    episodes = sources("one", "two", "three", "four")
+    with structlog.testing.capture_logs() as logs:
+        drafts = strategy(server, retries=1).traces(episodes)
+    assert drafts[0] == PairStrategy().traces(episodes)[0]
+    assert drafts[1].content == GOOD["content"]
+    assert [e["reason"] for e in fallbacks(logs)] == ["invalid_json"]
+
+
 def test_an_http_500_is_retried_and_the_retry_succeeds(server: ChatServer) -> None:
     """A server error followed by a valid reply gives the model's draft, with no fallback."""
     server.script(error(500), chat(GOOD))
