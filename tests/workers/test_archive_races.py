@@ -16,7 +16,6 @@ import pytest
 from hivemem.agents.agent import Agent
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.filters import And, Cond
-from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import utc_now
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.workers.archive import ArchiveService
@@ -25,33 +24,9 @@ from hivemem.workers.forget import ForgetReceipt
 from hivemem.workers.lifecycle import LifecycleService
 from hivemem.workers.policies import DEFAULT_POLICIES
 from hivemem.workers.runtime import WorkerRuntime
+from tests.workers.interleave import Interleave
 
 ZONE = Zone.PUBLIC
-
-
-class Interleave:
-    """A real store whose method ``method``, on its first call, first runs ``hook`` (another
-    worker's task, as a second worker on the same stores could run it at that moment), then
-    does its own work on the store."""
-
-    def __init__(self, store: ZoneStore, method: str, hook: Callable[[], None]) -> None:
-        self._store = store
-        self._method = method
-        self._hook = hook
-        self.fired = False
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
-        if name != self._method:
-            return attr
-
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if not self.fired:
-                self.fired = True
-                self._hook()
-            return attr(*args, **kwargs)
-
-        return wrapped
 
 
 class WorkerKilled(BaseException):

@@ -21,7 +21,7 @@ from hivemem.workers.offline import OfflineStrategy
 from hivemem.workers.runtime import WorkerRuntime
 from hivemem.workers.strategy import Draft, Sources
 from tests.waiting import holds, wait_for
-from tests.workers.test_archive_races import Interleave
+from tests.workers.interleave import Interleave
 
 TOPICS = {
     "cooking": [
