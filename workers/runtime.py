@@ -26,7 +26,7 @@ from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidInput, MessageRejected
-from hivemem.pool.ports import ZoneStore
+from hivemem.pool.ports import ResealableZoneStore, ZoneStore
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.registration import register_audited
 from hivemem.pool.settings import ConsolidationSettings, HivememSettings
@@ -48,7 +48,7 @@ from hivemem.workers.reseal import ResealService
 from hivemem.workers.strategy import ConsolidationStrategy
 
 
-def open_zone_store(settings: HivememSettings) -> ZoneStore:
+def open_zone_store(settings: HivememSettings) -> ResealableZoneStore:
     """The Qdrant server of ``qdrant_url``, else the embedded store under ``<data_dir>/zones``."""
     namespace = settings.pool.namespace
     if settings.qdrant_url is not None:

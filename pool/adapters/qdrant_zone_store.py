@@ -30,16 +30,18 @@ import structlog
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from hivemem.pool.adapters.edge_archive import archive_payload
+from hivemem.pool.adapters.edge_archive import archive_payload, replacements
 from hivemem.pool.adapters.edge_codec import (
     DENSE,
     FIELD_KEYS,
     INDEXED_FIELDS,
     KIND_TOMBSTONE,
     SPARSE,
+    content_payload,
     decode_record,
     encode_field,
     record_payload,
+    same_record,
     tombstone_payload,
 )
 from hivemem.pool.adapters.payload_rules import check_vector_shapes
@@ -72,6 +74,8 @@ _SCHEMA = {
 _SCROLL_PAGE = 512
 #: Points per upsert request (the server refuses requests above 32 MB by default).
 _WRITE_BATCH = 256
+#: About how many characters of payload a request of conditional writes carries at most.
+_REQUEST_BYTES = 8 * 1024 * 1024
 _FACET_LIMIT = 1_000_000
 #: Statuses besides 5xx that mean "the server will not serve now", not "the request is wrong".
 _UNAVAILABLE = frozenset({401, 403, 408, 429})
@@ -100,6 +104,16 @@ def _record_point(record: MemoryRecord, dense: Any) -> models.PointStruct:
 def _tombstone_point(tombstone: Tombstone) -> models.PointStruct:
     payload = tombstone_payload(tombstone)
     return models.PointStruct(id=check_record_id(tombstone.id), vector={}, payload=payload)
+
+
+def _holding(record_id: str, key: str, value: str) -> models.Filter:
+    """The point ``record_id`` while its payload ``key`` is ``value``."""
+    return models.Filter(
+        must=[
+            models.HasIdCondition(has_id=[record_id]),
+            models.FieldCondition(key=key, match=models.MatchValue(value=value)),
+        ]
+    )
 
 
 def _is_live(point: models.Record) -> bool:
@@ -347,6 +361,49 @@ class QdrantZoneStore:
                 points = models.PointIdsList(points=list(ids))
                 self._call(self._client.set_payload, name, payload, points, wait=True)
 
+    def replace_content(
+        self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, MemoryRecord]]
+    ) -> list[str]:
+        """Each record's condition is checked by the server as it applies the write (a set of
+        the content keys, then a delete of those the new record leaves out, on the new
+        content); many records go in one request."""
+        ids = same_record(pairs)
+        if not ids:
+            return []
+        name = self._live(zone)
+        writes = []
+        for record_id, (read, new) in zip(ids, pairs, strict=True):
+            payload, unset = content_payload(new)
+            before = _holding(record_id, "content", read.content)
+            writes.append((before, payload, _holding(record_id, "content", new.content), unset))
+        self._replace(name, writes)
+        points = self._retrieve(name, ids, ["content"])
+        now = {str(p.id): (p.payload or {}).get("content") for p in points}
+        return [i for i, (_, new) in zip(ids, pairs, strict=True) if now.get(i) == new.content]
+
+    def _replace(
+        self,
+        name: str,
+        writes: list[tuple[models.Filter, dict[str, Any], models.Filter, list[str]]],
+    ) -> None:
+        """Per write ``(condition, payload, condition after, keys)``: set ``payload`` on the
+        point matching the condition, then delete ``keys`` from the point matching the
+        condition after; in requests of at most _WRITE_BATCH points and about _REQUEST_BYTES."""
+        operations: list[models.SetPayloadOperation | models.DeletePayloadOperation] = []
+        size = 0
+        for before, payload, after, unset in writes:
+            if operations and (len(operations) >= _WRITE_BATCH or size >= _REQUEST_BYTES):
+                self._call(self._client.batch_update_points, name, operations, wait=True)
+                operations, size = [], 0
+            change = models.SetPayload(payload=payload, filter=before)
+            operations.append(models.SetPayloadOperation(set_payload=change))
+            if unset:
+                dropped = models.DeletePayload(keys=unset, filter=after)
+                operations.append(models.DeletePayloadOperation(delete_payload=dropped))
+            size += len(repr(before)) + len(repr(payload))
+        if operations:
+            self._call(self._client.batch_update_points, name, operations, wait=True)
+
     def remove(self, zone: Zone, ids: Sequence[str]) -> None:
         checked = _checked(ids)
         if checked:
@@ -367,6 +424,29 @@ class QdrantZoneStore:
         points = self._retrieve(self._archive(zone), canonical, ["blob"])
         found = {str(p.id): unpack((p.payload or {})["blob"]) for p in points}
         return [found[i] for i in dict.fromkeys(canonical) if i in found]
+
+    def archive_replace(
+        self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, MemoryRecord]]
+    ) -> list[str]:
+        """The condition (the blob read) is checked by the server as it applies each write."""
+        ids = same_record(pairs)
+        if not ids:
+            return []
+        name = self._archive(zone)
+        found = replacements(pairs, self._blobs(name, ids))
+        self._replace(
+            name,
+            [
+                (_holding(i, "blob", blob), payload, _holding(i, "blob", payload["blob"]), unset)
+                for i, blob, payload, unset in found
+            ],
+        )
+        now = self._blobs(name, [i for i, *_ in found])
+        return [i for i, _, payload, _ in found if now.get(i) == payload["blob"]]
+
+    def _blobs(self, name: str, ids: list[str]) -> dict[str, str]:
+        """The stored blob of each archived record among ``ids`` (canonical)."""
+        return {str(p.id): (p.payload or {})["blob"] for p in self._retrieve(name, ids, ["blob"])}
 
     def archive_ids(self, zone: Zone, where: And) -> list[str]:
         points = self._scroll(self._archive(zone), to_qdrant_filter(where), False, False)
