@@ -7,8 +7,10 @@ messages after its cursor and:
 1. stores the records it has not stored before (records are immutable: a record already in the
    store keeps the workers' bookkeeping, such as consolidation links and tier), links each new
    version to the version it supersedes, whichever came first (version_links.py), and writes
-   tombstones (a deleted record's content is
-   destroyed; a late copy is never stored again);
+   tombstones (a deleted record's content is destroyed; a late copy is never stored again);
+   the links and tombstones under their users' store locks
+   (:func:`~hivemem.workers.consolidation.store_locked`: behind a batch of a move to or from
+   the archive, never behind a consolidation);
 2. in one Redis transaction, queues the new current episodes for consolidation (the user's
    *pending* set) and moves the cursor past the round, unless the queue moved or started over
    since it was read (its epoch changed: then the round is abandoned, and read where the
@@ -47,6 +49,7 @@ from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import MessageRejected
 from hivemem.pool.ports import Vector, ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone, split_tombstones
+from hivemem.workers.consolidation import store_locked
 from hivemem.workers.derived import delete_derived
 from hivemem.workers.ingest_messages import IngestReport, QueuedMessages, Round, skipped
 from hivemem.workers.ingest_queues import IngestQueues
@@ -223,16 +226,16 @@ class IngestService:
         # did not happen). Linking them again is idempotent.
         stored_before = [i for i, tombstone in presence.items() if not tombstone]
         earlier = self._store.get(zone, stored_before) if stored_before else []
-        marked = self._versions.link(zone, [*(record for record, _ in new), *earlier])
-        self._drop_pending(zone, marked)
-        if batch.tombstones:
-            named = [targets[t.id] for t in batch.tombstones if t.id in targets]
-            self._delete_derived(zone, named)
-            self._store.put_tombstones(zone, batch.tombstones)
-            # A run may have derived from a deleted episode after ``targets`` were read, and
-            # looked for deletes before the tombstone above was stored: find its outputs now.
-            self._delete_derived(zone, named, unlinked=True)
-            self._versions.forget(zone, [t.id for t in batch.tombstones])
+        linked = [*(record for record, _ in new), *earlier]
+        # What follows rewrites records stored before (links, deletes): under their users'
+        # store locks, so that no move to or from the archive holds a copy read before.
+        users = {r.scope.user_id for r in linked if r.supersedes is not None}
+        users |= {t.scope.user_id for t in batch.tombstones}
+        with store_locked(self._client, self._keys, zone, users, self._lock_ttl_s):
+            marked = self._versions.link(zone, linked)
+            self._drop_pending(zone, marked)
+            if batch.tombstones:
+                self._delete(zone, batch.tombstones, targets)
         deleted = {t.id for t in batch.tombstones}
         # A version and its successor in one round: the old one was sent while still current.
         replaced = {r.supersedes for r, _ in unique.values() if r.supersedes is not None}
@@ -255,6 +258,19 @@ class IngestService:
             and r.id not in replaced
         ]
         return queued
+
+    def _delete(
+        self, zone: Zone, tombstones: list[Tombstone], targets: dict[str, MemoryRecord]
+    ) -> None:
+        """Store ``tombstones`` (``targets``: the stored records they name, by id), and delete
+        what consolidation derived from those."""
+        named = [targets[t.id] for t in tombstones if t.id in targets]
+        self._delete_derived(zone, named)
+        self._store.put_tombstones(zone, tombstones)
+        # A run may have derived from a deleted episode after ``targets`` were read, and
+        # looked for deletes before the tombstone above was stored: find its outputs now.
+        self._delete_derived(zone, named, unlinked=True)
+        self._versions.forget(zone, [t.id for t in tombstones])
 
     def _delete_derived(
         self, zone: Zone, deleted: Sequence[MemoryRecord], *, unlinked: bool = False
