@@ -164,10 +164,12 @@ class ConsolidationService:
         *,
         lock_ttl_s: float,
         send_batch: int,
+        message_max_bytes: int,
         codec: EnvelopeCodec | None = None,
         max_plan: int = 5_000,
     ) -> None:
-        """``max_plan``: the most pending episodes one run takes."""
+        """``send_batch``, ``message_max_bytes``: the pool's limits of a message (records, and
+        bytes). ``max_plan``: the most pending episodes one run takes."""
         self._client = client
         self._max_plan = max_plan
         self._bus = bus
@@ -177,6 +179,7 @@ class ConsolidationService:
         self._strategy = strategy
         self._lock_ttl_s = lock_ttl_s
         self._send_batch = send_batch
+        self._max_bytes = message_max_bytes
         self._drafting = Drafting(store, strategy, fallback)
         self._take_plan = client.register_script((_LUA / "take_plan.lua").read_text())
         self._forget_user = client.register_script((_LUA / "forget_user.lua").read_text())
@@ -319,6 +322,7 @@ class ConsolidationService:
             [r for r in as_stored(self._store, zone, outputs, held) if r.id not in undone],
             retired,
             batch=self._send_batch,
+            max_bytes=self._max_bytes,
             codec=self._codec,
         )
         report.traces = [r.id for r in new_traces]
@@ -374,7 +378,7 @@ class ConsolidationService:
                    if s.id in gone and s.id in into]  # fmt: skip
         doomed, queued = delete_derived(
             self._store, zone, deleted, client=self._client, keys=self._keys, bus=self._bus,
-            codec=self._codec, batch=self._send_batch,
+            codec=self._codec, batch=self._send_batch, max_bytes=self._max_bytes,
         )  # fmt: skip
         log.warning("consolidation_source_deleted", zone=zone.value, sources=len(gone),
                     deleted=len(doomed), requeued=len(queued))  # fmt: skip

@@ -76,15 +76,18 @@ class IngestService:
         batch: int,
         threshold: int,
         lock_ttl_s: float,
+        message_max_bytes: int,
         registry: AgentRegistry,
         codec: EnvelopeCodec | None = None,
         departed_codec: Callable[[AgentInfo], EnvelopeCodec] | None = None,
         on_rejected: Callable[[MessageRejected, Delivery, Zone], None] | None = None,
     ) -> None:
-        """``registry``: whose ingest queues there are (the agents registered, and those
-        deregistered whose queues still hold messages). ``departed_codec(info)``: what opens the
-        messages of a departure (what an agent queued before its deregistration, checked
-        against its entry ``info`` as it stood then; by default ``codec``)."""
+        """``message_max_bytes``: the size a message the workers publish (the tombstones of
+        what a delete took with it) stays within. ``registry``: whose ingest queues there are
+        (the agents registered, and those deregistered whose queues still hold messages).
+        ``departed_codec(info)``: what opens the messages of a departure (what an agent queued
+        before its deregistration, checked against its entry ``info`` as it stood then; by
+        default ``codec``)."""
         self._client = client
         self._bus = bus
         self._codec = codec or PlainCodec()
@@ -99,6 +102,7 @@ class IngestService:
         self._batch = batch
         self._threshold = threshold
         self._lock_ttl_s = lock_ttl_s
+        self._max_bytes = message_max_bytes
         self._versions = VersionLinks(store, client, keys)
         self._queues = IngestQueues(bus, registry)
 
@@ -280,7 +284,7 @@ class IngestService:
         deleted records live, so the next drain does it all again."""
         doomed, episodes = delete_derived(
             self._store, zone, deleted, client=self._client, keys=self._keys, bus=self._bus,
-            codec=self._codec, batch=self._batch, unlinked=unlinked,
+            codec=self._codec, batch=self._batch, max_bytes=self._max_bytes, unlinked=unlinked,
         )  # fmt: skip
         if doomed:
             log.info("ingest_derived_deleted", zone=zone.value, records=len(doomed),

@@ -215,6 +215,7 @@ class WorkerRuntime:
             batch=workers.ingest_batch,
             threshold=workers.consolidation.threshold,
             lock_ttl_s=workers.lock_ttl_s,
+            message_max_bytes=self.settings.pool.message_max_bytes,
             registry=self.registry,
             codec=self.ingest_codec,
             departed_codec=self.departed_codec,
@@ -282,6 +283,7 @@ class WorkerRuntime:
             OfflineStrategy(settings),
             lock_ttl_s=self.settings.workers.lock_ttl_s,
             send_batch=self.settings.pool.send_batch,
+            message_max_bytes=self.settings.pool.message_max_bytes,
             codec=self.codec,
             max_plan=settings.max_plan_episodes,
         )
@@ -297,6 +299,7 @@ class WorkerRuntime:
             audit=self.audit,
             lock_ttl_s=self.settings.workers.lock_ttl_s,
             send_batch=self.settings.pool.send_batch,
+            message_max_bytes=self.settings.pool.message_max_bytes,
             codec=self.codec,
             keyring=None if self.security is None else self.security.keyring,
         )

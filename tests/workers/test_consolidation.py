@@ -662,7 +662,8 @@ def test_an_episode_deleted_while_the_run_marks_its_sources_is_skipped(
     offline = OfflineStrategy(runtime.settings.workers.consolidation)
     racing = ConsolidationService(
         runtime.client, runtime.bus, deleting, runtime.keys, offline, offline,  # type: ignore[arg-type]
-        lock_ttl_s=3, send_batch=64, codec=runtime.codec,
+        lock_ttl_s=3, send_batch=64, message_max_bytes=runtime.settings.pool.message_max_bytes,
+        codec=runtime.codec,
     )  # fmt: skip
 
     first = racing.consolidate(Zone.PUBLIC, "alice")
