@@ -45,6 +45,7 @@ from hivemem.pool.adapters.edge_codec import (
     tombstone_payload,
 )
 from hivemem.pool.adapters.payload_rules import check_vector_shapes
+from hivemem.pool.adapters.qdrant_conditions import Swap, requests
 from hivemem.pool.adapters.qdrant_filters import to_qdrant_filter
 from hivemem.pool.archive_codec import unpack
 from hivemem.pool.enums import Zone, checked_zone
@@ -74,8 +75,6 @@ _SCHEMA = {
 _SCROLL_PAGE = 512
 #: Points per upsert request (the server refuses requests above 32 MB by default).
 _WRITE_BATCH = 256
-#: About how many characters of payload a request of conditional writes carries at most.
-_REQUEST_BYTES = 8 * 1024 * 1024
 _FACET_LIMIT = 1_000_000
 #: Statuses besides 5xx that mean "the server will not serve now", not "the request is wrong".
 _UNAVAILABLE = frozenset({401, 403, 408, 429})
@@ -104,16 +103,6 @@ def _record_point(record: MemoryRecord, dense: Any) -> models.PointStruct:
 def _tombstone_point(tombstone: Tombstone) -> models.PointStruct:
     payload = tombstone_payload(tombstone)
     return models.PointStruct(id=check_record_id(tombstone.id), vector={}, payload=payload)
-
-
-def _holding(record_id: str, key: str, value: str) -> models.Filter:
-    """The point ``record_id`` while its payload ``key`` is ``value``."""
-    return models.Filter(
-        must=[
-            models.HasIdCondition(has_id=[record_id]),
-            models.FieldCondition(key=key, match=models.MatchValue(value=value)),
-        ]
-    )
 
 
 def _is_live(point: models.Record) -> bool:
@@ -364,44 +353,23 @@ class QdrantZoneStore:
     def replace_content(
         self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, MemoryRecord]]
     ) -> list[str]:
-        """Each record's condition is checked by the server as it applies the write (a set of
-        the content keys, then a delete of those the new record leaves out, on the new
-        content); many records go in one request."""
+        """The condition is checked by the server as it applies each write; many records go
+        in one request (:mod:`hivemem.pool.adapters.qdrant_conditions`)."""
         ids = same_record(pairs)
         if not ids:
             return []
         name = self._live(zone)
-        writes = []
-        for record_id, (read, new) in zip(ids, pairs, strict=True):
-            payload, unset = content_payload(new)
-            before = _holding(record_id, "content", read.content)
-            writes.append((before, payload, _holding(record_id, "content", new.content), unset))
-        self._replace(name, writes)
+        swaps = [
+            Swap(i, "content", read.content, *content_payload(new))
+            for i, (read, new) in zip(ids, pairs, strict=True)
+        ]
+        self._swap(name, swaps)
         points = self._retrieve(name, ids, ["content"])
         now = {str(p.id): (p.payload or {}).get("content") for p in points}
         return [i for i, (_, new) in zip(ids, pairs, strict=True) if now.get(i) == new.content]
 
-    def _replace(
-        self,
-        name: str,
-        writes: list[tuple[models.Filter, dict[str, Any], models.Filter, list[str]]],
-    ) -> None:
-        """Per write ``(condition, payload, condition after, keys)``: set ``payload`` on the
-        point matching the condition, then delete ``keys`` from the point matching the
-        condition after; in requests of at most _WRITE_BATCH points and about _REQUEST_BYTES."""
-        operations: list[models.SetPayloadOperation | models.DeletePayloadOperation] = []
-        size = 0
-        for before, payload, after, unset in writes:
-            if operations and (len(operations) >= _WRITE_BATCH or size >= _REQUEST_BYTES):
-                self._call(self._client.batch_update_points, name, operations, wait=True)
-                operations, size = [], 0
-            change = models.SetPayload(payload=payload, filter=before)
-            operations.append(models.SetPayloadOperation(set_payload=change))
-            if unset:
-                dropped = models.DeletePayload(keys=unset, filter=after)
-                operations.append(models.DeletePayloadOperation(delete_payload=dropped))
-            size += len(repr(before)) + len(repr(payload))
-        if operations:
+    def _swap(self, name: str, swaps: Sequence[Swap]) -> None:
+        for operations in requests(swaps):
             self._call(self._client.batch_update_points, name, operations, wait=True)
 
     def remove(self, zone: Zone, ids: Sequence[str]) -> None:
@@ -434,12 +402,8 @@ class QdrantZoneStore:
             return []
         name = self._archive(zone)
         found = replacements(pairs, self._blobs(name, ids))
-        self._replace(
-            name,
-            [
-                (_holding(i, "blob", blob), payload, _holding(i, "blob", payload["blob"]), unset)
-                for i, blob, payload, unset in found
-            ],
+        self._swap(
+            name, [Swap(i, "blob", blob, payload, unset) for i, blob, payload, unset in found]
         )
         now = self._blobs(name, [i for i, *_ in found])
         return [i for i, _, payload, _ in found if now.get(i) == payload["blob"]]
