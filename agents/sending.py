@@ -22,8 +22,8 @@ from hivemem.pool.adapters.redis_bus import (
 )
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.envelope import Envelope, Row, make_envelope
-from hivemem.pool.errors import MessageTooLarge, PoolUnavailable, SealBroken
+from hivemem.pool.envelope import Envelope, Row, fitted, make_envelope
+from hivemem.pool.errors import PoolUnavailable, SealBroken
 from hivemem.pool.ports import Vector
 from hivemem.pool.records import MemoryRecord, Tombstone
 from hivemem.pool.settings import PoolSettings
@@ -147,28 +147,8 @@ class ShareObserver:
     def _fitted(
         self, items: list[T], envelope_of: Callable[[list[T]], Envelope]
     ) -> list[tuple[Envelope, bytes]]:
-        """``items`` as encoded envelopes of at most ``message_max_bytes`` each, in order. One
-        that comes out larger (a batch of large records; the common small message costs only
-        the comparison) is cut into as many parts as its size asks, plus one, each fitted in
-        turn. Raises MessageTooLarge for an item that fits in no message alone."""
-        envelope = envelope_of(items)
-        try:
-            body = self._identity.codec.encode(envelope)
-        except MessageTooLarge as error:
-            size = error.size_bytes
-        else:
-            if len(body) <= self._max_bytes:
-                return [(envelope, body)]
-            size = len(body)
-        if len(items) == 1:
-            ids = [r.id for r in envelope.records] + [t.id for t in envelope.tombstones]
-            raise MessageTooLarge(size, self._max_bytes, ids)
-        parts = min(len(items), size // self._max_bytes + 2)
-        step = -(-len(items) // parts)
-        fitted: list[tuple[Envelope, bytes]] = []
-        for start in range(0, len(items), step):
-            fitted.extend(self._fitted(items[start : start + step], envelope_of))
-        return fitted
+        """:func:`~hivemem.pool.envelope.fitted` with this agent's codec and message size."""
+        return fitted(items, envelope_of, self._identity.codec, self._max_bytes)
 
     def hand_over(self, to_agent: str, record: MemoryRecord) -> None:
         """Queue ``record`` (with its vector) for ``to_agent``'s inbox (MessageTooLarge: it

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -30,6 +30,7 @@ from hivemem.pool.errors import HivememError, InvalidMessage, MessageTooLarge, S
 from hivemem.pool.ids import check_agent_id, check_scope_id
 from hivemem.pool.records import Compartments, MemoryRecord, Tombstone, UtcDatetime, utc_now
 
+T = TypeVar("T")
 #: A dense vector as it is handed to the envelope: a float32 row, a list, or none.
 Row = Sequence[float] | np.ndarray | None
 #: The largest pool message a receiver decodes (bytes); anything longer is refused unread.
@@ -200,6 +201,38 @@ def make_envelope(
         tombstones=list(tombstones),
         compartments=_compartments_of(records, tombstones),
     )
+
+
+def fitted(
+    items: Sequence[T],
+    envelope_of: Callable[[list[T]], Envelope],
+    codec: EnvelopeCodec,
+    max_bytes: int,
+) -> list[tuple[Envelope, bytes]]:
+    """``items`` as envelopes (``envelope_of(part)``) that ``codec`` encodes in at most
+    ``max_bytes`` each, in order, with their bytes: what every sender of the pool sends (the
+    agents' and the workers'; ``pool.message_max_bytes``). One that comes out larger (a batch of
+    large records; the common small message costs only the comparison) is cut into as many
+    parts as its size asks, plus one, each fitted in turn. Raises MessageTooLarge (with the
+    item's id) for an item that fits in no message alone."""
+    envelope = envelope_of(list(items))
+    try:
+        body = codec.encode(envelope)
+    except MessageTooLarge as error:
+        size = error.size_bytes
+    else:
+        if len(body) <= max_bytes:
+            return [(envelope, body)]
+        size = len(body)
+    if len(items) == 1:
+        ids = [r.id for r in envelope.records] + [t.id for t in envelope.tombstones]
+        raise MessageTooLarge(size, max_bytes, ids)
+    parts = min(len(items), size // max_bytes + 2)
+    step = -(-len(items) // parts)
+    found: list[tuple[Envelope, bytes]] = []
+    for start in range(0, len(items), step):
+        found.extend(fitted(items[start : start + step], envelope_of, codec, max_bytes))
+    return found
 
 
 def _compartments_of(records: Sequence[MemoryRecord], tombstones: Sequence[Tombstone]) -> list[str]:

@@ -332,3 +332,29 @@ class ZoneStore(Protocol):
     def close(self) -> None:
         """Release the store; further calls raise MemoryClosed."""
         ...
+
+
+class ResealableZoneStore(ZoneStore, Protocol):
+    """A zone store whose records can be given new content in place, on condition, as a re-seal
+    after a key rotation does (the adapters; :class:`~hivemem.security.zone_store.SecureZoneStore`
+    writes through them). Each record is checked and written in one engine operation, so that
+    what another worker changed meanwhile (a delete, a new version's link) stays as it made it.
+    """
+
+    def replace_content(
+        self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, MemoryRecord]]
+    ) -> list[str]:
+        """For each ``(read, new)`` pair of one record: give the live record ``new``'s content,
+        tags, entities and metadata, if it still holds ``read``'s content; its other fields
+        (tier, links, times) are kept as they are now. A record deleted, removed or given other
+        content since it was read is left alone. Returns the ids written. Raises InvalidInput
+        for a pair of two ids (nothing is written)."""
+        ...
+
+    def archive_replace(
+        self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, MemoryRecord]]
+    ) -> list[str]:
+        """For each ``(read, new)`` pair of one record: replace the archived record by ``new``
+        if the archive still holds ``read`` as it was; one changed or removed since is left
+        alone. Returns the ids written. Raises InvalidInput for a pair of two ids."""
+        ...

@@ -1,7 +1,7 @@
 """The zone store with its content sealed and its vectors keyed: a ZoneStore around another.
 
-:class:`SecureZoneStore` wraps any :class:`~hivemem.pool.ports.ZoneStore` (Qdrant Edge or a
-Qdrant server) and keeps in it, per record:
+:class:`SecureZoneStore` wraps either adapter (Qdrant Edge or a Qdrant server: a
+:class:`~hivemem.pool.ports.ResealableZoneStore`) and keeps in it, per record:
 
 - ``content`` sealed with its tags, entities and metadata
   (:class:`~hivemem.security.content_seal.ContentSeal`: the zone's active data key and the
@@ -29,7 +29,7 @@ import structlog
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidInput, KeyUnavailable
 from hivemem.pool.filters import And
-from hivemem.pool.ports import Vector, ZoneStore
+from hivemem.pool.ports import ResealableZoneStore, Vector
 from hivemem.pool.records import MemoryRecord, SparseVector, Tombstone
 from hivemem.security.content_seal import ContentSeal
 from hivemem.security.keyring import ZoneKeyring
@@ -50,7 +50,11 @@ class SecureZoneStore:
     """A :class:`~hivemem.pool.ports.ZoneStore` sealing what it keeps in ``inner``."""
 
     def __init__(
-        self, inner: ZoneStore, keyring: ZoneKeyring, *, clear_metadata_keys: Iterable[str] = ()
+        self,
+        inner: ResealableZoneStore,
+        keyring: ZoneKeyring,
+        *,
+        clear_metadata_keys: Iterable[str] = (),
     ) -> None:
         """``clear_metadata_keys``: the metadata keys kept in clear in the payload."""
         self.inner = inner
@@ -199,28 +203,32 @@ class SecureZoneStore:
     def reseal(self, zone: Zone, where: And) -> int:
         """Re-seal the content of the live and archived records of ``zone`` matching ``where``
         that are not under the zone's active key (after a rotation) or whose labels are not
-        tokens yet; returns how many were. Vectors and the other payload fields are kept.
-        Records whose key is already gone are left as they are. The caller keeps writers of
-        those records away meanwhile (the workers hold the user's consolidation lock)."""
+        tokens yet; returns how many were. Only the sealed fields are written, and only to a
+        record still as it was read (:class:`~hivemem.pool.ports.ResealableZoneStore`): a
+        delete, a new version's link or a tier change another worker makes meanwhile stays,
+        and what it rewrote whole (an archived record marked superseded) is sealed under the
+        active key already. Records whose key is already gone are left as they are."""
         active = self._keyring.active(zone).key_id
         live = self.inner.scan(zone, self._where(zone, where))
         stale = [r.id for r in live if self._content.stale(r, active)]
         moved = 0
         for start in range(0, len(stale), _RESEAL_BATCH):
-            found = self.inner.get(zone, stale[start : start + _RESEAL_BATCH], with_vectors=True)
-            fresh = [r for r in (self._resealed(r) for r in found) if r is not None]
-            if fresh:
-                self.inner.upsert(zone, fresh)
-                moved += len(fresh)
+            found = self.inner.get(zone, stale[start : start + _RESEAL_BATCH])
+            moved += len(self.inner.replace_content(zone, self._resealed_pairs(found)))
         archived = self.inner.archive_ids(zone, self._where(zone, where, archive=True))
         for start in range(0, len(archived), _RESEAL_BATCH):
             batch = self.inner.archive_get(zone, archived[start : start + _RESEAL_BATCH])
             old = [r for r in batch if self._content.stale(r, active)]
-            again = [r for r in (self._resealed(r) for r in old) if r is not None]
-            if again:
-                self.inner.archive_put(zone, again)
-                moved += len(again)
+            moved += len(self.inner.archive_replace(zone, self._resealed_pairs(old)))
         return moved
+
+    def _resealed_pairs(
+        self, records: Sequence[MemoryRecord]
+    ) -> list[tuple[MemoryRecord, MemoryRecord]]:
+        """Each of ``records`` (as stored) with its re-sealed copy; those whose key is gone
+        are left out."""
+        pairs = [(r, self._resealed(r)) for r in records]
+        return [(read, fresh) for read, fresh in pairs if fresh is not None]
 
     def _resealed(self, record: MemoryRecord) -> MemoryRecord | None:
         try:

@@ -9,7 +9,11 @@ under that user's scope lock (:func:`~hivemem.workers.consolidation.scope_locked
 every writer of a user's records takes (a forget, a consolidation, a re-seal), and reads again,
 inside the lock, what it acts on: a forget that ran before it took the lock has left tombstones
 and no archived copies, so nothing it forgot is archived or restored, and none runs while the
-move is half done. Without a client, nothing is locked: for a store no other worker writes.
+move is half done. Each user's batch is moved under the user's store lock too
+(:func:`~hivemem.workers.consolidation.store_locked`), which the ingest takes while it links
+versions and stores deletes (it takes no scope lock): its write lands where the move left the
+record, never on a copy the move read before. Without a client, nothing is locked: for a store
+no other worker writes.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from hivemem.pool.errors import InvalidInput
 from hivemem.pool.filters import And
 from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone, utc_now
-from hivemem.workers.consolidation import ScopeBusy, scope_locked
+from hivemem.workers.consolidation import ScopeBusy, scope_locked, store_locked
 from hivemem.workers.keys import WorkerKeys
 
 log = structlog.get_logger(__name__)
@@ -77,12 +81,17 @@ class ArchiveService:
 
     @contextmanager
     def _locked(self, zone: Zone, user_id: str) -> Iterator[None]:
-        """The user's scope lock for the block (nothing without a client); ScopeBusy when
-        another worker holds it."""
+        """The user's scope lock and store lock for the block (nothing without a client);
+        ScopeBusy when another worker holds the scope lock, or the store lock for a whole
+        ``lock_ttl_s``."""
         if self._client is None or self._keys is None:
             yield
             return
-        with scope_locked(self._client, self._keys, zone, user_id, self._lock_ttl_s):
+        ttl_s = self._lock_ttl_s
+        with (
+            scope_locked(self._client, self._keys, zone, user_id, ttl_s),
+            store_locked(self._client, self._keys, zone, [user_id], ttl_s),
+        ):
             yield
 
     def _each_user(

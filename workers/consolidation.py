@@ -37,8 +37,8 @@ sources' vectors (so no model runs in the workers), plus BM25 terms of its own t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -69,9 +69,10 @@ _LUA = Path(__file__).parent / "lua"
 
 class ScopeBusy(HivememError):
     """Raised when another worker holds a lock the work needs (the task retries): a scope's
-    consolidation lock (``zone`` set), a user's forget lock (``zone`` None: another forget of
-    the user runs, see forget.py), or a zone's ingest lock (``draining``: a forget must drain
-    the zone's queues first). Its arguments are the zone's name (or None), the user id and
+    consolidation lock (``zone`` set; or its store lock, held that long: see
+    :func:`store_locked`), a user's forget lock (``zone`` None: another forget of the user
+    runs, see forget.py), or a zone's ingest lock (``draining``: a forget must drain the zone's
+    queues first). Its arguments are the zone's name (or None), the user id and
     ``draining``, so that Celery rebuilds it for the caller of a task whose retries ran out."""
 
     def __init__(self, zone: Zone | str | None, user_id: str, draining: bool = False) -> None:
@@ -98,6 +99,26 @@ def scope_locked(
     with held(client, keys.consolidate_lock(zone, user_id), ttl_s) as lock:
         if not lock.acquired:
             raise ScopeBusy(zone, user_id)
+        yield
+
+
+@contextmanager
+def store_locked(
+    client: redis.Redis, keys: WorkerKeys, zone: Zone, user_ids: Iterable[str], ttl_s: float
+) -> Iterator[None]:
+    """Hold the store locks of ``user_ids`` in the zone for the ``with`` block, taken in sorted
+    order, waiting for each up to ``ttl_s``. A worker takes a user's store lock while it
+    rewrites a batch of that user's stored records from what it read of them (a move between
+    the live collection and the archive, under the scope lock; the ingest's deletes and version
+    links, which take no scope lock): a second or so, so that the ingest never waits behind a
+    whole consolidation, only behind one batch. Raises ScopeBusy when a lock stays taken for
+    ``ttl_s`` (its holder stalled; one that died lets it go by then)."""
+    with ExitStack() as stack:
+        for user_id in sorted(set(user_ids)):
+            key = keys.store_lock(zone, user_id)
+            lock = stack.enter_context(held(client, key, ttl_s, wait_s=ttl_s))
+            if not lock.acquired:
+                raise ScopeBusy(zone, user_id)
         yield
 
 
@@ -143,10 +164,12 @@ class ConsolidationService:
         *,
         lock_ttl_s: float,
         send_batch: int,
+        message_max_bytes: int,
         codec: EnvelopeCodec | None = None,
         max_plan: int = 5_000,
     ) -> None:
-        """``max_plan``: the most pending episodes one run takes."""
+        """``send_batch``, ``message_max_bytes``: the pool's limits of a message (records, and
+        bytes). ``max_plan``: the most pending episodes one run takes."""
         self._client = client
         self._max_plan = max_plan
         self._bus = bus
@@ -156,6 +179,7 @@ class ConsolidationService:
         self._strategy = strategy
         self._lock_ttl_s = lock_ttl_s
         self._send_batch = send_batch
+        self._max_bytes = message_max_bytes
         self._drafting = Drafting(store, strategy, fallback)
         self._take_plan = client.register_script((_LUA / "take_plan.lua").read_text())
         self._forget_user = client.register_script((_LUA / "forget_user.lua").read_text())
@@ -298,6 +322,7 @@ class ConsolidationService:
             [r for r in as_stored(self._store, zone, outputs, held) if r.id not in undone],
             retired,
             batch=self._send_batch,
+            max_bytes=self._max_bytes,
             codec=self._codec,
         )
         report.traces = [r.id for r in new_traces]
@@ -353,7 +378,7 @@ class ConsolidationService:
                    if s.id in gone and s.id in into]  # fmt: skip
         doomed, queued = delete_derived(
             self._store, zone, deleted, client=self._client, keys=self._keys, bus=self._bus,
-            codec=self._codec, batch=self._send_batch,
+            codec=self._codec, batch=self._send_batch, max_bytes=self._max_bytes,
         )  # fmt: skip
         log.warning("consolidation_source_deleted", zone=zone.value, sources=len(gone),
                     deleted=len(doomed), requeued=len(queued))  # fmt: skip

@@ -89,6 +89,7 @@ def delete_derived(
     bus: RedisBus,
     codec: EnvelopeCodec,
     batch: int,
+    max_bytes: int,
     unlinked: bool = False,
 ) -> tuple[list[MemoryRecord], list[MemoryRecord]]:
     """Delete what consolidation derived from the records ``deleted`` (as they were stored,
@@ -111,7 +112,7 @@ def delete_derived(
             pipe.sadd(keys.spent(zone, record.scope.user_id), record.id)
         pipe.execute()
     gone = [Tombstone.of(r) for r in doomed]
-    publish_as_workers(bus, zone, [], gone, batch=batch, codec=codec)
+    publish_as_workers(bus, zone, [], gone, batch=batch, max_bytes=max_bytes, codec=codec)
     store.update_fields(zone, {r.id: {"consolidated_into": []} for r in remaining})
     store.put_tombstones(zone, gone)
     return doomed, episodes

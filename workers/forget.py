@@ -113,6 +113,7 @@ class ForgetService:
         audit: AuditLog,
         lock_ttl_s: float,
         send_batch: int,
+        message_max_bytes: int,
         codec: EnvelopeCodec | None = None,
         keyring: ZoneKeyring | None = None,
     ) -> None:
@@ -127,6 +128,7 @@ class ForgetService:
         self._audit = audit
         self._lock_ttl_s = lock_ttl_s
         self._send_batch = send_batch
+        self._max_bytes = message_max_bytes
 
     def forget_user(
         self, user_id: str, zones: list[Zone], *, on_due: Callable[[Zone, str], None]
@@ -208,6 +210,7 @@ class ForgetService:
                 [],
                 journal.unpublished_after(earlier),
                 batch=self._send_batch,
+                max_bytes=self._max_bytes,
                 codec=self._codec,
             )
             self._journal.published(zone, user_id)

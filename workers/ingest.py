@@ -7,8 +7,10 @@ messages after its cursor and:
 1. stores the records it has not stored before (records are immutable: a record already in the
    store keeps the workers' bookkeeping, such as consolidation links and tier), links each new
    version to the version it supersedes, whichever came first (version_links.py), and writes
-   tombstones (a deleted record's content is
-   destroyed; a late copy is never stored again);
+   tombstones (a deleted record's content is destroyed; a late copy is never stored again);
+   the links and tombstones under their users' store locks
+   (:func:`~hivemem.workers.consolidation.store_locked`: behind a batch of a move to or from
+   the archive, never behind a consolidation);
 2. in one Redis transaction, queues the new current episodes for consolidation (the user's
    *pending* set) and moves the cursor past the round, unless the queue moved or started over
    since it was read (its epoch changed: then the round is abandoned, and read where the
@@ -47,6 +49,7 @@ from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import MessageRejected
 from hivemem.pool.ports import Vector, ZoneStore
 from hivemem.pool.records import MemoryRecord, Tombstone, split_tombstones
+from hivemem.workers.consolidation import store_locked
 from hivemem.workers.derived import delete_derived
 from hivemem.workers.ingest_messages import IngestReport, QueuedMessages, Round, skipped
 from hivemem.workers.ingest_queues import IngestQueues
@@ -73,15 +76,18 @@ class IngestService:
         batch: int,
         threshold: int,
         lock_ttl_s: float,
+        message_max_bytes: int,
         registry: AgentRegistry,
         codec: EnvelopeCodec | None = None,
         departed_codec: Callable[[AgentInfo], EnvelopeCodec] | None = None,
         on_rejected: Callable[[MessageRejected, Delivery, Zone], None] | None = None,
     ) -> None:
-        """``registry``: whose ingest queues there are (the agents registered, and those
-        deregistered whose queues still hold messages). ``departed_codec(info)``: what opens the
-        messages of a departure (what an agent queued before its deregistration, checked
-        against its entry ``info`` as it stood then; by default ``codec``)."""
+        """``message_max_bytes``: the size a message the workers publish (the tombstones of
+        what a delete took with it) stays within. ``registry``: whose ingest queues there are
+        (the agents registered, and those deregistered whose queues still hold messages).
+        ``departed_codec(info)``: what opens the messages of a departure (what an agent queued
+        before its deregistration, checked against its entry ``info`` as it stood then; by
+        default ``codec``)."""
         self._client = client
         self._bus = bus
         self._codec = codec or PlainCodec()
@@ -96,6 +102,7 @@ class IngestService:
         self._batch = batch
         self._threshold = threshold
         self._lock_ttl_s = lock_ttl_s
+        self._max_bytes = message_max_bytes
         self._versions = VersionLinks(store, client, keys)
         self._queues = IngestQueues(bus, registry)
 
@@ -223,16 +230,16 @@ class IngestService:
         # did not happen). Linking them again is idempotent.
         stored_before = [i for i, tombstone in presence.items() if not tombstone]
         earlier = self._store.get(zone, stored_before) if stored_before else []
-        marked = self._versions.link(zone, [*(record for record, _ in new), *earlier])
-        self._drop_pending(zone, marked)
-        if batch.tombstones:
-            named = [targets[t.id] for t in batch.tombstones if t.id in targets]
-            self._delete_derived(zone, named)
-            self._store.put_tombstones(zone, batch.tombstones)
-            # A run may have derived from a deleted episode after ``targets`` were read, and
-            # looked for deletes before the tombstone above was stored: find its outputs now.
-            self._delete_derived(zone, named, unlinked=True)
-            self._versions.forget(zone, [t.id for t in batch.tombstones])
+        linked = [*(record for record, _ in new), *earlier]
+        # What follows rewrites records stored before (links, deletes): under their users'
+        # store locks, so that no move to or from the archive holds a copy read before.
+        users = {r.scope.user_id for r in linked if r.supersedes is not None}
+        users |= {t.scope.user_id for t in batch.tombstones}
+        with store_locked(self._client, self._keys, zone, users, self._lock_ttl_s):
+            marked = self._versions.link(zone, linked)
+            self._drop_pending(zone, marked)
+            if batch.tombstones:
+                self._delete(zone, batch.tombstones, targets)
         deleted = {t.id for t in batch.tombstones}
         # A version and its successor in one round: the old one was sent while still current.
         replaced = {r.supersedes for r, _ in unique.values() if r.supersedes is not None}
@@ -256,6 +263,19 @@ class IngestService:
         ]
         return queued
 
+    def _delete(
+        self, zone: Zone, tombstones: list[Tombstone], targets: dict[str, MemoryRecord]
+    ) -> None:
+        """Store ``tombstones`` (``targets``: the stored records they name, by id), and delete
+        what consolidation derived from those."""
+        named = [targets[t.id] for t in tombstones if t.id in targets]
+        self._delete_derived(zone, named)
+        self._store.put_tombstones(zone, tombstones)
+        # A run may have derived from a deleted episode after ``targets`` were read, and
+        # looked for deletes before the tombstone above was stored: find its outputs now.
+        self._delete_derived(zone, named, unlinked=True)
+        self._versions.forget(zone, [t.id for t in tombstones])
+
     def _delete_derived(
         self, zone: Zone, deleted: Sequence[MemoryRecord], *, unlinked: bool = False
     ) -> None:
@@ -264,7 +284,7 @@ class IngestService:
         deleted records live, so the next drain does it all again."""
         doomed, episodes = delete_derived(
             self._store, zone, deleted, client=self._client, keys=self._keys, bus=self._bus,
-            codec=self._codec, batch=self._batch, unlinked=unlinked,
+            codec=self._codec, batch=self._batch, max_bytes=self._max_bytes, unlinked=unlinked,
         )  # fmt: skip
         if doomed:
             log.info("ingest_derived_deleted", zone=zone.value, records=len(doomed),

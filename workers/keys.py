@@ -13,8 +13,10 @@
   with it (a run that makes the same sources again gives the record a new id);
 - ``ns:versions:<zone>:awaiting`` — a hash: id of a record not stored yet → id of the stored
   version that replaced it (see version_links.py);
-- ``ns:lock:ingest:<zone>``, ``ns:lock:consolidate:<zone>:<user>`` and
-  ``ns:lock:forget:<user>`` (held for a whole forget of the user) — the locks;
+- ``ns:lock:ingest:<zone>``, ``ns:lock:consolidate:<zone>:<user>``,
+  ``ns:lock:forget:<user>`` (held for a whole forget of the user) and
+  ``ns:lock:store:<zone>:<user>`` (held while a batch of the user's stored records is rewritten
+  from what was read of it) — the locks;
 - ``ns:forget:<zone>:<user>`` — a forget's journal, a hash: the tombstone of each record it
   removed there (ids and scopes, no content), one field each, until the forget is audited (see
   forget_journal.py).
@@ -79,6 +81,10 @@ class WorkerKeys:
     def consolidate_lock(self, zone: Zone, user_id: str) -> str:
         user = check_scope_id(user_id, field="user_id")
         return f"{self.namespace}:lock:consolidate:{zone.value}:{user}"
+
+    def store_lock(self, zone: Zone, user_id: str) -> str:
+        user = check_scope_id(user_id, field="user_id")
+        return f"{self.namespace}:lock:store:{zone.value}:{user}"
 
     def forget_lock(self, user_id: str) -> str:
         user = check_scope_id(user_id, field="user_id")

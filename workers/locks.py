@@ -1,5 +1,6 @@
 """Locks that keep two workers off the same work: one per (zone, scope) for consolidation, one
-per zone for ingest.
+per zone for ingest, and one per (zone, user) held while a batch of the user's stored records is
+rewritten from what was read of it (see :func:`~hivemem.workers.consolidation.store_locked`).
 
 A lock is a Redis key with a random token and a time to live (``ttl_s``). While it is held, a
 thread renews it every third of its TTL, so a long task keeps it and a dead worker (SIGKILL, lost
@@ -22,6 +23,8 @@ from hivemem.pool.errors import InvalidInput
 from hivemem.pool.settings import MAX_WORKER_S, MIN_LOCK_TTL_S
 
 log = structlog.get_logger(__name__)
+#: How often a waiter asks whether a lock is free (seconds).
+_WAIT_POLL_S = 0.01
 
 
 def check_ttl(ttl_s: object) -> float:
@@ -40,13 +43,21 @@ def check_ttl(ttl_s: object) -> float:
 
 
 class HeldLock:
-    """A lock this process holds (or tried to: :attr:`acquired`). Raises InvalidInput (Redis
-    untouched) for a ``ttl_s`` :func:`check_ttl` refuses."""
+    """A lock this process holds (or tried to: :attr:`acquired`), waiting up to ``wait_s``
+    seconds for another holder to let it go. Raises InvalidInput (Redis untouched) for a
+    ``ttl_s`` :func:`check_ttl` refuses."""
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: float) -> None:
+    def __init__(self, client: redis.Redis, key: str, ttl_s: float, *, wait_s: float = 0.0) -> None:
         ttl_s = check_ttl(ttl_s)
         self.key = key
-        self._lock = client.lock(key, timeout=ttl_s, blocking=False, thread_local=False)
+        self._lock = client.lock(
+            key,
+            timeout=ttl_s,
+            blocking=wait_s > 0,
+            blocking_timeout=wait_s if wait_s > 0 else None,
+            sleep=_WAIT_POLL_S,
+            thread_local=False,
+        )
         self._ttl_s = ttl_s
         self._halt = threading.Event()
         self.lost = threading.Event()
@@ -79,9 +90,10 @@ class HeldLock:
 
 
 @contextmanager
-def held(client: redis.Redis, key: str, ttl_s: float) -> Iterator[HeldLock]:
-    """Try to take the lock ``key`` without waiting; check :attr:`HeldLock.acquired`."""
-    lock = HeldLock(client, key, ttl_s)
+def held(client: redis.Redis, key: str, ttl_s: float, *, wait_s: float = 0.0) -> Iterator[HeldLock]:
+    """Try to take the lock ``key``, waiting up to ``wait_s`` seconds (by default not at all);
+    check :attr:`HeldLock.acquired`."""
+    lock = HeldLock(client, key, ttl_s, wait_s=wait_s)
     try:
         yield lock
     finally:

@@ -7,7 +7,9 @@ rotate-keys``). For one zone:
    plus a margin), so no writer still seals under the old one;
 2. drain the zone's ingest queue (messages sealed under the old key are stored under the new);
 3. user by user, under that user's consolidation lock (busy → ScopeBusy, the task retries;
-   users done stay done), re-seal the live and archived records not under the active key;
+   users done stay done), re-seal the live and archived records not under the active key,
+   each on condition that it is still as read (the ingest takes no such lock:
+   :meth:`~hivemem.security.zone_store.SecureZoneStore.reseal`);
 4. record that the workers keep the zone under that key, which lets the old key be retired
    (:meth:`hivemem.security.key_rotation.KeyRotation.retire`).
 """

@@ -26,7 +26,7 @@ from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Zone
 from hivemem.pool.envelope import EnvelopeCodec, PlainCodec
 from hivemem.pool.errors import InvalidInput, MessageRejected
-from hivemem.pool.ports import ZoneStore
+from hivemem.pool.ports import ResealableZoneStore, ZoneStore
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.registration import register_audited
 from hivemem.pool.settings import ConsolidationSettings, HivememSettings
@@ -48,7 +48,7 @@ from hivemem.workers.reseal import ResealService
 from hivemem.workers.strategy import ConsolidationStrategy
 
 
-def open_zone_store(settings: HivememSettings) -> ZoneStore:
+def open_zone_store(settings: HivememSettings) -> ResealableZoneStore:
     """The Qdrant server of ``qdrant_url``, else the embedded store under ``<data_dir>/zones``."""
     namespace = settings.pool.namespace
     if settings.qdrant_url is not None:
@@ -215,6 +215,7 @@ class WorkerRuntime:
             batch=workers.ingest_batch,
             threshold=workers.consolidation.threshold,
             lock_ttl_s=workers.lock_ttl_s,
+            message_max_bytes=self.settings.pool.message_max_bytes,
             registry=self.registry,
             codec=self.ingest_codec,
             departed_codec=self.departed_codec,
@@ -282,6 +283,7 @@ class WorkerRuntime:
             OfflineStrategy(settings),
             lock_ttl_s=self.settings.workers.lock_ttl_s,
             send_batch=self.settings.pool.send_batch,
+            message_max_bytes=self.settings.pool.message_max_bytes,
             codec=self.codec,
             max_plan=settings.max_plan_episodes,
         )
@@ -297,6 +299,7 @@ class WorkerRuntime:
             audit=self.audit,
             lock_ttl_s=self.settings.workers.lock_ttl_s,
             send_batch=self.settings.pool.send_batch,
+            message_max_bytes=self.settings.pool.message_max_bytes,
             codec=self.codec,
             keyring=None if self.security is None else self.security.keyring,
         )

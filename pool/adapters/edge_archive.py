@@ -10,7 +10,7 @@ record, dense vector included, as zlib-compressed JSON (see :mod:`hivemem.pool.a
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -19,11 +19,15 @@ from qdrant_edge import (
     EdgeConfig,
     EdgeShard,
     EdgeSparseVectorParams,
+    FieldCondition,
+    Filter,
+    HasIdCondition,
+    MatchValue,
     Point,
     UpdateOperation,
 )
 
-from hivemem.pool.adapters.edge_codec import INDEXED_FIELDS, record_payload
+from hivemem.pool.adapters.edge_codec import INDEXED_FIELDS, record_payload, same_record
 from hivemem.pool.adapters.edge_filters import to_edge_filter
 from hivemem.pool.adapters.edge_shards import create_payload_indexes, facet_counts, scroll_points
 from hivemem.pool.archive_codec import pack, unpack
@@ -39,6 +43,30 @@ def archive_payload(record: MemoryRecord) -> dict[str, Any]:
     indexed = {key: value for key, value in payload.items() if key in INDEXED_FIELDS}
     indexed["blob"] = pack(record)
     return indexed
+
+
+def replacements(
+    pairs: Sequence[tuple[MemoryRecord, MemoryRecord]], blobs: Mapping[str, str]
+) -> list[tuple[str, str, dict[str, Any], list[str]]]:
+    """For :meth:`EdgeArchive.replace` and its server twin: of the ``(read, new)`` pairs whose
+    record the archive holds as read (``blobs``: the stored blob by id), each id with its blob
+    now, ``new``'s payload, and the indexed keys that payload leaves out (to delete). Raises
+    InvalidInput for a pair of two ids."""
+    found = []
+    for record_id, (read, new) in zip(same_record(pairs), pairs, strict=True):
+        blob = blobs.get(record_id)
+        if blob is not None and unpack(blob) == read:
+            payload = archive_payload(new)
+            unset = [key for key in INDEXED_FIELDS if key not in payload]
+            found.append((record_id, blob, payload, unset))
+    return found
+
+
+def _holding(record_id: str, blob: str) -> Filter:
+    """The archived point ``record_id`` while it holds ``blob``."""
+    return Filter(
+        must=[HasIdCondition({record_id}), FieldCondition("blob", match=MatchValue(blob))]
+    )
 
 
 class EdgeArchive:
@@ -72,6 +100,35 @@ class EdgeArchive:
             points = self._open().retrieve(canonical, ["blob"], False)
         found = {str(p.id): unpack((p.payload or {})["blob"]) for p in points}
         return [found[str(i)] for i in dict.fromkeys(canonical) if str(i) in found]
+
+    def replace(self, pairs: Sequence[tuple[MemoryRecord, MemoryRecord]]) -> list[str]:
+        """For each ``(read, new)`` pair of one record: the archived record replaced by ``new``
+        if the archive still holds ``read``, checked and written in one engine operation (one
+        changed or removed since is left alone). Returns the ids written. Raises InvalidInput
+        for a pair of two ids."""
+        ids = same_record(pairs)
+        written = []
+        for record_id, blob, payload, unset in replacements(pairs, self._blobs(ids)):
+            with self._lock:
+                shard = self._open()
+                shard.update(
+                    UpdateOperation.set_payload_by_filter(_holding(record_id, blob), payload)
+                )
+                if unset:
+                    holding = _holding(record_id, payload["blob"])
+                    shard.update(UpdateOperation.delete_payload_by_filter(holding, unset))
+            written.append((record_id, payload["blob"]))
+        now = self._blobs([record_id for record_id, _ in written])
+        return [record_id for record_id, blob in written if now.get(record_id) == blob]
+
+    def _blobs(self, ids: Sequence[str]) -> dict[str, str]:
+        """The stored blob of each archived record among ``ids`` (canonical)."""
+        if not ids:
+            return {}
+        wanted: list[int | UUID | str] = list(ids)
+        with self._lock:
+            points = self._open().retrieve(wanted, ["blob"], False)
+        return {str(p.id): (p.payload or {})["blob"] for p in points}
 
     def ids(self, where: And) -> list[str]:
         points = scroll_points(

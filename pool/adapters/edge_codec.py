@@ -15,7 +15,7 @@ written again.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -240,6 +240,31 @@ def record_payload(record: MemoryRecord) -> dict[str, Any]:
         if list_keys:
             payload[LIST_KEYS] = list_keys
     return payload
+
+
+#: The payload keys of a record's content and labels (with those that tell the metadata's kinds
+#: apart): what :func:`content_payload` writes in place.
+CONTENT_KEYS = ("content", "tags", "entities", "metadata", LIST_KEYS, BOOL_KEYS, BOOL_ITEMS)
+
+
+def content_payload(record: MemoryRecord) -> tuple[dict[str, Any], list[str]]:
+    """The keys of :data:`CONTENT_KEYS` that :func:`record_payload` writes for ``record``, with
+    their values, and those it leaves out (to delete from a point that has them)."""
+    payload = record_payload(record)
+    kept = {key: payload[key] for key in CONTENT_KEYS if key in payload}
+    return kept, [key for key in CONTENT_KEYS if key not in kept]
+
+
+def same_record(pairs: Sequence[tuple[MemoryRecord, MemoryRecord]]) -> list[str]:
+    """The canonical ids of ``(read, new)`` pairs, each of one record; raises InvalidInput
+    for a pair of two ids."""
+    ids = []
+    for read, new in pairs:
+        record_id = check_record_id(read.id)
+        if check_record_id(new.id) != record_id:
+            raise InvalidInput("a replacement keeps its record's id", field="id")
+        ids.append(record_id)
+    return ids
 
 
 def record_point(record: MemoryRecord, dense: Any = None) -> Point:

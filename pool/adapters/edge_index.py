@@ -40,11 +40,13 @@ from hivemem.pool.adapters.edge_codec import (
     KIND_RECORD,
     KIND_TOMBSTONE,
     SPARSE,
+    content_payload,
     decode_record,
     decode_retention,
     decode_tombstone,
     encode_field,
     record_point,
+    same_record,
     tombstone_point,
 )
 from hivemem.pool.adapters.edge_filters import to_edge_filter
@@ -69,6 +71,12 @@ _ID_TEXT_CACHE = 65_536
 _RETENTION = ["tier", "importance", "access_count", "last_accessed_at", "recorded_at"]
 #: Payload keys that make up a record's Neighbourhood.
 _NEIGHBOURHOOD = ["session_id", "follows"]
+
+
+def _holding(record_id: str, record: MemoryRecord) -> Filter:
+    """The point ``record_id`` while it holds ``record``'s content."""
+    content = FieldCondition("content", match=MatchValue(record.content))
+    return Filter(must=[HasIdCondition({record_id}), content])
 
 
 class _Point(NamedTuple):
@@ -119,6 +127,27 @@ class EdgeIndex:
         points = [record_point(r, row) for r, row in zip(records, rows, strict=True)]
         with self._lock:
             self._open().update(UpdateOperation.upsert_points(points))
+
+    def replace_content(self, pairs: Sequence[tuple[MemoryRecord, MemoryRecord]]) -> list[str]:
+        """For each ``(read, new)`` pair of one record: ``new``'s content and labels
+        (:data:`~hivemem.pool.adapters.edge_codec.CONTENT_KEYS`) on the live record, if it
+        still holds ``read``'s content, checked and written in one engine operation (a record
+        deleted, removed or given other content since is left alone); its other fields are
+        kept. Returns the ids written. Raises InvalidInput for a pair of two ids."""
+        ids = same_record(pairs)
+        for record_id, (read, new) in zip(ids, pairs, strict=True):
+            payload, unset = content_payload(new)
+            with self._lock:
+                shard = self._open()
+                shard.update(
+                    UpdateOperation.set_payload_by_filter(_holding(record_id, read), payload)
+                )
+                if unset:
+                    shard.update(
+                        UpdateOperation.delete_payload_by_filter(_holding(record_id, new), unset)
+                    )
+        now = {p.id: p.payload.get("content") for p in self._canonical_points(ids, ["content"])}
+        return [i for i, (_, new) in zip(ids, pairs, strict=True) if now.get(i) == new.content]
 
     def update_fields(self, updates: Mapping[str, Mapping[str, object]]) -> None:
         """Every value is validated before anything changes; missing records raise

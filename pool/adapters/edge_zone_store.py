@@ -216,6 +216,14 @@ class EdgeZoneStore:
             with self._lock:
                 self._index(zone).update_fields(updates)
 
+    def replace_content(
+        self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, MemoryRecord]]
+    ) -> list[str]:
+        if not pairs:
+            return []
+        with self._lock:
+            return self._index(zone).replace_content(pairs)
+
     def remove(self, zone: Zone, ids: Sequence[str]) -> None:
         if ids:
             with self._lock:
@@ -227,6 +235,14 @@ class EdgeZoneStore:
         if records:
             with self._lock:
                 self._archived(zone).put(records)
+
+    def archive_replace(
+        self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, MemoryRecord]]
+    ) -> list[str]:
+        if not pairs:
+            return []
+        with self._lock:
+            return self._archived(zone).replace(pairs)
 
     def archive_get(self, zone: Zone, ids: Sequence[str]) -> list[MemoryRecord]:
         with self._lock:

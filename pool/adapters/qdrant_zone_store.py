@@ -30,19 +30,22 @@ import structlog
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from hivemem.pool.adapters.edge_archive import archive_payload
+from hivemem.pool.adapters.edge_archive import archive_payload, replacements
 from hivemem.pool.adapters.edge_codec import (
     DENSE,
     FIELD_KEYS,
     INDEXED_FIELDS,
     KIND_TOMBSTONE,
     SPARSE,
+    content_payload,
     decode_record,
     encode_field,
     record_payload,
+    same_record,
     tombstone_payload,
 )
 from hivemem.pool.adapters.payload_rules import check_vector_shapes
+from hivemem.pool.adapters.qdrant_conditions import Swap, requests
 from hivemem.pool.adapters.qdrant_filters import to_qdrant_filter
 from hivemem.pool.archive_codec import unpack
 from hivemem.pool.enums import Zone, checked_zone
@@ -347,6 +350,28 @@ class QdrantZoneStore:
                 points = models.PointIdsList(points=list(ids))
                 self._call(self._client.set_payload, name, payload, points, wait=True)
 
+    def replace_content(
+        self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, MemoryRecord]]
+    ) -> list[str]:
+        """The condition is checked by the server as it applies each write; many records go
+        in one request (:mod:`hivemem.pool.adapters.qdrant_conditions`)."""
+        ids = same_record(pairs)
+        if not ids:
+            return []
+        name = self._live(zone)
+        swaps = [
+            Swap(i, "content", read.content, *content_payload(new))
+            for i, (read, new) in zip(ids, pairs, strict=True)
+        ]
+        self._swap(name, swaps)
+        points = self._retrieve(name, ids, ["content"])
+        now = {str(p.id): (p.payload or {}).get("content") for p in points}
+        return [i for i, (_, new) in zip(ids, pairs, strict=True) if now.get(i) == new.content]
+
+    def _swap(self, name: str, swaps: Sequence[Swap]) -> None:
+        for operations in requests(swaps):
+            self._call(self._client.batch_update_points, name, operations, wait=True)
+
     def remove(self, zone: Zone, ids: Sequence[str]) -> None:
         checked = _checked(ids)
         if checked:
@@ -367,6 +392,25 @@ class QdrantZoneStore:
         points = self._retrieve(self._archive(zone), canonical, ["blob"])
         found = {str(p.id): unpack((p.payload or {})["blob"]) for p in points}
         return [found[i] for i in dict.fromkeys(canonical) if i in found]
+
+    def archive_replace(
+        self, zone: Zone, pairs: Sequence[tuple[MemoryRecord, MemoryRecord]]
+    ) -> list[str]:
+        """The condition (the blob read) is checked by the server as it applies each write."""
+        ids = same_record(pairs)
+        if not ids:
+            return []
+        name = self._archive(zone)
+        found = replacements(pairs, self._blobs(name, ids))
+        self._swap(
+            name, [Swap(i, "blob", blob, payload, unset) for i, blob, payload, unset in found]
+        )
+        now = self._blobs(name, [i for i, *_ in found])
+        return [i for i, _, payload, _ in found if now.get(i) == payload["blob"]]
+
+    def _blobs(self, name: str, ids: list[str]) -> dict[str, str]:
+        """The stored blob of each archived record among ``ids`` (canonical)."""
+        return {str(p.id): (p.payload or {})["blob"] for p in self._retrieve(name, ids, ["blob"])}
 
     def archive_ids(self, zone: Zone, where: And) -> list[str]:
         points = self._scroll(self._archive(zone), to_qdrant_filter(where), False, False)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from hivemem.pool.enums import Level, Zone
-from hivemem.pool.envelope import Envelope, decode_envelope, make_envelope
-from hivemem.pool.errors import InvalidMessage
+from hivemem.pool.envelope import Envelope, PlainCodec, decode_envelope, fitted, make_envelope
+from hivemem.pool.errors import InvalidMessage, MessageTooLarge
 from hivemem.pool.records import MemoryRecord, Scope, SparseVector, Tombstone
 
 
@@ -122,3 +122,27 @@ def test_envelope_is_immutable() -> None:
     envelope = Envelope(sender="ops", zone=Zone.PUBLIC)
     with pytest.raises(ValueError, match="frozen"):
         envelope.sender = "other"  # type: ignore[misc]
+
+
+def test_fitted_cuts_a_batch_into_messages_within_the_limit_in_order() -> None:
+    """fitted() gives a batch that fits as one message, and one that does not as several, each
+    within the limit, the items in their order; an item that fits in none alone raises
+    MessageTooLarge naming it."""
+    codec = PlainCodec()
+    records = [
+        _record(tags=[f"t{i}"]).model_copy(update={"content": "x" * 9_000}) for i in range(40)
+    ]
+
+    def envelope_of(part: list[MemoryRecord]) -> Envelope:
+        return make_envelope(sender="ops", zone=Zone.INTERNAL, records=part)
+
+    [(whole, body)] = fitted(records, envelope_of, codec, 1_000_000)
+    assert [r.id for r in whole.records] == [r.id for r in records]
+    assert codec.decode(body).message_id == whole.message_id
+    parts = fitted(records, envelope_of, codec, 50_000)
+    assert len(parts) > 1
+    assert all(len(body) <= 50_000 for _, body in parts)
+    assert [r.id for envelope, _ in parts for r in envelope.records] == [r.id for r in records]
+    with pytest.raises(MessageTooLarge) as caught:
+        fitted(records, envelope_of, codec, 5_000)
+    assert caught.value.item_ids == (records[0].id,)

@@ -14,44 +14,19 @@ from typing import Any
 import pytest
 
 from hivemem.agents.agent import Agent
-from hivemem.pool.enums import Level, Zone
+from hivemem.pool.enums import Level, Tier, Zone
 from hivemem.pool.filters import And, Cond
-from hivemem.pool.ports import ZoneStore
 from hivemem.pool.records import utc_now
 from hivemem.pool.shared import SharedMemoryPool
 from hivemem.workers.archive import ArchiveService
 from hivemem.workers.consolidation import ScopeBusy, scope_locked
 from hivemem.workers.forget import ForgetReceipt
 from hivemem.workers.lifecycle import LifecycleService
-from hivemem.workers.policies import DEFAULT_POLICIES
+from hivemem.workers.policies import DEFAULT_POLICIES, Action, Policy, When
 from hivemem.workers.runtime import WorkerRuntime
+from tests.workers.interleave import Interleave
 
 ZONE = Zone.PUBLIC
-
-
-class Interleave:
-    """A real store whose method ``method``, on its first call, first runs ``hook`` (another
-    worker's task, as a second worker on the same stores could run it at that moment), then
-    does its own work on the store."""
-
-    def __init__(self, store: ZoneStore, method: str, hook: Callable[[], None]) -> None:
-        self._store = store
-        self._method = method
-        self._hook = hook
-        self.fired = False
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
-        if name != self._method:
-            return attr
-
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if not self.fired:
-                self.fired = True
-                self._hook()
-            return attr(*args, **kwargs)
-
-        return wrapped
 
 
 class WorkerKilled(BaseException):
@@ -144,6 +119,29 @@ def test_a_forget_during_a_lifecycle_archive_waits_and_then_takes_the_archive_to
 
     forget()  # the task's retry
     assert forget.receipts[0].zones[ZONE.value].archived_records == len(ids)
+    assert forgotten(runtime, ids)
+
+
+@pytest.mark.parametrize("action", [Action.REFRESH, Action.PROMOTE])
+def test_a_forget_during_a_lifecycle_update_stays(
+    make_runtime: Callable[..., WorkerRuntime], writer: Agent, action: Action
+) -> None:
+    """A forget that lands between a lifecycle pass's selection and its tier or access change
+    (which take no lock) is not undone: the change skips the records now deleted, and the
+    tombstones stay (a change the engine applied to a tombstone would not revive it either:
+    tombstones are told by their kind)."""
+    runtime = make_runtime()
+    ids = stored(runtime, writer, "alice", 2)
+    forget = Forget(runtime, "alice")
+    other = Interleave(runtime.store, "update_fields", forget)
+    tiers = [Tier.WORKING, Tier.SHORT_TERM] if action is Action.PROMOTE else None
+    policy = Policy(name="change", when=When(older_than_days=0, tiers=tiers), action=action)
+
+    report = LifecycleService(other, archival(runtime)).run(  # type: ignore[arg-type]
+        [ZONE], [policy], now=utc_now() + timedelta(days=1)
+    )
+    assert sorted(report.ids("change", ZONE)) == sorted(ids)
+    assert (other.fired, forget.busy, len(forget.receipts)) == (True, [], 1)
     assert forgotten(runtime, ids)
 
 

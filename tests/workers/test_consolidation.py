@@ -21,7 +21,7 @@ from hivemem.workers.offline import OfflineStrategy
 from hivemem.workers.runtime import WorkerRuntime
 from hivemem.workers.strategy import Draft, Sources
 from tests.waiting import holds, wait_for
-from tests.workers.test_archive_races import Interleave
+from tests.workers.interleave import Interleave
 
 TOPICS = {
     "cooking": [
@@ -662,7 +662,8 @@ def test_an_episode_deleted_while_the_run_marks_its_sources_is_skipped(
     offline = OfflineStrategy(runtime.settings.workers.consolidation)
     racing = ConsolidationService(
         runtime.client, runtime.bus, deleting, runtime.keys, offline, offline,  # type: ignore[arg-type]
-        lock_ttl_s=3, send_batch=64, codec=runtime.codec,
+        lock_ttl_s=3, send_batch=64, message_max_bytes=runtime.settings.pool.message_max_bytes,
+        codec=runtime.codec,
     )  # fmt: skip
 
     first = racing.consolidate(Zone.PUBLIC, "alice")

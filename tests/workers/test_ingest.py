@@ -332,6 +332,7 @@ def test_a_worker_dying_before_its_commit_loses_and_duplicates_nothing(
         batch=2,
         threshold=1000,
         lock_ttl_s=3.0,
+        message_max_bytes=runtime.settings.pool.message_max_bytes,
         crash_on=crash_on,
         registry=runtime.registry,
         codec=runtime.ingest_codec,

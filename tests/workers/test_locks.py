@@ -4,6 +4,7 @@ shortest allowed one holds and is renewed."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
 
@@ -13,7 +14,7 @@ import redis
 from hivemem.pool.errors import InvalidInput
 from hivemem.pool.redis_server import EmbeddedRedis
 from hivemem.pool.settings import MAX_WORKER_S, MIN_LOCK_TTL_S
-from hivemem.workers.locks import held
+from hivemem.workers.locks import HeldLock, held
 
 KEY = "t:lock:scope"
 
@@ -62,4 +63,23 @@ def test_the_shortest_ttl_holds_the_lock_and_renews_it(client: redis.Redis) -> N
         assert not lock.lost.is_set()
         with held(client, KEY, MIN_LOCK_TTL_S) as other:
             assert not other.acquired
+    assert client.exists(KEY) == 0
+
+
+def test_a_waiter_takes_the_lock_once_its_holder_lets_it_go(client: redis.Redis) -> None:
+    """With ``wait_s``, a second holder waits for the lock and takes it as soon as the first
+    releases it; one that waits longer than ``wait_s`` gives up, the lock untouched."""
+    first = HeldLock(client, KEY, MIN_LOCK_TTL_S)
+    assert first.acquired
+    started = time.monotonic()
+    with held(client, KEY, MIN_LOCK_TTL_S, wait_s=0.2) as refused:
+        assert not refused.acquired
+    assert 0.15 <= time.monotonic() - started < 1.0  # a poll short of wait_s at most
+    releaser = threading.Timer(0.3, first.release)
+    releaser.start()
+    started = time.monotonic()
+    with held(client, KEY, MIN_LOCK_TTL_S, wait_s=5.0) as waiter:
+        assert waiter.acquired
+        assert 0.3 <= time.monotonic() - started < 1.0
+    releaser.join()
     assert client.exists(KEY) == 0

@@ -328,6 +328,60 @@ def test_update_fields_refuses_bad_changes(scratch: Adapter, change: dict[str, o
     assert scratch.get(PUBLIC, [first.id, second.id]) == [first, second]
 
 
+def resealed(record: MemoryRecord, content: str) -> MemoryRecord:
+    """``record`` with other content and labels (as a re-seal makes them: tokens), fewer
+    kinds of metadata than before (no booleans, no lists)."""
+    change = {"content": content, "tags": ["tok-1"], "entities": [], "metadata": {"s": "tok-2"}}
+    return record.model_copy(update=change)
+
+
+def test_replace_content_writes_records_still_as_read(store: Adapter) -> None:
+    """replace_content gives a record the new content and labels, filters and facets included,
+    and keeps its vectors and its other fields, those changed since the read too; a record
+    deleted, removed or given other content since the read is left as it is."""
+    read = full_record()
+    linked, deleted, removed, changed = (make(f"r{i}", tags=["old"]) for i in range(4))
+    store.upsert(PUBLIC, [read, linked, deleted, removed, changed])
+    link = {"superseded_at": T0 + D, "superseded_by": new_record_id(), "tier": Tier.ARCHIVE}
+    store.update_fields(PUBLIC, {linked.id: link})
+    store.put_tombstones(PUBLIC, [tombstone_of(deleted)])
+    store.remove(PUBLIC, [removed.id])
+    other = changed.model_copy(update={"content": "written meanwhile"})
+    store.upsert(PUBLIC, [other])
+
+    pairs = [
+        (r, resealed(r, f"new {r.content}")) for r in (read, linked, deleted, removed, changed)
+    ]
+    assert store.replace_content(PUBLIC, pairs) == [read.id, linked.id]
+
+    [got] = store.get(PUBLIC, [read.id], with_vectors=True)
+    expected = pairs[0][1]
+    assert typed(got.model_dump(exclude={"vector"})) == typed(
+        expected.model_dump(exclude={"vector"})
+    )
+    assert got.vector == pytest.approx(read.vector, abs=1e-6)
+    [now_linked] = store.get(PUBLIC, [linked.id])
+    assert now_linked == pairs[1][1].model_copy(update=link)
+    assert store.presence(PUBLIC, [deleted.id, removed.id]) == {deleted.id: True}
+    assert store.get(PUBLIC, [changed.id]) == [other]
+    token = And(all=[Cond(field="metadata.s", op="eq", value="tok-2")])
+    assert sorted(store.ids(PUBLIC, token)) == sorted([read.id, linked.id])
+    assert store.facet(PUBLIC, "tags", EVERYTHING) == {"tok-1": 2, "old": 1}
+
+
+def test_replace_content_refuses_a_pair_of_two_records(store: Adapter) -> None:
+    """A pair whose records have two ids raises InvalidInput, and nothing is written."""
+    first, second = make("first"), make("second")
+    store.upsert(PUBLIC, [first, second])
+    pairs = [(first, resealed(first, "x")), (second, resealed(first, "y"))]
+    with pytest.raises(InvalidInput):
+        store.replace_content(PUBLIC, pairs)
+    with pytest.raises(InvalidInput):
+        store.archive_replace(PUBLIC, pairs)
+    assert store.get(PUBLIC, [first.id, second.id]) == [first, second]
+    assert store.replace_content(PUBLIC, []) == store.archive_replace(PUBLIC, []) == []
+
+
 # -- scans, counts, facets and filters ----------------------------------------------------------
 
 
@@ -591,6 +645,27 @@ def test_archive_remove_deletes_archived_records(store: Adapter) -> None:
     store.archive_remove(PUBLIC, [archived.id, new_record_id()])
     assert store.archive_ids(PUBLIC, EVERYTHING) == [kept.id]
     assert store.get(PUBLIC, [archived.id]) == [archived]
+
+
+def test_archive_replace_replaces_records_still_as_read(store: Adapter) -> None:
+    """archive_replace puts the new record in the archive, its indexed fields included, where
+    the archive still holds the record as read; one changed or removed since is left as it
+    is, and an id never archived stays so."""
+    read, changed, removed, unseen = full_record(), make("changed"), make("removed"), make("u")
+    store.archive_put(PUBLIC, [read, changed, removed])
+    marked = changed.model_copy(update={"superseded_by": new_record_id(), "superseded_at": T0})
+    store.archive_put(PUBLIC, [marked])
+    store.archive_remove(PUBLIC, [removed.id])
+
+    pairs = [(r, resealed(r, f"new {r.content}")) for r in (read, changed, removed, unseen)]
+    assert store.archive_replace(PUBLIC, pairs) == [read.id]
+
+    got = store.archive_get(PUBLIC, [read.id, changed.id, removed.id, unseen.id])
+    assert typed([r.model_dump() for r in got]) == typed(
+        [pairs[0][1].model_dump(), marked.model_dump()]
+    )
+    assert store.archive_facet(PUBLIC, "tags", EVERYTHING) == {"tok-1": 1}
+    assert store.archive_facet(PUBLIC, "entities", EVERYTHING) == {}
 
 
 # -- zones, names, ids, closing -----------------------------------------------------------------
