@@ -3,6 +3,7 @@ pass, against baselines measured in the same run.
 
     python bench/consolidate.py --episodes 10000 --scopes 1 [--lifecycle 100000]
 
+Security is off (plain envelopes; ``bench/security.py`` measures the sealed and signed path).
 An embedded redis-server and one `hivemem worker` process (Celery prefork, one pool process: the
 embedded zone store belongs to one process at a time) with the embedded Qdrant Edge zone store.
 
@@ -56,7 +57,12 @@ from hivemem.pool.envelope import make_envelope
 from hivemem.pool.filters import And, Cond
 from hivemem.pool.records import MemoryRecord, Scope, utc_now
 from hivemem.pool.redis_server import EmbeddedRedis
-from hivemem.pool.settings import ConsolidationSettings, HivememSettings, WorkerSettings
+from hivemem.pool.settings import (
+    ConsolidationSettings,
+    HivememSettings,
+    SecuritySettings,
+    WorkerSettings,
+)
 from hivemem.workers.app import make_app
 from hivemem.workers.keys import WorkerKeys
 from hivemem.workers.runtime import WorkerRuntime, open_zone_store
@@ -193,6 +199,9 @@ def main() -> int:
         settings = HivememSettings(
             data_dir=root / "fleet",
             redis_url=server.url,
+            # Plain envelopes, as written above: the workers' own cost. With security on (the
+            # default) they would refuse them as unsigned; bench/security.py measures that path.
+            security=SecuritySettings(enabled=False),
             workers=WorkerSettings(
                 consolidation=ConsolidationSettings(threshold=10**9), store_idle_close_s=0.5
             ),
