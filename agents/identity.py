@@ -73,7 +73,9 @@ class Identity:
 
     def reauthorize(self) -> None:
         """Called when Redis refused the agent's login (a restarted Redis lost its ACL users):
-        restore the agent's user if it is still registered."""
+        restore the agent's user if it is still registered with the key this process holds (an
+        entry with another key is another process's registration of the id: its password is
+        not this process's to put back)."""
 
     def rejected(self, error: MessageRejected, topic: str, delivery: Delivery) -> None:
         """Called for each message a security check refused (nothing of it was applied)."""
@@ -173,9 +175,9 @@ class SecureIdentity(Identity):
         if acl is None or self.redis_password is None:
             return
         try:
-            info = self._registry.get(self.info.agent_id)
+            info = self._own(self._registry.get(self.info.agent_id))
         except AgentNotFound:
-            return  # deregistered: locked out for good
+            return  # deregistered, or registered again with another key: locked out for good
         acl.provision(
             info.agent_id,
             info.clearance,

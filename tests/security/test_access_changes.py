@@ -256,3 +256,25 @@ def test_a_registry_out_of_reach_stops_the_receiver_until_it_is_back(make_pool: 
     home.registry.client = reachable
     alice.memory.add("after", user_id="u1", zone=Zone.PUBLIC)
     assert wait_for(lambda: "after" in received(bob))
+
+
+def test_a_process_whose_agent_was_registered_again_elsewhere_lets_its_login_go(
+    make_pool: Callable[..., SharedMemoryPool],
+) -> None:
+    """The same agent id registered from another data directory gets a new key and Redis
+    password: the first process, refused at login, does not put its own password back (the
+    two restored theirs in turn, about twice a second, and the first one's writes never
+    went), so the second one's sends keep going."""
+    first = make_pool("p1").register_agent("twin", share_levels=[Level.CATEGORY])
+    assert first.wait_connected()
+    second = make_pool("p2").register_agent("twin", share_levels=[Level.CATEGORY])
+    observer = make_pool("p3").register_agent("observer")
+    assert second.wait_connected()
+    assert observer.wait_connected()
+    with structlog.testing.capture_logs() as logs:
+        for n in range(5):
+            second.memory.add(f"twin note {n}", user_id="u1", level=Level.CATEGORY)
+            time.sleep(0.3)
+        assert second.flush(10.0)
+    assert not [e for e in logs if e["event"] == "pool_agent_user_restored"]
+    assert wait_for(lambda: len(observer.memory.list_memories(user_id="u1")) == 5)
