@@ -7,6 +7,7 @@ the outbox; records others share arrive in ``agent.memory`` by themselves. Creat
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from hivemem.agents.identity import Identity
@@ -16,9 +17,11 @@ from hivemem.agents.outbox import Outbox
 from hivemem.agents.receiving import Receiver
 from hivemem.agents.sending import Sender, ShareObserver
 from hivemem.pool.adapters.redis_bus import RedisBus
+from hivemem.pool.adapters.redis_errors import REDIS_DOWN
 from hivemem.pool.adapters.redis_registry import AgentRegistry
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.envelope import PlainCodec
+from hivemem.pool.errors import SupersessionConflict
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.settings import PoolSettings
 
@@ -107,13 +110,16 @@ class Agent:
     def hand_over(self, to_agent: str, record: MemoryRecord | str) -> MemoryRecord:
         """Queue this agent's stored copy of ``record`` (a record or its id), vectors included,
         for ``to_agent``'s inbox and return that copy. Raises AgentNotFound when ``to_agent``
-        is not registered, MemoryNotFound when this agent's memory does not hold the record.
+        is not registered, MemoryNotFound when this agent's memory does not hold the record,
+        SupersessionConflict (naming the current version) for a version no longer current.
         Use :meth:`SharedMemoryPool.share_knowledge`, which also checks that ``to_agent`` is
         cleared for the record and the zone's policy (and audits a refusal): this is its last
         step (a receiver still refuses what is above its clearance)."""
         record_id = record_id_of(record)
         self._registry.get(to_agent)
         stored = self.memory.get(record_id, with_vectors=True)
+        if not stored.is_current:  # it would arrive current: the receiver has no later version
+            raise SupersessionConflict(stored.id, self.memory.get_history(stored.id)[-1].id)
         self._sharing.hand_over(to_agent, stored)
         return stored
 
@@ -130,8 +136,15 @@ class Agent:
         self._receiver.join()
         self.memory.close()
         self._outbox.close()
+        with contextlib.suppress(*REDIS_DOWN):  # not alive now; the key lapses anyway
+            self._registry.stopped(self.info.agent_id)
         if self._own_bus:
             self._bus.client.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def __enter__(self) -> Agent:
         return self

@@ -238,7 +238,7 @@ class HierarchicalMemory:
         return it. Unnamed fields are inherited, except that a new version of a record another
         agent shared is scoped to this memory's ``owner`` agent (it wrote it). Raises
         MemoryNotFound, SupersessionConflict when the record is no longer current, and
-        InvalidInput for a version of another user, zone or compartments than the record's
+        InvalidInput for a version of another user, level, zone or compartments than the record's
         (asked, or the zone the classifier lifts ``content`` to): it inherits the record's
         labels, and receivers refuse a version that moves its record."""
         self._check_open()

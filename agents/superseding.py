@@ -35,8 +35,15 @@ def _check_same_place(old: MemoryRecord, new: MemoryRecord) -> None:
     compartments (:func:`~hivemem.pool.records.acts_on`). A version inherits its record's labels
     (tags, entities, metadata): in a lower zone, or without a compartment, it would carry them
     to agents the record is hidden from; and every receiver refuses a version that changes any
-    of the three, so the agents would disagree on which version is current. To move a memory,
-    delete it and add it anew."""
+    of the three, so the agents would disagree on which version is current. It keeps the level
+    too: agents that receive the record's level and not the new one would keep the record
+    current, never told of its new version. To move a memory, delete it and add it anew."""
+    if new.level != old.level:
+        raise InvalidInput(
+            f"a new version keeps its record's level ({old.level.value}, not"
+            f" {new.level.value}): delete the record and add a new one instead",
+            field="level",
+        )
     if acts_on(new, old):
         return
     if new.scope.user_id != old.scope.user_id:

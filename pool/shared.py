@@ -201,7 +201,7 @@ class SharedMemoryPool:
             sync_interval=sync_interval,
             **optional,
         )
-        if agent_id in self._attached:
+        if self._held(agent_id) is not None:
             raise InvalidInput(f"agent {agent_id} is already attached here", field="agent_id")
         StoreDirectory.check_free(self.agent_dir(agent_id))  # before the registry changes
         info, _ = self._registrar.record(info)
@@ -218,9 +218,17 @@ class SharedMemoryPool:
         """Attach an agent registered earlier (by any process) here, as registered. Raises
         AgentNotFound, InvalidInput when it is attached here already, StoreLocked when another
         process has it attached."""
-        if check_agent_id(agent_id) in self._attached:
+        if self._held(check_agent_id(agent_id)) is not None:
             raise InvalidInput(f"agent {agent_id} is already attached here", field="agent_id")
         return self._attach(self.registry.get(agent_id))
+
+    def _held(self, agent_id: str) -> Agent | None:
+        """The agent attached here, unless it was closed (then it is attached here no more)."""
+        found = self._attached.get(agent_id)
+        if found is not None and found.closed:
+            del self._attached[agent_id]
+            return None
+        return found
 
     def _attach(self, info: AgentInfo) -> Agent:
         agent = self._attacher.attach(info)
@@ -232,7 +240,7 @@ class SharedMemoryPool:
 
     def agent(self, agent_id: str) -> Agent:
         """The agent attached in this process; raises AgentNotFound."""
-        found = self._attached.get(check_agent_id(agent_id))
+        found = self._held(check_agent_id(agent_id))
         if found is None:
             raise AgentNotFound(agent_id)
         return found

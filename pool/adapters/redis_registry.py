@@ -299,6 +299,11 @@ class AgentRegistry:
             self._alive_key(agent_id), str(time.time()), px=int(self.heartbeat_ttl_s * 1000)
         )
 
+    def stopped(self, agent_id: str) -> None:
+        """The agent's process closed it: no heartbeat any more (:meth:`is_alive` is False at
+        once, not a ``heartbeat_ttl_s`` later)."""
+        self.client.delete(self._alive_key(agent_id))
+
     def last_seen(self, agent_id: str) -> datetime | None:
         """When the agent last sent a heartbeat, if within the TTL. The key is the agent's
         own (its Redis user may write it): what is no heartbeat there (not a time, a key of

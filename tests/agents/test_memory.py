@@ -180,13 +180,15 @@ def test_superseding_a_stale_version_is_a_conflict(memory: HierarchicalMemory) -
 def test_a_new_version_keeps_its_records_user_and_zone(memory: HierarchicalMemory) -> None:
     """A new version inherits its record's labels and every receiver refuses one that changes
     user, zone or compartments: supersede raises InvalidInput naming the field, for a zone asked
-    or one the classifier lifts the new content to, and writes nothing."""
+    or one the classifier lifts the new content to, and writes nothing. It keeps the level too
+    (agents receiving only the old level would never hear of the new version)."""
     secret = memory.add("Ivo's vault code is 7713", user_id="ivo", zone=Zone.SECRET, tags=["v"])
     plain = memory.add("Ivo works on floor 3", user_id="ivo")
     attempts = [
         (secret.id, {"zone": Zone.PUBLIC}, "zone"),
         (plain.id, {"zone": Zone.CONFIDENTIAL}, "zone"),
         (plain.id, {"scope": {"user_id": "jan"}}, "scope"),
+        (plain.id, {"level": "category"}, "level"),
     ]
     for record_id, changes, field in attempts:
         with pytest.raises(InvalidInput, match="delete the record") as caught:

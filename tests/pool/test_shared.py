@@ -29,6 +29,7 @@ from hivemem.pool.errors import (
     MemoryNotFound,
     RegistrationConflict,
     StoreLocked,
+    SupersessionConflict,
 )
 from hivemem.pool.records import MemoryRecord, Scope
 from hivemem.pool.redis_server import EmbeddedRedis, free_port
@@ -499,3 +500,38 @@ def test_registering_an_agent_attached_elsewhere_changes_nothing(
     with pytest.raises(StoreLocked):
         elsewhere.register_agent("writer", share_levels=[])
     assert elsewhere.get_agent("writer").share_levels == [Level.EPISODE]
+
+
+def test_an_outdated_version_is_not_handed_over(make_pool: Callable[..., SharedMemoryPool]) -> None:
+    """share_knowledge of a version that is no longer current raises SupersessionConflict
+    naming the current one, and sends nothing: it arrived current, and the receiver had no
+    later version to tell it otherwise."""
+    pool = make_pool()
+    lead = pool.register_agent("lead")
+    intern = pool.register_agent("intern")
+    assert intern.wait_connected()
+    old = lead.memory.add("The release is rel-1", user_id="u1")
+    new = lead.memory.supersede(old.id, "The release is rel-2")
+    with pytest.raises(SupersessionConflict) as caught:
+        pool.share_knowledge("lead", "intern", old.id)
+    assert caught.value.current_id == new.id
+    pool.share_knowledge("lead", "intern", new.id)
+    assert wait_for(lambda: "The release is rel-2" in received(intern))
+    assert "The release is rel-1" not in received(intern)
+
+
+def test_a_closed_agent_can_be_attached_again(make_pool: Callable[..., SharedMemoryPool]) -> None:
+    """Agent.close() ends its attachment here: it is no longer alive at once, pool.agent()
+    no longer returns it, and the same pool attaches it again. Before, the pool kept the
+    closed handle ('already attached here') and the heartbeat lived on for its TTL."""
+    pool = make_pool()
+    agent = pool.register_agent("a1")
+    assert agent.wait_connected()
+    assert wait_for(lambda: pool.is_alive("a1"))
+    agent.close()
+    assert not pool.is_alive("a1")
+    with pytest.raises(AgentNotFound):
+        pool.agent("a1")
+    again = pool.attach("a1")
+    assert again.wait_connected()
+    assert pool.agent("a1") is again
