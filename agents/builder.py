@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import structlog
+from pydantic import TypeAdapter, ValidationError
 
 from hivemem.agents.inputs import MemoryInput
 from hivemem.agents.tiers import initial_tier
@@ -17,11 +18,14 @@ from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidContent, InvalidInput
 from hivemem.pool.ids import new_record_id
 from hivemem.pool.ports import Embedder, SparseEncoder, Vector
-from hivemem.pool.records import MemoryRecord, MetadataValue, Scope
+from hivemem.pool.records import MemoryRecord, Metadata, MetadataValue, Scope
 from hivemem.pool.settings import MemorySettings
 from hivemem.security.classifier import Classifier, record_text
 
 log = structlog.get_logger(__name__)
+
+#: Checks a record's metadata as MemoryRecord does.
+_METADATA: TypeAdapter[dict[str, MetadataValue]] = TypeAdapter(Metadata)
 
 #: The metadata key naming the sensitive-content detectors that fired on a record.
 SENSITIVE_KEY = "sensitive"
@@ -69,7 +73,7 @@ class RecordBuilder:
                 raise InvalidInput(
                     f"item {position}: valid_until precedes valid_from", field="valid_until"
                 )
-            zone, metadata = self._classified(item)
+            zone, metadata = self._classified(item, position)
             if self._gate is not None:
                 self._gate(zone, item.compartments)
             records.append(
@@ -105,7 +109,13 @@ class RecordBuilder:
             )
         return records
 
-    def _classified(self, item: MemoryInput) -> tuple[Zone, dict[str, MetadataValue]]:
+    def _classified(
+        self, item: MemoryInput, position: int
+    ) -> tuple[Zone, dict[str, MetadataValue]]:
+        """The zone and metadata of ``item`` once classified: the detectors that fired are
+        recorded under ``sensitive``. InvalidInput when the metadata has no room for them (at
+        the most keys or text a record holds): the record could not be stored, exported or
+        sent as it would be."""
         if self._classifier is None:
             return item.zone, item.metadata
         metadata = {k: v for k, v in item.metadata.items() if k != SENSITIVE_KEY}
@@ -116,7 +126,17 @@ class RecordBuilder:
         if found.lifted:
             log.info("record_zone_lifted", asked=item.zone.value, zone=found.zone.value,
                      detectors=found.detectors)  # fmt: skip
-        return found.zone, {**item.metadata, SENSITIVE_KEY: list(found.detectors)}
+        detectors: list[str | int | float | bool] = list(found.detectors)
+        marked: dict[str, MetadataValue] = {**item.metadata, SENSITIVE_KEY: detectors}
+        try:
+            _METADATA.validate_python(marked)
+        except (ValidationError, InvalidInput):
+            raise InvalidInput(
+                f"item {position}: sensitive content was found, and its metadata has no room "
+                f"for the {SENSITIVE_KEY!r} key that records it: give it fewer keys or less text",
+                field="metadata",
+            ) from None
+        return found.zone, marked
 
     def embed(self, records: Sequence[MemoryRecord]) -> tuple[list[MemoryRecord], Vector]:
         """The records with their sparse vectors, and their dense vectors as one float32 matrix

@@ -398,6 +398,24 @@ def test_a_long_batch_keeps_its_order_and_session_chain(memory: HierarchicalMemo
 
 
 @pytest.mark.parametrize(
+    "metadata",
+    [{f"k{n}": n for n in range(64)}, {"notes": "x" * 99_990}],
+    ids=["64 keys", "100,000 characters"],
+)
+def test_sensitive_content_needs_room_in_the_metadata(
+    memory: HierarchicalMemory, metadata: dict[str, object]
+) -> None:
+    """Metadata at a record's limit leaves no room for the ``sensitive`` key the classifier
+    adds: the add raises InvalidInput (field metadata) and stores nothing. It stored a record
+    past the limits before, which its own export could not import and receivers refused."""
+    with pytest.raises(InvalidInput, match="no room") as caught:
+        memory.add("mail jane.doe@example.com", user_id="u1", metadata=metadata)
+    assert caught.value.field == "metadata"
+    assert memory.stats().total == 0
+    assert memory.add("no address here", user_id="u1", metadata=metadata).metadata == metadata
+
+
+@pytest.mark.parametrize(
     ("fields", "detector"),
     [
         ({"metadata": {"card": "4111 1111 1111 1111"}}, "payment_card"),
