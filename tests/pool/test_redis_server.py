@@ -16,7 +16,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from hivemem.pool.errors import PoolUnavailable
 from hivemem.pool.redis_server import EmbeddedRedis, hide_password
+from hivemem.pool.settings import HivememSettings
+from hivemem.pool.shared import SharedMemoryPool
 
 
 def test_an_append_only_server_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
@@ -123,3 +126,35 @@ def test_the_server_dies_with_the_process_that_started_it(tmp_path: Path) -> Non
     finally:
         if owner.poll() is None:
             os.kill(owner.pid, signal.SIGKILL)
+
+
+def test_one_server_runs_on_a_directory_at_a_time(tmp_path: Path) -> None:
+    """A second server on a directory whose server runs (another process, or two pools on one
+    data directory) raises PoolUnavailable and starts nothing; once the first stops, it
+    starts. Before, both ran and appended to one append-only file, and the next start
+    replayed the two as one dataset."""
+    first = EmbeddedRedis(tmp_path / "redis", appendonly=True).start()
+    second = EmbeddedRedis(tmp_path / "redis", appendonly=True)
+    try:
+        with pytest.raises(PoolUnavailable, match="hivemem up"):
+            second.start()
+        assert not second.running
+        redis.Redis.from_url(first.url).set("k", "first")
+        first.stop()
+        second.start()
+        assert redis.Redis.from_url(second.url).get("k") == b"first"
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_two_pools_on_one_data_directory_share_no_embedded_redis(
+    tmp_path: Path, settings: HivememSettings
+) -> None:
+    """SharedMemoryPool.connect on a data directory whose embedded Redis another pool runs
+    raises PoolUnavailable (run ``hivemem up`` to share one) instead of starting a second
+    server beside it, whose agents never saw the first one's."""
+    here = HivememSettings(data_dir=tmp_path / "data", embedding=settings.embedding)
+    with SharedMemoryPool.connect(here), pytest.raises(PoolUnavailable, match="hivemem up"):
+        SharedMemoryPool.connect(here)
+    SharedMemoryPool.connect(here).close()
