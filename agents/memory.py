@@ -48,7 +48,7 @@ from hivemem.agents.write_path import WritePath
 from hivemem.pool.adapters.edge_index import EdgeIndex
 from hivemem.pool.enums import Zone
 from hivemem.pool.errors import InvalidInput, MemoryClosed
-from hivemem.pool.ids import check_scope_id
+from hivemem.pool.ids import check_record_id, check_scope_id
 from hivemem.pool.ports import (
     Embedder,
     LocalIndex,
@@ -327,6 +327,16 @@ class HierarchicalMemory:
         return self._writes.receive(records, tombstones, senders, rows)
 
     # -- reads ----------------------------------------------------------------------------------
+
+    def holds(self, record_ids: Sequence[str]) -> list[str]:
+        """The ids among ``record_ids`` of records stored here (current or superseded, not
+        deleted), in the order given; nothing is opened or counted as accessed. InvalidInput
+        for a bad id."""
+        self._check_open()
+        given = items_of(record_ids, str, field="record_ids")
+        ids = [check_record_id(i, field="record_ids") for i in given]
+        present = self._index.presence(ids)
+        return [i for i in ids if present.get(i) is False]
 
     def get(self, record_id: str, *, with_vectors: bool = False) -> MemoryRecord:
         """The record ``record_id`` (current or superseded); raises MemoryNotFound."""

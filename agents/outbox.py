@@ -16,6 +16,10 @@ The intent table is the memory's write-ahead record (a
 before the local index changes and crossed off once its messages are in the outbox, so that a
 process killed in between leaves what the next one needs to finish it (see
 :mod:`hivemem.agents.write_ahead`). It holds record ids only, never content.
+
+The handed table notes which agents each record was handed over to (a hand-over's copy arrives
+whatever the levels either agent shares or receives): its new versions and its tombstone go to
+their inboxes too, so that the copy does not stay current or alive there.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from typing import Literal
 from hivemem.pool.ports import Intent
 
 FILE_NAME = "outbox.sqlite3"
+#: Ids per SQLite query (its limit of bound parameters is 999 in older builds).
+_IDS_PER_QUERY = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +72,19 @@ class Outbox:
             "CREATE TABLE IF NOT EXISTS intents (entry INTEGER PRIMARY KEY AUTOINCREMENT,"
             " kind TEXT NOT NULL, ids TEXT NOT NULL, deleted_at TEXT)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS handed (record_id TEXT NOT NULL, agent TEXT NOT NULL,"
+            " PRIMARY KEY (record_id, agent))"
+        )
 
-    def put(self, messages: Sequence[tuple[str, str, bytes]]) -> None:
-        """Commit ``(topic, message_id, body)`` messages, all or none."""
+    def put(
+        self,
+        messages: Sequence[tuple[str, str, bytes]],
+        *,
+        handed: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Commit ``(topic, message_id, body)`` messages, all or none, and with them the
+        ``(record id, agent)`` hand-overs they make (see :meth:`handed_to`)."""
         if not messages:
             return
         with self._lock:
@@ -77,10 +93,28 @@ class Outbox:
                 self._db.executemany(
                     "INSERT INTO outbox (topic, message_id, body) VALUES (?, ?, ?)", messages
                 )
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO handed (record_id, agent) VALUES (?, ?)", handed
+                )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def handed_to(self, record_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The agents each of ``record_ids`` was handed over to (only those handed over)."""
+        found: dict[str, list[str]] = {}
+        with self._lock:
+            for start in range(0, len(record_ids), _IDS_PER_QUERY):
+                chunk = list(record_ids[start : start + _IDS_PER_QUERY])
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT record_id, agent FROM handed WHERE record_id IN ({marks})",  # noqa: S608 - placeholders only
+                    chunk,
+                )
+                for record_id, agent in rows:
+                    found.setdefault(record_id, []).append(agent)
+        return found
 
     def peek(self, limit: int, max_bytes: int | None = None) -> list[Pending]:
         """The oldest ``limit`` messages, oldest first; with ``max_bytes``, the longest run of

@@ -370,7 +370,13 @@ class Receiver(threading.Thread):
                         records.append(record)
                         senders.append(envelope.sender)
                         rows.append(row)
-                tombstones.extend(t for t in envelope.tombstones if t.level in wanted)
+                # A tombstone of a level not asked for still deletes a copy held here (a
+                # hand-over's, one received before receive_levels narrowed, or a forget's).
+                unasked = [t.id for t in envelope.tombstones if t.level not in wanted]
+                held = set(self._memory.holds(unasked)) if unasked else set()
+                tombstones.extend(
+                    t for t in envelope.tombstones if t.level in wanted or t.id in held
+                )
                 if len(records) + len(tombstones) >= self._settings.send_batch:
                     self._store(records, senders, rows, tombstones)
                     records, senders, rows, tombstones = [], [], [], []

@@ -40,6 +40,24 @@ def _group(item: MemoryRecord | Tombstone) -> _Group:
     return item.zone, tuple(item.compartments), item.scope.user_id
 
 
+def _by_agent(
+    items: Sequence[T], handed: dict[str, list[str]], record_of: Callable[[T], str | None]
+) -> dict[str, list[T]]:
+    """``items`` by the agents the record each names (``record_of``) was handed over to."""
+    found: dict[str, list[T]] = {}
+    for item in items:
+        for agent in handed.get(record_of(item) or "", []):
+            found.setdefault(agent, []).append(item)
+    return found
+
+
+def _by_zone(tombstones: Sequence[Tombstone]) -> dict[Zone, list[Tombstone]]:
+    found: dict[Zone, list[Tombstone]] = {}
+    for tombstone in tombstones:
+        found.setdefault(tombstone.zone, []).append(tombstone)
+    return found
+
+
 def _own_queue(topic: str, agent_id: str) -> str:
     """``topic``; for a zone's shared ingest queue (a message put in the outbox before each
     agent had a queue of its own, which its Redis user alone may write), the agent's own."""
@@ -83,14 +101,35 @@ class ShareObserver:
             )
 
         shared = [pair for pair in pairs if self._shares(pair[0].zone, pair[0].level)]
-        self._send(self._messages(pairs, shared, lambda pair: _group(pair[0]), envelope_of))
+        messages = self._messages(pairs, shared, lambda pair: _group(pair[0]), envelope_of)
+        versions = [pair for pair in pairs if pair[0].supersedes is not None]
+        handed = self._outbox.handed_to([r.supersedes for r, _ in versions if r.supersedes])
+        notes: list[tuple[str, str]] = []
+        for agent, chosen in _by_agent(versions, handed, lambda p: p[0].supersedes).items():
+            for pair in chosen:  # a new version of a record handed over follows it there
+                messages += self._to_inbox(agent, [pair[0]], [pair[1]])
+                notes.append((pair[0].id, agent))
+        self._send(messages, handed=notes)
 
     def tombstones_written(self, tombstones: Sequence[Tombstone]) -> None:
         def envelope_of(part: list[Tombstone]) -> Envelope:
             return make_envelope(sender=self._info.agent_id, zone=part[0].zone, tombstones=part)
 
         shared = [t for t in tombstones if self._shares(t.zone, t.level)]
-        self._send(self._messages(tombstones, shared, _group, envelope_of))
+        messages = self._messages(tombstones, shared, _group, envelope_of)
+        handed = self._outbox.handed_to([t.id for t in tombstones])
+        for agent, chosen in _by_agent(tombstones, handed, lambda t: t.id).items():
+            for part in _by_zone(chosen).values():  # a record handed over is deleted there too
+
+                def to_agent(items: list[Tombstone], agent: str = agent) -> Envelope:
+                    return make_envelope(sender=self._info.agent_id, zone=items[0].zone,
+                                         tombstones=items, to=agent)  # fmt: skip
+
+                messages += [
+                    (inbox_topic(agent), envelope.message_id, body)
+                    for envelope, body in self._fitted(part, to_agent)
+                ]
+        self._send(messages)
 
     def _shares(self, zone: Zone, level: Level) -> bool:
         """The agent shares the level, and the zone's policy lets it travel."""
@@ -152,23 +191,36 @@ class ShareObserver:
 
     def hand_over(self, to_agent: str, record: MemoryRecord) -> None:
         """Queue ``record`` (with its vector) for ``to_agent``'s inbox (MessageTooLarge: it
-        fits in no message)."""
+        fits in no message), and note the hand-over: the record's new versions and tombstone
+        follow it there."""
+        self._send(self._to_inbox(to_agent, [record], [record.vector]),
+                   handed=[(record.id, to_agent)])  # fmt: skip
 
-        def envelope_of(part: list[MemoryRecord]) -> Envelope:
+    def _to_inbox(
+        self, to_agent: str, records: list[MemoryRecord], rows: Sequence[Row]
+    ) -> list[tuple[str, str, bytes]]:
+        """The messages that put ``records`` (one zone's, with their vectors ``rows``) in
+        ``to_agent``'s inbox."""
+
+        def envelope_of(part: list[tuple[MemoryRecord, Row]]) -> Envelope:
             return make_envelope(
-                sender=self._info.agent_id, zone=record.zone, records=part, to=to_agent
+                sender=self._info.agent_id,
+                zone=part[0][0].zone,
+                records=[r for r, _ in part],
+                dense=[row for _, row in part],
+                to=to_agent,
             )
 
-        self._send(
-            [
-                (inbox_topic(to_agent), envelope.message_id, body)
-                for envelope, body in self._fitted([record], envelope_of)
-            ]
-        )
+        return [
+            (inbox_topic(to_agent), envelope.message_id, body)
+            for envelope, body in self._fitted(list(zip(records, rows, strict=True)), envelope_of)
+        ]
 
-    def _send(self, messages: list[tuple[str, str, bytes]]) -> None:
+    def _send(
+        self, messages: list[tuple[str, str, bytes]], *, handed: Sequence[tuple[str, str]] = ()
+    ) -> None:
         if messages:
-            self._outbox.put(messages)
+            self._outbox.put(messages, handed=handed)
             self._wake()
 
 

@@ -535,3 +535,36 @@ def test_a_closed_agent_can_be_attached_again(make_pool: Callable[..., SharedMem
     again = pool.attach("a1")
     assert again.wait_connected()
     assert pool.agent("a1") is again
+
+
+def test_a_handed_over_record_follows_its_versions_and_deletion(
+    make_pool: Callable[..., SharedMemoryPool],
+) -> None:
+    """A record handed over (whatever the levels either agent shares or receives) is kept in
+    step with the sender: its new version reaches the receiver's inbox too, the copy there is
+    superseded by it, and its deletion deletes the copy. A receiver that does not receive a
+    level still applies a tombstone of a copy it holds. Before, the copies stayed current and
+    searchable for good."""
+    pool = make_pool()
+    lead = pool.register_agent("lead", share_levels=[])  # shares nothing by itself
+    intern = pool.register_agent("intern")
+    a = pool.register_agent("a", share_levels=[Level.EPISODE, Level.CATEGORY])
+    b = pool.register_agent("b", receive_levels=[Level.CATEGORY])
+    assert intern.wait_connected()
+    assert b.wait_connected()
+    tip = lead.memory.add("Restart the build agent before a release", user_id="u1")
+    pool.share_knowledge("lead", "intern", tip)
+    assert wait_for(lambda: "Restart the build agent before a release" in received(intern))
+    new = lead.memory.supersede(tip.id, "Restart the build agent and clear caches")
+    assert wait_for(lambda: "Restart the build agent and clear caches" in received(intern))
+    held = received(intern)
+    assert held["Restart the build agent before a release"].superseded_by == new.id
+    current = intern.memory.search("build agent release", user_id="u1")
+    assert [h.record.id for h in current] == [new.id]
+    episode = add(a, "raw chat: printer broken", Level.EPISODE, Zone.PUBLIC)
+    pool.share_knowledge("a", "b", episode)
+    assert wait_for(lambda: "raw chat: printer broken" in received(b))
+    lead.memory.delete(new.id)
+    a.memory.delete(episode.id)
+    assert wait_for(lambda: received(intern) == {})
+    assert wait_for(lambda: received(b) == {})
