@@ -104,7 +104,7 @@ class Agent:
         """Wait until every queued message is acknowledged by Redis; False on timeout.
         InvalidInput when ``timeout_s`` is not a number of seconds from 0."""
         timeout_s = check_seconds(timeout_s, field="timeout_s")
-        self._sender.wake()
+        self._sender.send_now()  # sync_interval is no reason to wait here
         return self._sender.wait_idle(timeout_s)
 
     def hand_over(self, to_agent: str, record: MemoryRecord | str) -> MemoryRecord:
@@ -129,6 +129,7 @@ class Agent:
         if self._closed:
             return
         self._closed = True
+        self._sender.send_now()
         self._sender.wait_idle(_CLOSE_DRAIN_S)
         self._sender.stop()
         self._receiver.stop()

@@ -246,6 +246,8 @@ class Sender(threading.Thread):
         self._relay = relay or bus
         self._settings = settings
         self._wake = threading.Event()
+        #: Send without waiting out ``sync_interval`` (a flush, a close, a stop).
+        self._now = threading.Event()
         self._halt = threading.Event()
         self._idle = threading.Condition()
         self._backoff = Backoff(settings, self._halt)
@@ -253,16 +255,22 @@ class Sender(threading.Thread):
     def wake(self) -> None:
         self._wake.set()
 
+    def send_now(self) -> None:
+        """Wake the sender and cut its ``sync_interval`` wait short: what is queued goes now."""
+        self._now.set()
+        self._wake.set()
+
     def stop(self) -> None:
         self._halt.set()
-        self._wake.set()
+        self.send_now()
 
     def run(self) -> None:
         interval_s = self._info.sync_interval
         while not self._halt.is_set():
             self._wake.wait(timeout=1.0)
             if interval_s > 0:
-                self._halt.wait(interval_s)
+                self._now.wait(interval_s)
+            self._now.clear()
             self._wake.clear()
             self._drain()
 

@@ -568,3 +568,24 @@ def test_a_handed_over_record_follows_its_versions_and_deletion(
     a.memory.delete(episode.id)
     assert wait_for(lambda: received(intern) == {})
     assert wait_for(lambda: received(b) == {})
+
+
+def test_flush_and_close_send_at_once_whatever_the_sync_interval(
+    make_pool: Callable[..., SharedMemoryPool],
+) -> None:
+    """An agent that sends once per 30 s sends at once when flushed, and what it queued when
+    it is closed goes before the close returns. flush() waited out the interval before (and
+    timed out), and close() stopped the sender with the messages still queued."""
+    pool = make_pool()
+    slow = pool.register_agent("slow", share_levels=[Level.CATEGORY], sync_interval=30)
+    peer = pool.register_agent("peer")
+    assert slow.wait_connected()
+    assert peer.wait_connected()
+    add(slow, "flushed at once", Level.CATEGORY, Zone.PUBLIC)
+    started = time.monotonic()
+    assert slow.flush(5.0)
+    assert time.monotonic() - started < 5.0
+    assert wait_for(lambda: "flushed at once" in received(peer))
+    add(slow, "sent by the close", Level.CATEGORY, Zone.PUBLIC)
+    slow.close()
+    assert wait_for(lambda: "sent by the close" in received(peer))
