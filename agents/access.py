@@ -45,7 +45,8 @@ class AccessTracker:
         self._max_pending = max_pending
         self._wake = threading.Event()
         self._pending: Counter[str] = Counter()
-        self._last_seen: datetime | None = None
+        #: When each pending id was last accessed.
+        self._seen: dict[str, datetime] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one read-modify-write of counts at a time
         self._stop = threading.Event()
@@ -54,8 +55,9 @@ class AccessTracker:
     def touch(self, ids: Iterable[str], now: datetime) -> None:
         """Count one access of each id (written within ``interval_s``)."""
         with self._lock:
+            ids = list(ids)
             self._pending.update(ids)
-            self._last_seen = now
+            self._seen.update(dict.fromkeys(ids, now))
             if len(self._pending) >= self._max_pending:
                 self._wake.set()
             if self._thread is None:
@@ -78,8 +80,8 @@ class AccessTracker:
         with self._flush_lock:
             with self._lock:
                 pending, self._pending = self._pending, Counter()
-                seen = self._last_seen
-            if pending and seen is not None:
+                seen, self._seen = self._seen, {}
+            if pending:
                 self._write(pending, seen)
 
     def close(self) -> None:
@@ -90,7 +92,7 @@ class AccessTracker:
             self._thread.join()
         self.flush()
 
-    def _write(self, pending: Counter[str], seen: datetime) -> None:
+    def _write(self, pending: Counter[str], seen: dict[str, datetime]) -> None:
         """In chunks, reading only the counts and tiers: each chunk holds the index (and the
         memory's writes) briefly, so searches and writes running meanwhile are not held up."""
         ids = list(pending)
@@ -100,7 +102,9 @@ class AccessTracker:
             if promoted:
                 self._tiers.invalidate()
 
-    def _write_chunk(self, ids: list[str], pending: Counter[str], seen: datetime) -> bool:
+    def _write_chunk(
+        self, ids: list[str], pending: Counter[str], seen: dict[str, datetime]
+    ) -> bool:
         """Add the chunk's counts to those of its records still live; whether any was
         promoted."""
         facts = self._index.retention_facts_of(ids)
@@ -108,7 +112,7 @@ class AccessTracker:
         promoted = self._tiers.promotions((f.id, f.tier, counts[f.id]) for f in facts)
         self._index.update_fields(
             {
-                f.id: {"access_count": counts[f.id], "last_accessed_at": seen}
+                f.id: {"access_count": counts[f.id], "last_accessed_at": seen[f.id]}
                 | ({"tier": promoted[f.id]} if f.id in promoted else {})
                 for f in facts
             }

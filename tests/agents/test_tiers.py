@@ -94,6 +94,24 @@ def test_repeated_access_promotes_to_long_term(make_memory: MakeMemory, data_dir
     assert promoted.last_accessed_at is not None
 
 
+def test_each_record_keeps_the_time_of_its_own_last_access(
+    memory: HierarchicalMemory, clock: Clock
+) -> None:
+    """Accesses buffered together are written with each record's own last time: one read on
+    day 1 and another on day 20 of one buffer keep their days. Both got the latest before,
+    and retention took the first for recently used."""
+    early = memory.add("the boiler manual is in the attic", user_id="u")
+    late = memory.add("the bike lock code is 4417", user_id="u")
+    memory.flush()
+    first = clock.advance(days=1)
+    memory.get(early.id)
+    second = clock.advance(days=19)
+    memory.get(late.id)
+    memory.flush()
+    assert memory.get(early.id).last_accessed_at == first
+    assert memory.get(late.id).last_accessed_at == second
+
+
 def test_searches_can_leave_access_counts_alone(memory: HierarchicalMemory) -> None:
     """track_access=False searches do not count as accesses."""
     record = memory.add("quiet lookup", user_id="u")
