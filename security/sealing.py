@@ -19,13 +19,15 @@ Sealed values travel as text, in one of two versions (unpadded base64url):
   The associated data is ``hivemem/v2|<zone>|<key id>|<subject>|<secret id>|<context>``.
 
 Either way a sealed value opens only for the zone, key, subject and caller context (e.g. the
-record id) it was sealed for, and a subject with no secret (shredded) makes every value sealed
-for it raise KeyUnavailable (``subject forgotten``). The stamp tells a value sealed under an
-earlier secret of its subject (forgotten, then the same subject id sealed for again: a new
-secret) from an altered one: its MAC, checked with the zone's key alone, authenticates every
-byte of the value, so an altered value raises SealBroken; an authentic one whose secret id is
-not that of the subject's secret now raises KeyUnavailable (``subject forgotten``) too. A
-version-1 value of an earlier secret raises SealBroken: nothing tells it from an altered one.
+record id) it was sealed for, and a subject with no secret (shredded) makes every authentic
+value sealed for it raise KeyUnavailable (``subject forgotten``). The stamp tells a value sealed
+under an earlier secret of its subject (forgotten, then the same subject id sealed for again: a
+new secret) from an altered one: its MAC, checked first and with the zone's key alone,
+authenticates every byte of the value and its subject, so an altered value raises SealBroken
+whether or not its subject has a secret; an authentic one whose secret id is not that of the
+subject's secret now raises KeyUnavailable (``subject forgotten``) too. A version-1 value of an
+earlier secret raises SealBroken (nothing tells it from an altered one), and one of a subject
+with no secret reads as forgotten whatever its bytes, as before stamps.
 
 What the stamp shows: the secret id is the same on every value sealed under one secret, so it
 links a subject's values to each other, as the subject id kept in clear beside them (a
@@ -274,10 +276,12 @@ class Sealer:
             dek = deks.get(sealed.key_id)
             if dek is None:
                 dek = deks[sealed.key_id] = self._keyring.get(zone, sealed.key_id)
+            # The stamp first: it needs the zone's key only, so an altered value raises
+            # SealBroken even when its subject (as given, or as changed) has no secret.
+            self._check_stamp(zone, dek, (sealed, context, subject))
             found = keys.get((dek.key_id, subject))
             if found is None:
                 found = keys[dek.key_id, subject] = self._content(dek, subject, create=False)
-            self._check_stamp(zone, dek, (sealed, context, subject))
             aead, secret_id = found
             if sealed.stamp is None:
                 secret_id = None

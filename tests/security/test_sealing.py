@@ -150,9 +150,11 @@ def test_a_stamped_value_altered_in_any_byte_still_raises_seal_broken(
 ) -> None:
     """A value of an earlier secret reads as forgotten only when authentic: a flipped bit in
     the stamp (its secret id or MAC), nonce or ciphertext, or another context or subject raises
-    SealBroken, before the shred and once a new secret exists; stripped of its stamp it does
-    not open as version 1 either. In between, with no secret, every value sealed for the
-    subject reads as forgotten, whatever its bytes, as before stamps."""
+    SealBroken, before the shred, in between (no secret: the stamp is checked with the zone's
+    key alone, first) and once a new secret exists; stripped of its stamp it does not open as
+    version 1 either, and reads as forgotten in between (no stamp to check). An altered value
+    of a forgotten subject read as forgotten before: one with store access could hide a record
+    as forgotten without a tamper alarm."""
     keyring.subject_secret("user-2")
     sealed = sealer.seal(Zone.SECRET, b"salary: 100", context=RECORD, subject="user-1")
     assert sealed.stamp is not None
@@ -174,7 +176,7 @@ def test_a_stamped_value_altered_in_any_byte_still_raises_seal_broken(
             sealer.seal(Zone.SECRET, b"salary: 120", context=RECORD, subject="user-1")
         stripped = dataclasses.replace(sealed, stamp=None)
         for changed, context, subject in [*altered, (stripped, RECORD, "user-1")]:
-            forgotten = stage == "shredded" and subject == "user-1"
+            forgotten = stage == "shredded" and subject == "user-1" and changed.stamp is None
             with pytest.raises(KeyUnavailable if forgotten else SealBroken):
                 sealer.open(Zone.SECRET, changed, context=context, subject=subject)
     with pytest.raises(KeyUnavailable, match="subject forgotten"):
@@ -389,3 +391,14 @@ def test_from_text_never_crashes(text: str) -> None:
     except InvalidInput:
         return
     assert sealed.to_text() == text
+
+
+def test_a_value_moved_to_a_user_without_a_secret_raises_seal_broken(
+    sealer: Sealer, keyring: ZoneKeyring
+) -> None:
+    """A stamped value whose subject is changed (a record's user id, stored in clear) to one
+    that never had a secret raises SealBroken: it read as 'subject forgotten', which reads skip."""
+    sealed = sealer.seal(Zone.SECRET, b"salary: 100", context=RECORD, subject="user-1")
+    assert keyring.subject_secret("nobody-yet", create=False) is None
+    with pytest.raises(SealBroken):
+        sealer.open(Zone.SECRET, sealed, context=RECORD, subject="nobody-yet")
