@@ -117,10 +117,13 @@ class Agent:
         step (a receiver still refuses what is above its clearance)."""
         record_id = record_id_of(record)
         self._registry.get(to_agent)
-        stored = self.memory.get(record_id, with_vectors=True)
-        if not stored.is_current:  # it would arrive current: the receiver has no later version
-            raise SupersessionConflict(stored.id, self.memory.get_history(stored.id)[-1].id)
-        self._sharing.hand_over(to_agent, stored)
+        # Under the memory's write lock: a delete or a new version written meanwhile would look
+        # for the hand-over's note before it is made, and never follow it to the inbox.
+        with self.memory.hold_writes():
+            stored = self.memory.get(record_id, with_vectors=True)
+            if not stored.is_current:  # it would arrive current: the receiver has no later one
+                raise SupersessionConflict(stored.id, self.memory.get_history(stored.id)[-1].id)
+            self._sharing.hand_over(to_agent, stored)
         return stored
 
     def close(self) -> None:

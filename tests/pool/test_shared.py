@@ -4,6 +4,7 @@ tests are in test_sync_processes.py."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -589,3 +590,42 @@ def test_flush_and_close_send_at_once_whatever_the_sync_interval(
     add(slow, "sent by the close", Level.CATEGORY, Zone.PUBLIC)
     slow.close()
     assert wait_for(lambda: "sent by the close" in received(peer))
+
+
+@pytest.mark.parametrize("write", ["delete", "supersede"])
+def test_a_write_racing_a_hand_over_still_follows_it(
+    make_pool: Callable[..., SharedMemoryPool], write: str
+) -> None:
+    """Another thread of the sender deletes or supersedes the record while it is being handed
+    over (after the hand-over read it, before it noted it): that write waits for the
+    hand-over, finds its note, and follows it to the receiver. Before, it ran in between, found
+    no note, and the receiver's copy stayed alive and current for good."""
+    pool = make_pool()
+    sender = pool.register_agent("sender", share_levels=[])
+    receiver = pool.register_agent("receiver")
+    assert receiver.wait_connected()
+    record = sender.memory.add("the harbour opens at six", user_id="u1")
+    queue_hand_over = sender._sharing.hand_over
+    racing: list[threading.Thread] = []
+
+    def other_thread_writes(to_agent: str, stored: MemoryRecord) -> None:
+        if write == "delete":
+            other = threading.Thread(target=sender.memory.delete, args=(record.id,))
+        else:
+            other = threading.Thread(
+                target=sender.memory.supersede, args=(record.id, "the harbour opens at seven")
+            )
+        other.start()
+        racing.append(other)
+        time.sleep(0.3)  # the other write runs now, unless the hand-over holds it off
+        queue_hand_over(to_agent, stored)
+
+    sender._sharing.hand_over = other_thread_writes  # type: ignore[method-assign]
+    pool.share_knowledge("sender", "receiver", record.id)
+    racing[0].join()
+    if write == "delete":
+        assert wait_for(lambda: received(receiver) == {} and sender.pending == 0)
+        assert receiver.memory.holds([record.id]) == []
+    else:
+        assert wait_for(lambda: "the harbour opens at seven" in received(receiver))
+        assert not received(receiver)["the harbour opens at six"].is_current
