@@ -9,7 +9,9 @@ SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives the proce
 (the operating system holds it); a power cut may lose the last commits. ``durable=True``
 (``synchronous=FULL``) syncs every commit to disk, at about a millisecond more per write here.
 
-The cursor table holds, per topic, the epoch and sequence number up to which this agent applied.
+The cursor table holds, per topic, the epoch and sequence number up to which this agent applied,
+and a digest of the message at that number (a Redis restored from older data may number other
+messages the same: the receiver compares the stream's entry there with it).
 
 The intent table is the memory's write-ahead record (a
 :class:`~hivemem.pool.ports.WriteJournal`): each write the pool must hear of is noted there
@@ -66,8 +68,11 @@ class Outbox:
         )
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS cursors (topic TEXT PRIMARY KEY, epoch TEXT NOT NULL,"
-            " seq INTEGER NOT NULL)"
+            " seq INTEGER NOT NULL, digest BLOB)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(cursors)")}
+        if "digest" not in columns:  # an outbox made before the digests
+            self._db.execute("ALTER TABLE cursors ADD COLUMN digest BLOB")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS intents (entry INTEGER PRIMARY KEY AUTOINCREMENT,"
             " kind TEXT NOT NULL, ids TEXT NOT NULL, deleted_at TEXT)"
@@ -144,20 +149,24 @@ class Outbox:
             (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
         return int(count)
 
-    def cursor(self, topic: str) -> tuple[str | None, int]:
-        """``(epoch, seq)`` applied so far on ``topic``; ``(None, 0)`` before the first."""
+    def cursor(self, topic: str) -> tuple[str | None, int, bytes | None]:
+        """``(epoch, seq, digest)`` applied so far on ``topic`` (``digest``: of the message at
+        ``seq``, None when not kept); ``(None, 0, None)`` before the first."""
         with self._lock:
             row = self._db.execute(
-                "SELECT epoch, seq FROM cursors WHERE topic = ?", (topic,)
+                "SELECT epoch, seq, digest FROM cursors WHERE topic = ?", (topic,)
             ).fetchone()
-        return (None, 0) if row is None else (row[0], int(row[1]))
+        if row is None:
+            return None, 0, None
+        return row[0], int(row[1]), None if row[2] is None else bytes(row[2])
 
-    def set_cursor(self, topic: str, epoch: str, seq: int) -> None:
+    def set_cursor(self, topic: str, epoch: str, seq: int, digest: bytes | None = None) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO cursors (topic, epoch, seq) VALUES (?, ?, ?) ON CONFLICT (topic)"
-                " DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
-                (topic, epoch, seq),
+                "INSERT INTO cursors (topic, epoch, seq, digest) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (topic) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq,"
+                " digest = excluded.digest",
+                (topic, epoch, seq, digest),
             )
 
     # -- the write-ahead record (a WriteJournal) -----------------------------------------------

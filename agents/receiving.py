@@ -15,6 +15,7 @@ looks again every heartbeat interval, in case the agent is registered again.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from hivemem.agents.memory import HierarchicalMemory
 from hivemem.agents.outbox import Outbox
 from hivemem.agents.sync import REDIS_DOWN, Backoff, is_denied
 from hivemem.pool.adapters.redis_bus import (
+    Backlog,
     Delivery,
     RedisBus,
     compartment_glob,
@@ -67,8 +69,28 @@ class _EntryChanged(Exception):
 class _Cursor:
     epoch: str | None
     seq: int
+    #: A digest of the message at ``seq`` (kept with the cursor; None: not known).
+    digest: bytes | None = None
     #: The bytes of the message at ``seq``, once this process judged it (None after a restart).
     data: bytes | None = None
+
+
+def _start_over(backlog: Backlog, cursor: _Cursor, *, moved: bool) -> str | None:
+    """Why the topic must be read from the start of its stream (None: from the cursor on):
+    Redis lost its data (a new epoch), or restored older data (its counter went back below the
+    cursor, or, ``moved``, another message stands at the cursor's number)."""
+    if backlog.epoch != cursor.epoch:
+        return "new epoch: Redis lost its data"
+    if backlog.last_seq < cursor.seq:
+        return "the topic's counter went back: Redis restored older data"
+    if moved:
+        return "another message at the cursor: Redis restored older data"
+    return None
+
+
+def _digest(data: bytes) -> bytes:
+    """What a cursor keeps of the message it stands on."""
+    return hashlib.sha256(data).digest()[:16]
 
 
 def _contested(cursor: _Cursor, delivery: Delivery) -> bool:
@@ -292,9 +314,12 @@ class Receiver(threading.Thread):
     def _catch_up(self, topic: str) -> None:
         """Apply what the topic's stream holds after the cursor."""
         cursor = self._cursors[topic]
+        checked = False  # the entry at the cursor, against the cursor's digest
         while not self._halt.is_set():
             try:
                 backlog = self._bus.read(topic, cursor.seq, limit=_READ_MESSAGES)
+                moved = not checked and self._moved(topic, cursor)
+                checked = True
             except redis.ResponseError as error:
                 if is_denied(error):
                     raise
@@ -305,20 +330,13 @@ class Receiver(threading.Thread):
                 return
             if backlog.epoch is None:
                 return
-            if backlog.epoch != cursor.epoch or backlog.last_seq < cursor.seq:
+            reason = _start_over(backlog, cursor, moved=moved)
+            if reason is not None:
                 if cursor.epoch is not None:
-                    log.warning(
-                        "pool_rebootstrap",
-                        agent_id=self._info.agent_id,
-                        topic=topic,
-                        reason="new epoch: Redis lost its data"
-                        if backlog.epoch != cursor.epoch
-                        else "the topic's counter went back: Redis restored older data",
-                        cursor=cursor.seq,
-                        last_seq=backlog.last_seq,
-                        source="stream",
-                    )
-                cursor.epoch, cursor.seq, cursor.data = backlog.epoch, 0, None
+                    log.warning("pool_rebootstrap", agent_id=self._info.agent_id, topic=topic,
+                                reason=reason, cursor=cursor.seq, last_seq=backlog.last_seq,
+                                source="stream")  # fmt: skip
+                cursor.epoch, cursor.seq, cursor.digest, cursor.data = backlog.epoch, 0, None, None
                 continue
             if backlog.trimmed:
                 log.warning(
@@ -386,10 +404,21 @@ class Receiver(threading.Thread):
                 self._advance(topic, judged)
 
     def _advance(self, topic: str, delivery: Delivery) -> None:
-        """Move the topic's cursor to ``delivery`` and keep it."""
+        """Move the topic's cursor to ``delivery`` and keep it, with its digest."""
         cursor = self._cursors[topic]
         cursor.seq, cursor.data = delivery.seq, delivery.data
-        self._outbox.set_cursor(topic, cursor.epoch or delivery.epoch, cursor.seq)
+        cursor.digest = _digest(delivery.data)
+        self._outbox.set_cursor(topic, cursor.epoch or delivery.epoch, cursor.seq, cursor.digest)
+
+    def _moved(self, topic: str, cursor: _Cursor) -> bool:
+        """Whether the topic's stream holds another message than the one the cursor stands on,
+        at its number: a Redis restored from older data numbered new messages again, and the
+        counter may already be back past the cursor. No entry there (trimmed, or never written)
+        says nothing."""
+        if cursor.digest is None or cursor.seq == 0:
+            return False
+        body = self._bus.at(topic, cursor.seq)
+        return body is not None and _digest(body) != cursor.digest
 
     def _store(
         self,

@@ -347,6 +347,14 @@ class RedisBus:
         first = deliveries[0].seq if deliveries else last_seq + 1
         return Backlog(epoch, last_seq, deliveries, trimmed=first > after + 1)
 
+    def at(self, topic: str, seq: int) -> bytes | None:
+        """The body of the topic's stream entry numbered ``seq`` (None: no such entry)."""
+        entries = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]",
+            self.client.xrange(self._key(topic, "stream"), min=f"{seq}-0", max=f"{seq}-0"),
+        )
+        return bytes(entries[0][1].get(b"d", b"")) if entries else None
+
     def parse_live(self, channel: bytes | str, data: bytes) -> Delivery:
         """A pub/sub message as a Delivery; raises InvalidMessage when it is not one of ours."""
         parts = data.split(b" ", 3) if isinstance(data, bytes) else []

@@ -3,6 +3,7 @@ directory)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hivemem.agents.memory import HierarchicalMemory
-from hivemem.agents.outbox import Outbox
+from hivemem.agents.outbox import FILE_NAME, Outbox
 from hivemem.pool.errors import SealBroken
 from hivemem.pool.ports import Intent, Vector
 from hivemem.pool.records import MemoryRecord, Tombstone
@@ -34,12 +35,12 @@ def test_pending_messages_and_cursors_survive_reopening(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path)
     outbox.put([("zone:public", "a" * 32, b"kept")])
     outbox.set_cursor("zone:public", "epoch-1", 41)
-    outbox.set_cursor("zone:public", "epoch-1", 42)
+    outbox.set_cursor("zone:public", "epoch-1", 42, b"d" * 16)
     outbox.close()
     reopened = Outbox(tmp_path, durable=True)
     assert [(p.message_id, p.body) for p in reopened.peek(5)] == [("a" * 32, b"kept")]
-    assert reopened.cursor("zone:public") == ("epoch-1", 42)
-    assert reopened.cursor("zone:secret") == (None, 0)
+    assert reopened.cursor("zone:public") == ("epoch-1", 42, b"d" * 16)
+    assert reopened.cursor("zone:secret") == (None, 0, None)
     reopened.close()
 
 
@@ -87,3 +88,20 @@ def test_a_removal_whose_tombstones_are_refused_changes_nothing_now_or_later(
         memory.delete(record.id)
     assert memory.get(record.id).content == "kept after all"
     assert list(outbox.unfinished()) == []
+
+
+def test_an_outbox_made_before_cursor_digests_gets_the_column(tmp_path: Path) -> None:
+    """An outbox whose cursor table has no digest column (made before them) opens with one:
+    its cursors read back with no digest, and new ones keep theirs."""
+    old = sqlite3.connect(tmp_path / FILE_NAME)
+    old.execute(
+        "CREATE TABLE cursors (topic TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL)"
+    )
+    old.execute("INSERT INTO cursors VALUES ('zone:public', 'epoch-1', 7)")
+    old.commit()
+    old.close()
+    outbox = Outbox(tmp_path)
+    assert outbox.cursor("zone:public") == ("epoch-1", 7, None)
+    outbox.set_cursor("zone:public", "epoch-1", 8, b"x" * 16)
+    assert outbox.cursor("zone:public") == ("epoch-1", 8, b"x" * 16)
+    outbox.close()
