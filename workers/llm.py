@@ -60,6 +60,9 @@ BREAKER_DRAFTS = 3
 #: How long it stops asking then (seconds): drafts fall back at once; the first draft after
 #: that asks again.
 BREAKER_S = 60.0
+#: What a request may take beyond ``timeout_s`` before it is given up on (its own deadline
+#: check, reading the body, comes first).
+_DEADLINE_GRACE_S = 0.5
 #: The largest reply body read (bytes); a larger one is a failed attempt.
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL | re.IGNORECASE)
@@ -161,7 +164,7 @@ class LlmStrategy:
         failure = _AttemptFailed("no_attempt")
         for attempts in range(1, self._settings.retries + 2):
             try:
-                reply = self._ask(self._client, self._url, messages, reply_model)
+                reply = self._ask_by_deadline(self._client, self._url, messages, reply_model)
             except _AttemptFailed as exc:
                 failure = exc
                 log.debug(
@@ -205,6 +208,30 @@ class LlmStrategy:
                 self._down_until = time.monotonic() + BREAKER_S
                 log.warning("consolidation_llm_endpoint_down", model=self._settings.model,
                             drafts=BREAKER_DRAFTS, pause_s=BREAKER_S)  # fmt: skip
+
+    def _ask_by_deadline(
+        self, client: httpx.Client, url: str, messages: Messages, reply_model: type[DraftReply]
+    ) -> DraftReply:
+        """:meth:`_ask` on a thread of its own, given up on (``timeout``) once ``timeout_s``
+        has passed: httpx times each network read alone, so a server that sends its headers a
+        byte at a time would hold this thread as long as it likes. The thread given up on ends
+        when the server does, or at httpx's own timeout between two bytes."""
+        outcome: list[DraftReply | BaseException] = []
+
+        def ask() -> None:
+            try:
+                outcome.append(self._ask(client, url, messages, reply_model))
+            except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
+                outcome.append(error)
+
+        thread = threading.Thread(target=ask, name="hivemem-llm-request", daemon=True)
+        thread.start()
+        thread.join(self._settings.timeout_s + _DEADLINE_GRACE_S)
+        if not outcome:
+            raise _AttemptFailed("timeout", "the whole request")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
 
     def _ask(
         self, client: httpx.Client, url: str, messages: Messages, reply_model: type[DraftReply]

@@ -20,6 +20,8 @@ class Reply:
     delay_s: float = 0.0
     #: Seconds between the body's bytes, sent one at a time (0: all at once).
     drip_s: float = 0.0
+    #: Seconds between the status line's and headers' bytes, sent one at a time (0: at once).
+    header_drip_s: float = 0.0
 
 
 def chat(content: str | dict[str, Any], *, delay_s: float = 0.0) -> Reply:
@@ -99,6 +101,21 @@ class ChatServer:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 reply = server._take(Request(self.path, headers, json.loads(raw or b"{}")))
                 if reply.delay_s and server._stopping.wait(reply.delay_s):
+                    return
+                if reply.header_drip_s:
+                    head = (
+                        f"HTTP/1.1 {reply.status} OK\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(reply.body)}\r\n\r\n"
+                    ).encode()
+                    try:
+                        for at in range(len(head)):
+                            self.wfile.write(head[at : at + 1])
+                            self.wfile.flush()
+                            if server._stopping.wait(reply.header_drip_s):
+                                return
+                        self.wfile.write(reply.body)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
                     return
                 try:
                     self.send_response(reply.status)

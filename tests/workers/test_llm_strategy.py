@@ -237,6 +237,21 @@ def test_a_reply_sent_a_byte_at_a_time_is_cut_off_at_the_timeout(server: ChatSer
     assert (event["reason"], event["detail"]) == ("timeout", "the whole request")
 
 
+def test_headers_sent_a_byte_at_a_time_are_cut_off_at_the_timeout(server: ChatServer) -> None:
+    """A server that sends even its status line and headers a byte every 50 ms is given up on
+    at ``timeout_s`` too (the request runs on a thread of its own): httpx waited for the
+    headers read by read, 8 s here with a 0.5 s timeout."""
+    server.script(Reply(body=chat(GOOD).body, header_drip_s=0.05))
+    episodes = sources("one", "two")
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        drafts = strategy(server, timeout_s=0.5, retries=0).traces(episodes)
+    assert time.monotonic() - started < 2.5
+    assert drafts == PairStrategy().traces(episodes)
+    [event] = fallbacks(logs)
+    assert (event["reason"], event["detail"]) == ("timeout", "the whole request")
+
+
 def test_an_endpoint_found_down_is_not_asked_for_a_while(server: ChatServer) -> None:
     """Three drafts in a row whose every attempt timed out stop the asking: the next drafts
     fall back at once (reason ``endpoint_down``, no request), instead of each waiting out its
