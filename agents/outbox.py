@@ -106,6 +106,13 @@ class Outbox:
                 raise
             self._db.execute("COMMIT")
 
+    def forget_handed(self, record_ids: Sequence[str]) -> None:
+        """Drop the hand-over notes of ``record_ids`` (deleted: nothing more follows them)."""
+        with self._lock:
+            self._db.executemany(
+                "DELETE FROM handed WHERE record_id = ?", [(i,) for i in record_ids]
+            )
+
     def handed_to(self, record_ids: Sequence[str]) -> dict[str, list[str]]:
         """The agents each of ``record_ids`` was handed over to (only those handed over)."""
         found: dict[str, list[str]] = {}

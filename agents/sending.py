@@ -130,6 +130,8 @@ class ShareObserver:
                     for envelope, body in self._fitted(part, to_agent)
                 ]
         self._send(messages)
+        if handed:
+            self._outbox.forget_handed(list(handed))
 
     def _shares(self, zone: Zone, level: Level) -> bool:
         """The agent shares the level, and the zone's policy lets it travel."""

@@ -569,6 +569,7 @@ def test_a_handed_over_record_follows_its_versions_and_deletion(
     a.memory.delete(episode.id)
     assert wait_for(lambda: received(intern) == {})
     assert wait_for(lambda: received(b) == {})
+    assert lead._outbox.handed_to([tip.id, new.id]) == {}  # deleted: nothing more follows
 
 
 def test_flush_and_close_send_at_once_whatever_the_sync_interval(
