@@ -86,7 +86,10 @@ class ScopeBusy(HivememError):
             return f"another worker is forgetting {self.user_id}"
         if self.draining:
             return f"another worker is draining {self.zone.value}'s ingest queues"
-        return f"another worker is consolidating {self.zone.value}/{self.user_id}"
+        return (
+            f"another worker holds {self.zone.value}/{self.user_id} (a consolidation, or a move"
+            " to or from the archive)"
+        )
 
 
 @contextmanager

@@ -69,19 +69,23 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
         "max_retries": _RETRIES,
     }
 
-    @app.task(name="hivemem.ingest", **options)
-    def ingest(zone: str) -> dict[str, Any]:
+    @app.task(name="hivemem.ingest", bind=True, **options)
+    def ingest(self: Task, zone: str) -> dict[str, Any]:
         """Drain the zone's ingest queue into the zone store (a bounded amount per task; the
-        task queues itself again when more is waiting)."""
+        task queues itself again when more is waiting); retried while a user's store lock
+        stays taken (a stalled move to or from the archive)."""
         chosen = checked_zone(zone)
         structlog.contextvars.bind_contextvars(zone=chosen.value)
         limit = settings.workers.ingest_batch * 16
-        with runtime.store.session():
-            report = runtime.ingest.drain(
+        report = unless_busy(
+            self,
+            runtime,
+            lambda: runtime.ingest.drain(
                 chosen,
                 max_messages=limit,
                 on_due=lambda user_id: consolidate.delay(chosen.value, user_id),
-            )
+            ),
+        )
         if report.messages >= limit:
             ingest.delay(chosen.value)
         return asdict(report)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -184,6 +186,38 @@ def test_the_ingest_task_drains_a_zone(
     assert run(worker_app, "hivemem.ingest", ZONE.value)["messages"] == 0
     assert run(worker_app, "hivemem.ingest", Zone.INTERNAL.value)["records"] == 1
     assert store.ids(Zone.INTERNAL, EVERYTHING) == [other.id]
+
+
+def test_an_ingest_behind_a_stalled_store_lock_is_retried(
+    worker_app: Celery, make_pool: Callable[..., SharedMemoryPool]
+) -> None:
+    """A user's store lock held longer than the ingest waits for it (lock_ttl_s, 3 s here: a
+    stalled move to or from the archive) makes hivemem.ingest retry after lock_retry_s, and the
+    retry stores the delete once the lock is free. The task failed for good with ScopeBusy
+    before (the beat's next sweep drained it again)."""
+    agent = make_pool("agents").register_agent("writer", clearance=Zone.INTERNAL)
+    record = agent.memory.add("a note of u1", user_id="u1")
+    assert agent.flush()
+    assert run(worker_app, "hivemem.ingest", ZONE.value)["records"] == 1
+    agent.memory.delete(record.id)
+    assert agent.flush()
+    runtime = runtime_of(worker_app)
+    taken = threading.Event()
+
+    def stalled_move() -> None:
+        with held(runtime.client, runtime.keys.store_lock(ZONE, "u1"), 30.0) as lock:
+            assert lock.acquired
+            taken.set()
+            time.sleep(4.0)
+
+    mover = threading.Thread(target=stalled_move)
+    mover.start()
+    assert taken.wait(10)
+    result = worker_app.tasks["hivemem.ingest"].delay(ZONE.value)
+    report = result.get(timeout=60)
+    mover.join()
+    assert report["tombstones"] == 1
+    assert runtime.store.presence(ZONE, [record.id]) == {record.id: True}
 
 
 def aged(
