@@ -287,9 +287,17 @@ class Attacker:
         return None
 
     def open_as(self, copy: Copy, subject: str) -> bytes:
-        """Open ``copy`` as ``subject``'s content, bound to its first candidate context; raises
-        KeyUnavailable, SealBroken."""
-        return self._sealer.open(copy.zone, copy.sealed, context=copy.contexts[0], subject=subject)
+        """Open ``copy`` as ``subject``'s content, bound to each candidate context in turn (a
+        stamped value authenticates its context before anything else: another raises
+        SealBroken); raises KeyUnavailable, or SealBroken when no context is its own."""
+        broken: SealBroken | None = None
+        for context in copy.contexts:
+            try:
+                return self._sealer.open(copy.zone, copy.sealed, context=context, subject=subject)
+            except SealBroken as error:
+                broken = error
+        assert broken is not None
+        raise broken
 
     def everything(self, root: Path, client: redis.Redis) -> list[Copy]:
         """Every sealed copy in the Redis values, in the files under ``root`` and in the rows of
