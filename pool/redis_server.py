@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import fcntl
+import os
 import secrets
 import shutil
 import signal
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
@@ -51,6 +53,31 @@ _CONFIG_FILE = "redis.conf"
 #: Held (flock) by the process whose server runs on the directory: a second server there would
 #: append to the same files, and the next start would replay both as one dataset.
 _LOCK_FILE = "server.lock"
+_LOCK_POLL_S = 0.05
+#: The servers this process runs (their locks), for :func:`_after_fork_in_child`.
+_HOLDERS: weakref.WeakSet[EmbeddedRedis] = weakref.WeakSet()
+
+
+class DirectoryBusy(PoolUnavailable):
+    """Raised when another process runs the embedded Redis of a directory (its data files are
+    that server's)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(
+            f"another process runs the embedded Redis of {directory} (a hivemem command still "
+            "running, or one that is starting): wait for it, or run `hivemem up` on the data "
+            "directory (HIVEMEM_DATA_DIR) so that every process shares its Redis, or give each "
+            "process its own data directory or HIVEMEM_REDIS_URL"
+        )
+        self.directory = directory
+
+
+def _after_fork_in_child() -> None:
+    for server in list(_HOLDERS):
+        server._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 #: What shown URLs have in place of the password.
 HIDDEN = "***"
 
@@ -152,39 +179,53 @@ class EmbeddedRedis:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> EmbeddedRedis:
+    def start(self, *, wait_s: float = 0.0) -> EmbeddedRedis:
         """Start the server (same port and directory as before, after a stop) and wait until it
-        answers PING; raises PoolUnavailable when it does not within 10 s."""
+        answers PING; raises PoolUnavailable when it does not within 10 s, or when another
+        process's server runs on the directory for longer than ``wait_s``."""
         if self.running:
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._take_directory()
+        self._take_directory(wait_s)
         try:
             return self._started()
         except BaseException:
             self._let_directory_go()
             raise
 
-    def _take_directory(self) -> None:
-        """Hold the directory's lock while the server runs; PoolUnavailable when another
-        process (or another EmbeddedRedis of this one) runs a server there."""
+    def _take_directory(self, wait_s: float) -> None:
+        """Hold the directory's lock while the server runs, waiting up to ``wait_s`` for
+        another holder to let it go; PoolUnavailable when another process (or another
+        EmbeddedRedis of this one) runs a server there longer."""
         lock = (self.directory / _LOCK_FILE).open("ab")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise PoolUnavailable(
-                f"another process runs the embedded Redis of {self.directory}: its data files "
-                "are that server's. Run `hivemem up` on the data directory to share one Redis "
-                "between processes, or give each process its own data_dir or a redis_url"
-            ) from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    lock.close()
+                    raise DirectoryBusy(self.directory) from None
+                time.sleep(_LOCK_POLL_S)
         self._lock = lock
+        _HOLDERS.add(self)
 
     def _let_directory_go(self) -> None:
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+        _HOLDERS.discard(self)
+
+    def _forked(self) -> None:
+        """In a child forked while this server ran: close the child's copy of the lock file
+        without unlocking (the lock is the parent's, shared through the open file): a child
+        that outlives its parent must not keep the directory locked."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        self._process = None
 
     def _started(self) -> EmbeddedRedis:
         config = self.directory / _CONFIG_FILE

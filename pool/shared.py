@@ -13,6 +13,7 @@ administration (:mod:`hivemem.pool.registration`) and the zone keys
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from hivemem.pool.errors import (
 from hivemem.pool.ids import check_agent_id
 from hivemem.pool.ports import Embedder
 from hivemem.pool.records import MemoryRecord
-from hivemem.pool.redis_server import EmbeddedRedis
+from hivemem.pool.redis_server import DirectoryBusy, EmbeddedRedis
 from hivemem.pool.registration import Registrar
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.stack_file import running_stack
@@ -56,6 +57,29 @@ log = structlog.get_logger(__name__)
 
 #: The actor of the audit entries the pool API writes (registrations, deregistrations).
 AUDIT_ACTOR = "pool"
+
+
+#: How long a process waits for another one's embedded Redis on its data directory to stop,
+#: or for `hivemem up` starting there to publish its stack.
+EMBEDDED_WAIT_S = 30.0
+
+
+def _embedded(data_dir: Path) -> tuple[EmbeddedRedis | None, str]:
+    """A redis-server of our own on ``data_dir`` and its URL; or, when another process runs
+    one there, the stack's URL once ``hivemem up`` publishes it (None: not ours), waiting up
+    to :data:`EMBEDDED_WAIT_S` for either. Raises DirectoryBusy after that."""
+    server = EmbeddedRedis(data_dir / "redis", appendonly=True)
+    deadline = time.monotonic() + EMBEDDED_WAIT_S
+    while True:
+        try:
+            return server.start(), server.url
+        except DirectoryBusy:
+            if (stack := running_stack(data_dir)) is not None:
+                return None, stack.redis_url
+            if time.monotonic() >= deadline:
+                raise
+            log.info("pool_waiting_for_embedded_redis", directory=str(data_dir / "redis"))
+            time.sleep(0.2)
 
 
 class SharedMemoryPool:
@@ -145,8 +169,7 @@ class SharedMemoryPool:
         if url is None and (stack := running_stack(settings.data_dir)) is not None:
             url = stack.redis_url
         if url is None:
-            server = EmbeddedRedis(settings.data_dir / "redis", appendonly=True).start()
-            url = server.url
+            server, url = _embedded(settings.data_dir)
         client = redis_client(url, command_timeout_s=settings.pool.command_timeout_s)
         try:
             client.ping()

@@ -56,7 +56,7 @@ from hivemem.pool.adapters.redis_errors import redis_errors
 from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.compartments import checked_compartments
 from hivemem.pool.enums import Zone, checked_zone
-from hivemem.pool.errors import AgentNotFound, InvalidInput
+from hivemem.pool.errors import InvalidInput
 from hivemem.pool.ids import check_agent_id
 from hivemem.security.audit import check_namespace
 
@@ -164,8 +164,9 @@ def agent_rules(
 
 #: The version of :func:`agent_rules`: users made under an older one get the current rules
 #: once per namespace (:meth:`AgentAcl.upgrade`). 2 (2026-11-22): each agent its own ingest
-#: queues, where 1 gave every agent of a zone its shared queue.
-RULES_VERSION = "2"
+#: queues, where 1 gave every agent of a zone its shared queue. 3 (2026-11-23): ``time``, which
+#: the publishing script calls to stamp stream entries (users of 2 could not publish).
+RULES_VERSION = "3"
 
 
 def _is_no_such_user(error: redis.ResponseError) -> bool:
@@ -218,12 +219,14 @@ class AgentAcl:
     def restrict(self, agent_id: str, clearance: Zone, *, compartments: Sequence[str] = ()) -> None:
         """Give the agent's user the permissions of ``clearance`` and ``compartments``, keeping
         its password, and disconnect its connections (they log in again under the new
-        permissions). Raises AgentNotFound when the agent has no user;
+        permissions). An agent without a user (a restarted Redis lost the ACL users: they live
+        in its memory) is left so: attaching provisions it afresh, under the registry's entry.
         InvalidIdentifier/InvalidInput as above."""
         rules = agent_rules(self.namespace, agent_id, clearance, compartments)
         name = username_of(self.namespace, agent_id)
         if not self.exists(agent_id):
-            raise AgentNotFound(agent_id)
+            log.info("acl_user_missing", agent_id=agent_id, username=name)
+            return
         # Not ``reset`` (it would drop the password): clear keys, channels and commands instead.
         self._setuser(name, ["resetkeys", *rules[1:]])
         killed = self._kill(name)

@@ -23,7 +23,12 @@ from pathlib import Path
 import structlog
 
 from hivemem.pool.errors import PoolUnavailable
-from hivemem.pool.redis_server import EmbeddedRedis, die_with_parent, hide_password
+from hivemem.pool.redis_server import (
+    DirectoryBusy,
+    EmbeddedRedis,
+    die_with_parent,
+    hide_password,
+)
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.stack_file import (
     StackInfo,
@@ -37,6 +42,9 @@ from hivemem.workers.runtime import WorkerRuntime
 log = structlog.get_logger(__name__)
 
 _READY_TIMEOUT_S = 90.0
+#: How long `hivemem up` waits for a hivemem command running its own Redis on the data
+#: directory to end (one waiting for a worker gives up within its own timeout).
+STACK_WAIT_S = 120.0
 _STOP_TIMEOUT_S = 20.0
 _RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -134,7 +142,12 @@ class EmbeddedStack:
             )
         # The worker child would exit at once on a bad setting, restarted for ever: fail here.
         WorkerRuntime(self.settings).check()
-        self.redis.start()
+        try:
+            self.redis.start()
+        except DirectoryBusy:  # a hivemem command runs its own Redis there: wait for it
+            log.warning("stack_waiting_for_directory", directory=str(self.redis.directory),
+                        wait_s=STACK_WAIT_S)  # fmt: skip
+            self.redis.start(wait_s=STACK_WAIT_S)
         try:
             self.worker.start()
             self.worker.wait_ready()

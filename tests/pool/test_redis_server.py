@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from hivemem.pool import shared as shared_module
 from hivemem.pool.errors import PoolUnavailable
-from hivemem.pool.redis_server import EmbeddedRedis, hide_password
+from hivemem.pool.redis_server import DirectoryBusy, EmbeddedRedis, hide_password
 from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 
@@ -148,13 +150,54 @@ def test_one_server_runs_on_a_directory_at_a_time(tmp_path: Path) -> None:
         second.stop()
 
 
-def test_two_pools_on_one_data_directory_share_no_embedded_redis(
-    tmp_path: Path, settings: HivememSettings
+def test_a_second_pool_on_one_data_directory_waits_for_the_first(
+    tmp_path: Path, settings: HivememSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SharedMemoryPool.connect on a data directory whose embedded Redis another pool runs
-    raises PoolUnavailable (run ``hivemem up`` to share one) instead of starting a second
-    server beside it, whose agents never saw the first one's."""
+    waits for it to stop (a hivemem command ending), then starts its own on the same files; it
+    raises DirectoryBusy (a PoolUnavailable naming `hivemem up`) when the other one stays past
+    the wait. It started a second server beside the first before, on the same files."""
     here = HivememSettings(data_dir=tmp_path / "data", embedding=settings.embedding)
-    with SharedMemoryPool.connect(here), pytest.raises(PoolUnavailable, match="hivemem up"):
+    monkeypatch.setattr(shared_module, "EMBEDDED_WAIT_S", 1.0)
+    with SharedMemoryPool.connect(here), pytest.raises(DirectoryBusy, match="hivemem up"):
         SharedMemoryPool.connect(here)
-    SharedMemoryPool.connect(here).close()
+    monkeypatch.setattr(shared_module, "EMBEDDED_WAIT_S", 30.0)
+    first = SharedMemoryPool.connect(here)
+    first.registry.client.set("written-by", "first")
+    closer = threading.Timer(1.0, first.close)
+    closer.start()
+    with SharedMemoryPool.connect(here) as second:
+        assert second.registry.client.get("written-by") == b"first"
+    closer.join()
+
+
+_FORKING_OWNER = """
+import os, signal, sys, time
+from hivemem.pool.redis_server import EmbeddedRedis
+server = EmbeddedRedis(sys.argv[1], appendonly=True).start()
+child = os.fork()
+if child == 0:
+    os.close(1)  # the test reads the owner's output to its end: not this child's
+    os.close(2)
+    time.sleep(30)
+    os._exit(0)
+print(f"child={child}", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_child_forked_beside_the_server_leaves_the_directory_to_others(tmp_path: Path) -> None:
+    """A process that ran the embedded server forked a child and was killed: its server died
+    with it, and the child, still running, does not keep the directory locked (it shared the
+    lock's open file). Before, every hivemem process on the directory failed until the child
+    ended."""
+    owner = subprocess.run(
+        [sys.executable, "-c", _FORKING_OWNER, str(tmp_path / "redis")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    [child] = [int(w.split("=")[1]) for w in owner.stdout.split() if w.startswith("child=")]
+    try:
+        server = EmbeddedRedis(tmp_path / "redis", appendonly=True).start(wait_s=10.0)
+        server.stop()
+    finally:
+        os.kill(child, signal.SIGKILL)

@@ -17,11 +17,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from hivemem.agents.agent import Agent
+from hivemem.pool.agent_info import AgentInfo
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.errors import CompartmentDenied, PolicyDenied
 from hivemem.pool.records import MemoryRecord
 from hivemem.pool.redis_server import free_port
 from hivemem.pool.shared import SharedMemoryPool
+from hivemem.security.redis_acl import username_of
 from tests.security.conftest import received
 from tests.waiting import wait_for
 
@@ -278,3 +280,23 @@ def test_a_process_whose_agent_was_registered_again_elsewhere_lets_its_login_go(
         assert second.flush(10.0)
     assert not [e for e in logs if e["event"] == "pool_agent_user_restored"]
     assert wait_for(lambda: len(observer.memory.list_memories(user_id="u1")) == 5)
+
+
+def test_a_clearance_change_after_redis_lost_the_acl_users_is_made_and_audited(
+    make_pool: Callable[..., SharedMemoryPool],
+) -> None:
+    """A Redis restarted without its ACL users (they live in its memory): a grant or a
+    revocation changes the registry and is audited, and the user is made afresh at the
+    agent's next attach. It raised AgentNotFound after the registry had changed (the CLI said
+    'no agent' and exited 2), and nothing was audited."""
+    pool = make_pool("p1")
+    pool.register(AgentInfo(agent_id="support", clearance=Zone.CONFIDENTIAL))
+    assert pool.security is not None
+    assert pool.security.acl is not None
+    pool.registry.client.execute_command("ACL", "DELUSER", username_of("hivemem", "support"))
+    assert pool.set_clearance("support", Zone.PUBLIC).clearance is Zone.PUBLIC
+    revoked = [e for e in pool.audit.entries() if e.kind == "revoked" and e.subject == "support"]
+    assert [e.zone for e in revoked] == ["public"]
+    agent = pool.attach("support")
+    assert agent.wait_connected()
+    assert pool.security.acl.exists("support")
