@@ -40,6 +40,10 @@ def _group(item: MemoryRecord | Tombstone) -> _Group:
     return item.zone, tuple(item.compartments), item.scope.user_id
 
 
+def _pair_group(pair: tuple[MemoryRecord, Row]) -> _Group:
+    return _group(pair[0])
+
+
 def _by_agent(
     items: Sequence[T], handed: dict[str, list[str]], record_of: Callable[[T], str | None]
 ) -> dict[str, list[T]]:
@@ -48,13 +52,6 @@ def _by_agent(
     for item in items:
         for agent in handed.get(record_of(item) or "", []):
             found.setdefault(agent, []).append(item)
-    return found
-
-
-def _by_zone(tombstones: Sequence[Tombstone]) -> dict[Zone, list[Tombstone]]:
-    found: dict[Zone, list[Tombstone]] = {}
-    for tombstone in tombstones:
-        found.setdefault(tombstone.zone, []).append(tombstone)
     return found
 
 
@@ -91,47 +88,41 @@ class ShareObserver:
     def records_written(self, records: Sequence[MemoryRecord], dense: Vector | None) -> None:
         rows: Sequence[Row] = list(dense) if dense is not None else [r.vector for r in records]
         pairs = list(zip(records, rows, strict=True))
-
-        def envelope_of(part: list[tuple[MemoryRecord, Row]]) -> Envelope:
-            return make_envelope(
-                sender=self._info.agent_id,
-                zone=part[0][0].zone,
-                records=[record for record, _ in part],
-                dense=[row for _, row in part],
-            )
-
         shared = [pair for pair in pairs if self._shares(pair[0].zone, pair[0].level)]
-        messages = self._messages(pairs, shared, lambda pair: _group(pair[0]), envelope_of)
+        messages = self._messages(pairs, shared, _pair_group, self._records_envelope)
         versions = [pair for pair in pairs if pair[0].supersedes is not None]
         handed = self._outbox.handed_to([r.supersedes for r, _ in versions if r.supersedes])
         notes: list[tuple[str, str]] = []
         for agent, chosen in _by_agent(versions, handed, lambda p: p[0].supersedes).items():
-            for pair in chosen:  # a new version of a record handed over follows it there
-                messages += self._to_inbox(agent, [pair[0]], [pair[1]])
-                notes.append((pair[0].id, agent))
+            # a new version of a record handed over follows it there
+            messages += self._to_inbox(agent, chosen, _pair_group, self._records_envelope)
+            notes += [(record.id, agent) for record, _ in chosen]
         self._send(messages, handed=notes)
 
     def tombstones_written(self, tombstones: Sequence[Tombstone]) -> None:
-        def envelope_of(part: list[Tombstone]) -> Envelope:
-            return make_envelope(sender=self._info.agent_id, zone=part[0].zone, tombstones=part)
-
         shared = [t for t in tombstones if self._shares(t.zone, t.level)]
-        messages = self._messages(tombstones, shared, _group, envelope_of)
+        messages = self._messages(tombstones, shared, _group, self._tombstones_envelope)
         handed = self._outbox.handed_to([t.id for t in tombstones])
         for agent, chosen in _by_agent(tombstones, handed, lambda t: t.id).items():
-            for part in _by_zone(chosen).values():  # a record handed over is deleted there too
-
-                def to_agent(items: list[Tombstone], agent: str = agent) -> Envelope:
-                    return make_envelope(sender=self._info.agent_id, zone=items[0].zone,
-                                         tombstones=items, to=agent)  # fmt: skip
-
-                messages += [
-                    (inbox_topic(agent), envelope.message_id, body)
-                    for envelope, body in self._fitted(part, to_agent)
-                ]
+            # a record handed over is deleted there too
+            messages += self._to_inbox(agent, chosen, _group, self._tombstones_envelope)
         self._send(messages)
         if handed:
             self._outbox.forget_handed(list(handed))
+
+    def _records_envelope(
+        self, part: list[tuple[MemoryRecord, Row]], to: str | None = None
+    ) -> Envelope:
+        return make_envelope(
+            sender=self._info.agent_id,
+            zone=part[0][0].zone,
+            records=[record for record, _ in part],
+            dense=[row for _, row in part],
+            to=to,
+        )
+
+    def _tombstones_envelope(self, part: list[Tombstone], to: str | None = None) -> Envelope:
+        return make_envelope(sender=self._info.agent_id, zone=part[0].zone, tombstones=part, to=to)
 
     def _shares(self, zone: Zone, level: Level) -> bool:
         """The agent shares the level, and the zone's policy lets it travel."""
@@ -195,28 +186,22 @@ class ShareObserver:
         """Queue ``record`` (with its vector) for ``to_agent``'s inbox (MessageTooLarge: it
         fits in no message), and note the hand-over: the record's new versions and tombstone
         follow it there."""
-        self._send(self._to_inbox(to_agent, [record], [record.vector]),
-                   handed=[(record.id, to_agent)])  # fmt: skip
+        pair: tuple[MemoryRecord, Row] = (record, record.vector)
+        messages = self._to_inbox(to_agent, [pair], _pair_group, self._records_envelope)
+        self._send(messages, handed=[(record.id, to_agent)])
 
     def _to_inbox(
-        self, to_agent: str, records: list[MemoryRecord], rows: Sequence[Row]
+        self,
+        to_agent: str,
+        items: Sequence[T],
+        group_of: Callable[[T], _Group],
+        envelope_of: Callable[[list[T], str | None], Envelope],
     ) -> list[tuple[str, str, bytes]]:
-        """The messages that put ``records`` (one zone's, with their vectors ``rows``) in
-        ``to_agent``'s inbox."""
-
-        def envelope_of(part: list[tuple[MemoryRecord, Row]]) -> Envelope:
-            return make_envelope(
-                sender=self._info.agent_id,
-                zone=part[0][0].zone,
-                records=[r for r, _ in part],
-                dense=[row for _, row in part],
-                to=to_agent,
-            )
-
-        return [
-            (inbox_topic(to_agent), envelope.message_id, body)
-            for envelope, body in self._fitted(list(zip(records, rows, strict=True)), envelope_of)
-        ]
+        """``items`` for ``to_agent``'s inbox, in envelopes as :meth:`_grouped` makes them."""
+        return self._grouped(
+            items, group_of, lambda part: envelope_of(part, to_agent),
+            [lambda _zone, _compartments: inbox_topic(to_agent)],
+        )  # fmt: skip
 
     def _send(
         self, messages: list[tuple[str, str, bytes]], *, handed: Sequence[tuple[str, str]] = ()
