@@ -75,15 +75,17 @@ class _Cursor:
     data: bytes | None = None
 
 
-def _start_over(backlog: Backlog, cursor: _Cursor, *, moved: bool) -> str | None:
+def _start_over(backlog: Backlog, cursor: _Cursor) -> str | None:
     """Why the topic must be read from the start of its stream (None: from the cursor on):
     Redis lost its data (a new epoch), or restored older data (its counter went back below the
-    cursor, or, ``moved``, another message stands at the cursor's number)."""
+    cursor, or another message than the cursor's digest says stands at its number; no entry
+    there, trimmed or never written, says nothing)."""
     if backlog.epoch != cursor.epoch:
         return "new epoch: Redis lost its data"
     if backlog.last_seq < cursor.seq:
         return "the topic's counter went back: Redis restored older data"
-    if moved:
+    at = backlog.at_position
+    if at is not None and cursor.digest is not None and _digest(at) != cursor.digest:
         return "another message at the cursor: Redis restored older data"
     return None
 
@@ -314,12 +316,11 @@ class Receiver(threading.Thread):
     def _catch_up(self, topic: str) -> None:
         """Apply what the topic's stream holds after the cursor."""
         cursor = self._cursors[topic]
-        checked = False  # the entry at the cursor, against the cursor's digest
+        # The entry at the cursor is compared with the cursor's digest at the first read.
+        check = cursor.digest is not None and cursor.seq > 0
         while not self._halt.is_set():
             try:
-                backlog = self._bus.read(topic, cursor.seq, limit=_READ_MESSAGES)
-                moved = not checked and self._moved(topic, cursor)
-                checked = True
+                backlog = self._bus.read(topic, cursor.seq, limit=_READ_MESSAGES, at_position=check)
             except redis.ResponseError as error:
                 if is_denied(error):
                     raise
@@ -330,7 +331,8 @@ class Receiver(threading.Thread):
                 return
             if backlog.epoch is None:
                 return
-            reason = _start_over(backlog, cursor, moved=moved)
+            check = False
+            reason = _start_over(backlog, cursor)
             if reason is not None:
                 if cursor.epoch is not None:
                     log.warning("pool_rebootstrap", agent_id=self._info.agent_id, topic=topic,
@@ -409,16 +411,6 @@ class Receiver(threading.Thread):
         cursor.seq, cursor.data = delivery.seq, delivery.data
         cursor.digest = _digest(delivery.data)
         self._outbox.set_cursor(topic, cursor.epoch or delivery.epoch, cursor.seq, cursor.digest)
-
-    def _moved(self, topic: str, cursor: _Cursor) -> bool:
-        """Whether the topic's stream holds another message than the one the cursor stands on,
-        at its number: a Redis restored from older data numbered new messages again, and the
-        counter may already be back past the cursor. No entry there (trimmed, or never written)
-        says nothing."""
-        if cursor.digest is None or cursor.seq == 0:
-            return False
-        body = self._bus.at(topic, cursor.seq)
-        return body is not None and _digest(body) != cursor.digest
 
     def _store(
         self,

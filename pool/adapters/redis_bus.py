@@ -199,6 +199,8 @@ class Backlog:
     last_seq: int
     deliveries: list[Delivery]
     trimmed: bool
+    #: The body of the entry at the position read after, when asked for (None: none there).
+    at_position: bytes | None = None
 
 
 class RedisBus:
@@ -319,13 +321,17 @@ class RedisBus:
             unread.append((topic, stored if epoch == stored_epoch else 0))
         return unread
 
-    def read(self, topic: str, after: int, *, limit: int) -> Backlog:
-        """Entries of the topic with seq > ``after``, oldest first, at most ``limit``."""
+    def read(self, topic: str, after: int, *, limit: int, at_position: bool = False) -> Backlog:
+        """Entries of the topic with seq > ``after``, oldest first, at most ``limit``; with
+        ``at_position``, the body of the entry numbered ``after`` too, in the same read."""
+        stream = self._key(topic, "stream")
         with self.client.pipeline(transaction=True) as pipe:
             pipe.get(self._key(topic, "epoch"))
             pipe.get(self._key(topic, "seq"))
-            pipe.xrange(self._key(topic, "stream"), min=f"{after + 1}-0", max="+", count=limit)
-            epoch_raw, seq_raw, entries = pipe.execute()
+            pipe.xrange(stream, min=f"{after + 1}-0", max="+", count=limit)
+            if at_position:
+                pipe.xrange(stream, min=f"{after}-0", max=f"{after}-0")
+            epoch_raw, seq_raw, entries, *at = pipe.execute()
         # Only the pool's script writes these keys, but an agent's user may write them too: what
         # is not as the script writes it is read as no message (skipped), never raised. An epoch
         # that is no token reads as none (nothing to read until the script starts the topic
@@ -345,15 +351,8 @@ class RedisBus:
                 Delivery(topic, epoch, seq, sender, fields.get(b"d", b""), appended_at)
             )
         first = deliveries[0].seq if deliveries else last_seq + 1
-        return Backlog(epoch, last_seq, deliveries, trimmed=first > after + 1)
-
-    def at(self, topic: str, seq: int) -> bytes | None:
-        """The body of the topic's stream entry numbered ``seq`` (None: no such entry)."""
-        entries = cast(
-            "list[tuple[bytes, dict[bytes, bytes]]]",
-            self.client.xrange(self._key(topic, "stream"), min=f"{seq}-0", max=f"{seq}-0"),
-        )
-        return bytes(entries[0][1].get(b"d", b"")) if entries else None
+        body = bytes(at[0][0][1].get(b"d", b"")) if at and at[0] else None
+        return Backlog(epoch, last_seq, deliveries, trimmed=first > after + 1, at_position=body)
 
     def parse_live(self, channel: bytes | str, data: bytes) -> Delivery:
         """A pub/sub message as a Delivery; raises InvalidMessage when it is not one of ours."""
