@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 import structlog
 
+from hivemem.agents.agent import Agent
 from hivemem.agents.embedding import FastEmbedder
 from hivemem.pool.enums import Level, Zone
 from hivemem.pool.redis_server import EmbeddedRedis
@@ -18,6 +19,18 @@ from hivemem.pool.settings import HivememSettings
 from hivemem.pool.shared import SharedMemoryPool
 from tests.pool.test_shared import add, received
 from tests.waiting import wait_for
+
+
+def write_around_a_snapshot(server: EmbeddedRedis, writer: Agent, peer: Agent) -> None:
+    """Three writes the peer receives, Redis's snapshot (RDB), then three more it receives:
+    the snapshot's counter is 3, the peer's cursor 6."""
+    for i in range(3):
+        add(writer, f"kept {i}", Level.CATEGORY, Zone.INTERNAL)
+    assert wait_for(lambda: len(received(peer)) == 3)
+    redis.Redis.from_url(server.url).save()
+    for i in range(3):
+        add(writer, f"rolled back {i}", Level.CATEGORY, Zone.INTERNAL)
+    assert wait_for(lambda: len(received(peer)) == 6)
 
 
 def test_a_redis_restored_from_an_older_snapshot_sends_receivers_back_to_the_stream(
@@ -39,14 +52,7 @@ def test_a_redis_restored_from_an_older_snapshot_sends_receivers_back_to_the_str
             peer = pool.register_agent("peer", clearance=Zone.INTERNAL)
             assert writer.wait_connected()
             assert peer.wait_connected()
-            admin = redis.Redis.from_url(server.url)
-            for i in range(3):
-                add(writer, f"kept {i}", Level.CATEGORY, Zone.INTERNAL)
-            assert wait_for(lambda: len(received(peer)) == 3)
-            admin.save()
-            for i in range(3):
-                add(writer, f"rolled back {i}", Level.CATEGORY, Zone.INTERNAL)
-            assert wait_for(lambda: len(received(peer)) == 6)
+            write_around_a_snapshot(server, writer, peer)
             with structlog.testing.capture_logs() as logs:
                 server.stop(kill=True)
                 server.start()
@@ -80,14 +86,7 @@ def test_a_receiver_back_after_the_counter_passed_its_cursor_again_reads_from_th
             peer_pool = SharedMemoryPool.connect(peer_settings, embedder=embedder)
             peer = peer_pool.register_agent("peer", clearance=Zone.INTERNAL)
             assert peer.wait_connected()
-            admin = redis.Redis.from_url(server.url)
-            for i in range(3):
-                add(writer, f"kept {i}", Level.CATEGORY, Zone.INTERNAL)
-            assert wait_for(lambda: len(received(peer)) == 3)
-            admin.save()
-            for i in range(3):
-                add(writer, f"rolled back {i}", Level.CATEGORY, Zone.INTERNAL)
-            assert wait_for(lambda: len(received(peer)) == 6)
+            write_around_a_snapshot(server, writer, peer)
             peer_pool.close()
             server.stop(kill=True)
             server.start()
