@@ -198,6 +198,8 @@ def test_a_child_forked_beside_the_server_leaves_the_directory_to_others(tmp_pat
     [child] = [int(w.split("=")[1]) for w in owner.stdout.split() if w.startswith("child=")]
     try:
         server = EmbeddedRedis(tmp_path / "redis", appendonly=True).start(wait_s=10.0)
+        assert server.running
+        assert redis.Redis.from_url(server.url).ping()
         server.stop()
     finally:
         os.kill(child, signal.SIGKILL)
